@@ -1,0 +1,69 @@
+"""The iptables rules that send each new outbound flow's first packet to our queue.
+
+Built as data (argv lists) so ``--dry-run`` can print them and tests can check
+them without root. nft's own ``queue`` expression is not always built into
+the kernel, while the xt NFQUEUE target through iptables-nft is, hence iptables.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+CHAIN = "WEIGHTWARDEN-RESOLVE"
+TABLE = "mangle"
+ENV = {"LANG": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+
+
+@dataclass(frozen=True)
+class RulePlan:
+    install: list[list[str]]
+    remove: list[list[str]]
+
+
+def plan(queue_num: int, tools: tuple[str, ...] = ("iptables", "ip6tables")) -> RulePlan:
+    install: list[list[str]] = []
+    remove: list[list[str]] = []
+    for tool in tools:
+        base = [tool, "-w", "-t", TABLE]
+        remove += [base + ["-D", "OUTPUT", "-j", CHAIN], base + ["-F", CHAIN], base + ["-X", CHAIN]]
+        install.append(base + ["-N", CHAIN])
+        for proto in ("tcp", "udp"):
+            install.append(
+                base
+                + ["-A", CHAIN, "!", "-o", "lo", "-p", proto, "-m", "conntrack", "--ctstate", "NEW"]
+                + ["-j", "NFQUEUE", "--queue-num", str(queue_num), "--queue-bypass"]
+            )
+        # Appended last: an ACCEPT verdict from the queue ends this hook's chain,
+        # so rules placed after ours in mangle OUTPUT would be skipped.
+        install.append(base + ["-A", "OUTPUT", "-j", CHAIN])
+    return RulePlan(install, remove)
+
+
+def available_tools() -> tuple[str, ...]:
+    return tuple(t for t in ("iptables", "ip6tables") if shutil.which(t))
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, env=ENV, check=False)
+
+
+def apply(rule_plan: RulePlan) -> list[str]:
+    """Remove stale rules, then install; returns error lines (empty on success)."""
+    remove(rule_plan)
+    errors = []
+    for argv in rule_plan.install:
+        res = _run(argv)
+        if res.returncode != 0:
+            errors.append(f"{' '.join(argv)}: {res.stderr.strip()}")
+    return errors
+
+
+def remove(rule_plan: RulePlan) -> None:
+    for argv in rule_plan.remove:
+        # Repeat the jump removal: a crashed run may have left several.
+        while argv[4] == "-D" and _run(argv).returncode == 0:
+            pass
+        if argv[4] != "-D":
+            _run(argv)

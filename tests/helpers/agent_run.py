@@ -1,0 +1,61 @@
+"""Run ``weightwarden-agent top --json`` inside a namespace and collect its samples."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from tests.helpers.netns import NetnsPair, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class TopRun:
+    def __init__(self, pair: NetnsPair, *args: str) -> None:
+        self.proc = pair.popen(
+            pair.a, sys.executable, "-m", "agent", "top", "--json", *args,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO),
+        )
+        self.stderr: list[str] = []
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line.decode(errors="replace"))
+
+    def wait_ready(self, timeout: float = 15) -> None:
+        # The nfqueue notice is the last thing said at start.
+        ok = wait_for(lambda: any('"nfqueue"' in line for line in self.stderr) or self.proc.poll() is not None,
+                      timeout)
+        assert ok and self.proc.poll() is None, "agent did not start: " + "".join(self.stderr)
+
+    def stop(self, timeout: float = 15) -> list[dict[str, Any]]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=timeout)
+        self._reader.join(timeout=2)
+        assert self.proc.returncode == 0, "".join(self.stderr)
+        return [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+
+
+def per_pid(samples: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Total tx_bytes per pid over all samples, with the last seen identity."""
+    out: dict[int, dict[str, Any]] = defaultdict(lambda: {"tx_bytes": 0})
+    for sample in samples:
+        for proc in sample["processes"]:
+            entry = out[proc["pid"]]
+            entry["tx_bytes"] += proc["tx_bytes"]
+            entry.update({k: proc[k] for k in ("name", "exe", "uid")})
+    return dict(out)
+
+
+def interface_total(samples: list[dict[str, Any]]) -> int:
+    return sum(i["tx_bytes"] for s in samples for i in s["interfaces"])
