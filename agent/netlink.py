@@ -28,7 +28,7 @@ NLA_F_NESTED = 0x8000
 NLA_TYPE_MASK = 0x3FFF
 
 _NLMSGHDR = struct.Struct("=IHHII")
-_NLATTR = struct.Struct("=HH")
+NLATTR = struct.Struct("=HH")
 _NLMSGERR = struct.Struct("=i")
 
 SOL_NETLINK = 270
@@ -46,8 +46,8 @@ def _align(n: int) -> int:
 
 def attr(kind: int, payload: bytes) -> bytes:
     """One netlink attribute, padded to four bytes."""
-    length = _NLATTR.size + len(payload)
-    return _NLATTR.pack(length, kind) + payload + b"\0" * (_align(length) - length)
+    length = NLATTR.size + len(payload)
+    return NLATTR.pack(length, kind) + payload + b"\0" * (_align(length) - length)
 
 
 def nested(kind: int, *children: bytes) -> bytes:
@@ -61,7 +61,7 @@ def parse_attrs(buf: bytes | memoryview, start: int = 0, end: int | None = None)
     out: dict[int, memoryview] = {}
     off = start
     while off + 4 <= end:
-        length, kind = _NLATTR.unpack_from(view, off)
+        length, kind = NLATTR.unpack_from(view, off)
         if length < 4:
             break
         out[kind & NLA_TYPE_MASK] = view[off + 4 : off + length]
@@ -81,7 +81,7 @@ class NetlinkSocket:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.bind((0, groups))
         self.seq = int.from_bytes(os.urandom(2), "little")
-        self._buf = bytearray(1 << 16)
+        self._buf = bytearray(1 << 18)
 
     def fileno(self) -> int:
         return self.sock.fileno()

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from agent.netlink import NETLINK_SOCK_DIAG, NetlinkError, NetlinkSocket, parse_attrs
+from agent.netlink import NLATTR, NETLINK_SOCK_DIAG, NLA_TYPE_MASK, NetlinkError, NetlinkSocket, parse_attrs
 
 SOCK_DIAG_BY_FAMILY = 20
 SOCK_DESTROY = 21
@@ -139,20 +139,50 @@ def parse_message(body: memoryview, protocol: int | None = None) -> SockRecord:
     )
 
 
+def _quick_key(body: memoryview) -> tuple[bytes, int] | None:
+    """(cookie, tcpi_bytes_sent) read without decoding the rest of the message."""
+    off, end = 72, len(body)
+    while off + 4 <= end:
+        length, kind = NLATTR.unpack_from(body, off)
+        if length < 4:
+            return None
+        if kind & NLA_TYPE_MASK == INET_DIAG_INFO:
+            if length - 4 < TCPI_MIN_LEN_FOR_SENT:
+                return None
+            return bytes(body[44:52]) + bytes([body[1]]), _U64.unpack_from(body, off + 4 + TCPI_BYTES_SENT)[0]
+        off += (length + 3) & ~3
+    return None
+
+
 class SockDiag:
     """Dumps and exact lookups of TCP/UDP sockets in this network namespace."""
 
     def __init__(self) -> None:
         self.nl = NetlinkSocket(NETLINK_SOCK_DIAG)
+        # Idle sockets dominate big hosts: one whose cookie, state and counter
+        # are unchanged since the last dump reuses its decoded record.
+        self._last: dict[bytes, tuple[int, SockRecord]] = {}
 
     def close(self) -> None:
         self.nl.close()
 
     def dump(self, protocol: int, states: int = FULL_SOCKET_STATES) -> Iterator[SockRecord]:
+        cache = self._last if protocol == socket.IPPROTO_TCP else None
+        seen: dict[bytes, tuple[int, SockRecord]] = {}
         for family in (socket.AF_INET, socket.AF_INET6):
             req = build_request(family, protocol, states, with_info=protocol == socket.IPPROTO_TCP)
             for _type, body in self.nl.request(SOCK_DIAG_BY_FAMILY, req, dump=True):
-                yield parse_message(body, protocol)
+                quick = _quick_key(body) if cache is not None else None
+                if quick is not None:
+                    key, sent = quick
+                    hit = cache.get(key) if cache is not None else None
+                    rec = hit[1] if hit is not None and hit[0] == sent else parse_message(body, protocol)
+                    seen[key] = (sent, rec)
+                    yield rec
+                else:
+                    yield parse_message(body, protocol)
+        if cache is not None:
+            self._last = seen
 
     def lookup(self, family: int, protocol: int, src: str, sport: int, dst: str, dport: int) -> SockRecord | None:
         """The socket that owns this exact 4-tuple, or None if it is gone."""

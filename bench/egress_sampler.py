@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Sampler cost and accuracy vs nethogs, on the same traffic, in namespaces.
+
+A full-speed iperf3 upload plus 2,000 idle open TCP sockets run from namespace
+A to B, twice: once watched by `weightwarden-agent top --json --interval 1`,
+once by `nethogs -t`. For each: CPU seconds per second, peak RSS, and bytes
+credited to iperf3 vs what iperf3 reports it sent.
+
+Run as root: python bench/egress_sampler.py [--seconds 15] [--idle 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.helpers.netns import NetnsPair, make_pair, wait_for  # noqa: E402
+
+IDLE_HOLDER = """
+import resource, socket, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))
+socks = [socket.create_connection((sys.argv[1], int(sys.argv[2]))) for _ in range(int(sys.argv[3]))]
+print("ready", flush=True)
+time.sleep(3600)
+"""
+
+
+def proc_cost(pid: int) -> tuple[float, int]:
+    """(cpu seconds, peak RSS bytes) of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    hwm = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) * 1024
+    return cpu, hwm
+
+
+def run_iperf(pair: NetnsPair, seconds: int) -> tuple[int, int]:
+    client = pair.popen(pair.a, "iperf3", "-c", pair.addr_b, "-p", "5201", "-t", str(seconds), "-J",
+                        stdout=subprocess.PIPE)
+    out, _ = client.communicate(timeout=seconds + 60)
+    report = json.loads(out)
+    return client.pid, int(report["end"]["sum_sent"]["bytes"])
+
+
+def bench_weightwarden(pair: NetnsPair, seconds: int) -> dict[str, float]:
+    agent = pair.popen(pair.a, sys.executable, "-m", "agent", "top", "--json", "--interval", "1",
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=str(REPO))
+    time.sleep(2.0)  # start-up (imports, rule install, baseline) is not steady-state cost
+    cpu0, _ = proc_cost(agent.pid)
+    t0 = time.monotonic()
+    iperf_pid, sent = run_iperf(pair, seconds)
+    time.sleep(1.5)
+    cpu1, rss = proc_cost(agent.pid)
+    wall = time.monotonic() - t0
+    agent.send_signal(signal.SIGTERM)
+    out, _ = agent.communicate(timeout=20)
+    credited = 0
+    for line in out.decode().splitlines():
+        for proc in json.loads(line)["processes"]:
+            if proc["pid"] == iperf_pid:
+                credited += proc["tx_bytes"]
+    return {"cpu_per_s": (cpu1 - cpu0) / wall, "rss": rss, "credited": credited, "sent": sent}
+
+
+def bench_nethogs(pair: NetnsPair, seconds: int) -> dict[str, float]:
+    hogs = pair.popen(pair.a, "nethogs", "-t", "-v", "2", "-d", "1", pair.veth_a,
+                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    time.sleep(2.0)
+    cpu0, _ = proc_cost(hogs.pid)
+    t0 = time.monotonic()
+    iperf_pid, sent = run_iperf(pair, seconds)
+    time.sleep(2.5)
+    cpu1, rss = proc_cost(hogs.pid)
+    wall = time.monotonic() - t0
+    hogs.send_signal(signal.SIGINT)
+    try:
+        out, _ = hogs.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        hogs.kill()
+        out, _ = hogs.communicate()
+    # Trace lines: "program/pid/uid<TAB>sent<TAB>received"; -v 2 gives cumulative bytes.
+    credited = 0.0
+    pattern = re.compile(rf"^\S*iperf3/{iperf_pid}/\d+\t([\d.e+]+)\t")
+    for line in out.decode(errors="replace").splitlines():
+        m = pattern.match(line)
+        if m:
+            credited = float(m.group(1))
+    return {"cpu_per_s": (cpu1 - cpu0) / wall, "rss": rss, "credited": credited, "sent": sent}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--idle", type=int, default=2000)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))
+    pair = make_pair()
+    try:
+        sink = pair.popen(pair.b, sys.executable, "-m", "tests.helpers.sink", pair.addr_b, "8080", "9000",
+                          stdout=subprocess.PIPE, cwd=str(REPO))
+        assert sink.stdout is not None and sink.stdout.readline().strip() == b"ready"
+        pair.popen(pair.b, "iperf3", "-s", "-p", "5201", "-B", pair.addr_b, stdout=subprocess.DEVNULL)
+        assert wait_for(lambda: ":5201" in pair.run(pair.b, "ss", "-ltn").stdout)
+        holder = pair.popen(pair.a, sys.executable, "-c", IDLE_HOLDER, pair.addr_b, "8080", str(args.idle),
+                            stdout=subprocess.PIPE)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"ready"
+
+        rows = {"weightwarden (1 Hz)": bench_weightwarden(pair, args.seconds),
+                "nethogs -t (1 s)": bench_nethogs(pair, args.seconds)}
+    finally:
+        pair.teardown()
+    print(f"\niperf3 upload for {args.seconds}s at full speed + {args.idle} idle TCP sockets, namespaces A->B\n")
+    print(f"{'tool':<22} {'CPU s/s':>9} {'% core':>7} {'peak RSS':>10} {'sent (iperf3)':>15} "
+          f"{'credited':>15} {'error':>8}")
+    for name, r in rows.items():
+        err = (r["credited"] - r["sent"]) / r["sent"] * 100
+        print(f"{name:<22} {r['cpu_per_s']:>9.4f} {r['cpu_per_s'] * 100:>6.2f}% {r['rss'] / 2**20:>8.1f}Mi "
+              f"{r['sent']:>15,.0f} {r['credited']:>15,.0f} {err:>7.2f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
