@@ -1,6 +1,7 @@
 """weightwarden-agent: the command line.
 
-Exit codes: 0 success; 1 a runtime failure (stated on stderr); 2 bad usage.
+Exit codes: 0 success; 1 a runtime failure or invalid policy (stated on stderr);
+2 bad usage; 3 (status) drift or rules missing.
 """
 
 from __future__ import annotations
@@ -12,11 +13,28 @@ import sys
 import time
 from collections.abc import Sequence
 
+import asyncio
+from pathlib import Path
+
 from agent import __version__, logs, resolve_rules
+from agent.events import default_host_id
+from agent.paths import default_state_dir
+from agent.policy.loader import PolicyError, load_policy
+from agent.policy.units import parse_size
 from agent.sampler import DEFAULT_QUEUE, Sampler, SamplerConfig
 from agent.topview import TopState
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DRIFT = 0, 1, 2, 3
+
+POLICY_EXAMPLES = """examples:
+  weightwarden-agent policy check policies/single-gpu-host.yaml
+  weightwarden-agent policy explain policies/single-gpu-host.yaml --weights-size 140GB
+"""
+RUN_EXAMPLES = """examples:
+  weightwarden-agent run --policy policies/monitor-only.yaml --sink stdout
+  weightwarden-agent run --policy /etc/weightwarden/policy.yaml --sink mqtt://collector:1883
+  weightwarden-agent run --policy p.yaml --dry-run       print the kernel plan and exit
+"""
 
 TOP_EXAMPLES = """examples:
   weightwarden-agent top                          live table, refreshed every second
@@ -62,7 +80,213 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--dry-run", action="store_true", help="print the kernel rules top would add, and exit")
     top.add_argument("--limit", type=_positive(int), default=20, help="rows in the table")
     top.set_defaults(func=cmd_top)
+
+    pol = sub.add_parser("policy", help="check or explain a policy file", epilog=POLICY_EXAMPLES,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    psub = pol.add_subparsers(dest="policy_command", required=True)
+    check = psub.add_parser("check", help="validate a policy: exit 0 if valid, 1 with every problem if not",
+                            epilog=POLICY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    check.add_argument("file")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(func=cmd_policy_check)
+    expl = psub.add_parser("explain", help="what a policy does, and the minimum time to move the weights off",
+                           epilog=POLICY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    expl.add_argument("file")
+    expl.add_argument("--weights-size", metavar="SIZE",
+                      help="e.g. 140GB (default: the size of spec.weights.paths on this host)")
+    expl.add_argument("--json", action="store_true")
+    expl.set_defaults(func=cmd_policy_explain)
+
+    run = sub.add_parser("run", help="the daemon: sample, enforce, emit events", epilog=RUN_EXAMPLES,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--policy", "--config", dest="policy", required=True, metavar="FILE")
+    run.add_argument("--sink", default="stdout", help="stdout, mqtt://HOST:PORT or mqtts://HOST:PORT")
+    _state_args(run)
+    run.add_argument("--host-id", default=None, help="stable host id (default: the hostname)")
+    run.add_argument("--sample-interval", type=_positive(float), default=1.0, metavar="S")
+    run.add_argument("--heartbeat-interval", type=_positive(float), default=30.0, metavar="S")
+    run.add_argument("--no-nfqueue", action="store_true")
+    run.add_argument("--queue-num", type=int, default=DEFAULT_QUEUE)
+    run.add_argument("--dry-run", action="store_true", help="print the kernel plan as JSON and exit")
+    run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="policy in force, kernel rules, counters and drift",
+                            epilog="exit codes: 0 in force and matching, 3 drift or rules missing, 1 error")
+    _state_args(status)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    enf = sub.add_parser("enforce", help="apply a policy once, or clear every rule and qdisc we made")
+    esub = enf.add_subparsers(dest="enforce_command", required=True)
+    clear = esub.add_parser("clear", help="remove all weightwarden rules and qdiscs (caps are lifted)")
+    _state_args(clear)
+    clear.add_argument("--json", action="store_true")
+    clear.set_defaults(func=cmd_enforce_clear)
+    apply = esub.add_parser("apply", help="apply a policy's caps once, without the daemon")
+    apply.add_argument("--policy", "--config", dest="policy", required=True, metavar="FILE")
+    _state_args(apply)
+    apply.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    apply.set_defaults(func=cmd_enforce_apply)
     return parser
+
+
+def _state_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="default: /var/lib/weightwarden (per network namespace), or $WEIGHTWARDEN_STATE_DIR")
+    p.add_argument("--backend", choices=("auto", "nftables", "iptables"), default="auto")
+
+
+def _load_or_report(path: str) -> object:
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem.render(path), file=sys.stderr)
+        return None
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    try:
+        loaded = load_policy(args.file)
+    except PolicyError as exc:
+        if args.json:
+            print(json.dumps({"valid": False, "problems": [p.__dict__ for p in exc.problems]}))
+        for problem in exc.problems:
+            print(problem.render(args.file), file=sys.stderr)
+        return EXIT_FAIL
+    if args.json:
+        print(json.dumps({"valid": True, "name": loaded.policy.metadata.name, "digest": loaded.digest}))
+    else:
+        print(f"{args.file}: valid policy {loaded.policy.metadata.name!r}")
+    return EXIT_OK
+
+
+def cmd_policy_explain(args: argparse.Namespace) -> int:
+    from agent.daemon import resolve_interfaces
+    from agent.policy.explain import explain, weights_size
+
+    loaded = _load_or_report(args.file)
+    if loaded is None:
+        return EXIT_FAIL
+    policy = loaded.policy  # type: ignore[attr-defined]
+    if args.weights_size:
+        try:
+            size = parse_size(args.weights_size)
+        except ValueError as exc:
+            print(f"weightwarden-agent: --weights-size: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        size = weights_size(policy)
+        if size == 0:
+            print("weightwarden-agent: no weight files found under spec.weights.paths; pass --weights-size SIZE",
+                  file=sys.stderr)
+            return EXIT_USAGE
+    n_ifaces = max(1, len(resolve_interfaces(policy.spec.interfaces))) if policy.spec.interfaces else 1
+    report = explain(policy, size, n_ifaces)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print("\n".join(report["summary"]))
+        print(f"\nFastest route: {report['min_time']}.")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.daemon import Agent, DaemonConfig
+    from agent.enforce.kernel import KernelError
+    from agent.sinks import SinkURLError, make_sink
+
+    loaded = _load_or_report(args.policy)
+    if loaded is None:
+        return EXIT_FAIL
+    state_dir = args.state_dir or default_state_dir()
+    if args.dry_run:
+        return _print_plan(loaded, args)
+    try:
+        sink = make_sink(args.sink)
+    except (SinkURLError, ValueError, OSError) as exc:
+        print(f"weightwarden-agent: --sink: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    cfg = DaemonConfig(policy_path=Path(args.policy), state_dir=state_dir, host_id=args.host_id or default_host_id(),
+                       backend=args.backend, sample_interval=args.sample_interval, nfqueue=not args.no_nfqueue,
+                       queue_num=args.queue_num, heartbeat_interval=args.heartbeat_interval)
+    try:
+        agent = Agent(cfg, loaded, sink)  # type: ignore[arg-type]
+    except (KernelError, ValueError, OSError) as exc:
+        print(f"weightwarden-agent: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    return asyncio.run(agent.run())
+
+
+def _print_plan(loaded: object, args: argparse.Namespace) -> int:
+    from agent.daemon import cgroupv2_paths_usable, resolve_hosts, resolve_interfaces
+    from agent.enforce import iptables
+    from agent.enforce.plan import PlanInputs, build
+
+    policy = loaded.policy  # type: ignore[attr-defined]
+    hosts = [d.host for d in policy.spec.allow if d.host]
+    inputs = PlanInputs(policy, resolve_interfaces(policy.spec.interfaces), resolve_hosts(hosts), [],
+                        cgroupv2_paths_usable())
+    plan = build(inputs)
+    out = plan.to_json()
+    out["iptables"] = {str(v): d.__dict__ for v, d in iptables.build(inputs, plan).items()}
+    print(json.dumps(out, indent=2))
+    return EXIT_OK
+
+
+def cmd_enforce_apply(args: argparse.Namespace) -> int:
+    from agent.daemon import cgroupv2_paths_usable, resolve_hosts, resolve_interfaces
+    from agent.enforce.enforcer import Enforcer
+    from agent.enforce.kernel import KernelError
+    from agent.enforce.plan import PlanInputs, build
+
+    loaded = _load_or_report(args.policy)
+    if loaded is None:
+        return EXIT_FAIL
+    if args.dry_run:
+        return _print_plan(loaded, args)
+    policy = loaded.policy  # type: ignore[attr-defined]
+    hosts = [d.host for d in policy.spec.allow if d.host]
+    inputs = PlanInputs(policy, resolve_interfaces(policy.spec.interfaces), resolve_hosts(hosts), [],
+                        cgroupv2_paths_usable())
+    plan = build(inputs)
+    try:
+        enforcer = Enforcer(args.state_dir or default_state_dir(), args.backend)
+        enforcer.apply(inputs, plan, {"policy": policy.metadata.name, "policy_digest": loaded.digest,  # type: ignore[attr-defined]
+                                      "policy_path": args.policy})
+    except KernelError as exc:
+        print(f"weightwarden-agent: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    for note in plan.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"applied {policy.metadata.name!r} via {enforcer.backend} on {', '.join(plan.interfaces) or '(none)'}")
+    return EXIT_OK
+
+
+def cmd_enforce_clear(args: argparse.Namespace) -> int:
+    from agent.enforce.enforcer import Enforcer
+    from agent.enforce.kernel import KernelError
+
+    try:
+        removed = Enforcer(args.state_dir or default_state_dir(), args.backend).clear()
+    except KernelError as exc:
+        print(f"weightwarden-agent: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if args.json:
+        print(json.dumps(removed))
+    else:
+        print("cleared: " + ", ".join(f"{k}={v}" for k, v in removed.items()))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from agent import status
+
+    report = status.collect(args.state_dir or default_state_dir(), args.backend)
+    print(json.dumps(report) if args.json else status.render(report))
+    if report.get("error"):
+        return EXIT_FAIL
+    return EXIT_DRIFT if report["drift"] else EXIT_OK
 
 
 def cmd_top(args: argparse.Namespace) -> int:

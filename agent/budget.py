@@ -1,0 +1,126 @@
+"""Byte budgets over a rolling window, and per-process thresholds. Pure logic.
+
+Bytes are kept in fixed buckets (1/60 of the window), so a 24 h window costs
+60 numbers; the state serialises to JSON so it survives agent restarts.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+BUCKETS = 60
+
+
+@dataclass
+class RollingWindow:
+    window: float
+    buckets: deque[tuple[float, int]] = field(default_factory=deque)
+
+    @property
+    def width(self) -> float:
+        return self.window / BUCKETS
+
+    def add(self, now: float, n: int) -> None:
+        if n <= 0:
+            return
+        start = now - (now % self.width)
+        if self.buckets and self.buckets[-1][0] == start:
+            self.buckets[-1] = (start, self.buckets[-1][1] + n)
+        else:
+            self.buckets.append((start, n))
+        self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        while self.buckets and self.buckets[0][0] + self.width <= now - self.window:
+            self.buckets.popleft()
+
+    def total(self, now: float) -> int:
+        self._expire(now)
+        return sum(n for _, n in self.buckets)
+
+    def to_json(self) -> list[list[float]]:
+        return [[s, n] for s, n in self.buckets]
+
+    @classmethod
+    def from_json(cls, window: float, data: Any) -> RollingWindow:
+        w = cls(window)
+        if isinstance(data, list):
+            for item in data:
+                if isinstance(item, list) and len(item) == 2:
+                    w.buckets.append((float(item[0]), int(item[1])))
+        return w
+
+
+@dataclass
+class BudgetState:
+    name: str
+    limit: int
+    window: RollingWindow
+    action: str
+    exhausted: bool = False
+
+
+class BudgetBook:
+    """All budgets of a policy; ``add`` returns the budgets that just ran out."""
+
+    def __init__(self, budgets: list[Any], saved: dict[str, Any] | None = None) -> None:
+        saved = saved or {}
+        self.budgets: dict[str, BudgetState] = {}
+        for b in budgets:
+            prev = saved.get(b.name, {})
+            window = RollingWindow.from_json(b.window, prev.get("buckets") if prev.get("window") == b.window else [])
+            self.budgets[b.name] = BudgetState(b.name, b.bytes, window, b.action, bool(prev.get("exhausted")))
+
+    def add(self, now: float, n: int) -> list[BudgetState]:
+        newly = []
+        for state in self.budgets.values():
+            state.window.add(now, n)
+            over = state.window.total(now) >= state.limit
+            if over and not state.exhausted:
+                newly.append(state)
+            state.exhausted = over
+        return newly
+
+    def blocking(self) -> list[str]:
+        return sorted(s.name for s in self.budgets.values() if s.exhausted and s.action == "block")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            name: {"window": s.window.window, "buckets": s.window.to_json(), "exhausted": s.exhausted}
+            for name, s in self.budgets.items()
+        }
+
+    def usage(self, now: float) -> dict[str, dict[str, Any]]:
+        return {name: {"used_bytes": s.window.total(now), "limit_bytes": s.limit, "exhausted": s.exhausted,
+                       "action": s.action} for name, s in self.budgets.items()}
+
+
+class ThresholdWatch:
+    """Per-process sums over each threshold's window; fires once per crossing."""
+
+    def __init__(self, thresholds: list[Any]) -> None:
+        self.thresholds = thresholds
+        self._windows: dict[tuple[str, int], RollingWindow] = {}
+        self._fired: set[tuple[str, int]] = set()
+
+    def add(self, now: float, pid: int, n: int) -> list[tuple[Any, int]]:
+        """Returns (threshold, bytes in window) for each threshold this pid just crossed."""
+        crossed = []
+        for th in self.thresholds:
+            key = (th.name, pid)
+            window = self._windows.setdefault(key, RollingWindow(th.window))
+            window.add(now, n)
+            total = window.total(now)
+            if total >= th.bytes and key not in self._fired:
+                self._fired.add(key)
+                crossed.append((th, total))
+            elif total < th.bytes:
+                self._fired.discard(key)
+        return crossed
+
+    def forget(self, live_pids: set[int]) -> None:
+        for key in [k for k in self._windows if k[1] not in live_pids and not self._windows[k].buckets]:
+            del self._windows[key]
+            self._fired.discard(key)

@@ -1,0 +1,328 @@
+"""``weightwarden-agent run``: sample, evaluate the policy, enforce, emit events.
+
+Stages are asyncio tasks in one TaskGroup. The event queue is owned by the
+Agent: the sample and enforce loops put events on it, the sink loop alone
+takes them off and publishes. Kernel and /proc work runs in worker threads so
+a slow netlink dump never stalls the event flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from agent import logs, sdnotify
+from agent.budget import BudgetBook, ThresholdWatch
+from agent.enforce.enforcer import Enforcer, atomic_write, read_json
+from agent.enforce.plan import Plan, PlanInputs, build
+from agent.events import Event, EventFactory, Sequencer
+from agent.interfaces import counter_delta
+from agent.policy.loader import LoadedPolicy, PolicyError, load_policy
+from agent.sampler import Sampler, SamplerConfig
+from agent.sinks import Sink
+
+HOST_REFRESH_S = 300.0
+CAP_HIT_REPEAT_S = 60.0
+
+
+@dataclass
+class DaemonConfig:
+    policy_path: Path
+    state_dir: Path
+    host_id: str
+    backend: str = "auto"
+    sample_interval: float = 1.0
+    nfqueue: bool = True
+    queue_num: int = 4242
+    heartbeat_interval: float = 30.0
+
+
+def resolve_interfaces(patterns: list[str]) -> list[str]:
+    names = sorted(n for n in psutil.net_if_stats() if n != "lo")
+    if not patterns:
+        return names
+    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
+def resolve_hosts(hosts: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for host in hosts:
+        try:
+            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        except OSError:
+            continue
+        out[host] = sorted({str(info[4][0]) for info in infos})
+    return out
+
+
+def cgroupv2_paths_usable() -> bool:
+    # nft resolves 'socket cgroupv2' paths under /sys/fs/cgroup, so only a
+    # unified mount there works; hybrid hosts keep v2 at .../unified.
+    return Path("/sys/fs/cgroup/cgroup.controllers").exists()
+
+
+class Agent:
+    def __init__(self, cfg: DaemonConfig, loaded: LoadedPolicy, sink: Sink) -> None:
+        self.cfg = cfg
+        self.loaded = loaded
+        self.sink = sink
+        self.log = logs.get("agent.run")
+        self.events = EventFactory(cfg.host_id, Sequencer(cfg.state_dir / "seq"))
+        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=10_000)
+        self.enforcer = Enforcer(cfg.state_dir, cfg.backend)
+        self.budget_path = cfg.state_dir / "budgets.json"
+        self.budgets = BudgetBook(loaded.policy.spec.budgets, read_json(self.budget_path))
+        self.thresholds = ThresholdWatch(loaded.policy.spec.thresholds)
+        self.sampler: Sampler | None = None
+        self.stop = asyncio.Event()
+        self.reload = asyncio.Event()
+        self.resolved: dict[str, list[str]] = {}
+        self._resolved_at = 0.0
+        self._last_counters: dict[str, int] = {}
+        self._cap_hit_at: dict[str, float] = {}
+        self._mtime = self._policy_mtime()
+        self.plan: Plan | None = None
+        self.started = time.monotonic()
+        self.last_sample_lag = 0.0
+        self.dropped_events = 0
+
+    # -- events ---------------------------------------------------------
+
+    def emit(self, type_: str, data: dict[str, Any] | None = None) -> None:
+        event = self.events.make(type_, data)
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            # Counted and reported in the next heartbeat: never a silent gap.
+            self.dropped_events += 1
+
+    async def _sink_loop(self) -> None:
+        while True:
+            event = await self.queue.get()
+            if event is None:
+                return
+            try:
+                await self.sink.publish(event)
+            except Exception as exc:  # noqa: BLE001 - the sink reports; the daemon keeps running
+                self.log.error("sink_error", error=repr(exc), event_type=event.type, seq=event.seq)
+
+    # -- policy ---------------------------------------------------------
+
+    def _policy_mtime(self) -> float:
+        try:
+            return os.stat(self.cfg.policy_path).st_mtime
+        except OSError:
+            return 0.0
+
+    def _maybe_reload(self) -> None:
+        mtime = self._policy_mtime()
+        if not self.reload.is_set() and mtime == self._mtime:
+            return
+        self.reload.clear()
+        self._mtime = mtime
+        try:
+            loaded = load_policy(self.cfg.policy_path)
+        except PolicyError as exc:
+            problems = [p.render(str(self.cfg.policy_path)) for p in exc.problems]
+            self.log.error("policy_rejected", problems=problems, kept=self.loaded.policy.metadata.name)
+            self.emit("policy_rejected", {"path": str(self.cfg.policy_path), "problems": problems,
+                                          "kept": self.loaded.policy.metadata.name, "kept_digest": self.loaded.digest})
+            return
+        if loaded.digest == self.loaded.digest:
+            return
+        self.loaded = loaded
+        self.budgets = BudgetBook(loaded.policy.spec.budgets, self.budgets.to_json())
+        self.thresholds = ThresholdWatch(loaded.policy.spec.thresholds)
+        self._resolved_at = 0.0
+
+    def _policy_meta(self) -> dict[str, Any]:
+        return {"policy": self.loaded.policy.metadata.name, "policy_digest": self.loaded.digest,
+                "policy_path": str(self.cfg.policy_path)}
+
+    # -- enforcement ----------------------------------------------------
+
+    def _inputs(self) -> PlanInputs:
+        spec = self.loaded.policy.spec
+        hosts = [d.host for d in spec.allow if d.host] + [
+            d.host for c in spec.caps for d in c.match.destinations if d.host]
+        if hosts and time.monotonic() - self._resolved_at > HOST_REFRESH_S:
+            fresh = resolve_hosts(hosts)
+            self.resolved = {**self.resolved, **fresh}
+            self._resolved_at = time.monotonic()
+        return PlanInputs(self.loaded.policy, resolve_interfaces(spec.interfaces), self.resolved,
+                          self.budgets.blocking(), cgroupv2_paths_usable())
+
+    def _account(self, now: float, interval: float) -> None:
+        counters = self.enforcer.counters()
+        deltas = {}
+        for name, c in counters.items():
+            deltas[name] = counter_delta(c["bytes"], self._last_counters.get(name))
+            self._last_counters[name] = c["bytes"]
+        for state in self.budgets.add(now, deltas.get("egress", 0)):
+            self.emit("budget_exhausted", {"budget": state.name, "limit_bytes": state.limit,
+                                           "window_s": state.window.window, "action": state.action,
+                                           "used_bytes": state.window.total(now)})
+        atomic_write(self.budget_path, self.budgets.to_json())
+        if self.plan is None:
+            return
+        for slot in self.plan.slots:
+            sent = deltas.get(slot.counter, 0)
+            rate = sent * 8 / max(interval, 1e-6)
+            hit = (slot.action == "block" and sent > 0) or (slot.action != "block" and rate >= 0.9 * slot.rate_bps)
+            last = self._cap_hit_at.get(slot.name, 0.0)
+            if hit and now - last >= CAP_HIT_REPEAT_S:
+                self._cap_hit_at[slot.name] = now
+                self.emit("cap_hit", {"cap": slot.name, "action": slot.action, "rate_bps": slot.rate_bps,
+                                      "observed_bps": round(rate), "bytes": sent})
+
+    def enforce_once(self, interval: float) -> None:
+        self._maybe_reload()
+        now = time.time()
+        if self.plan is not None:
+            self._account(now, interval)
+        inputs = self._inputs()
+        plan = build(inputs)
+        changed = self.plan is None or plan.to_json() != self.plan.to_json()
+        result = self.enforcer.reconcile(inputs, plan, self._policy_meta())
+        if result.error:
+            self.log.error("enforcement_error", error=result.error)
+            self.emit("enforcement_error", {"error": result.error})
+            return
+        if result.drift:
+            self.log.warning("enforcement_drift", drift=result.drift)
+            self.emit("enforcement_drift", {"drift": result.drift, "restored": result.applied})
+        if result.applied:
+            # A fresh table starts its counters at zero.
+            self._last_counters = {}
+        if changed:
+            self.plan = plan
+            self.emit("policy_applied", {**self._policy_meta(), "backend": self.enforcer.backend,
+                                         "interfaces": plan.interfaces, "notes": plan.notes,
+                                         "caps": [s.__dict__ for s in plan.slots],
+                                         "blocked_budgets": inputs.blocked_budgets})
+            for note in plan.notes:
+                self.log.warning("policy_note", note=note)
+
+    async def _enforce_loop(self) -> None:
+        last = time.monotonic()
+        while not self.stop.is_set():
+            now = time.monotonic()
+            await asyncio.to_thread(self.enforce_once, now - last)
+            last = now
+            try:
+                await asyncio.wait_for(self.stop.wait(), timeout=self.loaded.policy.spec.interval)
+            except TimeoutError:
+                pass
+            if self.reload.is_set():
+                continue
+
+    # -- sampling -------------------------------------------------------
+
+    def _sample_once(self) -> dict[str, Any] | None:
+        if self.sampler is None:
+            return None
+        return self.sampler.sample().to_json()
+
+    async def _sample_loop(self) -> None:
+        deadline = time.monotonic()
+        while not self.stop.is_set():
+            deadline += self.cfg.sample_interval
+            try:
+                await asyncio.wait_for(self.stop.wait(), timeout=max(0.0, deadline - time.monotonic()))
+                return
+            except TimeoutError:
+                pass
+            self.last_sample_lag = max(0.0, time.monotonic() - deadline)
+            sample = await asyncio.to_thread(self._sample_once)
+            if sample is None:
+                continue
+            now = time.time()
+            for proc in sample["processes"]:
+                for th, total in self.thresholds.add(now, proc["pid"], proc["tx_bytes"]):
+                    self.emit("threshold_crossed", {"threshold": th.name, "severity": th.severity,
+                                                    "bytes_in_window": total, "window_s": th.window,
+                                                    "limit_bytes": th.bytes, "process": proc})
+            self.thresholds.forget({p["pid"] for p in sample["processes"]})
+            self.emit("egress_sample", sample)
+
+    async def _heartbeat_loop(self) -> None:
+        while not self.stop.is_set():
+            self.emit("heartbeat", self.health())
+            try:
+                await asyncio.wait_for(self.stop.wait(), timeout=self.cfg.heartbeat_interval)
+            except TimeoutError:
+                pass
+
+    async def _watchdog_loop(self, every: float) -> None:
+        while not self.stop.is_set():
+            sdnotify.notify("WATCHDOG=1")
+            try:
+                await asyncio.wait_for(self.stop.wait(), timeout=every)
+            except TimeoutError:
+                pass
+
+    def health(self) -> dict[str, Any]:
+        rec = self.enforcer.record or {}
+        return {
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "sampler_lag_s": round(self.last_sample_lag, 3),
+            "event_queue": self.queue.qsize(),
+            "events_dropped": self.dropped_events,
+            "spool_depth": getattr(self.sink, "depth", lambda: 0)(),
+            "policy": self.loaded.policy.metadata.name,
+            "policy_digest": self.loaded.digest,
+            "backend": self.enforcer.backend,
+            "rules_in_force": bool(rec),
+            "caps": len(rec.get("caps", [])),
+            "budgets": self.budgets.usage(time.time()),
+        }
+
+    # -- lifecycle ------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload.set)
+        await self.sink.start()
+        sampler = Sampler(SamplerConfig(resolve_with_nfqueue=self.cfg.nfqueue, queue_num=self.cfg.queue_num))
+        try:
+            await asyncio.to_thread(sampler.start)
+            self.sampler = sampler
+        except OSError as exc:
+            self.log.error("sampler_unavailable", error=str(exc))
+        for feature in sampler.features:
+            (self.log.info if feature.ok else self.log.warning)("feature", name=feature.name, detail=feature.detail)
+        self.emit("agent_started", {"pid": os.getpid(), **self._policy_meta(),
+                                    "features": {f.name: {"ok": f.ok, "detail": f.detail} for f in sampler.features}})
+        await asyncio.to_thread(self.enforce_once, 0.0)
+        sdnotify.notify("READY=1")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                sink_task = tg.create_task(self._sink_loop())
+                workers = [tg.create_task(self._enforce_loop()), tg.create_task(self._sample_loop()),
+                           tg.create_task(self._heartbeat_loop())]
+                every = sdnotify.watchdog_interval()
+                if every:
+                    workers.append(tg.create_task(self._watchdog_loop(every)))
+                await self.stop.wait()
+                sdnotify.notify("STOPPING=1")
+                for task in workers:
+                    await task
+                # Caps stay in force: stopping the agent never opens the gate.
+                self.emit("agent_stopping", {"reason": "signal", "rules_left_in_force": True})
+                await self.queue.put(None)
+                await sink_task
+        finally:
+            await asyncio.to_thread(sampler.close)
+            await self.sink.close()
+        return 0

@@ -1,0 +1,138 @@
+"""Plan -> kernel, and back: apply in one step, detect drift, clear.
+
+The enforcer remembers a fingerprint of the kernel state it left (rules and
+qdiscs without counters). Each reconcile reads the state again; any
+difference (rules flushed, qdisc deleted, a rule added to our table) is drift:
+it is reported and the plan is applied again. The record is kept on disk so
+`status` and a restarted agent know what was in force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.enforce import iptables, nftables, tc
+from agent.enforce.kernel import KernelError
+from agent.enforce.plan import Plan, PlanInputs
+
+
+@dataclass
+class ReconcileResult:
+    applied: bool
+    drift: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def choose_backend(requested: str = "auto") -> str:
+    if requested == "nftables" or (requested == "auto" and nftables.available()):
+        return "nftables"
+    if requested in ("auto", "iptables") and iptables.available():
+        return "iptables"
+    raise KernelError("neither nft nor iptables-restore is usable: cannot enforce caps")
+
+
+def plan_digest(plan: Plan) -> str:
+    return hashlib.sha256(json.dumps(plan.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def atomic_write(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class Enforcer:
+    def __init__(self, state_dir: Path, backend: str = "auto") -> None:
+        self.backend = choose_backend(backend)
+        self.record_path = state_dir / "enforcement.json"
+        self.record: dict[str, Any] | None = read_json(self.record_path)
+
+    def fingerprint(self, interfaces: list[str]) -> dict[str, Any]:
+        rules: Any = nftables.normalize(nftables.read_table()) if self.backend == "nftables" else iptables.read_state()
+        return {"backend": self.backend, "rules": rules, "tc": {i: tc.read_interface(i) for i in interfaces}}
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        if self.backend == "nftables":
+            return nftables.counters(nftables.read_table())
+        return iptables.counters()
+
+    def apply(self, inputs: PlanInputs, plan: Plan, policy_meta: dict[str, Any]) -> None:
+        # tc first: classes exist before any packet is steered into them.
+        for iface, commands in plan.tc.items():
+            tc.apply(iface, commands)
+        if self.backend == "nftables":
+            nftables.apply(plan.nft_document())
+        else:
+            iptables.apply(iptables.build(inputs, plan))
+        self.record = {
+            **policy_meta,
+            "backend": self.backend,
+            "plan_digest": plan_digest(plan),
+            "interfaces": plan.interfaces,
+            "caps": [s.__dict__ for s in plan.slots],
+            "applied_at": time.time(),
+            "fingerprint": self.fingerprint(plan.interfaces),
+        }
+        atomic_write(self.record_path, self.record)
+
+    def drift(self, interfaces: list[str]) -> list[str]:
+        """What differs between the kernel and what we left there."""
+        if self.record is None:
+            return []
+        expected = self.record.get("fingerprint", {})
+        now = self.fingerprint(interfaces)
+        found = []
+        if now["rules"] != expected.get("rules"):
+            found.append(f"{self.backend} rules missing" if now["rules"] is None else f"{self.backend} rules changed")
+        for iface in interfaces:
+            want, have = expected.get("tc", {}).get(iface), now["tc"].get(iface)
+            if want != have:
+                missing = not (have or {}).get("qdiscs") or not any(q["parent"] == "root" and q["handle"] == "7757:0"
+                                                                      for q in have.get("qdiscs", []))
+                found.append(f"tc qdisc missing on {iface}" if missing else f"tc classes changed on {iface}")
+        return found
+
+    def reconcile(self, inputs: PlanInputs, plan: Plan, policy_meta: dict[str, Any]) -> ReconcileResult:
+        """Apply when the plan changed; otherwise repair drift. Never raises for kernel refusals."""
+        try:
+            if self.record is None or self.record.get("plan_digest") != plan_digest(plan) \
+                    or self.record.get("backend") != self.backend:
+                self.apply(inputs, plan, policy_meta)
+                return ReconcileResult(applied=True)
+            found = self.drift(plan.interfaces)
+            if found:
+                self.apply(inputs, plan, policy_meta)
+                return ReconcileResult(applied=True, drift=found)
+            return ReconcileResult(applied=False)
+        except KernelError as exc:
+            return ReconcileResult(applied=False, error=str(exc))
+
+    def clear(self) -> dict[str, Any]:
+        """Remove every trace of ours from nft, iptables and tc; forget the record."""
+        removed = {"nftables": nftables.clear() if nftables.available() else False,
+                   "iptables": iptables.clear() if iptables.available() else False,
+                   "tc": tc.clear()}
+        self.record = None
+        try:
+            self.record_path.unlink()
+        except FileNotFoundError:
+            pass
+        return removed

@@ -1,0 +1,131 @@
+"""The iptables backend, for hosts without nft: same caps, via iptables-restore.
+
+Rules live in our own chain WEIGHTWARDEN-CAPS in the mangle table, jumped to
+from POSTROUTING for each policy interface, and are loaded with
+``iptables-restore --noflush`` (one transaction per address family).
+Shaping uses ``CLASSIFY`` to put packets in the cap's htb class, so the tc
+side is shared with the nft backend. Each rule carries a ``ww:NAME`` comment
+so its counters can be read back per cap.
+
+A difference from nft: a non-terminating target cannot "return after the
+first match", so caps are written in reverse order and the first matching
+cap's class wins by being written last. Block caps drop wherever they match.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+
+from agent.enforce.kernel import run
+from agent.enforce.plan import ALLOWED_COUNTER, BUDGET_COUNTER, EGRESS_COUNTER, Plan, PlanInputs, _networks
+
+CHAIN = "WEIGHTWARDEN-CAPS"
+TOOLS = {4: ("iptables-restore", "iptables-save", "iptables"), 6: ("ip6tables-restore", "ip6tables-save", "ip6tables")}
+_COMMENT = re.compile(r'--comment "?ww:([a-z0-9-]+)"?')
+_COUNTS = re.compile(r"^\[(\d+):(\d+)\]")
+
+
+@dataclass(frozen=True)
+class Document:
+    restore: str  # iptables-restore input for our chain
+    jumps: list[list[str]]  # POSTROUTING jump rules, as argv tails
+
+
+def available() -> bool:
+    return shutil.which("iptables-restore") is not None
+
+
+def build(inputs: PlanInputs, plan: Plan) -> dict[int, Document]:
+    """iptables-restore documents per IP version. Pure."""
+    spec = inputs.policy.spec
+    docs: dict[int, Document] = {}
+    for version in (4, 6):
+        pick = 0 if version == 4 else 1
+        rules: list[str] = []
+
+        def add(parts: list[str], tag: str) -> None:
+            rules.append(" ".join(["-A", CHAIN, *parts, "-m", "comment", "--comment", f"ww:{tag}"]))
+
+        for dest in spec.allow:
+            for net in _networks([dest], inputs.resolved)[pick]:
+                if dest.ports:
+                    for port in dest.ports:
+                        for proto in ("tcp", "udp"):
+                            add(["-d", net, "-p", proto, "--dport", str(port), "-j", "RETURN"], ALLOWED_COUNTER)
+                else:
+                    add(["-d", net, "-j", "RETURN"], ALLOWED_COUNTER)
+        add([], EGRESS_COUNTER)
+        if inputs.blocked_budgets:
+            add(["-j", "DROP"], BUDGET_COUNTER)
+        for cap, slot in reversed(list(zip(spec.caps, plan.slots, strict=True))):
+            conds: list[list[str]] = [[]]
+            if cap.match.uids:
+                conds = [["-m", "owner", "--uid-owner", str(uid)] for uid in cap.match.uids]
+            if cap.match.destinations:
+                nets = _networks(cap.match.destinations, inputs.resolved)[pick]
+                conds = [c + ["-d", net] for c in conds for net in nets]
+            target = {"shape": ["-j", "CLASSIFY", "--set-class", slot.classid], "block": ["-j", "DROP"],
+                      "alert": []}[slot.action]
+            for cond in conds:
+                add(cond + target, slot.counter)
+        restore = "\n".join(["*mangle", f":{CHAIN} - [0:0]", f"-F {CHAIN}", *rules, "COMMIT", ""])
+        jumps = [["-A", "POSTROUTING", "-o", iface, "-j", CHAIN] for iface in inputs.interfaces]
+        docs[version] = Document(restore, jumps)
+    return docs
+
+
+def _delete_jumps(tool: str) -> None:
+    save = run([tool + "-save", "-t", "mangle"], check=False).stdout
+    for line in save.splitlines():
+        if line.startswith("-A POSTROUTING") and line.endswith(f"-j {CHAIN}"):
+            run([tool, "-w", "-t", "mangle", "-D", *line.split()[1:]], check=False)
+
+
+def apply(docs: dict[int, Document]) -> None:
+    for version, doc in docs.items():
+        restore, _save, tool = TOOLS[version]
+        if shutil.which(restore) is None:
+            continue
+        run([restore, "--noflush", "-w"], stdin=doc.restore)
+        _delete_jumps(tool)
+        for jump in doc.jumps:
+            run([tool, "-w", "-t", "mangle", *jump])
+
+
+def read_state() -> dict[str, list[str]] | None:
+    """Our chain's rules and jumps per IP version (no counters); None if absent."""
+    out: dict[str, list[str]] = {}
+    for version, (_restore, save, _tool) in TOOLS.items():
+        if shutil.which(save) is None:
+            continue
+        text = run([save, "-t", "mangle"], check=False).stdout
+        out[str(version)] = [ln for ln in text.splitlines() if CHAIN in ln and not ln.startswith(":")]
+    return out if any(out.values()) else None
+
+
+def counters() -> dict[str, dict[str, int]]:
+    totals: dict[str, dict[str, int]] = {}
+    for _restore, save, _tool in TOOLS.values():
+        if shutil.which(save) is None:
+            continue
+        for line in run([save, "-c", "-t", "mangle"], check=False).stdout.splitlines():
+            m, c = _COUNTS.match(line), _COMMENT.search(line)
+            if m and c and f"-A {CHAIN}" in line:
+                entry = totals.setdefault(c.group(1), {"packets": 0, "bytes": 0})
+                entry["packets"] += int(m.group(1))
+                entry["bytes"] += int(m.group(2))
+    return totals
+
+
+def clear() -> bool:
+    found = False
+    for _restore, _save, tool in TOOLS.values():
+        if shutil.which(tool) is None:
+            continue
+        _delete_jumps(tool)
+        if run([tool, "-w", "-t", "mangle", "-F", CHAIN], check=False).returncode == 0:
+            found = True
+            run([tool, "-w", "-t", "mangle", "-X", CHAIN], check=False)
+    return found

@@ -1,0 +1,134 @@
+"""What a policy does, in words, and how long moving the weights off would take. Pure."""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from agent.policy.model import Cap, Destination, Policy
+from agent.policy.units import format_duration, format_rate, format_size
+
+
+@dataclass
+class Route:
+    name: str
+    description: str
+    rate_bps: float | None  # None: not limited by us
+    blocked: bool
+    seconds: float | None  # to move the weights; None: unbounded by policy
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def weights_size(policy: Policy) -> int:
+    """Total bytes under spec.weights.paths (directories walked, globs expanded)."""
+    seen: set[str] = set()
+    total = 0
+    for pattern in policy.spec.weights.paths:
+        for path in glob.glob(pattern, recursive=True) or []:
+            candidates = [path]
+            if os.path.isdir(path):
+                candidates = [os.path.join(d, f) for d, _, files in os.walk(path) for f in files]
+            for f in candidates:
+                real = os.path.realpath(f)
+                if real in seen or not os.path.isfile(real):
+                    continue
+                seen.add(real)
+                total += os.path.getsize(real)
+    return total
+
+
+def _dest(d: Destination) -> str:
+    base = d.cidr or f"host {d.host}"
+    return base + (f" port {','.join(map(str, d.ports))}" if d.ports else "")
+
+
+def _who(cap: Cap) -> str:
+    parts = []
+    m = cap.match
+    if m.uids:
+        parts.append("uid " + ", ".join(map(str, m.uids)))
+    if m.executables:
+        parts.append("programs " + ", ".join(m.executables))
+    if m.cgroups:
+        parts.append("cgroups " + ", ".join(m.cgroups))
+    who = " and ".join(parts) or "any process"
+    to = ("to " + ", ".join(_dest(d) for d in m.destinations)) if m.destinations else "to any non-allowlisted destination"
+    return f"{who} {to}"
+
+
+def explain(policy: Policy, size: int, n_interfaces: int = 1) -> dict[str, Any]:
+    spec = policy.spec
+    lines: list[str] = []
+    routes: list[Route] = []
+    ifaces = ", ".join(spec.interfaces) if spec.interfaces else "every non-loopback interface"
+    if not (spec.caps or spec.budgets or spec.thresholds):
+        lines.append(f"Monitor only: egress on {ifaces} is measured and reported, nothing is limited.")
+    else:
+        lines.append(f"Applies to egress on {ifaces}.")
+    for dest in spec.allow:
+        lines.append(f"Traffic to {_dest(dest)} is allowlisted: measured, never capped.")
+        routes.append(Route(f"allow:{_dest(dest)}", "allowlisted destination", None, False, None))
+    for cap in spec.caps:
+        who = _who(cap)
+        if cap.action == "block":
+            lines.append(f"Cap {cap.name!r}: traffic from {who} is blocked.")
+            routes.append(Route(f"cap:{cap.name}", f"blocked: {who}", 0, True, math.inf))
+            continue
+        rate = cap.rate * n_interfaces
+        verb = "is shaped to" if cap.action == "shape" else "raises an alert above"
+        per = " per interface" if n_interfaces > 1 else ""
+        lines.append(f"Cap {cap.name!r}: traffic from {who} {verb} {format_rate(cap.rate)}{per}.")
+        seconds = size * 8 / rate if cap.action == "shape" else None
+        routes.append(Route(f"cap:{cap.name}", f"{cap.action}: {who}", rate if cap.action == "shape" else None,
+                            False, seconds))
+    for budget in spec.budgets:
+        what = "then blocked" if budget.action == "block" else "then an alert is raised"
+        lines.append(f"Budget {budget.name!r}: at most {format_size(budget.bytes)} of non-allowlisted egress per "
+                     f"{format_duration(budget.window)}, {what}.")
+    for th in spec.thresholds:
+        lines.append(f"Threshold {th.name!r}: a process sending over {format_size(th.bytes)} within "
+                     f"{format_duration(th.window)} raises a {th.severity} event.")
+    if spec.weights.paths:
+        lines.append(f"Weights watched: {', '.join(spec.weights.paths)}.")
+    if spec.weights.canaries:
+        lines.append(f"Canary files (any read is an incident): {', '.join(spec.weights.canaries)}.")
+
+    shaped_all = any(c.action in ("shape", "block") and not (c.match.uids or c.match.executables or c.match.cgroups
+                                                             or c.match.destinations) for c in spec.caps)
+    if not shaped_all:
+        routes.append(Route("other", "non-allowlisted traffic matched by no cap", None, False, None))
+    blocking = [b for b in spec.budgets if b.action == "block"]
+    for route in routes:
+        if route.blocked or not blocking or route.name.startswith("allow:"):
+            continue
+        # A blocking budget bounds every non-allowlisted route: budget per window.
+        b = min(blocking, key=lambda b: b.bytes / b.window)
+        windows = math.ceil(size / b.bytes) if b.bytes else math.inf
+        budget_seconds = (windows - 1) * b.window if windows != math.inf else math.inf
+        base = route.seconds or 0.0
+        route.seconds = max(base, budget_seconds)
+        route.description += f" (bounded by budget {b.name!r})"
+    for route in routes:
+        when = "unbounded by this policy (link speed)" if route.seconds is None else format_duration(route.seconds)
+        route_rate = "" if route.rate_bps is None else f" at {format_rate(route.rate_bps)}"
+        lines.append(f"Moving {format_size(size)} via {route.name}{route_rate}: {when}.")
+    open_routes = [r.name for r in routes if r.seconds is None]
+    if open_routes or not routes:
+        fastest, fastest_text = 0.0, "limited only by link speed" + (f" (via {open_routes[0]})" if open_routes else "")
+    else:
+        best = min(routes, key=lambda r: r.seconds if r.seconds is not None else math.inf)
+        fastest = best.seconds if best.seconds is not None else 0.0
+        fastest_text = f"{format_duration(fastest)} (via {best.name})"
+    return {
+        "policy": policy.metadata.name,
+        "weights_bytes": size,
+        "summary": lines,
+        "routes": [r.to_json() for r in routes],
+        "min_seconds": fastest,
+        "min_time": fastest_text,
+    }

@@ -1,0 +1,62 @@
+"""``weightwarden-agent status``: policy in force, kernel rules, counters, drift."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.enforce import tc
+from agent.enforce.enforcer import Enforcer, read_json
+from agent.enforce.kernel import KernelError
+from agent.policy.units import format_rate, format_size
+
+
+def collect(state_dir: Path, backend: str = "auto") -> dict[str, Any]:
+    try:
+        enforcer = Enforcer(state_dir, backend)
+    except KernelError as exc:
+        return {"state_dir": str(state_dir), "error": str(exc), "in_force": False, "drift": []}
+    rec = enforcer.record
+    out: dict[str, Any] = {"state_dir": str(state_dir), "backend": enforcer.backend, "in_force": rec is not None}
+    if rec is None:
+        out.update({"policy": None, "drift": [], "counters": {}, "classes": {}})
+        return out
+    interfaces = rec.get("interfaces", [])
+    out.update({
+        "policy": rec.get("policy"),
+        "policy_digest": rec.get("policy_digest"),
+        "policy_path": rec.get("policy_path"),
+        "applied_at": rec.get("applied_at"),
+        "interfaces": interfaces,
+        "caps": rec.get("caps", []),
+        "drift": enforcer.drift(interfaces),
+        "counters": enforcer.counters(),
+        "classes": {i: tc.class_stats(i) for i in interfaces},
+        "budgets": read_json(state_dir / "budgets.json") or {},
+    })
+    return out
+
+
+def render(status: dict[str, Any]) -> str:
+    if status.get("error"):
+        return f"error: {status['error']}"
+    if not status["in_force"]:
+        return f"No policy in force (state in {status['state_dir']})."
+    lines = [
+        f"policy      {status['policy']} ({status['policy_digest']}) from {status.get('policy_path')}",
+        f"applied     {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(status['applied_at']))} "
+        f"via {status['backend']} on {', '.join(status['interfaces']) or '(no interface)'}",
+        "drift       " + ("; ".join(status["drift"]) if status["drift"] else "none: the kernel matches the policy"),
+        "",
+        f"{'CAP':<24} {'ACTION':<7} {'RATE':>14} {'MATCHED':>12}",
+    ]
+    counters = status["counters"]
+    for cap in status["caps"]:
+        matched = counters.get(cap["counter"], {}).get("bytes", 0)
+        lines.append(f"{cap['name']:<24} {cap['action']:<7} {format_rate(cap['rate_bps']):>14} "
+                     f"{format_size(matched):>12}")
+    for name in ("egress", "allowed", "budget-block"):
+        if name in counters:
+            lines.append(f"{'(' + name + ')':<24} {'':<7} {'':>14} {format_size(counters[name]['bytes']):>12}")
+    return "\n".join(lines)

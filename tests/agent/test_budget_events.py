@@ -1,0 +1,59 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from agent.budget import BudgetBook, RollingWindow, ThresholdWatch
+from agent.events import Event, EventFactory, Sequencer
+from agent.policy.loader import parse_policy
+
+HEAD = "apiVersion: weightwarden/v1\nkind: EgressPolicy\nmetadata: {name: b}\nspec:\n"
+
+
+def test_rolling_window_expires_old_bytes() -> None:
+    w = RollingWindow(3600)
+    w.add(0, 100)
+    w.add(1800, 50)
+    assert w.total(1800) == 150
+    assert w.total(3600 + 61) == 50
+    assert w.total(3600 * 3) == 0
+
+
+def test_budget_exhausts_once_and_survives_a_restart() -> None:
+    spec = parse_policy(HEAD + "  budgets: [{name: d, bytes: 1000, window: 1h, action: block}]\n").policy.spec
+    book = BudgetBook(spec.budgets)
+    assert book.add(10, 600) == []
+    newly = book.add(20, 500)
+    assert [b.name for b in newly] == ["d"] and book.blocking() == ["d"]
+    assert book.add(30, 1) == []  # already exhausted: no second event
+    restored = BudgetBook(spec.budgets, book.to_json())
+    assert restored.blocking() == ["d"]
+    assert restored.usage(40)["d"]["used_bytes"] == 1101
+    assert restored.add(10_000, 0) == [] and restored.blocking() == []  # the window rolled over
+
+
+def test_threshold_fires_once_per_crossing() -> None:
+    spec = parse_policy(HEAD + "  thresholds: [{name: t, bytes: 100, window: 60s}]\n").policy.spec
+    watch = ThresholdWatch(spec.thresholds)
+    assert watch.add(0, pid=1, n=60) == []
+    assert [(th.name, total) for th, total in watch.add(1, pid=1, n=60)] == [("t", 120)]
+    assert watch.add(2, pid=1, n=60) == []
+    assert watch.add(2, pid=2, n=99) == []
+
+
+def test_sequence_survives_restart_and_ids_are_unique(tmp_path: Path) -> None:
+    factory = EventFactory("gpu-1", Sequencer(tmp_path / "seq"))
+    first = [factory.make("heartbeat") for _ in range(3)]
+    again = EventFactory("gpu-1", Sequencer(tmp_path / "seq")).make("heartbeat")
+    assert [e.seq for e in first] + [again.seq] == [1, 2, 3, 4]
+    assert len({e.id for e in [*first, again]}) == 4
+    doc = again.to_json()
+    assert {"schema", "id", "host", "seq", "ts", "type", "data"} == set(doc)
+    assert Event.model_validate(doc) == again
+
+
+def test_envelope_rejects_garbage() -> None:
+    with pytest.raises(ValidationError):
+        Event.model_validate({"schema": 1, "id": "x", "host": "h/../", "seq": 0, "ts": 1, "type": "nope"})
+    with pytest.raises(ValueError):
+        EventFactory("bad host/id", Sequencer(Path("/nonexistent/seq")))
