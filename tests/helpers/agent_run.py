@@ -59,3 +59,52 @@ def per_pid(samples: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
 
 def interface_total(samples: list[dict[str, Any]]) -> int:
     return sum(i["tx_bytes"] for s in samples for i in s["interfaces"])
+
+
+class DaemonRun:
+    """``weightwarden-agent run --sink stdout`` in namespace ``a``, its events collected live."""
+
+    def __init__(self, pair: NetnsPair, policy: Path, state_dir: Path, *args: str) -> None:
+        self.pair = pair
+        self.proc = pair.popen(
+            pair.a, sys.executable, "-m", "agent", "run", "--policy", str(policy), "--state-dir", str(state_dir),
+            "--sink", "stdout", "--host-id", "test-host", *args,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO),
+        )
+        self.events: list[dict[str, Any]] = []
+        self.stderr: list[str] = []
+        self._threads = [threading.Thread(target=self._read, args=(self.proc.stdout, True), daemon=True),
+                         threading.Thread(target=self._read, args=(self.proc.stderr, False), daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _read(self, stream: Any, is_events: bool) -> None:
+        for line in stream:
+            text = line.decode(errors="replace")
+            if is_events:
+                self.events.append(json.loads(text))
+            else:
+                self.stderr.append(text)
+
+    def wait_event(self, type_: str, timeout: float = 20, after: int = 0, **match: Any) -> dict[str, Any]:
+        def find() -> dict[str, Any] | None:
+            for ev in self.events[after:]:
+                if ev["type"] == type_ and all(ev["data"].get(k) == v for k, v in match.items()):
+                    return ev
+            return None
+
+        ok = wait_for(lambda: find() is not None or self.proc.poll() is not None, timeout)
+        found = find()
+        assert ok and found is not None, f"no {type_} event; stderr: {''.join(self.stderr[-20:])}"
+        return found
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 20) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        for t in self._threads:
+            t.join(timeout=2)
+        return code
