@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host-id", default=None, help="stable host id (default: the hostname)")
     run.add_argument("--sample-interval", type=_positive(float), default=1.0, metavar="S")
     run.add_argument("--heartbeat-interval", type=_positive(float), default=30.0, metavar="S")
+    run.add_argument("--spool-max-bytes", default="256MiB", metavar="SIZE",
+                     help="bound on the on-disk event spool (mqtt sinks); oldest samples are dropped, and counted, past it")
     run.add_argument("--no-nfqueue", action="store_true")
     run.add_argument("--queue-num", type=int, default=DEFAULT_QUEUE)
     run.add_argument("--dry-run", action="store_true", help="print the kernel plan as JSON and exit")
@@ -203,7 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _print_plan(loaded, args)
     try:
-        sink = make_sink(args.sink)
+        sink = make_sink(args.sink, parse_size(args.spool_max_bytes))
     except (SinkURLError, ValueError, OSError) as exc:
         print(f"weightwarden-agent: --sink: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -24,7 +24,7 @@ from agent import logs, sdnotify
 from agent.budget import BudgetBook, ThresholdWatch
 from agent.enforce.enforcer import Enforcer, atomic_write, read_json
 from agent.enforce.plan import Plan, PlanInputs, build
-from agent.events import Event, EventFactory, Sequencer
+from agent.events import Event, EventFactory
 from agent.interfaces import counter_delta
 from agent.policy.loader import LoadedPolicy, PolicyError, load_policy
 from agent.sampler import Sampler, SamplerConfig
@@ -76,7 +76,9 @@ class Agent:
         self.loaded = loaded
         self.sink = sink
         self.log = logs.get("agent.run")
-        self.events = EventFactory(cfg.host_id, Sequencer(cfg.state_dir / "seq"))
+        self.events = EventFactory(cfg.host_id, sink.prepare(cfg.host_id, cfg.state_dir))
+        if hasattr(sink, "set_event_factory"):
+            sink.set_event_factory(self.events)
         self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=10_000)
         self.enforcer = Enforcer(cfg.state_dir, cfg.backend)
         self.budget_path = cfg.state_dir / "budgets.json"
@@ -294,6 +296,12 @@ class Agent:
         loop.add_signal_handler(signal.SIGINT, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload.set)
         await self.sink.start()
+        recovery = getattr(getattr(self.sink, "spool", None), "recovery", None)
+        if recovery is not None:
+            # A corrupt spool was moved aside: what it held is lost, and we say so.
+            self.log.error("spool_recovered", moved_to=recovery.moved_to, reason=recovery.reason)
+            self.emit("events_dropped", {"reason": recovery.reason, "moved_to": recovery.moved_to,
+                                         "dropped": None, "last_seq_before": recovery.last_seq})
         sampler = Sampler(SamplerConfig(resolve_with_nfqueue=self.cfg.nfqueue, queue_num=self.cfg.queue_num))
         try:
             await asyncio.to_thread(sampler.start)

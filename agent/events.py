@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
 HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -37,6 +37,7 @@ EventType = Literal[
     "weights_copy",
     "canary_read",
     "events_dropped",
+    "agent_lost",
 ]
 EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
 
@@ -47,10 +48,16 @@ class Event(BaseModel):
     schema_: int = Field(default=SCHEMA_VERSION, alias="schema")
     id: str = Field(pattern=r"^[0-9a-f]{32}$")
     host: str = Field(pattern=HOST_ID.pattern)
-    seq: int = Field(ge=1)
+    seq: int = Field(ge=0)  # 0 only for agent_lost, the Last-Will, which is outside the sequence
     ts: float
     type: EventType
     data: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _seq_zero_only_for_will(self) -> Event:
+        if (self.seq == 0) != (self.type == "agent_lost"):
+            raise ValueError("seq is 0 exactly for agent_lost events")
+        return self
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True)

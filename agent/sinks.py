@@ -6,10 +6,18 @@ import json
 import sys
 from typing import Protocol, TextIO
 
+from pathlib import Path
+
 from agent.events import Event
+from agent.events import Sequencer as FileSequencer
+
+
+class Sequencer(Protocol):
+    def next(self) -> int: ...
 
 
 class Sink(Protocol):
+    def prepare(self, host: str, state_dir: Path) -> Sequencer: ...
     async def start(self) -> None: ...
     async def publish(self, event: Event) -> None: ...
     async def close(self) -> None: ...
@@ -18,6 +26,9 @@ class Sink(Protocol):
 class StdoutSink:
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
+
+    def prepare(self, host: str, state_dir: Path) -> Sequencer:
+        return FileSequencer(state_dir / "seq")
 
     async def start(self) -> None:
         return None
@@ -34,11 +45,11 @@ class SinkURLError(ValueError):
     pass
 
 
-def make_sink(url: str) -> Sink:
+def make_sink(url: str, spool_max_bytes: int = 256 * 2**20) -> Sink:
     if url == "stdout":
         return StdoutSink()
     if url.startswith(("mqtt://", "mqtts://")):
-        from agent.mqtt_sink import MqttSink  # imported lazily: stdout needs no broker library
+        from agent.mqtt_sink import MqttSettings, MqttSink  # imported lazily: stdout needs no broker library
 
-        return MqttSink.from_url(url)
+        return MqttSink(MqttSettings.from_url(url), spool_max_bytes)
     raise SinkURLError(f"unknown sink {url!r}: use 'stdout', mqtt://HOST:PORT or mqtts://HOST:PORT")

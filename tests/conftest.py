@@ -3,10 +3,14 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.helpers.netns import NetnsPair, make_pair
+
+if TYPE_CHECKING:
+    from tests.helpers.broker import Broker
 
 REQUIRE_PRIVILEGED = os.environ.get("WEIGHTWARDEN_REQUIRE_PRIVILEGED") == "1"
 PRIVILEGED_TOOLS = ("ip", "iptables", "iperf3", "curl")
@@ -48,3 +52,18 @@ def netns_pair() -> Iterator[NetnsPair]:
         yield pair
     finally:
         pair.teardown()
+
+
+@pytest.fixture
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Broker"]:
+    from tests.helpers.broker import Broker
+
+    if shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto"):
+        if REQUIRE_PRIVILEGED:
+            pytest.fail("mosquitto is not installed (run scripts/bootstrap.sh)")
+        pytest.skip("mosquitto is not installed")
+    b = Broker(tmp_path_factory.mktemp("broker")).start()
+    try:
+        yield b
+    finally:
+        b.stop()

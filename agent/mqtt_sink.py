@@ -1,0 +1,257 @@
+"""MQTT v5 sink: spool first, publish with QoS 1, delete on PUBACK.
+
+Topics are ``weightwarden/v1/<host>/<type>``. A Last-Will (type
+``agent_lost``, seq 0: it is outside the sequence) tells the collector when
+the agent vanished without saying goodbye; a clean stop disconnects normally,
+so the broker discards the will. Reconnects back off from 0.5 s to 30 s with
+jitter; whatever was not acknowledged is sent again (same ``id``).
+
+URL: mqtt[s]://[USER[:PASS]@]HOST[:PORT][?keepalive=S&ca=F&cert=F&key=F&password_file=F&client_id=ID]
+A password is best given by file: ``password_file=`` or systemd's
+LoadCredential=mqtt-password (read from $CREDENTIALS_DIRECTORY), never an
+environment variable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import ssl
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import aiomqtt
+from paho.mqtt.enums import MQTTProtocolVersion
+
+from agent import logs
+from agent.events import SCHEMA_VERSION, Event
+from agent.sinks import SinkURLError
+from agent.spool import Spool
+
+TOPIC_ROOT = "weightwarden/v1"
+QUERY_KEYS = {"keepalive", "ca", "cert", "key", "password_file", "client_id", "insecure"}
+BATCH = 200
+
+
+def _readable(path: str, what: str) -> str:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise SinkURLError(f"cannot read {what} {path}: {exc.strerror}") from None
+    return path
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = None
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    keepalive: int = 30
+    client_id: str | None = None
+    insecure: bool = False
+
+    @classmethod
+    def from_url(cls, url: str) -> MqttSettings:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise SinkURLError(f"{url!r}: scheme must be mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise SinkURLError(f"{url!r}: no broker host")
+        try:
+            port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        except ValueError:
+            raise SinkURLError(f"{url!r}: bad port") from None
+        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        unknown = set(query) - QUERY_KEYS
+        if unknown:
+            raise SinkURLError(f"{url!r}: unknown option(s) {', '.join(sorted(unknown))}; known: "
+                               f"{', '.join(sorted(QUERY_KEYS))}")
+        try:
+            keepalive = int(query.get("keepalive", "30"))
+        except ValueError:
+            raise SinkURLError(f"{url!r}: keepalive must be whole seconds") from None
+        if not 2 <= keepalive <= 3600:
+            raise SinkURLError(f"{url!r}: keepalive must be 2..3600 seconds")
+        password = unquote(parts.password) if parts.password else None
+        if "password_file" in query:
+            try:
+                password = Path(_readable(query["password_file"], "password file")).read_text().strip()
+            except OSError as exc:
+                raise SinkURLError(f"cannot read password file: {exc}") from None
+        elif password is None and os.environ.get("CREDENTIALS_DIRECTORY"):
+            cred = Path(os.environ["CREDENTIALS_DIRECTORY"]) / "mqtt-password"
+            if cred.exists():
+                password = cred.read_text().strip()
+        tls = parts.scheme == "mqtts"
+        for opt in ("ca", "cert", "key"):
+            if opt in query:
+                if not tls:
+                    raise SinkURLError(f"{url!r}: {opt}= needs mqtts://")
+                _readable(query[opt], f"{opt} file")
+        if ("cert" in query) != ("key" in query):
+            raise SinkURLError(f"{url!r}: a client certificate needs both cert= and key=")
+        settings = cls(parts.hostname, port, tls, unquote(parts.username) if parts.username else None, password,
+                       query.get("ca"), query.get("cert"), query.get("key"), keepalive, query.get("client_id"),
+                       query.get("insecure") in ("1", "true", "yes"))
+        if tls:
+            settings.ssl_context()  # a bad certificate fails now, at start, not at first connect
+        return settings
+
+    def ssl_context(self) -> ssl.SSLContext:
+        try:
+            ctx = ssl.create_default_context(cafile=self.ca)
+            if self.cert and self.key:
+                ctx.load_cert_chain(self.cert, self.key)
+        except (ssl.SSLError, OSError) as exc:
+            raise SinkURLError(f"TLS setup failed: {exc}") from None
+        if self.insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+
+class MemorySequencer:
+    """Sequence numbers continue from what the spool last stored: the append
+    that stores an event also stores its seq, in one transaction."""
+
+    def __init__(self, last: int) -> None:
+        self.last = last
+
+    def next(self) -> int:
+        self.last += 1
+        return self.last
+
+
+class MqttSink:
+    def __init__(self, settings: MqttSettings, spool_max_bytes: int = 256 * 2**20) -> None:
+        self.settings = settings
+        self.spool_max_bytes = spool_max_bytes
+        self.spool: Spool | None = None
+        self.host = ""
+        self.log = logs.get("agent.mqtt")
+        self.connected = False
+        self.published = 0
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._factory: Any = None
+        self._appends = 0
+
+    @classmethod
+    def from_url(cls, url: str) -> MqttSink:
+        return cls(MqttSettings.from_url(url))
+
+    # -- set-up ----------------------------------------------------------
+
+    def prepare(self, host: str, state_dir: Path) -> MemorySequencer:
+        self.host = host
+        self.spool = Spool(state_dir / "spool.db", self.spool_max_bytes)
+        return MemorySequencer(max(self.spool.last_seq(), self.spool.recovery.last_seq if self.spool.recovery else 0))
+
+    def set_event_factory(self, factory: Any) -> None:
+        """Used to make events_dropped summaries with proper sequence numbers."""
+        self._factory = factory
+
+    def depth(self) -> int:
+        return self.spool.depth() if self.spool else 0
+
+    def topic(self, type_: str) -> str:
+        return f"{TOPIC_ROOT}/{self.host}/{type_}"
+
+    def _will(self) -> aiomqtt.Will:
+        payload = {"schema": SCHEMA_VERSION, "id": uuid.uuid4().hex, "host": self.host, "seq": 0,
+                   "ts": time.time(), "type": "agent_lost",
+                   "data": {"reason": "connection lost without a goodbye (crash, kill, or network partition)",
+                            "connected_at": time.time(), "pid": os.getpid()}}
+        return aiomqtt.Will(self.topic("agent_lost"), json.dumps(payload), qos=1)
+
+    def _client(self) -> aiomqtt.Client:
+        s = self.settings
+        return aiomqtt.Client(
+            s.host, s.port, username=s.username, password=s.password,
+            identifier=s.client_id or f"weightwarden-agent-{self.host}",
+            protocol=MQTTProtocolVersion.MQTTv5, will=self._will(), keepalive=s.keepalive,
+            tls_context=s.ssl_context() if s.tls else None, max_inflight_messages=BATCH, timeout=10,
+        )
+
+    # -- the Sink protocol -------------------------------------------------
+
+    async def start(self) -> None:
+        if self.spool is None:
+            raise RuntimeError("MqttSink.prepare() must run before start()")
+        self._task = asyncio.create_task(self._publisher(), name="mqtt-publisher")
+
+    async def publish(self, event: Event) -> None:
+        assert self.spool is not None
+        self.spool.append(event)
+        self._appends += 1
+        if self._appends % 100 == 0 and self._factory is not None:
+            summary = self.spool.enforce_limit(lambda data: self._factory.make("events_dropped", data))
+            if summary is not None:
+                self.log.warning("spool_full", dropped=summary.data["dropped"], by_type=summary.data["by_type"])
+        self._wake.set()
+
+    async def close(self, drain_timeout: float = 5.0) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, timeout=drain_timeout)
+            except TimeoutError:
+                self.log.warning("mqtt_drain_timeout", left_in_spool=self.depth())
+        if self.spool is not None:
+            self.spool.close()
+
+    # -- publishing --------------------------------------------------------
+
+    async def _publisher(self) -> None:
+        assert self.spool is not None
+        backoff = 0.5
+        while True:
+            try:
+                async with self._client() as client:
+                    if not self.connected:
+                        self.log.info("mqtt_connected", broker=f"{self.settings.host}:{self.settings.port}",
+                                      spooled=self.depth())
+                    self.connected, backoff = True, 0.5
+                    if await self._drain(client):
+                        return
+            except aiomqtt.MqttError as exc:
+                if self.connected:
+                    self.log.warning("mqtt_disconnected", error=str(exc), spooled=self.depth())
+                self.connected = False
+                if self._closing:
+                    return
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 30.0)
+
+    async def _drain(self, client: aiomqtt.Client) -> bool:
+        """Publish the spool until closing and empty (True), or until an error raises."""
+        assert self.spool is not None
+        while True:
+            rows = await asyncio.to_thread(self.spool.pending, BATCH)
+            if not rows:
+                if self._closing:
+                    return True
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                except TimeoutError:
+                    pass
+                continue
+            await asyncio.gather(*(client.publish(self.topic(type_), payload, qos=1, timeout=10)
+                                   for _seq, type_, payload in rows))
+            await asyncio.to_thread(self.spool.ack, [r[0] for r in rows])
+            self.published += len(rows)
