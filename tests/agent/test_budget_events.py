@@ -57,3 +57,16 @@ def test_envelope_rejects_garbage() -> None:
         Event.model_validate({"schema": 1, "id": "x", "host": "h/../", "seq": 0, "ts": 1, "type": "nope"})
     with pytest.raises(ValueError):
         EventFactory("bad host/id", Sequencer(Path("/nonexistent/seq")))
+
+
+def test_documented_examples_match_the_schema() -> None:
+    import json
+    import re
+
+    from agent.events import EVENT_TYPES
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "events.md").read_text()
+    blocks = re.findall(r"```json\n(.*?)```", text, re.S)
+    documented = {Event.model_validate(json.loads(b)).type for b in blocks}
+    reserved = {"file_access", "weights_copy", "canary_read"}
+    assert documented | reserved >= set(EVENT_TYPES) - reserved
