@@ -25,6 +25,8 @@ from agent.budget import BudgetBook, ThresholdWatch
 from agent.enforce.enforcer import Enforcer, atomic_write, read_json
 from agent.enforce.plan import Plan, PlanInputs, build
 from agent.events import Event, EventFactory
+from agent.files.patterns import WeightPaths
+from agent.files.watcher import FileWatcher
 from agent.interfaces import counter_delta
 from agent.policy.loader import LoadedPolicy, PolicyError, load_policy
 from agent.sampler import Sampler, SamplerConfig
@@ -64,6 +66,11 @@ def resolve_hosts(hosts: list[str]) -> dict[str, list[str]]:
     return out
 
 
+def weight_paths(loaded: LoadedPolicy) -> WeightPaths:
+    w = loaded.policy.spec.weights
+    return WeightPaths(list(w.paths), list(w.canaries))
+
+
 def cgroupv2_paths_usable() -> bool:
     # nft resolves 'socket cgroupv2' paths under /sys/fs/cgroup, so only a
     # unified mount there works; hybrid hosts keep v2 at .../unified.
@@ -96,6 +103,8 @@ class Agent:
         self.started = time.monotonic()
         self.last_sample_lag = 0.0
         self.dropped_events = 0
+        self.files: FileWatcher | None = None
+        self.weights_total: dict[str, Any] = {}
 
     # -- events ---------------------------------------------------------
 
@@ -145,6 +154,8 @@ class Agent:
         self.budgets = BudgetBook(loaded.policy.spec.budgets, self.budgets.to_json())
         self.thresholds = ThresholdWatch(loaded.policy.spec.thresholds)
         self._resolved_at = 0.0
+        if self.files is not None:
+            self.files.update(weight_paths(loaded))
 
     def _policy_meta(self) -> dict[str, Any]:
         return {"policy": self.loaded.policy.metadata.name, "policy_digest": self.loaded.digest,
@@ -256,9 +267,29 @@ class Agent:
             self.thresholds.forget({p["pid"] for p in sample["processes"]})
             self.emit("egress_sample", sample)
 
+    async def _files_loop(self) -> None:
+        """Drains the file watcher's queue (the watcher thread fills it)."""
+        assert self.files is not None
+        while not self.stop.is_set():
+            while not self.files.out.empty():
+                type_, data = self.files.out.get_nowait()
+                self.emit(type_, data)
+            try:
+                await asyncio.wait_for(self.stop.wait(), timeout=0.2)
+            except TimeoutError:
+                pass
+
+    def _measure_weights(self) -> None:
+        paths = weight_paths(self.loaded)
+        files, total = paths.total_size()
+        self.weights_total = {"paths": paths.patterns, "canaries": paths.canaries, "files": files,
+                              "total_bytes": total, "measured_at": time.time()}
+
     async def _heartbeat_loop(self) -> None:
         while not self.stop.is_set():
-            self.emit("heartbeat", self.health())
+            health = self.health()
+            self.emit("heartbeat", health)
+            await asyncio.to_thread(atomic_write, self.cfg.state_dir / "health.json", {**health, "ts": time.time()})
             try:
                 await asyncio.wait_for(self.stop.wait(), timeout=self.cfg.heartbeat_interval)
             except TimeoutError:
@@ -286,6 +317,10 @@ class Agent:
             "rules_in_force": bool(rec),
             "caps": len(rec.get("caps", [])),
             "budgets": self.budgets.usage(time.time()),
+            "weights": self.weights_total,
+            "file_watch": {"mode": self.files.mode if self.files else "off",
+                           "detail": self.files.detail if self.files else "no weight paths in the policy",
+                           "dropped": self.files.dropped if self.files else 0},
         }
 
     # -- lifecycle ------------------------------------------------------
@@ -308,10 +343,17 @@ class Agent:
             self.sampler = sampler
         except OSError as exc:
             self.log.error("sampler_unavailable", error=str(exc))
-        for feature in sampler.features:
-            (self.log.info if feature.ok else self.log.warning)("feature", name=feature.name, detail=feature.detail)
-        self.emit("agent_started", {"pid": os.getpid(), **self._policy_meta(),
-                                    "features": {f.name: {"ok": f.ok, "detail": f.detail} for f in sampler.features}})
+        features = {f.name: {"ok": f.ok, "detail": f.detail} for f in sampler.features}
+        spec = self.loaded.policy.spec
+        if spec.weights.paths or spec.weights.canaries:
+            self.files = FileWatcher(weight_paths(self.loaded))
+            await asyncio.to_thread(self.files.start)
+            features["file_watch"] = {"ok": self.files.mode == "fanotify", "detail": self.files.detail}
+            await asyncio.to_thread(self._measure_weights)
+        for name, feature in features.items():
+            (self.log.info if feature["ok"] else self.log.warning)("feature", name=name, detail=feature["detail"])
+        self.emit("agent_started", {"pid": os.getpid(), **self._policy_meta(), "features": features,
+                                    "weights": self.weights_total})
         await asyncio.to_thread(self.enforce_once, 0.0)
         sdnotify.notify("READY=1")
         try:
@@ -319,6 +361,8 @@ class Agent:
                 sink_task = tg.create_task(self._sink_loop())
                 workers = [tg.create_task(self._enforce_loop()), tg.create_task(self._sample_loop()),
                            tg.create_task(self._heartbeat_loop())]
+                if self.files is not None:
+                    workers.append(tg.create_task(self._files_loop()))
                 every = sdnotify.watchdog_interval()
                 if every:
                     workers.append(tg.create_task(self._watchdog_loop(every)))
@@ -326,11 +370,20 @@ class Agent:
                 sdnotify.notify("STOPPING=1")
                 for task in workers:
                     await task
+                if self.files is not None:
+                    await asyncio.to_thread(self.files.close)
+                    while not self.files.out.empty():
+                        self.emit(*self.files.out.get_nowait())
+                    self.files = None
                 # Caps stay in force: stopping the agent never opens the gate.
                 self.emit("agent_stopping", {"reason": "signal", "rules_left_in_force": True})
                 await self.queue.put(None)
                 await sink_task
         finally:
+            if self.files is not None:
+                await asyncio.to_thread(self.files.close)
+                while not self.files.out.empty():
+                    self.emit(*self.files.out.get_nowait())
             await asyncio.to_thread(sampler.close)
             await self.sink.close()
         return 0

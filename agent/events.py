@@ -35,6 +35,7 @@ EventType = Literal[
     "policy_rejected",
     "file_access",
     "weights_copy",
+    "weight_holder",
     "canary_read",
     "events_dropped",
     "agent_lost",

@@ -35,6 +35,7 @@ def collect(state_dir: Path, backend: str = "auto") -> dict[str, Any]:
         "classes": {i: tc.class_stats(i) for i in interfaces},
         "budgets": read_json(state_dir / "budgets.json") or {},
     })
+    out["agent"] = read_json(state_dir / "health.json") or {}
     return out
 
 
@@ -51,6 +52,14 @@ def render(status: dict[str, Any]) -> str:
         "",
         f"{'CAP':<24} {'ACTION':<7} {'RATE':>14} {'MATCHED':>12}",
     ]
+    agent = status.get("agent") or {}
+    if agent:
+        watch = agent.get("file_watch", {})
+        weights = agent.get("weights", {})
+        lines.insert(3, f"file watch  {watch.get('mode', 'off')}: {watch.get('detail', '')}")
+        if weights:
+            lines.insert(4, f"weights     {weights.get('files', 0)} files, {format_size(weights.get('total_bytes', 0))} "
+                            f"under {', '.join(weights.get('paths', []))}")
     counters = status["counters"]
     for cap in status["caps"]:
         matched = counters.get(cap["counter"], {}).get("bytes", 0)

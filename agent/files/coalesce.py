@@ -1,0 +1,131 @@
+"""Turn a stream of open/read/close notifications into a few records. Pure logic.
+
+One session per (pid, path). Bytes read come from the process's rchar counter:
+its value when the open was held (permission event) and when the file closed.
+A session is reported once it has been closed and quiet for ``settle``
+seconds (so 1,000 open/read/close cycles a second become one record a
+second), and every ``progress_every`` seconds while the file stays open (so a
+140 GB read is visible long before it ends).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Session:
+    pid: int | None
+    path: str
+    size: int
+    first_ts: float
+    last_ts: float
+    proc: dict[str, Any] = field(default_factory=dict)
+    opens: int = 0
+    reads: int = 0
+    closes: int = 0
+    writes: int = 0
+    open_now: int = 0
+    bytes_read: int = 0
+    cycle_start: int | None = None
+    rchar_now: int | None = None
+    reported_at: float = 0.0
+    reported_bytes: int = 0
+
+    def bytes_so_far(self) -> int:
+        pending = 0
+        if self.open_now and self.cycle_start is not None and self.rchar_now is not None:
+            pending = max(0, self.rchar_now - self.cycle_start)
+        return self.bytes_read + pending
+
+    def record(self, final: bool) -> dict[str, Any]:
+        return {
+            "pid": self.pid, "path": self.path, "size": self.size, **self.proc,
+            "bytes_read": self.bytes_so_far(), "opens": self.opens, "reads": self.reads, "closes": self.closes,
+            "close_write": self.writes, "first_ts": self.first_ts, "last_ts": self.last_ts,
+            "still_open": self.open_now > 0, "final": final,
+        }
+
+
+class Coalescer:
+    def __init__(self, settle: float = 1.0, progress_every: float = 5.0, max_sessions: int = 10_000) -> None:
+        self.settle = settle
+        self.progress_every = progress_every
+        self.max_sessions = max_sessions
+        self.sessions: dict[tuple[int | None, str], Session] = {}
+        self.overflowed = 0
+
+    def _session(self, ts: float, pid: int | None, path: str, size: int, proc: dict[str, Any]) -> Session:
+        key = (pid, path)
+        s = self.sessions.get(key)
+        if s is None:
+            if len(self.sessions) >= self.max_sessions:
+                self.overflowed += 1  # reported by the watcher; memory stays bounded
+                oldest = min(self.sessions.values(), key=lambda x: x.last_ts)
+                del self.sessions[(oldest.pid, oldest.path)]
+            s = self.sessions[key] = Session(pid, path, size, ts, ts, dict(proc))
+        s.last_ts = ts
+        if size:
+            s.size = size
+        return s
+
+    def opened(self, ts: float, pid: int | None, path: str, size: int, rchar: int | None,
+               proc: dict[str, Any] | None = None) -> None:
+        s = self._session(ts, pid, path, size, proc or {})
+        s.opens += 1
+        if s.open_now == 0:
+            s.cycle_start = rchar
+        s.open_now += 1
+        s.rchar_now = rchar
+
+    def accessed(self, ts: float, pid: int | None, path: str, rchar: int | None = None) -> None:
+        s = self.sessions.get((pid, path))
+        if s is None:
+            # Opened before we watched, or the open was merged away: count what we see from now.
+            s = self._session(ts, pid, path, 0, {})
+            s.open_now, s.cycle_start = 1, rchar
+        s.reads += 1
+        s.last_ts = ts
+        if rchar is not None:
+            s.rchar_now = rchar
+
+    def closed(self, ts: float, pid: int | None, path: str, rchar: int | None, wrote: bool = False) -> None:
+        s = self.sessions.get((pid, path))
+        if s is None:
+            return
+        s.closes += 1
+        s.writes += int(wrote)
+        s.last_ts = ts
+        if rchar is not None:
+            s.rchar_now = rchar
+        if s.open_now:
+            s.open_now -= 1
+            if s.open_now == 0:
+                if s.cycle_start is not None and rchar is not None:
+                    s.bytes_read += max(0, rchar - s.cycle_start)
+                s.cycle_start = None
+
+    def update_rchar(self, pid: int, rchar: int) -> None:
+        for (spid, _path), s in self.sessions.items():
+            if spid == pid and s.open_now:
+                s.rchar_now = rchar
+
+    def open_pids(self) -> set[int]:
+        return {s.pid for s in self.sessions.values() if s.open_now and s.pid is not None}
+
+    def due(self, now: float) -> list[dict[str, Any]]:
+        out = []
+        for key, s in list(self.sessions.items()):
+            if s.open_now == 0 and now - s.last_ts >= self.settle:
+                out.append(s.record(final=True))
+                del self.sessions[key]
+            elif s.open_now and now - max(s.reported_at, s.first_ts) >= self.progress_every:
+                s.reported_at = now
+                out.append(s.record(final=False))
+        return out
+
+    def flush(self) -> list[dict[str, Any]]:
+        out = [s.record(final=s.open_now == 0) for s in self.sessions.values()]
+        self.sessions.clear()
+        return out
