@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import ipaddress
 import os
 import signal
 import socket
@@ -69,6 +70,22 @@ def resolve_hosts(hosts: list[str]) -> dict[str, list[str]]:
 def weight_paths(loaded: LoadedPolicy) -> WeightPaths:
     w = loaded.policy.spec.weights
     return WeightPaths(list(w.paths), list(w.canaries))
+
+
+def annotate_allowed(sample: dict[str, Any], policy: Any, resolved: dict[str, list[str]]) -> None:
+    """Mark each destination allowlisted or not, so the collector can weigh it."""
+    nets = []
+    for dest in policy.spec.allow:
+        for addr in ([dest.cidr] if dest.cidr else resolved.get(dest.host or "", [])):
+            nets.append((ipaddress.ip_network(addr, strict=False), set(dest.ports)))
+    for proc in sample["processes"]:
+        for d in proc["destinations"]:
+            try:
+                ip = ipaddress.ip_address(d["address"])
+            except ValueError:
+                d["allowed"] = False
+                continue
+            d["allowed"] = any(ip in net and (not ports or d["port"] in ports) for net, ports in nets)
 
 
 def cgroupv2_paths_usable() -> bool:
@@ -265,6 +282,7 @@ class Agent:
                                                     "bytes_in_window": total, "window_s": th.window,
                                                     "limit_bytes": th.bytes, "process": proc})
             self.thresholds.forget({p["pid"] for p in sample["processes"]})
+            annotate_allowed(sample, self.loaded.policy, self.resolved)
             self.emit("egress_sample", sample)
 
     async def _files_loop(self) -> None:

@@ -17,6 +17,7 @@ import psutil
 @dataclass(frozen=True, slots=True)
 class ProcessInfo:
     pid: int
+    ppid: int
     name: str
     exe: str
     uid: int
@@ -111,13 +112,14 @@ class ProcessTable:
                 except (psutil.AccessDenied, psutil.ZombieProcess):
                     exe = ""
                 uid = proc.uids().real
+                ppid = proc.ppid()
                 try:
                     cmdline = tuple(proc.cmdline())
                 except (psutil.AccessDenied, psutil.ZombieProcess):
                     cmdline = ()
         except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
             return cached
-        info = ProcessInfo(pid, name, exe, uid, _user(uid), cmdline, self._cgroup(pid), created)
+        info = ProcessInfo(pid, ppid, name, exe, uid, _user(uid), cmdline, self._cgroup(pid), created)
         self._info[pid] = info
         return info
 

@@ -427,6 +427,7 @@ class Sampler:
 def process_entry(pid: int, info: ProcessInfo | None, dests: dict[Dest, int]) -> dict[str, Any]:
     return {
         "pid": pid,
+        "ppid": info.ppid if info else None,
         "name": info.name if info else "?",
         "exe": info.exe if info else "",
         "uid": info.uid if info else None,

@@ -106,6 +106,10 @@ class Coalescer:
                     s.bytes_read += max(0, rchar - s.cycle_start)
                 s.cycle_start = None
 
+    def baseline(self, pid: int | None, path: str) -> int | None:
+        s = self.sessions.get((pid, path))
+        return s.cycle_start if s is not None and s.open_now else None
+
     def update_rchar(self, pid: int, rchar: int) -> None:
         for (spid, _path), s in self.sessions.items():
             if spid == pid and s.open_now:

@@ -55,12 +55,22 @@ def base_dir(pattern: str) -> str:
 class WeightPaths:
     patterns: list[str]
     canaries: list[str] = field(default_factory=list)
+    staged: dict[str, list[str]] = field(default_factory=dict)  # copy -> the weight files it came from
 
     def __post_init__(self) -> None:
         self._plain = [p.rstrip("/") for p in self.patterns if not GLOB_CHARS & set(p)]
         self._globs = [re.compile(_translate(p)) for p in self.patterns if GLOB_CHARS & set(p)]
         self._canaries = {os.path.normpath(c) for c in self.canaries}
         self._cache: dict[str, bool] = {}
+
+    def add_staged(self, path: str, sources: list[str]) -> None:
+        if len(self.staged) >= 10_000:
+            self.staged.pop(next(iter(self.staged)))
+        self.staged[path] = sources
+        self._cache.pop(path, None)
+
+    def staged_from(self, path: str) -> list[str]:
+        return self.staged.get(path, [])
 
     def is_canary(self, path: str) -> bool:
         return path in self._canaries
@@ -75,7 +85,7 @@ class WeightPaths:
         return hit
 
     def _match(self, path: str) -> bool:
-        if path in self._canaries:
+        if path in self._canaries or path in self.staged:
             return True
         for plain in self._plain:
             if path == plain or path.startswith(plain + "/"):

@@ -135,7 +135,8 @@ class FileWatcher:
             self._emit("file_access", record)
 
     def update(self, weights: WeightPaths) -> None:
-        """A reloaded policy: new paths are marked on the next rescan."""
+        """A reloaded policy: new paths are marked on the next rescan; staged copies stay watched."""
+        weights.staged = dict(self.weights.staged)
         self.weights = weights
 
     # -- marks -------------------------------------------------------------
@@ -172,7 +173,8 @@ class FileWatcher:
         info = self.procs.describe(pid)
         if info is None:
             return {"name": None, "exe": None, "uid": None}
-        return {"name": info.name, "exe": info.exe, "uid": info.uid, "cmdline": list(info.cmdline)[:8]}
+        return {"name": info.name, "exe": info.exe, "uid": info.uid, "ppid": info.ppid,
+                "cmdline": list(info.cmdline)[:8]}
 
     def _run(self) -> None:
         next_rescan = next_scan = 0.0
@@ -225,7 +227,7 @@ class FileWatcher:
         path = ev.path
         assert path is not None
         if not self.weights.matches(path):
-            return  # a README next to the weights
+            return  # a README next to the weights, or a non-weight file in a staging directory
         if self.weights.is_canary(path):
             if ev.mask & fan.FAN_OPEN_PERM and now - self.canary_seen.get((ev.pid, path), 0) >= CANARY_REPEAT_S:
                 self.canary_seen[(ev.pid, path)] = now
@@ -243,12 +245,19 @@ class FileWatcher:
             except OSError:
                 size = 0
             known = (ev.pid, path) in self.coalescer.sessions
-            self.coalescer.opened(now, ev.pid, path, size, rchar, None if known else self._proc(ev.pid))
+            proc = None if known else self._proc(ev.pid)
+            staged = self.weights.staged_from(path)
+            if proc is not None and staged:
+                proc["staged_copy_of"] = staged
+            self.coalescer.opened(now, ev.pid, path, size, rchar, proc)
             self.holders.setdefault(ev.pid, -1)  # scan its mappings from now on
         if ev.mask & fan.FAN_ACCESS:
             self.coalescer.accessed(now, ev.pid, path, rchar)
         if ev.mask & (fan.FAN_CLOSE_NOWRITE | fan.FAN_CLOSE_WRITE):
             wrote = bool(ev.mask & fan.FAN_CLOSE_WRITE)
+            base = self.coalescer.baseline(ev.pid, path)
+            if rchar is not None and base is not None and rchar < base:
+                rchar = None  # a zombie's /proc/PID/io reads as zeros: use its exit record
             if rchar is None and ev.pid in self.exit_rchar:
                 rchar = self.exit_rchar[ev.pid][0]
             if rchar is None and self._exits is not None:
@@ -332,6 +341,9 @@ class FileWatcher:
                 proc = proc or {k: sess.proc.get(k) for k in ("name", "exe", "uid")}
         read = sum(sessions.values()) + max(self.holders.get(pid, 0), 0)
         if read > 0 and size >= 0.5 * read:
+            # Watch the copy as weights from now on: who reads it next is who uploads it.
+            self.weights.add_staged(path, sorted({p for p, _ts in sessions}))
+            self._mark_dir(os.path.dirname(path))
             self._emit("weights_copy", {"pid": pid, **proc, "sources": sorted({p for p, _ts in sessions}),
                                         "source_bytes_read": read, "destination": path,
                                         "destination_size": size, "path": path})

@@ -39,7 +39,7 @@ spec:
     subprocess.run(["cat", str(models / "a.safetensors")], stdout=subprocess.DEVNULL, check=True)
     subprocess.run([sys.executable, "-c", f"open({str(canary)!r}).read()"], check=True)
     access = daemon.wait_event("file_access", path=str(models / "a.safetensors"))
-    assert access["data"]["bytes_read"] == 3_000_000 and access["data"]["exe"] == "/usr/bin/cat"
+    assert access["data"]["bytes_read"] == 3_000_000 and access["data"]["exe"] == "/usr/bin/cat", (access, started["data"]["features"]["file_watch"])
     assert access["data"]["pid"] > 0 and access["data"]["size"] == 3_000_000
     daemon.wait_event("canary_read", path=str(canary))
     assert daemon.stop() == 0
