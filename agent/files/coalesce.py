@@ -32,6 +32,7 @@ class Session:
     rchar_now: int | None = None
     reported_at: float = 0.0
     reported_bytes: int = 0
+    estimated: bool = False
 
     def bytes_so_far(self) -> int:
         pending = 0
@@ -44,7 +45,7 @@ class Session:
             "pid": self.pid, "path": self.path, "size": self.size, **self.proc,
             "bytes_read": self.bytes_so_far(), "opens": self.opens, "reads": self.reads, "closes": self.closes,
             "close_write": self.writes, "first_ts": self.first_ts, "last_ts": self.last_ts,
-            "still_open": self.open_now > 0, "final": final,
+            "still_open": self.open_now > 0, "final": final, "bytes_estimated": self.estimated,
         }
 
 
@@ -90,7 +91,8 @@ class Coalescer:
         if rchar is not None:
             s.rchar_now = rchar
 
-    def closed(self, ts: float, pid: int | None, path: str, rchar: int | None, wrote: bool = False) -> None:
+    def closed(self, ts: float, pid: int | None, path: str, rchar: int | None, wrote: bool = False,
+               estimate_whole_file: bool = False) -> None:
         s = self.sessions.get((pid, path))
         if s is None:
             return
@@ -104,6 +106,11 @@ class Coalescer:
             if s.open_now == 0:
                 if s.cycle_start is not None and rchar is not None:
                     s.bytes_read += max(0, rchar - s.cycle_start)
+                elif estimate_whole_file:
+                    # The reader vanished before its counters could be read: assume the
+                    # worst a security tool should assume, and say it is an estimate.
+                    s.bytes_read += s.size
+                    s.estimated = True
                 s.cycle_start = None
 
     def baseline(self, pid: int | None, path: str) -> int | None:

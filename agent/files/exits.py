@@ -4,6 +4,8 @@ A `cat` or `cp` that reads weights and exits at once is gone from /proc before
 we handle its close event; the kernel's exit record still has its rchar
 (read_char). Only the exiting thread's own counters are in the record, which
 is the whole story for single-threaded readers (cat, cp, dd, curl, scp).
+The kernel rounds these counters down to whole KiB, and sends the records in
+the host's network namespace only.
 
 Parsed with agent/netlink.py rather than pyroute2's TaskStats: the latter
 runs an asyncio loop per socket and cannot be read from the watcher thread.

@@ -32,6 +32,7 @@ from agent.files import fanotify as fan
 from agent.files.coalesce import Coalescer
 from agent.files.patterns import WeightPaths
 from agent.files.procio import io_counters, mapped_weights
+from agent.paths import netns_key
 from agent.procmap import ProcessTable
 
 RESCAN_S = 2.0
@@ -88,7 +89,7 @@ class FileWatcher:
         self._inotify: Any = None
         self._exits: Any = None
         self.exit_rchar: dict[int, tuple[int, float]] = {}  # pid -> (rchar at exit, when)
-        self._pending: dict[int, list[tuple[str, bool]]] = {}  # pid -> closes waiting for its exit record
+        self._pending: dict[int, list[tuple[str, bool, float]]] = {}  # pid -> closes waiting for its exit record
         self._pending_writes: dict[int, list[tuple[str, int]]] = {}  # pid -> (copy, size) waiting likewise
         self._own_pid = os.getpid()
 
@@ -107,13 +108,17 @@ class FileWatcher:
             self.mode = "inotify"
             self.detail = (f"fanotify unavailable ({exc.strerror}; needs CAP_SYS_ADMIN): inotify fallback, "
                            "reads are seen without pids or byte counts")
-        if self._content is not None:
+        if self._content is not None and netns_key():
+            # The kernel sends taskstats exit records in the host's network namespace only.
+            self.detail += ("; inside a network namespace there are no taskstats exit records: a reader that "
+                            "exits right after closing is counted as reading the whole file (bytes_estimated)")
+        elif self._content is not None:
             try:
                 from agent.files.exits import ExitListener
 
                 self._exits = ExitListener()
-            except Exception as exc:  # noqa: BLE001 - optional: without it, fast exiters read as 0 bytes
-                self.detail += f"; no taskstats exit records ({exc}): bytes of readers that exit at once are missed"
+            except Exception as exc:  # noqa: BLE001 - optional: without it, fast exiters are estimated
+                self.detail += f"; no taskstats exit records ({exc}): fast exiters are estimated (bytes_estimated)"
         self._mark_new_dirs()
         if self._writes is not None:
             for d in self.staging_dirs:
@@ -260,9 +265,9 @@ class FileWatcher:
                 rchar = None  # a zombie's /proc/PID/io reads as zeros: use its exit record
             if rchar is None and ev.pid in self.exit_rchar:
                 rchar = self.exit_rchar[ev.pid][0]
-            if rchar is None and self._exits is not None:
-                # Gone already, exit record not read yet: close when it arrives.
-                self._pending.setdefault(ev.pid, []).append((path, wrote))
+            if rchar is None:
+                # Gone already: close on its exit record, or on an estimate if none comes.
+                self._pending.setdefault(ev.pid, []).append((path, wrote, now))
             else:
                 self.coalescer.closed(now, ev.pid, path, rchar, wrote=wrote)
 
@@ -274,7 +279,7 @@ class FileWatcher:
             if not wanted:
                 continue
             self.exit_rchar[rec.pid] = (rec.read_char, now)
-            for path, wrote in pending:
+            for path, wrote, _ts in pending:
                 self.coalescer.closed(now, rec.pid, path, rec.read_char, wrote=wrote)
             # Files it never closed (killed mid-read) close with it.
             for (pid, path), sess in list(self.coalescer.sessions.items()):
@@ -324,8 +329,8 @@ class FileWatcher:
         io = io_counters(ev.pid)
         if io is not None:
             self.coalescer.update_rchar(ev.pid, io.rchar)
-        elif ev.pid not in self.exit_rchar and self._exits is not None:
-            # cp closes its copy and exits before we get here: judge on its exit record.
+        elif ev.pid not in self.exit_rchar:
+            # cp closes its copy and exits before we get here: judge on its exit record (or estimate).
             self._pending_writes.setdefault(ev.pid, []).append((path, size))
             return
         self._evaluate_write(ev.pid, path, size)
@@ -348,7 +353,17 @@ class FileWatcher:
                                         "source_bytes_read": read, "destination": path,
                                         "destination_size": size, "path": path})
 
+    def _settle_pending(self, now: float) -> None:
+        """Closes whose exit record did not come (or cannot): assume the whole file was read."""
+        wait = 2.0 if self._exits is not None else 0.0
+        for pid in [p for p, items in self._pending.items() if all(now - ts >= wait for _x, _w, ts in items)]:
+            for path, wrote, _ts in self._pending.pop(pid):
+                self.coalescer.closed(now, pid, path, None, wrote=wrote, estimate_whole_file=True)
+            for path, size in self._pending_writes.pop(pid, []):
+                self._evaluate_write(pid, path, size)
+
     def _scan_open_readers(self, now: float) -> None:
+        self._settle_pending(now)
         for pid in self.coalescer.open_pids():
             io = io_counters(pid)
             if io is not None:

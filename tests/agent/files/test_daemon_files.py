@@ -38,8 +38,10 @@ spec:
     assert started["data"]["features"]["file_watch"]["ok"]
     subprocess.run(["cat", str(models / "a.safetensors")], stdout=subprocess.DEVNULL, check=True)
     subprocess.run([sys.executable, "-c", f"open({str(canary)!r}).read()"], check=True)
-    access = daemon.wait_event("file_access", path=str(models / "a.safetensors"))
-    assert access["data"]["bytes_read"] == 3_000_000 and access["data"]["exe"] == "/usr/bin/cat", (access, started["data"]["features"]["file_watch"])
+    access = daemon.wait_event("file_access", path=str(models / "a.safetensors"), final=True)
+    # Inside a namespace there are no taskstats exit records: a `cat` that exits at
+    # once is counted as reading the whole file, flagged as an estimate.
+    assert access["data"]["bytes_read"] == 3_000_000 and access["data"]["exe"] == "/usr/bin/cat", (access["data"], daemon.stderr[-5:])
     assert access["data"]["pid"] > 0 and access["data"]["size"] == 3_000_000
     daemon.wait_event("canary_read", path=str(canary))
     assert daemon.stop() == 0

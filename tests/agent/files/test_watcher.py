@@ -157,7 +157,8 @@ def test_outside_paths_are_silent_and_new_paths_are_picked_up(watch: Collected, 
     time.sleep(2.5)  # one rescan
     subprocess.run(["cat", str(later / "w.bin")], capture_output=True, check=True)
     rec = watch.wait("file_access", path=str(later / "w.bin"))
-    assert rec["bytes_read"] >= 100_000
+    # cat exits at once: its total comes from taskstats, which rounds down to whole KiB.
+    assert 100_000 - 1024 < rec["bytes_read"] <= 100_000 + 64 * 1024
 
 
 def test_many_small_reads_stay_bounded(watch: Collected, weights: Path) -> None:
