@@ -1,0 +1,52 @@
+"""Validate one MQTT message: size, topic, JSON, schema, and that the topic's host is the sender's.
+
+Anything that fails is a Rejection with a reason; it goes to the dead-letter
+table and is counted, never stored as an event and never an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from agent.events import Event
+
+MAX_PAYLOAD = 1 << 20
+TOPIC = re.compile(r"^weightwarden/v1/([A-Za-z0-9][A-Za-z0-9_.-]{0,62})/([a-z_]{1,40})$")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str
+    code: str  # counter name
+
+
+def validate(topic: str, payload: bytes) -> Event | Rejection:
+    if len(payload) > MAX_PAYLOAD:
+        return Rejection(f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD}-byte limit", "rejected_size")
+    m = TOPIC.match(topic)
+    if not m:
+        return Rejection(f"topic {topic[:120]!r} is not weightwarden/v1/<host>/<type>", "rejected_topic")
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Rejection(f"not JSON: {str(exc)[:200]}", "rejected_json")
+    if not isinstance(doc, dict):
+        return Rejection("not a JSON object", "rejected_json")
+    try:
+        event = Event.model_validate(doc, strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return Rejection(f"schema: {where}: {first['msg']}"[:400], "rejected_schema")
+    if event.host != m.group(1):
+        return Rejection(f"forged host: topic says {m.group(1)!r}, event says {event.host!r}", "rejected_host")
+    if event.type != m.group(2):
+        return Rejection(f"topic type {m.group(2)!r} is not the event's {event.type!r}", "rejected_topic")
+    return event
+
+
+__all__ = ["MAX_PAYLOAD", "Rejection", "json", "validate"]

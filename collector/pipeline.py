@@ -1,0 +1,227 @@
+"""From validated events to stored state and alerts. Database work only, no MQTT.
+
+Tests drive this with recorded event streams; the MQTT service feeds it in
+batches. Each batch is one transaction; each event's correlation runs in a
+savepoint, so one bad event cannot undo its batch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sqlalchemy import Connection
+
+from collector import correlate
+from collector.correlate import Draft, Tuning
+from collector.ingest import Rejection, validate
+from collector.store import Store
+
+REEVALUATE_S = 120.0
+
+
+class Pipeline:
+    def __init__(self, store: Store, tune: Tuning | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.tune = tune or Tuning()
+        self.clock = clock
+        self.errors: list[str] = []
+
+    # -- ingest --------------------------------------------------------------
+
+    def ingest(self, messages: Iterable[tuple[str, bytes]]) -> dict[str, int]:
+        counts = {"stored": 0, "duplicates": 0, "rejected": 0}
+        now = self.clock()
+        with self.store.tx() as conn:
+            for topic, payload in messages:
+                checked = validate(topic, payload)
+                if isinstance(checked, Rejection):
+                    self.store.dead_letter(conn, topic, checked.reason, payload, now)
+                    self.store.bump(conn, "rejected")
+                    self.store.bump(conn, checked.code)
+                    counts["rejected"] += 1
+                    continue
+                ev = checked.to_json()
+                if not self.store.insert_event(conn, ev, now):
+                    self.store.bump(conn, "duplicates")
+                    counts["duplicates"] += 1
+                    continue
+                self.store.bump(conn, "stored")
+                counts["stored"] += 1
+                try:
+                    with conn.begin_nested():
+                        self.apply(conn, ev, now)
+                except Exception as exc:  # noqa: BLE001 - the event is kept; its correlation failure is counted
+                    self.store.bump(conn, "correlation_errors")
+                    self.errors.append(f"{ev['type']} {ev['id']}: {exc!r}"[:500])
+        return counts
+
+    def upsert(self, conn: Connection, draft: Draft | None, now: float) -> None:
+        if draft is not None:
+            self.store.upsert_alert(conn, draft.to_row(), now)
+
+    # -- per event -----------------------------------------------------------
+
+    def apply(self, conn: Connection, ev: dict[str, Any], now: float) -> None:
+        host, data, ts, type_ = ev["host"], ev["data"], float(ev["ts"]), ev["type"]
+        self.store.touch_host(conn, host, ev["seq"], ts, now)
+        if type_ in ("heartbeat", "agent_started", "policy_applied"):
+            fields: dict[str, Any] = {"policy": data.get("policy"), "policy_digest": data.get("policy_digest")}
+            if type_ == "heartbeat":
+                fields.update(backend=data.get("backend"), rules_in_force=int(bool(data.get("rules_in_force"))),
+                              caps=data.get("caps"), last_heartbeat=ts)
+            if type_ == "policy_applied":
+                fields.update(backend=data.get("backend"), caps=len(data.get("caps", [])), rules_in_force=1)
+            weights = data.get("weights") or {}
+            if weights.get("total_bytes"):
+                fields["weights_bytes"] = int(weights["total_bytes"])
+            host_row = self.store.host(conn, host) or {}
+            if host_row.get("status") in ("lost", "silent") and ts >= (host_row.get("lost_at") or 0):
+                self.store.resolve_kind(conn, host, "agent_silent", "collector: the agent is back", now)
+            fields["status"] = "online"
+            self.store.update_host(conn, host, **{k: v for k, v in fields.items() if v is not None})
+        elif type_ == "agent_stopping":
+            self.store.update_host(conn, host, status="stopped")
+        elif type_ == "agent_lost":
+            self.store.update_host(conn, host, status="lost", lost_at=now)
+            self.upsert(conn, correlate.from_event(ev), now)
+        elif type_ == "egress_sample":
+            self._egress(conn, ev, now)
+        elif type_ in ("file_access", "weight_holder", "weights_copy"):
+            self._weights(conn, ev, now)
+        else:
+            self.upsert(conn, correlate.from_event(ev), now)
+
+    def _egress(self, conn: Connection, ev: dict[str, Any], now: float) -> None:
+        host, data, ts = ev["host"], ev["data"], float(ev["ts"])
+        interval = max(float(data.get("interval_s") or 1.0), 1e-3)
+        wire = sum(int(i.get("tx_bytes", 0)) for i in data.get("interfaces", []))
+        self.store.update_host(conn, host, egress_bps=wire * 8 / interval)
+        rows = []
+        for proc in data.get("processes", []):
+            for dest in proc.get("destinations", []):
+                if int(dest.get("tx_bytes", 0)) <= 0:
+                    continue
+                rows.append({"pid": int(proc["pid"]), "ppid": proc.get("ppid"), "exe": proc.get("exe") or "",
+                             "name": proc.get("name"), "uid": proc.get("uid"), "address": str(dest["address"]),
+                             "port": int(dest.get("port", 0)), "allowed": int(bool(dest.get("allowed", False))),
+                             "bytes": int(dest["tx_bytes"]), "ts": ts,
+                             "rate_bps": int(proc.get("tx_bytes", 0)) * 8 / interval, "event_id": ev["id"]})
+        self.store.add_egress(conn, host, rows)
+        outward = [r for r in rows if not r["allowed"]]
+        for r in outward:
+            self.store.first_contact(conn, host, r["exe"], r["address"], ts)
+        for pid in sorted({r["pid"] for r in outward}):
+            self.evaluate_exfiltration(conn, host, pid, ts, now)
+        for exe in sorted({r["exe"] for r in outward}):
+            self.upsert(conn, correlate.chunked(
+                host, exe, self.store.egress_by_exe(conn, host, exe, ts - self.tune.chunk_window_s),
+                self.store.reads_on_host(conn, host, ts - self.tune.chunk_window_s), self.tune), now)
+        host_row = self.store.host(conn, host) or {}
+        for address in sorted({r["address"] for r in outward}):
+            self.upsert(conn, correlate.slow(host, address,
+                                             self.store.egress_to(conn, host, address, ts - self.tune.slow_window_s),
+                                             int(host_row.get("weights_bytes") or 0), self.tune), now)
+
+    def _weights(self, conn: Connection, ev: dict[str, Any], now: float) -> None:
+        host, d, ts = ev["host"], ev["data"], float(ev["ts"])
+        base = {"pid": int(d["pid"]) if d.get("pid") is not None else -1, "ppid": d.get("ppid"), "exe": d.get("exe"),
+                "name": d.get("name"), "uid": d.get("uid"), "event_id": ev["id"], "staged_of": None}
+        if ev["type"] == "file_access":
+            staged = d.get("staged_copy_of") or []
+            row = {**base, "path": str(d["path"]), "kind": "staged_read" if staged else "read",
+                   "bytes": int(d.get("bytes_read") or 0), "first_ts": float(d.get("first_ts") or ts),
+                   "ts": float(d.get("last_ts") or ts), "staged_of": "\n".join(staged) or None}
+        elif ev["type"] == "weight_holder":
+            row = {**base, "path": str(d["path"]), "kind": "holder", "bytes": int(d.get("resident_bytes") or 0),
+                   "first_ts": 0.0, "ts": ts}
+        else:
+            row = {**base, "path": str(d["destination"]), "kind": "copy", "bytes": int(d.get("destination_size") or 0),
+                   "first_ts": ts, "ts": ts, "staged_of": "\n".join(d.get("sources", [])) or None}
+        self.store.add_read(conn, host, row)
+        if row["pid"] >= 0:
+            # The upload may have started before this report arrived: look again.
+            for pid in {row["pid"], *self.store.siblings(conn, host, row.get("ppid"), ts - self.tune.window_s)}:
+                self.evaluate_exfiltration(conn, host, pid, ts, now)
+
+    def evaluate_exfiltration(self, conn: Connection, host: str, pid: int, ref_ts: float, now: float) -> None:
+        since = ref_ts - self.tune.window_s
+        egress = self.store.egress_for(conn, host, pid, since)
+        if not egress:
+            return
+        last = egress[-1]
+        sender = {k: last.get(k) for k in ("pid", "ppid", "exe", "name", "uid")}
+        related = {pid, *([last["ppid"]] if last.get("ppid") and last["ppid"] > 1 else []),
+                   *self.store.siblings(conn, host, last.get("ppid"), since)}
+        reads = self.store.reads_for(conn, host, sorted(related), since)
+        if not reads:
+            return
+        first_read = min(r["first_ts"] for r in reads if r["first_ts"] > 0) if any(r["first_ts"] > 0 for r in reads) \
+            else min(r["ts"] for r in reads)
+        new = set()
+        for e in egress:
+            seen = self.store.first_seen(conn, host, e["exe"] or "", e["address"])
+            if seen is not None and seen >= first_read - 1:
+                new.add(e["address"])
+        host_row = self.store.host(conn, host) or {}
+        rate = sum(e["rate_bps"] or 0 for e in egress if e["ts"] == last["ts"]) / max(
+            1, len({e["address"] for e in egress if e["ts"] == last["ts"]}))
+        self.upsert(conn, correlate.exfiltration(host, sender, reads, egress, int(host_row.get("weights_bytes") or 0),
+                                                 new, float(rate), self.tune), now)
+
+    # -- periodic --------------------------------------------------------------
+
+    def sweep(self) -> None:
+        """Silent agents, unexplained sequence gaps, and a second look at recent uploads."""
+        now = self.clock()
+        with self.store.tx() as conn:
+            for host, pid in self.store.recent_senders(conn, now - REEVALUATE_S):
+                self.evaluate_exfiltration(conn, host, pid, now, now)
+            for h in self.store_hosts(conn):
+                if h["status"] == "online" and now - (h["last_seen"] or now) > self.tune.silent_after_s:
+                    self.store.update_host(conn, h["host"], status="silent", lost_at=now)
+                    self.upsert(conn, correlate.silent(h["host"], h["last_seen"], now), now)
+                self._gaps(conn, h, now)
+
+    @staticmethod
+    def store_hosts(conn: Connection) -> list[dict[str, Any]]:
+        from sqlalchemy import text
+
+        return [dict(r) for r in conn.execute(text("SELECT * FROM hosts")).mappings()]
+
+    def _gaps(self, conn: Connection, h: dict[str, Any], now: float) -> None:
+        host, contig = h["host"], int(h["seq_contig"] or 0)
+        seqs = self.store.seqs_after(conn, host, contig)
+        if not seqs:
+            return
+        covered: set[int] = set()
+        for dropped in self.store.events_of(conn, host, "events_dropped", 0):
+            for lo, hi in dropped["data"].get("seq_ranges") or []:
+                covered.update(range(int(lo), int(hi) + 1))
+        present = set(seqs) | covered
+        top = max(seqs)
+        missing = [s for s in range(contig + 1, top + 1) if s not in present]
+        if not missing:
+            self.store.update_host(conn, host, seq_contig=top, gap_seen_at=None)
+            return
+        first_missing = missing[0]
+        if h["gap_seen_at"] is None:
+            # Give redeliveries (a spool draining after an outage) time to arrive.
+            self.store.update_host(conn, host, seq_contig=first_missing - 1, gap_seen_at=now)
+        elif now - h["gap_seen_at"] >= self.tune.gap_grace_s:
+            self.upsert(conn, correlate.gap(host, missing, now), now)
+            self.store.update_host(conn, host, seq_contig=top, gap_seen_at=None)
+
+
+def load_stream(path: str) -> list[tuple[str, bytes]]:
+    """A recorded event stream (JSON lines) as MQTT messages, for tests and replays."""
+    out = []
+    with open(path) as fh:
+        for line in fh:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                doc = json.loads(line)
+                out.append((f"weightwarden/v1/{doc['host']}/{doc['type']}", json.dumps(doc).encode()))
+    return out

@@ -1,0 +1,123 @@
+"""``weightwarden-collector run``: subscribe, validate, store, correlate.
+
+Tasks in one TaskGroup. The message queue is owned by the service: the MQTT
+task fills it, the ingest task alone drains it in batches (one database
+transaction each). The sweeper looks for silent agents and sequence gaps,
+and re-evaluates recent uploads so collectors sharing a database converge.
+With ``--shared-group`` the subscription is an MQTT v5 shared subscription
+(``$share/GROUP/weightwarden/v1/#``): the broker spreads messages over every
+collector in the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import socket
+import time
+from dataclasses import dataclass
+
+import aiomqtt
+from paho.mqtt.enums import MQTTProtocolVersion
+
+from agent import logs
+from agent.mqtt_sink import MqttSettings
+from collector.pipeline import Pipeline
+
+TOPIC = "weightwarden/v1/#"
+BATCH = 500
+
+
+@dataclass
+class ServiceConfig:
+    broker: MqttSettings
+    shared_group: str | None = None
+    retention_s: float = 30 * 86400.0
+    sweep_every_s: float = 1.0
+    client_id: str | None = None
+
+
+class CollectorService:
+    def __init__(self, cfg: ServiceConfig, pipeline: Pipeline) -> None:
+        self.cfg = cfg
+        self.pipeline = pipeline
+        self.log = logs.get("collector")
+        self.queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=50_000)
+        self.stop = asyncio.Event()
+        self.received = 0
+        self.connected = asyncio.Event()
+
+    def topic(self) -> str:
+        return f"$share/{self.cfg.shared_group}/{TOPIC}" if self.cfg.shared_group else TOPIC
+
+    async def _mqtt(self) -> None:
+        s = self.cfg.broker
+        backoff = 0.5
+        ident = self.cfg.client_id or f"weightwarden-collector-{socket.gethostname()}-{os.getpid()}"
+        while not self.stop.is_set():
+            try:
+                async with aiomqtt.Client(
+                    s.host, s.port, username=s.username, password=s.password, identifier=ident,
+                    protocol=MQTTProtocolVersion.MQTTv5, keepalive=s.keepalive,
+                    tls_context=s.ssl_context() if s.tls else None, timeout=10,
+                ) as client:
+                    await client.subscribe(self.topic(), qos=1)
+                    self.log.info("collector_subscribed", topic=self.topic(), broker=f"{s.host}:{s.port}")
+                    self.connected.set()
+                    backoff = 0.5
+                    async for message in client.messages:
+                        payload = message.payload if isinstance(message.payload, bytes) else \
+                            str(message.payload).encode()
+                        await self.queue.put((str(message.topic), payload))
+                        self.received += 1
+                        if self.stop.is_set():
+                            break
+            except aiomqtt.MqttError as exc:
+                self.connected.clear()
+                self.log.warning("collector_disconnected", error=str(exc))
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 30.0)
+
+    async def _ingest(self) -> None:
+        while not (self.stop.is_set() and self.queue.empty()):
+            try:
+                first = await asyncio.wait_for(self.queue.get(), timeout=0.5)
+            except TimeoutError:
+                continue
+            batch = [first]
+            while len(batch) < BATCH and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            try:
+                await asyncio.to_thread(self.pipeline.ingest, batch)
+            except Exception as exc:  # noqa: BLE001 - the database may be away; the collector stays
+                self.log.error("ingest_failed", error=repr(exc), lost=len(batch))
+                await asyncio.sleep(1)
+
+    async def _sweeper(self) -> None:
+        last_purge = 0.0
+        while not self.stop.is_set():
+            try:
+                await asyncio.to_thread(self.pipeline.sweep)
+                if time.time() - last_purge > 600:
+                    last_purge = time.time()
+                    await asyncio.to_thread(self.pipeline.store.purge, self.cfg.retention_s)
+            except Exception as exc:  # noqa: BLE001
+                self.log.error("sweep_failed", error=repr(exc))
+            try:
+                await asyncio.wait_for(self.stop.wait(), timeout=self.cfg.sweep_every_s)
+            except TimeoutError:
+                pass
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop.set)
+        async with asyncio.TaskGroup() as tg:
+            mqtt = tg.create_task(self._mqtt())
+            tg.create_task(self._ingest())
+            tg.create_task(self._sweeper())
+            await self.stop.wait()
+            mqtt.cancel()
+        return 0

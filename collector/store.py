@@ -1,0 +1,320 @@
+"""Storage: SQLite (WAL) by default, PostgreSQL with the same SQL (SQLAlchemy Core).
+
+Everything correlation needs lives here, not in a collector's memory, so
+several collectors sharing one PostgreSQL reach the same alerts. Writes are
+idempotent: an event is stored once by id; weight reads and alerts are
+upserts keyed by what they describe.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+
+SEVERITY_RANK = {"low": 1, "medium": 2, "high": 3, "critical": 4}
+
+MIGRATIONS: list[list[str]] = [
+    [  # 1: the first schema
+        """CREATE TABLE events (id TEXT PRIMARY KEY, host TEXT NOT NULL, seq BIGINT NOT NULL,
+             ts DOUBLE PRECISION NOT NULL, type TEXT NOT NULL, data TEXT NOT NULL, received_at DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX events_host_seq ON events(host, seq)",
+        "CREATE INDEX events_ts ON events(ts)",
+        """CREATE TABLE dead_letters (id {serial}, received_at DOUBLE PRECISION NOT NULL, topic TEXT,
+             reason TEXT NOT NULL, payload TEXT)""",
+        """CREATE TABLE hosts (host TEXT PRIMARY KEY, first_seen DOUBLE PRECISION, last_seen DOUBLE PRECISION,
+             status TEXT, seq_max BIGINT DEFAULT 0, seq_contig BIGINT DEFAULT 0, gap_seen_at DOUBLE PRECISION,
+             policy TEXT, policy_digest TEXT, backend TEXT, rules_in_force INTEGER, caps INTEGER,
+             egress_bps DOUBLE PRECISION DEFAULT 0, weights_bytes BIGINT DEFAULT 0,
+             last_heartbeat DOUBLE PRECISION, heartbeat_interval DOUBLE PRECISION, lost_at DOUBLE PRECISION)""",
+        """CREATE TABLE weight_reads (host TEXT NOT NULL, pid BIGINT NOT NULL, ppid BIGINT, exe TEXT, name TEXT,
+             uid BIGINT, path TEXT NOT NULL, kind TEXT NOT NULL, bytes BIGINT NOT NULL, first_ts DOUBLE PRECISION NOT NULL,
+             ts DOUBLE PRECISION NOT NULL, staged_of TEXT, event_id TEXT,
+             PRIMARY KEY (host, pid, path, kind, first_ts))""",
+        "CREATE INDEX weight_reads_host_ts ON weight_reads(host, ts)",
+        """CREATE TABLE egress (host TEXT NOT NULL, pid BIGINT NOT NULL, ppid BIGINT, exe TEXT, name TEXT,
+             uid BIGINT, address TEXT NOT NULL, port INTEGER, allowed INTEGER NOT NULL, bytes BIGINT NOT NULL,
+             ts DOUBLE PRECISION NOT NULL, rate_bps DOUBLE PRECISION, event_id TEXT NOT NULL)""",
+        "CREATE INDEX egress_host_ts ON egress(host, ts)",
+        "CREATE INDEX egress_host_pid ON egress(host, pid)",
+        """CREATE TABLE history (host TEXT NOT NULL, exe TEXT NOT NULL, address TEXT NOT NULL,
+             first_seen DOUBLE PRECISION NOT NULL, PRIMARY KEY (host, exe, address))""",
+        """CREATE TABLE alerts (key TEXT PRIMARY KEY, id TEXT NOT NULL, host TEXT NOT NULL, kind TEXT NOT NULL,
+             severity TEXT NOT NULL, severity_rank INTEGER NOT NULL, state TEXT NOT NULL, title TEXT NOT NULL,
+             explanation TEXT NOT NULL, evidence TEXT NOT NULL, first_ts DOUBLE PRECISION NOT NULL,
+             last_ts DOUBLE PRECISION NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+             updated_at DOUBLE PRECISION NOT NULL, count INTEGER NOT NULL DEFAULT 1,
+             acked_by TEXT, acked_at DOUBLE PRECISION, resolved_by TEXT, resolved_at DOUBLE PRECISION)""",
+        "CREATE INDEX alerts_state ON alerts(state, severity_rank)",
+        "CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    ],
+]
+
+
+def normalize_url(url: str) -> str:
+    """sqlite:///PATH as is; postgresql:// goes through psycopg 3."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: Engine = create_engine(normalize_url(url), pool_pre_ping=True)
+        self.dialect = self.engine.dialect.name
+        if self.dialect == "sqlite":
+            @event.listens_for(self.engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.execute("PRAGMA busy_timeout=10000")
+                cur.close()
+        self.migrate()
+
+    def migrate(self) -> None:
+        serial = "BIGSERIAL PRIMARY KEY" if self.dialect == "postgresql" else "INTEGER PRIMARY KEY AUTOINCREMENT"
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # Two collectors starting together must not both migrate.
+                conn.execute(text("SELECT pg_advisory_xact_lock(7757)"))
+            conn.execute(text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"))
+            row = conn.execute(text("SELECT max(version) FROM schema_version")).scalar()
+            current = int(row or 0)
+            for number, statements in enumerate(MIGRATIONS, start=1):
+                if number <= current:
+                    continue
+                for stmt in statements:
+                    conn.execute(text(stmt.format(serial=serial)))
+                conn.execute(text("INSERT INTO schema_version(version) VALUES (:v)"), {"v": number})
+
+    @contextmanager
+    def tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # -- ingest ------------------------------------------------------------
+
+    @staticmethod
+    def insert_event(conn: Connection, ev: dict[str, Any], now: float) -> bool:
+        """True if new; a redelivered id is a no-op."""
+        res = conn.execute(text(
+            "INSERT INTO events(id, host, seq, ts, type, data, received_at) "
+            "VALUES (:id, :host, :seq, :ts, :type, :data, :now) ON CONFLICT (id) DO NOTHING"),
+            {"id": ev["id"], "host": ev["host"], "seq": ev["seq"], "ts": ev["ts"], "type": ev["type"],
+             "data": json.dumps(ev["data"]), "now": now})
+        return bool(res.rowcount)
+
+    @staticmethod
+    def dead_letter(conn: Connection, topic: str, reason: str, payload: bytes, now: float) -> None:
+        conn.execute(text("INSERT INTO dead_letters(received_at, topic, reason, payload) VALUES (:t, :topic, :r, :p)"),
+                     {"t": now, "topic": topic[:300], "r": reason[:500],
+                      "p": payload[:1000].decode("utf-8", errors="replace")})
+
+    @staticmethod
+    def bump(conn: Connection, name: str, by: int = 1) -> None:
+        conn.execute(text("INSERT INTO counters(name, value) VALUES (:n, :v) "
+                          "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value"),
+                     {"n": name, "v": by})
+
+    def counters(self) -> dict[str, int]:
+        with self.tx() as conn:
+            return {r[0]: int(r[1]) for r in conn.execute(text("SELECT name, value FROM counters"))}
+
+    @staticmethod
+    def touch_host(conn: Connection, host: str, seq: int, ts: float, now: float) -> None:
+        conn.execute(text(
+            "INSERT INTO hosts(host, first_seen, last_seen, status, seq_max, seq_contig) "
+            "VALUES (:h, :now, :now, 'online', :seq, 0) ON CONFLICT (host) DO UPDATE SET "
+            "last_seen = :now, seq_max = CASE WHEN hosts.seq_max > :seq THEN hosts.seq_max ELSE :seq END"),
+            {"h": host, "now": now, "seq": seq})
+
+    @staticmethod
+    def update_host(conn: Connection, host: str, **fields: Any) -> None:
+        allowed = {"status", "policy", "policy_digest", "backend", "rules_in_force", "caps", "egress_bps",
+                   "weights_bytes", "last_heartbeat", "heartbeat_interval", "lost_at", "seq_contig", "gap_seen_at"}
+        sets = [k for k in fields if k in allowed]
+        if sets:
+            conn.execute(text(f"UPDATE hosts SET {', '.join(f'{k} = :{k}' for k in sets)} WHERE host = :h"),
+                         {"h": host, **{k: fields[k] for k in sets}})
+
+    @staticmethod
+    def host(conn: Connection, host: str) -> dict[str, Any] | None:
+        row = conn.execute(text("SELECT * FROM hosts WHERE host = :h"), {"h": host}).mappings().first()
+        return dict(row) if row else None
+
+    def hosts(self) -> list[dict[str, Any]]:
+        with self.tx() as conn:
+            return [dict(r) for r in conn.execute(text("SELECT * FROM hosts ORDER BY host")).mappings()]
+
+    # -- correlation state --------------------------------------------------
+
+    @staticmethod
+    def add_read(conn: Connection, host: str, r: dict[str, Any]) -> None:
+        conn.execute(text(
+            "INSERT INTO weight_reads(host, pid, ppid, exe, name, uid, path, kind, bytes, first_ts, ts, staged_of, event_id) "
+            "VALUES (:host, :pid, :ppid, :exe, :name, :uid, :path, :kind, :bytes, :first_ts, :ts, :staged_of, :event_id) "
+            "ON CONFLICT (host, pid, path, kind, first_ts) DO UPDATE SET "
+            "bytes = CASE WHEN weight_reads.bytes > excluded.bytes THEN weight_reads.bytes ELSE excluded.bytes END, "
+            "ts = CASE WHEN weight_reads.ts > excluded.ts THEN weight_reads.ts ELSE excluded.ts END"),
+            {"host": host, **r})
+
+    @staticmethod
+    def add_egress(conn: Connection, host: str, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            conn.execute(text(
+                "INSERT INTO egress(host, pid, ppid, exe, name, uid, address, port, allowed, bytes, ts, rate_bps, event_id) "
+                "VALUES (:host, :pid, :ppid, :exe, :name, :uid, :address, :port, :allowed, :bytes, :ts, :rate_bps, :event_id)"),
+                [{"host": host, **r} for r in rows])
+
+    @staticmethod
+    def first_contact(conn: Connection, host: str, exe: str, address: str, ts: float) -> bool:
+        res = conn.execute(text("INSERT INTO history(host, exe, address, first_seen) VALUES (:h, :e, :a, :t) "
+                                "ON CONFLICT (host, exe, address) DO NOTHING"), {"h": host, "e": exe, "a": address, "t": ts})
+        return bool(res.rowcount)
+
+    @staticmethod
+    def first_seen(conn: Connection, host: str, exe: str, address: str) -> float | None:
+        return conn.execute(text("SELECT first_seen FROM history WHERE host=:h AND exe=:e AND address=:a"),
+                            {"h": host, "e": exe, "a": address}).scalar()
+
+    @staticmethod
+    def reads_for(conn: Connection, host: str, pids: list[int], since: float) -> list[dict[str, Any]]:
+        if not pids:
+            return []
+        params = {f"p{i}": p for i, p in enumerate(pids)}
+        rows = conn.execute(text(
+            f"SELECT * FROM weight_reads WHERE host = :h AND ts >= :since AND pid IN ({', '.join(':' + k for k in params)}) "
+            "ORDER BY first_ts"), {"h": host, "since": since, **params}).mappings()
+        return [dict(r) for r in rows]
+
+    @staticmethod
+    def siblings(conn: Connection, host: str, ppid: int | None, since: float) -> list[int]:
+        """Processes sharing a parent (a pipeline: tar | curl), seen reading or sending recently."""
+        if not ppid or ppid <= 1:
+            return []
+        pids = conn.execute(text("SELECT DISTINCT pid FROM weight_reads WHERE host=:h AND ppid=:pp AND ts>=:s "
+                                 "UNION SELECT DISTINCT pid FROM egress WHERE host=:h AND ppid=:pp AND ts>=:s"),
+                            {"h": host, "pp": ppid, "s": since}).scalars()
+        return [int(p) for p in pids]
+
+    @staticmethod
+    def egress_for(conn: Connection, host: str, pid: int, since: float) -> list[dict[str, Any]]:
+        rows = conn.execute(text("SELECT * FROM egress WHERE host=:h AND pid=:p AND allowed=0 AND ts>=:s ORDER BY ts"),
+                            {"h": host, "p": pid, "s": since}).mappings()
+        return [dict(r) for r in rows]
+
+    @staticmethod
+    def egress_by_exe(conn: Connection, host: str, exe: str, since: float) -> list[dict[str, Any]]:
+        rows = conn.execute(text("SELECT * FROM egress WHERE host=:h AND exe=:e AND allowed=0 AND ts>=:s ORDER BY ts"),
+                            {"h": host, "e": exe, "s": since}).mappings()
+        return [dict(r) for r in rows]
+
+    @staticmethod
+    def egress_to(conn: Connection, host: str, address: str, since: float) -> list[dict[str, Any]]:
+        rows = conn.execute(text("SELECT * FROM egress WHERE host=:h AND address=:a AND allowed=0 AND ts>=:s ORDER BY ts"),
+                            {"h": host, "a": address, "s": since}).mappings()
+        return [dict(r) for r in rows]
+
+    @staticmethod
+    def reads_on_host(conn: Connection, host: str, since: float) -> list[dict[str, Any]]:
+        rows = conn.execute(text("SELECT * FROM weight_reads WHERE host=:h AND ts>=:s ORDER BY first_ts"),
+                            {"h": host, "s": since}).mappings()
+        return [dict(r) for r in rows]
+
+    @staticmethod
+    def recent_senders(conn: Connection, since: float) -> list[tuple[str, int]]:
+        rows = conn.execute(text("SELECT DISTINCT host, pid FROM egress WHERE allowed=0 AND ts>=:s"), {"s": since})
+        return [(r[0], int(r[1])) for r in rows]
+
+    @staticmethod
+    def events_of(conn: Connection, host: str, type_: str, since: float) -> list[dict[str, Any]]:
+        rows = conn.execute(text("SELECT id, seq, ts, data FROM events WHERE host=:h AND type=:t AND ts>=:s ORDER BY seq"),
+                            {"h": host, "t": type_, "s": since}).mappings()
+        return [{"id": r["id"], "seq": r["seq"], "ts": r["ts"], "data": json.loads(r["data"])} for r in rows]
+
+    @staticmethod
+    def seqs_after(conn: Connection, host: str, after: int) -> list[int]:
+        return [int(s) for s in conn.execute(text("SELECT DISTINCT seq FROM events WHERE host=:h AND seq>:a ORDER BY seq"),
+                                              {"h": host, "a": after}).scalars()]
+
+    # -- alerts ------------------------------------------------------------
+
+    @staticmethod
+    def upsert_alert(conn: Connection, a: dict[str, Any], now: float) -> None:
+        params = {**a, "evidence": json.dumps(a["evidence"], default=str), "rank": SEVERITY_RANK[a["severity"]],
+                  "now": now}
+        conn.execute(text(
+            "INSERT INTO alerts(key, id, host, kind, severity, severity_rank, state, title, explanation, evidence, "
+            "first_ts, last_ts, created_at, updated_at, count) VALUES (:key, :id, :host, :kind, :severity, :rank, 'open', "
+            ":title, :explanation, :evidence, :first_ts, :last_ts, :now, :now, 1) "
+            "ON CONFLICT (key) DO UPDATE SET "
+            "severity = CASE WHEN alerts.severity_rank >= excluded.severity_rank THEN alerts.severity ELSE excluded.severity END, "
+            "severity_rank = CASE WHEN alerts.severity_rank >= excluded.severity_rank THEN alerts.severity_rank "
+            "  ELSE excluded.severity_rank END, "
+            "title = excluded.title, explanation = excluded.explanation, evidence = excluded.evidence, "
+            "last_ts = CASE WHEN alerts.last_ts > excluded.last_ts THEN alerts.last_ts ELSE excluded.last_ts END, "
+            "updated_at = excluded.updated_at, count = alerts.count + 1, "
+            # A resolved incident that happens again is open again.
+            "state = CASE WHEN alerts.state = 'resolved' AND :reopen = 1 THEN 'open' ELSE alerts.state END"),
+            {**params, "reopen": 1 if a.get("reopen", True) else 0})
+
+    @staticmethod
+    def set_state(conn: Connection, key_or_id: str, state: str, who: str, now: float) -> int:
+        col = "acked" if state == "acknowledged" else "resolved"
+        res = conn.execute(text(f"UPDATE alerts SET state=:s, {col}_by=:w, {col}_at=:t, updated_at=:t "
+                                "WHERE id=:k OR key=:k"), {"s": state, "w": who, "t": now, "k": key_or_id})
+        return int(res.rowcount)
+
+    @staticmethod
+    def resolve_kind(conn: Connection, host: str, kind: str, who: str, now: float) -> None:
+        conn.execute(text("UPDATE alerts SET state='resolved', resolved_by=:w, resolved_at=:t, updated_at=:t "
+                          "WHERE host=:h AND kind=:k AND state != 'resolved'"), {"w": who, "t": now, "h": host, "k": kind})
+
+    def alerts(self, state: str | None = None, host: str | None = None, min_severity: str | None = None
+               ) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM alerts WHERE 1=1"
+        params: dict[str, Any] = {}
+        if state:
+            sql += " AND state = :state"
+            params["state"] = state
+        if host:
+            sql += " AND host = :host"
+            params["host"] = host
+        if min_severity:
+            sql += " AND severity_rank >= :rank"
+            params["rank"] = SEVERITY_RANK[min_severity]
+        sql += " ORDER BY severity_rank DESC, last_ts DESC"
+        with self.tx() as conn:
+            return [_alert(dict(r)) for r in conn.execute(text(sql), params).mappings()]
+
+    def alert(self, key_or_id: str) -> dict[str, Any] | None:
+        with self.tx() as conn:
+            row = conn.execute(text("SELECT * FROM alerts WHERE id=:k OR key=:k"), {"k": key_or_id}).mappings().first()
+        return _alert(dict(row)) if row else None
+
+    # -- housekeeping --------------------------------------------------------
+
+    def purge(self, horizon_s: float, now: float | None = None) -> dict[str, int]:
+        cutoff = (now or time.time()) - horizon_s
+        out = {}
+        with self.tx() as conn:
+            for table, col in (("events", "ts"), ("egress", "ts"), ("weight_reads", "ts"), ("dead_letters", "received_at")):
+                out[table] = int(conn.execute(text(f"DELETE FROM {table} WHERE {col} < :c"), {"c": cutoff}).rowcount)
+        return out
+
+    def count(self, table: str) -> int:
+        assert table in {"events", "dead_letters", "alerts", "egress", "weight_reads", "hosts"}
+        with self.tx() as conn:
+            return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() or 0)
+
+
+def _alert(row: dict[str, Any]) -> dict[str, Any]:
+    row["evidence"] = json.loads(row["evidence"])
+    row.pop("severity_rank", None)
+    return row
