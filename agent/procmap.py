@@ -25,6 +25,7 @@ class ProcessInfo:
     cmdline: tuple[str, ...]
     cgroup: str | None
     create_time: float
+    pipes: tuple[int, ...] = ()  # pipe inodes among its fds: who it is piped to or from
 
 
 def _user(uid: int) -> str:
@@ -119,9 +120,25 @@ class ProcessTable:
                     cmdline = ()
         except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
             return cached
-        info = ProcessInfo(pid, ppid, name, exe, uid, _user(uid), cmdline, self._cgroup(pid), created)
+        info = ProcessInfo(pid, ppid, name, exe, uid, _user(uid), cmdline, self._cgroup(pid), created,
+                           self._pipes(pid))
         self._info[pid] = info
         return info
+
+    def _pipes(self, pid: int) -> tuple[int, ...]:
+        fd_dir = self.proc_root / str(pid) / "fd"
+        found = set()
+        try:
+            for fd in os.listdir(fd_dir):
+                try:
+                    target = os.readlink(fd_dir / fd)
+                except OSError:
+                    continue
+                if target.startswith("pipe:["):
+                    found.add(int(target[6:-1]))
+        except OSError:
+            pass
+        return tuple(sorted(found))
 
     def _cgroup(self, pid: int) -> str | None:
         """The cgroup v2 path ("0::" line); present on unified and hybrid hosts."""

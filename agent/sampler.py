@@ -433,6 +433,7 @@ def process_entry(pid: int, info: ProcessInfo | None, dests: dict[Dest, int]) ->
         "uid": info.uid if info else None,
         "user": info.user if info else None,
         "cgroup": info.cgroup if info else None,
+        "pipes": list(info.pipes) if info else [],
         "tx_bytes": sum(dests.values()),
         "destinations": [
             {"address": addr, "port": port, "tx_bytes": n}

@@ -108,7 +108,8 @@ class Pipeline:
                              "name": proc.get("name"), "uid": proc.get("uid"), "address": str(dest["address"]),
                              "port": int(dest.get("port", 0)), "allowed": int(bool(dest.get("allowed", False))),
                              "bytes": int(dest["tx_bytes"]), "ts": ts,
-                             "rate_bps": int(proc.get("tx_bytes", 0)) * 8 / interval, "event_id": ev["id"]})
+                             "rate_bps": int(proc.get("tx_bytes", 0)) * 8 / interval, "event_id": ev["id"],
+                             "pipes": pipe_key(proc.get("pipes"))})
         self.store.add_egress(conn, host, rows)
         outward = [r for r in rows if not r["allowed"]]
         for r in outward:
@@ -128,7 +129,8 @@ class Pipeline:
     def _weights(self, conn: Connection, ev: dict[str, Any], now: float) -> None:
         host, d, ts = ev["host"], ev["data"], float(ev["ts"])
         base = {"pid": int(d["pid"]) if d.get("pid") is not None else -1, "ppid": d.get("ppid"), "exe": d.get("exe"),
-                "name": d.get("name"), "uid": d.get("uid"), "event_id": ev["id"], "staged_of": None}
+                "name": d.get("name"), "uid": d.get("uid"), "event_id": ev["id"], "staged_of": None,
+                "pipes": pipe_key(d.get("pipes"))}
         if ev["type"] == "file_access":
             staged = d.get("staged_copy_of") or []
             row = {**base, "path": str(d["path"]), "kind": "staged_read" if staged else "read",
@@ -143,7 +145,9 @@ class Pipeline:
         self.store.add_read(conn, host, row)
         if row["pid"] >= 0:
             # The upload may have started before this report arrived: look again.
-            for pid in {row["pid"], *self.store.siblings(conn, host, row.get("ppid"), ts - self.tune.window_s)}:
+            since = ts - self.tune.window_s
+            children = self.store.children(conn, host, row["pid"], since)
+            for pid in {row["pid"], *children, *self.store.pipe_partners(conn, host, "egress", row["pipes"], since)}:
                 self.evaluate_exfiltration(conn, host, pid, ts, now)
 
     def evaluate_exfiltration(self, conn: Connection, host: str, pid: int, ref_ts: float, now: float) -> None:
@@ -153,8 +157,9 @@ class Pipeline:
             return
         last = egress[-1]
         sender = {k: last.get(k) for k in ("pid", "ppid", "exe", "name", "uid")}
+        # Who may have handed it the weights: itself, its parent, and whoever shares a pipe with it.
         related = {pid, *([last["ppid"]] if last.get("ppid") and last["ppid"] > 1 else []),
-                   *self.store.siblings(conn, host, last.get("ppid"), since)}
+                   *self.store.pipe_partners(conn, host, "weight_reads", last.get("pipes"), since)}
         reads = self.store.reads_for(conn, host, sorted(related), since)
         if not reads:
             return
@@ -213,6 +218,13 @@ class Pipeline:
         elif now - h["gap_seen_at"] >= self.tune.gap_grace_s:
             self.upsert(conn, correlate.gap(host, missing, now), now)
             self.store.update_host(conn, host, seq_contig=top, gap_seen_at=None)
+
+
+def pipe_key(pipes: Any) -> str | None:
+    """Pipe inodes as '|1|2|' so one LIKE finds a shared one."""
+    if not isinstance(pipes, list) or not pipes:
+        return None
+    return "|" + "|".join(str(int(p)) for p in pipes[:50]) + "|"
 
 
 def load_stream(path: str) -> list[tuple[str, bytes]]:

@@ -33,12 +33,12 @@ MIGRATIONS: list[list[str]] = [
              last_heartbeat DOUBLE PRECISION, heartbeat_interval DOUBLE PRECISION, lost_at DOUBLE PRECISION)""",
         """CREATE TABLE weight_reads (host TEXT NOT NULL, pid BIGINT NOT NULL, ppid BIGINT, exe TEXT, name TEXT,
              uid BIGINT, path TEXT NOT NULL, kind TEXT NOT NULL, bytes BIGINT NOT NULL, first_ts DOUBLE PRECISION NOT NULL,
-             ts DOUBLE PRECISION NOT NULL, staged_of TEXT, event_id TEXT,
+             ts DOUBLE PRECISION NOT NULL, staged_of TEXT, event_id TEXT, pipes TEXT,
              PRIMARY KEY (host, pid, path, kind, first_ts))""",
         "CREATE INDEX weight_reads_host_ts ON weight_reads(host, ts)",
         """CREATE TABLE egress (host TEXT NOT NULL, pid BIGINT NOT NULL, ppid BIGINT, exe TEXT, name TEXT,
              uid BIGINT, address TEXT NOT NULL, port INTEGER, allowed INTEGER NOT NULL, bytes BIGINT NOT NULL,
-             ts DOUBLE PRECISION NOT NULL, rate_bps DOUBLE PRECISION, event_id TEXT NOT NULL)""",
+             ts DOUBLE PRECISION NOT NULL, rate_bps DOUBLE PRECISION, event_id TEXT NOT NULL, pipes TEXT)""",
         "CREATE INDEX egress_host_ts ON egress(host, ts)",
         "CREATE INDEX egress_host_pid ON egress(host, pid)",
         """CREATE TABLE history (host TEXT NOT NULL, exe TEXT NOT NULL, address TEXT NOT NULL,
@@ -157,8 +157,9 @@ class Store:
     @staticmethod
     def add_read(conn: Connection, host: str, r: dict[str, Any]) -> None:
         conn.execute(text(
-            "INSERT INTO weight_reads(host, pid, ppid, exe, name, uid, path, kind, bytes, first_ts, ts, staged_of, event_id) "
-            "VALUES (:host, :pid, :ppid, :exe, :name, :uid, :path, :kind, :bytes, :first_ts, :ts, :staged_of, :event_id) "
+            "INSERT INTO weight_reads(host, pid, ppid, exe, name, uid, path, kind, bytes, first_ts, ts, staged_of, "
+            "event_id, pipes) VALUES (:host, :pid, :ppid, :exe, :name, :uid, :path, :kind, :bytes, :first_ts, :ts, "
+            ":staged_of, :event_id, :pipes) "
             "ON CONFLICT (host, pid, path, kind, first_ts) DO UPDATE SET "
             "bytes = CASE WHEN weight_reads.bytes > excluded.bytes THEN weight_reads.bytes ELSE excluded.bytes END, "
             "ts = CASE WHEN weight_reads.ts > excluded.ts THEN weight_reads.ts ELSE excluded.ts END"),
@@ -168,8 +169,9 @@ class Store:
     def add_egress(conn: Connection, host: str, rows: list[dict[str, Any]]) -> None:
         if rows:
             conn.execute(text(
-                "INSERT INTO egress(host, pid, ppid, exe, name, uid, address, port, allowed, bytes, ts, rate_bps, event_id) "
-                "VALUES (:host, :pid, :ppid, :exe, :name, :uid, :address, :port, :allowed, :bytes, :ts, :rate_bps, :event_id)"),
+                "INSERT INTO egress(host, pid, ppid, exe, name, uid, address, port, allowed, bytes, ts, rate_bps, "
+                "event_id, pipes) VALUES (:host, :pid, :ppid, :exe, :name, :uid, :address, :port, :allowed, :bytes, "
+                ":ts, :rate_bps, :event_id, :pipes)"),
                 [{"host": host, **r} for r in rows])
 
     @staticmethod
@@ -194,14 +196,23 @@ class Store:
         return [dict(r) for r in rows]
 
     @staticmethod
-    def siblings(conn: Connection, host: str, ppid: int | None, since: float) -> list[int]:
-        """Processes sharing a parent (a pipeline: tar | curl), seen reading or sending recently."""
-        if not ppid or ppid <= 1:
+    def pipe_partners(conn: Connection, host: str, table: str, pipes: str | None, since: float) -> list[int]:
+        """Pids in ``table`` that share a pipe with these (``tar cf - w | curl -T -``)."""
+        assert table in ("weight_reads", "egress")
+        inodes = [p for p in (pipes or "").split("|") if p]
+        if not inodes:
             return []
-        pids = conn.execute(text("SELECT DISTINCT pid FROM weight_reads WHERE host=:h AND ppid=:pp AND ts>=:s "
-                                 "UNION SELECT DISTINCT pid FROM egress WHERE host=:h AND ppid=:pp AND ts>=:s"),
-                            {"h": host, "pp": ppid, "s": since}).scalars()
-        return [int(p) for p in pids]
+        params = {f"p{i}": f"%|{n}|%" for i, n in enumerate(inodes[:20])}
+        cond = " OR ".join(f"pipes LIKE :{k}" for k in params)
+        rows = conn.execute(text(f"SELECT DISTINCT pid FROM {table} WHERE host=:h AND ts>=:s AND ({cond})"),
+                            {"h": host, "s": since, **params}).scalars()
+        return [int(p) for p in rows]
+
+    @staticmethod
+    def children(conn: Connection, host: str, ppid: int, since: float) -> list[int]:
+        rows = conn.execute(text("SELECT DISTINCT pid FROM egress WHERE host=:h AND ppid=:p AND ts>=:s"),
+                            {"h": host, "p": ppid, "s": since}).scalars()
+        return [int(p) for p in rows]
 
     @staticmethod
     def egress_for(conn: Connection, host: str, pid: int, since: float) -> list[dict[str, Any]]:

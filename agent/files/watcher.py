@@ -179,7 +179,7 @@ class FileWatcher:
         if info is None:
             return {"name": None, "exe": None, "uid": None}
         return {"name": info.name, "exe": info.exe, "uid": info.uid, "ppid": info.ppid,
-                "cmdline": list(info.cmdline)[:8]}
+                "cmdline": list(info.cmdline)[:8], "pipes": list(info.pipes)}
 
     def _run(self) -> None:
         next_rescan = next_scan = 0.0

@@ -57,3 +57,9 @@ def test_cgroup_layouts(tmp_path: Path) -> None:
     assert hybrid.ok and "hybrid" in hybrid.detail
     (self_dir / "cgroup").write_text("12:memory:/\n")
     assert not cgroup_layout(str(tmp_path)).ok
+
+
+def test_pipes_are_reported(tmp_path: Path) -> None:
+    _proc(tmp_path, 500, [51])
+    os.symlink("pipe:[777]", tmp_path / "500" / "fd" / "9")
+    assert ProcessTable(str(tmp_path))._pipes(500) == (777,)

@@ -48,8 +48,8 @@ class Stream:
                  weights={"paths": ["/srv/models"], "files": 1, "total_bytes": weights})
 
     def read(self, ts: float, pid: int, nbytes: int, path: str = WEIGHTS, exe: str = "/usr/bin/python3.11",
-             ppid: int = 1, staged: list[str] | None = None) -> None:
-        data = {"pid": pid, "ppid": ppid, "path": path, "size": nbytes, "name": exe.rsplit("/", 1)[-1], "exe": exe,
+             ppid: int = 1, staged: list[str] | None = None, pipes: list[int] | None = None) -> None:
+        data = {"pid": pid, "ppid": ppid, "pipes": pipes or [], "path": path, "size": nbytes, "name": exe.rsplit("/", 1)[-1], "exe": exe,
                 "uid": 1000, "bytes_read": nbytes, "opens": 1, "reads": 0, "closes": 1, "close_write": 0,
                 "first_ts": ts, "last_ts": ts + 1, "still_open": False, "final": True}
         if staged:
@@ -57,8 +57,9 @@ class Stream:
         self.add("file_access", ts + 2, **data)
 
     def send(self, ts: float, pid: int, nbytes: int, address: str = "203.0.113.9", port: int = 443,
-             exe: str = "/usr/bin/python3.11", ppid: int = 1, allowed: bool = False) -> None:
-        proc = {"pid": pid, "ppid": ppid, "name": exe.rsplit("/", 1)[-1], "exe": exe, "uid": 1000, "user": "u",
+             exe: str = "/usr/bin/python3.11", ppid: int = 1, allowed: bool = False,
+             pipes: list[int] | None = None) -> None:
+        proc = {"pid": pid, "ppid": ppid, "pipes": pipes or [], "name": exe.rsplit("/", 1)[-1], "exe": exe, "uid": 1000, "user": "u",
                 "cgroup": "/", "tx_bytes": nbytes,
                 "destinations": [{"address": address, "port": port, "tx_bytes": nbytes, "allowed": allowed}]}
         self.add("egress_sample", ts, ts=ts, interval_s=1.0, layer="transport-payload",

@@ -76,13 +76,22 @@ def test_no_high_alert_without_the_read_or_without_the_upload(pipe: Pipeline) ->
         assert not [a for a in run(pipe, s) if a["severity"] in ("high", "critical")], s.host
 
 
-def test_pipeline_siblings_are_linked(pipe: Pipeline) -> None:
+def test_a_pipeline_is_linked_by_its_pipe_not_by_its_parent(pipe: Pipeline) -> None:
     s = Stream()
-    s.read(T0 + 1, pid=200, nbytes=256 * MB, exe="/usr/bin/tar", ppid=50)  # tar cf - /srv/models |
-    s.send(T0 + 5, pid=201, nbytes=200 * MB, exe="/usr/bin/curl", ppid=50)  # curl -T - https://...
+    s.read(T0 + 1, pid=200, nbytes=256 * MB, exe="/usr/bin/tar", ppid=50, pipes=[9001])  # tar cf - /srv/models |
+    s.send(T0 + 5, pid=201, nbytes=200 * MB, exe="/usr/bin/curl", ppid=50, pipes=[9001])  # curl -T - https://...
+    s.send(T0 + 5, pid=202, nbytes=200 * MB, exe="/usr/bin/python3", ppid=50)  # a sibling with no pipe to tar
     [alert] = run(pipe, s)
     assert alert["kind"] == "exfiltration" and alert["evidence"]["readers"] == [200]
     assert alert["evidence"]["process"]["name"] == "curl"
+
+
+def test_a_child_uploading_what_its_parent_read(pipe: Pipeline) -> None:
+    s = Stream()
+    s.read(T0 + 1, pid=300, nbytes=256 * MB)
+    s.send(T0 + 5, pid=301, nbytes=200 * MB, exe="/usr/bin/curl", ppid=300)
+    [alert] = run(pipe, s)
+    assert alert["evidence"]["process"]["pid"] == 301 and alert["evidence"]["readers"] == [300]
 
 
 def test_staged_copy_then_upload(pipe: Pipeline) -> None:
