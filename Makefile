@@ -6,7 +6,7 @@ bootstrap:
 	./scripts/bootstrap.sh
 
 run: bootstrap
-	.venv/bin/weightwarden-agent top
+	./scripts/run-stack.sh
 
 test: bootstrap
 	.venv/bin/python -m pytest $(PYTEST_ARGS)

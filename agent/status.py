@@ -30,9 +30,9 @@ def collect(state_dir: Path, backend: str = "auto") -> dict[str, Any]:
         "applied_at": rec.get("applied_at"),
         "interfaces": interfaces,
         "caps": rec.get("caps", []),
-        "drift": enforcer.drift(interfaces),
+        "drift": enforcer.drift(rec.get("tc_interfaces", [])),
         "counters": enforcer.counters(),
-        "classes": {i: tc.class_stats(i) for i in interfaces},
+        "classes": {i: tc.class_stats(i) for i in rec.get("tc_interfaces", [])},
         "budgets": read_json(state_dir / "budgets.json") or {},
     })
     out["agent"] = read_json(state_dir / "health.json") or {}

@@ -20,6 +20,9 @@ from collector.ingest import Rejection, validate
 from collector.store import Store
 
 REEVALUATE_S = 120.0
+NO_READS_CACHE_S = 5.0
+MAX_INT = 2**62
+SLOW_EVERY_S = 60.0  # the slow-exfiltration check looks at hours: once a minute per destination is plenty
 
 
 class Pipeline:
@@ -28,35 +31,83 @@ class Pipeline:
         self.tune = tune or Tuning()
         self.clock = clock
         self.errors: list[str] = []
+        # Per-collector caches that only skip redundant work; the database stays the truth.
+        self._contacts: set[tuple[str, str, str]] = set()
+        self._slow_checked: dict[tuple[str, str], float] = {}
+        self._no_reads_until: dict[str, float] = {}
 
     # -- ingest --------------------------------------------------------------
 
     def ingest(self, messages: Iterable[tuple[str, bytes]]) -> dict[str, int]:
         counts = {"stored": 0, "duplicates": 0, "rejected": 0}
+        codes: dict[str, int] = {}
         now = self.clock()
         with self.store.tx() as conn:
             for topic, payload in messages:
                 checked = validate(topic, payload)
                 if isinstance(checked, Rejection):
                     self.store.dead_letter(conn, topic, checked.reason, payload, now)
-                    self.store.bump(conn, "rejected")
-                    self.store.bump(conn, checked.code)
+                    codes[checked.code] = codes.get(checked.code, 0) + 1
                     counts["rejected"] += 1
                     continue
                 ev = checked.to_json()
                 if not self.store.insert_event(conn, ev, now):
-                    self.store.bump(conn, "duplicates")
                     counts["duplicates"] += 1
                     continue
-                self.store.bump(conn, "stored")
                 counts["stored"] += 1
+                if ev["type"] == "egress_sample" and self._plain_sample(conn, ev, now):
+                    continue  # recorded; this host has no weight reads to correlate with
                 try:
                     with conn.begin_nested():
                         self.apply(conn, ev, now)
                 except Exception as exc:  # noqa: BLE001 - the event is kept; its correlation failure is counted
-                    self.store.bump(conn, "correlation_errors")
+                    codes["correlation_errors"] = codes.get("correlation_errors", 0) + 1
                     self.errors.append(f"{ev['type']} {ev['id']}: {exc!r}"[:500])
+            for name, value in {**counts, **codes}.items():
+                if value:
+                    self.store.bump(conn, name, value)
         return counts
+
+    def _plain_sample(self, conn: Connection, ev: dict[str, Any], now: float) -> bool:
+        """The common case, without a savepoint: record the sample; True if nothing needs correlating.
+
+        Values are range-checked first, so no input can make the database refuse
+        a statement (which, on PostgreSQL, would abort the whole batch).
+        """
+        rows = egress_rows(ev)
+        if rows is None:
+            return False  # odd data: take the careful path
+        host, ts = ev["host"], float(ev["ts"])
+        outward = [r for r in rows if not r["allowed"]]
+        if outward and (self._maybe_reads(conn, host, ts) or self._slow_due(host, outward, ts)):
+            return False
+        data = ev["data"]
+        wire = sum(int(i.get("tx_bytes", 0)) for i in data.get("interfaces", []) if isinstance(i, dict))
+        self.store.touch_host(conn, host, ev["seq"], ts, now, egress_bps=wire * 8 / interval_of(data))
+        self.store.add_egress(conn, host, rows)
+        self._first_contacts(conn, host, outward, ts)
+        return True
+
+    def _maybe_reads(self, conn: Connection, host: str, ts: float) -> bool:
+        # A "no" is remembered for a few seconds; the sweep re-checks recent uploads, so a read
+        # reported meanwhile (perhaps to another collector) is still correlated.
+        until = self._no_reads_until.get(host, 0.0)
+        if now_mono() < until:
+            return False
+        if self.store.has_reads(conn, host, ts - self.tune.window_s):
+            return True
+        self._no_reads_until[host] = now_mono() + NO_READS_CACHE_S
+        return False
+
+    def _slow_due(self, host: str, outward: list[dict[str, Any]], ts: float) -> bool:
+        return any(ts - self._slow_checked.get((host, r["address"]), -1e18) >= SLOW_EVERY_S for r in outward)
+
+    def _first_contacts(self, conn: Connection, host: str, outward: list[dict[str, Any]], ts: float) -> None:
+        for r in outward:
+            contact = (host, r["exe"], r["address"])
+            if contact not in self._contacts:
+                self.store.first_contact(conn, host, r["exe"], r["address"], ts)
+                self._contacts.add(contact)
 
     def upsert(self, conn: Connection, draft: Draft | None, now: float) -> None:
         if draft is not None:
@@ -66,6 +117,9 @@ class Pipeline:
 
     def apply(self, conn: Connection, ev: dict[str, Any], now: float) -> None:
         host, data, ts, type_ = ev["host"], ev["data"], float(ev["ts"]), ev["type"]
+        if type_ == "egress_sample":
+            self._egress(conn, ev, now)
+            return
         self.store.touch_host(conn, host, ev["seq"], ts, now)
         if type_ in ("heartbeat", "agent_started", "policy_applied"):
             fields: dict[str, Any] = {"policy": data.get("policy"), "policy_digest": data.get("policy_digest")}
@@ -87,8 +141,6 @@ class Pipeline:
         elif type_ == "agent_lost":
             self.store.update_host(conn, host, status="lost", lost_at=now)
             self.upsert(conn, correlate.from_event(ev), now)
-        elif type_ == "egress_sample":
-            self._egress(conn, ev, now)
         elif type_ in ("file_access", "weight_holder", "weights_copy"):
             self._weights(conn, ev, now)
         else:
@@ -96,35 +148,34 @@ class Pipeline:
 
     def _egress(self, conn: Connection, ev: dict[str, Any], now: float) -> None:
         host, data, ts = ev["host"], ev["data"], float(ev["ts"])
-        interval = max(float(data.get("interval_s") or 1.0), 1e-3)
-        wire = sum(int(i.get("tx_bytes", 0)) for i in data.get("interfaces", []))
-        self.store.update_host(conn, host, egress_bps=wire * 8 / interval)
-        rows = []
-        for proc in data.get("processes", []):
-            for dest in proc.get("destinations", []):
-                if int(dest.get("tx_bytes", 0)) <= 0:
-                    continue
-                rows.append({"pid": int(proc["pid"]), "ppid": proc.get("ppid"), "exe": proc.get("exe") or "",
-                             "name": proc.get("name"), "uid": proc.get("uid"), "address": str(dest["address"]),
-                             "port": int(dest.get("port", 0)), "allowed": int(bool(dest.get("allowed", False))),
-                             "bytes": int(dest["tx_bytes"]), "ts": ts,
-                             "rate_bps": int(proc.get("tx_bytes", 0)) * 8 / interval, "event_id": ev["id"],
-                             "pipes": pipe_key(proc.get("pipes"))})
+        rows = egress_rows(ev)
+        if rows is None:
+            raise ValueError("egress_sample with malformed or out-of-range process data")
+        wire = sum(int(i.get("tx_bytes", 0)) for i in data.get("interfaces", []) if isinstance(i, dict))
+        self.store.touch_host(conn, host, ev["seq"], ts, now, egress_bps=wire * 8 / interval_of(data))
         self.store.add_egress(conn, host, rows)
         outward = [r for r in rows if not r["allowed"]]
-        for r in outward:
-            self.store.first_contact(conn, host, r["exe"], r["address"], ts)
-        for pid in sorted({r["pid"] for r in outward}):
-            self.evaluate_exfiltration(conn, host, pid, ts, now)
-        for exe in sorted({r["exe"] for r in outward}):
-            self.upsert(conn, correlate.chunked(
-                host, exe, self.store.egress_by_exe(conn, host, exe, ts - self.tune.chunk_window_s),
-                self.store.reads_on_host(conn, host, ts - self.tune.chunk_window_s), self.tune), now)
-        host_row = self.store.host(conn, host) or {}
-        for address in sorted({r["address"] for r in outward}):
-            self.upsert(conn, correlate.slow(host, address,
-                                             self.store.egress_to(conn, host, address, ts - self.tune.slow_window_s),
-                                             int(host_row.get("weights_bytes") or 0), self.tune), now)
+        self._first_contacts(conn, host, outward, ts)
+        if not outward:
+            return
+        # Most samples come from hosts that touched no weights: one indexed lookup settles them.
+        if self.store.has_reads(conn, host, ts - self.tune.window_s):
+            for pid in sorted({r["pid"] for r in outward}):
+                self.evaluate_exfiltration(conn, host, pid, ts, now)
+            if self.store.has_reads(conn, host, ts - self.tune.chunk_window_s):
+                for exe in sorted({r["exe"] for r in outward}):
+                    self.upsert(conn, correlate.chunked(
+                        host, exe, self.store.egress_by_exe(conn, host, exe, ts - self.tune.chunk_window_s),
+                        self.store.reads_on_host(conn, host, ts - self.tune.chunk_window_s), self.tune), now)
+        due = [a for a in sorted({r["address"] for r in outward})
+               if ts - self._slow_checked.get((host, a), -1e18) >= SLOW_EVERY_S]
+        if due:
+            host_row = self.store.host(conn, host) or {}
+            for address in due:
+                self._slow_checked[(host, address)] = ts
+                self.upsert(conn, correlate.slow(host, address,
+                                                 self.store.egress_to(conn, host, address, ts - self.tune.slow_window_s),
+                                                 int(host_row.get("weights_bytes") or 0), self.tune), now)
 
     def _weights(self, conn: Connection, ev: dict[str, Any], now: float) -> None:
         host, d, ts = ev["host"], ev["data"], float(ev["ts"])
@@ -220,11 +271,61 @@ class Pipeline:
             self.store.update_host(conn, host, seq_contig=top, gap_seen_at=None)
 
 
+def now_mono() -> float:
+    return time.monotonic()
+
+
+def interval_of(data: dict[str, Any]) -> float:
+    try:
+        return max(float(data.get("interval_s") or 1.0), 1e-3)
+    except (TypeError, ValueError):
+        return 1.0
+
+
+def _int(value: Any, lo: int = 0, hi: int = MAX_INT) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        return None
+    return value
+
+
+def egress_rows(ev: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """An egress sample's per-destination rows, or None if any value is malformed or out of range."""
+    data = ev["data"]
+    interval = interval_of(data)
+    rows = []
+    procs = data.get("processes", [])
+    if not isinstance(procs, list):
+        return None
+    for proc in procs:
+        if not isinstance(proc, dict) or not isinstance(proc.get("destinations", []), list):
+            return None
+        pid, total = _int(proc.get("pid")), _int(proc.get("tx_bytes", 0))
+        ppid = proc.get("ppid")
+        uid = proc.get("uid")
+        if pid is None or total is None or (ppid is not None and _int(ppid) is None) \
+                or (uid is not None and _int(uid) is None):
+            return None
+        for dest in proc["destinations"]:
+            if not isinstance(dest, dict):
+                return None
+            nbytes, port = _int(dest.get("tx_bytes", 0)), _int(dest.get("port", 0), hi=65535)
+            if nbytes is None or port is None or not isinstance(dest.get("address"), str):
+                return None
+            if nbytes == 0:
+                continue
+            rows.append({"pid": pid, "ppid": ppid, "exe": str(proc.get("exe") or "")[:4096],
+                         "name": str(proc.get("name") or "")[:256], "uid": uid, "address": dest["address"][:64],
+                         "port": port, "allowed": int(bool(dest.get("allowed", False))), "bytes": nbytes,
+                         "ts": float(ev["ts"]), "rate_bps": total * 8 / interval, "event_id": ev["id"],
+                         "pipes": pipe_key(proc.get("pipes"))})
+    return rows
+
+
 def pipe_key(pipes: Any) -> str | None:
     """Pipe inodes as '|1|2|' so one LIKE finds a shared one."""
     if not isinstance(pipes, list) or not pipes:
         return None
-    return "|" + "|".join(str(int(p)) for p in pipes[:50]) + "|"
+    return "|" + "|".join(str(p) for p in pipes[:50] if _int(p) is not None) + "|"
 
 
 def load_stream(path: str) -> list[tuple[str, bytes]]:

@@ -127,12 +127,14 @@ class Store:
             return {r[0]: int(r[1]) for r in conn.execute(text("SELECT name, value FROM counters"))}
 
     @staticmethod
-    def touch_host(conn: Connection, host: str, seq: int, ts: float, now: float) -> None:
+    def touch_host(conn: Connection, host: str, seq: int, ts: float, now: float,
+                   egress_bps: float | None = None) -> None:
         conn.execute(text(
-            "INSERT INTO hosts(host, first_seen, last_seen, status, seq_max, seq_contig) "
-            "VALUES (:h, :now, :now, 'online', :seq, 0) ON CONFLICT (host) DO UPDATE SET "
-            "last_seen = :now, seq_max = CASE WHEN hosts.seq_max > :seq THEN hosts.seq_max ELSE :seq END"),
-            {"h": host, "now": now, "seq": seq})
+            "INSERT INTO hosts(host, first_seen, last_seen, status, seq_max, seq_contig, egress_bps) "
+            "VALUES (:h, :now, :now, 'online', :seq, 0, :bps) ON CONFLICT (host) DO UPDATE SET "
+            "last_seen = :now, seq_max = CASE WHEN hosts.seq_max > :seq THEN hosts.seq_max ELSE :seq END, "
+            "egress_bps = CASE WHEN :bps IS NULL THEN hosts.egress_bps ELSE :bps END"),
+            {"h": host, "now": now, "seq": seq, "bps": egress_bps})
 
     @staticmethod
     def update_host(conn: Connection, host: str, **fields: Any) -> None:
@@ -231,6 +233,11 @@ class Store:
         rows = conn.execute(text("SELECT * FROM egress WHERE host=:h AND address=:a AND allowed=0 AND ts>=:s ORDER BY ts"),
                             {"h": host, "a": address, "s": since}).mappings()
         return [dict(r) for r in rows]
+
+    @staticmethod
+    def has_reads(conn: Connection, host: str, since: float) -> bool:
+        return conn.execute(text("SELECT 1 FROM weight_reads WHERE host=:h AND ts>=:s LIMIT 1"),
+                            {"h": host, "s": since}).first() is not None
 
     @staticmethod
     def reads_on_host(conn: Connection, host: str, since: float) -> list[dict[str, Any]]:

@@ -89,7 +89,8 @@ class Enforcer:
             "interfaces": plan.interfaces,
             "caps": [s.__dict__ for s in plan.slots],
             "applied_at": time.time(),
-            "fingerprint": self.fingerprint(plan.interfaces),
+            "tc_interfaces": sorted(plan.tc),
+            "fingerprint": self.fingerprint(sorted(plan.tc)),
         }
         atomic_write(self.record_path, self.record)
 
@@ -117,7 +118,7 @@ class Enforcer:
                     or self.record.get("backend") != self.backend:
                 self.apply(inputs, plan, policy_meta)
                 return ReconcileResult(applied=True)
-            found = self.drift(plan.interfaces)
+            found = self.drift(sorted(plan.tc))
             if found:
                 self.apply(inputs, plan, policy_meta)
                 return ReconcileResult(applied=True, drift=found)

@@ -223,7 +223,9 @@ def build(inputs: PlanInputs) -> Plan:
         else:
             cmds.append(_rule(CHAIN_CAPS, *conds, *action))
 
-    tc = {iface: tc_commands(iface, slots) for iface in inputs.interfaces}
+    # Only a policy that shapes touches qdiscs: monitor-only and block-only leave them as they are.
+    shaping = any(slot.action == "shape" for slot in slots)
+    tc = {iface: tc_commands(iface, slots) for iface in inputs.interfaces} if shaping else {}
     if not inputs.interfaces:
         notes.append("no interface matches the policy: nothing is enforced")
     return Plan(cmds, tc, slots, list(inputs.interfaces), notes)

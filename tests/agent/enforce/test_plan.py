@@ -33,7 +33,7 @@ def test_contract_plan() -> None:
 def test_monitor_only_plan_has_no_caps_and_no_classes() -> None:
     plan = build(PlanInputs(parse_policy(HEAD + "  {}\n").policy, ["eth0"]))
     assert plan.slots == []
-    assert len(plan.tc["eth0"]) == 1  # the root only: everything goes through htb's direct queue
+    assert plan.tc == {}, "monitor-only never touches the interfaces' qdiscs"
 
 
 def test_match_by_uid_and_destination_block() -> None:

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# `make run`: the whole stack on this machine, with embedded defaults.
+#   - Mosquitto on 127.0.0.1:${WW_MQTT_PORT:-1883} (started here unless one already answers there),
+#   - the collector on SQLite in .run/collector.db,
+#   - the agent with policies/monitor-only.yaml: it measures and reports, it never throttles
+#     (set WW_POLICY=policies/single-gpu-host.yaml to try caps).
+# New alerts are printed here as they appear. Ctrl-C stops all three.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN="$PWD/.run"
+mkdir -p "$RUN"
+PORT=${WW_MQTT_PORT:-1883}
+DB="sqlite:///$RUN/collector.db"
+POLICY=${WW_POLICY:-policies/monitor-only.yaml}
+BIN="$PWD/.venv/bin"
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  [ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  # A demo leaves nothing in the kernel (a deployed agent keeps its rules when it stops).
+  "$BIN/weightwarden-agent" enforce clear --state-dir "$RUN/agent" > /dev/null 2>&1 || true
+  echo "stopped. Alerts stay in $RUN/collector.db"
+}
+trap cleanup EXIT INT TERM
+
+if ! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\n' \
+    "$PORT" "$RUN" > "$RUN/mosquitto.conf"
+  "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -c "$RUN/mosquitto.conf" > "$RUN/mosquitto.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+fi
+"$BIN/weightwarden-collector" run --broker "mqtt://127.0.0.1:$PORT" --db "$DB" 2> "$RUN/collector.log" &
+pids+=($!)
+"$BIN/weightwarden-agent" run --policy "$POLICY" --sink "mqtt://127.0.0.1:$PORT" --state-dir "$RUN/agent" \
+  --heartbeat-interval 10 > /dev/null 2> "$RUN/agent.log" &
+pids+=($!)
+
+cat <<BANNER
+weightwarden is running: Mosquitto on 127.0.0.1:$PORT, collector on $RUN/collector.db, agent with $POLICY.
+  alerts:  $BIN/weightwarden-collector alerts list --db $DB   (new ones are printed below)
+  hosts:   $BIN/weightwarden-collector hosts --db $DB
+  uploads: $BIN/weightwarden-agent top
+  logs:    $RUN/{agent,collector,mosquitto}.log
+BANNER
+seen=""
+while sleep 2; do
+  for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || { echo "a component stopped; see $RUN/*.log" >&2; exit 1; }; done
+  while IFS=$'\t' read -r id line; do
+    case " $seen " in *" $id "*) ;; *) seen="$seen $id"; echo "ALERT $line";; esac
+  done < <("$BIN/weightwarden-collector" alerts list --json --db "$DB" 2>/dev/null | "$BIN/python" -c '
+import json, sys
+for a in json.load(sys.stdin):
+    print(a["id"] + "\t" + a["severity"].upper() + "  " + a["host"] + "  " + a["title"])' || true)
+done
