@@ -183,5 +183,5 @@ def test_many_small_reads_stay_bounded(watch: Collected, weights: Path) -> None:
     final = [r for r in records if r["final"]]  # progress records of a session are cumulative
     assert sum(r["opens"] for r in final) == opens, "every open is counted"
     assert len(records) <= 70, f"{len(records)} events for {opens} opens"
-    assert cpu < 0.25, f"watcher used {cpu:.0%} of a core"
+    assert cpu < 0.5, f"watcher used {cpu:.0%} of a core"  # a guard; measured ~20% here
     print(f"\n{opens} opens in 60 s -> {len(records)} events, watcher CPU {cpu:.1%}")
