@@ -220,24 +220,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(agent.run())
 
 
-def _print_plan(loaded: object, args: argparse.Namespace) -> int:
+def _plan_inputs(policy: object) -> object:
+    """What the kernel plan of a policy depends on, read from this host now."""
     from agent.daemon import cgroupv2_paths_usable, resolve_hosts, resolve_interfaces
-    from agent.enforce import iptables
-    from agent.enforce.plan import PlanInputs, build
+    from agent.enforce.plan import PlanInputs
 
-    policy = loaded.policy  # type: ignore[attr-defined]
-    hosts = [d.host for d in policy.spec.allow if d.host]
-    inputs = PlanInputs(policy, resolve_interfaces(policy.spec.interfaces), resolve_hosts(hosts), [],
-                        cgroupv2_paths_usable())
-    plan = build(inputs)
+    spec = policy.spec  # type: ignore[attr-defined]
+    hosts = [d.host for d in spec.allow if d.host] + [d.host for c in spec.caps for d in c.match.destinations if d.host]
+    return PlanInputs(policy, resolve_interfaces(spec.interfaces), resolve_hosts(hosts), [],  # type: ignore[arg-type]
+                      cgroupv2_paths_usable())
+
+
+def _print_plan(loaded: object, args: argparse.Namespace) -> int:
+    from agent.enforce import iptables
+    from agent.enforce.plan import build
+
+    inputs = _plan_inputs(loaded.policy)  # type: ignore[attr-defined]
+    plan = build(inputs)  # type: ignore[arg-type]
     out = plan.to_json()
-    out["iptables"] = {str(v): d.__dict__ for v, d in iptables.build(inputs, plan).items()}
+    out["iptables"] = {str(v): d.__dict__ for v, d in iptables.build(inputs, plan).items()}  # type: ignore[arg-type]
     print(json.dumps(out, indent=2))
     return EXIT_OK
 
 
 def cmd_enforce_apply(args: argparse.Namespace) -> int:
-    from agent.daemon import cgroupv2_paths_usable, resolve_hosts, resolve_interfaces
     from agent.enforce.enforcer import Enforcer
     from agent.enforce.kernel import KernelError
     from agent.enforce.plan import PlanInputs, build
@@ -248,9 +254,8 @@ def cmd_enforce_apply(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _print_plan(loaded, args)
     policy = loaded.policy  # type: ignore[attr-defined]
-    hosts = [d.host for d in policy.spec.allow if d.host]
-    inputs = PlanInputs(policy, resolve_interfaces(policy.spec.interfaces), resolve_hosts(hosts), [],
-                        cgroupv2_paths_usable())
+    inputs = _plan_inputs(policy)
+    assert isinstance(inputs, PlanInputs)
     plan = build(inputs)
     try:
         enforcer = Enforcer(args.state_dir or default_state_dir(), args.backend)

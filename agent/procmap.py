@@ -54,8 +54,10 @@ class ProcessTable:
         # Newest first: the owner of a socket we just met is usually a new process.
         return sorted((int(n) for n in names if n.isdigit()), reverse=True)
 
-    def _socket_inodes(self, pid: int) -> list[int]:
+    def _fd_inodes(self, pid: int, kind: str) -> list[int]:
+        """Inodes of the process's fds of one kind ("socket", "pipe"); [] if it is gone."""
         fd_dir = self.proc_root / str(pid) / "fd"
+        prefix = kind + ":["
         found: list[int] = []
         try:
             entries = os.listdir(fd_dir)
@@ -66,9 +68,12 @@ class ProcessTable:
                 target = os.readlink(fd_dir / fd)
             except OSError:
                 continue
-            if target.startswith("socket:["):
-                found.append(int(target[8:-1]))
+            if target.startswith(prefix):
+                found.append(int(target[len(prefix):-1]))
         return found
+
+    def _socket_inodes(self, pid: int) -> list[int]:
+        return self._fd_inodes(pid, "socket")
 
     def owners(self, inodes: set[int]) -> dict[int, int]:
         """Map each inode to a pid holding it; a full scan only for unknown ones."""
@@ -126,19 +131,7 @@ class ProcessTable:
         return info
 
     def _pipes(self, pid: int) -> tuple[int, ...]:
-        fd_dir = self.proc_root / str(pid) / "fd"
-        found = set()
-        try:
-            for fd in os.listdir(fd_dir):
-                try:
-                    target = os.readlink(fd_dir / fd)
-                except OSError:
-                    continue
-                if target.startswith("pipe:["):
-                    found.add(int(target[6:-1]))
-        except OSError:
-            pass
-        return tuple(sorted(found))
+        return tuple(sorted(set(self._fd_inodes(pid, "pipe"))))
 
     def _cgroup(self, pid: int) -> str | None:
         """The cgroup v2 path ("0::" line); present on unified and hybrid hosts."""

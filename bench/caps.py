@@ -96,7 +96,7 @@ def main() -> int:
             time.sleep(0.3 + 0.17 * i)  # land at different points of the 1 s interval
             policy.write_text(POLICY.format(rate=rate))
             t0 = time.monotonic()
-            wait_for(lambda: f"rate {rate}" in pair.run(pair.a, "tc", "class", "show", "dev", pair.veth_a).stdout,
+            wait_for(lambda r=rate: f"rate {r}" in pair.run(pair.a, "tc", "class", "show", "dev", pair.veth_a).stdout,
                      10, 0.01)
             timings.append(time.monotonic() - t0)
         daemon.send_signal(signal.SIGTERM)

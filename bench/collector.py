@@ -12,7 +12,6 @@ Run: python bench/collector.py [--hosts 1000] [--seconds 20]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess

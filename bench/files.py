@@ -75,7 +75,7 @@ def main() -> int:
         print(f"\n{args.gib} GiB weight file read 3 times with dd, page cache warm\n")
         print(f"{'block':>6} {'bare GB/s':>10} {'watched GB/s':>13} {'cost':>7} {'watcher CPU s':>14} "
               f"{'events':>7} {'bytes reported':>15}")
-        for bs, bare, watched, cpu, elapsed, n, reads, total in rows:
+        for bs, bare, watched, cpu, elapsed, n, _reads, total in rows:
             print(f"{bs:>6} {bare / 1e9:>10.2f} {watched / 1e9:>13.2f} {(1 - watched / bare) * 100:>6.1f}% "
                   f"{cpu:>8.2f} ({cpu / elapsed * 100:.0f}%) {n:>7} {total:>15,}")
         print(f"(3 reads of {big.stat().st_size:,} bytes = {3 * big.stat().st_size:,} expected)")

@@ -165,7 +165,7 @@ class Pipeline:
             if self.store.has_reads(conn, host, ts - self.tune.chunk_window_s):
                 for exe in sorted({r["exe"] for r in outward}):
                     self.upsert(conn, correlate.chunked(
-                        host, exe, self.store.egress_by_exe(conn, host, exe, ts - self.tune.chunk_window_s),
+                        host, exe, self.store.egress_where(conn, host, "exe", exe, ts - self.tune.chunk_window_s),
                         self.store.reads_on_host(conn, host, ts - self.tune.chunk_window_s), self.tune), now)
         due = [a for a in sorted({r["address"] for r in outward})
                if ts - self._slow_checked.get((host, a), -1e18) >= SLOW_EVERY_S]
@@ -174,7 +174,7 @@ class Pipeline:
             for address in due:
                 self._slow_checked[(host, address)] = ts
                 self.upsert(conn, correlate.slow(host, address,
-                                                 self.store.egress_to(conn, host, address, ts - self.tune.slow_window_s),
+                                                 self.store.egress_where(conn, host, "address", address, ts - self.tune.slow_window_s),
                                                  int(host_row.get("weights_bytes") or 0), self.tune), now)
 
     def _weights(self, conn: Connection, ev: dict[str, Any], now: float) -> None:
@@ -203,7 +203,7 @@ class Pipeline:
 
     def evaluate_exfiltration(self, conn: Connection, host: str, pid: int, ref_ts: float, now: float) -> None:
         since = ref_ts - self.tune.window_s
-        egress = self.store.egress_for(conn, host, pid, since)
+        egress = self.store.egress_where(conn, host, "pid", pid, since)
         if not egress:
             return
         last = egress[-1]

@@ -217,21 +217,11 @@ class Store:
         return [int(p) for p in rows]
 
     @staticmethod
-    def egress_for(conn: Connection, host: str, pid: int, since: float) -> list[dict[str, Any]]:
-        rows = conn.execute(text("SELECT * FROM egress WHERE host=:h AND pid=:p AND allowed=0 AND ts>=:s ORDER BY ts"),
-                            {"h": host, "p": pid, "s": since}).mappings()
-        return [dict(r) for r in rows]
-
-    @staticmethod
-    def egress_by_exe(conn: Connection, host: str, exe: str, since: float) -> list[dict[str, Any]]:
-        rows = conn.execute(text("SELECT * FROM egress WHERE host=:h AND exe=:e AND allowed=0 AND ts>=:s ORDER BY ts"),
-                            {"h": host, "e": exe, "s": since}).mappings()
-        return [dict(r) for r in rows]
-
-    @staticmethod
-    def egress_to(conn: Connection, host: str, address: str, since: float) -> list[dict[str, Any]]:
-        rows = conn.execute(text("SELECT * FROM egress WHERE host=:h AND address=:a AND allowed=0 AND ts>=:s ORDER BY ts"),
-                            {"h": host, "a": address, "s": since}).mappings()
+    def egress_where(conn: Connection, host: str, column: str, value: Any, since: float) -> list[dict[str, Any]]:
+        """Non-allowlisted egress of a host since ``since`` where ``column`` (pid, exe, address) equals ``value``."""
+        assert column in ("pid", "exe", "address")
+        rows = conn.execute(text(f"SELECT * FROM egress WHERE host=:h AND {column}=:v AND allowed=0 AND ts>=:s "
+                                 "ORDER BY ts"), {"h": host, "v": value, "s": since}).mappings()
         return [dict(r) for r in rows]
 
     @staticmethod

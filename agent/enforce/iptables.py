@@ -45,7 +45,7 @@ def build(inputs: PlanInputs, plan: Plan) -> dict[int, Document]:
         pick = 0 if version == 4 else 1
         rules: list[str] = []
 
-        def add(parts: list[str], tag: str) -> None:
+        def add(parts: list[str], tag: str, rules: list[str] = rules) -> None:
             rules.append(" ".join(["-A", CHAIN, *parts, "-m", "comment", "--comment", f"ww:{tag}"]))
 
         for dest in spec.allow:

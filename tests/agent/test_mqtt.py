@@ -66,7 +66,7 @@ def test_credentials_come_from_a_file_or_systemd(tmp_path: Path, monkeypatch: py
 def test_spool_survives_reopen_and_bounds_itself(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool.db", max_bytes=64 * 1024)
     factory = EventFactory("h1", _Seq(spool.last_seq()))
-    for i in range(400):
+    for _ in range(400):
         spool.append(factory.make("egress_sample", {"processes": [{"pid": 7, "exe": "/bin/x", "tx_bytes": 1000}],
                                                     "attributed_tx_bytes": 1000, "pad": "x" * 300}))
     spool.append(factory.make("policy_applied", {"policy": "p"}))

@@ -15,23 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.agent.policy.test_policy import CONTRACT
 from tests.helpers.agent_run import REPO, DaemonRun
 from tests.helpers.netns import NetnsPair, wait_for
 
 pytestmark = pytest.mark.privileged
 
 ALLOW_A, ALLOW_B = "198.18.9.1", "198.18.9.2"
-CONTRACT = """apiVersion: weightwarden/v1
-kind: EgressPolicy
-metadata:
-  name: example
-spec:
-  allow:
-    - cidr: 198.18.9.0/24
-  caps:
-    - name: host-default
-      rate: 20Mbit
-"""
 CAP = 20_000_000
 
 
