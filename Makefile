@@ -1,18 +1,18 @@
-# The two commands of the README: `make run` and `make test`. Each bootstraps
-# what it needs (Debian packages, .venv) on a fresh Debian 12 machine as root.
+# Conveniences; the README's two commands are ./scripts/run.sh and ./scripts/test.sh
+# (no make needed on a fresh machine).
 .PHONY: run test bench bootstrap clean
 
 bootstrap:
 	./scripts/bootstrap.sh
 
-run: bootstrap
-	./scripts/run-stack.sh
+run:
+	./scripts/run.sh
 
-test: bootstrap
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+test:
+	./scripts/test.sh $(PYTEST_ARGS)
 
 bench: bootstrap
 	.venv/bin/python bench/egress_sampler.py
 
 clean:
-	rm -rf .venv .pytest_cache build *.egg-info
+	rm -rf .venv .pytest_cache build *.egg-info .run

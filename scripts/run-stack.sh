@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make run`: the whole stack on this machine, with embedded defaults.
+# ./scripts/run.sh (make run): the whole stack on this machine, with embedded defaults.
 #   - Mosquitto on 127.0.0.1:${WW_MQTT_PORT:-1883} (started here unless one already answers there),
 #   - the collector on SQLite in .run/collector.db,
 #   - the agent with policies/monitor-only.yaml: it measures and reports, it never throttles
