@@ -33,10 +33,13 @@ from tests.helpers.postgres import Postgres, binaries  # noqa: E402
 
 
 def run(db: str, hosts: int, seconds: int, broker: Broker, workdir: Path) -> dict[str, float]:
-    log = open(workdir / f"collector-{time.monotonic_ns()}.log", "wb")
+    log_path = workdir / f"collector-{time.monotonic_ns()}.log"
+    log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "collector", "run", "--broker", broker.url, "--db", db],
                             cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=log)
-    time.sleep(2.5)
+    deadline = time.monotonic() + 30
+    while b"collector_subscribed" not in log_path.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.1)  # messages published before the subscription would never arrive
     streams = [Stream(f"gpu-{i:04d}") for i in range(hosts)]
     pub = publisher(broker)
     sent_at: dict[str, float] = {}
@@ -77,6 +80,9 @@ def run(db: str, hosts: int, seconds: int, broker: Broker, workdir: Path) -> dic
     proc.terminate()
     proc.wait(timeout=30)
     lat = sorted(created[k] - t for k, t in sent_at.items() if k in created)
+    if stored < published:
+        errors = [ln for ln in log_path.read_text(errors="replace").splitlines() if '"error"' in ln]
+        print(f"{db.split(':')[0]}: {published - stored} events not stored; collector errors: {errors[:3]}")
     return {"published": published, "stored": stored, "publish_s": publish_wall, "drain_s": drain_wall,
             "rate": stored / drain_wall, "alerts": len(lat), "expected": len(sent_at),
             "p50": statistics.median(lat) if lat else float("nan"),

@@ -39,24 +39,52 @@ class Pipeline:
     # -- ingest --------------------------------------------------------------
 
     def ingest(self, messages: Iterable[tuple[str, bytes]]) -> dict[str, int]:
+        """One batch, one transaction. The common case (samples from hosts with nothing to
+        correlate) is written with a few executemany calls; the rest event by event."""
         counts = {"stored": 0, "duplicates": 0, "rejected": 0}
         codes: dict[str, int] = {}
         now = self.clock()
         with self.store.tx() as conn:
+            valid: list[dict[str, Any]] = []
             for topic, payload in messages:
                 checked = validate(topic, payload)
                 if isinstance(checked, Rejection):
                     self.store.dead_letter(conn, topic, checked.reason, payload, now)
                     codes[checked.code] = codes.get(checked.code, 0) + 1
                     counts["rejected"] += 1
-                    continue
-                ev = checked.to_json()
-                if not self.store.insert_event(conn, ev, now):
+                else:
+                    valid.append(checked.to_json())
+            seen = self.store.existing_ids(conn, [e["id"] for e in valid])
+            fresh = []
+            for ev in valid:
+                if ev["id"] in seen:
                     counts["duplicates"] += 1
+                else:
+                    seen.add(ev["id"])
+                    fresh.append(ev)
+            self.store.insert_events(conn, fresh, now)
+            counts["stored"] = len(fresh)
+            plain_hosts: dict[str, dict[str, Any]] = {}
+            plain_rows: list[dict[str, Any]] = []
+            careful = []
+            for ev in fresh:
+                rows = self._plain_rows(conn, ev) if ev["type"] == "egress_sample" else None
+                if rows is None:
+                    careful.append(ev)
                     continue
-                counts["stored"] += 1
-                if ev["type"] == "egress_sample" and self._plain_sample(conn, ev, now):
-                    continue  # recorded; this host has no weight reads to correlate with
+                wire = sum(int(i.get("tx_bytes", 0)) for i in ev["data"].get("interfaces", []) if isinstance(i, dict))
+                prev = plain_hosts.get(ev["host"])
+                if prev is None or ev["seq"] > prev["seq"]:
+                    plain_hosts[ev["host"]] = {"host": ev["host"], "seq": ev["seq"],
+                                               "egress_bps": wire * 8 / interval_of(ev["data"])}
+                plain_rows.extend({"host": ev["host"], **r} for r in rows)
+            self.store.touch_hosts(conn, sorted(plain_hosts.values(), key=lambda r: r["host"]), now)
+            if plain_rows:
+                self.store.add_egress_rows(conn, plain_rows)
+                for r in plain_rows:
+                    if not r["allowed"]:
+                        self._first_contacts(conn, r["host"], [r], r["ts"])
+            for ev in careful:
                 try:
                     with conn.begin_nested():
                         self.apply(conn, ev, now)
@@ -68,25 +96,20 @@ class Pipeline:
                     self.store.bump(conn, name, value)
         return counts
 
-    def _plain_sample(self, conn: Connection, ev: dict[str, Any], now: float) -> bool:
-        """The common case, without a savepoint: record the sample; True if nothing needs correlating.
+    def _plain_rows(self, conn: Connection, ev: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """A sample's rows if it needs no correlation (its host read no weights lately), else None.
 
-        Values are range-checked first, so no input can make the database refuse
-        a statement (which, on PostgreSQL, would abort the whole batch).
+        Values are range-checked first, so no input can make the database refuse a
+        statement (which, on PostgreSQL, would abort the whole batch).
         """
         rows = egress_rows(ev)
         if rows is None:
-            return False  # odd data: take the careful path
-        host, ts = ev["host"], float(ev["ts"])
+            return None  # odd data: take the careful path
         outward = [r for r in rows if not r["allowed"]]
-        if outward and (self._maybe_reads(conn, host, ts) or self._slow_due(host, outward, ts)):
-            return False
-        data = ev["data"]
-        wire = sum(int(i.get("tx_bytes", 0)) for i in data.get("interfaces", []) if isinstance(i, dict))
-        self.store.touch_host(conn, host, ev["seq"], ts, now, egress_bps=wire * 8 / interval_of(data))
-        self.store.add_egress(conn, host, rows)
-        self._first_contacts(conn, host, outward, ts)
-        return True
+        if outward and (self._maybe_reads(conn, ev["host"], float(ev["ts"]))
+                        or self._slow_due(ev["host"], outward, float(ev["ts"]))):
+            return None
+        return rows
 
     def _maybe_reads(self, conn: Connection, host: str, ts: float) -> bool:
         # A "no" is remembered for a few seconds; the sweep re-checks recent uploads, so a read
@@ -233,8 +256,16 @@ class Pipeline:
         """Silent agents, unexplained sequence gaps, and a second look at recent uploads."""
         now = self.clock()
         with self.store.tx() as conn:
-            for host, pid in self.store.recent_senders(conn, now - REEVALUATE_S):
-                self.evaluate_exfiltration(conn, host, pid, now, now)
+            # Collectors sharing a database each saw part of the story; look again at what
+            # arrived lately (wall clock), with everything that is committed by now.
+            recent = self.store.recent_senders(conn, time.time() - REEVALUATE_S, now - self.tune.window_s)
+            for host, pid, _exe, ts in recent:
+                self.evaluate_exfiltration(conn, host, pid, ts, now)
+            for host, exe, ts in sorted({(h, e, max(t for hh, _p, ee, t in recent if hh == h and ee == e))
+                                         for h, _p, e, _t in recent}):
+                self.upsert(conn, correlate.chunked(
+                    host, exe, self.store.egress_where(conn, host, "exe", exe, ts - self.tune.chunk_window_s),
+                    self.store.reads_on_host(conn, host, ts - self.tune.chunk_window_s), self.tune), now)
             for h in self.store_hosts(conn):
                 if h["status"] == "online" and now - (h["last_seen"] or now) > self.tune.silent_after_s:
                     self.store.update_host(conn, h["host"], status="silent", lost_at=now)

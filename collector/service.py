@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import aiomqtt
 from paho.mqtt.enums import MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from agent import logs
 from agent.mqtt_sink import MqttSettings
@@ -28,6 +30,7 @@ from collector.pipeline import Pipeline
 
 TOPIC = "weightwarden/v1/#"
 BATCH = 500
+SESSION_EXPIRY_S = 300
 
 
 @dataclass
@@ -58,10 +61,14 @@ class CollectorService:
         ident = self.cfg.client_id or f"weightwarden-collector-{socket.gethostname()}-{os.getpid()}"
         while not self.stop.is_set():
             try:
+                # A persistent session: if the connection drops, the broker keeps queueing
+                # QoS 1 messages for us and hands them over when we are back.
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = SESSION_EXPIRY_S
                 async with aiomqtt.Client(
                     s.host, s.port, username=s.username, password=s.password, identifier=ident,
-                    protocol=MQTTProtocolVersion.MQTTv5, keepalive=s.keepalive,
-                    tls_context=s.ssl_context() if s.tls else None, timeout=10,
+                    protocol=MQTTProtocolVersion.MQTTv5, keepalive=s.keepalive, clean_start=False,
+                    properties=props, tls_context=s.ssl_context() if s.tls else None, timeout=10,
                 ) as client:
                     await client.subscribe(self.topic(), qos=1)
                     self.log.info("collector_subscribed", topic=self.topic(), broker=f"{s.host}:{s.port}")

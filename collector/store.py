@@ -39,8 +39,10 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX weight_reads_host_ts ON weight_reads(host, ts)",
         """CREATE TABLE egress (host TEXT NOT NULL, pid BIGINT NOT NULL, ppid BIGINT, exe TEXT, name TEXT,
              uid BIGINT, address TEXT NOT NULL, port INTEGER, allowed INTEGER NOT NULL, bytes BIGINT NOT NULL,
-             ts DOUBLE PRECISION NOT NULL, rate_bps DOUBLE PRECISION, event_id TEXT NOT NULL, pipes TEXT)""",
+             ts DOUBLE PRECISION NOT NULL, rate_bps DOUBLE PRECISION, event_id TEXT NOT NULL, pipes TEXT,
+             received_at DOUBLE PRECISION)""",
         "CREATE INDEX egress_host_ts ON egress(host, ts)",
+        "CREATE INDEX egress_received ON egress(received_at)",
         "CREATE INDEX egress_host_pid ON egress(host, pid)",
         """CREATE TABLE history (host TEXT NOT NULL, exe TEXT NOT NULL, address TEXT NOT NULL,
              first_seen DOUBLE PRECISION NOT NULL, PRIMARY KEY (host, exe, address))""",
@@ -104,14 +106,35 @@ class Store:
     # -- ingest ------------------------------------------------------------
 
     @staticmethod
-    def insert_event(conn: Connection, ev: dict[str, Any], now: float) -> bool:
-        """True if new; a redelivered id is a no-op."""
-        res = conn.execute(text(
-            "INSERT INTO events(id, host, seq, ts, type, data, received_at) "
-            "VALUES (:id, :host, :seq, :ts, :type, :data, :now) ON CONFLICT (id) DO NOTHING"),
-            {"id": ev["id"], "host": ev["host"], "seq": ev["seq"], "ts": ev["ts"], "type": ev["type"],
-             "data": json.dumps(ev["data"]), "now": now})
-        return bool(res.rowcount)
+    def existing_ids(conn: Connection, ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            params = {f"i{n}": v for n, v in enumerate(chunk)}
+            found.update(conn.execute(text(f"SELECT id FROM events WHERE id IN ({', '.join(':' + k for k in params)})"),
+                                      params).scalars())
+        return found
+
+    @staticmethod
+    def insert_events(conn: Connection, events: list[dict[str, Any]], now: float) -> None:
+        """Many at once (one pipelined executemany); ids already present are left alone."""
+        if events:
+            conn.execute(text(
+                "INSERT INTO events(id, host, seq, ts, type, data, received_at) "
+                "VALUES (:id, :host, :seq, :ts, :type, :data, :now) ON CONFLICT (id) DO NOTHING"),
+                [{"id": e["id"], "host": e["host"], "seq": e["seq"], "ts": e["ts"], "type": e["type"],
+                  "data": json.dumps(e["data"]), "now": now} for e in events])
+
+    @staticmethod
+    def touch_hosts(conn: Connection, rows: list[dict[str, Any]], now: float) -> None:
+        """touch_host for many hosts at once: rows of {host, seq, egress_bps}."""
+        if rows:
+            conn.execute(text(
+                "INSERT INTO hosts(host, first_seen, last_seen, status, seq_max, seq_contig, egress_bps) "
+                "VALUES (:h, :now, :now, 'online', :seq, 0, :bps) ON CONFLICT (host) DO UPDATE SET "
+                "last_seen = :now, seq_max = CASE WHEN hosts.seq_max > :seq THEN hosts.seq_max ELSE :seq END, "
+                "egress_bps = CASE WHEN :bps IS NULL THEN hosts.egress_bps ELSE :bps END"),
+                [{"h": r["host"], "seq": r["seq"], "bps": r.get("egress_bps"), "now": now} for r in rows])
 
     @staticmethod
     def dead_letter(conn: Connection, topic: str, reason: str, payload: bytes, now: float) -> None:
@@ -172,12 +195,17 @@ class Store:
 
     @staticmethod
     def add_egress(conn: Connection, host: str, rows: list[dict[str, Any]]) -> None:
+        Store.add_egress_rows(conn, [{"host": host, **r} for r in rows])
+
+    @staticmethod
+    def add_egress_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Egress rows that each carry their host."""
         if rows:
             conn.execute(text(
                 "INSERT INTO egress(host, pid, ppid, exe, name, uid, address, port, allowed, bytes, ts, rate_bps, "
-                "event_id, pipes) VALUES (:host, :pid, :ppid, :exe, :name, :uid, :address, :port, :allowed, :bytes, "
-                ":ts, :rate_bps, :event_id, :pipes)"),
-                [{"host": host, **r} for r in rows])
+                "event_id, pipes, received_at) VALUES (:host, :pid, :ppid, :exe, :name, :uid, :address, :port, "
+                ":allowed, :bytes, :ts, :rate_bps, :event_id, :pipes, :received_at)"),
+                [{"received_at": time.time(), **r} for r in rows])
 
     @staticmethod
     def first_contact(conn: Connection, host: str, exe: str, address: str, ts: float) -> bool:
@@ -239,9 +267,13 @@ class Store:
         return [dict(r) for r in rows]
 
     @staticmethod
-    def recent_senders(conn: Connection, since: float) -> list[tuple[str, int]]:
-        rows = conn.execute(text("SELECT DISTINCT host, pid FROM egress WHERE allowed=0 AND ts>=:s"), {"s": since})
-        return [(r[0], int(r[1])) for r in rows]
+    def recent_senders(conn: Connection, received_since: float, reads_since: float) -> list[tuple[str, int, str, float]]:
+        """(host, pid, exe, latest ts) of non-allowlisted egress that arrived recently, on hosts with weight reads."""
+        rows = conn.execute(text(
+            "SELECT e.host, e.pid, e.exe, max(e.ts) FROM egress e WHERE e.allowed=0 AND e.received_at>=:r "
+            "AND EXISTS (SELECT 1 FROM weight_reads w WHERE w.host=e.host AND w.ts>=:w) GROUP BY e.host, e.pid, e.exe"),
+            {"r": received_since, "w": reads_since})
+        return [(r[0], int(r[1]), r[2] or "", float(r[3])) for r in rows]
 
     @staticmethod
     def events_of(conn: Connection, host: str, type_: str, since: float) -> list[dict[str, Any]]:
