@@ -252,8 +252,6 @@ class Agent:
                 await asyncio.wait_for(self.stop.wait(), timeout=self.loaded.policy.spec.interval)
             except TimeoutError:
                 pass
-            if self.reload.is_set():
-                continue
 
     # -- sampling -------------------------------------------------------
 

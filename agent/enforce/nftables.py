@@ -6,7 +6,7 @@ import json
 import shutil
 from typing import Any
 
-from agent.enforce.kernel import KernelError, run, run_json
+from agent.enforce.kernel import KernelError, run
 from agent.enforce.plan import FAMILY, TABLE
 
 VOLATILE = {"handle", "packets", "bytes"}
@@ -70,4 +70,4 @@ def present() -> bool:
         return False
 
 
-__all__ = ["apply", "available", "clear", "counters", "normalize", "present", "read_table", "run_json"]
+__all__ = ["apply", "available", "clear", "counters", "normalize", "present", "read_table"]
