@@ -38,7 +38,7 @@ NFQA_CFG_F_FAIL_OPEN = 1
 NFQA_CFG_F_UID_GID = 8
 
 NF_ACCEPT = 1
-COPY_RANGE = 128  # enough for IPv6 + transport ports
+COPY_RANGE = 4096  # ports of new flows, and whole DNS answers
 
 _NFGEN = struct.Struct("!BBH")
 _PKT_HDR = struct.Struct("!IHB")
@@ -120,7 +120,7 @@ class NfQueue:
         body = self._header() + attr(NFQA_VERDICT_HDR, _VERDICT.pack(NF_ACCEPT, packet_id))
         self.nl.send(_msg_type(NFQNL_MSG_VERDICT), 1, body)
 
-    def serve_once(self, on_flow: Callable[[FlowTuple, int | None], None], block: bool = True) -> int:
+    def serve_once(self, on_flow: Callable[[FlowTuple, int | None, bytes], None], block: bool = True) -> int:
         """Handle the packets of one datagram; returns how many were seen.
 
         ``on_flow`` runs before the verdict, while the sender is still held.
@@ -136,11 +136,12 @@ class NfQueue:
                 continue
             packet_id, _proto, _hook = _PKT_HDR.unpack_from(hdr, 0)
             try:
-                flow = parse_packet(attrs.get(NFQA_PAYLOAD, b""))
+                payload = bytes(attrs.get(NFQA_PAYLOAD, b""))
+                flow = parse_packet(payload)
                 uid_raw = attrs.get(NFQA_UID)
                 uid = struct.unpack("!I", uid_raw)[0] if uid_raw is not None else None
                 if flow is not None:
-                    on_flow(flow, uid)
+                    on_flow(flow, uid, payload)
             finally:
                 self.accept(packet_id)
             handled += 1

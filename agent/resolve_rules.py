@@ -12,6 +12,7 @@ import subprocess
 from dataclasses import dataclass
 
 CHAIN = "WEIGHTWARDEN-RESOLVE"
+DNS_CHAIN = "WEIGHTWARDEN-DNS"
 TABLE = "mangle"
 ENV = {"LANG": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
@@ -27,8 +28,14 @@ def plan(queue_num: int, tools: tuple[str, ...] = ("iptables", "ip6tables")) -> 
     remove: list[list[str]] = []
     for tool in tools:
         base = [tool, "-w", "-t", TABLE]
-        remove += [base + ["-D", "OUTPUT", "-j", CHAIN], base + ["-F", CHAIN], base + ["-X", CHAIN]]
+        remove += [base + ["-D", "OUTPUT", "-j", CHAIN], base + ["-F", CHAIN], base + ["-X", CHAIN],
+                   base + ["-D", "INPUT", "-j", DNS_CHAIN], base + ["-F", DNS_CHAIN], base + ["-X", DNS_CHAIN]]
         install.append(base + ["-N", CHAIN])
+        # DNS answers coming in, so destinations can be reported by the name that was looked up.
+        install.append(base + ["-N", DNS_CHAIN])
+        install.append(base + ["-A", DNS_CHAIN, "-p", "udp", "--sport", "53", "-j", "NFQUEUE", "--queue-num",
+                               str(queue_num), "--queue-bypass"])
+        install.append(base + ["-A", "INPUT", "-j", DNS_CHAIN])
         for proto in ("tcp", "udp"):
             install.append(
                 base

@@ -34,6 +34,7 @@ from agent.features import Feature, cgroup_layout, has_net_admin
 from agent.interfaces import IfCounters, counter_delta, is_egress_destination, local_addresses, read_interfaces
 from agent.ledger import Dest, Ledger
 from agent.nfqueue import FlowTuple, NfQueue
+from agent.dns import NameCache
 from agent.procmap import ProcessInfo, ProcessTable
 from agent.sockdiag import TCP_LISTEN, DestroyListener, SockDiag, SockRecord
 
@@ -110,6 +111,7 @@ class Sampler:
         self.lost_events = 0
         self.resolve_errors = 0
         self._log = logs.get("agent.sampler")
+        self.names = NameCache()
 
     # -- lifecycle -------------------------------------------------------
 
@@ -214,7 +216,7 @@ class Sampler:
                 if not ready:
                     continue
                 try:
-                    self.queue.serve_once(lambda flow, uid: self._on_new_flow(qdiag, flow), block=False)
+                    self.queue.serve_once(lambda flow, uid, pkt: self._on_packet(qdiag, flow, pkt), block=False)
                 except BlockingIOError:
                     continue
                 except OSError as exc:
@@ -228,6 +230,12 @@ class Sampler:
                     self._log.warning("resolve_error", error=repr(exc))
         finally:
             qdiag.close()
+
+    def _on_packet(self, qdiag: SockDiag, flow: FlowTuple, packet: bytes) -> None:
+        if flow.protocol == socket.IPPROTO_UDP and flow.sport == 53:
+            self.names.feed(packet)  # an answer coming in (only INPUT sends us those)
+            return
+        self._on_new_flow(qdiag, flow)
 
     def _on_new_flow(self, qdiag: SockDiag, flow: FlowTuple) -> None:
         if not is_egress_destination(flow.dst, self._local):
@@ -404,7 +412,12 @@ class Sampler:
         processes = []
         for pid, dests in interval.by_owner.items():
             info = self._info.get(pid)
-            processes.append(process_entry(pid, info, dests))
+            entry = process_entry(pid, info, dests)
+            for d in entry["destinations"]:
+                name = self.names.name(d["address"])
+                if name:
+                    d["name"] = name
+            processes.append(entry)
         processes.sort(key=lambda p: p["tx_bytes"], reverse=True)
         attributed = interval.attributed
         with self._lock:

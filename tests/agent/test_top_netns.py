@@ -155,3 +155,42 @@ def test_not_root_degrades_and_still_measures(netns_pair: NetnsPair) -> None:
     assert {"ts", "interfaces", "processes", "unattributed_tx_bytes"} <= set(sample)
     warnings = [json.loads(line) for line in out.stderr.splitlines()]
     assert any(w["name"] == "privileges" and not w["ok"] for w in warnings)
+
+
+LOOKUP_AND_UPLOAD = """
+import socket, sys
+addr = socket.getaddrinfo("weights-drop.example", 8080, socket.AF_INET, socket.SOCK_STREAM)[0][4]
+s = socket.create_connection(addr)
+s.sendall(b"w" * 3_000_000)
+s.close()
+"""
+
+
+def test_destinations_carry_the_name_that_was_looked_up(netns_pair: NetnsPair) -> None:
+    pair = netns_pair
+    _start_sink(pair)
+    dns = pair.popen(pair.b, sys.executable, "-m", "tests.helpers.dns_server", pair.addr_b, pair.addr_b,
+                     stdout=subprocess.PIPE, cwd=str(REPO))
+    assert dns.stdout is not None and dns.stdout.readline().strip() == b"ready"
+    # `ip netns exec` bind-mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf.
+    etc = Path("/etc/netns") / pair.a
+    etc.mkdir(parents=True, exist_ok=True)
+    try:
+        (etc / "resolv.conf").write_text(f"nameserver {pair.addr_b}\n")
+        top = TopRun(pair, "--interval", "1")
+        top.wait_ready()
+        client = pair.popen(pair.a, sys.executable, "-c", LOOKUP_AND_UPLOAD)
+        assert client.wait(timeout=30) == 0
+        time.sleep(1.5)
+        samples = top.stop()
+    finally:
+        for f in etc.iterdir():
+            f.unlink()
+        etc.rmdir()
+        try:
+            etc.parent.rmdir()  # /etc/netns, if we were the ones who needed it
+        except OSError:
+            pass
+    dests = [d for s in samples for p in s["processes"] if p["pid"] == client.pid for d in p["destinations"]]
+    assert dests and all(d["address"] == pair.addr_b for d in dests)
+    assert {d.get("name") for d in dests if d["port"] == TCP_PORT} == {"weights-drop.example"}
