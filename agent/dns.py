@@ -32,9 +32,12 @@ def answers(packet: bytes) -> list[tuple[str, str, float]]:
     qd = dns.qd[0] if isinstance(dns.qd, list) else dns.qd
     asked = qd.qname.decode(errors="replace").rstrip(".")
     out = []
-    for rr in dns.an if isinstance(dns.an, list) else [dns.an]:
-        if getattr(rr, "type", None) in (1, 28) and isinstance(rr.rdata, str):
-            out.append((rr.rdata, asked, float(rr.ttl)))
+    for first in dns.an if isinstance(dns.an, list) else [dns.an]:
+        rr = first
+        while rr is not None and hasattr(rr, "rrname"):  # records may also be chained as payloads
+            if getattr(rr, "type", None) in (1, 28) and isinstance(rr.rdata, str):
+                out.append((rr.rdata, asked, float(rr.ttl)))
+            rr = rr.payload if rr.payload else None
     return out
 
 

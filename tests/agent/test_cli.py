@@ -34,7 +34,7 @@ def test_rule_plan_is_removed_in_reverse_shape() -> None:
     plan = resolve_rules.plan(5, ("iptables",))
     assert plan.install[-1][-3:] == ["OUTPUT", "-j", resolve_rules.CHAIN]
     assert plan.remove[0][4:] == ["-D", "OUTPUT", "-j", resolve_rules.CHAIN]
-    assert [a[4] for a in plan.remove] == ["-D", "-F", "-X"]
+    assert [a[4] for a in plan.remove] == ["-D", "-F", "-X", "-D", "-F", "-X"]  # new flows, DNS answers
 
 
 def test_python_m_collector() -> None:

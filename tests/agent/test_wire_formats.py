@@ -106,8 +106,8 @@ def test_dns_answers_map_addresses_to_the_name_asked_for() -> None:
 
     reply = IP(src="198.18.0.53", dst="198.18.0.1") / UDP(sport=53, dport=40000) / DNS(
         id=7, qr=1, qd=DNSQR(qname="hf-mirror.example"),
-        an=DNSRR(rrname="hf-mirror.example", type="CNAME", rdata="cdn.example")
-        / DNSRR(rrname="cdn.example", type="A", ttl=30, rdata="203.0.113.7"))
+        an=[DNSRR(rrname="hf-mirror.example", type="CNAME", rdata="cdn.example"),
+            DNSRR(rrname="cdn.example", type="A", ttl=30, rdata="203.0.113.7")])
     assert answers(bytes(reply)) == [("203.0.113.7", "hf-mirror.example", 30.0)]
     assert answers(b"garbage") == [] and answers(b"") == []
     now = [0.0]
