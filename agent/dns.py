@@ -22,10 +22,12 @@ def answers(packet: bytes) -> list[tuple[str, str, float]]:
     from scapy.layers.inet import IP
     from scapy.layers.inet6 import IPv6
 
+    if len(packet) < 28:
+        return []
     try:
-        pkt = IP(packet) if packet[:1] and packet[0] >> 4 == 4 else IPv6(packet)
+        pkt = IP(packet) if packet[0] >> 4 == 4 else IPv6(packet)
         dns = pkt[DNS]
-    except (IndexError, ValueError, TypeError, AttributeError):
+    except Exception:  # noqa: BLE001 - scapy raises all kinds of things on garbage; garbage has no names
         return []
     if not dns.qr or not dns.qd or not dns.an:
         return []
