@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 
 from agent import logs, sdnotify
+from agent.asyncutil import wait_for_stop
 from agent.budget import BudgetBook, ThresholdWatch
 from agent.enforce.enforcer import Enforcer, atomic_write, read_json
 from agent.enforce.plan import Plan, PlanInputs, build
@@ -248,10 +249,7 @@ class Agent:
             now = time.monotonic()
             await asyncio.to_thread(self.enforce_once, now - last)
             last = now
-            try:
-                await asyncio.wait_for(self.stop.wait(), timeout=self.loaded.policy.spec.interval)
-            except TimeoutError:
-                pass
+            await wait_for_stop(self.stop, self.loaded.policy.spec.interval)
 
     # -- sampling -------------------------------------------------------
 
@@ -264,11 +262,8 @@ class Agent:
         deadline = time.monotonic()
         while not self.stop.is_set():
             deadline += self.cfg.sample_interval
-            try:
-                await asyncio.wait_for(self.stop.wait(), timeout=max(0.0, deadline - time.monotonic()))
+            if await wait_for_stop(self.stop, deadline - time.monotonic()):
                 return
-            except TimeoutError:
-                pass
             self.last_sample_lag = max(0.0, time.monotonic() - deadline)
             sample = await asyncio.to_thread(self._sample_once)
             if sample is None:
@@ -283,17 +278,23 @@ class Agent:
             annotate_allowed(sample, self.loaded.policy, self.resolved)
             self.emit("egress_sample", sample)
 
-    async def _files_loop(self) -> None:
-        """Drains the file watcher's queue (the watcher thread fills it)."""
-        assert self.files is not None
-        while not self.stop.is_set():
+    def _drain_files(self) -> None:
+        """Emit what the file watcher's thread has queued (that thread fills it, we empty it)."""
+        if self.files is not None:
             while not self.files.out.empty():
-                type_, data = self.files.out.get_nowait()
-                self.emit(type_, data)
-            try:
-                await asyncio.wait_for(self.stop.wait(), timeout=0.2)
-            except TimeoutError:
-                pass
+                self.emit(*self.files.out.get_nowait())
+
+    async def _files_loop(self) -> None:
+        while not self.stop.is_set():
+            self._drain_files()
+            await wait_for_stop(self.stop, 0.2)
+
+    async def _close_files(self) -> None:
+        """Stop the watcher, emit its last records, and forget it."""
+        if self.files is not None:
+            await asyncio.to_thread(self.files.close)
+            self._drain_files()
+            self.files = None
 
     def _measure_weights(self) -> None:
         paths = weight_paths(self.loaded)
@@ -306,18 +307,12 @@ class Agent:
             health = self.health()
             self.emit("heartbeat", health)
             await asyncio.to_thread(atomic_write, self.cfg.state_dir / "health.json", {**health, "ts": time.time()})
-            try:
-                await asyncio.wait_for(self.stop.wait(), timeout=self.cfg.heartbeat_interval)
-            except TimeoutError:
-                pass
+            await wait_for_stop(self.stop, self.cfg.heartbeat_interval)
 
     async def _watchdog_loop(self, every: float) -> None:
         while not self.stop.is_set():
             sdnotify.notify("WATCHDOG=1")
-            try:
-                await asyncio.wait_for(self.stop.wait(), timeout=every)
-            except TimeoutError:
-                pass
+            await wait_for_stop(self.stop, every)
 
     def health(self) -> dict[str, Any]:
         rec = self.enforcer.record or {}
@@ -386,20 +381,13 @@ class Agent:
                 sdnotify.notify("STOPPING=1")
                 for task in workers:
                     await task
-                if self.files is not None:
-                    await asyncio.to_thread(self.files.close)
-                    while not self.files.out.empty():
-                        self.emit(*self.files.out.get_nowait())
-                    self.files = None
+                await self._close_files()
                 # Caps stay in force: stopping the agent never opens the gate.
                 self.emit("agent_stopping", {"reason": "signal", "rules_left_in_force": True})
                 await self.queue.put(None)
                 await sink_task
         finally:
-            if self.files is not None:
-                await asyncio.to_thread(self.files.close)
-                while not self.files.out.empty():
-                    self.emit(*self.files.out.get_nowait())
+            await self._close_files()
             await asyncio.to_thread(sampler.close)
             await self.sink.close()
         return 0

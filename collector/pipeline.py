@@ -72,11 +72,9 @@ class Pipeline:
                 if rows is None:
                     careful.append(ev)
                     continue
-                wire = sum(int(i.get("tx_bytes", 0)) for i in ev["data"].get("interfaces", []) if isinstance(i, dict))
                 prev = plain_hosts.get(ev["host"])
                 if prev is None or ev["seq"] > prev["seq"]:
-                    plain_hosts[ev["host"]] = {"host": ev["host"], "seq": ev["seq"],
-                                               "egress_bps": wire * 8 / interval_of(ev["data"])}
+                    plain_hosts[ev["host"]] = {"host": ev["host"], "seq": ev["seq"], "egress_bps": egress_bps(ev["data"])}
                 plain_rows.extend({"host": ev["host"], **r} for r in rows)
             self.store.touch_hosts(conn, sorted(plain_hosts.values(), key=lambda r: r["host"]), now)
             if plain_rows:
@@ -122,8 +120,15 @@ class Pipeline:
         self._no_reads_until[host] = now_mono() + NO_READS_CACHE_S
         return False
 
-    def _slow_due(self, host: str, outward: list[dict[str, Any]], ts: float) -> bool:
-        return any(ts - self._slow_checked.get((host, r["address"]), -1e18) >= SLOW_EVERY_S for r in outward)
+    def _slow_due(self, host: str, outward: list[dict[str, Any]], ts: float) -> list[str]:
+        """Destinations whose slow-exfiltration check is due (once a minute each)."""
+        return [a for a in sorted({r["address"] for r in outward})
+                if ts - self._slow_checked.get((host, a), -1e18) >= SLOW_EVERY_S]
+
+    def _evaluate_chunked(self, conn: Connection, host: str, exe: str, ts: float, now: float) -> None:
+        since = ts - self.tune.chunk_window_s
+        self.upsert(conn, correlate.chunked(host, exe, self.store.egress_where(conn, host, "exe", exe, since),
+                                            self.store.reads_on_host(conn, host, since), self.tune), now)
 
     def _first_contacts(self, conn: Connection, host: str, outward: list[dict[str, Any]], ts: float) -> None:
         for r in outward:
@@ -174,8 +179,7 @@ class Pipeline:
         rows = egress_rows(ev)
         if rows is None:
             raise ValueError("egress_sample with malformed or out-of-range process data")
-        wire = sum(int(i.get("tx_bytes", 0)) for i in data.get("interfaces", []) if isinstance(i, dict))
-        self.store.touch_host(conn, host, ev["seq"], ts, now, egress_bps=wire * 8 / interval_of(data))
+        self.store.touch_host(conn, host, ev["seq"], ts, now, egress_bps=egress_bps(data))
         self.store.add_egress(conn, host, rows)
         outward = [r for r in rows if not r["allowed"]]
         self._first_contacts(conn, host, outward, ts)
@@ -187,18 +191,15 @@ class Pipeline:
                 self.evaluate_exfiltration(conn, host, pid, ts, now)
             if self.store.has_reads(conn, host, ts - self.tune.chunk_window_s):
                 for exe in sorted({r["exe"] for r in outward}):
-                    self.upsert(conn, correlate.chunked(
-                        host, exe, self.store.egress_where(conn, host, "exe", exe, ts - self.tune.chunk_window_s),
-                        self.store.reads_on_host(conn, host, ts - self.tune.chunk_window_s), self.tune), now)
-        due = [a for a in sorted({r["address"] for r in outward})
-               if ts - self._slow_checked.get((host, a), -1e18) >= SLOW_EVERY_S]
+                    self._evaluate_chunked(conn, host, exe, ts, now)
+        due = self._slow_due(host, outward, ts)
         if due:
             host_row = self.store.host(conn, host) or {}
             for address in due:
                 self._slow_checked[(host, address)] = ts
-                self.upsert(conn, correlate.slow(host, address,
-                                                 self.store.egress_where(conn, host, "address", address, ts - self.tune.slow_window_s),
-                                                 int(host_row.get("weights_bytes") or 0), self.tune), now)
+                sent = self.store.egress_where(conn, host, "address", address, ts - self.tune.slow_window_s)
+                self.upsert(conn, correlate.slow(host, address, sent, int(host_row.get("weights_bytes") or 0),
+                                                 self.tune), now)
 
     def _weights(self, conn: Connection, ev: dict[str, Any], now: float) -> None:
         host, d, ts = ev["host"], ev["data"], float(ev["ts"])
@@ -261,11 +262,11 @@ class Pipeline:
             recent = self.store.recent_senders(conn, time.time() - REEVALUATE_S, now - self.tune.window_s)
             for host, pid, _exe, ts in recent:
                 self.evaluate_exfiltration(conn, host, pid, ts, now)
-            for host, exe, ts in sorted({(h, e, max(t for hh, _p, ee, t in recent if hh == h and ee == e))
-                                         for h, _p, e, _t in recent}):
-                self.upsert(conn, correlate.chunked(
-                    host, exe, self.store.egress_where(conn, host, "exe", exe, ts - self.tune.chunk_window_s),
-                    self.store.reads_on_host(conn, host, ts - self.tune.chunk_window_s), self.tune), now)
+            latest: dict[tuple[str, str], float] = {}
+            for host, _pid, exe, ts in recent:
+                latest[(host, exe)] = max(ts, latest.get((host, exe), ts))
+            for (host, exe), ts in sorted(latest.items()):
+                self._evaluate_chunked(conn, host, exe, ts, now)
             for h in self.store_hosts(conn):
                 if h["status"] == "online" and now - (h["last_seen"] or now) > self.tune.silent_after_s:
                     self.store.update_host(conn, h["host"], status="silent", lost_at=now)
@@ -304,6 +305,12 @@ class Pipeline:
 
 def now_mono() -> float:
     return time.monotonic()
+
+
+def egress_bps(data: dict[str, Any]) -> float:
+    """The host's egress rate in a sample: all interfaces' bytes over the interval."""
+    wire = sum(int(i.get("tx_bytes", 0)) for i in data.get("interfaces", []) if isinstance(i, dict))
+    return wire * 8 / interval_of(data)
 
 
 def interval_of(data: dict[str, Any]) -> float:

@@ -25,6 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent import logs
+from agent.asyncutil import wait_for_stop
 from agent.mqtt_sink import MqttSettings
 from collector.pipeline import Pipeline
 
@@ -112,10 +113,7 @@ class CollectorService:
                     await asyncio.to_thread(self.pipeline.store.purge, self.cfg.retention_s)
             except Exception as exc:  # noqa: BLE001
                 self.log.error("sweep_failed", error=repr(exc))
-            try:
-                await asyncio.wait_for(self.stop.wait(), timeout=self.cfg.sweep_every_s)
-            except TimeoutError:
-                pass
+            await wait_for_stop(self.stop, self.cfg.sweep_every_s)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()

@@ -238,17 +238,11 @@ class FileWatcher:
                 self.canary_seen[(ev.pid, path)] = now
                 self._emit("canary_read", {"pid": ev.pid, "path": path, "severity": "critical", **self._proc(ev.pid)})
             return
-        # rchar matters at open (the baseline, taken while the open is held) and at
-        # close (the total); plain reads leave it to the periodic refresh.
-        rchar = None
-        if ev.mask & (fan.FAN_OPEN_PERM | fan.FAN_CLOSE_NOWRITE | fan.FAN_CLOSE_WRITE):
-            io = io_counters(ev.pid)
-            rchar = io.rchar if io else None
+        # Every event we mark for is an open (held: the baseline) or a close (the total).
+        io = io_counters(ev.pid)
+        rchar = io.rchar if io else None
         if ev.mask & fan.FAN_OPEN_PERM:
-            try:
-                size = os.fstat(ev.fd).st_size
-            except OSError:
-                size = 0
+            size = _fd_size(ev.fd)
             known = (ev.pid, path) in self.coalescer.sessions
             proc = None if known else self._proc(ev.pid)
             staged = self.weights.staged_from(path)
@@ -256,8 +250,6 @@ class FileWatcher:
                 proc["staged_copy_of"] = staged
             self.coalescer.opened(now, ev.pid, path, size, rchar, proc)
             self.holders.setdefault(ev.pid, -1)  # scan its mappings from now on
-        if ev.mask & fan.FAN_ACCESS:
-            self.coalescer.accessed(now, ev.pid, path, rchar)
         if ev.mask & (fan.FAN_CLOSE_NOWRITE | fan.FAN_CLOSE_WRITE):
             wrote = bool(ev.mask & fan.FAN_CLOSE_WRITE)
             base = self.coalescer.baseline(ev.pid, path)
@@ -283,8 +275,9 @@ class FileWatcher:
                 self.coalescer.closed(now, rec.pid, path, rec.read_char, wrote=wrote)
             # Files it never closed (killed mid-read) close with it.
             for (pid, path), sess in list(self.coalescer.sessions.items()):
-                while pid == rec.pid and sess.open_now:
-                    self.coalescer.closed(now, pid, path, rec.read_char)
+                if pid == rec.pid:
+                    while sess.open_now:
+                        self.coalescer.closed(now, pid, path, rec.read_char)
             for path, size in self._pending_writes.pop(rec.pid, []):
                 self._evaluate_write(rec.pid, path, size)
 
@@ -346,10 +339,11 @@ class FileWatcher:
                 proc = proc or {k: sess.proc.get(k) for k in ("name", "exe", "uid")}
         read = sum(sessions.values()) + max(self.holders.get(pid, 0), 0)
         if read > 0 and size >= 0.5 * read:
+            sources = sorted({p for p, _ts in sessions})
             # Watch the copy as weights from now on: who reads it next is who uploads it.
-            self.weights.add_staged(path, sorted({p for p, _ts in sessions}))
+            self.weights.add_staged(path, sources)
             self._mark_dir(os.path.dirname(path))
-            self._emit("weights_copy", {"pid": pid, **proc, "sources": sorted({p for p, _ts in sessions}),
+            self._emit("weights_copy", {"pid": pid, **proc, "sources": sources,
                                         "source_bytes_read": read, "destination": path,
                                         "destination_size": size, "path": path})
 

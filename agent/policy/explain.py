@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import glob
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,21 +23,11 @@ class Route:
 
 
 def weights_size(policy: Policy) -> int:
-    """Total bytes under spec.weights.paths (directories walked, globs expanded)."""
-    seen: set[str] = set()
-    total = 0
-    for pattern in policy.spec.weights.paths:
-        for path in glob.glob(pattern, recursive=True) or []:
-            candidates = [path]
-            if os.path.isdir(path):
-                candidates = [os.path.join(d, f) for d, _, files in os.walk(path) for f in files]
-            for f in candidates:
-                real = os.path.realpath(f)
-                if real in seen or not os.path.isfile(real):
-                    continue
-                seen.add(real)
-                total += os.path.getsize(real)
-    return total
+    """Total bytes under spec.weights.paths on this host (what the agent reports too)."""
+    from agent.files.patterns import WeightPaths
+
+    w = policy.spec.weights
+    return WeightPaths(list(w.paths), list(w.canaries)).total_size()[1]
 
 
 def _dest(d: Destination) -> str:
