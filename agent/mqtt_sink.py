@@ -148,6 +148,7 @@ class MqttSink:
         self._task: asyncio.Task[None] | None = None
         self._factory: Any = None
         self._appends = 0
+        self._refused = 0  # PUBACKs with a failure reason code, ever
 
     @classmethod
     def from_url(cls, url: str) -> MqttSink:
@@ -237,9 +238,28 @@ class MqttSink:
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 30.0)
 
+    def _watch_acks(self, client: aiomqtt.Client) -> None:
+        """Note PUBACKs that carry a failure reason code.
+
+        aiomqtt completes a publish on any PUBACK, but an MQTT v5 broker may answer
+        with a failure (a broker shutting down does): such an event was not taken,
+        and must stay in the spool. Reached through ``client._client``, aiomqtt's
+        handle on the paho client.
+        """
+        paho_client = client._client
+        passed_on = paho_client.on_publish
+
+        def on_publish(c: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+            if getattr(reason, "is_failure", False):
+                self._refused += 1
+            passed_on(c, userdata, mid, reason, props)
+
+        paho_client.on_publish = on_publish
+
     async def _drain(self, client: aiomqtt.Client) -> bool:
         """Publish the spool until closing and empty (True), or until an error raises."""
         assert self.spool is not None
+        self._watch_acks(client)
         while True:
             rows = await asyncio.to_thread(self.spool.pending, BATCH)
             if not rows:
@@ -251,7 +271,14 @@ class MqttSink:
                 except TimeoutError:
                     pass
                 continue
+            refused_before = self._refused
             await asyncio.gather(*(client.publish(self.topic(type_), payload, qos=1, timeout=10)
                                    for _seq, type_, payload in rows))
+            if self._refused != refused_before:
+                # The broker refused some of this batch: keep all of it and send it again
+                # (a duplicate carries the same id; a loss would be silent).
+                self.log.warning("mqtt_publish_refused", refused=self._refused - refused_before, kept=len(rows))
+                await asyncio.sleep(0.5)
+                continue
             await asyncio.to_thread(self.spool.ack, [r[0] for r in rows])
             self.published += len(rows)
