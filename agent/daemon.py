@@ -322,6 +322,7 @@ class Agent:
             "event_queue": self.queue.qsize(),
             "events_dropped": self.dropped_events,
             "spool_depth": getattr(self.sink, "depth", lambda: 0)(),
+            "events_replayed": getattr(self.sink, "replayed", 0),
             "policy": self.loaded.policy.metadata.name,
             "policy_digest": self.loaded.digest,
             "backend": self.enforcer.backend,

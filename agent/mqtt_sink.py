@@ -4,9 +4,13 @@ Topics are ``weightwarden/v1/<host>/<type>``. A Last-Will (type
 ``agent_lost``, seq 0: it is outside the sequence) tells the collector when
 the agent vanished without saying goodbye; a clean stop disconnects normally,
 so the broker discards the will. Reconnects back off from 0.5 s to 30 s with
-jitter; whatever was not acknowledged is sent again (same ``id``).
+jitter; whatever was not acknowledged is sent again (same ``id``). So is what
+the broker acknowledged in the last ``replay`` seconds (default 30): Mosquitto
+acknowledges before it saves, and a broker that crashed comes back without what
+it took since its last save (``autosave_interval``). Duplicates carry their
+original ``id``; the collector stores each once.
 
-URL: mqtt[s]://[USER[:PASS]@]HOST[:PORT][?keepalive=S&ca=F&cert=F&key=F&password_file=F&client_id=ID]
+URL: mqtt[s]://[USER[:PASS]@]HOST[:PORT][?keepalive=S&replay=S&ca=F&cert=F&key=F&password_file=F&client_id=ID]
 A password is best given by file: ``password_file=`` or systemd's
 LoadCredential=mqtt-password (read from $CREDENTIALS_DIRECTORY), never an
 environment variable.
@@ -35,7 +39,7 @@ from agent.sinks import SinkURLError
 from agent.spool import Spool
 
 TOPIC_ROOT = "weightwarden/v1"
-QUERY_KEYS = {"keepalive", "ca", "cert", "key", "password_file", "client_id", "insecure"}
+QUERY_KEYS = {"keepalive", "replay", "ca", "cert", "key", "password_file", "client_id", "insecure"}
 BATCH = 200
 
 
@@ -61,6 +65,7 @@ class MqttSettings:
     keepalive: int = 30
     client_id: str | None = None
     insecure: bool = False
+    replay: float = 30.0
 
     @classmethod
     def from_url(cls, url: str) -> MqttSettings:
@@ -84,6 +89,12 @@ class MqttSettings:
             raise SinkURLError(f"{url!r}: keepalive must be whole seconds") from None
         if not 2 <= keepalive <= 3600:
             raise SinkURLError(f"{url!r}: keepalive must be 2..3600 seconds")
+        try:
+            replay = float(query.get("replay", "30"))
+        except ValueError:
+            raise SinkURLError(f"{url!r}: replay must be seconds") from None
+        if not 0 <= replay <= 86400:
+            raise SinkURLError(f"{url!r}: replay must be 0..86400 seconds")
         password = unquote(parts.password) if parts.password else None
         if "password_file" in query:
             try:
@@ -104,7 +115,7 @@ class MqttSettings:
             raise SinkURLError(f"{url!r}: a client certificate needs both cert= and key=")
         settings = cls(parts.hostname, port, tls, unquote(parts.username) if parts.username else None, password,
                        query.get("ca"), query.get("cert"), query.get("key"), keepalive, query.get("client_id"),
-                       query.get("insecure") in ("1", "true", "yes"))
+                       query.get("insecure") in ("1", "true", "yes"), replay)
         if tls:
             settings.ssl_context()  # a bad certificate fails now, at start, not at first connect
         return settings
@@ -149,6 +160,7 @@ class MqttSink:
         self._factory: Any = None
         self._appends = 0
         self._refused = 0  # PUBACKs with a failure reason code, ever
+        self.replayed = 0  # acknowledged events sent again after reconnects, ever
 
     @classmethod
     def from_url(cls, url: str) -> MqttSink:
@@ -158,7 +170,7 @@ class MqttSink:
 
     def prepare(self, host: str, state_dir: Path) -> MemorySequencer:
         self.host = host
-        self.spool = Spool(state_dir / "spool.db", self.spool_max_bytes)
+        self.spool = Spool(state_dir / "spool.db", self.spool_max_bytes, keep_acked_s=self.settings.replay)
         return MemorySequencer(max(self.spool.last_seq(), self.spool.recovery.last_seq if self.spool.recovery else 0))
 
     def set_event_factory(self, factory: Any) -> None:
@@ -180,12 +192,15 @@ class MqttSink:
 
     def _client(self) -> aiomqtt.Client:
         s = self.settings
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             s.host, s.port, username=s.username, password=s.password,
             identifier=s.client_id or f"weightwarden-agent-{self.host}",
             protocol=MQTTProtocolVersion.MQTTv5, will=self._will(), keepalive=s.keepalive,
             tls_context=s.ssl_context() if s.tls else None, max_inflight_messages=BATCH, timeout=10,
         )
+        # A whole batch in flight is normal here, not the leak aiomqtt warns about past 10 calls.
+        client.pending_calls_threshold = BATCH + 1
+        return client
 
     # -- the Sink protocol -------------------------------------------------
 
@@ -220,16 +235,22 @@ class MqttSink:
     async def _publisher(self) -> None:
         assert self.spool is not None
         backoff = 0.5
+        lost_once = False  # after a lost connection, resend what the broker may have lost with it
         while True:
             try:
                 async with self._client() as client:
+                    replayed = 0
+                    if lost_once:
+                        replayed = await asyncio.to_thread(self.spool.requeue_acked)
+                        self.replayed += replayed
                     if not self.connected:
                         self.log.info("mqtt_connected", broker=f"{self.settings.host}:{self.settings.port}",
-                                      spooled=self.depth())
+                                      spooled=self.depth(), replayed=replayed)
                     self.connected, backoff = True, 0.5
                     if await self._drain(client):
                         return
             except aiomqtt.MqttError as exc:
+                lost_once = True
                 if self.connected:
                     self.log.warning("mqtt_disconnected", error=str(exc), spooled=self.depth())
                 self.connected = False
@@ -256,6 +277,26 @@ class MqttSink:
 
         paho_client.on_publish = on_publish
 
+    @staticmethod
+    async def _unless_lost(client: aiomqtt.Client, fut: asyncio.Future[Any], timeout: float | None = None) -> bool:
+        """Wait for fut (True once it is done, False at the timeout), raising as soon as the connection drops.
+
+        aiomqtt leaves a publish waiting for its PUBACK until the publish timeout even after paho
+        has seen the socket close, and an idle sink would not notice at all until its next
+        publish. Its ``_disconnected`` future (what aiomqtt's own message iterator races
+        against) resolves at once.
+        """
+        lost: asyncio.Future[None] = client._disconnected
+        done, _ = await asyncio.wait({fut, lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if fut in done:
+            return True
+        fut.cancel()
+        await asyncio.gather(fut, return_exceptions=True)
+        if lost in done:
+            await lost  # raises the disconnection's MqttError (and so marks it retrieved)
+            raise aiomqtt.MqttError("connection closed")
+        return False
+
     async def _drain(self, client: aiomqtt.Client) -> bool:
         """Publish the spool until closing and empty (True), or until an error raises."""
         assert self.spool is not None
@@ -266,14 +307,13 @@ class MqttSink:
                 if self._closing:
                     return True
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-                except TimeoutError:
-                    pass
+                await self._unless_lost(client, asyncio.ensure_future(self._wake.wait()), timeout=1.0)
                 continue
             refused_before = self._refused
-            await asyncio.gather(*(client.publish(self.topic(type_), payload, qos=1, timeout=10)
-                                   for _seq, type_, payload in rows))
+            batch = asyncio.gather(*(client.publish(self.topic(type_), payload, qos=1, timeout=10)
+                                     for _seq, type_, payload in rows))
+            await self._unless_lost(client, batch)
+            await batch  # raises if a publish failed
             if self._refused != refused_before:
                 # The broker refused some of this batch: keep all of it and send it again
                 # (a duplicate carries the same id; a loss would be silent).

@@ -1,7 +1,10 @@
 """A durable queue of events between the daemon and the broker (SQLite, WAL).
 
 Events are written here before any publish, and deleted only once the broker
-acknowledged them (QoS 1 PUBACK). The file is bounded: when it passes
+acknowledged them (QoS 1 PUBACK). With ``keep_acked_s`` an acknowledged event
+stays a while longer, marked acknowledged, so it can be sent again after a
+reconnect: Mosquitto acknowledges before it saves to disk, and a broker that
+crashes loses what it took since its last save. The file is bounded: when it passes
 ``max_bytes``, the oldest low-value events (egress samples, heartbeats) go
 first, then the oldest of anything, and an ``events_dropped`` event records
 what went: how many, which sequence numbers, and a summary of the bytes the
@@ -34,6 +37,8 @@ CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, ty
                                    ts REAL NOT NULL, payload BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 """
+# acked_at: NULL while waiting for the broker; the time of its PUBACK while kept for replay.
+PENDING_INDEX = "CREATE INDEX IF NOT EXISTS events_pending ON events(seq) WHERE acked_at IS NULL"
 
 
 @dataclass
@@ -46,9 +51,10 @@ class SpoolRecovery:
 
 
 class Spool:
-    def __init__(self, path: Path, max_bytes: int = 256 * 2**20) -> None:
+    def __init__(self, path: Path, max_bytes: int = 256 * 2**20, keep_acked_s: float = 0.0) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        self.keep_acked_s = keep_acked_s
         self.recovery: SpoolRecovery | None = None
         self._lock = threading.Lock()
         self._appends = 0
@@ -79,6 +85,9 @@ class Spool:
             if not ok or ok[0] != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {ok[0] if ok else 'no answer'}")
             db.executescript(SCHEMA)
+            if "acked_at" not in {row[1] for row in db.execute("PRAGMA table_info(events)")}:
+                db.execute("ALTER TABLE events ADD COLUMN acked_at REAL")  # a spool from before replay
+            db.execute(PENDING_INDEX)
             db.execute("SELECT count(*) FROM events").fetchone()
         except sqlite3.DatabaseError:
             db.close()
@@ -125,15 +134,18 @@ class Spool:
         """Drop events until the spool fits; returns the events_dropped event it appended."""
         if not self.over_limit():
             return None
+        with self._lock:
+            # Events the broker already has go first; they were only kept for a replay.
+            self.db.execute("DELETE FROM events WHERE acked_at IS NOT NULL")
         dropped: list[tuple[int, str, bytes]] = []
         while self.over_limit():
             with self._lock:
                 rows = self.db.execute(
                     f"SELECT seq, type, payload FROM events WHERE type IN ({','.join('?' * len(LOW_VALUE))}) "
-                    "ORDER BY seq LIMIT ?", (*LOW_VALUE, DROP_BATCH)).fetchall()
+                    "AND acked_at IS NULL ORDER BY seq LIMIT ?", (*LOW_VALUE, DROP_BATCH)).fetchall()
                 if not rows:
                     rows = self.db.execute("SELECT seq, type, payload FROM events WHERE type != 'events_dropped' "
-                                           "ORDER BY seq LIMIT ?", (DROP_BATCH,)).fetchall()
+                                           "AND acked_at IS NULL ORDER BY seq LIMIT ?", (DROP_BATCH,)).fetchall()
                 if not rows:
                     break
                 self.db.execute("BEGIN")
@@ -150,19 +162,36 @@ class Spool:
     def pending(self, limit: int = 500) -> list[tuple[int, str, bytes]]:
         """Oldest unacknowledged events: (seq, type, payload)."""
         with self._lock:
-            return self.db.execute("SELECT seq, type, payload FROM events ORDER BY seq LIMIT ?", (limit,)).fetchall()
+            return self.db.execute("SELECT seq, type, payload FROM events WHERE acked_at IS NULL "
+                                   "ORDER BY seq LIMIT ?", (limit,)).fetchall()
 
     def ack(self, seqs: list[int]) -> None:
+        """The broker has these: delete them, or keep them ``keep_acked_s`` for a replay."""
         if not seqs:
             return
+        now = time.time()
         with self._lock:
             self.db.execute("BEGIN")
-            self.db.executemany("DELETE FROM events WHERE seq=?", [(s,) for s in seqs])
+            if self.keep_acked_s > 0:
+                self.db.executemany("UPDATE events SET acked_at=? WHERE seq=?", [(now, s) for s in seqs])
+                self.db.execute("DELETE FROM events WHERE acked_at < ?", (now - self.keep_acked_s,))
+            else:
+                self.db.executemany("DELETE FROM events WHERE seq=?", [(s,) for s in seqs])
             self.db.execute("COMMIT")
 
-    def depth(self) -> int:
+    def requeue_acked(self) -> int:
+        """Make the kept acknowledged events pending again; returns how many."""
         with self._lock:
-            return int(self.db.execute("SELECT count(*) FROM events").fetchone()[0])
+            self.db.execute("BEGIN")
+            self.db.execute("DELETE FROM events WHERE acked_at < ?", (time.time() - self.keep_acked_s,))
+            n = self.db.execute("UPDATE events SET acked_at=NULL WHERE acked_at IS NOT NULL").rowcount
+            self.db.execute("COMMIT")
+        return int(n)
+
+    def depth(self) -> int:
+        """Events not yet acknowledged by the broker."""
+        with self._lock:
+            return int(self.db.execute("SELECT count(*) FROM events WHERE acked_at IS NULL").fetchone()[0])
 
     def close(self) -> None:
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import signal
 import socket
@@ -22,7 +23,7 @@ def free_port() -> int:
 
 class Broker:
     def __init__(self, workdir: Path, host: str = "127.0.0.1", port: int | None = None, netns: str | None = None,
-                 extra: str = "") -> None:
+                 extra: str = "", autosave_s: int = 1) -> None:
         self.host, self.port, self.netns = host, port or free_port(), netns
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -30,9 +31,13 @@ class Broker:
         self.conf.write_text(
             f"listener {self.port} {host}\n"
             "allow_anonymous true\n"
+            # Started as root, Mosquitto drops to the 'mosquitto' user, which cannot write into
+            # pytest's 0700 temporary directories: it would then save nothing at shutdown, and a
+            # restart would silently forget every session. Stay the user that started it.
+            f"user {getpass.getuser()}\n"
             "persistence true\n"
             f"persistence_location {workdir}/\n"
-            "autosave_interval 1\n"
+            f"autosave_interval {autosave_s}\n"
             "max_inflight_messages 0\n"
             "max_queued_messages 0\n"
             f"{extra}"
@@ -58,10 +63,19 @@ class Broker:
         assert wait_for(self._reachable, 10), "mosquitto did not start"
         return self
 
+    @property
+    def database(self) -> Path:
+        return self.workdir / "mosquitto.db"
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            saved_before = self.database.stat().st_mtime_ns if self.database.exists() else None
             self.proc.send_signal(sig)
             self.proc.wait(timeout=10)
+            if sig == signal.SIGTERM:
+                # A clean stop saves the sessions; a broker that could not is no broker to test against.
+                assert self.database.exists() and self.database.stat().st_mtime_ns != saved_before, (
+                    f"mosquitto did not save {self.database} when it stopped")
         self.proc = None
 
     def restart(self, sig: int = signal.SIGKILL, down_for: float = 0.5) -> None:
