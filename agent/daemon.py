@@ -106,6 +106,10 @@ class Agent:
             sink.set_event_factory(self.events)
         self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=10_000)
         self.enforcer = Enforcer(cfg.state_dir, cfg.backend)
+        if self.enforcer.previous_kernel is not None:
+            self.log.info("enforcement_record_from_previous_kernel",
+                          detail="the host rebooted or the namespace is new: rules are applied afresh, not drift",
+                          recorded=self.enforcer.previous_kernel.get("kernel"), now=self.enforcer.generation)
         self.budget_path = cfg.state_dir / "budgets.json"
         self.budgets = BudgetBook(loaded.policy.spec.budgets, read_json(self.budget_path))
         self.thresholds = ThresholdWatch(loaded.policy.spec.thresholds)

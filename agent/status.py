@@ -21,6 +21,9 @@ def collect(state_dir: Path, backend: str = "auto") -> dict[str, Any]:
     out: dict[str, Any] = {"state_dir": str(state_dir), "backend": enforcer.backend, "in_force": rec is not None}
     if rec is None:
         out.update({"policy": None, "drift": [], "counters": {}, "classes": {}})
+        if enforcer.previous_kernel is not None:
+            # Rules from before a reboot (or from a namespace since deleted): gone with that kernel.
+            out["previous_kernel"] = {k: enforcer.previous_kernel.get(k) for k in ("policy", "applied_at", "kernel")}
         return out
     interfaces = rec.get("interfaces", [])
     out.update({
@@ -43,6 +46,10 @@ def render(status: dict[str, Any]) -> str:
     if status.get("error"):
         return f"error: {status['error']}"
     if not status["in_force"]:
+        before = status.get("previous_kernel")
+        if before:
+            return (f"No policy in force (state in {status['state_dir']}): policy {before.get('policy')} was applied "
+                    "before this boot or in another network namespace; the agent applies it again when it starts.")
         return f"No policy in force (state in {status['state_dir']})."
     lines = [
         f"policy      {status['policy']} ({status['policy_digest']}) from {status.get('policy_path')}",

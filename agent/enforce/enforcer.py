@@ -4,7 +4,10 @@ The enforcer remembers a fingerprint of the kernel state it left (rules and
 qdiscs without counters). Each reconcile reads the state again; any
 difference (rules flushed, qdisc deleted, a rule added to our table) is drift:
 it is reported and the plan is applied again. The record is kept on disk so
-`status` and a restarted agent know what was in force.
+`status` and a restarted agent know what was in force. It names the kernel it
+was made on (boot id, network namespace): after a reboot the rules are gone
+because the kernel is new, not because someone removed them, so a record from
+another kernel is set aside instead of being reported as drift.
 """
 
 from __future__ import annotations
@@ -59,11 +62,35 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def kernel_generation() -> dict[str, Any]:
+    """What identifies the kernel state our rules live in: this boot, this network namespace."""
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot_id = None
+    try:
+        netns = os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        netns = None
+    return {"boot_id": boot_id, "netns": netns}
+
+
+def same_kernel(record: dict[str, Any], generation: dict[str, Any]) -> bool:
+    """A record without a generation (written before it was kept) counts as this kernel's."""
+    kept = record.get("kernel")
+    return not isinstance(kept, dict) or kept == generation
+
+
 class Enforcer:
     def __init__(self, state_dir: Path, backend: str = "auto") -> None:
         self.backend = choose_backend(backend)
         self.record_path = state_dir / "enforcement.json"
+        self.generation = kernel_generation()
         self.record: dict[str, Any] | None = read_json(self.record_path)
+        # Set when the record on disk came from an earlier boot or namespace: nothing of it is in force.
+        self.previous_kernel: dict[str, Any] | None = None
+        if self.record is not None and not same_kernel(self.record, self.generation):
+            self.previous_kernel, self.record = self.record, None
 
     def fingerprint(self, interfaces: list[str]) -> dict[str, Any]:
         rules: Any = nftables.normalize(nftables.read_table()) if self.backend == "nftables" else iptables.read_state()
@@ -89,6 +116,7 @@ class Enforcer:
             "interfaces": plan.interfaces,
             "caps": [s.__dict__ for s in plan.slots],
             "applied_at": time.time(),
+            "kernel": self.generation,
             "tc_interfaces": sorted(plan.tc),
             "fingerprint": self.fingerprint(sorted(plan.tc)),
         }

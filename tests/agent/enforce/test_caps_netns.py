@@ -187,6 +187,50 @@ def test_kill_9_keeps_caps_drift_is_repaired_and_clear_leaves_no_trace(lab: Netn
     assert agent(pair, "status", "--state-dir", str(state)).returncode == 0  # nothing in force, nothing drifted
 
 
+def test_a_reboot_is_not_reported_as_tampering(netns_pair: NetnsPair, tmp_path: Path) -> None:
+    """A host that reboots loses every rule; the agent's record says rules were in force. That is a
+    new kernel, not someone removing the caps: no drift alert (SOC would get one per reboot)."""
+    pair = netns_pair
+    policy = write_policy(tmp_path, CONTRACT + "  interval: 1s\n")
+    state = tmp_path / "state"
+
+    def empty_kernel() -> None:
+        pair.run(pair.a, "nft", "delete", "table", "inet", "weightwarden")
+        pair.run(pair.a, "tc", "qdisc", "del", "dev", pair.veth_a, "root")
+
+    def start_and_settle() -> DaemonRun:
+        daemon = DaemonRun(pair, policy, state)
+        daemon.wait_event("heartbeat")
+        time.sleep(1.5)  # a reconcile or two after the start
+        return daemon
+
+    daemon = DaemonRun(pair, policy, state)
+    daemon.wait_event("policy_applied")
+    assert daemon.stop() == 0
+    empty_kernel()
+    record = json.loads((state / "enforcement.json").read_text())
+    record["kernel"]["boot_id"] = "an-earlier-boot"
+    (state / "enforcement.json").write_text(json.dumps(record))
+    status = agent(pair, "status", "--json", "--state-dir", str(state))
+    assert status.returncode == 0
+    doc = json.loads(status.stdout)
+    assert doc["in_force"] is False and doc["previous_kernel"]["policy"] == "example"
+
+    daemon = start_and_settle()
+    types = [e["type"] for e in daemon.events]
+    assert "policy_applied" in types and "enforcement_drift" not in types, types
+    assert "weightwarden" in pair.run(pair.a, "nft", "list", "tables").stdout
+    assert daemon.stop() == 0
+
+    # The control: the same kernel with its rules removed while the agent was down is drift.
+    empty_kernel()
+    daemon = start_and_settle()
+    drift = daemon.wait_event("enforcement_drift", timeout=5)
+    assert any("missing" in d for d in drift["data"]["drift"])
+    assert daemon.stop() == 0
+    assert agent(pair, "enforce", "clear", "--state-dir", str(state)).returncode == 0
+
+
 def test_iptables_backend_caps_too(lab: NetnsPair, tmp_path: Path) -> None:
     pair = lab
     daemon = DaemonRun(pair, write_policy(tmp_path, CONTRACT), tmp_path / "state", "--backend", "iptables")
