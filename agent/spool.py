@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, ty
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 """
 # acked_at: NULL while waiting for the broker; the time of its PUBACK while kept for replay.
-PENDING_INDEX = "CREATE INDEX IF NOT EXISTS events_pending ON events(seq) WHERE acked_at IS NULL"
+INDEXES = ("CREATE INDEX IF NOT EXISTS events_pending ON events(seq) WHERE acked_at IS NULL",
+           "CREATE INDEX IF NOT EXISTS events_acked ON events(acked_at) WHERE acked_at IS NOT NULL")
 
 
 @dataclass
@@ -87,7 +88,8 @@ class Spool:
             db.executescript(SCHEMA)
             if "acked_at" not in {row[1] for row in db.execute("PRAGMA table_info(events)")}:
                 db.execute("ALTER TABLE events ADD COLUMN acked_at REAL")  # a spool from before replay
-            db.execute(PENDING_INDEX)
+            for index in INDEXES:
+                db.execute(index)
             db.execute("SELECT count(*) FROM events").fetchone()
         except sqlite3.DatabaseError:
             db.close()
