@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Event pipeline throughput and cost, against a real Mosquitto on this machine.
 
-1. events/s from the daemon's sink (spool append -> QoS 1 publish -> ack -> delete),
-   with production-sized egress_sample payloads, and the spool's append latency;
+1. events/s from the daemon's sink (spool append -> QoS 1 publish -> ack), with
+   production-sized egress_sample payloads, and the spool's append latency; once
+   keeping acknowledged events for the default replay window, once deleting them;
 2. the ceiling: a bare paho-mqtt QoS 1 publish loop of the same payloads;
 3. the agent's CPU at 1 Hz sampling with MQTT on (namespaces, root).
 
@@ -124,6 +125,7 @@ def main() -> int:
     broker = Broker(tmp / "broker").start()
     try:
         rate, lat = through_sink(broker.url, args.events, tmp / "state")
+        rate_no_replay, _ = through_sink(broker.url + "?replay=0", args.events, tmp / "state-no-replay")
         ceiling = bare_paho(broker.host, broker.port, args.events)
     finally:
         broker.stop()
@@ -131,6 +133,7 @@ def main() -> int:
     print(f"\n{args.events} egress_sample events (~{len(json.dumps(SAMPLE))} B payload), local Mosquitto, QoS 1\n")
     print(f"{'path':<42} {'events/s':>10}")
     print(f"{'weightwarden sink (spool -> publish -> ack)':<42} {rate:>10,.0f}")
+    print(f"{'  the same with replay=0 (ack deletes)':<42} {rate_no_replay:>10,.0f}")
     print(f"{'bare paho-mqtt publish loop (ceiling)':<42} {ceiling:>10,.0f}")
     print(f"\nspool append latency: p50 {statistics.median(lat_us):.0f} us, "
           f"p99 {lat_us[int(len(lat_us) * 0.99)]:.0f} us")
