@@ -52,6 +52,17 @@ def _readable(path: str, what: str) -> str:
     return path
 
 
+def _seconds(url: str, query: dict[str, str], key: str, default: float, low: float, high: float,
+             whole: bool = False) -> float:
+    try:
+        value = (int if whole else float)(query.get(key, default))
+    except ValueError:
+        raise SinkURLError(f"{url!r}: {key} must be {'whole ' if whole else ''}seconds") from None
+    if not low <= value <= high:  # also refuses nan
+        raise SinkURLError(f"{url!r}: {key} must be {low}..{high} seconds")
+    return value
+
+
 @dataclass(frozen=True)
 class MqttSettings:
     host: str
@@ -83,18 +94,8 @@ class MqttSettings:
         if unknown:
             raise SinkURLError(f"{url!r}: unknown option(s) {', '.join(sorted(unknown))}; known: "
                                f"{', '.join(sorted(QUERY_KEYS))}")
-        try:
-            keepalive = int(query.get("keepalive", "30"))
-        except ValueError:
-            raise SinkURLError(f"{url!r}: keepalive must be whole seconds") from None
-        if not 2 <= keepalive <= 3600:
-            raise SinkURLError(f"{url!r}: keepalive must be 2..3600 seconds")
-        try:
-            replay = float(query.get("replay", "30"))
-        except ValueError:
-            raise SinkURLError(f"{url!r}: replay must be seconds") from None
-        if not 0 <= replay <= 86400:
-            raise SinkURLError(f"{url!r}: replay must be 0..86400 seconds")
+        keepalive = int(_seconds(url, query, "keepalive", 30, 2, 3600, whole=True))
+        replay = _seconds(url, query, "replay", 30, 0, 86400)
         password = unquote(parts.password) if parts.password else None
         if "password_file" in query:
             try:

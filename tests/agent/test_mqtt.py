@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
     ("mqtt://broker?keepalive=0", "keepalive"),
     ("mqtt://broker?replay=soon", "replay must be seconds"),
     ("mqtt://broker?replay=-1", "replay must be 0..86400"),
+    ("mqtt://broker?replay=nan", "replay must be 0..86400"),
     ("mqtt://broker?password_file=/nonexistent", "cannot read password file"),
 ])
 def test_bad_sink_urls_fail_clearly(url: str, words: str) -> None:
