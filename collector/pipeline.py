@@ -41,6 +41,17 @@ class Pipeline:
     def ingest(self, messages: Iterable[tuple[str, bytes]]) -> dict[str, int]:
         """One batch, one transaction. The common case (samples from hosts with nothing to
         correlate) is written with a few executemany calls; the rest event by event."""
+        try:
+            return self._ingest(messages)
+        except Exception:
+            # The transaction rolled back: forget what the caches learnt inside it, or a
+            # retry of the batch would skip (say) a first contact that was never stored.
+            self._contacts.clear()
+            self._slow_checked.clear()
+            self._no_reads_until.clear()
+            raise
+
+    def _ingest(self, messages: Iterable[tuple[str, bytes]]) -> dict[str, int]:
         counts = {"stored": 0, "duplicates": 0, "rejected": 0}
         codes: dict[str, int] = {}
         now = self.clock()

@@ -12,6 +12,7 @@ collector in the group.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import signal
@@ -97,11 +98,28 @@ class CollectorService:
             batch = [first]
             while len(batch) < BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
+            await self._ingest_until_stored(batch)
+
+    async def _ingest_until_stored(self, batch: list[tuple[str, bytes]]) -> None:
+        """Store a batch, retrying while the database is away: the events were already
+        acknowledged to the broker, so dropping them here would lose them. Bad content
+        cannot fail a batch (the pipeline dead-letters and isolates it per event); what
+        fails is the database, and meanwhile the queue fills and MQTT backs up behind it."""
+        delay = 0.5
+        for attempt in itertools.count(1):
             try:
                 await asyncio.to_thread(self.pipeline.ingest, batch)
+                if attempt > 1:
+                    self.log.info("ingest_recovered", attempts=attempt, events=len(batch))
+                return
             except Exception as exc:  # noqa: BLE001 - the database may be away; the collector stays
-                self.log.error("ingest_failed", error=repr(exc), lost=len(batch))
-                await asyncio.sleep(1)
+                if self.stop.is_set() and attempt >= 3:
+                    self.log.error("ingest_abandoned_at_stop", error=repr(exc), lost=len(batch))
+                    return
+                self.log.error("ingest_failed", error=repr(exc), attempt=attempt, kept=len(batch),
+                               queued=self.queue.qsize(), retry_in_s=round(delay, 1))
+                await wait_for_stop(self.stop, delay)
+                delay = min(delay * 2, 30.0)
 
     async def _sweeper(self) -> None:
         last_purge = 0.0

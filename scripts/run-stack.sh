@@ -27,8 +27,15 @@ trap cleanup EXIT INT TERM
 if ! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
   # 'user': started as root, Mosquitto would switch to the mosquitto user, which may not be able
   # to write in $RUN; it would then save no sessions, and a restart would drop queued events.
-  printf 'listener %s 127.0.0.1\nallow_anonymous true\nuser %s\npersistence true\nautosave_interval 10\npersistence_location %s/\n' \
-    "$PORT" "$(id -un)" "$RUN" > "$RUN/mosquitto.conf"
+  cat > "$RUN/mosquitto.conf" <<CONF
+listener $PORT 127.0.0.1
+allow_anonymous true
+user $(id -un)
+persistence true
+persistence_location $RUN/
+autosave_interval 10
+max_queued_messages 1000000
+CONF
   "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -c "$RUN/mosquitto.conf" > "$RUN/mosquitto.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done

@@ -136,3 +136,36 @@ def test_cli_contract_and_states(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "no alert" in missing.stderr
     hosts = json.loads(cli(db, "hosts", "--json").stdout)
     assert hosts[0]["host"] == "gpu-1"
+
+
+def test_events_wait_out_a_database_outage(broker: Broker, tmp_path: Path) -> None:
+    """Events are acknowledged to the broker before they are stored: if the database is away
+    (here: locked by another writer past the collector's 10 s busy timeout), the collector must
+    keep its batch and retry, not drop it."""
+    import sqlite3
+
+    path = tmp_path / "c.db"
+    db = f"sqlite:///{path}"
+    log = tmp_path / "collector.log"
+    proc = collector(broker, db, log=log)
+    try:
+        assert wait_for(lambda: "collector_subscribed" in log.read_text(), 15), log.read_text()
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")  # no other writer gets in until COMMIT
+        pub = publisher(broker)
+        s = Stream("gpu-3")
+        for i in range(200):
+            s.add("heartbeat", T0 + i)
+        for topic, payload in s.messages():
+            pub.publish(topic, payload, qos=1).wait_for_publish(5)
+        assert wait_for(lambda: "ingest_failed" in log.read_text(), 30), "the outage never bit"
+        blocker.execute("COMMIT")
+        blocker.close()
+        assert wait_for(lambda: stats(db).get("stored", 0) == 200, 40), (stats(db), log.read_text()[-2000:])
+        assert "ingest_recovered" in log.read_text()
+        pub.loop_stop()
+        pub.disconnect()
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
