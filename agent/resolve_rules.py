@@ -74,3 +74,32 @@ def remove(rule_plan: RulePlan) -> None:
             pass
         if argv[4] != "-D":
             _run(argv)
+    for tool in sorted({argv[0] for argv in rule_plan.remove}):
+        drop_table_if_empty(tool)
+
+
+BUILTIN_CHAINS = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
+
+
+def table_is_empty(saved: str) -> bool:
+    """Whether ``iptables-save -t mangle`` output shows a table with nothing in it: no rules,
+    no chains of anyone's, every policy ACCEPT."""
+    for line in saved.splitlines():
+        if line.startswith("-A"):
+            return False
+        if line.startswith(":"):
+            chain, policy = line[1:].split()[:2]
+            if chain not in BUILTIN_CHAINS or policy != "ACCEPT":
+                return False
+    return True
+
+
+def drop_table_if_empty(tool: str) -> None:
+    """iptables-nft creates the mangle table on first use and never removes it, so an agent
+    that stopped would leave an empty table behind. Only an empty one goes: nothing anyone
+    else put there is touched, and iptables-nft recreates it whenever it is next used."""
+    if not shutil.which("nft") or "nf_tables" not in _run([tool, "-V"]).stdout:
+        return  # iptables-legacy: its built-in tables are not ours to remove
+    saved = _run([f"{tool}-save", "-t", TABLE])
+    if saved.returncode == 0 and saved.stdout.strip() and table_is_empty(saved.stdout):
+        _run(["nft", "delete", "table", "ip" if tool == "iptables" else "ip6", TABLE])

@@ -229,6 +229,8 @@ def test_a_reboot_is_not_reported_as_tampering(netns_pair: NetnsPair, tmp_path: 
     assert any("missing" in d for d in drift["data"]["drift"])
     assert daemon.stop() == 0
     assert agent(pair, "enforce", "clear", "--state-dir", str(state)).returncode == 0
+    # Nothing of ours is left, not even the empty mangle table iptables-nft made for the queue rules.
+    assert pair.run(pair.a, "nft", "list", "tables").stdout.strip() == ""
 
 
 def test_iptables_backend_caps_too(lab: NetnsPair, tmp_path: Path) -> None:
