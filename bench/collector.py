@@ -93,9 +93,12 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--hosts", type=int, default=1000)
     parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--max-inflight", type=int, default=0,
+                        help="the broker's max_inflight_messages: the collector acknowledges after each commit, so "
+                             "this bounds what is in flight to it (0: no bound; Mosquitto's default is 20)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp())
-    broker = Broker(work / "broker").start()
+    broker = Broker(work / "broker", max_inflight=args.max_inflight).start()
     rows = {}
     try:
         rows["SQLite"] = run(f"sqlite:///{work}/bench.db", args.hosts, args.seconds, broker, work)
@@ -108,7 +111,7 @@ def main() -> int:
     finally:
         broker.stop()
     print(f"\n{args.hosts} hosts x 1 egress sample/s for {args.seconds}s (+1 exfiltration incident/s), "
-          "correlation on, one collector\n")
+          f"correlation on, one collector, broker max_inflight_messages {args.max_inflight}\n")
     print(f"{'database':<11} {'published':>9} {'stored':>8} {'events/s':>9} {'kept up':>8} "
           f"{'alerts':>9} {'latency p50':>12} {'p99':>8}")
     for name, r in rows.items():

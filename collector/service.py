@@ -7,17 +7,24 @@ and re-evaluates recent uploads so collectors sharing a database converge.
 With ``--shared-group`` the subscription is an MQTT v5 shared subscription
 (``$share/GROUP/weightwarden/v1/#``): the broker spreads messages over every
 collector in the group.
+
+Messages are acknowledged (PUBACK) only once their batch is committed: a
+collector that crashes, or whose database is away, leaves them with the broker,
+which sends them again to the same session (a stable client id, default
+``weightwarden-collector-<hostname>``) when the collector is back. Redelivered
+events keep their id and are stored once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
-import os
 import random
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiomqtt
@@ -49,7 +56,8 @@ class CollectorService:
         self.cfg = cfg
         self.pipeline = pipeline
         self.log = logs.get("collector")
-        self.queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=50_000)
+        # (topic, payload, send its PUBACK): acknowledged after the commit, not on arrival.
+        self.queue: asyncio.Queue[tuple[str, bytes, Callable[[], object] | None]] = asyncio.Queue(maxsize=50_000)
         self.stop = asyncio.Event()
         self.received = 0
         self.connected = asyncio.Event()
@@ -60,18 +68,25 @@ class CollectorService:
     async def _mqtt(self) -> None:
         s = self.cfg.broker
         backoff = 0.5
-        ident = self.cfg.client_id or f"weightwarden-collector-{socket.gethostname()}-{os.getpid()}"
+        # Stable across restarts, so a restarted collector resumes its session and gets what it had not
+        # acknowledged. Several collectors on one host need --client-id each.
+        ident = self.cfg.client_id or f"weightwarden-collector-{socket.gethostname()}"
         while not self.stop.is_set():
             try:
                 # A persistent session: if the connection drops, the broker keeps queueing
                 # QoS 1 messages for us and hands them over when we are back.
                 props = Properties(PacketTypes.CONNECT)
                 props.SessionExpiryInterval = SESSION_EXPIRY_S
-                async with aiomqtt.Client(
+                client = aiomqtt.Client(
                     s.host, s.port, username=s.username, password=s.password, identifier=ident,
                     protocol=MQTTProtocolVersion.MQTTv5, keepalive=s.keepalive, clean_start=False,
                     properties=props, tls_context=s.ssl_context() if s.tls else None, timeout=10,
-                ) as client:
+                )
+                # aiomqtt has no manual acknowledgement of its own; paho's, on its client, before
+                # connecting (a resumed session delivers at once).
+                paho_client = client._client
+                paho_client.manual_ack_set(True)
+                async with client:
                     await client.subscribe(self.topic(), qos=1)
                     self.log.info("collector_subscribed", topic=self.topic(), broker=f"{s.host}:{s.port}")
                     self.connected.set()
@@ -79,7 +94,8 @@ class CollectorService:
                     async for message in client.messages:
                         payload = message.payload if isinstance(message.payload, bytes) else \
                             str(message.payload).encode()
-                        await self.queue.put((str(message.topic), payload))
+                        ack = functools.partial(paho_client.ack, message.mid, message.qos) if message.qos else None
+                        await self.queue.put((str(message.topic), payload, ack))
                         self.received += 1
                         if self.stop.is_set():
                             break
@@ -100,21 +116,25 @@ class CollectorService:
                 batch.append(self.queue.get_nowait())
             await self._ingest_until_stored(batch)
 
-    async def _ingest_until_stored(self, batch: list[tuple[str, bytes]]) -> None:
+    async def _ingest_until_stored(self, batch: list[tuple[str, bytes, Callable[[], object] | None]]) -> None:
         """Store a batch, retrying while the database is away: the events were already
         acknowledged to the broker, so dropping them here would lose them. Bad content
         cannot fail a batch (the pipeline dead-letters and isolates it per event); what
-        fails is the database, and meanwhile the queue fills and MQTT backs up behind it."""
+        fails is the database, and meanwhile nothing is acknowledged, so the broker holds the rest.
+        After a stop that gives up, the broker still has the batch: nothing was acknowledged."""
         delay = 0.5
         for attempt in itertools.count(1):
             try:
-                await asyncio.to_thread(self.pipeline.ingest, batch)
+                await asyncio.to_thread(self.pipeline.ingest, [(topic, payload) for topic, payload, _ in batch])
+                for _topic, _payload, ack in batch:
+                    if ack is not None:
+                        ack()  # on the connection it came by; if that is gone, the broker resends it
                 if attempt > 1:
                     self.log.info("ingest_recovered", attempts=attempt, events=len(batch))
                 return
             except Exception as exc:  # noqa: BLE001 - the database may be away; the collector stays
                 if self.stop.is_set() and attempt >= 3:
-                    self.log.error("ingest_abandoned_at_stop", error=repr(exc), lost=len(batch))
+                    self.log.error("ingest_abandoned_at_stop", error=repr(exc), unacknowledged=len(batch))
                     return
                 self.log.error("ingest_failed", error=repr(exc), attempt=attempt, kept=len(batch),
                                queued=self.queue.qsize(), retry_in_s=round(delay, 1))

@@ -76,9 +76,12 @@ def summary(db: str) -> set[tuple[Any, ...]]:
 
 def test_two_collectors_on_postgres_match_one_on_sqlite(broker: Broker, postgres: Postgres, tmp_path: Path) -> None:
     lite = f"sqlite:///{tmp_path}/one.db"
-    procs = [collector(broker, lite, log=tmp_path / "one.log"),
-             collector(broker, postgres.url, "--shared-group", "collectors", log=tmp_path / "pg1.log"),
-             collector(broker, postgres.url, "--shared-group", "collectors", log=tmp_path / "pg2.log")]
+    # Three collectors on one host: each needs its own client id (the default is per host).
+    procs = [collector(broker, lite, "--client-id", "one", log=tmp_path / "one.log"),
+             collector(broker, postgres.url, "--shared-group", "collectors", "--client-id", "pg1",
+                       log=tmp_path / "pg1.log"),
+             collector(broker, postgres.url, "--shared-group", "collectors", "--client-id", "pg2",
+                       log=tmp_path / "pg2.log")]
     try:
         time.sleep(2.5)
         messages = scenario(time.time())

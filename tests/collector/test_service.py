@@ -169,3 +169,39 @@ def test_events_wait_out_a_database_outage(broker: Broker, tmp_path: Path) -> No
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_a_crashed_collector_gets_its_unstored_events_again(broker: Broker, tmp_path: Path) -> None:
+    """Acknowledged only once stored: events a collector held in memory when it was SIGKILLed stay
+    with the broker, in its session, and the restarted collector (same client id) stores them."""
+    import signal
+    import sqlite3
+
+    path = tmp_path / "c.db"
+    db = f"sqlite:///{path}"
+    log = tmp_path / "collector.log"
+    proc = collector(broker, db, "--client-id", "crashy", log=log)
+    try:
+        assert wait_for(lambda: "collector_subscribed" in log.read_text(), 15), log.read_text()
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        pub = publisher(broker)
+        s = Stream("gpu-4")
+        for i in range(300):
+            s.add("heartbeat", T0 + i)
+        for topic, payload in s.messages():
+            pub.publish(topic, payload, qos=1).wait_for_publish(5)
+        assert wait_for(lambda: "ingest_failed" in log.read_text(), 30), "the collector never held events"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        blocker.execute("COMMIT")
+        blocker.close()
+        assert stats(db).get("stored", 0) < 300, "the crash came too late to test anything"
+        proc = collector(broker, db, "--client-id", "crashy", log=log)
+        assert wait_for(lambda: stats(db).get("stored", 0) == 300, 40), (stats(db), log.read_text()[-2000:])
+        pub.loop_stop()
+        pub.disconnect()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+

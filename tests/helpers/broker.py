@@ -23,7 +23,7 @@ def free_port() -> int:
 
 class Broker:
     def __init__(self, workdir: Path, host: str = "127.0.0.1", port: int | None = None, netns: str | None = None,
-                 extra: str = "", autosave_s: int = 1) -> None:
+                 extra: str = "", autosave_s: int = 1, max_inflight: int = 0) -> None:
         self.host, self.port, self.netns = host, port or free_port(), netns
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -38,7 +38,7 @@ class Broker:
             "persistence true\n"
             f"persistence_location {workdir}/\n"
             f"autosave_interval {autosave_s}\n"
-            "max_inflight_messages 0\n"
+            f"max_inflight_messages {max_inflight}\n"
             "max_queued_messages 0\n"
             f"{extra}"
         )
