@@ -138,70 +138,70 @@ def test_cli_contract_and_states(tmp_path: Path) -> None:
     assert hosts[0]["host"] == "gpu-1"
 
 
-def test_events_wait_out_a_database_outage(broker: Broker, tmp_path: Path) -> None:
-    """Events are acknowledged to the broker before they are stored: if the database is away
-    (here: locked by another writer past the collector's 10 s busy timeout), the collector must
-    keep its batch and retry, not drop it."""
-    import sqlite3
+class LockedDatabase:
+    """A running collector on SQLite whose database another writer holds (BEGIN EXCLUSIVE, past
+    the collector's 10 s busy timeout) while ``n`` heartbeats are published to it."""
 
-    path = tmp_path / "c.db"
-    db = f"sqlite:///{path}"
-    log = tmp_path / "collector.log"
-    proc = collector(broker, db, log=log)
-    try:
-        assert wait_for(lambda: "collector_subscribed" in log.read_text(), 15), log.read_text()
-        blocker = sqlite3.connect(path, isolation_level=None)
-        blocker.execute("BEGIN EXCLUSIVE")  # no other writer gets in until COMMIT
-        pub = publisher(broker)
+    def __init__(self, broker: Broker, tmp_path: Path, n: int, *extra: str) -> None:
+        import sqlite3
+
+        self.path = tmp_path / "c.db"
+        self.db = f"sqlite:///{self.path}"
+        self.log = tmp_path / "collector.log"
+        self.broker, self.extra, self.n = broker, extra, n
+        self.proc = self.start()
+        assert wait_for(lambda: "collector_subscribed" in self.log.read_text(), 15), self.log.read_text()
+        self.blocker = sqlite3.connect(self.path, isolation_level=None)
+        self.blocker.execute("BEGIN EXCLUSIVE")  # no other writer gets in until COMMIT
+        self.pub = publisher(broker)
         s = Stream("gpu-3")
-        for i in range(200):
+        for i in range(n):
             s.add("heartbeat", T0 + i)
         for topic, payload in s.messages():
-            pub.publish(topic, payload, qos=1).wait_for_publish(5)
-        assert wait_for(lambda: "ingest_failed" in log.read_text(), 30), "the outage never bit"
-        blocker.execute("COMMIT")
-        blocker.close()
-        assert wait_for(lambda: stats(db).get("stored", 0) == 200, 40), (stats(db), log.read_text()[-2000:])
-        assert "ingest_recovered" in log.read_text()
-        pub.loop_stop()
-        pub.disconnect()
-        assert proc.poll() is None
+            self.pub.publish(topic, payload, qos=1).wait_for_publish(5)
+        assert wait_for(lambda: "ingest_failed" in self.log.read_text(), 30), "the outage never bit"
+
+    def start(self) -> subprocess.Popen[bytes]:
+        return collector(self.broker, self.db, *self.extra, log=self.log)
+
+    def release(self) -> None:
+        self.blocker.execute("COMMIT")
+        self.blocker.close()
+
+    def all_stored(self) -> bool:
+        return wait_for(lambda: stats(self.db).get("stored", 0) == self.n, 40)
+
+    def close(self) -> None:
+        self.pub.loop_stop()
+        self.pub.disconnect()
+        self.proc.terminate()
+        self.proc.wait(timeout=20)
+
+
+def test_events_wait_out_a_database_outage(broker: Broker, tmp_path: Path) -> None:
+    """The batch in hand survives the database being away: the collector retries it, not drops it."""
+    outage = LockedDatabase(broker, tmp_path, 200)
+    try:
+        outage.release()
+        assert outage.all_stored(), (stats(outage.db), outage.log.read_text()[-2000:])
+        assert "ingest_recovered" in outage.log.read_text()
+        assert outage.proc.poll() is None
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        outage.close()
 
 
 def test_a_crashed_collector_gets_its_unstored_events_again(broker: Broker, tmp_path: Path) -> None:
     """Acknowledged only once stored: events a collector held in memory when it was SIGKILLed stay
     with the broker, in its session, and the restarted collector (same client id) stores them."""
     import signal
-    import sqlite3
 
-    path = tmp_path / "c.db"
-    db = f"sqlite:///{path}"
-    log = tmp_path / "collector.log"
-    proc = collector(broker, db, "--client-id", "crashy", log=log)
+    outage = LockedDatabase(broker, tmp_path, 300, "--client-id", "crashy")
     try:
-        assert wait_for(lambda: "collector_subscribed" in log.read_text(), 15), log.read_text()
-        blocker = sqlite3.connect(path, isolation_level=None)
-        blocker.execute("BEGIN EXCLUSIVE")
-        pub = publisher(broker)
-        s = Stream("gpu-4")
-        for i in range(300):
-            s.add("heartbeat", T0 + i)
-        for topic, payload in s.messages():
-            pub.publish(topic, payload, qos=1).wait_for_publish(5)
-        assert wait_for(lambda: "ingest_failed" in log.read_text(), 30), "the collector never held events"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        blocker.execute("COMMIT")
-        blocker.close()
-        assert stats(db).get("stored", 0) < 300, "the crash came too late to test anything"
-        proc = collector(broker, db, "--client-id", "crashy", log=log)
-        assert wait_for(lambda: stats(db).get("stored", 0) == 300, 40), (stats(db), log.read_text()[-2000:])
-        pub.loop_stop()
-        pub.disconnect()
+        outage.proc.send_signal(signal.SIGKILL)
+        outage.proc.wait(timeout=10)
+        outage.release()
+        assert stats(outage.db).get("stored", 0) < 300, "the crash came too late to test anything"
+        outage.proc = outage.start()
+        assert outage.all_stored(), (stats(outage.db), outage.log.read_text()[-2000:])
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-
+        outage.close()
