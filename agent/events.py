@@ -64,6 +64,17 @@ class Event(BaseModel):
         return self.model_dump(by_alias=True)
 
 
+def seq_ranges(seqs: list[int]) -> list[list[int]]:
+    """Sequence numbers as sorted inclusive [first, last] runs: [1, 2, 3, 7] -> [[1, 3], [7, 7]]."""
+    out: list[list[int]] = []
+    for s in sorted(seqs):
+        if out and s == out[-1][1] + 1:
+            out[-1][1] = s
+        else:
+            out.append([s, s])
+    return out
+
+
 def default_host_id() -> str:
     """The hostname, cleaned to what a topic segment and the schema accept."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()).strip("-.") or "host"

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.events import Event
+from agent.events import Event, seq_ranges
 
 LOW_VALUE = ("egress_sample", "heartbeat")
 DROP_BATCH = 500
@@ -200,16 +200,6 @@ class Spool:
             self.db.close()
 
 
-def _ranges(seqs: list[int]) -> list[list[int]]:
-    out: list[list[int]] = []
-    for s in sorted(seqs):
-        if out and s == out[-1][1] + 1:
-            out[-1][1] = s
-        else:
-            out.append([s, s])
-    return out
-
-
 def summarize(rows: list[tuple[int, str, bytes]], reason: str) -> dict[str, Any]:
     """What dropped events said, compressed: counts, seq ranges, and egress byte totals."""
     by_type = Counter(r[1] for r in rows)
@@ -235,7 +225,7 @@ def summarize(rows: list[tuple[int, str, bytes]], reason: str) -> dict[str, Any]
         "reason": reason,
         "dropped": len(rows),
         "by_type": dict(by_type),
-        "seq_ranges": _ranges([r[0] for r in rows]),
+        "seq_ranges": seq_ranges([r[0] for r in rows]),
         "first_ts": first_ts,
         "last_ts": last_ts,
         "egress_summary": {"attributed_tx_bytes": attributed, "unattributed_tx_bytes": unattributed,

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.events import seq_ranges
 from agent.policy.units import format_duration, format_rate, format_size
 
 LEVELS = ["low", "medium", "high", "critical"]
@@ -210,6 +211,11 @@ def slow(host: str, address: str, egress: list[dict[str, Any]], weights_total: i
                  min(e["ts"] for e in egress), max(e["ts"] for e in egress))
 
 
+def _host_evidence(data: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+    """Evidence of a host-level alert: the event's own data, and no process, file or destination."""
+    return {**data, "process": None, "files": [], "destinations": [], **ref}
+
+
 def from_event(ev: dict[str, Any]) -> Draft | None:
     """Detections a single event decides: canaries, caps, budgets, drift, thresholds, agent loss, drops."""
     host, data, ts, type_ = ev["host"], ev["data"], ev["ts"], ev["type"]
@@ -228,24 +234,24 @@ def from_event(ev: dict[str, Any]) -> Draft | None:
                      f"Egress matched by cap {data.get('cap')!r} on {host} ran at {format_rate(data.get('observed_bps', 0))} "
                      f"against a cap of {format_rate(data.get('rate_bps', 0))} ({data.get('action')}). The cap is doing "
                      f"its job; look at which process is pushing against it.",
-                     {**data, "process": None, "files": [], "destinations": [], **ref}, ts, ts)
+                     _host_evidence(data, ref), ts, ts)
     if type_ == "budget_exhausted":
         return Draft(f"budget:{host}:{data.get('budget')}", host, "budget_exhausted", "high",
                      f"Egress budget {data.get('budget')!r} exhausted on {host}",
                      f"{host} sent {format_size(data.get('used_bytes', 0))} of non-allowlisted egress within "
                      f"{format_duration(data.get('window_s', 0))}, over its budget of "
                      f"{format_size(data.get('limit_bytes', 0))}; action: {data.get('action')}.",
-                     {**data, "process": None, "files": [], "destinations": [], **ref}, ts, ts)
+                     _host_evidence(data, ref), ts, ts)
     if type_ == "enforcement_drift":
         return Draft(f"drift:{host}", host, "enforcement_drift", "high", f"Upload caps tampered with on {host}",
                      f"The kernel rules enforcing {host}'s upload caps changed behind the agent's back "
                      f"({'; '.join(data.get('drift', []))}). The agent {'restored them' if data.get('restored') else 'could not restore them'}. "
                      f"Someone with root on the host removed or altered them.",
-                     {**data, "process": None, "files": [], "destinations": [], **ref}, ts, ts)
+                     _host_evidence(data, ref), ts, ts)
     if type_ == "enforcement_error":
         return Draft(f"enforce-error:{host}", host, "enforcement_error", "medium", f"Caps not enforced on {host}",
                      f"The agent on {host} could not apply its policy: {data.get('error')}.",
-                     {**data, "process": None, "files": [], "destinations": [], **ref}, ts, ts)
+                     _host_evidence(data, ref), ts, ts)
     if type_ == "threshold_crossed":
         proc = data.get("process") or {}
         return Draft(f"threshold:{host}:{data.get('threshold')}:{proc.get('pid')}", host, "threshold_crossed",
@@ -261,12 +267,12 @@ def from_event(ev: dict[str, Any]) -> Draft | None:
                      f"The agent on {host} lost its broker connection without saying goodbye (its Last-Will "
                      f"arrived at {clock(ts)}): it crashed, was killed, or the host is cut off. Caps stay in force, "
                      f"but nothing on {host} is being watched until it is back.",
-                     {**data, "process": None, "files": [], "destinations": [], **ref}, ts, ts)
+                     _host_evidence(data, ref), ts, ts)
     if type_ == "events_dropped":
         return Draft(f"dropped:{host}", host, "events_dropped", "low", f"Agent on {host} dropped events",
                      f"The agent on {host} dropped {data.get('dropped')} events ({data.get('reason')}); sequence "
                      f"ranges {data.get('seq_ranges')}. Their summary: {data.get('egress_summary')}.",
-                     {**data, "process": None, "files": [], "destinations": [], **ref}, ts, ts)
+                     _host_evidence(data, ref), ts, ts)
     return None
 
 
@@ -279,12 +285,7 @@ def silent(host: str, last_seen: float, now: float) -> Draft:
 
 
 def gap(host: str, missing: list[int], now: float) -> Draft:
-    ranges: list[list[int]] = []
-    for s in missing:
-        if ranges and s == ranges[-1][1] + 1:
-            ranges[-1][1] = s
-        else:
-            ranges.append([s, s])
+    ranges = seq_ranges(missing)
     return Draft(f"gap:{host}", host, "sequence_gap", "medium", f"Events missing from {host}",
                  f"{len(missing)} events from {host} never arrived and the agent did not report dropping them "
                  f"(sequence numbers {ranges[:10]}). Events can be lost in transit or suppressed; look at what the "
