@@ -1,3 +1,5 @@
 """weightwarden agent: measures and limits what leaves a GPU host."""
 
-__version__ = "0.1.0"
+from weightwarden import __version__
+
+__all__ = ["__version__"]

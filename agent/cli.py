@@ -16,13 +16,14 @@ from collections.abc import Sequence
 import asyncio
 from pathlib import Path
 
-from agent import __version__, logs, resolve_rules
-from agent.events import default_host_id
-from agent.paths import default_state_dir
-from agent.policy.loader import PolicyError, load_policy
-from agent.policy.units import parse_size
-from agent.sampler import DEFAULT_QUEUE, Sampler, SamplerConfig
-from agent.topview import TopState
+from weightwarden import logs
+from weightwarden.agent import __version__, resolve_rules
+from weightwarden.events import default_host_id
+from weightwarden.agent.paths import default_state_dir
+from weightwarden.agent.policy.loader import PolicyError, load_policy
+from weightwarden.units import parse_size
+from weightwarden.agent.sampler import DEFAULT_QUEUE, Sampler, SamplerConfig
+from weightwarden.agent.topview import TopState
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DRIFT = 0, 1, 2, 3
 
@@ -164,8 +165,8 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
-    from agent.daemon import resolve_interfaces
-    from agent.policy.explain import explain, weights_size
+    from weightwarden.agent.daemon import resolve_interfaces
+    from weightwarden.agent.policy.explain import explain, weights_size
 
     loaded = _load_or_report(args.file)
     if loaded is None:
@@ -194,9 +195,9 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.daemon import Agent, DaemonConfig
-    from agent.enforce.kernel import KernelError
-    from agent.sinks import SinkURLError, make_sink
+    from weightwarden.agent.daemon import Agent, DaemonConfig
+    from weightwarden.agent.enforce.kernel import KernelError
+    from weightwarden.agent.sinks import SinkURLError, make_sink
 
     loaded = _load_or_report(args.policy)
     if loaded is None:
@@ -222,8 +223,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _plan_inputs(policy: object) -> object:
     """What the kernel plan of a policy depends on, read from this host now."""
-    from agent.daemon import cgroupv2_paths_usable, resolve_hosts, resolve_interfaces
-    from agent.enforce.plan import PlanInputs
+    from weightwarden.agent.daemon import cgroupv2_paths_usable, resolve_hosts, resolve_interfaces
+    from weightwarden.agent.enforce.plan import PlanInputs
 
     spec = policy.spec  # type: ignore[attr-defined]
     hosts = [d.host for d in spec.allow if d.host] + [d.host for c in spec.caps for d in c.match.destinations if d.host]
@@ -232,8 +233,8 @@ def _plan_inputs(policy: object) -> object:
 
 
 def _print_plan(loaded: object, args: argparse.Namespace) -> int:
-    from agent.enforce import iptables
-    from agent.enforce.plan import build
+    from weightwarden.agent.enforce import iptables
+    from weightwarden.agent.enforce.plan import build
 
     inputs = _plan_inputs(loaded.policy)  # type: ignore[attr-defined]
     plan = build(inputs)  # type: ignore[arg-type]
@@ -244,9 +245,9 @@ def _print_plan(loaded: object, args: argparse.Namespace) -> int:
 
 
 def cmd_enforce_apply(args: argparse.Namespace) -> int:
-    from agent.enforce.enforcer import Enforcer
-    from agent.enforce.kernel import KernelError
-    from agent.enforce.plan import PlanInputs, build
+    from weightwarden.agent.enforce.enforcer import Enforcer
+    from weightwarden.agent.enforce.kernel import KernelError
+    from weightwarden.agent.enforce.plan import PlanInputs, build
 
     loaded = _load_or_report(args.policy)
     if loaded is None:
@@ -271,8 +272,8 @@ def cmd_enforce_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_enforce_clear(args: argparse.Namespace) -> int:
-    from agent.enforce.enforcer import Enforcer
-    from agent.enforce.kernel import KernelError
+    from weightwarden.agent.enforce.enforcer import Enforcer
+    from weightwarden.agent.enforce.kernel import KernelError
 
     try:
         removed = Enforcer(args.state_dir or default_state_dir(), args.backend).clear()
@@ -287,7 +288,7 @@ def cmd_enforce_clear(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from agent import status
+    from weightwarden.agent import status
 
     report = status.collect(args.state_dir or default_state_dir(), args.backend)
     print(json.dumps(report) if args.json else status.render(report))

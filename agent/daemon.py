@@ -21,18 +21,19 @@ from typing import Any
 
 import psutil
 
-from agent import logs, sdnotify
-from agent.asyncutil import wait_for_stop
-from agent.budget import BudgetBook, ThresholdWatch
-from agent.enforce.enforcer import Enforcer, atomic_write, read_json
-from agent.enforce.plan import Plan, PlanInputs, build
-from agent.events import Event, EventFactory
-from agent.files.patterns import WeightPaths
-from agent.files.watcher import FileWatcher
-from agent.interfaces import counter_delta
-from agent.policy.loader import LoadedPolicy, PolicyError, load_policy
-from agent.sampler import Sampler, SamplerConfig
-from agent.sinks import Sink
+from weightwarden import logs
+from weightwarden.agent import sdnotify
+from weightwarden.asyncutil import wait_for_stop
+from weightwarden.agent.budget import BudgetBook, ThresholdWatch
+from weightwarden.agent.enforce.enforcer import Enforcer, atomic_write, read_json
+from weightwarden.agent.enforce.plan import Plan, PlanInputs, build
+from weightwarden.events import Event, EventFactory
+from weightwarden.agent.files.patterns import WeightPaths
+from weightwarden.agent.files.watcher import FileWatcher
+from weightwarden.agent.interfaces import counter_delta
+from weightwarden.agent.policy.loader import LoadedPolicy, PolicyError, load_policy
+from weightwarden.agent.sampler import Sampler, SamplerConfig
+from weightwarden.agent.sinks import Sink
 
 HOST_REFRESH_S = 300.0
 CAP_HIT_REPEAT_S = 60.0

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.netlink import NETLINK_NETFILTER, NetlinkSocket, attr, parse_attrs
+from weightwarden.agent.netlink import NETLINK_NETFILTER, NetlinkSocket, attr, parse_attrs
 
 NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_PACKET = 0

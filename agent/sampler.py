@@ -28,15 +28,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import conntrack as ct_mod
-from agent import logs, resolve_rules
-from agent.features import Feature, cgroup_layout, has_net_admin
-from agent.interfaces import IfCounters, counter_delta, is_egress_destination, local_addresses, read_interfaces
-from agent.ledger import Dest, Ledger
-from agent.nfqueue import FlowTuple, NfQueue
-from agent.dns import NameCache
-from agent.procmap import ProcessInfo, ProcessTable
-from agent.sockdiag import TCP_LISTEN, DestroyListener, SockDiag, SockRecord
+from weightwarden.agent import conntrack as ct_mod
+from weightwarden import logs
+from weightwarden.agent import resolve_rules
+from weightwarden.agent.features import Feature, cgroup_layout, has_net_admin
+from weightwarden.agent.interfaces import IfCounters, counter_delta, is_egress_destination, local_addresses, read_interfaces
+from weightwarden.agent.ledger import Dest, Ledger
+from weightwarden.agent.nfqueue import FlowTuple, NfQueue
+from weightwarden.agent.dns import NameCache
+from weightwarden.agent.procmap import ProcessInfo, ProcessTable
+from weightwarden.agent.sockdiag import TCP_LISTEN, DestroyListener, SockDiag, SockRecord
 
 DEFAULT_QUEUE = 4242
 DEAD_COOKIE_SAMPLES = 3

@@ -8,8 +8,9 @@ from typing import Protocol, TextIO
 
 from pathlib import Path
 
-from agent.events import Event
-from agent.events import Sequencer as FileSequencer
+from weightwarden.events import Event
+from weightwarden.mqtt import MqttURLError
+from weightwarden.events import Sequencer as FileSequencer
 
 
 class Sequencer(Protocol):
@@ -41,15 +42,15 @@ class StdoutSink:
         self.stream.flush()
 
 
-class SinkURLError(ValueError):
-    pass
+class SinkURLError(MqttURLError):
+    """A --sink that cannot be used (an unknown scheme, or a bad MQTT URL)."""
 
 
 def make_sink(url: str, spool_max_bytes: int = 256 * 2**20) -> Sink:
     if url == "stdout":
         return StdoutSink()
     if url.startswith(("mqtt://", "mqtts://")):
-        from agent.mqtt_sink import MqttSettings, MqttSink  # imported lazily: stdout needs no broker library
+        from weightwarden.mqtt import MqttSettings, MqttSink  # imported lazily: stdout needs no broker library
 
         return MqttSink(MqttSettings.from_url(url), spool_max_bytes)
     raise SinkURLError(f"unknown sink {url!r}: use 'stdout', mqtt://HOST:PORT or mqtts://HOST:PORT")

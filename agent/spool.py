@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.events import Event, seq_ranges
+from weightwarden.events import Event, seq_ranges
 
 LOW_VALUE = ("egress_sample", "heartbeat")
 DROP_BATCH = 500

@@ -6,10 +6,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.enforce import tc
-from agent.enforce.enforcer import Enforcer, read_json
-from agent.enforce.kernel import KernelError
-from agent.policy.units import format_rate, format_size
+from weightwarden.agent.enforce import tc
+from weightwarden.agent.enforce.enforcer import Enforcer, read_json
+from weightwarden.agent.enforce.kernel import KernelError
+from weightwarden.units import format_rate, format_size
 
 
 def collect(state_dir: Path, backend: str = "auto") -> dict[str, Any]:

@@ -39,7 +39,7 @@ RATES = ["1Mbit", "5Mbit", "20Mbit", "100Mbit", "500Mbit", "1Gbit"]
 
 
 def agent(pair: NetnsPair, *args: str) -> subprocess.CompletedProcess[str]:
-    return pair.run(pair.a, sys.executable, "-m", "agent", *args, check=False)
+    return pair.run(pair.a, sys.executable, "-m", "weightwarden.agent", *args, check=False)
 
 
 def tx(pair: NetnsPair) -> int:
@@ -86,7 +86,7 @@ def main() -> int:
 
         policy = tmp / "p.yaml"
         policy.write_text(POLICY.format(rate="20Mbit"))
-        daemon = pair.popen(pair.a, sys.executable, "-m", "agent", "run", "--policy", str(policy), "--state-dir",
+        daemon = pair.popen(pair.a, sys.executable, "-m", "weightwarden.agent", "run", "--policy", str(policy), "--state-dir",
                             str(state), "--sink", "stdout", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd=str(REPO))
         assert wait_for(lambda: "rate 20Mbit" in pair.run(pair.a, "tc", "class", "show", "dev", pair.veth_a).stdout,

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from collector.store import normalize_url  # noqa: E402
+from weightwarden.collector.store import normalize_url  # noqa: E402
 from tests.collector.scenarios import MB, Stream  # noqa: E402
 from tests.collector.test_service import publisher  # noqa: E402
 from tests.helpers.broker import Broker  # noqa: E402
@@ -35,7 +35,7 @@ from tests.helpers.postgres import Postgres, binaries  # noqa: E402
 def run(db: str, hosts: int, seconds: int, broker: Broker, workdir: Path) -> dict[str, float]:
     log_path = workdir / f"collector-{time.monotonic_ns()}.log"
     log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "collector", "run", "--broker", broker.url, "--db", db],
+    proc = subprocess.Popen([sys.executable, "-m", "weightwarden.collector", "run", "--broker", broker.url, "--db", db],
                             cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 30
     while b"collector_subscribed" not in log_path.read_bytes() and time.monotonic() < deadline:

@@ -57,7 +57,7 @@ def run_iperf(pair: NetnsPair, seconds: int) -> tuple[int, int]:
 
 
 def bench_weightwarden(pair: NetnsPair, seconds: int) -> dict[str, float]:
-    agent = pair.popen(pair.a, sys.executable, "-m", "agent", "top", "--json", "--interval", "1",
+    agent = pair.popen(pair.a, sys.executable, "-m", "weightwarden.agent", "top", "--json", "--interval", "1",
                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=str(REPO))
     time.sleep(2.0)  # start-up (imports, rule install, baseline) is not steady-state cost
     cpu0, _ = proc_cost(agent.pid)

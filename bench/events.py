@@ -30,8 +30,8 @@ sys.path.insert(0, str(REPO))
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E402
 
-from agent.events import EventFactory  # noqa: E402
-from agent.mqtt_sink import MqttSettings, MqttSink  # noqa: E402
+from weightwarden.events import EventFactory  # noqa: E402
+from weightwarden.mqtt import MqttSettings, MqttSink  # noqa: E402
 from tests.helpers.broker import Broker  # noqa: E402
 from tests.helpers.netns import make_pair  # noqa: E402
 
@@ -95,7 +95,7 @@ def agent_cpu(seconds: int) -> float:
     try:
         broker = Broker(tmp / "b", host=pair.addr_b, port=18831, netns=pair.b).start()
         policy = REPO / "policies" / "monitor-only.yaml"
-        agent = pair.popen(pair.a, sys.executable, "-m", "agent", "run", "--policy", str(policy), "--state-dir",
+        agent = pair.popen(pair.a, sys.executable, "-m", "weightwarden.agent", "run", "--policy", str(policy), "--state-dir",
                            str(tmp / "s"), "--sink", f"mqtt://{pair.addr_b}:18831", "--sample-interval", "1",
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(REPO))
         time.sleep(3)

@@ -25,9 +25,9 @@ sys.path.insert(0, str(REPO))
 
 import psutil  # noqa: E402
 
-from agent import logs  # noqa: E402
-from agent.files.patterns import WeightPaths  # noqa: E402
-from agent.files.watcher import FileWatcher  # noqa: E402
+from weightwarden import logs  # noqa: E402
+from weightwarden.agent.files.patterns import WeightPaths  # noqa: E402
+from weightwarden.agent.files.watcher import FileWatcher  # noqa: E402
 
 
 def dd(path: Path, bs: str) -> float:

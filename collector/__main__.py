@@ -1,3 +1,3 @@
-from collector.cli import main
+from weightwarden.collector.cli import main
 
 raise SystemExit(main())

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from collector import __version__
+from weightwarden.collector import __version__
 
 EXAMPLES = """examples:
   weightwarden-collector run --broker mqtt://127.0.0.1:1883 --db sqlite:////var/lib/weightwarden/collector.db
@@ -87,26 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _store(url: str) -> Any:
-    from collector.store import Store
+    from weightwarden.collector.store import Store
 
     return Store(url)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent import logs
-    from agent.mqtt_sink import MqttSettings
-    from agent.policy.units import parse_duration
-    from agent.sinks import SinkURLError
-    from collector.correlate import Tuning
-    from collector.pipeline import Pipeline
-    from collector.service import CollectorService, ServiceConfig
+    from weightwarden import logs
+    from weightwarden.mqtt import MqttSettings
+    from weightwarden.units import parse_duration
+    from weightwarden.mqtt import MqttURLError
+    from weightwarden.collector.correlate import Tuning
+    from weightwarden.collector.pipeline import Pipeline
+    from weightwarden.collector.service import CollectorService, ServiceConfig
 
     logs.configure()
     try:
         broker = MqttSettings.from_url(args.broker)
         retention = parse_duration(args.retention)
         silent = parse_duration(args.silent_after)
-    except (SinkURLError, ValueError) as exc:
+    except (MqttURLError, ValueError) as exc:
         print(f"weightwarden-collector: {exc}", file=sys.stderr)
         return 2
     try:
@@ -185,7 +185,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
     if not hosts:
         print("No agent has reported yet.")
         return 0
-    from agent.policy.units import format_rate, format_size
+    from weightwarden.units import format_rate, format_size
 
     print(f"{'HOST':<20} {'STATUS':<8} {'LAST SEEN':<20} {'POLICY':<20} {'RULES':<6} {'EGRESS NOW':>12} {'WEIGHTS':>9}")
     for h in hosts:

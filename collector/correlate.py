@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.events import seq_ranges
-from agent.policy.units import format_duration, format_rate, format_size
+from weightwarden.events import seq_ranges
+from weightwarden.units import format_duration, format_rate, format_size
 
 LEVELS = ["low", "medium", "high", "critical"]
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from agent.events import Event
+from weightwarden.events import Event
 
 MAX_PAYLOAD = 1 << 20
 TOPIC = re.compile(r"^weightwarden/v1/([A-Za-z0-9][A-Za-z0-9_.-]{0,62})/([a-z_]{1,40})$")

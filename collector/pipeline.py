@@ -14,10 +14,10 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from collector import correlate
-from collector.correlate import Draft, Tuning
-from collector.ingest import Rejection, validate
-from collector.store import Store
+from weightwarden.collector import correlate
+from weightwarden.collector.correlate import Draft, Tuning
+from weightwarden.collector.ingest import Rejection, validate
+from weightwarden.collector.store import Store
 
 REEVALUATE_S = 120.0
 NO_READS_CACHE_S = 5.0

@@ -32,10 +32,10 @@ from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent import logs
-from agent.asyncutil import wait_for_stop
-from agent.mqtt_sink import MqttSettings
-from collector.pipeline import Pipeline
+from weightwarden import logs
+from weightwarden.asyncutil import wait_for_stop
+from weightwarden.mqtt import MqttSettings
+from weightwarden.collector.pipeline import Pipeline
 
 TOPIC = "weightwarden/v1/#"
 BATCH = 500

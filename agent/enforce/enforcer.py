@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.enforce import iptables, nftables, tc
-from agent.enforce.kernel import KernelError
-from agent.enforce.plan import Plan, PlanInputs
+from weightwarden.agent.enforce import iptables, nftables, tc
+from weightwarden.agent.enforce.kernel import KernelError
+from weightwarden.agent.enforce.plan import Plan, PlanInputs
 
 
 @dataclass

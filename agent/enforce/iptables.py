@@ -18,8 +18,8 @@ import re
 import shutil
 from dataclasses import dataclass
 
-from agent.enforce.kernel import run
-from agent.enforce.plan import ALLOWED_COUNTER, BUDGET_COUNTER, EGRESS_COUNTER, Plan, PlanInputs, _networks
+from weightwarden.agent.enforce.kernel import run
+from weightwarden.agent.enforce.plan import ALLOWED_COUNTER, BUDGET_COUNTER, EGRESS_COUNTER, Plan, PlanInputs, _networks
 
 CHAIN = "WEIGHTWARDEN-CAPS"
 TOOLS = {4: ("iptables-restore", "iptables-save", "iptables"), 6: ("ip6tables-restore", "ip6tables-save", "ip6tables")}

@@ -6,8 +6,8 @@ import json
 import shutil
 from typing import Any
 
-from agent.enforce.kernel import KernelError, run
-from agent.enforce.plan import FAMILY, TABLE
+from weightwarden.agent.enforce.kernel import KernelError, run
+from weightwarden.agent.enforce.plan import FAMILY, TABLE
 
 VOLATILE = {"handle", "packets", "bytes"}
 

@@ -17,7 +17,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.policy.model import Cap, Destination, Policy
+from weightwarden.agent.policy.model import Cap, Destination, Policy
 
 TABLE = "weightwarden"
 FAMILY = "inet"

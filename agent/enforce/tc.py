@@ -12,8 +12,8 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from agent.enforce.kernel import run
-from agent.enforce.plan import TC_MAJOR
+from weightwarden.agent.enforce.kernel import run
+from weightwarden.agent.enforce.plan import TC_MAJOR
 
 ROOT = f"{TC_MAJOR:x}:"
 ROOT_HANDLE = TC_MAJOR << 16

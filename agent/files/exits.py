@@ -18,7 +18,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from agent.netlink import NetlinkSocket, attr, parse_attrs
+from weightwarden.agent.netlink import NetlinkSocket, attr, parse_attrs
 
 NETLINK_GENERIC = 16
 GENL_ID_CTRL = 0x10

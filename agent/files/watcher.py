@@ -27,13 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import logs
-from agent.files import fanotify as fan
-from agent.files.coalesce import Coalescer
-from agent.files.patterns import WeightPaths
-from agent.files.procio import io_counters, mapped_weights
-from agent.paths import netns_key
-from agent.procmap import ProcessTable
+from weightwarden import logs
+from weightwarden.agent.files import fanotify as fan
+from weightwarden.agent.files.coalesce import Coalescer
+from weightwarden.agent.files.patterns import WeightPaths
+from weightwarden.agent.files.procio import io_counters, mapped_weights
+from weightwarden.agent.paths import netns_key
+from weightwarden.agent.procmap import ProcessTable
 
 RESCAN_S = 2.0
 HOLDER_SCAN_S = 1.0
@@ -102,7 +102,7 @@ class FileWatcher:
             self.mode = "fanotify"
             self.detail = "fanotify permission and access events on weight paths: pids, bytes and mappings"
         except OSError as exc:
-            from agent.files.inotify import Inotify
+            from weightwarden.agent.files.inotify import Inotify
 
             self._inotify = Inotify()
             self.mode = "inotify"
@@ -114,7 +114,7 @@ class FileWatcher:
                             "exits right after closing is counted as reading the whole file (bytes_estimated)")
         elif self._content is not None:
             try:
-                from agent.files.exits import ExitListener
+                from weightwarden.agent.files.exits import ExitListener
 
                 self._exits = ExitListener()
             except Exception as exc:  # noqa: BLE001 - optional: without it, fast exiters are estimated

@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from agent.policy.model import Cap, Destination, Policy
-from agent.policy.units import format_duration, format_rate, format_size
+from weightwarden.agent.policy.model import Cap, Destination, Policy
+from weightwarden.units import format_duration, format_rate, format_size
 
 
 @dataclass
@@ -24,7 +24,7 @@ class Route:
 
 def weights_size(policy: Policy) -> int:
     """Total bytes under spec.weights.paths on this host (what the agent reports too)."""
-    from agent.files.patterns import WeightPaths
+    from weightwarden.agent.files.patterns import WeightPaths
 
     w = policy.spec.weights
     return WeightPaths(list(w.paths), list(w.canaries)).total_size()[1]

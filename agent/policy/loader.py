@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from agent.policy.model import Policy
+from weightwarden.agent.policy.model import Policy
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from agent.policy.units import parse_duration, parse_rate, parse_size
+from weightwarden.units import parse_duration, parse_rate, parse_size
 
 NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 IFNAME = re.compile(r"^[A-Za-z0-9_.@:-]{1,15}\*?$")

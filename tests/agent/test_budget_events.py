@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agent.budget import BudgetBook, RollingWindow, ThresholdWatch
-from agent.events import Event, EventFactory, Sequencer
-from agent.policy.loader import parse_policy
+from weightwarden.agent.budget import BudgetBook, RollingWindow, ThresholdWatch
+from weightwarden.events import Event, EventFactory, Sequencer
+from weightwarden.agent.policy.loader import parse_policy
 
 HEAD = "apiVersion: weightwarden/v1\nkind: EgressPolicy\nmetadata: {name: b}\nspec:\n"
 
@@ -63,7 +63,7 @@ def test_documented_examples_match_the_schema() -> None:
     import json
     import re
 
-    from agent.events import EVENT_TYPES
+    from weightwarden.events import EVENT_TYPES
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "events.md").read_text()
     blocks = re.findall(r"```json\n(.*?)```", text, re.S)

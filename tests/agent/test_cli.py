@@ -2,11 +2,11 @@ import json
 import subprocess
 import sys
 
-from agent import resolve_rules
+from weightwarden.agent import resolve_rules
 
 
 def _agent(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "weightwarden.agent", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_help_shows_an_example() -> None:
@@ -38,7 +38,7 @@ def test_rule_plan_is_removed_in_reverse_shape() -> None:
 
 
 def test_python_m_collector() -> None:
-    out = subprocess.run([sys.executable, "-m", "collector", "--version"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "weightwarden.collector", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and "weightwarden-collector" in out.stdout
 
 

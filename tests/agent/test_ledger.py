@@ -1,4 +1,4 @@
-from agent.ledger import Ledger
+from weightwarden.agent.ledger import Ledger
 
 
 def test_new_flow_counts_from_zero_and_credits_owner() -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.events import EventFactory
-from agent.mqtt_sink import MqttSettings, MqttSink
-from agent.sinks import SinkURLError
-from agent.spool import Spool
+from weightwarden.events import EventFactory
+from weightwarden.mqtt import MqttSettings, MqttSink
+from weightwarden.agent.sinks import SinkURLError
+from weightwarden.agent.spool import Spool
 from tests.helpers.broker import Broker
 from tests.helpers.netns import wait_for
 from tests.helpers.subscriber import Subscriber
@@ -49,7 +49,7 @@ def test_unreadable_certificate_fails_at_start(tmp_path: Path) -> None:
     with pytest.raises(SinkURLError, match="TLS setup failed"):
         MqttSettings.from_url(f"mqtts://broker?ca={junk}")
     policy = REPO / "policies" / "monitor-only.yaml"
-    out = subprocess.run([sys.executable, "-m", "agent", "run", "--policy", str(policy), "--sink",
+    out = subprocess.run([sys.executable, "-m", "weightwarden.agent", "run", "--policy", str(policy), "--sink",
                           "mqtts://broker:8883?ca=/nonexistent.pem", "--state-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "cannot read ca file /nonexistent.pem" in out.stderr

@@ -62,7 +62,7 @@ def ns_broker(netns_pair: NetnsPair, tmp_path: Path) -> Broker:
 def start_agent(pair: NetnsPair, tmp_path: Path, broker: Broker, *extra: str) -> subprocess.Popen[bytes]:
     policy = tmp_path / "policy.yaml"
     policy.write_text(CAPPED)
-    return pair.popen(pair.a, sys.executable, "-m", "agent", "run", "--policy", str(policy), "--state-dir",
+    return pair.popen(pair.a, sys.executable, "-m", "weightwarden.agent", "run", "--policy", str(policy), "--state-dir",
                       str(tmp_path / "state"), "--host-id", "gpu-a", "--sink",
                       f"mqtt://{pair.addr_b}:{broker.port}?keepalive=3", *extra,
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(REPO))

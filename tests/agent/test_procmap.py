@@ -3,8 +3,8 @@
 import os
 from pathlib import Path
 
-from agent.features import cgroup_layout
-from agent.procmap import ProcessTable
+from weightwarden.agent.features import cgroup_layout
+from weightwarden.agent.procmap import ProcessTable
 
 
 def _proc(root: Path, pid: int, inodes: list[int]) -> None:

@@ -124,7 +124,7 @@ def test_udp_sender_is_attributed(netns_pair: NetnsPair) -> None:
 
 def test_human_view_and_no_rules_left_behind(netns_pair: NetnsPair) -> None:
     pair = netns_pair
-    out = pair.run(pair.a, sys.executable, "-m", "agent", "top", "--count", "1", "--interval", "0.2")
+    out = pair.run(pair.a, sys.executable, "-m", "weightwarden.agent", "top", "--count", "1", "--interval", "0.2")
     assert "PID" in out.stdout and "DESTINATION" in out.stdout and "TOTAL" in out.stdout
     rules = pair.run(pair.a, "iptables-save").stdout + pair.run(pair.a, "ip6tables-save").stdout
     assert "WEIGHTWARDEN" not in rules
@@ -142,14 +142,14 @@ def test_sigkill_leaves_traffic_flowing_and_restart_cleans_up(netns_pair: NetnsP
     curl = pair.run(pair.a, "curl", "-s", "-m", "5", "-T", "/dev/null", f"http://{pair.addr_b}:{TCP_PORT}/", check=False)
     assert curl.returncode == 0, curl.stderr
     # A new run replaces the stale rules instead of stacking a second jump.
-    pair.run(pair.a, sys.executable, "-m", "agent", "top", "--json", "--count", "1", "--interval", "0.2")
+    pair.run(pair.a, sys.executable, "-m", "weightwarden.agent", "top", "--json", "--count", "1", "--interval", "0.2")
     assert "WEIGHTWARDEN" not in pair.run(pair.a, "iptables-save").stdout
 
 
 def test_not_root_degrades_and_still_measures(netns_pair: NetnsPair) -> None:
     pair = netns_pair
     out = pair.run(pair.a, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
-                   sys.executable, "-m", "agent", "top", "--json", "--count", "1", "--interval", "0.2", check=False)
+                   sys.executable, "-m", "weightwarden.agent", "top", "--json", "--count", "1", "--interval", "0.2", check=False)
     assert out.returncode == 0, out.stderr
     sample = json.loads(out.stdout)
     assert {"ts", "interfaces", "processes", "unattributed_tx_bytes"} <= set(sample)

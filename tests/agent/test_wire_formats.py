@@ -3,8 +3,8 @@
 import socket
 import struct
 
-from agent import conntrack, nfqueue, sockdiag
-from agent.netlink import attr, nested, parse_attrs
+from weightwarden.agent import conntrack, nfqueue, sockdiag
+from weightwarden.agent.netlink import attr, nested, parse_attrs
 
 
 def test_attr_roundtrip_and_padding() -> None:
@@ -102,7 +102,7 @@ def test_dns_answers_map_addresses_to_the_name_asked_for() -> None:
     from scapy.layers.dns import DNS, DNSQR, DNSRR
     from scapy.layers.inet import IP, UDP
 
-    from agent.dns import NameCache, answers
+    from weightwarden.agent.dns import NameCache, answers
 
     reply = IP(src="198.18.0.53", dst="198.18.0.1") / UDP(sport=53, dport=40000) / DNS(
         id=7, qr=1, qd=DNSQR(qname="hf-mirror.example"),

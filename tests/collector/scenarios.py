@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.events import EventFactory
+from weightwarden.events import EventFactory
 
 T0 = 1_795_000_000.0
 MB = 10**6

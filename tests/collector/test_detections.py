@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from collector.correlate import Tuning
-from collector.pipeline import Pipeline
-from collector.store import Store
+from weightwarden.collector.correlate import Tuning
+from weightwarden.collector.pipeline import Pipeline
+from weightwarden.collector.store import Store
 from tests.collector.scenarios import MB, T0, WEIGHTS, Stream
 
 

@@ -43,7 +43,7 @@ data = open(sys.argv[1], 'rb').read()
 
 
 def alerts(db: str) -> list[dict[str, Any]]:
-    out = subprocess.run([sys.executable, "-m", "collector", "alerts", "list", "--json", "--db", db],
+    out = subprocess.run([sys.executable, "-m", "weightwarden.collector", "alerts", "list", "--json", "--db", db],
                          capture_output=True, text=True, cwd=str(REPO))
     return json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else []
 
@@ -66,16 +66,16 @@ spec:
     db = f"sqlite:///{tmp_path}/collector.db"
     try:
         with open(tmp_path / "collector.log", "wb") as clog, open(tmp_path / "agent.log", "wb") as alog:
-            pair.popen(pair.b, sys.executable, "-m", "collector", "run", "--broker", broker.url, "--db", db,
+            pair.popen(pair.b, sys.executable, "-m", "weightwarden.collector", "run", "--broker", broker.url, "--db", db,
                        cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=clog)
             sink = pair.popen(pair.b, sys.executable, "-m", "tests.helpers.sink", pair.addr_b, "8080", "9000",
                               cwd=str(REPO), stdout=subprocess.PIPE)
             assert sink.stdout is not None and sink.stdout.readline().strip() == b"ready"
-            pair.popen(pair.a, sys.executable, "-m", "agent", "run", "--policy", str(policy), "--state-dir",
+            pair.popen(pair.a, sys.executable, "-m", "weightwarden.agent", "run", "--policy", str(policy), "--state-dir",
                        str(tmp_path / "state"), "--host-id", "gpu-e2e", "--heartbeat-interval", "2",
                        "--sink", f"mqtt://{pair.addr_b}:{broker.port}", cwd=str(REPO),
                        stdout=subprocess.DEVNULL, stderr=alog)
-        hosts = lambda: subprocess.run([sys.executable, "-m", "collector", "hosts", "--json", "--db", db],  # noqa: E731
+        hosts = lambda: subprocess.run([sys.executable, "-m", "weightwarden.collector", "hosts", "--json", "--db", db],  # noqa: E731
                                        capture_output=True, text=True, cwd=str(REPO)).stdout
         assert wait_for(lambda: "gpu-e2e" in hosts(), 30), (tmp_path / "agent.log").read_text()[-2000:]
 

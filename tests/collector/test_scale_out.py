@@ -63,7 +63,7 @@ def scenario(now: float) -> list[tuple[str, bytes]]:
 
 
 def summary(db: str) -> set[tuple[Any, ...]]:
-    out = subprocess.run([sys.executable, "-m", "collector", "alerts", "list", "--json", "--db", db],
+    out = subprocess.run([sys.executable, "-m", "weightwarden.collector", "alerts", "list", "--json", "--db", db],
                          capture_output=True, text=True, cwd=str(REPO))
     rows = set()
     for a in json.loads(out.stdout):

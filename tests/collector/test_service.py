@@ -20,12 +20,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 def collector(broker: Broker, db: str, *extra: str, log: Path | None = None) -> subprocess.Popen[bytes]:
     with open(log or "/dev/null", "ab") as err:
-        return subprocess.Popen([sys.executable, "-m", "collector", "run", "--broker", broker.url, "--db", db, *extra],
+        return subprocess.Popen([sys.executable, "-m", "weightwarden.collector", "run", "--broker", broker.url, "--db", db, *extra],
                                 cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=err)
 
 
 def cli(db: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "collector", *args, "--db", db], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "weightwarden.collector", *args, "--db", db], capture_output=True, text=True,
                           cwd=str(REPO), timeout=60)
 
 
@@ -113,8 +113,8 @@ def test_thousand_hostile_messages_are_rejected_and_counted(broker: Broker, tmp_
 
 
 def test_cli_contract_and_states(tmp_path: Path) -> None:
-    from collector.pipeline import Pipeline
-    from collector.store import Store
+    from weightwarden.collector.pipeline import Pipeline
+    from weightwarden.collector.store import Store
 
     db = f"sqlite:///{tmp_path}/c.db"
     s = Stream("gpu-1")

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 class TopRun:
     def __init__(self, pair: NetnsPair, *args: str) -> None:
         self.proc = pair.popen(
-            pair.a, sys.executable, "-m", "agent", "top", "--json", *args,
+            pair.a, sys.executable, "-m", "weightwarden.agent", "top", "--json", *args,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO),
         )
         self.stderr: list[str] = []
@@ -67,7 +67,7 @@ class DaemonRun:
     def __init__(self, pair: NetnsPair, policy: Path, state_dir: Path, *args: str) -> None:
         self.pair = pair
         self.proc = pair.popen(
-            pair.a, sys.executable, "-m", "agent", "run", "--policy", str(policy), "--state-dir", str(state_dir),
+            pair.a, sys.executable, "-m", "weightwarden.agent", "run", "--policy", str(policy), "--state-dir", str(state_dir),
             "--sink", "stdout", "--host-id", "test-host", *args,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO),
         )

@@ -72,7 +72,7 @@ def write_policy(tmp_path: Path, text: str, name: str = "policy.yaml") -> Path:
 
 
 def agent(pair: NetnsPair, *args: str) -> subprocess.CompletedProcess[str]:
-    return pair.run(pair.a, sys.executable, "-m", "agent", *args, check=False)
+    return pair.run(pair.a, sys.executable, "-m", "weightwarden.agent", *args, check=False)
 
 
 def test_cap_holds_and_allowlist_keeps_its_speed(lab: NetnsPair, tmp_path: Path) -> None:

@@ -2,9 +2,9 @@
 
 import json
 
-from agent.enforce import iptables
-from agent.enforce.plan import TC_MAJOR, PlanInputs, build
-from agent.policy.loader import parse_policy
+from weightwarden.agent.enforce import iptables
+from weightwarden.agent.enforce.plan import TC_MAJOR, PlanInputs, build
+from weightwarden.agent.policy.loader import parse_policy
 from tests.agent.policy.test_policy import CONTRACT
 
 HEAD = "apiVersion: weightwarden/v1\nkind: EgressPolicy\nmetadata: {name: p}\nspec:\n"

@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from agent.files.coalesce import Coalescer
-from agent.files.patterns import WeightPaths, base_dir
-from agent.files.procio import mapped_weights
+from weightwarden.agent.files.coalesce import Coalescer
+from weightwarden.agent.files.patterns import WeightPaths, base_dir
+from weightwarden.agent.files.procio import mapped_weights
 
 
 def test_patterns() -> None:

@@ -15,8 +15,8 @@ from typing import Any
 import psutil
 import pytest
 
-from agent.files.patterns import WeightPaths
-from agent.files.watcher import FileWatcher
+from weightwarden.agent.files.patterns import WeightPaths
+from weightwarden.agent.files.watcher import FileWatcher
 
 pytestmark = pytest.mark.privileged
 SIZE = 256 * 2**20

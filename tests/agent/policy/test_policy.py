@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.policy.loader import PolicyError, load_policy, parse_policy
-from agent.policy.units import format_duration, parse_duration, parse_rate, parse_size
+from weightwarden.agent.policy.loader import PolicyError, load_policy, parse_policy
+from weightwarden.units import format_duration, parse_duration, parse_rate, parse_size
 
 REPO = Path(__file__).resolve().parents[3]
 

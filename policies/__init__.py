@@ -1,0 +1,1 @@
+"""Example policies, shipped as package data (importlib.resources.files("weightwarden.policies"))."""

@@ -1,0 +1,1 @@
+"""The systemd units, shipped as package data (importlib.resources.files("weightwarden.systemd"))."""
