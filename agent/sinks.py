@@ -50,7 +50,7 @@ def make_sink(url: str, spool_max_bytes: int = 256 * 2**20) -> Sink:
     if url == "stdout":
         return StdoutSink()
     if url.startswith(("mqtt://", "mqtts://")):
-        from weightwarden.mqtt import MqttSettings, MqttSink  # imported lazily: stdout needs no broker library
+        from weightwarden.agent.mqtt_sink import MqttSettings, MqttSink  # imported lazily: stdout needs no broker library
 
         return MqttSink(MqttSettings.from_url(url), spool_max_bytes)
     raise SinkURLError(f"unknown sink {url!r}: use 'stdout', mqtt://HOST:PORT or mqtts://HOST:PORT")

@@ -31,7 +31,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E402
 
 from weightwarden.events import EventFactory  # noqa: E402
-from weightwarden.mqtt import MqttSettings, MqttSink  # noqa: E402
+from weightwarden.agent.mqtt_sink import MqttSettings, MqttSink  # noqa: E402
 from tests.helpers.broker import Broker  # noqa: E402
 from tests.helpers.netns import make_pair  # noqa: E402
 

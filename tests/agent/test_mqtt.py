@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from weightwarden.events import EventFactory
-from weightwarden.mqtt import MqttSettings, MqttSink
+from weightwarden.agent.mqtt_sink import MqttSettings, MqttSink
 from weightwarden.agent.sinks import SinkURLError
 from weightwarden.agent.spool import Spool
 from tests.helpers.broker import Broker
