@@ -21,13 +21,19 @@ from typing import Any
 
 import psutil
 
-from weightwarden import logs
+from weightwarden import __version__, logs
 from weightwarden.agent import sdnotify
 from weightwarden.asyncutil import wait_for_stop
 from weightwarden.agent.budget import BudgetBook, ThresholdWatch
 from weightwarden.agent.enforce.enforcer import Enforcer, atomic_write, read_json
 from weightwarden.agent.enforce.plan import Plan, PlanInputs, build
-from weightwarden.events import Event, EventFactory
+from pydantic import ValidationError
+
+from weightwarden.events import (
+    AgentStarted, AgentStopping, BudgetExhausted, CapHit, EgressSample, EnforcementDrift, EnforcementError,
+    Event, EventFactory, Heartbeat, Payload, PolicyApplied, PolicyRejected, ProcessEgress,
+    ThresholdCrossed,
+)
 from weightwarden.agent.files.patterns import WeightPaths
 from weightwarden.agent.files.watcher import FileWatcher
 from weightwarden.agent.interfaces import counter_delta
@@ -103,8 +109,7 @@ class Agent:
         self.sink = sink
         self.log = logs.get("agent.run")
         self.events = EventFactory(cfg.host_id, sink.prepare(cfg.host_id, cfg.state_dir))
-        if hasattr(sink, "set_event_factory"):
-            sink.set_event_factory(self.events)
+        sink.attach(self.events)
         self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=10_000)
         self.enforcer = Enforcer(cfg.state_dir, cfg.backend)
         if self.enforcer.previous_kernel is not None:
@@ -131,8 +136,8 @@ class Agent:
 
     # -- events ---------------------------------------------------------
 
-    def emit(self, type_: str, data: dict[str, Any] | None = None) -> None:
-        event = self.events.make(type_, data)
+    def emit(self, data: Payload) -> None:
+        event = self.events.make(data)
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
@@ -168,8 +173,8 @@ class Agent:
         except PolicyError as exc:
             problems = [p.render(str(self.cfg.policy_path)) for p in exc.problems]
             self.log.error("policy_rejected", problems=problems, kept=self.loaded.policy.metadata.name)
-            self.emit("policy_rejected", {"path": str(self.cfg.policy_path), "problems": problems,
-                                          "kept": self.loaded.policy.metadata.name, "kept_digest": self.loaded.digest})
+            self.emit(PolicyRejected(path=str(self.cfg.policy_path), problems=problems[:500],
+                                     kept=self.loaded.policy.metadata.name, kept_digest=self.loaded.digest))
             return
         if loaded.digest == self.loaded.digest:
             return
@@ -204,9 +209,8 @@ class Agent:
             deltas[name] = counter_delta(c["bytes"], self._last_counters.get(name))
             self._last_counters[name] = c["bytes"]
         for state in self.budgets.add(now, deltas.get("egress", 0)):
-            self.emit("budget_exhausted", {"budget": state.name, "limit_bytes": state.limit,
-                                           "window_s": state.window.window, "action": state.action,
-                                           "used_bytes": state.window.total(now)})
+            self.emit(BudgetExhausted(budget=state.name, limit_bytes=state.limit, window_s=state.window.window,
+                                      action=state.action, used_bytes=state.window.total(now)))
         atomic_write(self.budget_path, self.budgets.to_json())
         if self.plan is None:
             return
@@ -217,8 +221,8 @@ class Agent:
             last = self._cap_hit_at.get(slot.name, 0.0)
             if hit and now - last >= CAP_HIT_REPEAT_S:
                 self._cap_hit_at[slot.name] = now
-                self.emit("cap_hit", {"cap": slot.name, "action": slot.action, "rate_bps": slot.rate_bps,
-                                      "observed_bps": round(rate), "bytes": sent})
+                self.emit(CapHit(cap=slot.name, action=slot.action, rate_bps=slot.rate_bps,
+                                 observed_bps=round(rate), bytes=sent))
 
     def enforce_once(self, interval: float) -> None:
         self._maybe_reload()
@@ -231,20 +235,20 @@ class Agent:
         result = self.enforcer.reconcile(inputs, plan, self._policy_meta())
         if result.error:
             self.log.error("enforcement_error", error=result.error)
-            self.emit("enforcement_error", {"error": result.error})
+            self.emit(EnforcementError(error=result.error))
             return
         if result.drift:
             self.log.warning("enforcement_drift", drift=result.drift)
-            self.emit("enforcement_drift", {"drift": result.drift, "restored": result.applied})
+            self.emit(EnforcementDrift(drift=result.drift, restored=result.applied))
         if result.applied:
             # A fresh table starts its counters at zero.
             self._last_counters = {}
         if changed:
             self.plan = plan
-            self.emit("policy_applied", {**self._policy_meta(), "backend": self.enforcer.backend,
-                                         "interfaces": plan.interfaces, "notes": plan.notes,
-                                         "caps": [s.__dict__ for s in plan.slots],
-                                         "blocked_budgets": inputs.blocked_budgets})
+            self.emit(PolicyApplied.model_validate({
+                **self._policy_meta(), "backend": self.enforcer.backend, "interfaces": plan.interfaces,
+                "notes": plan.notes, "caps": [s.__dict__ for s in plan.slots],
+                "blocked_budgets": inputs.blocked_budgets}))
             for note in plan.notes:
                 self.log.warning("policy_note", note=note)
 
@@ -276,18 +280,25 @@ class Agent:
             now = time.time()
             for proc in sample["processes"]:
                 for th, total in self.thresholds.add(now, proc["pid"], proc["tx_bytes"]):
-                    self.emit("threshold_crossed", {"threshold": th.name, "severity": th.severity,
-                                                    "bytes_in_window": total, "window_s": th.window,
-                                                    "limit_bytes": th.bytes, "process": proc})
+                    self.emit(ThresholdCrossed(threshold=th.name, severity=th.severity, bytes_in_window=total,
+                                               window_s=th.window, limit_bytes=th.bytes,
+                                               process=ProcessEgress.model_validate(proc)))
             self.thresholds.forget({p["pid"] for p in sample["processes"]})
             annotate_allowed(sample, self.loaded.policy, self.resolved)
-            self.emit("egress_sample", sample)
+            try:
+                payload = EgressSample.model_validate(sample)
+            except ValidationError as exc:
+                # A bug of ours, never the host's doing: say so loudly, keep sampling.
+                self.log.error("sample_invalid", error=str(exc)[:2000])
+                self.dropped_events += 1
+                continue
+            self.emit(payload)
 
     def _drain_files(self) -> None:
         """Emit what the file watcher's thread has queued (that thread fills it, we empty it)."""
         if self.files is not None:
             while not self.files.out.empty():
-                self.emit(*self.files.out.get_nowait())
+                self.emit(self.files.out.get_nowait())
 
     async def _files_loop(self) -> None:
         while not self.stop.is_set():
@@ -310,7 +321,7 @@ class Agent:
     async def _heartbeat_loop(self) -> None:
         while not self.stop.is_set():
             health = self.health()
-            self.emit("heartbeat", health)
+            self.emit(Heartbeat.model_validate(health))
             await asyncio.to_thread(atomic_write, self.cfg.state_dir / "health.json", {**health, "ts": time.time()})
             await wait_for_stop(self.stop, self.cfg.heartbeat_interval)
 
@@ -321,20 +332,21 @@ class Agent:
 
     def health(self) -> dict[str, Any]:
         rec = self.enforcer.record or {}
+        sink_stats = self.sink.stats()
         return {
             "uptime_s": round(time.monotonic() - self.started, 1),
             "sampler_lag_s": round(self.last_sample_lag, 3),
             "event_queue": self.queue.qsize(),
             "events_dropped": self.dropped_events,
-            "spool_depth": getattr(self.sink, "depth", lambda: 0)(),
-            "events_replayed": getattr(self.sink, "replayed", 0),
+            "spool_depth": sink_stats.depth,
+            "events_replayed": sink_stats.replayed,
             "policy": self.loaded.policy.metadata.name,
             "policy_digest": self.loaded.digest,
             "backend": self.enforcer.backend,
             "rules_in_force": bool(rec),
             "caps": len(rec.get("caps", [])),
             "budgets": self.budgets.usage(time.time()),
-            "weights": self.weights_total,
+            "weights": self.weights_total or None,
             "file_watch": {"mode": self.files.mode if self.files else "off",
                            "detail": self.files.detail if self.files else "no weight paths in the policy",
                            "dropped": self.files.dropped if self.files else 0},
@@ -348,12 +360,11 @@ class Agent:
         loop.add_signal_handler(signal.SIGINT, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload.set)
         await self.sink.start()
-        recovery = getattr(getattr(self.sink, "spool", None), "recovery", None)
+        recovery = self.sink.recovered()
         if recovery is not None:
             # A corrupt spool was moved aside: what it held is lost, and we say so.
             self.log.error("spool_recovered", moved_to=recovery.moved_to, reason=recovery.reason)
-            self.emit("events_dropped", {"reason": recovery.reason, "moved_to": recovery.moved_to,
-                                         "dropped": None, "last_seq_before": recovery.last_seq})
+            self.emit(recovery)
         sampler = Sampler(SamplerConfig(resolve_with_nfqueue=self.cfg.nfqueue, queue_num=self.cfg.queue_num))
         try:
             await asyncio.to_thread(sampler.start)
@@ -369,8 +380,8 @@ class Agent:
             await asyncio.to_thread(self._measure_weights)
         for name, feature in features.items():
             (self.log.info if feature["ok"] else self.log.warning)("feature", name=name, detail=feature["detail"])
-        self.emit("agent_started", {"pid": os.getpid(), **self._policy_meta(), "features": features,
-                                    "weights": self.weights_total})
+        self.emit(AgentStarted.model_validate({"pid": os.getpid(), **self._policy_meta(), "features": features,
+                                               "weights": self.weights_total or None, "version": __version__}))
         await asyncio.to_thread(self.enforce_once, 0.0)
         sdnotify.notify("READY=1")
         try:
@@ -389,7 +400,7 @@ class Agent:
                     await task
                 await self._close_files()
                 # Caps stay in force: stopping the agent never opens the gate.
-                self.emit("agent_stopping", {"reason": "signal", "rules_left_in_force": True})
+                self.emit(AgentStopping(reason="signal", rules_left_in_force=True))
                 await self.queue.put(None)
                 await sink_task
         finally:

@@ -28,12 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-from paho.mqtt.enums import MQTTProtocolVersion
 
 from weightwarden import logs
-from weightwarden.events import SCHEMA_VERSION, Event
+from weightwarden.agent.sinks import SinkStats
+from weightwarden.events import AgentLost, AgentLostEvent, Event, EventFactory, EventsDropped
 from weightwarden.agent.spool import Spool
 from weightwarden.mqtt import TOPIC_ROOT, MqttSettings
+
+__all__ = ["BATCH", "MemorySequencer", "MqttSettings", "MqttSink", "TOPIC_ROOT"]
 
 BATCH = 200
 
@@ -61,7 +63,7 @@ class MqttSink:
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
-        self._factory: Any = None
+        self._factory: EventFactory | None = None
         self._appends = 0
         self._refused = 0  # PUBACKs with a failure reason code, ever
         self.replayed = 0  # acknowledged events sent again after reconnects, ever
@@ -77,9 +79,18 @@ class MqttSink:
         self.spool = Spool(state_dir / "spool.db", self.spool_max_bytes, keep_acked_s=self.settings.replay)
         return MemorySequencer(max(self.spool.last_seq(), self.spool.recovery.last_seq if self.spool.recovery else 0))
 
-    def set_event_factory(self, factory: Any) -> None:
+    def attach(self, factory: EventFactory) -> None:
         """Used to make events_dropped summaries with proper sequence numbers."""
         self._factory = factory
+
+    def recovered(self) -> EventsDropped | None:
+        rec = self.spool.recovery if self.spool else None
+        if rec is None:
+            return None
+        return EventsDropped(reason=rec.reason, moved_to=rec.moved_to, dropped=None, last_seq_before=rec.last_seq)
+
+    def stats(self) -> SinkStats:
+        return SinkStats(depth=self.depth(), replayed=self.replayed)
 
     def depth(self) -> int:
         return self.spool.depth() if self.spool else 0
@@ -88,18 +99,17 @@ class MqttSink:
         return f"{TOPIC_ROOT}/{self.host}/{type_}"
 
     def _will(self) -> aiomqtt.Will:
-        payload = {"schema": SCHEMA_VERSION, "id": uuid.uuid4().hex, "host": self.host, "seq": 0,
-                   "ts": time.time(), "type": "agent_lost",
-                   "data": {"reason": "connection lost without a goodbye (crash, kill, or network partition)",
-                            "connected_at": time.time(), "pid": os.getpid()}}
-        return aiomqtt.Will(self.topic("agent_lost"), json.dumps(payload), qos=1)
+        will = AgentLostEvent(id=uuid.uuid4().hex, host=self.host, seq=0, ts=time.time(), data=AgentLost(
+            reason="connection lost without a goodbye (crash, kill, or network partition)",
+            connected_at=time.time(), pid=os.getpid()))
+        return aiomqtt.Will(self.topic("agent_lost"), json.dumps(will.to_json()), qos=1)
 
     def _client(self) -> aiomqtt.Client:
         s = self.settings
         client = aiomqtt.Client(
             s.host, s.port, username=s.username, password=s.password,
             identifier=s.client_id or f"weightwarden-agent-{self.host}",
-            protocol=MQTTProtocolVersion.MQTTv5, will=self._will(), keepalive=s.keepalive,
+            protocol=aiomqtt.ProtocolVersion.V5, will=self._will(), keepalive=s.keepalive,
             tls_context=s.ssl_context() if s.tls else None, max_inflight_messages=BATCH, timeout=10,
         )
         # A whole batch in flight is normal here, not the leak aiomqtt warns about past 10 calls.
@@ -118,9 +128,10 @@ class MqttSink:
         self.spool.append(event)
         self._appends += 1
         if self._appends % 100 == 0 and self._factory is not None:
-            summary = self.spool.enforce_limit(lambda data: self._factory.make("events_dropped", data))
-            if summary is not None:
-                self.log.warning("spool_full", dropped=summary.data["dropped"], by_type=summary.data["by_type"])
+            factory = self._factory
+            summary = self.spool.enforce_limit(lambda data: factory.make(EventsDropped.model_validate(data)))
+            if summary is not None and isinstance(summary.data, EventsDropped):
+                self.log.warning("spool_full", dropped=summary.data.dropped, by_type=summary.data.by_type)
         self._wake.set()
 
     async def close(self, drain_timeout: float = 5.0) -> None:
@@ -177,7 +188,8 @@ class MqttSink:
         def on_publish(c: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
             if getattr(reason, "is_failure", False):
                 self._refused += 1
-            passed_on(c, userdata, mid, reason, props)
+            if passed_on is not None:
+                passed_on(c, userdata, mid, reason, props)  # type: ignore[call-arg]
 
         paho_client.on_publish = on_publish
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import psutil
 
+from weightwarden.events import MAX_ARGS, safe_text
+
 
 @dataclass(frozen=True, slots=True)
 class ProcessInfo:
@@ -125,7 +127,9 @@ class ProcessTable:
                     cmdline = ()
         except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
             return cached
-        info = ProcessInfo(pid, ppid, name, exe, uid, _user(uid), cmdline, self._cgroup(pid), created,
+        # Names and arguments are whatever bytes a process chose: made valid UTF-8 here, once.
+        info = ProcessInfo(pid, ppid, safe_text(name, 256), safe_text(exe), uid, safe_text(_user(uid), 256),
+                           tuple(safe_text(a, 1024) for a in cmdline[:MAX_ARGS]), self._cgroup(pid), created,
                            self._pipes(pid))
         self._info[pid] = info
         return info
@@ -141,7 +145,7 @@ class ProcessTable:
             return None
         for line in text.splitlines():
             if line.startswith("0::"):
-                return line[3:] or "/"
+                return safe_text(line[3:] or "/")
         return None
 
     def prune(self, keep: set[int]) -> None:

@@ -24,7 +24,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ from weightwarden.agent.ledger import Dest, Ledger
 from weightwarden.agent.nfqueue import FlowTuple, NfQueue
 from weightwarden.agent.dns import NameCache
 from weightwarden.agent.procmap import ProcessInfo, ProcessTable
+from weightwarden.events import MAX_DESTINATIONS, MAX_PIPES, MAX_PROCESSES, EgressSample
 from weightwarden.agent.sockdiag import TCP_LISTEN, DestroyListener, SockDiag, SockRecord
 
 DEFAULT_QUEUE = 4242
@@ -71,6 +72,9 @@ class Sample:
     unowned_flow_tx_bytes: int
     lost_events: int
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_payload(self) -> EgressSample:
+        return EgressSample.model_validate(self.to_json())
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,6 +111,7 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._last_if: dict[str, IfCounters] = {}
         self._last_ts = 0.0
+        self._prev_ts = 0.0
         self._local = local_addresses()
         self._samples = 0
         self.lost_events = 0
@@ -347,7 +352,8 @@ class Sampler:
             self.ledger.update(("tcp", rec.cookie), rec.bytes_sent, (rec.dst, rec.dport), owner_of(rec))
         self._sample_udp(ct_ended)
 
-        keep = {("tcp", c) for c in live} | {k for k in self.ledger.flows if k[0] == "udp"}
+        keep: set[Hashable] = {("tcp", c) for c in live}
+        keep |= {k for k in self.ledger.flows if isinstance(k, tuple) and k[0] == "udp"}
         self.ledger.forget(keep)
         with self._lock:
             # A socket may die between the destroy drain and the dump: keep its
@@ -392,7 +398,7 @@ class Sampler:
     def _report(self, interval: Any) -> Sample:
         now = self.cfg.clock()
         counters = read_interfaces()
-        ifaces = []
+        ifaces: list[dict[str, Any]] = []
         total_tx = 0
         for name, c in sorted(counters.items()):
             if name.startswith(LOOPBACK_PREFIXES):
@@ -405,6 +411,7 @@ class Sampler:
             ifaces.append({"name": name, "tx_bytes": tx, "rx_bytes": rx, "tx_packets": pk,
                            "tx_rate_bps": 0.0})
         elapsed = max(now - self._last_ts, 1e-9)
+        self._prev_ts = self._last_ts
         for entry in ifaces:
             entry["tx_rate_bps"] = round(entry["tx_bytes"] * 8 / elapsed, 1)
         self._last_if = counters
@@ -415,11 +422,11 @@ class Sampler:
             info = self._info.get(pid)
             entry = process_entry(pid, info, dests)
             for d in entry["destinations"]:
-                name = self.names.name(d["address"])
-                if name:
-                    d["name"] = name
+                dns_name = self.names.name(d["address"])
+                if dns_name:
+                    d["name"] = dns_name
             processes.append(entry)
-        processes.sort(key=lambda p: p["tx_bytes"], reverse=True)
+        processes, other = bound_processes(processes)
         attributed = interval.attributed
         with self._lock:
             live_pids = set(self._cookie_owner.values()) | {u.owner for u in self._udp_flows.values() if u.owner}
@@ -435,22 +442,39 @@ class Sampler:
             unattributed_tx_bytes=max(0, total_tx - attributed),
             unowned_flow_tx_bytes=interval.unowned,
             lost_events=self.lost_events,
+            extra={"start_ts": self._prev_ts, **({"other_processes": other} if other else {})},
         )
 
 
 def process_entry(pid: int, info: ProcessInfo | None, dests: dict[Dest, int]) -> dict[str, Any]:
-    return {
+    """One process's line in a sample: its identity and its busiest destinations (at most
+    MAX_DESTINATIONS; the rest summed in ``other_destinations``, so a sample never outgrows
+    what the collector accepts, however many places a process sends to)."""
+    ranked = sorted(dests.items(), key=lambda kv: kv[1], reverse=True)
+    shown, rest = ranked[:MAX_DESTINATIONS], ranked[MAX_DESTINATIONS:]
+    entry: dict[str, Any] = {
         "pid": pid,
         "ppid": info.ppid if info else None,
         "name": info.name if info else "?",
         "exe": info.exe if info else "",
         "uid": info.uid if info else None,
         "user": info.user if info else None,
+        "cmdline": list(info.cmdline) if info else [],
         "cgroup": info.cgroup if info else None,
-        "pipes": list(info.pipes) if info else [],
+        "start_time": info.create_time if info else None,
+        "pipes": list(info.pipes)[:MAX_PIPES] if info else [],
         "tx_bytes": sum(dests.values()),
-        "destinations": [
-            {"address": addr, "port": port, "tx_bytes": n}
-            for (addr, port), n in sorted(dests.items(), key=lambda kv: kv[1], reverse=True)
-        ],
+        "destinations": [{"address": addr, "port": port, "tx_bytes": n} for (addr, port), n in shown],
     }
+    if rest:
+        entry["other_destinations"] = {"count": len(rest), "tx_bytes": sum(n for _d, n in rest)}
+    return entry
+
+
+def bound_processes(processes: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int] | None]:
+    """The MAX_PROCESSES busiest senders, and the rest as one total (None if nothing was cut)."""
+    processes.sort(key=lambda p: p["tx_bytes"], reverse=True)
+    if len(processes) <= MAX_PROCESSES:
+        return processes, None
+    rest = processes[MAX_PROCESSES:]
+    return processes[:MAX_PROCESSES], {"count": len(rest), "tx_bytes": sum(p["tx_bytes"] for p in rest)}

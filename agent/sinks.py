@@ -1,26 +1,48 @@
-"""Where events go: stdout JSON lines (``--sink stdout``); MQTT in agent/mqtt_sink.py."""
+"""Where events go: an explicit interface, with stdout JSON lines here and MQTT in mqtt_sink.py.
+
+The daemon talks to a sink only through :class:`Sink`: it never probes for
+optional methods. A sink that has nothing to report returns neutral values.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, TextIO
 
-from pathlib import Path
-
-from weightwarden.events import Event
-from weightwarden.mqtt import MqttURLError
+from weightwarden.events import Event, EventFactory, EventsDropped
 from weightwarden.events import Sequencer as FileSequencer
+from weightwarden.mqtt import MqttSettings, MqttURLError
 
 
 class Sequencer(Protocol):
     def next(self) -> int: ...
 
 
+@dataclass(frozen=True)
+class SinkStats:
+    depth: int = 0  # events held, not yet acknowledged
+    replayed: int = 0  # acknowledged events sent again after reconnects, ever
+
+
 class Sink(Protocol):
-    def prepare(self, host: str, state_dir: Path) -> Sequencer: ...
+    def prepare(self, host: str, state_dir: Path) -> Sequencer:
+        """Open durable state; returns where sequence numbers come from."""
+
+    def attach(self, factory: EventFactory) -> None:
+        """The factory the sink uses for events of its own (events_dropped summaries)."""
+
+    def recovered(self) -> EventsDropped | None:
+        """What was lost when durable state had to be replaced at start, if anything."""
+
+    def stats(self) -> SinkStats: ...
+
     async def start(self) -> None: ...
+
     async def publish(self, event: Event) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -30,6 +52,15 @@ class StdoutSink:
 
     def prepare(self, host: str, state_dir: Path) -> Sequencer:
         return FileSequencer(state_dir / "seq")
+
+    def attach(self, factory: EventFactory) -> None:
+        return None
+
+    def recovered(self) -> EventsDropped | None:
+        return None
+
+    def stats(self) -> SinkStats:
+        return SinkStats()
 
     async def start(self) -> None:
         return None
@@ -50,7 +81,7 @@ def make_sink(url: str, spool_max_bytes: int = 256 * 2**20) -> Sink:
     if url == "stdout":
         return StdoutSink()
     if url.startswith(("mqtt://", "mqtts://")):
-        from weightwarden.agent.mqtt_sink import MqttSettings, MqttSink  # imported lazily: stdout needs no broker library
+        from weightwarden.agent.mqtt_sink import MqttSink  # lazily: stdout needs no broker library
 
         return MqttSink(MqttSettings.from_url(url), spool_max_bytes)
     raise SinkURLError(f"unknown sink {url!r}: use 'stdout', mqtt://HOST:PORT or mqtts://HOST:PORT")

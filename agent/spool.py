@@ -130,7 +130,7 @@ class Spool:
             pages = self.db.execute("PRAGMA page_count").fetchone()[0]
             free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
             size = self.db.execute("PRAGMA page_size").fetchone()[0]
-        return (pages - free) * size > self.max_bytes
+        return bool((pages - free) * size > self.max_bytes)
 
     def enforce_limit(self, make_summary: Callable[[dict[str, Any]], Event]) -> Event | None:
         """Drop events until the spool fits; returns the events_dropped event it appended."""

@@ -74,7 +74,7 @@ def run(db: str, hosts: int, seconds: int, broker: Broker, workdir: Path) -> dic
         time.sleep(0.5)
     drain_wall = time.monotonic() - t_start
     with engine.connect() as conn:
-        created = dict(conn.execute(text("SELECT key, created_at FROM alerts WHERE kind='exfiltration'")).all())
+        created: dict[str, float] = dict(conn.execute(text("SELECT key, created_at FROM alerts WHERE kind='exfiltration'")).all())
     pub.loop_stop()
     pub.disconnect()
     proc.terminate()

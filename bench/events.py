@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E402
 
-from weightwarden.events import EventFactory  # noqa: E402
+from weightwarden.events import EgressSample, EventFactory  # noqa: E402
 from weightwarden.agent.mqtt_sink import MqttSettings, MqttSink  # noqa: E402
 from tests.helpers.broker import Broker  # noqa: E402
 from tests.helpers.netns import make_pair  # noqa: E402
@@ -49,12 +49,12 @@ def through_sink(url: str, n: int, state: Path) -> tuple[float, list[float]]:
     async def go() -> tuple[float, list[float]]:
         sink = MqttSink(MqttSettings.from_url(url))
         factory = EventFactory("bench-host", sink.prepare("bench-host", state))
-        sink.set_event_factory(factory)
+        sink.attach(factory)
         await sink.start()
         lat = []
         t0 = time.perf_counter()
         for _ in range(n):
-            ev = factory.make("egress_sample", SAMPLE)
+            ev = factory.make(EgressSample.model_validate(SAMPLE))
             a = time.perf_counter()
             await sink.publish(ev)
             lat.append(time.perf_counter() - a)

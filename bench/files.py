@@ -28,6 +28,7 @@ import psutil  # noqa: E402
 from weightwarden import logs  # noqa: E402
 from weightwarden.agent.files.patterns import WeightPaths  # noqa: E402
 from weightwarden.agent.files.watcher import FileWatcher  # noqa: E402
+from weightwarden.events import FileAccess  # noqa: E402
 
 
 def dd(path: Path, bs: str) -> float:
@@ -69,8 +70,9 @@ def main() -> int:
                     events.append(watcher.out.get_nowait())
                 except queue.Empty:
                     break
-            reads = sum(d.get("reads", 0) for t, d in events if t == "file_access" and d.get("final"))
-            total = sum(d.get("bytes_read", 0) for t, d in events if t == "file_access" and d.get("final"))
+            finals = [e for e in events if isinstance(e, FileAccess) and e.final]
+            reads = sum(e.reads for e in finals)
+            total = sum(e.bytes_read for e in finals)
             rows.append((bs, bare, watched, cpu, elapsed, len(events), reads, total))
         print(f"\n{args.gib} GiB weight file read 3 times with dd, page cache warm\n")
         print(f"{'block':>6} {'bare GB/s':>10} {'watched GB/s':>13} {'cost':>7} {'watcher CPU s':>14} "

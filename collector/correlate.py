@@ -13,7 +13,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from weightwarden.events import seq_ranges
+from weightwarden.events import (
+    AgentLost, BudgetExhausted, CanaryRead, CapHit, EnforcementDrift, EnforcementError, Event, EventsDropped,
+    Payload, ProcessFields, ThresholdCrossed, seq_ranges,
+)
 from weightwarden.units import format_duration, format_rate, format_size
 
 LEVELS = ["low", "medium", "high", "critical"]
@@ -143,8 +146,8 @@ def exfiltration(host: str, sender: dict[str, Any], reads: list[dict[str, Any]],
         "rate_bps": rate_bps,
         "projected_seconds_for_rest": eta,
         "timeline": timeline,
-        "events": sorted({r.get("event_id") for r in reads if r.get("event_id")}
-                         | {e["event_id"] for e in after[-20:]}),
+        "events": sorted({str(r["event_id"]) for r in reads if r.get("event_id")}
+                         | {str(e["event_id"]) for e in after[-20:]}),
     }
     title = f"{'Staged copy of weights' if staged else 'Weights'} uploaded by {sender.get('name') or '?'} " \
             f"(pid {sender['pid']}) on {host} to {dests[0]['address']}"
@@ -211,67 +214,76 @@ def slow(host: str, address: str, egress: list[dict[str, Any]], weights_total: i
                  min(e["ts"] for e in egress), max(e["ts"] for e in egress))
 
 
-def _host_evidence(data: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+def _host_evidence(data: Payload, ref: dict[str, Any]) -> dict[str, Any]:
     """Evidence of a host-level alert: the event's own data, and no process, file or destination."""
-    return {**data, "process": None, "files": [], "destinations": [], **ref}
+    return {**data.model_dump(mode="json", exclude_none=True), "process": None, "files": [], "destinations": [],
+            **ref}
 
 
-def from_event(ev: dict[str, Any]) -> Draft | None:
+def _who(p: ProcessFields) -> dict[str, Any]:
+    return {"name": p.name, "pid": p.pid, "exe": p.exe, "uid": p.uid, "user": p.user,
+            "cmdline": list(p.cmdline), "container": p.container.model_dump() if p.container else None}
+
+
+def from_event(ev: Event) -> Draft | None:
     """Detections a single event decides: canaries, caps, budgets, drift, thresholds, agent loss, drops."""
-    host, data, ts, type_ = ev["host"], ev["data"], ev["ts"], ev["type"]
-    ref = {"events": [ev["id"]]}
-    if type_ == "canary_read":
-        who = _proc(data)
-        return Draft(f"canary:{host}:{data.get('path')}:{data.get('pid')}", host, "canary_read", "critical",
-                     f"Canary file opened on {host} by {data.get('name') or '?'} (pid {data.get('pid')})",
-                     f"{who} opened {data.get('path')} on {host} at {clock(ts)}. Nothing legitimate reads this file: "
+    host, data, ts = ev.host, ev.data, ev.ts
+    ref = {"events": [ev.id]}
+    if isinstance(data, CanaryRead):
+        who = _proc(_who(data))
+        return Draft(f"canary:{host}:{data.path}:{data.pid}", host, "canary_read", "critical",
+                     f"Canary file opened on {host} by {data.name or '?'} (pid {data.pid})",
+                     f"{who} opened {data.path} on {host} at {clock(ts)}. Nothing legitimate reads this file: "
                      f"it is a honey file placed among the weights to catch whoever is looking through them.",
-                     {"process": {k: data.get(k) for k in ("name", "pid", "exe", "uid")}, "files": [data.get("path")],
-                      "destinations": [], **ref}, ts, ts)
-    if type_ == "cap_hit":
-        return Draft(f"cap:{host}:{data.get('cap')}", host, "cap_hit", "low" if data.get("action") == "shape" else "medium",
-                     f"Cap {data.get('cap')!r} reached on {host}",
-                     f"Egress matched by cap {data.get('cap')!r} on {host} ran at {format_rate(data.get('observed_bps', 0))} "
-                     f"against a cap of {format_rate(data.get('rate_bps', 0))} ({data.get('action')}). The cap is doing "
+                     {"process": _who(data), "files": [data.path], "destinations": [], **ref}, ts, ts)
+    if isinstance(data, CapHit):
+        return Draft(f"cap:{host}:{data.cap}", host, "cap_hit", "low" if data.action == "shape" else "medium",
+                     f"Cap {data.cap!r} reached on {host}",
+                     f"Egress matched by cap {data.cap!r} on {host} ran at {format_rate(data.observed_bps)} "
+                     f"against a cap of {format_rate(data.rate_bps)} ({data.action}). The cap is doing "
                      f"its job; look at which process is pushing against it.",
                      _host_evidence(data, ref), ts, ts)
-    if type_ == "budget_exhausted":
-        return Draft(f"budget:{host}:{data.get('budget')}", host, "budget_exhausted", "high",
-                     f"Egress budget {data.get('budget')!r} exhausted on {host}",
-                     f"{host} sent {format_size(data.get('used_bytes', 0))} of non-allowlisted egress within "
-                     f"{format_duration(data.get('window_s', 0))}, over its budget of "
-                     f"{format_size(data.get('limit_bytes', 0))}; action: {data.get('action')}.",
+    if isinstance(data, BudgetExhausted):
+        return Draft(f"budget:{host}:{data.budget}", host, "budget_exhausted", "high",
+                     f"Egress budget {data.budget!r} exhausted on {host}",
+                     f"{host} sent {format_size(data.used_bytes)} of non-allowlisted egress within "
+                     f"{format_duration(data.window_s)}, over its budget of "
+                     f"{format_size(data.limit_bytes)}; action: {data.action}.",
                      _host_evidence(data, ref), ts, ts)
-    if type_ == "enforcement_drift":
+    if isinstance(data, EnforcementDrift):
         return Draft(f"drift:{host}", host, "enforcement_drift", "high", f"Upload caps tampered with on {host}",
                      f"The kernel rules enforcing {host}'s upload caps changed behind the agent's back "
-                     f"({'; '.join(data.get('drift', []))}). The agent {'restored them' if data.get('restored') else 'could not restore them'}. "
+                     f"({'; '.join(data.drift)}). The agent "
+                     f"{'restored them' if data.restored else 'could not restore them'}. "
                      f"Someone with root on the host removed or altered them.",
                      _host_evidence(data, ref), ts, ts)
-    if type_ == "enforcement_error":
+    if isinstance(data, EnforcementError):
         return Draft(f"enforce-error:{host}", host, "enforcement_error", "medium", f"Caps not enforced on {host}",
-                     f"The agent on {host} could not apply its policy: {data.get('error')}.",
+                     f"The agent on {host} could not apply its policy: {data.error}.",
                      _host_evidence(data, ref), ts, ts)
-    if type_ == "threshold_crossed":
-        proc = data.get("process") or {}
-        return Draft(f"threshold:{host}:{data.get('threshold')}:{proc.get('pid')}", host, "threshold_crossed",
-                     data.get("severity", "medium"),
-                     f"{proc.get('name') or '?'} (pid {proc.get('pid')}) crossed threshold {data.get('threshold')!r} on {host}",
-                     f"{_proc(proc)} sent {format_size(data.get('bytes_in_window', 0))} within "
-                     f"{format_duration(data.get('window_s', 0))} on {host}, over the policy's threshold of "
-                     f"{format_size(data.get('limit_bytes', 0))}.",
-                     {"process": {k: proc.get(k) for k in ("name", "pid", "exe", "uid")}, "files": [],
-                      "destinations": proc.get("destinations", []), **ref}, ts, ts)
-    if type_ == "agent_lost":
+    if isinstance(data, ThresholdCrossed):
+        proc = data.process
+        return Draft(f"threshold:{host}:{data.threshold}:{proc.pid}", host, "threshold_crossed", data.severity,
+                     f"{proc.name or '?'} (pid {proc.pid}) crossed threshold {data.threshold!r} on {host}",
+                     f"{_proc(_who(proc))} sent {format_size(data.bytes_in_window)} within "
+                     f"{format_duration(data.window_s)} on {host}, over the policy's threshold of "
+                     f"{format_size(data.limit_bytes)}.",
+                     {"process": _who(proc), "files": [],
+                      "destinations": [d.model_dump(mode="json", exclude_none=True) for d in proc.destinations],
+                      **ref}, ts, ts)
+    if isinstance(data, AgentLost):
         return Draft(f"silent:{host}", host, "agent_silent", "high", f"Agent on {host} went silent",
                      f"The agent on {host} lost its broker connection without saying goodbye (its Last-Will "
                      f"arrived at {clock(ts)}): it crashed, was killed, or the host is cut off. Caps stay in force, "
                      f"but nothing on {host} is being watched until it is back.",
                      _host_evidence(data, ref), ts, ts)
-    if type_ == "events_dropped":
+    if isinstance(data, EventsDropped):
+        ranges = [list(r) for r in data.seq_ranges[:10]]
         return Draft(f"dropped:{host}", host, "events_dropped", "low", f"Agent on {host} dropped events",
-                     f"The agent on {host} dropped {data.get('dropped')} events ({data.get('reason')}); sequence "
-                     f"ranges {data.get('seq_ranges')}. Their summary: {data.get('egress_summary')}.",
+                     f"The agent on {host} dropped {data.dropped if data.dropped is not None else 'an unknown number of'}"
+                     f" events ({data.reason}); sequence ranges {ranges}"
+                     f"{' …' if len(data.seq_ranges) > 10 else ''}. Their summary: "
+                     f"{data.egress_summary.model_dump() if data.egress_summary else 'none'}.",
                      _host_evidence(data, ref), ts, ts)
     return None
 

@@ -18,10 +18,13 @@ from weightwarden.collector import correlate
 from weightwarden.collector.correlate import Draft, Tuning
 from weightwarden.collector.ingest import Rejection, validate
 from weightwarden.collector.store import Store
+from weightwarden.events import (
+    AgentLost, AgentStarted, AgentStopping, EgressSample, Event, FileAccess, Heartbeat, PolicyApplied, WeightHolder,
+    WeightsCopy,
+)
 
 REEVALUATE_S = 120.0
 NO_READS_CACHE_S = 5.0
-MAX_INT = 2**62
 SLOW_EVERY_S = 60.0  # the slow-exfiltration check looks at hours: once a minute per destination is plenty
 
 
@@ -56,7 +59,7 @@ class Pipeline:
         codes: dict[str, int] = {}
         now = self.clock()
         with self.store.tx() as conn:
-            valid: list[dict[str, Any]] = []
+            valid: list[Event] = []
             for topic, payload in messages:
                 checked = validate(topic, payload)
                 if isinstance(checked, Rejection):
@@ -64,14 +67,14 @@ class Pipeline:
                     codes[checked.code] = codes.get(checked.code, 0) + 1
                     counts["rejected"] += 1
                 else:
-                    valid.append(checked.to_json())
-            seen = self.store.existing_ids(conn, [e["id"] for e in valid])
-            fresh = []
+                    valid.append(checked)
+            seen = self.store.existing_ids(conn, [e.id for e in valid])
+            fresh: list[Event] = []
             for ev in valid:
-                if ev["id"] in seen:
+                if ev.id in seen:
                     counts["duplicates"] += 1
                 else:
-                    seen.add(ev["id"])
+                    seen.add(ev.id)
                     fresh.append(ev)
             self.store.insert_events(conn, fresh, now)
             counts["stored"] = len(fresh)
@@ -79,14 +82,14 @@ class Pipeline:
             plain_rows: list[dict[str, Any]] = []
             careful = []
             for ev in fresh:
-                rows = self._plain_rows(conn, ev) if ev["type"] == "egress_sample" else None
-                if rows is None:
+                rows = self._plain_rows(conn, ev) if isinstance(ev.data, EgressSample) else None
+                if rows is None or not isinstance(ev.data, EgressSample):
                     careful.append(ev)
                     continue
-                prev = plain_hosts.get(ev["host"])
-                if prev is None or ev["seq"] > prev["seq"]:
-                    plain_hosts[ev["host"]] = {"host": ev["host"], "seq": ev["seq"], "egress_bps": egress_bps(ev["data"])}
-                plain_rows.extend({"host": ev["host"], **r} for r in rows)
+                prev = plain_hosts.get(ev.host)
+                if prev is None or ev.seq > prev["seq"]:
+                    plain_hosts[ev.host] = {"host": ev.host, "seq": ev.seq, "egress_bps": egress_bps(ev.data)}
+                plain_rows.extend({"host": ev.host, **r} for r in rows)
             self.store.touch_hosts(conn, sorted(plain_hosts.values(), key=lambda r: r["host"]), now)
             if plain_rows:
                 self.store.add_egress_rows(conn, plain_rows)
@@ -99,24 +102,21 @@ class Pipeline:
                         self.apply(conn, ev, now)
                 except Exception as exc:  # noqa: BLE001 - the event is kept; its correlation failure is counted
                     codes["correlation_errors"] = codes.get("correlation_errors", 0) + 1
-                    self.errors.append(f"{ev['type']} {ev['id']}: {exc!r}"[:500])
+                    self.errors.append(f"{ev.type} {ev.id}: {exc!r}"[:500])
             for name, value in {**counts, **codes}.items():
                 if value:
                     self.store.bump(conn, name, value)
         return counts
 
-    def _plain_rows(self, conn: Connection, ev: dict[str, Any]) -> list[dict[str, Any]] | None:
+    def _plain_rows(self, conn: Connection, ev: Event) -> list[dict[str, Any]] | None:
         """A sample's rows if it needs no correlation (its host read no weights lately), else None.
 
         Values are range-checked first, so no input can make the database refuse a
         statement (which, on PostgreSQL, would abort the whole batch).
         """
         rows = egress_rows(ev)
-        if rows is None:
-            return None  # odd data: take the careful path
         outward = [r for r in rows if not r["allowed"]]
-        if outward and (self._maybe_reads(conn, ev["host"], float(ev["ts"]))
-                        or self._slow_due(ev["host"], outward, float(ev["ts"]))):
+        if outward and (self._maybe_reads(conn, ev.host, ev.ts) or self._slow_due(ev.host, outward, ev.ts)):
             return None
         return rows
 
@@ -154,43 +154,41 @@ class Pipeline:
 
     # -- per event -----------------------------------------------------------
 
-    def apply(self, conn: Connection, ev: dict[str, Any], now: float) -> None:
-        host, data, ts, type_ = ev["host"], ev["data"], float(ev["ts"]), ev["type"]
-        if type_ == "egress_sample":
-            self._egress(conn, ev, now)
+    def apply(self, conn: Connection, ev: Event, now: float) -> None:
+        host, data, ts = ev.host, ev.data, ev.ts
+        if isinstance(data, EgressSample):
+            self._egress(conn, ev, data, now)
             return
-        self.store.touch_host(conn, host, ev["seq"], ts, now)
-        if type_ in ("heartbeat", "agent_started", "policy_applied"):
-            fields: dict[str, Any] = {"policy": data.get("policy"), "policy_digest": data.get("policy_digest")}
-            if type_ == "heartbeat":
-                fields.update(backend=data.get("backend"), rules_in_force=int(bool(data.get("rules_in_force"))),
-                              caps=data.get("caps"), last_heartbeat=ts)
-            if type_ == "policy_applied":
-                fields.update(backend=data.get("backend"), caps=len(data.get("caps", [])), rules_in_force=1)
-            weights = data.get("weights") or {}
-            if weights.get("total_bytes"):
-                fields["weights_bytes"] = int(weights["total_bytes"])
+        self.store.touch_host(conn, host, ev.seq, ts, now)
+        if isinstance(data, (Heartbeat, AgentStarted, PolicyApplied)):
+            fields: dict[str, Any] = {"policy": data.policy, "policy_digest": data.policy_digest}
+            if isinstance(data, Heartbeat):
+                fields.update(backend=data.backend, rules_in_force=int(data.rules_in_force), caps=data.caps,
+                              last_heartbeat=ts)
+            if isinstance(data, PolicyApplied):
+                fields.update(backend=data.backend, caps=len(data.caps), rules_in_force=1)
+            weights = None if isinstance(data, PolicyApplied) else data.weights
+            if weights is not None and weights.total_bytes:
+                fields["weights_bytes"] = weights.total_bytes
             host_row = self.store.host(conn, host) or {}
             if host_row.get("status") in ("lost", "silent") and ts >= (host_row.get("lost_at") or 0):
                 self.store.resolve_kind(conn, host, "agent_silent", "collector: the agent is back", now)
             fields["status"] = "online"
             self.store.update_host(conn, host, **{k: v for k, v in fields.items() if v is not None})
-        elif type_ == "agent_stopping":
+        elif isinstance(data, AgentStopping):
             self.store.update_host(conn, host, status="stopped")
-        elif type_ == "agent_lost":
+        elif isinstance(data, AgentLost):
             self.store.update_host(conn, host, status="lost", lost_at=now)
             self.upsert(conn, correlate.from_event(ev), now)
-        elif type_ in ("file_access", "weight_holder", "weights_copy"):
-            self._weights(conn, ev, now)
+        elif isinstance(data, (FileAccess, WeightHolder, WeightsCopy)):
+            self._weights(conn, ev, data, now)
         else:
             self.upsert(conn, correlate.from_event(ev), now)
 
-    def _egress(self, conn: Connection, ev: dict[str, Any], now: float) -> None:
-        host, data, ts = ev["host"], ev["data"], float(ev["ts"])
+    def _egress(self, conn: Connection, ev: Event, data: EgressSample, now: float) -> None:
+        host, ts = ev.host, ev.ts
         rows = egress_rows(ev)
-        if rows is None:
-            raise ValueError("egress_sample with malformed or out-of-range process data")
-        self.store.touch_host(conn, host, ev["seq"], ts, now, egress_bps=egress_bps(data))
+        self.store.touch_host(conn, host, ev.seq, ts, now, egress_bps=egress_bps(data))
         self.store.add_egress(conn, host, rows)
         outward = [r for r in rows if not r["allowed"]]
         self._first_contacts(conn, host, outward, ts)
@@ -212,22 +210,20 @@ class Pipeline:
                 self.upsert(conn, correlate.slow(host, address, sent, int(host_row.get("weights_bytes") or 0),
                                                  self.tune), now)
 
-    def _weights(self, conn: Connection, ev: dict[str, Any], now: float) -> None:
-        host, d, ts = ev["host"], ev["data"], float(ev["ts"])
-        base = {"pid": int(d["pid"]) if d.get("pid") is not None else -1, "ppid": d.get("ppid"), "exe": d.get("exe"),
-                "name": d.get("name"), "uid": d.get("uid"), "event_id": ev["id"], "staged_of": None,
-                "pipes": pipe_key(d.get("pipes"))}
-        if ev["type"] == "file_access":
-            staged = d.get("staged_copy_of") or []
-            row = {**base, "path": str(d["path"]), "kind": "staged_read" if staged else "read",
-                   "bytes": int(d.get("bytes_read") or 0), "first_ts": float(d.get("first_ts") or ts),
-                   "ts": float(d.get("last_ts") or ts), "staged_of": "\n".join(staged) or None}
-        elif ev["type"] == "weight_holder":
-            row = {**base, "path": str(d["path"]), "kind": "holder", "bytes": int(d.get("resident_bytes") or 0),
-                   "first_ts": 0.0, "ts": ts}
+    def _weights(self, conn: Connection, ev: Event, d: FileAccess | WeightHolder | WeightsCopy, now: float) -> None:
+        host, ts = ev.host, ev.ts
+        base: dict[str, Any] = {"pid": d.pid if d.pid is not None else -1, "ppid": d.ppid, "exe": d.exe,
+                "name": d.name, "uid": d.uid, "event_id": ev.id, "staged_of": None, "pipes": pipe_key(d.pipes)}
+        if isinstance(d, FileAccess):
+            staged = d.staged_copy_of
+            row: dict[str, Any] = {**base, "path": d.path, "kind": "staged_read" if staged else "read",
+                   "bytes": d.bytes_read, "first_ts": d.first_ts or ts,
+                   "ts": d.last_ts or ts, "staged_of": "\n".join(staged) or None}
+        elif isinstance(d, WeightHolder):
+            row = {**base, "path": d.path, "kind": "holder", "bytes": d.resident_bytes, "first_ts": 0.0, "ts": ts}
         else:
-            row = {**base, "path": str(d["destination"]), "kind": "copy", "bytes": int(d.get("destination_size") or 0),
-                   "first_ts": ts, "ts": ts, "staged_of": "\n".join(d.get("sources", [])) or None}
+            row = {**base, "path": d.destination, "kind": "copy", "bytes": d.destination_size,
+                   "first_ts": ts, "ts": ts, "staged_of": "\n".join(d.sources) or None}
         self.store.add_read(conn, host, row)
         if row["pid"] >= 0:
             # The upload may have started before this report arrived: look again.
@@ -318,63 +314,35 @@ def now_mono() -> float:
     return time.monotonic()
 
 
-def egress_bps(data: dict[str, Any]) -> float:
+def egress_bps(data: EgressSample) -> float:
     """The host's egress rate in a sample: all interfaces' bytes over the interval."""
-    wire = sum(int(i.get("tx_bytes", 0)) for i in data.get("interfaces", []) if isinstance(i, dict))
-    return wire * 8 / interval_of(data)
+    wire = sum(i.tx_bytes for i in data.interfaces)
+    return wire * 8 / max(data.interval_s, 1e-3)
 
 
-def interval_of(data: dict[str, Any]) -> float:
-    try:
-        return max(float(data.get("interval_s") or 1.0), 1e-3)
-    except (TypeError, ValueError):
-        return 1.0
-
-
-def _int(value: Any, lo: int = 0, hi: int = MAX_INT) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        return None
-    return value
-
-
-def egress_rows(ev: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """An egress sample's per-destination rows, or None if any value is malformed or out of range."""
-    data = ev["data"]
-    interval = interval_of(data)
+def egress_rows(ev: Event) -> list[dict[str, Any]]:
+    """An egress sample's per-destination rows (the model has range-checked every value)."""
+    data = ev.data
+    if not isinstance(data, EgressSample):
+        return []
+    interval = max(data.interval_s, 1e-3)
     rows = []
-    procs = data.get("processes", [])
-    if not isinstance(procs, list):
-        return None
-    for proc in procs:
-        if not isinstance(proc, dict) or not isinstance(proc.get("destinations", []), list):
-            return None
-        pid, total = _int(proc.get("pid")), _int(proc.get("tx_bytes", 0))
-        ppid = proc.get("ppid")
-        uid = proc.get("uid")
-        if pid is None or total is None or (ppid is not None and _int(ppid) is None) \
-                or (uid is not None and _int(uid) is None):
-            return None
-        for dest in proc["destinations"]:
-            if not isinstance(dest, dict):
-                return None
-            nbytes, port = _int(dest.get("tx_bytes", 0)), _int(dest.get("port", 0), hi=65535)
-            if nbytes is None or port is None or not isinstance(dest.get("address"), str):
-                return None
-            if nbytes == 0:
+    for proc in data.processes:
+        for dest in proc.destinations:
+            if dest.tx_bytes == 0:
                 continue
-            rows.append({"pid": pid, "ppid": ppid, "exe": str(proc.get("exe") or "")[:4096],
-                         "name": str(proc.get("name") or "")[:256], "uid": uid, "address": dest["address"][:64],
-                         "port": port, "allowed": int(bool(dest.get("allowed", False))), "bytes": nbytes,
-                         "ts": float(ev["ts"]), "rate_bps": total * 8 / interval, "event_id": ev["id"],
-                         "pipes": pipe_key(proc.get("pipes"))})
+            rows.append({"pid": proc.pid, "ppid": proc.ppid, "exe": proc.exe or "", "name": proc.name or "",
+                         "uid": proc.uid, "address": dest.address, "port": dest.port,
+                         "allowed": int(dest.allowed), "bytes": dest.tx_bytes, "ts": ev.ts,
+                         "rate_bps": proc.tx_bytes * 8 / interval, "event_id": ev.id, "pipes": pipe_key(proc.pipes)})
     return rows
 
 
-def pipe_key(pipes: Any) -> str | None:
+def pipe_key(pipes: list[int]) -> str | None:
     """Pipe inodes as '|1|2|' so one LIKE finds a shared one."""
-    if not isinstance(pipes, list) or not pipes:
+    if not pipes:
         return None
-    return "|" + "|".join(str(p) for p in pipes[:50] if _int(p) is not None) + "|"
+    return "|" + "|".join(str(p) for p in pipes[:50]) + "|"
 
 
 def load_stream(path: str) -> list[tuple[str, bytes]]:

@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiomqtt
-from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -75,11 +74,11 @@ class CollectorService:
             try:
                 # A persistent session: if the connection drops, the broker keeps queueing
                 # QoS 1 messages for us and hands them over when we are back.
-                props = Properties(PacketTypes.CONNECT)
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                 props.SessionExpiryInterval = SESSION_EXPIRY_S
                 client = aiomqtt.Client(
                     s.host, s.port, username=s.username, password=s.password, identifier=ident,
-                    protocol=MQTTProtocolVersion.MQTTv5, keepalive=s.keepalive, clean_start=False,
+                    protocol=aiomqtt.ProtocolVersion.V5, keepalive=s.keepalive, clean_start=False,
                     properties=props, tls_context=s.ssl_context() if s.tls else None, timeout=10,
                 )
                 # aiomqtt has no manual acknowledgement of its own; paho's, on its client, before

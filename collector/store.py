@@ -17,6 +17,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 
+from weightwarden.events import Event
+
 SEVERITY_RANK = {"low": 1, "medium": 2, "high": 3, "critical": 4}
 
 MIGRATIONS: list[list[str]] = [
@@ -116,14 +118,14 @@ class Store:
         return found
 
     @staticmethod
-    def insert_events(conn: Connection, events: list[dict[str, Any]], now: float) -> None:
+    def insert_events(conn: Connection, events: list[Event], now: float) -> None:
         """Many at once (one pipelined executemany); ids already present are left alone."""
         if events:
             conn.execute(text(
                 "INSERT INTO events(id, host, seq, ts, type, data, received_at) "
                 "VALUES (:id, :host, :seq, :ts, :type, :data, :now) ON CONFLICT (id) DO NOTHING"),
-                [{"id": e["id"], "host": e["host"], "seq": e["seq"], "ts": e["ts"], "type": e["type"],
-                  "data": json.dumps(e["data"]), "now": now} for e in events])
+                [{"id": e.id, "host": e.host, "seq": e.seq, "ts": e.ts, "type": e.type,
+                  "data": e.data.model_dump_json(exclude_none=True), "now": now} for e in events])
 
     @staticmethod
     def touch_hosts(conn: Connection, rows: list[dict[str, Any]], now: float) -> None:
@@ -297,7 +299,8 @@ class Store:
             "first_ts, last_ts, created_at, updated_at, count) VALUES (:key, :id, :host, :kind, :severity, :rank, 'open', "
             ":title, :explanation, :evidence, :first_ts, :last_ts, :now, :now, 1) "
             "ON CONFLICT (key) DO UPDATE SET "
-            "severity = CASE WHEN alerts.severity_rank >= excluded.severity_rank THEN alerts.severity ELSE excluded.severity END, "
+            "severity = CASE WHEN alerts.severity_rank >= excluded.severity_rank THEN alerts.severity "
+            "  ELSE excluded.severity END, "
             "severity_rank = CASE WHEN alerts.severity_rank >= excluded.severity_rank THEN alerts.severity_rank "
             "  ELSE excluded.severity_rank END, "
             "title = excluded.title, explanation = excluded.explanation, evidence = excluded.evidence, "

@@ -1,58 +1,456 @@
-"""The event schema shared by agent and collector (schema version 1).
+"""The event schema shared by agent and collector (schema version 1): one frozen model per type.
 
 Every event is one JSON object with top-level ``schema``, ``id``, ``host``,
 ``seq``, ``ts``, ``type`` and a type-specific ``data`` object. ``seq`` counts
 up by one per agent and survives restarts; ``id`` is unique per event, so a
 redelivered event is recognisable as a duplicate.
+
+The agent builds each payload as its model (a typo in a field is an error in
+the agent's tests, not a silent gap in the collector); the collector parses
+with :func:`parse_event_json`, which checks everything before anything else
+touches it: unknown keys, types (strictly: no "12" for 12), ranges (no NaN,
+no 2**63, no negative bytes), string sizes, NUL characters and lone
+surrogates (neither fits PostgreSQL's TEXT), and list lengths. So a message
+that parses is safe to store and to correlate. ``docs/events.md``'s schema is
+generated from these models (``python -m weightwarden.events --markdown``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
+import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
-EventType = Literal[
-    "agent_started",
-    "agent_stopping",
-    "heartbeat",
-    "egress_sample",
-    "threshold_crossed",
-    "cap_hit",
-    "budget_exhausted",
-    "enforcement_drift",
-    "enforcement_error",
-    "policy_applied",
-    "policy_rejected",
-    "file_access",
-    "weights_copy",
-    "weight_holder",
-    "canary_read",
-    "events_dropped",
-    "agent_lost",
-]
-EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
+# Bounds that keep one event small enough for the collector's size limit, whatever the host does.
+MAX_PROCESSES = 200  # per egress sample; the rest are summed into other_processes
+MAX_DESTINATIONS = 32  # per process; the rest are summed into other_destinations
+MAX_INTERFACES = 256
+MAX_PIPES = 64
+MAX_ARGS = 32
+MAX_SEQ = 2**62
+MAX_BYTES = 2**62
+MAX_TS = 2.0**33  # year 2242: beyond it is garbage, not a clock
+MAX_SECONDS = 1e9
 
 
-class Event(BaseModel):
+def _clean(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains a lone surrogate (not valid UTF-8)") from None
+    return value
+
+
+def safe_text(value: str | bytes | None, limit: int = 4096) -> str:
+    """Any string the kernel or /proc hands us (non-UTF-8 file names arrive with surrogate
+    escapes) as valid UTF-8 without NULs, cut to ``limit``: what the models accept."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        text = value.decode("utf-8", "backslashreplace")
+    else:
+        text = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text.replace("\x00", "\\x00")[:limit]
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+Text = Annotated[str, Field(max_length=4096), AfterValidator(_clean)]
+Name = Annotated[str, Field(max_length=256), AfterValidator(_clean)]
+Address = Annotated[str, Field(max_length=128), AfterValidator(_clean)]
+Count = Annotated[int, Field(ge=0, le=MAX_BYTES)]
+Pid = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Uid = Annotated[int, Field(ge=0, le=2**32 - 1)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+Inode = Annotated[int, Field(ge=0, le=2**64 - 1)]
+Timestamp = Annotated[float, Field(ge=0, le=MAX_TS), AfterValidator(_finite)]
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS), AfterValidator(_finite)]
+Rate = Annotated[float, Field(ge=0, le=1e15), AfterValidator(_finite)]
+Severity = Literal["low", "medium", "high", "critical"]
+
+
+class Model(BaseModel):
+    """Frozen, and unknown keys are errors: a misspelt field never silently disappears."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_: int = Field(default=SCHEMA_VERSION, alias="schema")
+
+class Payload(Model):
+    """The ``data`` of one event type; ``TYPE`` is that type's name."""
+
+    TYPE: ClassVar[str] = ""
+
+
+# -- shared parts -------------------------------------------------------------
+
+
+class Container(Model):
+    """Where a process runs, read from its cgroup path (what the path shows, nothing guessed)."""
+
+    cgroup: Text
+    runtime: Name | None = None  # docker, containerd, cri-o, podman, enroot/slurm, systemd
+    id: Name | None = None
+    pod_uid: Name | None = None
+    pod_namespace: Name | None = None
+    pod_name: Name | None = None
+    unit: Name | None = None  # the systemd unit or scope
+
+
+class ProcessFields(Model):
+    """Who a process is; carried flat by file events, nested in samples."""
+
+    pid: Pid | None = None
+    ppid: Pid | None = None
+    name: Name | None = None
+    exe: Text | None = None
+    uid: Uid | None = None
+    user: Name | None = None
+    cmdline: list[Text] = Field(default_factory=list, max_length=MAX_ARGS)
+    cgroup: Text | None = None
+    container: Container | None = None
+    start_time: Timestamp | None = None  # with pid, names one process even after its pid is reused
+    pipes: list[Inode] = Field(default_factory=list, max_length=MAX_PIPES)
+    # Ends of those pipes the process holds: "r" (reads), "w" (writes) or "rw", by inode (str keys).
+    pipe_ends: dict[Annotated[str, Field(max_length=24)], Literal["r", "w", "rw"]] = Field(
+        default_factory=dict, max_length=MAX_PIPES)
+
+
+class OtherBytes(Model):
+    """What did not fit in a bounded list: how many entries, and their bytes."""
+
+    count: Count
+    tx_bytes: Count
+
+
+class Destination(Model):
+    address: Address
+    port: Port
+    tx_bytes: Count
+    protocol: Literal["tcp", "udp", "icmp", "raw", "unix", "other"] | None = None
+    name: Annotated[str, Field(max_length=253), AfterValidator(_clean)] | None = None  # DNS name looked up
+    allowed: bool = False
+    accepted: bool | None = None  # True: bytes on connections the peer opened (replies, serving)
+    connections: Count | None = None
+    first_ts: Timestamp | None = None  # first and last send within the interval, where known
+    last_ts: Timestamp | None = None
+
+
+class ProcessEgress(ProcessFields):
+    pid: Pid
+    tx_bytes: Count
+    destinations: list[Destination] = Field(default_factory=list, max_length=MAX_DESTINATIONS)
+    other_destinations: OtherBytes | None = None
+
+
+class InterfaceCounters(Model):
+    name: Name
+    tx_bytes: Count
+    rx_bytes: Count = 0
+    tx_packets: Count = 0
+    tx_rate_bps: Rate = 0.0
+
+
+class WeightsTotal(Model):
+    paths: list[Text] = Field(default_factory=list, max_length=1000)
+    canaries: list[Text] = Field(default_factory=list, max_length=1000)
+    files: Count = 0
+    total_bytes: Count = 0
+    measured_at: Timestamp | None = None
+
+
+class FeatureState(Model):
+    ok: bool
+    detail: Text
+
+
+class BudgetUsage(Model):
+    used_bytes: Count
+    limit_bytes: Count
+    exhausted: bool
+    action: Name
+
+
+class FileWatchState(Model):
+    mode: Name
+    detail: Text
+    dropped: Count = 0
+
+
+class CapInfo(Model):
+    name: Name
+    index: Count
+    action: Name
+    rate_bps: Count
+    burst_bytes: Count
+    classid: Name
+    counter: Name
+
+
+class ProcessTotal(Model):
+    process: Text
+    tx_bytes: Count
+
+
+class EgressSummary(Model):
+    attributed_tx_bytes: Count = 0
+    unattributed_tx_bytes: Count = 0
+    top_processes: list[ProcessTotal] = Field(default_factory=list, max_length=100)
+
+
+class MappedFile(Model):
+    path: Text
+    mapped_bytes: Count
+    resident_bytes: Count
+
+
+def _range(value: tuple[int, int]) -> tuple[int, int]:
+    if value[0] > value[1]:
+        raise ValueError("a sequence range is [first, last] with first <= last")
+    return value
+
+
+SeqRange = Annotated[tuple[Annotated[int, Field(ge=0, le=MAX_SEQ)], Annotated[int, Field(ge=0, le=MAX_SEQ)]],
+                     AfterValidator(_range)]
+
+
+# -- payloads, one per event type ------------------------------------------------
+
+
+class AgentStarted(Payload):
+    TYPE: ClassVar[str] = "agent_started"
+    pid: Pid
+    policy: Name
+    policy_digest: Name
+    policy_path: Text
+    features: dict[Name, FeatureState] = Field(default_factory=dict, max_length=100)
+    weights: WeightsTotal | None = None
+    version: Name | None = None
+    attribution: Name | None = None
+
+
+class Heartbeat(Payload):
+    TYPE: ClassVar[str] = "heartbeat"
+    uptime_s: Seconds
+    sampler_lag_s: Seconds = 0.0
+    event_queue: Count = 0
+    events_dropped: Count = 0
+    spool_depth: Count = 0
+    events_replayed: Count = 0
+    policy: Name
+    policy_digest: Name
+    backend: Name | None = None
+    rules_in_force: bool = False
+    caps: Count = 0
+    budgets: dict[Name, BudgetUsage] = Field(default_factory=dict, max_length=200)
+    weights: WeightsTotal | None = None
+    file_watch: FileWatchState | None = None
+    attribution: Name | None = None  # the owner-resolution path in use (ebpf, nfqueue, sample-time)
+    drift_count: Count = 0
+    stuck_s: Seconds = 0.0  # how long the sample loop has not finished a sample (0: healthy)
+
+
+class EgressSample(Payload):
+    TYPE: ClassVar[str] = "egress_sample"
+    ts: Timestamp
+    start_ts: Timestamp | None = None  # the interval's start: bytes here left within [start_ts, ts]
+    interval_s: Seconds
+    layer: Literal["transport-payload"] = "transport-payload"
+    interfaces: list[InterfaceCounters] = Field(default_factory=list, max_length=MAX_INTERFACES)
+    processes: list[ProcessEgress] = Field(default_factory=list, max_length=MAX_PROCESSES)
+    other_processes: OtherBytes | None = None
+    attributed_tx_bytes: Count = 0
+    unattributed_tx_bytes: Count = 0
+    unowned_flow_tx_bytes: Count = 0
+    lost_events: Count = 0
+    attribution: Name | None = None
+
+
+class ThresholdCrossed(Payload):
+    TYPE: ClassVar[str] = "threshold_crossed"
+    threshold: Name
+    severity: Severity
+    bytes_in_window: Count
+    window_s: Seconds
+    limit_bytes: Count
+    process: ProcessEgress
+
+
+class CapHit(Payload):
+    TYPE: ClassVar[str] = "cap_hit"
+    cap: Name
+    action: Name
+    rate_bps: Count
+    observed_bps: Count
+    bytes: Count
+
+
+class BudgetExhausted(Payload):
+    TYPE: ClassVar[str] = "budget_exhausted"
+    budget: Name
+    limit_bytes: Count
+    window_s: Seconds
+    action: Name
+    used_bytes: Count
+
+
+class EnforcementDrift(Payload):
+    TYPE: ClassVar[str] = "enforcement_drift"
+    drift: list[Text] = Field(max_length=200)
+    restored: bool
+
+
+class EnforcementError(Payload):
+    TYPE: ClassVar[str] = "enforcement_error"
+    error: Text
+
+
+class PolicyApplied(Payload):
+    TYPE: ClassVar[str] = "policy_applied"
+    policy: Name
+    policy_digest: Name
+    policy_path: Text
+    backend: Name | None = None
+    interfaces: list[Name] = Field(default_factory=list, max_length=MAX_INTERFACES)
+    notes: list[Text] = Field(default_factory=list, max_length=500)
+    caps: list[CapInfo] = Field(default_factory=list, max_length=500)
+    blocked_budgets: list[Name] = Field(default_factory=list, max_length=200)
+    version: Count | None = None  # a centrally published policy's version
+    source: Name | None = None  # file or mqtt
+
+
+class PolicyRejected(Payload):
+    TYPE: ClassVar[str] = "policy_rejected"
+    path: Text
+    problems: list[Text] = Field(max_length=500)
+    kept: Name
+    kept_digest: Name
+    source: Name | None = None
+    version: Count | None = None
+
+
+class EventsDropped(Payload):
+    TYPE: ClassVar[str] = "events_dropped"
+    reason: Text
+    dropped: Count | None = None  # None: unknown (a corrupt spool was moved aside)
+    by_type: dict[Name, Count] = Field(default_factory=dict, max_length=64)
+    seq_ranges: list[SeqRange] = Field(default_factory=list, max_length=10_000)
+    first_ts: Timestamp | None = None
+    last_ts: Timestamp | None = None
+    egress_summary: EgressSummary | None = None
+    moved_to: Text | None = None
+    last_seq_before: Annotated[int, Field(ge=0, le=MAX_SEQ)] | None = None
+    source: Name | None = None
+
+
+class AgentStopping(Payload):
+    TYPE: ClassVar[str] = "agent_stopping"
+    reason: Text
+    rules_left_in_force: bool
+
+
+class AgentLost(Payload):
+    TYPE: ClassVar[str] = "agent_lost"
+    reason: Text
+    connected_at: Timestamp
+    pid: Pid
+
+
+class FileAccess(ProcessFields, Payload):
+    TYPE: ClassVar[str] = "file_access"
+    pid: Pid | None = None  # None only from the inotify fallback
+    path: Text
+    size: Count = 0
+    bytes_read: Count
+    opens: Count = 0
+    reads: Count = 0
+    closes: Count = 0
+    close_write: Count = 0
+    first_ts: Timestamp
+    last_ts: Timestamp
+    still_open: bool = False
+    final: bool = True
+    bytes_estimated: bool = False
+    staged_copy_of: list[Text] = Field(default_factory=list, max_length=100)
+    host_path: Text | None = None  # the file's path in the host's mount namespace, when it differs
+    how: Name | None = None  # how the bytes were measured: rchar, taskstats, estimate, mmap, io_uring
+
+
+class WeightHolder(ProcessFields, Payload):
+    TYPE: ClassVar[str] = "weight_holder"
+    pid: Pid
+    path: Text
+    files: list[MappedFile] = Field(default_factory=list, max_length=1000)
+    mapped_bytes: Count
+    resident_bytes: Count
+    bytes_read: Count
+
+
+class WeightsCopy(ProcessFields, Payload):
+    TYPE: ClassVar[str] = "weights_copy"
+    pid: Pid
+    sources: list[Text] = Field(max_length=1000)
+    source_bytes_read: Count
+    destination: Text
+    destination_size: Count
+    path: Text
+    derivative: bool = False  # not a byte copy: compressed, encrypted or split output of a weights reader
+    remote: Name | None = None  # the filesystem type when the copy went to network storage (nfs, cifs, fuse)
+
+
+class CanaryRead(ProcessFields, Payload):
+    TYPE: ClassVar[str] = "canary_read"
+    path: Text
+    severity: Severity = "critical"
+    note: Text | None = None
+
+
+PAYLOADS: tuple[type[Payload], ...] = (
+    AgentStarted, AgentStopping, Heartbeat, EgressSample, ThresholdCrossed, CapHit, BudgetExhausted,
+    EnforcementDrift, EnforcementError, PolicyApplied, PolicyRejected, FileAccess, WeightsCopy, WeightHolder,
+    CanaryRead, EventsDropped, AgentLost,
+)
+EventType = Literal[
+    "agent_started", "agent_stopping", "heartbeat", "egress_sample", "threshold_crossed", "cap_hit",
+    "budget_exhausted", "enforcement_drift", "enforcement_error", "policy_applied", "policy_rejected",
+    "file_access", "weights_copy", "weight_holder", "canary_read", "events_dropped", "agent_lost",
+]
+EVENT_TYPES: tuple[str, ...] = tuple(p.TYPE for p in PAYLOADS)
+PAYLOAD_OF: dict[str, type[Payload]] = {p.TYPE: p for p in PAYLOADS}
+
+
+# -- the envelope -------------------------------------------------------------------
+
+
+class Event(Model):
+    """The envelope; its subclasses below fix ``type`` and type ``data``."""
+
+    schema_: Literal[1] = Field(default=SCHEMA_VERSION, alias="schema")
     id: str = Field(pattern=r"^[0-9a-f]{32}$")
     host: str = Field(pattern=HOST_ID.pattern)
-    seq: int = Field(ge=0)  # 0 only for agent_lost, the Last-Will, which is outside the sequence
-    ts: float
-    type: EventType
-    data: dict[str, Any] = Field(default_factory=dict)
+    seq: int = Field(ge=0, le=MAX_SEQ)  # 0 only for agent_lost, the Last-Will, which is outside the sequence
+    ts: Timestamp
+    type: str
+    data: Payload
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
     def _seq_zero_only_for_will(self) -> Event:
@@ -61,7 +459,124 @@ class Event(BaseModel):
         return self
 
     def to_json(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True)
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class AgentStartedEvent(Event):
+    type: Literal["agent_started"] = "agent_started"
+    data: AgentStarted
+
+
+class AgentStoppingEvent(Event):
+    type: Literal["agent_stopping"] = "agent_stopping"
+    data: AgentStopping
+
+
+class HeartbeatEvent(Event):
+    type: Literal["heartbeat"] = "heartbeat"
+    data: Heartbeat
+
+
+class EgressSampleEvent(Event):
+    type: Literal["egress_sample"] = "egress_sample"
+    data: EgressSample
+
+
+class ThresholdCrossedEvent(Event):
+    type: Literal["threshold_crossed"] = "threshold_crossed"
+    data: ThresholdCrossed
+
+
+class CapHitEvent(Event):
+    type: Literal["cap_hit"] = "cap_hit"
+    data: CapHit
+
+
+class BudgetExhaustedEvent(Event):
+    type: Literal["budget_exhausted"] = "budget_exhausted"
+    data: BudgetExhausted
+
+
+class EnforcementDriftEvent(Event):
+    type: Literal["enforcement_drift"] = "enforcement_drift"
+    data: EnforcementDrift
+
+
+class EnforcementErrorEvent(Event):
+    type: Literal["enforcement_error"] = "enforcement_error"
+    data: EnforcementError
+
+
+class PolicyAppliedEvent(Event):
+    type: Literal["policy_applied"] = "policy_applied"
+    data: PolicyApplied
+
+
+class PolicyRejectedEvent(Event):
+    type: Literal["policy_rejected"] = "policy_rejected"
+    data: PolicyRejected
+
+
+class FileAccessEvent(Event):
+    type: Literal["file_access"] = "file_access"
+    data: FileAccess
+
+
+class WeightsCopyEvent(Event):
+    type: Literal["weights_copy"] = "weights_copy"
+    data: WeightsCopy
+
+
+class WeightHolderEvent(Event):
+    type: Literal["weight_holder"] = "weight_holder"
+    data: WeightHolder
+
+
+class CanaryReadEvent(Event):
+    type: Literal["canary_read"] = "canary_read"
+    data: CanaryRead
+
+
+class EventsDroppedEvent(Event):
+    type: Literal["events_dropped"] = "events_dropped"
+    data: EventsDropped
+
+
+class AgentLostEvent(Event):
+    type: Literal["agent_lost"] = "agent_lost"
+    data: AgentLost
+
+
+AnyEvent = Annotated[
+    Union[AgentStartedEvent, AgentStoppingEvent, HeartbeatEvent, EgressSampleEvent, ThresholdCrossedEvent,  # noqa: UP007
+          CapHitEvent, BudgetExhaustedEvent, EnforcementDriftEvent, EnforcementErrorEvent, PolicyAppliedEvent,
+          PolicyRejectedEvent, FileAccessEvent, WeightsCopyEvent, WeightHolderEvent, CanaryReadEvent,
+          EventsDroppedEvent, AgentLostEvent],
+    Field(discriminator="type"),
+]
+ENVELOPES: dict[str, type[Event]] = {
+    cls.model_fields["type"].default: cls for cls in (
+        AgentStartedEvent, AgentStoppingEvent, HeartbeatEvent, EgressSampleEvent, ThresholdCrossedEvent,
+        CapHitEvent, BudgetExhaustedEvent, EnforcementDriftEvent, EnforcementErrorEvent, PolicyAppliedEvent,
+        PolicyRejectedEvent, FileAccessEvent, WeightsCopyEvent, WeightHolderEvent, CanaryReadEvent,
+        EventsDroppedEvent, AgentLostEvent)
+}
+_ADAPTER: TypeAdapter[Event] = TypeAdapter(AnyEvent)
+
+
+def parse_event_json(raw: bytes | str) -> Event:
+    """Parse and validate one event from JSON, strictly; raises pydantic.ValidationError."""
+    return _ADAPTER.validate_json(raw, strict=True)
+
+
+def parse_event(doc: dict[str, Any]) -> Event:
+    """Validate one event already decoded from JSON (a spool row, a stored event)."""
+    return _ADAPTER.validate_python(doc, strict=False)
+
+
+def envelope(type_: str, **fields: Any) -> Event:
+    """An event of ``type_`` built from already validated parts (tests, the Last-Will)."""
+    return ENVELOPES[type_](**fields)
 
 
 def seq_ranges(seqs: list[int]) -> list[list[int]]:
@@ -81,6 +596,26 @@ def default_host_id() -> str:
     return name[:63]
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a state file atomically, readable by its owner only: a fresh, exclusively created
+    temporary file in the same directory (never a fixed name another process could own), fsynced,
+    then renamed over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # O_EXCL, mode 0600
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 class Sequencer:
     """Per-agent sequence numbers that survive restarts.
 
@@ -97,31 +632,28 @@ class Sequencer:
 
     def next(self) -> int:
         value = self.last + 1
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            fh.write(str(value))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        write_private(self.path, str(value))
         self.last = value
         return value
 
 
 class EventFactory:
-    def __init__(self, host: str, sequencer: Sequencer) -> None:
+    def __init__(self, host: str, sequencer: Any, clock: Callable[[], float] = time.time) -> None:
         if not HOST_ID.match(host):
             raise ValueError(f"invalid host id {host!r}: letters, digits, '_', '.', '-' (max 63)")
         self.host = host
         self.seq = sequencer
+        self.clock = clock
 
-    def make(self, type_: str, data: dict[str, Any] | None = None, ts: float | None = None) -> Event:
-        return Event(
-            schema=SCHEMA_VERSION,
-            id=uuid.uuid4().hex,
-            host=self.host,
-            seq=self.seq.next(),
-            ts=time.time() if ts is None else ts,
-            type=type_,  # type: ignore[arg-type]
-            data=data or {},
-        )
+    def make(self, data: Payload, ts: float | None = None) -> Event:
+        return ENVELOPES[data.TYPE].model_validate({
+            "schema": SCHEMA_VERSION, "id": uuid.uuid4().hex, "host": self.host, "seq": self.seq.next(),
+            "ts": self.clock() if ts is None else ts, "type": data.TYPE, "data": data,
+        })
+
+
+__all__ = [
+    "EVENT_TYPES", "ENVELOPES", "PAYLOADS", "PAYLOAD_OF", "SCHEMA_VERSION", "AnyEvent", "Event", "EventFactory",
+    "EventType", "Payload", "Sequencer", "default_host_id", "parse_event", "parse_event_json", "safe_text",
+    "seq_ranges", "write_private",
+] + [p.__name__ for p in PAYLOADS]

@@ -13,6 +13,8 @@ runs an asyncio loop per socket and cannot be read from the watcher thread.
 
 from __future__ import annotations
 
+from typing import Any
+
 import os
 import struct
 import time
@@ -73,7 +75,7 @@ class ExitListener:
     def read(self) -> list[ExitRecord]:
         out: list[ExitRecord] = []
         now = time.time()
-        msgs = []
+        msgs: list[Any] = []
         while True:
             try:
                 msgs.extend(self.nl.recv_messages(block=False))

@@ -14,6 +14,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from weightwarden.events import safe_text
+
 FAN_CLASS_NOTIF = 0x0
 FAN_CLASS_CONTENT = 0x4
 FAN_CLOEXEC = 0x1
@@ -68,7 +70,7 @@ class Fanotify:
         self.fd = fd
 
     def fileno(self) -> int:
-        return self.fd
+        return int(self.fd)
 
     def mark(self, path: str, mask: int, flags: int = 0, remove: bool = False) -> None:
         op = (FAN_MARK_REMOVE if remove else FAN_MARK_ADD) | flags
@@ -92,7 +94,7 @@ class Fanotify:
             path = None
             if fd >= 0:
                 try:
-                    path = os.readlink(f"/proc/self/fd/{fd}")
+                    path = safe_text(os.readlink(f"/proc/self/fd/{fd}"))
                 except OSError:
                     path = None
             yield FanEvent(mask, pid, fd, path)

@@ -28,7 +28,7 @@ class Inotify:
         self.dirs: dict[int, str] = {}
 
     def fileno(self) -> int:
-        return self.fd
+        return int(self.fd)
 
     def watch(self, path: str) -> None:
         wd = _libc.inotify_add_watch(self.fd, path.encode(), self.MASK)

@@ -43,7 +43,7 @@ def _translate(pattern: str) -> str:
 def base_dir(pattern: str) -> str:
     """The deepest directory of a pattern that has no glob characters."""
     parts = pattern.rstrip("/").split("/")
-    fixed = []
+    fixed: list[str] = []
     for part in parts:
         if GLOB_CHARS & set(part):
             return "/".join(fixed) or "/"

@@ -13,7 +13,7 @@
 - Canary files: any open is a ``canary_read`` at once.
 Without fanotify (no CAP_SYS_ADMIN) it falls back to inotify, which has no pids.
 
-Output: (event type, data) tuples on ``self.out``, a queue the daemon drains.
+Output: event payloads on ``self.out``, a queue the daemon drains.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from weightwarden import logs
 from weightwarden.agent.files import fanotify as fan
 from weightwarden.agent.files.coalesce import Coalescer
@@ -34,6 +36,7 @@ from weightwarden.agent.files.patterns import WeightPaths
 from weightwarden.agent.files.procio import io_counters, mapped_weights
 from weightwarden.agent.paths import netns_key
 from weightwarden.agent.procmap import ProcessTable
+from weightwarden.events import CanaryRead, EventsDropped, FileAccess, Payload, WeightHolder, WeightsCopy
 
 RESCAN_S = 2.0
 HOLDER_SCAN_S = 1.0
@@ -70,7 +73,7 @@ class FileWatcher:
                  staging_dirs: tuple[str, ...] = STAGING_DIRS) -> None:
         self.weights = weights
         self.clock = clock
-        self.out: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue(maxsize=100_000)
+        self.out: queue.Queue[Payload] = queue.Queue(maxsize=100_000)
         self.coalescer = Coalescer(settle=settle)
         self.procs = ProcessTable()
         self.log = logs.get("agent.files")
@@ -137,7 +140,7 @@ class FileWatcher:
             if src is not None:
                 src.close()
         for record in self.coalescer.flush():
-            self._emit("file_access", record)
+            self._emit(FileAccess, record)
 
     def update(self, weights: WeightPaths) -> None:
         """A reloaded policy: new paths are marked on the next rescan; staged copies stay watched."""
@@ -168,9 +171,16 @@ class FileWatcher:
 
     # -- event loop --------------------------------------------------------
 
-    def _emit(self, type_: str, data: dict[str, Any]) -> None:
+    def _emit(self, model: type[Payload], data: dict[str, Any]) -> None:
         try:
-            self.out.put_nowait((type_, data))
+            payload = model.model_validate(data)
+        except ValidationError as exc:
+            # Our bug, not the host's: logged and counted, and the watcher keeps going.
+            self.dropped += 1
+            self.log.error("file_event_invalid", type=model.TYPE, error=str(exc)[:2000])
+            return
+        try:
+            self.out.put_nowait(payload)
         except queue.Full:
             self.dropped += 1
 
@@ -179,7 +189,8 @@ class FileWatcher:
         if info is None:
             return {"name": None, "exe": None, "uid": None}
         return {"name": info.name, "exe": info.exe, "uid": info.uid, "ppid": info.ppid,
-                "cmdline": list(info.cmdline)[:8], "pipes": list(info.pipes)}
+                "cmdline": list(info.cmdline)[:8], "pipes": list(info.pipes), "user": info.user,
+                "cgroup": info.cgroup, "start_time": info.create_time}
 
     def _run(self) -> None:
         next_rescan = next_scan = 0.0
@@ -204,7 +215,7 @@ class FileWatcher:
                     del self.exit_rchar[pid]
             for record in self.coalescer.due(now):
                 self._remember_reader(record)
-                self._emit("file_access", record)
+                self._emit(FileAccess, record)
             if now >= next_rescan:
                 next_rescan = now + RESCAN_S
                 self._mark_new_dirs()
@@ -214,7 +225,7 @@ class FileWatcher:
             try:
                 if ev.mask & fan.FAN_Q_OVERFLOW:
                     self.dropped += 1
-                    self._emit("events_dropped", {"reason": "fanotify queue overflow", "source": "file-watcher"})
+                    self._emit(EventsDropped, {"reason": "fanotify queue overflow", "source": "file-watcher"})
                     continue
                 if ev.pid == self._own_pid or ev.path is None:
                     continue
@@ -236,7 +247,7 @@ class FileWatcher:
         if self.weights.is_canary(path):
             if ev.mask & fan.FAN_OPEN_PERM and now - self.canary_seen.get((ev.pid, path), 0) >= CANARY_REPEAT_S:
                 self.canary_seen[(ev.pid, path)] = now
-                self._emit("canary_read", {"pid": ev.pid, "path": path, "severity": "critical", **self._proc(ev.pid)})
+                self._emit(CanaryRead, {"pid": ev.pid, "path": path, "severity": "critical", **self._proc(ev.pid)})
             return
         # Every event we mark for is an open (held: the baseline) or a close (the total).
         io = io_counters(ev.pid)
@@ -287,7 +298,7 @@ class FileWatcher:
                 continue
             if self.weights.is_canary(path):
                 if mask & self._inotify.IN_OPEN:
-                    self._emit("canary_read", {"pid": None, "path": path, "severity": "critical",
+                    self._emit(CanaryRead, {"pid": None, "path": path, "severity": "critical",
                                                "note": "inotify: the reader's pid is unknown"})
                 continue
             if mask & self._inotify.IN_OPEN:
@@ -343,7 +354,7 @@ class FileWatcher:
             # Watch the copy as weights from now on: who reads it next is who uploads it.
             self.weights.add_staged(path, sources)
             self._mark_dir(os.path.dirname(path))
-            self._emit("weights_copy", {"pid": pid, **proc, "sources": sources,
+            self._emit(WeightsCopy, {"pid": pid, **proc, "sources": sources,
                                         "source_bytes_read": read, "destination": path,
                                         "destination_size": size, "path": path})
 
@@ -372,7 +383,7 @@ class FileWatcher:
             last = self.holders[pid]
             if last < 0 or resident > 1.25 * max(last, 1):
                 self.holders[pid] = resident
-                self._emit("weight_holder", {
+                self._emit(WeightHolder, {
                     "pid": pid, **self._proc(pid), "path": maps[0].path,
                     "files": [m.__dict__ for m in maps],
                     "mapped_bytes": sum(m.mapped_bytes for m in maps), "resident_bytes": resident,

@@ -18,7 +18,8 @@ from weightwarden.units import parse_duration, parse_rate, parse_size
 
 NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 IFNAME = re.compile(r"^[A-Za-z0-9_.@:-]{1,15}\*?$")
-HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOSTNAME = re.compile(rf"^(?=.{{1,253}}$)({_LABEL})(\.{_LABEL})*\.?$")
 CGROUP = re.compile(r"^[A-Za-z0-9_.@:/+-]{1,255}$")
 
 Rate = Annotated[int, BeforeValidator(parse_rate)]

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from weightwarden.events import EventFactory
+from tests.helpers.events import heartbeat, make, sample
+from weightwarden.events import EventFactory, EventsDropped
 from weightwarden.agent.mqtt_sink import MqttSettings, MqttSink
-from weightwarden.agent.sinks import SinkURLError
+from weightwarden.mqtt import MqttURLError
 from weightwarden.agent.spool import Spool
 from tests.helpers.broker import Broker
 from tests.helpers.netns import wait_for
@@ -39,14 +40,14 @@ REPO = Path(__file__).resolve().parents[2]
     ("mqtt://broker?password_file=/nonexistent", "cannot read password file"),
 ])
 def test_bad_sink_urls_fail_clearly(url: str, words: str) -> None:
-    with pytest.raises(SinkURLError, match=words):
+    with pytest.raises(MqttURLError, match=words):
         MqttSettings.from_url(url)
 
 
 def test_unreadable_certificate_fails_at_start(tmp_path: Path) -> None:
     junk = tmp_path / "ca.pem"
     junk.write_text("not a certificate")
-    with pytest.raises(SinkURLError, match="TLS setup failed"):
+    with pytest.raises(MqttURLError, match="TLS setup failed"):
         MqttSettings.from_url(f"mqtts://broker?ca={junk}")
     policy = REPO / "policies" / "monitor-only.yaml"
     out = subprocess.run([sys.executable, "-m", "weightwarden.agent", "run", "--policy", str(policy), "--sink",
@@ -70,16 +71,16 @@ def test_spool_survives_reopen_and_bounds_itself(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool.db", max_bytes=64 * 1024)
     factory = EventFactory("h1", _Seq(spool.last_seq()))
     for _ in range(400):
-        spool.append(factory.make("egress_sample", {"processes": [{"pid": 7, "exe": "/bin/x", "tx_bytes": 1000}],
-                                                    "attributed_tx_bytes": 1000, "pad": "x" * 300}))
-    spool.append(factory.make("policy_applied", {"policy": "p"}))
-    summary = spool.enforce_limit(lambda data: factory.make("events_dropped", data))
+        spool.append(factory.make(sample(cmdline=["x" * 300])))
+    spool.append(make(factory, "policy_applied", policy="p", policy_digest="d", policy_path="/p.yaml"))
+    summary = spool.enforce_limit(lambda data: make(factory, "events_dropped", **data))
     assert summary is not None and not spool.over_limit()
     data = summary.data
-    assert data["by_type"] == {"egress_sample": data["dropped"]}, "low-value events go first"
-    assert data["egress_summary"]["attributed_tx_bytes"] == 1000 * data["dropped"]
+    assert isinstance(data, EventsDropped) and data.dropped and data.egress_summary
+    assert data.by_type == {"egress_sample": data.dropped}, "low-value events go first"
+    assert data.egress_summary.attributed_tx_bytes == 1000 * data.dropped
     kept = [row[0] for row in spool.pending(1000)]
-    dropped = {s for lo, hi in data["seq_ranges"] for s in range(lo, hi + 1)}
+    dropped = {s for lo, hi in data.seq_ranges for s in range(lo, hi + 1)}
     assert set(kept) | dropped == set(range(1, 403)), "every seq is either kept or accounted for"
     assert 401 in kept  # the policy event survived
     last = spool.last_seq()
@@ -94,7 +95,7 @@ def test_corrupt_spool_is_moved_aside_and_reported(tmp_path: Path, damage: str) 
     spool = Spool(path)
     factory = EventFactory("h1", _Seq(0))
     for _ in range(50):
-        spool.append(factory.make("heartbeat", {"pad": "y" * 2000}))
+        spool.append(factory.make(heartbeat(backend="y" * 200, file_watch={"mode": "m", "detail": "y" * 1800})))
     spool.close()
     raw = path.read_bytes()
     path.write_bytes(os.urandom(len(raw)) if damage == "garbage" else raw[: len(raw) // 3])
@@ -103,7 +104,7 @@ def test_corrupt_spool_is_moved_aside_and_reported(tmp_path: Path, damage: str) 
     recovered = Spool(path)
     assert recovered.recovery is not None and "moved aside" in recovered.recovery.reason
     assert Path(recovered.recovery.moved_to).exists()
-    recovered.append(factory.make("heartbeat"))
+    recovered.append(factory.make(heartbeat()))
     assert recovered.depth() == 1
 
 
@@ -124,10 +125,10 @@ def test_ten_thousand_events_survive_two_broker_restarts(broker: Broker, tmp_pat
     async def produce() -> int:
         sink = MqttSink(MqttSettings.from_url(broker.url + "?keepalive=5"))
         factory = EventFactory("gpu-7", sink.prepare("gpu-7", tmp_path))
-        sink.set_event_factory(factory)
+        sink.attach(factory)
         await sink.start()
         for i in range(10_000):
-            await sink.publish(factory.make("egress_sample", {"i": i}))
+            await sink.publish(factory.make(sample(pid=i + 1)))
             if i in (3000, 6500):
                 # SIGTERM: the broker saves its sessions as it stops. SIGKILL: it comes back
                 # from its last autosave (every second here) without what it acknowledged
@@ -177,7 +178,7 @@ def test_events_a_crashed_broker_forgot_are_replayed(tmp_path: Path, replay: int
             factory = EventFactory("gpu-9", sink.prepare("gpu-9", tmp_path / "agent"))
             await sink.start()
             for i in range(500):
-                await sink.publish(factory.make("egress_sample", {"i": i}))
+                await sink.publish(factory.make(sample(pid=i + 1)))
             assert await asyncio.to_thread(wait_for, lambda: sink.depth() == 0 and sink.connected, 20)
             await asyncio.to_thread(broker.restart, signal.SIGKILL)  # forgets all 500
             assert await asyncio.to_thread(wait_for, lambda: sink.replayed > 0 or replay == 0, 20)
@@ -203,7 +204,7 @@ def test_spool_keeps_acknowledged_events_for_a_replay(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool.db", keep_acked_s=0.5)
     factory = EventFactory("h1", _Seq(0))
     for _ in range(10):
-        spool.append(factory.make("heartbeat"))
+        spool.append(factory.make(heartbeat()))
     spool.ack([1, 2, 3, 4])
     assert spool.depth() == 6 and [r[0] for r in spool.pending(3)] == [5, 6, 7]
     assert spool.requeue_acked() == 4
@@ -215,7 +216,7 @@ def test_spool_keeps_acknowledged_events_for_a_replay(tmp_path: Path) -> None:
     spool.close()
     # Without a window an acknowledged event is deleted at once.
     plain = Spool(tmp_path / "plain.db")
-    plain.append(factory.make("heartbeat"))
+    plain.append(factory.make(heartbeat()))
     plain.ack([11])
     assert plain.requeue_acked() == 0 and plain.depth() == 0
 
@@ -239,9 +240,9 @@ def test_acknowledged_events_go_first_when_the_spool_is_full(tmp_path: Path) -> 
     spool = Spool(tmp_path / "spool.db", max_bytes=64 * 1024, keep_acked_s=3600)
     factory = EventFactory("h1", _Seq(0))
     for _ in range(300):
-        spool.append(factory.make("egress_sample", {"pad": "z" * 400}))
+        spool.append(factory.make(sample(cmdline=["z" * 200])))
     spool.ack(list(range(1, 251)))
-    summary = spool.enforce_limit(lambda data: factory.make("events_dropped", data))
+    summary = spool.enforce_limit(lambda data: make(factory, "events_dropped", **data))
     assert summary is None and not spool.over_limit(), "delivered events made the room"
     assert spool.depth() == 50 and spool.requeue_acked() == 0
 

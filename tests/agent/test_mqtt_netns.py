@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,9 @@ class NsSubscriber:
 
 
 @pytest.fixture
-def ns_broker(netns_pair: NetnsPair, tmp_path: Path) -> Broker:
+def ns_broker(netns_pair: NetnsPair, tmp_path: Path) -> Iterator[Broker]:
     broker = Broker(tmp_path / "broker", host=netns_pair.addr_b, port=18830, netns=netns_pair.b).start()
-    yield broker  # type: ignore[misc]
+    yield broker
     broker.stop()
 
 

@@ -10,11 +10,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from weightwarden.events import EventFactory
+from weightwarden.events import PAYLOAD_OF, EventFactory
 
 T0 = 1_795_000_000.0
 MB = 10**6
 WEIGHTS = "/srv/models/llama/model-00001.safetensors"
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "heartbeat": {"uptime_s": 1.0, "policy": "p", "policy_digest": "d"},
+    "agent_started": {"pid": 1, "policy": "p", "policy_digest": "d", "policy_path": "/etc/weightwarden/p.yaml"},
+}
 
 
 class _Seq:
@@ -35,7 +39,9 @@ class Stream:
         self.factory = EventFactory(self.host, _Seq())
 
     def add(self, type_: str, at: float, **data: Any) -> dict[str, Any]:
-        ev = self.factory.make(type_, data, ts=at).to_json()
+        # What every agent sends with these, so a test names only what it is about.
+        data = {**DEFAULTS.get(type_, {}), **data}
+        ev = self.factory.make(PAYLOAD_OF[type_].model_validate(data), ts=at).to_json()
         self.events.append(ev)
         return ev
 
@@ -49,7 +55,8 @@ class Stream:
 
     def read(self, ts: float, pid: int, nbytes: int, path: str = WEIGHTS, exe: str = "/usr/bin/python3.11",
              ppid: int = 1, staged: list[str] | None = None, pipes: list[int] | None = None) -> None:
-        data = {"pid": pid, "ppid": ppid, "pipes": pipes or [], "path": path, "size": nbytes, "name": exe.rsplit("/", 1)[-1], "exe": exe,
+        data = {"pid": pid, "ppid": ppid, "pipes": pipes or [], "path": path, "size": nbytes,
+                "name": exe.rsplit("/", 1)[-1], "exe": exe,
                 "uid": 1000, "bytes_read": nbytes, "opens": 1, "reads": 0, "closes": 1, "close_write": 0,
                 "first_ts": ts, "last_ts": ts + 1, "still_open": False, "final": True}
         if staged:
@@ -59,7 +66,8 @@ class Stream:
     def send(self, ts: float, pid: int, nbytes: int, address: str = "203.0.113.9", port: int = 443,
              exe: str = "/usr/bin/python3.11", ppid: int = 1, allowed: bool = False,
              pipes: list[int] | None = None) -> None:
-        proc = {"pid": pid, "ppid": ppid, "pipes": pipes or [], "name": exe.rsplit("/", 1)[-1], "exe": exe, "uid": 1000, "user": "u",
+        proc = {"pid": pid, "ppid": ppid, "pipes": pipes or [], "name": exe.rsplit("/", 1)[-1], "exe": exe,
+                "uid": 1000, "user": "u",
                 "cgroup": "/", "tx_bytes": nbytes,
                 "destinations": [{"address": address, "port": port, "tx_bytes": nbytes, "allowed": allowed}]}
         self.add("egress_sample", ts, ts=ts, interval_s=1.0, layer="transport-payload",

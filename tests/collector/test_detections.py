@@ -141,7 +141,8 @@ def test_slow_exfiltration_under_the_cap_for_hours(pipe: Pipeline) -> None:
     ("enforcement_drift", {"drift": ["nftables rules missing"], "restored": True}, "enforcement_drift", "high"),
     ("threshold_crossed", {"threshold": "big", "severity": "high", "bytes_in_window": 3 * 10**9, "window_s": 600,
                            "limit_bytes": 2 * 10**9, "process": {"pid": 9, "name": "scp", "exe": "/usr/bin/scp",
-                                                                 "uid": 1000, "destinations": []}},
+                                                                 "uid": 1000, "tx_bytes": 3 * 10**9,
+                                                                 "destinations": []}},
      "threshold_crossed", "high"),
 ])
 def test_single_event_detections(pipe: Pipeline, type_: str, data: dict[str, Any], kind: str, severity: str) -> None:

@@ -75,8 +75,9 @@ spec:
                        str(tmp_path / "state"), "--host-id", "gpu-e2e", "--heartbeat-interval", "2",
                        "--sink", f"mqtt://{pair.addr_b}:{broker.port}", cwd=str(REPO),
                        stdout=subprocess.DEVNULL, stderr=alog)
-        hosts = lambda: subprocess.run([sys.executable, "-m", "weightwarden.collector", "hosts", "--json", "--db", db],  # noqa: E731
-                                       capture_output=True, text=True, cwd=str(REPO)).stdout
+        def hosts() -> str:
+            return subprocess.run([sys.executable, "-m", "weightwarden.collector", "hosts", "--json", "--db", db],
+                                  capture_output=True, text=True, cwd=str(REPO)).stdout
         assert wait_for(lambda: "gpu-e2e" in hosts(), 30), (tmp_path / "agent.log").read_text()[-2000:]
 
         # 1. Read the weights, then upload them: an alert naming process, file and destination.

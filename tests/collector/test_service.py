@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def collector(broker: Broker, db: str, *extra: str, log: Path | None = None) -> subprocess.Popen[bytes]:
     with open(log or "/dev/null", "ab") as err:
-        return subprocess.Popen([sys.executable, "-m", "weightwarden.collector", "run", "--broker", broker.url, "--db", db, *extra],
+        argv = [sys.executable, "-m", "weightwarden.collector", "run", "--broker", broker.url, "--db", db, *extra]
+        return subprocess.Popen(argv,
                                 cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=err)
 
 

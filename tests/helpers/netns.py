@@ -38,7 +38,7 @@ class NetnsPair:
         return sh(*argv, check=check, netns=ns)
 
     def popen(self, ns: str, *argv: str, **kw: object) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)  # type: ignore[call-overload]
+        proc: subprocess.Popen[bytes] = subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)  # type: ignore[call-overload]
         self.procs.append(proc)
         return proc
 

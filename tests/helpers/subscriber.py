@@ -19,12 +19,12 @@ class Subscriber:
         self.subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=MQTTProtocolVersion.MQTTv5)
-        self.client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=1)
         self.topic = topic
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a, **k: self.subscribed.set()
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 3600
         self.client.connect(host, port, keepalive=5, clean_start=False, properties=props)
         self.client.loop_start()

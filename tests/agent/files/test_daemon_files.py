@@ -41,7 +41,8 @@ spec:
     access = daemon.wait_event("file_access", path=str(models / "a.safetensors"), final=True)
     # Inside a namespace there are no taskstats exit records: a `cat` that exits at
     # once is counted as reading the whole file, flagged as an estimate.
-    assert access["data"]["bytes_read"] == 3_000_000 and access["data"]["exe"] == "/usr/bin/cat", (access["data"], daemon.stderr[-5:])
+    data = access["data"]
+    assert data["bytes_read"] == 3_000_000 and data["exe"] == "/usr/bin/cat", (data, daemon.stderr[-5:])
     assert access["data"]["pid"] > 0 and access["data"]["size"] == 3_000_000
     daemon.wait_event("canary_read", path=str(canary))
     assert daemon.stop() == 0

@@ -45,10 +45,10 @@ class Collected:
     def _drain(self) -> None:
         while not self._stop.is_set():
             try:
-                type_, data = self.watcher.out.get(timeout=0.05)
+                payload = self.watcher.out.get(timeout=0.05)
             except queue.Empty:
                 continue
-            self.items.append((time.monotonic(), type_, data))
+            self.items.append((time.monotonic(), payload.TYPE, payload.model_dump(mode="json")))
 
     def of(self, type_: str, **match: Any) -> list[dict[str, Any]]:
         return [d for _t, ty, d in list(self.items) if ty == type_ and all(d.get(k) == v for k, v in match.items())]
