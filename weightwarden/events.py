@@ -153,11 +153,27 @@ class Destination(Model):
     last_ts: Timestamp | None = None
 
 
+MAX_LOCAL_PEERS = 32
+
+
+class LocalPeer(Model):
+    """A process on this host this one sent to over a local channel (unix socket, loopback TCP or
+    UDP, the local DNS resolver): the first hop of a relay."""
+
+    pid: Pid
+    start_time: Timestamp | None = None
+    name: Name | None = None
+    exe: Text | None = None
+    via: Literal["unix", "tcp", "udp"]
+    tx_bytes: Count  # what this process sent to the peer in the interval
+
+
 class ProcessEgress(ProcessFields):
     pid: Pid
-    tx_bytes: Count
+    tx_bytes: Count  # off the host; a process that only sent locally appears with 0 and its local_peers
     destinations: list[Destination] = Field(default_factory=list, max_length=MAX_DESTINATIONS)
     other_destinations: OtherBytes | None = None
+    local_peers: list[LocalPeer] = Field(default_factory=list, max_length=MAX_LOCAL_PEERS)
 
 
 class InterfaceCounters(Model):
