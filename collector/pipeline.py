@@ -150,15 +150,13 @@ class Pipeline:
         with self.store.tx() as conn:
             hosts = self.store_hosts(conn)
         for h in hosts:
-            try:
-                with self.store.tx() as conn:
-                    if h["status"] == "online" and now - (h["last_seen"] or now) > self.tune.silent_after_s:
-                        self.store.update_host(conn, h["host"], status="silent", lost_at=now)
-                        self.upsert(conn, silent(h["host"], h["last_seen"], now), now)
-                    self._gaps(conn, h, now)
-            except Exception as exc:  # noqa: BLE001 - logged and counted; the other hosts go on
-                failed += 1
-                self.detector.note_error(f"sweep {h.get('host')!r}: {exc!r}")
+            for check in (self._silent, self._gaps):
+                try:
+                    with self.store.tx() as conn:
+                        check(conn, h, now)
+                except Exception as exc:  # noqa: BLE001 - logged and counted; the other hosts and checks go on
+                    failed += 1
+                    self.detector.note_error(f"sweep {check.__name__} {h.get('host')!r}: {exc!r}")
         if failed:
             with self.store.tx() as conn:
                 self.store.bump(conn, "sweep_errors", failed)
@@ -168,6 +166,11 @@ class Pipeline:
         from sqlalchemy import text
 
         return [dict(r) for r in conn.execute(text("SELECT * FROM hosts ORDER BY host")).mappings()]
+
+    def _silent(self, conn: Connection, h: dict[str, Any], now: float) -> None:
+        if h["status"] == "online" and now - (h["last_seen"] or now) > self.tune.silent_after_s:
+            self.store.update_host(conn, h["host"], status="silent", lost_at=now)
+            self.upsert(conn, silent(h["host"], h["last_seen"], now), now)
 
     def _gaps(self, conn: Connection, h: dict[str, Any], now: float) -> None:
         """Sequence numbers that never arrived and no events_dropped explains, as ranges (never expanded).

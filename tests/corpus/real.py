@@ -135,7 +135,7 @@ class RealScenario(Scenario):
 
 def _wait(*procs: subprocess.Popen[bytes]) -> None:
     for p in procs:
-        assert p.wait(timeout=60) == 0, f"scenario process {p.args} failed"
+        assert p.wait(timeout=60) == 0, f"scenario process {p.args!r} failed"
 
 
 def direct(lab: Lab) -> None:
