@@ -50,6 +50,37 @@ class Tuning:
     gap_grace_s: float = 10.0
 
 
+def load_tuning(path: str) -> Tuning:
+    """A YAML (or JSON) mapping of Tuning fields; an unknown field or a wrong type is an error
+    naming it. Durations are seconds, sizes bytes."""
+    import yaml
+
+    try:
+        with open(path) as fh:
+            doc = yaml.safe_load(fh) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a mapping of detection settings")
+    defaults = Tuning()
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if not isinstance(key, str) or not hasattr(defaults, key):
+            raise ValueError(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(vars(defaults)))})")
+        want = type(getattr(defaults, key))
+        if want is tuple:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{path}: {key} is a list of strings")
+            value = tuple(value)
+        elif want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or isinstance(value, bool) or (
+                isinstance(value, (int, float)) and (value < 0 or value != value)):
+            raise ValueError(f"{path}: {key} must be a non-negative {want.__name__}, not {value!r}")
+        out[key] = value
+    return Tuning(**out)
+
+
 @dataclass
 class Draft:
     """An alert as a detection sees it. ``mode`` says how it is stored: "facts" drafts replace

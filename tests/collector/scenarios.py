@@ -79,7 +79,8 @@ class Stream:
              size: int | None = None, ends: dict[int, str] | None = None, start: float | None = None,
              how: str | None = None, took: float = 1.0, container: dict[str, Any] | None = None,
              cmdline: list[str] | None = None, report_at: float | None = None, host_path: str | None = None) -> None:
-        """``pid`` read ``nbytes`` of ``path`` from ``ts`` for ``took`` seconds; reported at close."""
+        """``pid`` read ``nbytes`` of ``path`` from ``ts`` for ``took`` seconds: reported every 5 s while
+        open (as the agent does) and at close."""
         data = {**proc_fields(pid, exe, ppid, start, ends, container, cmdline, pipes), "path": path,
                 "size": nbytes if size is None else size, "bytes_read": nbytes, "opens": 1, "reads": 1, "closes": 1,
                 "close_write": 0, "first_ts": ts, "last_ts": ts + took, "still_open": False, "final": True}
@@ -89,6 +90,9 @@ class Stream:
             data["how"] = how
         if host_path:
             data["host_path"] = host_path
+        for t in range(5, int(took), 5):
+            self.add("file_access", ts + t, **{**data, "bytes_read": nbytes * t // int(took), "last_ts": ts + t,
+                                               "still_open": True, "final": False, "closes": 0})
         self.add("file_access", report_at if report_at is not None else ts + took + 1, **data)
 
     def holder(self, ts: float, pid: int, nbytes: int, path: str = WEIGHTS, exe: str = "/usr/bin/python3.11",

@@ -332,3 +332,18 @@ def test_retention_purges_old_events(pipe: Pipeline) -> None:
     run(pipe, s)
     assert pipe.store.purge(30 * 86400, now=T0)["events"] == 1
     assert pipe.store.count("events") == 1
+
+
+def test_tuning_file_is_checked(tmp_path: Path) -> None:
+    from weightwarden.collector.detect.common import load_tuning
+
+    good = tmp_path / "t.yaml"
+    good.write_text("high_ratio: 0.2\nburst_s: 1800\nallowed_remote_prefixes: [/mnt/share/]\n")
+    tune = load_tuning(str(good))
+    assert (tune.high_ratio, tune.burst_s, tune.allowed_remote_prefixes) == (0.2, 1800.0, ("/mnt/share/",))
+    for text_, problem in (("hgh_ratio: 0.2\n", "unknown setting 'hgh_ratio'"), ("high_ratio: lots\n", "high_ratio"),
+                           ("min_sent_bytes: -1\n", "min_sent_bytes"), ("- a\n", "mapping")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text_)
+        with pytest.raises(ValueError, match=problem):
+            load_tuning(str(bad))
