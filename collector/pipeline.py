@@ -114,6 +114,7 @@ class Pipeline:
             self.store.touch_host(conn, host, ev.seq, ts, now, egress_bps=egress_bps(data))
             return self.detector.record_samples(conn, [ev])
         self.store.touch_host(conn, host, ev.seq, ts, now)
+        changed = Units()
         if isinstance(data, (Heartbeat, AgentStarted, PolicyApplied)):
             fields: dict[str, Any] = {"policy": data.policy, "policy_digest": data.policy_digest}
             if isinstance(data, Heartbeat):
@@ -122,8 +123,8 @@ class Pipeline:
             if isinstance(data, PolicyApplied):
                 fields.update(backend=data.backend, caps=len(data.caps), rules_in_force=1)
             weights = None if isinstance(data, PolicyApplied) else data.weights
-            if weights is not None and weights.total_bytes:
-                fields["weights_bytes"] = weights.total_bytes
+            if weights is not None and weights.total_bytes and q.set_weights_total(conn, host, weights.total_bytes, ts):
+                changed = self.detector.weights_changed(conn, host)
             host_row = self.store.host(conn, host) or {}
             if host_row.get("status") in ("lost", "silent") and ts >= (host_row.get("lost_at") or 0):
                 self.store.resolve_kind(conn, host, "agent_silent", "collector: the agent is back", now)
@@ -138,7 +139,7 @@ class Pipeline:
             return self.detector.record_weights(conn, ev, data, now)
         else:
             self.upsert(conn, from_event(ev), now)
-        return Units()
+        return changed
 
     # -- periodic --------------------------------------------------------------
 

@@ -20,6 +20,8 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from weightwarden.events import Event
 
 SEVERITY_RANK = {"low": 1, "medium": 2, "high": 3, "critical": 4}
+_NEWER_READ = ("(excluded.ts > weight_reads.ts OR (excluded.ts = weight_reads.ts AND (excluded.bytes > weight_reads.bytes "
+               "OR (excluded.bytes = weight_reads.bytes AND excluded.event_id > weight_reads.event_id))))")
 
 MIGRATIONS: list[list[str]] = [
     [  # 1: the first schema
@@ -85,6 +87,8 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX relays_received ON relays(received_at)",
         # For alerts one event decides: the content of the latest event by its own time, whatever the arrival order.
         "ALTER TABLE alerts ADD COLUMN fact_order TEXT",
+        # The weights' size as of the latest report by the agent's own clock, not the latest to arrive.
+        "ALTER TABLE hosts ADD COLUMN weights_at DOUBLE PRECISION",
     ],
 ]
 
@@ -222,7 +226,12 @@ class Store:
             ":staged_of, :event_id, :pipes, :start_time, :size, :how, :container, :cmd_hash, :remote, :derivative, "
             ":received_at) "
             "ON CONFLICT (host, pid, path, kind, first_ts) DO UPDATE SET "
-            "bytes = CASE WHEN weight_reads.bytes > excluded.bytes THEN weight_reads.bytes ELSE excluded.bytes END, "
+            # Reports of one read session (progress, then final): the latest report by its own time
+            # describes it, whatever order they arrived in.
+            + ", ".join(f"{c} = CASE WHEN {_NEWER_READ} THEN excluded.{c} ELSE weight_reads.{c} END"
+                        for c in ("event_id", "pipes", "how", "container", "cmd_hash", "staged_of", "ppid", "exe",
+                                  "name", "uid", "start_time", "remote", "derivative"))
+            + ", bytes = CASE WHEN weight_reads.bytes > excluded.bytes THEN weight_reads.bytes ELSE excluded.bytes END, "
             "size = CASE WHEN weight_reads.size > excluded.size THEN weight_reads.size ELSE excluded.size END, "
             "received_at = excluded.received_at, "
             "ts = CASE WHEN weight_reads.ts > excluded.ts THEN weight_reads.ts ELSE excluded.ts END"),
@@ -584,6 +593,15 @@ def seq_runs(conn: Connection, host: str, after: int, limit: int = 1000) -> list
 def min_seq(conn: Connection, host: str) -> int | None:
     value = conn.execute(text("SELECT min(seq) FROM events WHERE host=:h AND seq>0"), {"h": host}).scalar()
     return None if value is None else int(value)
+
+
+def set_weights_total(conn: Connection, host: str, total: int, ts: float) -> bool:
+    """Record the host's weights size as of ``ts``; True if the size in force changed."""
+    before = conn.execute(text("SELECT weights_bytes FROM hosts WHERE host=:h"), {"h": host}).scalar()
+    res = conn.execute(text("UPDATE hosts SET weights_bytes=:b, weights_at=:t WHERE host=:h "
+                            "AND (weights_at IS NULL OR weights_at < :t OR (weights_at = :t AND weights_bytes < :b))"),
+                       {"h": host, "b": total, "t": ts})
+    return bool(res.rowcount) and before != total
 
 
 def put_alert(conn: Connection, a: dict[str, Any], now: float) -> bool:

@@ -142,6 +142,17 @@ class Detector:
             units.host_days = {(ev.host, d) for d in self._days(first, last + self.tune.host_window_s)}
         return units
 
+    @staticmethod
+    def weights_changed(conn: Connection, host: str) -> Units:
+        """The host's weights size changed: verdicts that quote it are judged again."""
+        units = Units()
+        for key in q.alert_keys(conn, host, f"exfiltration:{host}:"):
+            units.senders.add((host, int(key.split(":")[2])))
+        for key in q.alert_keys(conn, host, f"slow:{host}:"):
+            address, _, day = key[len(f"slow:{host}:"):].rpartition(":")
+            units.slow.add((host, address, day))
+        return units
+
     def _days(self, lo: float, hi: float) -> set[str]:
         """The days whose windows contain times in [lo, hi] (a window starting the day before may)."""
         width = self.tune.burst_s
