@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"weightwarden-agent {__version__}")
+    parser.add_argument("--log-level", choices=sorted(logs.LEVELS), default="info",
+                        help="least severe log lines written to stderr (default: info)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     top = sub.add_parser(
@@ -351,9 +353,9 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logs.configure()
     parser = build_parser()
     args = parser.parse_args(argv)
+    logs.configure(args.log_level)
     return int(args.func(args))
 
 

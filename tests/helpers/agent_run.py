@@ -64,11 +64,13 @@ def interface_total(samples: list[dict[str, Any]]) -> int:
 class DaemonRun:
     """``weightwarden-agent run --sink stdout`` in namespace ``a``, its events collected live."""
 
-    def __init__(self, pair: NetnsPair, policy: Path, state_dir: Path, *args: str) -> None:
+    def __init__(self, pair: NetnsPair, policy: Path, state_dir: Path, *args: str,
+                 wrapper: tuple[str, ...] = ()) -> None:
+        """``wrapper``: argv the agent runs under (e.g. tests.helpers.sandbox for a unit's sandbox)."""
         self.pair = pair
         self.proc = pair.popen(
-            pair.a, sys.executable, "-m", "weightwarden.agent", "run", "--policy", str(policy), "--state-dir", str(state_dir),
-            "--sink", "stdout", "--host-id", "test-host", *args,
+            pair.a, *wrapper, sys.executable, "-m", "weightwarden.agent", "run", "--policy", str(policy),
+            "--state-dir", str(state_dir), "--sink", "stdout", "--host-id", "test-host", *args,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO),
         )
         self.events: list[dict[str, Any]] = []
