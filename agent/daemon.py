@@ -284,7 +284,11 @@ class Agent:
         last = time.monotonic()
         while not self.stop.is_set():
             now = time.monotonic()
-            await asyncio.to_thread(self.enforce_once, now - last)
+            try:
+                await asyncio.to_thread(self.enforce_once, now - last)
+            except Exception as exc:  # noqa: BLE001 - a bug must not stop enforcement for good
+                self.log.error("enforce_failed", error=repr(exc)[:2000])
+                self.emit(EnforcementError(error=f"internal error, retrying: {exc!r}"[:4000]))
             self.last_enforce_done = time.monotonic()
             last = now
             await wait_for_stop(self.stop, self.loaded.policy.spec.interval)
@@ -303,7 +307,12 @@ class Agent:
             if await wait_for_stop(self.stop, deadline - time.monotonic()):
                 return
             self.last_sample_lag = max(0.0, time.monotonic() - deadline)
-            sample = await asyncio.to_thread(self._sample_once)
+            try:
+                sample = await asyncio.to_thread(self._sample_once)
+            except Exception as exc:  # noqa: BLE001 - one bad sample must not end measuring
+                self.log.error("sample_failed", error=repr(exc)[:2000])
+                self.dropped_events += 1
+                continue
             if sample is None:
                 continue
             self.last_sample_done = time.monotonic()
