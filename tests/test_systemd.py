@@ -6,8 +6,10 @@ import configparser
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,8 +108,27 @@ def test_agent_runs_under_its_units_sandbox(netns_pair: NetnsPair, tmp_path: Pat
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     wrapper = (sys.executable, "-m", "tests.helpers.sandbox", "--unit", str(AGENT_UNIT), "--rw", str(state), "--")
-    daemon = DaemonRun(pair, policy, state, "--heartbeat-interval", "1", wrapper=wrapper)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(0.2)
+    messages: list[str] = []
+
+    def heard(prefix: str, timeout: float = 10) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not any(m.startswith(prefix) for m in messages):
+            try:
+                messages.append(notify.recv(4096).decode())
+            except TimeoutError:
+                pass
+        return [m for m in messages if m.startswith(prefix)]
+
+    daemon = DaemonRun(pair, policy, state, "--heartbeat-interval", "1", wrapper=wrapper,
+                       env={"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "2000000"})
     try:
+        # systemd's side of Type=notify: ready once caps are in, a status line, watchdog pings.
+        assert heard("READY=1"), messages
+        assert any("sandboxed" in m and "1 caps" in m for m in heard("STATUS=")), messages
+        assert heard("WATCHDOG=1"), messages
         daemon.wait_event("policy_applied")
         daemon.wait_event("agent_started")
         assert "7757" in pair.run(pair.a, "tc", "qdisc", "show").stdout, "the cap reached the kernel"
@@ -121,11 +142,13 @@ def test_agent_runs_under_its_units_sandbox(netns_pair: NetnsPair, tmp_path: Pat
         policy.write_text(POLICY.format(weights=weights).replace("20Mbit", "30Mbit"))
         daemon.proc.send_signal(signal.SIGHUP)
         daemon.wait_event("policy_applied", after=seen)
+        assert heard("RELOADING=1") and "MONOTONIC_USEC=" in heard("RELOADING=1")[0], messages
         code = daemon.stop()
         assert code == 0, f"the agent died under its unit's sandbox (exit {code}: -31 is SIGSYS): " \
                           + "".join(daemon.stderr[-10:])
         assert daemon.events[-1]["type"] == "agent_stopping"
     finally:
+        notify.close()
         if daemon.proc.poll() is None:
             daemon.kill()
         pair.run(pair.a, sys.executable, "-m", "weightwarden.agent", "enforce", "clear", "--state-dir", str(state),
