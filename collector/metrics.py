@@ -73,8 +73,8 @@ def render(store: Store, now: float | None = None) -> str:
             ("weightwarden_collector_status_age_seconds", "Age of each collector's last status report.", 2)):
         out.family(family, "gauge", help_)
         for row in status:
-            value = round(now - float(row[2]), 3) if column == 2 else float(row[column] or 0)
-            out.sample(family, value, collector=row[0], hostname=row[1] or "")
+            age_or_value = round(now - float(row[2]), 3) if column == 2 else float(row[column] or 0)
+            out.sample(family, age_or_value, collector=row[0], hostname=row[1] or "")
     out.family("weightwarden_alerts", "gauge", "Alerts by kind, severity and state.")
     for kind, severity, state, n in alerts:
         out.sample("weightwarden_alerts", int(n), kind=kind, severity=severity, state=state)
