@@ -136,10 +136,12 @@ def _refuse(page: bool, status: int, message: str, request: Request) -> Response
 Handler = Callable[[Ctx], Response]
 
 
-def guarded(permission: str | None, page: bool = False) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+def guarded(permission: str | None, page: bool = False,
+            session_csrf: bool = True) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
     """Wrap a handler: authenticate, check the role's permission, check CSRF, then run it in a thread.
 
     ``permission`` None: anyone (the login page); "read", "triage" or "admin" otherwise.
+    ``session_csrf`` False only for the login form, which has a CSRF check of its own.
     """
     def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
@@ -162,7 +164,7 @@ def guarded(permission: str | None, page: bool = False) -> Callable[[Handler], C
                     if not principal.may(permission):
                         return _refuse(page, 403, f"{principal.name} ({principal.role}) may not do this: it needs "
                                        f"the {permission!r} permission", request)
-                if not csrf_ok(ctx):
+                if session_csrf and not csrf_ok(ctx):
                     return _refuse(page, 403, "missing or wrong CSRF token: reload the page and try again", request)
                 try:
                     return handler(ctx)

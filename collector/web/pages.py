@@ -49,7 +49,7 @@ def _safe_next(value: str | None) -> str:
 # -- login ---------------------------------------------------------------------------
 
 
-@guarded(None, page=True)
+@guarded(None, page=True, session_csrf=False)
 def login(ctx: Ctx) -> Response:
     throttle = ctx.request.app.state.throttle
     nxt = _safe_next(ctx.args().get("next"))
