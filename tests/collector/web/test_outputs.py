@@ -87,7 +87,7 @@ async def _scenario(tmp_path: Path, broker: Broker) -> None:
 
     pipeline = Pipeline(store)
     first, second, third = stages(time.time())
-    good = {"udp": udp.messages, "tcp": tcp.messages, "tls": tls.messages, "hook": hook.received, "mqtt": mqtt_seen}
+    good: dict[str, list[Any]] = {"udp": udp.messages, "tcp": tcp.messages, "tls": tls.messages, "hook": hook.received, "mqtt": mqtt_seen}
     ready = asyncio.Event()
     sub = asyncio.create_task(subscribe(ready))
     await asyncio.wait_for(ready.wait(), 10)
@@ -124,7 +124,7 @@ async def _scenario(tmp_path: Path, broker: Broker) -> None:
             r.close()
 
     expected = ["open", "escalate", "resolve", "open"]
-    syslog = {name: [parse_5424(m) for m in good[name]] for name in ("udp", "tcp", "tls")}  # type: ignore[misc]
+    syslog = {name: [parse_5424(m) for m in good[name]] for name in ("udp", "tcp", "tls")}
     for name, parsed in syslog.items():
         assert [p["msgid"] for p in parsed] == expected, name
         assert parsed[1]["pri"] == 16 * 8 + 2  # local0.crit for the escalation to critical

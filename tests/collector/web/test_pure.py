@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from weightwarden.collector.outputs import outbox
 from weightwarden.collector.outputs.message import attack, cef, syslog_line
@@ -11,7 +12,7 @@ from weightwarden.collector.store import Store
 from weightwarden.collector.web.chart import egress_svg
 
 
-def note(kind: str = "exfiltration", port: int = 443, title: str = "t") -> dict[str, object]:
+def note(kind: str = "exfiltration", port: int = 443, title: str = "t") -> dict[str, Any]:
     return {"id": "n1", "transition": "open", "alert": {
         "id": "a1", "host": "gpu|1", "kind": kind, "severity": "high", "state": "open", "title": title,
         "explanation": "read x=y\nthen sent", "last_ts": 1.0,
@@ -20,21 +21,21 @@ def note(kind: str = "exfiltration", port: int = 443, title: str = "t") -> dict[
 
 
 def test_attack_tags_fit_the_kind_and_port() -> None:
-    assert [t["technique"] for t in attack(note()["alert"])] == ["T1567"]  # type: ignore[arg-type]
-    assert [t["technique"] for t in attack(note(port=22)["alert"])] == ["T1048"]  # type: ignore[arg-type]
-    assert [t["technique"] for t in attack(note("staged_exfiltration", 22)["alert"])] == ["T1048", "T1074"]  # type: ignore[arg-type]
-    assert attack(note("cap_hit")["alert"]) == []  # type: ignore[arg-type]
+    assert [t["technique"] for t in attack(note()["alert"])] == ["T1567"]
+    assert [t["technique"] for t in attack(note(port=22)["alert"])] == ["T1048"]
+    assert [t["technique"] for t in attack(note("staged_exfiltration", 22)["alert"])] == ["T1048", "T1074"]
+    assert attack(note("cap_hit")["alert"]) == []
 
 
 def test_cef_escapes_its_separators() -> None:
-    text = cef(note(title="a|b"))  # type: ignore[arg-type]
+    text = cef(note(title="a|b"))
     assert text.startswith("CEF:0|weightwarden|collector|")
     assert "|a\\|b|8|" in text and "msg=read x\\=y then sent" in text
     assert "suser=bob" in text and "dhost=up.example" in text and "dvchost=gpu|1" in text
 
 
 def test_syslog_line_is_rfc5424() -> None:
-    line = syslog_line(note(), "collector-1")  # type: ignore[arg-type]
+    line = syslog_line(note(), "collector-1")
     head, body = line.split(b"\xef\xbb\xbf", 1)
     assert head.startswith(b"<131>1 ") and b" collector-1 weightwarden-collector - open [weightwarden@32473 " in head
     assert b'host="gpu|1"' in head and body.startswith(b"{")
