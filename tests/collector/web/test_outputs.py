@@ -87,7 +87,8 @@ async def _scenario(tmp_path: Path, broker: Broker) -> None:
 
     pipeline = Pipeline(store)
     first, second, third = stages(time.time())
-    good: dict[str, list[Any]] = {"udp": udp.messages, "tcp": tcp.messages, "tls": tls.messages, "hook": hook.received, "mqtt": mqtt_seen}
+    good: dict[str, list[Any]] = {"udp": udp.messages, "tcp": tcp.messages, "tls": tls.messages,
+                                  "hook": hook.received, "mqtt": mqtt_seen}
     ready = asyncio.Event()
     sub = asyncio.create_task(subscribe(ready))
     await asyncio.wait_for(ready.wait(), 10)
