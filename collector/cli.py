@@ -145,10 +145,15 @@ def cmd_alerts_list(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts_show(args: argparse.Namespace) -> int:
-    alert = _store(args.db).alert(args.alert)
+    from weightwarden.collector.triage import audit
+
+    store = _store(args.db)
+    alert = store.alert(args.alert)
     if alert is None:
         print(f"weightwarden-collector: no alert {args.alert!r}", file=sys.stderr)
         return 1
+    with store.tx() as conn:
+        alert["audit"] = audit(conn, alert["id"])
     if args.json:
         print(json.dumps(alert, default=str))
         return 0
@@ -167,6 +172,8 @@ def cmd_alerts_show(args: argparse.Namespace) -> int:
         lines.append(f"acknowledged by {alert['acked_by']} at {_when(alert['acked_at'])}")
     if alert.get("resolved_by"):
         lines.append(f"resolved by {alert['resolved_by']} at {_when(alert['resolved_at'])}")
+    for a in alert["audit"]:
+        lines.append(f"  {_when(a['ts'])}  {a['user']} {a['action']}{': ' + a['comment'] if a['comment'] else ''}")
     print("\n".join(lines))
     return 0
 
