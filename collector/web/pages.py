@@ -209,8 +209,9 @@ def admin_post(ctx: Ctx) -> Response:
         elif what == "output-remove":
             outbox.remove_output(conn, form.get("name", ""))
         elif what == "settings":
+            idle = form.get("session_idle_minutes") or "30"
             settings_store.update(conn, {"metrics_requires_token": form.get("metrics_requires_token") == "on",
-                                         "session_idle_minutes": int(form.get("session_idle_minutes") or 30)})
+                                         "session_idle_minutes": int(idle) if idle.isdigit() else idle})
         if new_token is not None:
             # Shown once, on this response only.
             return page("admin.html", **_base(ctx, users=auth.users(conn), tokens=auth.tokens(conn),

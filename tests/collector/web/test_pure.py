@@ -69,3 +69,23 @@ def test_outbox_records_each_transition_once(tmp_path: Path) -> None:
     with store.tx() as conn:
         first = outbox.claim(conn, "r", "w1", time.time())
         assert len(first) == 4 and outbox.claim(conn, "r", "w2", time.time()) == []  # leased to w1
+
+
+def test_sessions_expire_and_only_hashes_are_stored(tmp_path: Path) -> None:
+    from weightwarden.collector import auth
+
+    store = Store(f"sqlite:///{tmp_path}/c.db")
+    with store.tx() as conn:
+        auth.add_user(conn, "ann", "analyst", "long-enough-pw", 0.0)
+        sid, csrf = auth.create_session(conn, "ann", ttl_s=3600, now=100.0)
+        _tid, token = auth.create_token(conn, "ann", "ci", expires_at=200.0, now=100.0)
+        assert auth.session_principal(conn, sid, idle_s=600, now=650.0) is not None  # used within the idle limit
+        assert auth.session_principal(conn, sid, idle_s=600, now=650.0 + 601) is None  # idle too long
+        assert auth.session_principal(conn, sid, idle_s=1e9, now=100.0 + 3601) is None  # past its life
+        p = auth.token_principal(conn, token, now=150.0)
+        assert p is not None and (p.name, p.role, p.may("triage"), p.may("admin")) == ("ann", "analyst", True, False)
+        assert auth.token_principal(conn, token, now=201.0) is None  # expired
+        dump = "\n".join(str(tuple(r)) for t in ("web_sessions", "api_tokens", "users")
+                         for r in conn.exec_driver_sql(f"SELECT * FROM {t}"))
+    assert sid not in dump and csrf in dump and token.split("_", 2)[2] not in dump and "long-enough-pw" not in dump
+    assert "$argon2id$" in dump
