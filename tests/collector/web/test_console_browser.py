@@ -47,6 +47,8 @@ def test_console_roles_review_and_ack_a_real_alert(netns_pair: NetnsPair, tmp_pa
     if reason:
         pytest.fail(reason)
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
 
     pair = netns_pair
     models = tmp_path / "models"
@@ -106,6 +108,10 @@ spec:
         browser = chromium.Browser()
         d = browser.driver
 
+        def wait_for_element(by: str, value: str) -> Any:
+            # A click that submits a form returns before the next page is there: wait for it.
+            return WebDriverWait(d, 15).until(ec.presence_of_element_located((by, value)))
+
         def shot(name: str) -> None:
             d.save_screenshot(str(shots / f"{name}.png"))
 
@@ -116,7 +122,7 @@ spec:
             d.find_element(By.ID, "name").send_keys(role)
             d.find_element(By.ID, "password").send_keys(PASSWORDS[role])
             d.find_element(By.ID, "login").click()
-            assert d.find_element(By.ID, "whoami").text == role
+            assert wait_for_element(By.ID, "whoami").text == role
 
         def fetch_status(path: str) -> int:
             """A state-changing request from the page itself, with the session's CSRF token."""
@@ -132,6 +138,7 @@ spec:
         assert links, d.page_source[:2000]
         shot("1-viewer-queue")
         links[0].click()
+        wait_for_element(By.ID, "who")
         page = d.find_element(By.TAG_NAME, "main").text
         assert str(weights) in page and pair.addr_b in page and "8080" in page
         who = d.find_element(By.ID, "who").text
@@ -150,7 +157,7 @@ spec:
         d.get(f"{base}/alerts/{aid}")
         d.find_element(By.CSS_SELECTOR, "form[action$='/ack'] textarea").send_keys("upload to a lab box, checking")
         d.find_element(By.ID, "ack").click()
-        shot("3a-after-ack")
+        wait_for_element(By.ID, "flash")
         assert d.find_element(By.ID, "alert-state").text == "acknowledged", d.find_element(By.TAG_NAME, "main").text
         audit = d.find_element(By.ID, "audit").text
         assert "analyst" in audit and "ack" in audit and "upload to a lab box, checking" in audit
