@@ -256,7 +256,7 @@ class Detector:
                 self.put(conn, draft, now)
                 produced.add(draft.key)
         stale = [k for k in q.alert_keys(conn, host, base) if (k == base or k.startswith(base + ":")) and k not in produced]
-        q.withdraw(conn, stale)
+        q.withdraw(conn, stale, now)
 
     def _same(self, r: dict[str, Any], pid: int, start: float | None, lo: float, hi: float) -> bool:
         if not same_process(int(r["pid"]), r.get("start_time"), pid, start):
@@ -333,7 +333,7 @@ class Detector:
         reads = [r for r in q.reads_between(conn, host, lo - window - 2 * width, hi)
                  if r["kind"] in ("read", "staged_read")]
         if not reads:
-            q.withdraw(conn, [key])
+            q.withdraw(conn, [key], now)
             return
         # Senders a linked rule judges: those holding weight facts of their own, and those with a linked alert.
         own = [(int(r["pid"]), r.get("start_time")) for r in q.reads_between(conn, host, lo - self.tune.link_window_s, hi)]
@@ -346,7 +346,7 @@ class Detector:
                  if not any(same_process(int(r["pid"]), r.get("start_time"), p, s) for p, s in covered)]
         draft = host_exfiltration(host, day, reads, flows, self.tune)
         if draft is None:
-            q.withdraw(conn, [key])
+            q.withdraw(conn, [key], now)
         else:
             self.put(conn, draft, now)
 
@@ -357,7 +357,7 @@ class Detector:
         weights_total = int((self.store.host(conn, host) or {}).get("weights_bytes") or 0)
         win = slow_peak(hourly, day, weights_total, self.tune)
         if win is None:
-            q.withdraw(conn, [key])
+            q.withdraw(conn, [key], now)
             return
         senders = q.senders_to(conn, host, address, win.lo, win.hi)
         self.put(conn, slow(host, address, day, win, senders, weights_total, self.tune), now)

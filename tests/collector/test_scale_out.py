@@ -92,6 +92,8 @@ def one_round(broker: Broker, dbs: dict[str, str], events: list[dict[str, Any]],
         procs += [collector(broker, dbs[group], "--shared-group", f"{group}-{logdir.name}", "--client-id",
                             f"{group}-{logdir.name}-{i}", log=logdir / f"{group}-{i}.log") for i in range(n)]
     try:
+        # Publish only once every collector has subscribed: a shared subscription with no member yet
+        # drops what is published to it (PostgreSQL collectors migrate before they subscribe).
         logs = sorted(logdir.glob("*.log"))
         assert len(logs) == 6 and wait_for(lambda: all("collector_subscribed" in p.read_text() for p in logs), 30), \
             [p.read_text()[-500:] for p in logs]
