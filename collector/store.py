@@ -106,6 +106,7 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE egress ADD COLUMN accepted INTEGER",
         "ALTER TABLE egress ADD COLUMN container TEXT",
         "ALTER TABLE egress ADD COLUMN cmd_hash TEXT",
+        "ALTER TABLE egress ADD COLUMN exact INTEGER",  # 1: first_ts/ts are this destination's own sends
         "ALTER TABLE weight_reads ADD COLUMN start_time DOUBLE PRECISION",
         "ALTER TABLE weight_reads ADD COLUMN size BIGINT",
         "ALTER TABLE weight_reads ADD COLUMN how TEXT",
@@ -288,10 +289,10 @@ class Store:
             received = time.time()
             conn.execute(text(
                 "INSERT INTO egress(host, pid, ppid, exe, name, uid, address, port, allowed, bytes, ts, rate_bps, "
-                "event_id, pipes, received_at, start_time, first_ts, protocol, accepted, container, cmd_hash) "
+                "event_id, pipes, received_at, start_time, first_ts, protocol, accepted, container, cmd_hash, exact) "
                 "VALUES (:host, :pid, :ppid, :exe, :name, :uid, :address, :port, "
                 ":allowed, :bytes, :ts, :rate_bps, :event_id, :pipes, :received_at, :start_time, :first_ts, "
-                ":protocol, :accepted, :container, :cmd_hash)"),
+                ":protocol, :accepted, :container, :cmd_hash, :exact)"),
                 [{**_EGRESS_DETECTION_DEFAULTS, "received_at": received, **r} for r in rows])
 
     @staticmethod
@@ -440,7 +441,7 @@ class Store:
         cutoff = (now or time.time()) - horizon_s
         out = {}
         with self.tx() as conn:
-            for table, col in (("events", "ts"), ("egress", "ts"), ("weight_reads", "ts"), ("dead_letters", "received_at")):
+            for table, col in (("events", "ts"), ("egress", "ts"), ("weight_reads", "ts"), ("relays", "ts"), ("dead_letters", "received_at")):
                 out[table] = int(conn.execute(text(f"DELETE FROM {table} WHERE {col} < :c"), {"c": cutoff}).rowcount)
         return out
 
@@ -463,7 +464,8 @@ def _alert(row: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 
 _EGRESS_DETECTION_DEFAULTS: dict[str, Any] = {
-    "start_time": None, "first_ts": None, "protocol": None, "accepted": None, "container": None, "cmd_hash": None}
+    "start_time": None, "first_ts": None, "protocol": None, "accepted": None, "container": None, "cmd_hash": None,
+    "exact": 0}
 # Bytes that may carry data off the host: not allowlisted, or DNS, which carries names wherever it goes
 # (a tunnel through an allowlisted resolver is still a tunnel).
 OUTWARD = "(allowed = 0 OR port = 53)"

@@ -147,17 +147,19 @@ def projected_seconds(remaining: float, rate_bps: float) -> float | None:
     return remaining * 8 / rate_bps if rate_bps > 0 else None
 
 
-def bytes_after(row: dict[str, Any], t: float) -> float:
+def bytes_after(row: dict[str, Any], t: float, own: bool = False) -> float:
     """The part of a row's bytes that left at or after ``t``. A row says its bytes left within
     [first_ts, ts]; one that ended before ``t`` counts nothing, one that began after counts
-    whole, and one that spans ``t`` (a rollup, or a send under way when the read began) counts
-    in proportion."""
+    whole, and one that spans ``t`` counts in proportion, unless its times are only the
+    sample's (the agent did not say when this destination's bytes left) and ``own`` says the
+    sender itself began reading at ``t``: a process that read the weights and sent within the
+    same second most likely sent after reading."""
     last = float(row["ts"])
     first = float(row["first_ts"] if row.get("first_ts") is not None else last)
     n = float(row["bytes"])
     if last < t:
         return 0.0
-    if first >= t or last <= first:
+    if first >= t or last <= first or (own and not row.get("exact")):
         return n
     return n * (last - t) / (last - first)
 

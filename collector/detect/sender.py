@@ -135,6 +135,11 @@ def peak(rows: list[tuple[dict[str, Any], float]], links: list[Link], tune: Tuni
     return best
 
 
+def _own(links: list[Link], t0: float) -> bool:
+    """Did the earliest link begin with the sender's own read?"""
+    return any(link.kind in ("self", "staged") and link.t0 == t0 for link in links)
+
+
 def worth_judging(rows: list[dict[str, Any]], links: list[Link], tune: Tuning) -> bool:
     """A cheap look at some of a sender's rows (those around new facts): could they make any
     verdict? Outward bytes reaching the medium ratio in a window, or an accepted row whose rate,
@@ -143,7 +148,7 @@ def worth_judging(rows: list[dict[str, Any]], links: list[Link], tune: Tuning) -
     if not links:
         return False
     t0 = min(link.t0 for link in links)
-    counted = [(r, n) for r in rows if (n := bytes_after(r, t0)) > 0]
+    counted = [(r, n) for r in rows if (n := bytes_after(r, t0, _own(links, t0))) > 0]
     taken = taken_by(links, float("inf"))[0]
     if taken < tune.min_read_bytes:
         return False
@@ -192,7 +197,7 @@ def exfiltration(host: str, sender: dict[str, Any], flows: list[dict[str, Any]],
     if not links or not flows:
         return None
     t0 = min(link.t0 for link in links)
-    rows = [(r, n) for r in flows if (n := bytes_after(r, t0)) > 0]
+    rows = [(r, n) for r in flows if (n := bytes_after(r, t0, _own(links, t0))) > 0]
     win = peak(rows, links, tune)
     if win is None:
         return None

@@ -98,7 +98,7 @@ spec:
         return f"http://{self.pair.addr_b}:{port}/upload"
 
     def judge(self, sc: RealScenario, db: Path) -> Verdict:
-        time.sleep(1.5)  # the previous scenario's last samples and reads are in the past
+        time.sleep(1.0)  # the previous scenario's last samples and reads are in the past
         start_index, started = len(self.agent.events), time.time()
         pipe = Pipeline(Store(f"sqlite:///{db}"))
         pipe.ingest([message(e) for e in self.base])
@@ -118,8 +118,8 @@ spec:
                 took = time.monotonic() - t0
             return took is not None
 
-        wait_for(feed, 15 if sc.label == "theft" else 4, 0.1)
-        time.sleep(2.5)  # reads reported at close and the last samples still count for the final verdict
+        wait_for(feed, 15 if sc.label == "theft" else 2, 0.1)
+        time.sleep(1.5)  # reads reported at close and the last samples still count for the final verdict
         feed()
         pipe.sweep()
         alerts = pipe.store.alerts()
@@ -167,9 +167,9 @@ def inference(lab: Lab) -> None:
     server = lab.run(PYTHON, "-c", SERVE, "8000", *map(str, lab.shards))
     assert wait_for(lambda: lab.pair.run(lab.pair.b, "curl", "-s", "-o", "/dev/null", f"http://{lab.pair.addr_a}:8000/",
                                          check=False).returncode == 0, 15, 0.2), "the server did not come up"
-    for _ in range(40):  # clients on connections they open: 2 KB answers
+    for _ in range(20):  # clients on connections they open: 2 KB answers
         lab.pair.run(lab.pair.b, "curl", "-s", "-o", "/dev/null", f"http://{lab.pair.addr_a}:8000/")
-    time.sleep(2.5)  # the agent's mapping scan and samples
+    time.sleep(1.5)  # the agent's mapping scan and samples
     server.kill()
     server.wait(timeout=10)
 
@@ -193,7 +193,7 @@ REAL_SCENARIOS: list[RealScenario] = [
                  must=[Expect(ANY_THEFT, "high", "curl", "model-00001", "198.18.")]),
     RealScenario("real: gzip then curl", "theft", "compressed derivative, real agent", kind="real", act=gzip_then_curl,
                  must=[Expect(ANY_THEFT, "high", "curl", "model-00002", "198.18.")]),
-    RealScenario("real: inference-like server", "benign", "mmap + HTTP answers to 40 clients, real agent",
+    RealScenario("real: inference-like server", "benign", "mmap + HTTP answers to 20 clients, real agent",
                  kind="real", act=inference),
     RealScenario("real: allowlisted checkpoint, unrelated report", "benign",
                  "upload to the allowlisted sink, sha256sum, 180 KB report", kind="real", act=checkpoint_and_report),
