@@ -441,7 +441,8 @@ class Store:
         cutoff = (now or time.time()) - horizon_s
         out = {}
         with self.tx() as conn:
-            for table, col in (("events", "ts"), ("egress", "ts"), ("weight_reads", "ts"), ("relays", "ts"), ("dead_letters", "received_at")):
+            for table, col in (("events", "ts"), ("egress", "ts"), ("weight_reads", "ts"), ("relays", "ts"),
+                               ("dead_letters", "received_at")):
                 out[table] = int(conn.execute(text(f"DELETE FROM {table} WHERE {col} < :c"), {"c": cutoff}).rowcount)
         return out
 
