@@ -576,11 +576,12 @@ def add_relays(conn: Connection, rows: list[dict[str, Any]]) -> None:
 def first_contacts(conn: Connection, rows: list[tuple[str, str, str, float]]) -> None:
     """(host, exe, address, ts): remember the earliest time each program contacted each address.
     The minimum, not the first to arrive, so the answer does not depend on arrival order."""
-    for host, exe, address, ts in sorted(rows):  # one lock order for every collector
+    if rows:  # sorted: one lock order for every collector
         conn.execute(text(
             "INSERT INTO history(host, exe, address, first_seen) VALUES (:h, :e, :a, :t) "
             "ON CONFLICT (host, exe, address) DO UPDATE SET first_seen = excluded.first_seen "
-            "WHERE history.first_seen > excluded.first_seen"), {"h": host, "e": exe, "a": address, "t": ts})
+            "WHERE history.first_seen > excluded.first_seen"),
+            [{"h": host, "e": exe, "a": address, "t": ts} for host, exe, address, ts in sorted(rows)])
 
 
 def contacted_since(conn: Connection, host: str, exe: str, addresses: list[str]) -> dict[str, float]:
@@ -617,6 +618,42 @@ def hourly_to(conn: Connection, host: str, address: str, lo: float, hi: float) -
                        f"AS first_ts, max(ts) AS ts FROM egress WHERE host=:h AND address=:a AND ts>=:lo AND ts<:hi "
                        f"AND {OUTWARD} AND COALESCE(accepted, 0) = 0 GROUP BY CAST(ts / 3600 AS BIGINT) ORDER BY 1",
                  {"h": host, "a": address, "lo": lo, "hi": hi})
+
+
+def hourly_to_many(conn: Connection, pairs: list[tuple[str, str]], lo: float, hi: float) -> list[dict[str, Any]]:
+    """hourly_to for many (host, address) pairs in one statement per 400 pairs."""
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(pairs), 400):
+        chunk = pairs[i:i + 400]
+        params: dict[str, Any] = {"lo": lo, "hi": hi}
+        values = []
+        for n, (host, address) in enumerate(chunk):
+            params[f"h{n}"], params[f"a{n}"] = host, address
+            values.append(f"(:h{n}, :a{n})")
+        out += _rows(conn, f"SELECT host, address, CAST(ts / 3600 AS BIGINT) AS hour, sum(bytes) AS bytes, "
+                           f"min(COALESCE(first_ts, ts)) AS first_ts, max(ts) AS ts FROM egress "
+                           f"WHERE (host, address) IN (VALUES {', '.join(values)}) AND ts>=:lo AND ts<:hi "
+                           f"AND {OUTWARD} AND COALESCE(accepted, 0) = 0 "
+                           f"GROUP BY host, address, CAST(ts / 3600 AS BIGINT) ORDER BY 1, 2, 3", params)
+    return out
+
+
+def existing_keys(conn: Connection, keys: list[str]) -> set[str]:
+    found: set[str] = set()
+    for i in range(0, len(keys), 500):
+        params = {f"k{n}": k for n, k in enumerate(keys[i:i + 500])}
+        found.update(conn.execute(text(f"SELECT key FROM alerts WHERE key IN ({', '.join(':' + k for k in params)})"),
+                                  params).scalars())
+    return found
+
+
+def weights_of(conn: Connection, hosts: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for i in range(0, len(hosts), 500):
+        params = {f"h{n}": h for n, h in enumerate(hosts[i:i + 500])}
+        out.update({r[0]: int(r[1] or 0) for r in conn.execute(text(
+            f"SELECT host, weights_bytes FROM hosts WHERE host IN ({', '.join(':' + k for k in params)})"), params)})
+    return out
 
 
 def senders_to(conn: Connection, host: str, address: str, lo: float, hi: float) -> list[dict[str, Any]]:

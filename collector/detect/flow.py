@@ -27,7 +27,7 @@ from weightwarden.collector.detect.facts import egress_rows, parse_pipes, relay_
 from weightwarden.collector.detect.host import host_exfiltration
 from weightwarden.collector.detect.sender import Link, exfiltration, worth_judging
 from weightwarden.collector.detect.single import from_event
-from weightwarden.collector.detect.slow import slow, slow_peak
+from weightwarden.collector.detect.slow import SlowWindow, slow, slow_peak
 from weightwarden.collector.store import Store
 from weightwarden.events import Event, FileAccess, WeightHolder, WeightsCopy
 
@@ -182,7 +182,7 @@ class Detector:
             [(self.evaluate_sender, u) for u in sorted(units.senders)]
             + [(self.check_sender, (*k, checks[k])) for k in sorted(checks)]
             + [(self.evaluate_host_day, u) for u in sorted(units.host_days)]
-            + [(self.evaluate_slow, u) for u in sorted(units.slow)])
+            + [(self.write_slow, u) for u in self._judged_slow(conn, sorted(units.slow))])
         if len(self._slow_done) > MAX_CONTACTS:
             self._slow_done.clear()
         for unit in units.slow:
@@ -350,17 +350,44 @@ class Detector:
         else:
             self.put(conn, draft, now)
 
-    def evaluate_slow(self, conn: Connection, host: str, address: str, day: str, now: float) -> None:
+    def _judged_slow(self, conn: Connection, units: list[tuple[str, str, str]]
+                     ) -> list[tuple[str, str, str, SlowWindow | None, int]]:
+        try:
+            with conn.begin_nested():
+                return self.judge_slow(conn, units)
+        except Exception as exc:  # noqa: BLE001 - counted; the sweep tries again
+            self.note_error(f"judge_slow ({len(units)} destinations): {exc!r}")
+            return []
+
+    def judge_slow(self, conn: Connection, units: list[tuple[str, str, str]]
+                   ) -> list[tuple[str, str, str, SlowWindow | None, int]]:
+        """Every destination-day at once (a few statements however many): those with a verdict to
+        write, or an alert to withdraw. Most have neither, and cost no statement of their own."""
+        if not units:
+            return []
+        starts = [day_start(d) for _h, _a, d in units]
+        hourly = q.hourly_to_many(conn, sorted({(h, a) for h, a, _d in units}), min(starts) - self.tune.slow_window_s,
+                                  max(starts) + 86400)
+        by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for row in hourly:
+            by_pair.setdefault((row["host"], row["address"]), []).append(row)
+        weights = q.weights_of(conn, sorted({h for h, _a, _d in units}))
+        existing = q.existing_keys(conn, [f"slow:{h}:{a}:{d}" for h, a, d in units])
+        out = []
+        for host, address, day in units:
+            win = slow_peak(by_pair.get((host, address), []), day, weights.get(host, 0), self.tune)
+            if win is not None or f"slow:{host}:{address}:{day}" in existing:
+                out.append((host, address, day, win, weights.get(host, 0)))
+        return out
+
+    def write_slow(self, conn: Connection, host: str, address: str, day: str, win: SlowWindow | None,
+                   weights_total: int, now: float) -> None:
         key = f"slow:{host}:{address}:{day}"
-        lo = day_start(day)
-        hourly = q.hourly_to(conn, host, address, lo - self.tune.slow_window_s, lo + 86400)
-        weights_total = int((self.store.host(conn, host) or {}).get("weights_bytes") or 0)
-        win = slow_peak(hourly, day, weights_total, self.tune)
         if win is None:
             q.withdraw(conn, [key], now)
-            return
-        senders = q.senders_to(conn, host, address, win.lo, win.hi)
-        self.put(conn, slow(host, address, day, win, senders, weights_total, self.tune), now)
+        else:
+            self.put(conn, slow(host, address, day, win, q.senders_to(conn, host, address, win.lo, win.hi),
+                                weights_total, self.tune), now)
 
     # -- the sweep -----------------------------------------------------------------------
 
