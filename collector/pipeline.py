@@ -147,7 +147,11 @@ class Pipeline:
         """A second look at what arrived lately, then each host on its own: silent agents and
         unexplained sequence gaps. One host's odd state never stops the sweep for the others."""
         now = self.clock()
-        failed = self.detector.sweep(now)
+        try:
+            failed = self.detector.sweep(now)
+        except Exception as exc:  # noqa: BLE001 - the second look failed as a whole; the hosts still get theirs
+            failed = 1
+            self.detector.note_error(f"sweep re-evaluation: {exc!r}")
         with self.store.tx() as conn:
             hosts = self.store_hosts(conn)
         for h in hosts:
