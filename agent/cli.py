@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -138,9 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _attribution_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--attribution", choices=("auto", "ebpf", "nfqueue"), default="auto",
+    default = os.environ.get("WEIGHTWARDEN_ATTRIBUTION", "auto")
+    p.add_argument("--attribution", choices=("auto", "ebpf", "nfqueue"),
+                   default=default if default in ("auto", "ebpf", "nfqueue") else "auto",
                    help="who-sent-what path: ebpf (every network namespace, owners named in the kernel), nfqueue "
-                        "(this namespace only), auto: ebpf where the kernel allows it (default)")
+                        "(this namespace only), auto: ebpf where the kernel allows it (default: "
+                        "$WEIGHTWARDEN_ATTRIBUTION or auto)")
     p.add_argument("--bpf-cgroup", metavar="DIR", default=None,
                    help="cgroup v2 directory the eBPF programs watch (default: the whole hierarchy)")
 

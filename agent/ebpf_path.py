@@ -110,13 +110,14 @@ class EbpfPath:
         out = PathInterval()
         local = self.local()
         # Who holds each loopback endpoint (this drain, then recent ones): names relay peers.
-        for f in drain.flows:
+        # Busiest last: a listener's SYN-ACK shares its tuple with the accepted socket, which must win.
+        for f in sorted(drain.flows, key=lambda f: f.packets):
             if f.owner.known and (f.local or not is_egress_destination(f.dst, local)):
                 key = (f.owner.netns if f.local else 0, f.src, f.sport, f.dst, f.dport)
                 self._peer_owner[key] = (f.owner.tgid, now_wall)
         for key in [k for k, (_pid, seen) in self._peer_owner.items() if now_wall - seen > PEER_MEMORY_S]:
             del self._peer_owner[key]
-        sockets: dict[tuple[int, tuple[str, int]], set[int]] = {}
+        sockets: dict[tuple[int, tuple[str, int, str]], set[int]] = {}
         for f in drain.flows:
             if not f.bytes:
                 continue
@@ -132,12 +133,11 @@ class EbpfPath:
             if f.local or not is_egress_destination(f.dst, local):
                 self._local_peer(acct, f)
                 continue
-            d = acct.dest((f.dst, f.dport))
+            d = acct.dest(f.dst, f.dport, f.protocol)
             d.add(f.bytes, wall(f.first_ns), wall(f.last_ns))
-            d.protocol = f.protocol
             if f.protocol == "tcp":
                 d.accepted = f.accepted if d.accepted is None else (d.accepted and f.accepted)
-            sockets.setdefault((pid, (f.dst, f.dport)), set()).add(f.cookie)
+            sockets.setdefault((pid, (f.dst, f.dport, f.protocol)), set()).add(f.cookie)
         for (pid, dest), cookies in sockets.items():
             out.accounts[pid].dests[dest].connections = len(cookies)
         self._unix(drain.unix, out)
@@ -164,17 +164,23 @@ class EbpfPath:
             return  # a process talking to itself hands nothing on
         self._add_peer(acct, via, pid, f.dport, f.bytes)
 
-    def _add_peer(self, acct: Account, via: str, pid: int | None, port: int | None, nbytes: int) -> None:
+    def _add_peer(self, acct: Account, via: str, pid: int | None, port: int | None, nbytes: int,
+                  kernel: wire.Owner | None = None) -> None:
         key = (via, pid, port)
         stats = acct.peers.get(key)
         if stats is None:
             info = self.procs.describe(pid) if pid is not None else None
+            if kernel is not None and (info is None or abs(info.create_time - create_time(
+                    kernel.start_ns, self.boot_time)) >= 0.05):
+                info = self._hint(kernel)
             stats = acct.peers[key] = PeerStats(via, 0, pid, info.create_time if info else None,
                                                 info.name if info else None, info.exe if info else None, port)
         stats.tx_bytes += nbytes
 
     def _unix(self, sends: list[wire.UnixSend], out: PathInterval) -> None:
-        unknown = {s.peer_ino for s in sends if s.peer_ino and s.peer_ino not in self._unix_owner}
+        # The kernel names the reader once it has read; /proc (by the peer socket's inode) otherwise.
+        unknown = {s.peer_ino for s in sends
+                   if s.peer_ino and not s.peer.known and s.peer_ino not in self._unix_owner}
         if unknown:
             wanted = set(sorted(unknown)[:MAX_PEER_LOOKUPS])
             found = self.procs.owners(wanted)
@@ -186,10 +192,15 @@ class EbpfPath:
             if not s.bytes or not s.owner.known:
                 continue
             pid = s.owner.tgid
-            peer = self._unix_owner.get(s.peer_ino) if s.peer_ino else None
-            if peer == pid:
-                continue  # a process talking to itself (socketpair within one process) hands nothing on
             acct = out.accounts.setdefault(pid, Account())
             if pid not in out.hints:
                 out.hints[pid] = self._hint(s.owner)
+            if s.peer.known:
+                if s.peer.tgid == pid:
+                    continue  # a process talking to itself hands nothing on
+                self._add_peer(acct, "unix", s.peer.tgid, None, s.bytes, s.peer)
+                continue
+            peer = self._unix_owner.get(s.peer_ino) if s.peer_ino else None
+            if peer == pid:
+                continue
             self._add_peer(acct, "unix", peer, None, s.bytes)

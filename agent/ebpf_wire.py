@@ -24,7 +24,7 @@ UNIX_KEY = struct.Struct("<IIQQ")  # struct ww_unix_key
 UNIX_TAIL = struct.Struct("<QQQ")  # struct ww_unix after its owner
 LOST = struct.Struct("<QQQQ")
 FLOW_SIZE = FLOW_KEY.size + OWNER.size + FLOW_TAIL.size
-UNIX_SIZE = UNIX_KEY.size + OWNER.size + UNIX_TAIL.size
+UNIX_SIZE = UNIX_KEY.size + OWNER.size + UNIX_TAIL.size + OWNER.size
 
 PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_ICMP: "icmp", 58: "icmp"}
 
@@ -91,6 +91,7 @@ class UnixSend:
     bytes: int
     first_ns: int
     last_ns: int
+    peer: Owner  # the reader of the receiving socket, if it had read by the last send (else tgid 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +141,8 @@ def parse_unix(payload: bytes) -> list[UnixSend]:
         _tgid, _pad, _start, peer = UNIX_KEY.unpack_from(payload, off)
         owner = _owner(OWNER.unpack_from(payload, off + UNIX_KEY.size))
         nbytes, first, last = UNIX_TAIL.unpack_from(payload, off + UNIX_KEY.size + OWNER.size)
-        out.append(UnixSend(owner, peer, nbytes, first, last))
+        reader = _owner(OWNER.unpack_from(payload, off + UNIX_KEY.size + OWNER.size + UNIX_TAIL.size))
+        out.append(UnixSend(owner, peer, nbytes, first, last, reader))
     return out
 
 

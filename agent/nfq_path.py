@@ -201,11 +201,11 @@ class NfqueuePath:
         for pid, dests in interval.by_owner.items():
             acct = out.accounts[pid] = Account()
             for dest, nbytes in dests.items():
-                d = acct.dest(dest)
-                d.tx_bytes = nbytes
                 meta = interval.meta.get((pid, dest))
+                d = acct.dest(dest[0], dest[1], meta[0] if meta else None)
+                d.tx_bytes = nbytes
                 if meta is not None:
-                    d.protocol, d.accepted, d.connections = meta[0], meta[1], meta[2] or None
+                    d.accepted, d.connections = meta[1], meta[2] or None
         self.procs.prune(in_use | set(interval.by_owner))
         return out
 

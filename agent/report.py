@@ -15,6 +15,7 @@ from weightwarden.agent.procmap import ProcessInfo
 from weightwarden.events import MAX_DESTINATIONS, MAX_LOCAL_PEERS, MAX_PIPES, MAX_PROCESSES, Container
 
 Dest = tuple[str, int]
+DestKey = tuple[str, int, str | None]  # address, port, protocol: ICMP and raw to one address stay apart
 LOCAL_ONLY_MIN_BYTES = 4096  # a process that only talked locally is reported from this many bytes on
 
 
@@ -52,13 +53,14 @@ class PeerStats:
 class Account:
     """What one process sent in one interval."""
 
-    dests: dict[Dest, DestStats] = field(default_factory=dict)
+    dests: dict[DestKey, DestStats] = field(default_factory=dict)
     peers: dict[tuple[str, int | None, int | None], PeerStats] = field(default_factory=dict)
 
-    def dest(self, key: Dest) -> DestStats:
+    def dest(self, addr: str, port: int, protocol: str | None) -> DestStats:
+        key = (addr, port, protocol)
         got = self.dests.get(key)
         if got is None:
-            got = self.dests[key] = DestStats()
+            got = self.dests[key] = DestStats(protocol=protocol)
         return got
 
     @property
@@ -98,12 +100,14 @@ def _peer(p: PeerStats) -> dict[str, Any]:
     return out
 
 
-def process_entry(pid: int, info: ProcessInfo | None, dests: dict[Dest, int] | dict[Dest, DestStats],
+def process_entry(pid: int, info: ProcessInfo | None,
+                  dests: dict[Dest, int] | dict[DestKey, DestStats] | dict[Dest, DestStats],
                   peers: list[PeerStats] | None = None, container: Container | None = None) -> dict[str, Any]:
     """One process's line in a sample: its identity and its busiest destinations (at most
     MAX_DESTINATIONS; the rest summed in ``other_destinations``) and local peers (at most
     MAX_LOCAL_PEERS), so a sample never outgrows what the collector accepts."""
-    stats = {k: (v if isinstance(v, DestStats) else DestStats(tx_bytes=v)) for k, v in dests.items()}
+    stats = {(k[0], k[1]) if len(k) == 2 else k: (v if isinstance(v, DestStats) else DestStats(tx_bytes=v))
+             for k, v in dests.items()}
     ranked = sorted(stats.items(), key=lambda kv: kv[1].tx_bytes, reverse=True)
     shown, rest = ranked[:MAX_DESTINATIONS], ranked[MAX_DESTINATIONS:]
     entry: dict[str, Any] = {
@@ -120,7 +124,7 @@ def process_entry(pid: int, info: ProcessInfo | None, dests: dict[Dest, int] | d
         "pipes": list(info.pipes)[:MAX_PIPES] if info else [],
         "pipe_ends": info.pipe_ends_json() if info else {},
         "tx_bytes": sum(d.tx_bytes for d in stats.values()),
-        "destinations": [_destination(addr, port, d) for (addr, port), d in shown],
+        "destinations": [_destination(k[0], k[1], d) for k, d in shown],
     }
     if rest:
         entry["other_destinations"] = {"count": len(rest), "tx_bytes": sum(d.tx_bytes for _k, d in rest)}

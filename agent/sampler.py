@@ -20,6 +20,7 @@ interfaces, process descriptions and containers, DNS names, bounds.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -200,6 +201,8 @@ class Sampler:
         """/proc's description if it is the process the kernel saw (not a reuse of its pid), else the kernel's."""
         info = self.procs.describe(pid)
         if hint is None or (info is not None and abs(info.create_time - hint.create_time) < 0.05):
+            if info is not None and hint is not None and info.cgroup is None:
+                info = dataclasses.replace(info, cgroup=hint.cgroup)  # it exited while /proc was read
             return info
         return hint
 

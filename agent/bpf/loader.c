@@ -110,7 +110,7 @@ static int on_event(void *ctx, void *data, size_t size)
 /* Read and empty a map nobody writes any more, sending its records as frames of `type`. */
 static void dump_map(int fd, __u32 type, size_t ksz, size_t vsz)
 {
-	static char keys[BATCH * 64], vals[BATCH * 192], rec[BATCH * 256];
+	static char keys[BATCH * 64], vals[BATCH * 256], rec[BATCH * 320];
 	__u64 in = 0, out = 0;
 	void *inp = NULL;
 	for (;;) {
@@ -201,6 +201,8 @@ int main(int argc, char **argv)
 	skip_missing(skel->progs.ww_send, "sock_send_length",
 		     "sockets are credited to the process that created them, unix-socket relays are not seen", vmlinux,
 		     notes, sizeof(notes));
+	skip_missing(skel->progs.ww_recv, "sock_recv_length", "unix-socket relays are named from /proc only", vmlinux,
+		     notes, sizeof(notes));
 	if (weightwarden_bpf__load(skel))
 		fail("loading the BPF programs: %s %s", strerror(errno), libbpf_msgs);
 	if (probe) {
@@ -221,6 +223,8 @@ int main(int argc, char **argv)
 		links[nlinks++] = bpf_program__attach_cgroup(on_cgroup[i], cg);
 	if (bpf_program__autoload(skel->progs.ww_send))
 		links[nlinks++] = bpf_program__attach(skel->progs.ww_send);
+	if (bpf_program__autoload(skel->progs.ww_recv))
+		links[nlinks++] = bpf_program__attach(skel->progs.ww_recv);
 	for (int i = 0; i < nlinks; i++)
 		if (!links[i])
 			fail("attaching program %d: %s %s", i, strerror(errno), libbpf_msgs);

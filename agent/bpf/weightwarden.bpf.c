@@ -433,13 +433,15 @@ int ww_ingress(struct __sk_buff *skb)
 /* Bytes written to a unix socket, by (writer, receiving socket): relays on this host. */
 static __always_inline void unix_account(struct sock *sk, int sent)
 {
-	struct unix_sock *u = (struct unix_sock *)sk;
-	struct sock *peer = BPF_CORE_READ(u, peer);
+	struct unix_sock *u = bpf_skc_to_unix_sock(sk);
+	struct sock *peer = u ? u->peer : 0;
+	struct ww_owner *receiver = 0;
 	struct ww_unix_key key = {};
 	if (peer) {
 		struct socket_alloc *sa = (struct socket_alloc *)BPF_CORE_READ(peer, sk_socket);
 		if (sa)
 			key.peer_ino = BPF_CORE_READ(sa, vfs_inode.i_ino);
+		receiver = bpf_sk_storage_get(&owners, peer, 0, 0);
 	}
 	key.tgid = bpf_get_current_pid_tgid() >> 32;
 	struct task_struct *t = bpf_get_current_task_btf();
@@ -471,4 +473,22 @@ static __always_inline void unix_account(struct sock *sk, int sent)
 	}
 	__sync_fetch_and_add(&v->bytes, sent);
 	v->last_ns = now;
+	if (receiver && receiver->tgid && v->peer.tgid != receiver->tgid)
+		__builtin_memcpy(&v->peer, receiver, sizeof(*receiver));
+}
+
+/* A process reading a socket: remembered on it, so the writers of a unix socket can name their
+ * reader, and a connection accepted by a forked worker (or only read from) names that worker. */
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(ww_recv, struct sock *sk, int ret, int flags)
+{
+	if (!sk || ret <= 0 || !in_scope())
+		return 0;
+	__u16 family = sk->__sk_common.skc_family;
+	if (family != AF_UNIX && family != AF_INET && family != AF_INET6)
+		return 0;
+	struct ww_owner *o = bpf_sk_storage_get(&owners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (o && (o->tgid != (__u32)(bpf_get_current_pid_tgid() >> 32) || !(o->flags & WW_OWNED)))
+		fill_owner(o);
+	return 0;
 }

@@ -66,7 +66,8 @@ struct ww_unix {
 	__u64 bytes;
 	__u64 first_ns;
 	__u64 last_ns;
-};                           /* 104 bytes */
+	struct ww_owner peer;        /* the receiving process, once it has read (tgid 0: not yet known) */
+};                           /* 184 bytes */
 
 struct ww_lost {
 	__u64 bytes;         /* payload not recorded because a map was full */
