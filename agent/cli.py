@@ -20,7 +20,7 @@ from pathlib import Path
 from weightwarden import logs
 from weightwarden.agent import __version__, resolve_rules
 from weightwarden.events import default_host_id
-from weightwarden.agent.paths import default_state_dir
+from weightwarden.agent.paths import default_state_dir, private_dir
 from weightwarden.agent.policy.loader import PolicyError, load_policy
 from weightwarden.units import parse_size
 from weightwarden.agent.sampler import DEFAULT_QUEUE, Sampler, SamplerConfig
@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"weightwarden-agent {__version__}")
+    parser.add_argument("--log-level", choices=sorted(logs.LEVELS), default="info",
+                        help="least severe log lines written to stderr (default: info)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     top = sub.add_parser(
@@ -152,7 +154,8 @@ def _attribution_args(p: argparse.ArgumentParser) -> None:
 def _state_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", type=Path, default=None,
                    help="default: /var/lib/weightwarden (per network namespace), or $WEIGHTWARDEN_STATE_DIR")
-    p.add_argument("--backend", choices=("auto", "nftables", "iptables"), default="auto")
+    p.add_argument("--backend", choices=("auto", "nftables", "iptables", "dry-run"), default="auto",
+                   help="auto: nftables where nft works, else iptables; dry-run: plan and report, never touch the kernel")
 
 
 def _load_or_report(path: str) -> object:
@@ -221,6 +224,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     state_dir = args.state_dir or default_state_dir()
     if args.dry_run:
         return _print_plan(loaded, args)
+    # What the daemon writes (spool, budgets, records) names processes and policies: owner only,
+    # as the unit's UMask=0077 says, also when it runs outside systemd.
+    os.umask(0o077)
+    private_dir(state_dir)
     try:
         sink = make_sink(args.sink, parse_size(args.spool_max_bytes))
     except (SinkURLError, ValueError, OSError) as exc:
@@ -370,9 +377,9 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logs.configure()
     parser = build_parser()
     args = parser.parse_args(argv)
+    logs.configure(args.log_level)
     return int(args.func(args))
 
 

@@ -15,6 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from weightwarden import logs
+
 from weightwarden.collector import __version__
 
 EXAMPLES = """examples:
@@ -39,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Central service: ingest agent events, correlate transfers with weight reads, raise alerts.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"weightwarden-collector {__version__}")
+    parser.add_argument("--log-level", choices=sorted(logs.LEVELS), default="info",
+                        help="least severe log lines written to stderr (default: info)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="subscribe to the agents' events and raise alerts", epilog=EXAMPLES,
@@ -93,7 +97,6 @@ def _store(url: str) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from weightwarden import logs
     from weightwarden.mqtt import MqttSettings
     from weightwarden.units import parse_duration
     from weightwarden.mqtt import MqttURLError
@@ -101,7 +104,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from weightwarden.collector.pipeline import Pipeline
     from weightwarden.collector.service import CollectorService, ServiceConfig
 
-    logs.configure()
     try:
         broker = MqttSettings.from_url(args.broker)
         retention = parse_duration(args.retention)
@@ -205,4 +207,5 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logs.configure(args.log_level)
     return int(args.func(args))
