@@ -40,6 +40,14 @@
 #include "ww.h"
 #include "weightwarden.skel.h"
 
+/* agent/ebpf_wire.py decodes these byte for byte. */
+_Static_assert(sizeof(struct ww_owner) == 80, "ww_owner");
+_Static_assert(sizeof(struct ww_flow_key) == 32, "ww_flow_key");
+_Static_assert(sizeof(struct ww_flow) == 136, "ww_flow");
+_Static_assert(sizeof(struct ww_unix_key) == 24, "ww_unix_key");
+_Static_assert(sizeof(struct ww_unix) == 184, "ww_unix");
+_Static_assert(sizeof(struct ww_lost) == 32, "ww_lost");
+
 enum { T_READY = 1, T_ERROR = 2, T_FLOWS = 3, T_UNIX = 4, T_LOST = 5, T_END = 6, T_OWNER = 7, T_DNS = 8 };
 
 #define BATCH 4096
