@@ -176,6 +176,16 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem.render(args.file), file=sys.stderr)
         return EXIT_FAIL
+    from weightwarden.agent.enforce.selectors import detect, refusals
+
+    refused = refusals(loaded.policy, detect())
+    if refused:
+        # A selector this kernel cannot enforce is refused, never quietly widened to a host-wide cap.
+        if args.json:
+            print(json.dumps({"valid": False, "problems": [{"message": r, "kind": "unenforceable"} for r in refused]}))
+        for reason in refused:
+            print(f"{args.file}: {reason}", file=sys.stderr)
+        return EXIT_FAIL
     if args.json:
         print(json.dumps({"valid": True, "name": loaded.policy.metadata.name, "digest": loaded.digest}))
     else:
