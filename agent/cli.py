@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--queue-num", type=int, default=DEFAULT_QUEUE)
     _attribution_args(run)
     run.add_argument("--dry-run", action="store_true", help="print the kernel plan as JSON and exit")
+    run.add_argument("--metrics-listen", metavar="HOST:PORT", default=None,
+                     help="serve the agent's own metrics (Prometheus text) at http://HOST:PORT/metrics")
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="policy in force, kernel rules, counters and drift",
@@ -246,7 +248,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = DaemonConfig(policy_path=Path(args.policy), state_dir=state_dir, host_id=args.host_id or default_host_id(),
                        backend=args.backend, sample_interval=args.sample_interval, nfqueue=not args.no_nfqueue,
                        queue_num=args.queue_num, heartbeat_interval=args.heartbeat_interval,
-                       attribution=args.attribution, bpf_cgroup=args.bpf_cgroup)
+                       attribution=args.attribution, bpf_cgroup=args.bpf_cgroup,
+                       metrics_listen=args.metrics_listen)
     try:
         agent = Agent(cfg, loaded, sink)  # type: ignore[arg-type]
     except (KernelError, ValueError, OSError) as exc:

@@ -37,6 +37,7 @@ from weightwarden.events import (
 from weightwarden.agent.files.patterns import WeightPaths
 from weightwarden.agent.files.watcher import FileWatcher
 from weightwarden.agent.interfaces import counter_delta
+from weightwarden.agent.metrics import AgentMetrics, MetricsServer
 from weightwarden.agent.policy.loader import LoadedPolicy, PolicyError, load_policy
 from weightwarden.agent.sampler import Sampler, SamplerConfig
 from weightwarden.agent.sinks import Sink
@@ -58,6 +59,7 @@ class DaemonConfig:
     heartbeat_interval: float = 30.0
     attribution: str = "auto"
     bpf_cgroup: str | None = None
+    metrics_listen: str | None = None  # HOST:PORT for /metrics (agent/metrics.py)
 
 
 def resolve_interfaces(patterns: list[str]) -> list[str]:
@@ -147,11 +149,15 @@ class Agent:
         self.dropped_events = 0
         self.files: FileWatcher | None = None
         self.weights_total: dict[str, Any] = {}
+        self.metrics = AgentMetrics()
+        # Bound here, so a port in use is a start-up error ("cannot start"), not a crash later.
+        self.metrics_server = MetricsServer(self.metrics, cfg.metrics_listen) if cfg.metrics_listen else None
 
     # -- events ---------------------------------------------------------
 
     def emit(self, data: Payload) -> None:
         event = self.events.make(data)
+        self.metrics.observe_event(data)
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
@@ -309,12 +315,15 @@ class Agent:
             if await wait_for_stop(self.stop, deadline - time.monotonic()):
                 return
             self.last_sample_lag = max(0.0, time.monotonic() - deadline)
+            took = time.monotonic()
             try:
                 sample = await asyncio.to_thread(self._sample_once)
             except Exception as exc:  # noqa: BLE001 - one bad sample must not end measuring
                 self.log.error("sample_failed", error=repr(exc)[:2000])
                 self.dropped_events += 1
                 continue
+            finally:
+                self.metrics.sample_took(time.monotonic() - took)
             if sample is None:
                 continue
             self.last_sample_done = time.monotonic()
@@ -420,6 +429,8 @@ class Agent:
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
         loop.add_signal_handler(signal.SIGINT, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload.set)
+        if self.metrics_server is not None:
+            self.metrics_server.start()
         await self.sink.start()
         recovery = self.sink.recovered()
         if recovery is not None:
@@ -475,4 +486,6 @@ class Agent:
             await self._close_files()
             await asyncio.to_thread(sampler.close)
             await self.sink.close()
+            if self.metrics_server is not None:
+                self.metrics_server.close()
         return 0

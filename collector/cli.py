@@ -26,6 +26,7 @@ EXAMPLES = """examples:
   weightwarden-collector alerts show 3f2a9c1d0b7e4a55
   weightwarden-collector alerts ack 3f2a9c1d0b7e4a55 --by alice
   weightwarden-collector hosts
+  weightwarden-collector serve --db sqlite:////var/lib/ww/collector.db --listen 0.0.0.0:8443 --tls-cert c.pem --tls-key k.pem
 """
 DEFAULT_DB = "sqlite:////var/lib/weightwarden/collector.db"
 
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = asub.add_parser(verb, help=f"mark an alert {state}")
         p.add_argument("alert", help="alert id or key")
         p.add_argument("--by", default=getpass.getuser(), help="who (default: you)")
+        p.add_argument("--comment", help="why (kept in the alert's audit trail)")
         _db_arg(p)
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_alerts_state, state=state)
@@ -87,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(stats)
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=cmd_stats)
+
+    from weightwarden.collector.console_cli import add_commands
+
+    add_commands(sub, _db_arg)  # serve, users, tokens, outputs
     return parser
 
 
@@ -141,10 +147,15 @@ def cmd_alerts_list(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts_show(args: argparse.Namespace) -> int:
-    alert = _store(args.db).alert(args.alert)
+    from weightwarden.collector.triage import audit
+
+    store = _store(args.db)
+    alert = store.alert(args.alert)
     if alert is None:
         print(f"weightwarden-collector: no alert {args.alert!r}", file=sys.stderr)
         return 1
+    with store.tx() as conn:
+        alert["audit"] = audit(conn, alert["id"])
     if args.json:
         print(json.dumps(alert, default=str))
         return 0
@@ -163,16 +174,22 @@ def cmd_alerts_show(args: argparse.Namespace) -> int:
         lines.append(f"acknowledged by {alert['acked_by']} at {_when(alert['acked_at'])}")
     if alert.get("resolved_by"):
         lines.append(f"resolved by {alert['resolved_by']} at {_when(alert['resolved_at'])}")
+    for a in alert["audit"]:
+        lines.append(f"  {_when(a['ts'])}  {a['user']} {a['action']}{': ' + a['comment'] if a['comment'] else ''}")
     print("\n".join(lines))
     return 0
 
 
 def cmd_alerts_state(args: argparse.Namespace) -> int:
+    from weightwarden.collector.triage import TriageError, act
+
     store = _store(args.db)
-    with store.tx() as conn:
-        changed = store.set_state(conn, args.alert, args.state, args.by, time.time())
-    if not changed:
-        print(f"weightwarden-collector: no alert {args.alert!r}", file=sys.stderr)
+    try:
+        with store.tx() as conn:  # audited like the console's ack, with --by as the user
+            act(conn, args.alert, "ack" if args.state == "acknowledged" else "resolve", args.by, time.time(),
+                comment=args.comment, via="cli")
+    except TriageError as exc:
+        print(f"weightwarden-collector: {exc}", file=sys.stderr)
         return 1
     alert = store.alert(args.alert)
     print(json.dumps(alert, default=str) if args.json else f"{alert['id']} {args.state} by {args.by}")

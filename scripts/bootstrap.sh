@@ -10,7 +10,9 @@ export PATH="$PATH:/usr/sbin:/sbin"
 needed=(
   ip:iproute2 tc:iproute2 nft:nftables iptables:iptables conntrack:conntrack
   mosquitto:mosquitto mosquitto_sub:mosquitto-clients iperf3:iperf3 nethogs:nethogs
-  curl:curl
+  curl:curl openssl:openssl
+  # The console's browser tests: Debian's chromium and its driver (selenium never downloads one).
+  chromium:chromium chromedriver:chromium-driver
   clang:clang bpftool:bpftool cc:gcc
 )
 missing=()

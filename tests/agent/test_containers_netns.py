@@ -239,3 +239,27 @@ def test_padding_keeps_samples_bounded(lab: Lab, agent: AgentTop) -> None:
                 assert len(p["destinations"]) <= 32
                 total += p["tx_bytes"]
     assert total == 15_000
+
+
+LOOKUP_AND_SEND = r"""
+import os, socket, sys
+import dns.message
+q = dns.message.make_query("weights-drop.example", "A")
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5)
+u.sendto(q.to_wire(), (sys.argv[1], 53))
+addr = dns.message.from_wire(u.recv(4096)).answer[0][0].to_text()
+s = socket.create_connection((addr, int(sys.argv[2]))); s.sendall(b"w" * 500_000); s.close()
+print(os.getpid())
+"""
+
+
+def test_destinations_carry_the_name_looked_up_in_the_container(lab: Lab, agent: AgentTop) -> None:
+    dns_server = lab.popen(lab.out, sys.executable, "-m", "tests.helpers.dns_server", lab.out_addr, lab.out_addr,
+                           stdout=subprocess.PIPE)
+    assert dns_server.stdout is not None and dns_server.stdout.readline().strip() == b"ready"
+    start = len(agent.samples)
+    pid = int(lab.run_ctr(sys.executable, "-c", LOOKUP_AND_SEND, lab.out_addr, str(TCP_PORT)).stdout)
+    pids = _per_pid(_since(agent, start))
+    dests = [d for d in pids[pid]["destinations"] if d["port"] == TCP_PORT]
+    assert dests and {d.get("name") for d in dests} == {"weights-drop.example"}
+    assert sum(d["tx_bytes"] for d in dests) == 500_000
