@@ -22,7 +22,7 @@ import dns.rdatatype
 
 MIN_TTL, MAX_TTL = 60.0, 86400.0
 MAX_NAMES = 100_000
-MAX_PER_S = 2000
+MAX_PER_S = 1000
 
 
 def _udp_payload(packet: bytes) -> bytes | None:

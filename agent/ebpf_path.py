@@ -111,8 +111,9 @@ class EbpfPath:
         local = self.local()
         # Who holds each loopback endpoint (this drain, then recent ones): names relay peers.
         # Busiest last: a listener's SYN-ACK shares its tuple with the accepted socket, which must win.
-        for f in sorted(drain.flows, key=lambda f: f.packets):
-            if f.owner.known and (f.local or not is_egress_destination(f.dst, local)):
+        on_host = [f for f in drain.flows if f.local or f.dst in local or not is_egress_destination(f.dst, local)]
+        for f in sorted(on_host, key=lambda f: f.packets):
+            if f.owner.known:
                 key = (f.owner.netns if f.local else 0, f.src, f.sport, f.dst, f.dport)
                 self._peer_owner[key] = (f.owner.tgid, now_wall)
         for key in [k for k, (_pid, seen) in self._peer_owner.items() if now_wall - seen > PEER_MEMORY_S]:

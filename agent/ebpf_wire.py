@@ -122,16 +122,29 @@ def _addr(family: int, raw: bytes) -> str:
 
 
 def parse_flows(payload: bytes) -> list[Flow]:
+    # A burst of 20,000 connections is a few processes talking to a few places: owners and
+    # addresses repeat, so each distinct one is decoded once per frame.
     out: list[Flow] = []
+    owners: dict[bytes, Owner] = {}
+    addrs: dict[tuple[int, bytes], str] = {}
+    view = memoryview(payload)
     for off in range(0, len(payload) - FLOW_SIZE + 1, FLOW_SIZE):
         cookie, daddr, dport, proto, family, _pad = FLOW_KEY.unpack_from(payload, off)
-        owner = _owner(OWNER.unpack_from(payload, off + FLOW_KEY.size))
-        saddr, sport, flags, _p, nbytes, packets, first, last = FLOW_TAIL.unpack_from(
-            payload, off + FLOW_KEY.size + OWNER.size)
         if family not in (4, 6):
             continue
-        out.append(Flow(cookie, family, proto, _addr(family, saddr), sport, _addr(family, daddr), dport, owner, flags,
-                        nbytes, packets, first, last))
+        raw = bytes(view[off + FLOW_KEY.size:off + FLOW_KEY.size + OWNER.size])
+        owner = owners.get(raw)
+        if owner is None:
+            owner = owners[raw] = _owner(OWNER.unpack(raw))
+        saddr, sport, flags, _p, nbytes, packets, first, last = FLOW_TAIL.unpack_from(
+            payload, off + FLOW_KEY.size + OWNER.size)
+        src = addrs.get((family, saddr))
+        if src is None:
+            src = addrs[(family, saddr)] = _addr(family, saddr)
+        dst = addrs.get((family, daddr))
+        if dst is None:
+            dst = addrs[(family, daddr)] = _addr(family, daddr)
+        out.append(Flow(cookie, family, proto, src, sport, dst, dport, owner, flags, nbytes, packets, first, last))
     return out
 
 

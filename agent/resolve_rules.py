@@ -36,8 +36,10 @@ def plan(queue_num: int, tools: tuple[str, ...] = ("iptables", "ip6tables"), dns
         install.append(base + ["-N", CHAIN])
         # DNS answers coming in, so destinations can be reported by the name that was looked up.
         install.append(base + ["-N", DNS_CHAIN])
-        install.append(base + ["-A", DNS_CHAIN, "-p", "udp", "--sport", "53", "-j", "NFLOG", "--nflog-group",
-                               str(group), "--nflog-size", "1024"])
+        # At most 1,000 copies a second, limited in the kernel: a flood costs names, not the agent's CPU.
+        install.append(base + ["-A", DNS_CHAIN, "-p", "udp", "--sport", "53", "-m", "limit", "--limit", "1000/second",
+                               "--limit-burst", "200", "-j", "NFLOG", "--nflog-group", str(group), "--nflog-size",
+                               "1024"])
         install.append(base + ["-A", "INPUT", "-j", DNS_CHAIN])
         for proto in ("tcp", "udp"):
             install.append(

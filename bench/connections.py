@@ -236,8 +236,6 @@ def main() -> int:
     for kind, n in (("sequential", args.seq), ("burst", args.burst), ("flood", args.seq)):
         for rnd in range(args.rounds):
             for mode in modes:
-                if kind == "flood" and mode == "none":
-                    continue
                 runs.setdefault((kind, mode), []).append(measure(mode, kind, n))
                 print(f"  {kind:<10} {mode:<8} round {rnd + 1} done", file=sys.stderr, flush=True)
     rows = {key: median(results) for key, results in runs.items()}
@@ -247,7 +245,7 @@ def main() -> int:
     print(f"{'run':<11} {'agent':<8} {'conn/s':>9} {'vs none':>8} {'p50 µs':>8} {'+p50':>7} {'p99 µs':>8} "
           f"{'attributed':>10} {'agent CPU':>9} {'max gap':>8}")
     for (kind, mode), r in rows.items():
-        base = rows.get(("sequential" if kind == "flood" else kind, "none"))
+        base = rows.get((kind, "none"))
         vs = f"{r.rate / base.rate * 100:.0f}%" if base else "-"
         dp50 = f"{r.p50_us - base.p50_us:+.1f}" if base else "-"
         share = f"{r.share * 100:.2f}%" if r.share is not None else "-"

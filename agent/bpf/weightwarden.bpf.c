@@ -37,7 +37,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define PROTO_ICMPV6 58
 
 __u32 gen = 0;                          /* written by the loader */
-volatile const __u64 dns_per_sec = 2000; /* per CPU; a flood of answers costs names, never bytes */
+volatile const __u64 dns_per_sec = 500; /* per CPU; a flood of answers costs names, never bytes */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
