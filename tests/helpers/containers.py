@@ -162,7 +162,7 @@ class AgentTop:
     def __init__(self, lab: Lab, *args: str) -> None:
         self.proc = subprocess.Popen(
             ["nsenter", f"--net=/run/netns/{lab.host}", sys.executable, "-m", "weightwarden.agent", "top", "--json",
-             "--bpf-cgroup", str(lab.root), *args],
+             "--attribution", "ebpf", "--bpf-cgroup", str(lab.root), *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO))
         lab.procs.append(self.proc)
         self.stderr: list[str] = []
