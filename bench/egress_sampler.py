@@ -105,8 +105,11 @@ def run_iperf(pair: NetnsPair, seconds: int, cgroup: Path | None = None) -> tupl
 
 def bench_weightwarden(pair: NetnsPair, seconds: int, cgroup: Path | None) -> dict[str, float]:
     path = ["--attribution", "ebpf", "--bpf-cgroup", str(cgroup)] if cgroup else ["--attribution", "nfqueue"]
-    agent = pair.popen(pair.a, sys.executable, "-m", "weightwarden.agent", "top", "--json", "--interval", "1", *path,
-                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=str(REPO))
+    # nsenter, not `ip netns exec`: the latter remounts /sys, hiding the cgroup the programs attach to.
+    agent = subprocess.Popen(["nsenter", f"--net=/run/netns/{pair.a}", sys.executable, "-m", "weightwarden.agent",
+                              "top", "--json", "--interval", "1", *path],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=str(REPO))
+    pair.procs.append(agent)
     time.sleep(3.0)  # start-up (imports, program load or rule install, baseline) is not steady-state cost
     cpu0, _ = proc_cost(agent.pid)
     t0 = time.monotonic()
