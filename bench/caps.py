@@ -15,6 +15,7 @@ Run as root: python bench/caps.py
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
