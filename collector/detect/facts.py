@@ -86,7 +86,8 @@ def egress_rows(ev: Event) -> list[dict[str, Any]]:
 
 
 def relay_rows(ev: Event) -> list[dict[str, Any]]:
-    """One row per process and local peer it handed bytes to in the sample's interval."""
+    """One row per process and local peer it handed bytes to in the sample's interval (a peer the
+    agent could not name links nothing: the host-level rule still sees what leaves)."""
     data = ev.data
     if not isinstance(data, EgressSample):
         return []
@@ -94,7 +95,7 @@ def relay_rows(ev: Event) -> list[dict[str, Any]]:
     return [{"src_pid": p.pid, "src_start": p.start_time, "src_exe": p.exe, "src_name": p.name, "dst_pid": peer.pid,
              "dst_start": peer.start_time, "dst_exe": peer.exe, "dst_name": peer.name, "via": peer.via,
              "bytes": peer.tx_bytes, "first_ts": start, "ts": data.ts, "event_id": ev.id}
-            for p in data.processes for peer in p.local_peers if peer.tx_bytes > 0]
+            for p in data.processes for peer in p.local_peers if peer.tx_bytes > 0 and peer.pid is not None]
 
 
 def weight_row(ev: Event, d: FileAccess | WeightHolder | WeightsCopy) -> dict[str, Any]:
