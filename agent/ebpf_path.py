@@ -53,7 +53,8 @@ class EbpfPath:
         self.loader = BpfLoader(cgroup_dir, on_owner=self._announced, on_dns=names.feed)
         self._todo: queue.Queue[wire.Owner | None] = queue.Queue(maxsize=20_000)
         self._describer: threading.Thread | None = None
-        self._peer_owner: dict[tuple[int, str, int, str, int], tuple[int, float]] = {}
+        # endpoint -> (owner, seen): the kernel's owner names a peer that exited before /proc was read
+        self._peer_owner: dict[tuple[int, str, int, str, int], tuple[wire.Owner, float]] = {}
         self._unix_owner: dict[int, int | None] = {}
         self._seen: dict[int, float] = {}
         self._log = logs.get("agent.ebpf")
@@ -115,7 +116,7 @@ class EbpfPath:
         for f in sorted(on_host, key=lambda f: f.packets):
             if f.owner.known:
                 key = (f.owner.netns if f.local else 0, f.src, f.sport, f.dst, f.dport)
-                self._peer_owner[key] = (f.owner.tgid, now_wall)
+                self._peer_owner[key] = (f.owner, now_wall)
         for key in [k for k, (_pid, seen) in self._peer_owner.items() if now_wall - seen > PEER_MEMORY_S]:
             del self._peer_owner[key]
         sockets: dict[tuple[int, tuple[str, int, str]], set[int]] = {}
@@ -160,10 +161,10 @@ class EbpfPath:
         if via is None:
             return
         peer = self._peer_owner.get((f.owner.netns if f.local else 0, f.dst, f.dport, f.src, f.sport))
-        pid = peer[0] if peer else None
+        pid = peer[0].tgid if peer else None
         if pid == f.owner.tgid:
             return  # a process talking to itself hands nothing on
-        self._add_peer(acct, via, pid, f.dport, f.bytes)
+        self._add_peer(acct, via, pid, f.dport, f.bytes, kernel=peer[0] if peer else None)
 
     def _add_peer(self, acct: Account, via: str, pid: int | None, port: int | None, nbytes: int,
                   kernel: wire.Owner | None = None) -> None:
