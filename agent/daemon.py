@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import ipaddress
 import os
 import signal
 import socket
@@ -38,6 +37,7 @@ from weightwarden.agent.files.patterns import WeightPaths
 from weightwarden.agent.files.watcher import FileWatcher
 from weightwarden.agent.interfaces import counter_delta
 from weightwarden.agent.policy.loader import LoadedPolicy, PolicyError, load_policy
+from weightwarden.agent.policy.match import Flow, allowed_by, allowlist
 from weightwarden.agent.sampler import Sampler, SamplerConfig
 from weightwarden.agent.sinks import Sink
 
@@ -81,19 +81,11 @@ def weight_paths(loaded: LoadedPolicy) -> WeightPaths:
 
 
 def annotate_allowed(sample: dict[str, Any], policy: Any, resolved: dict[str, list[str]]) -> None:
-    """Mark each destination allowlisted or not, so the collector can weigh it."""
-    nets = []
-    for dest in policy.spec.allow:
-        for addr in ([dest.cidr] if dest.cidr else resolved.get(dest.host or "", [])):
-            nets.append((ipaddress.ip_network(addr, strict=False), set(dest.ports)))
+    """Mark each destination allowlisted or not, so the collector can weigh it (the plan's own match)."""
+    allow = allowlist(policy, resolved)
     for proc in sample["processes"]:
         for d in proc["destinations"]:
-            try:
-                ip = ipaddress.ip_address(d["address"])
-            except ValueError:
-                d["allowed"] = False
-                continue
-            d["allowed"] = any(ip in net and (not ports or d["port"] in ports) for net, ports in nets)
+            d["allowed"] = allowed_by(allow, Flow(d["address"], d["port"])) is not None
 
 
 def cgroupv2_paths_usable() -> bool:
