@@ -1,0 +1,78 @@
+"""Warnings: a valid policy that will not do what it seems to say. Pure, given what the host has.
+
+Errors stop a policy (``loader``); these do not, but ``policy check`` prints
+them and ``policy check --strict`` fails on them: an interface pattern that
+matches nothing here enforces nothing, a cap behind a catch-all cap never
+matches, a program-matched cap falls back to the whole host.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+
+from weightwarden.agent.files.patterns import GLOB_CHARS, base_dir
+from weightwarden.agent.policy.loader import LoadedPolicy, Problem
+from weightwarden.agent.policy.match import Features, compile_policy
+
+# Whole system trees: legal, but the watcher marks and rescans all of them every 2 s.
+SYSTEM_TREES = {"/usr", "/var", "/home", "/etc", "/opt", "/boot", "/lib", "/lib64", "/bin", "/sbin", "/tmp", "/root",
+                "/mnt", "/media", "/snap", "/run", "/srv", "/nix"}
+
+
+def _at(loaded: LoadedPolicy, path: str, message: str) -> Problem:
+    where = loaded.sources.get(path) or ""
+    file, _, line = where.rpartition(":")
+    layered = len(loaded.files) > 1
+    if not line.isdigit():
+        file, line = where, ""
+    return Problem(path, int(line) if line else None, message, (file or None) if layered else None, "warning")
+
+
+def lint(loaded: LoadedPolicy) -> list[Problem]:
+    """Warnings that need no look at the host."""
+    spec = loaded.policy.spec
+    out: list[Problem] = []
+    for i, path in enumerate(spec.weights.paths):
+        base = base_dir(path).rstrip("/")
+        if base in SYSTEM_TREES:
+            out.append(_at(loaded, f"spec.weights.paths[{i}]", f"{path!r} watches all of {base}: the watcher marks "
+                           "and rescans every directory under it every 2 s; name the models' own directory"))
+    for i, path in enumerate(spec.weights.canaries):
+        if GLOB_CHARS & set(path):
+            out.append(_at(loaded, f"spec.weights.canaries[{i}]", f"{path!r}: a canary is one exact file, not a "
+                           "pattern; this one never matches"))
+    compiled = compile_policy(loaded.policy)
+    for cc in compiled.caps:
+        if cc.cap.match.executables:
+            out.append(_at(loaded, f"spec.caps[{cc.index}].match.executables",
+                           f"cap {cc.cap.name!r}: executables cannot be matched in the kernel yet; the cap applies to "
+                           "all traffic its other conditions match"))
+    for cc in compiled.caps:
+        earlier = [e for e in compiled.caps[:cc.index]
+                   if e.terminal and e.selector.any_process and e.selector.nets is None]
+        if earlier:
+            out.append(_at(loaded, f"spec.caps[{cc.index}]", f"cap {cc.cap.name!r} never matches: cap "
+                           f"{earlier[0].cap.name!r} before it takes all non-allowlisted traffic (caps are tried in "
+                           "order)"))
+    return out
+
+
+def host_checks(loaded: LoadedPolicy, interfaces: Iterable[str], features: Features) -> list[Problem]:
+    """Warnings about this host: interfaces that match nothing, selectors the kernel cannot check here."""
+    spec = loaded.policy.spec
+    names = sorted(n for n in interfaces if n != "lo")
+    out: list[Problem] = []
+    for i, pattern in enumerate(spec.interfaces):
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            out.append(_at(loaded, f"spec.interfaces[{i}]", f"{pattern!r} matches no interface on this host "
+                           f"({', '.join(names) or 'none'}): nothing is enforced through it"))
+    if spec.interfaces and (spec.caps or spec.budgets) and all(
+            not any(fnmatch.fnmatchcase(n, p) for n in names) for p in spec.interfaces):
+        out.append(_at(loaded, "spec.interfaces", "no interface here matches the policy: no cap or budget is "
+                       "enforced on this host"))
+    for cc in compile_policy(loaded.policy, features=features).caps:
+        for note in cc.selector.notes:
+            if "cgroup" in note:
+                out.append(_at(loaded, f"spec.caps[{cc.index}].match.cgroups", note))
+    return out
