@@ -20,6 +20,7 @@ from weightwarden import logs
 from weightwarden.agent import __version__, resolve_rules
 from weightwarden.events import default_host_id
 from weightwarden.agent.paths import default_state_dir
+from weightwarden.agent.policy import commands as policy_commands
 from weightwarden.agent.policy.loader import PolicyError, load_policy
 from weightwarden.units import parse_size
 from weightwarden.agent.sampler import DEFAULT_QUEUE, Sampler, SamplerConfig
@@ -27,10 +28,6 @@ from weightwarden.agent.topview import TopState
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DRIFT = 0, 1, 2, 3
 
-POLICY_EXAMPLES = """examples:
-  weightwarden-agent policy check policies/single-gpu-host.yaml
-  weightwarden-agent policy explain policies/single-gpu-host.yaml --weights-size 140GB
-"""
 RUN_EXAMPLES = """examples:
   weightwarden-agent run --policy policies/monitor-only.yaml --sink stdout
   weightwarden-agent run --policy /etc/weightwarden/policy.yaml --sink mqtt://collector:1883
@@ -82,21 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--limit", type=_positive(int), default=20, help="rows in the table")
     top.set_defaults(func=cmd_top)
 
-    pol = sub.add_parser("policy", help="check or explain a policy file", epilog=POLICY_EXAMPLES,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    psub = pol.add_subparsers(dest="policy_command", required=True)
-    check = psub.add_parser("check", help="validate a policy: exit 0 if valid, 1 with every problem if not",
-                            epilog=POLICY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    check.add_argument("file")
-    check.add_argument("--json", action="store_true")
-    check.set_defaults(func=cmd_policy_check)
-    expl = psub.add_parser("explain", help="what a policy does, and the minimum time to move the weights off",
-                           epilog=POLICY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    expl.add_argument("file")
-    expl.add_argument("--weights-size", metavar="SIZE",
-                      help="e.g. 140GB (default: the size of spec.weights.paths on this host)")
-    expl.add_argument("--json", action="store_true")
-    expl.set_defaults(func=cmd_policy_explain)
+    policy_commands.add_parser(sub)
 
     run = sub.add_parser("run", help="the daemon: sample, enforce, emit events", epilog=RUN_EXAMPLES,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -146,52 +129,6 @@ def _load_or_report(path: str) -> object:
         for problem in exc.problems:
             print(problem.render(path), file=sys.stderr)
         return None
-
-
-def cmd_policy_check(args: argparse.Namespace) -> int:
-    try:
-        loaded = load_policy(args.file)
-    except PolicyError as exc:
-        if args.json:
-            print(json.dumps({"valid": False, "problems": [p.__dict__ for p in exc.problems]}))
-        for problem in exc.problems:
-            print(problem.render(args.file), file=sys.stderr)
-        return EXIT_FAIL
-    if args.json:
-        print(json.dumps({"valid": True, "name": loaded.policy.metadata.name, "digest": loaded.digest}))
-    else:
-        print(f"{args.file}: valid policy {loaded.policy.metadata.name!r}")
-    return EXIT_OK
-
-
-def cmd_policy_explain(args: argparse.Namespace) -> int:
-    from weightwarden.agent.daemon import resolve_interfaces
-    from weightwarden.agent.policy.explain import explain, weights_size
-
-    loaded = _load_or_report(args.file)
-    if loaded is None:
-        return EXIT_FAIL
-    policy = loaded.policy  # type: ignore[attr-defined]
-    if args.weights_size:
-        try:
-            size = parse_size(args.weights_size)
-        except ValueError as exc:
-            print(f"weightwarden-agent: --weights-size: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-    else:
-        size = weights_size(policy)
-        if size == 0:
-            print("weightwarden-agent: no weight files found under spec.weights.paths; pass --weights-size SIZE",
-                  file=sys.stderr)
-            return EXIT_USAGE
-    n_ifaces = max(1, len(resolve_interfaces(policy.spec.interfaces))) if policy.spec.interfaces else 1
-    report = explain(policy, size, n_ifaces)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print("\n".join(report["summary"]))
-        print(f"\nFastest route: {report['min_time']}.")
-    return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -63,14 +63,18 @@ def host_checks(loaded: LoadedPolicy, interfaces: Iterable[str], features: Featu
     spec = loaded.policy.spec
     names = sorted(n for n in interfaces if n != "lo")
     out: list[Problem] = []
-    for i, pattern in enumerate(spec.interfaces):
-        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-            out.append(_at(loaded, f"spec.interfaces[{i}]", f"{pattern!r} matches no interface on this host "
-                           f"({', '.join(names) or 'none'}): nothing is enforced through it"))
-    if spec.interfaces and (spec.caps or spec.budgets) and all(
-            not any(fnmatch.fnmatchcase(n, p) for n in names) for p in spec.interfaces):
-        out.append(_at(loaded, "spec.interfaces", "no interface here matches the policy: no cap or budget is "
-                       "enforced on this host"))
+    matched = {p: [n for n in names if fnmatch.fnmatchcase(n, p)] for p in spec.interfaces}
+    here = f"({', '.join(names) or 'none'})"
+    if spec.interfaces and not any(matched.values()):
+        out.append(_at(loaded, "spec.interfaces", f"no interface on this host {here} matches "
+                       f"{', '.join(spec.interfaces)}: nothing is enforced here, no cap, no budget"))
+    else:
+        # A fleet policy lists patterns for several naming schemes ("eth*", "ens*"); an exact name that is
+        # missing is more likely a typo.
+        for i, pattern in enumerate(spec.interfaces):
+            if not matched[pattern] and "*" not in pattern:
+                out.append(_at(loaded, f"spec.interfaces[{i}]", f"{pattern!r} is no interface on this host {here}: "
+                               "nothing is enforced through it"))
     for cc in compile_policy(loaded.policy, features=features).caps:
         for note in cc.selector.notes:
             if "cgroup" in note:

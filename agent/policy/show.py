@@ -71,7 +71,7 @@ def rates(loaded: LoadedPolicy) -> list[str]:
                    f"{format_size(burst)}")
     for b in spec.budgets:
         out.append(f"budget {b.name!r}: {format_size(b.bytes)} per {format_duration(b.window)}, then {b.action} "
-                   f"(on average {format_rate_both(b.bytes * 8 / b.window)})")
+                   f"(on average {format_rate_both(float(f'{b.bytes * 8 / b.window:.3g}'))})")
     for t in spec.thresholds:
         out.append(f"threshold {t.name!r}: {format_size(t.bytes)} from one process within "
                    f"{format_duration(t.window)} ({t.severity})")
