@@ -32,6 +32,8 @@ RUN_EXAMPLES = """examples:
   weightwarden-agent run --policy policies/monitor-only.yaml --sink stdout
   weightwarden-agent run --policy /etc/weightwarden/policy.yaml --sink mqtt://collector:1883
   weightwarden-agent run --policy p.yaml --dry-run       print the kernel plan and exit
+  weightwarden-agent run --policy /etc/weightwarden/policy.yaml --sink mqtt://collector:1883 \
+      --policy-source mqtt --trust-key /etc/weightwarden/fleet.pub   signed policies from the fleet
 """
 
 TOP_EXAMPLES = """examples:
@@ -94,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-nfqueue", action="store_true")
     run.add_argument("--queue-num", type=int, default=DEFAULT_QUEUE)
     run.add_argument("--dry-run", action="store_true", help="print the kernel plan as JSON and exit")
+    run.add_argument("--policy-source", choices=("file", "mqtt"), default="file",
+                     help="mqtt: also take signed policies published by 'weightwarden-collector policy publish'; "
+                          "--policy is then the policy until a central one is in force")
+    run.add_argument("--trust-key", action="append", default=[], metavar="PUBLIC_KEY",
+                     help="an Ed25519 public key (PEM or OpenSSH) whose signatures are accepted; repeat to "
+                          "trust several (key rotation)")
+    run.add_argument("--policy-broker", default=None, metavar="URL",
+                     help="broker for --policy-source mqtt (default: the --sink broker)")
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="policy in force, kernel rules, counters and drift",
@@ -150,12 +160,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = DaemonConfig(policy_path=Path(args.policy), state_dir=state_dir, host_id=args.host_id or default_host_id(),
                        backend=args.backend, sample_interval=args.sample_interval, nfqueue=not args.no_nfqueue,
                        queue_num=args.queue_num, heartbeat_interval=args.heartbeat_interval)
+    central = _central_source(args, cfg)
+    if central is None:
+        return EXIT_USAGE
+    source, restored, origin = central
     try:
-        agent = Agent(cfg, loaded, sink)  # type: ignore[arg-type]
+        agent = Agent(cfg, restored or loaded, sink, source, origin)  # type: ignore[arg-type]
     except (KernelError, ValueError, OSError) as exc:
         print(f"weightwarden-agent: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAIL
     return asyncio.run(agent.run())
+
+
+def _central_source(args: argparse.Namespace, cfg: object) -> tuple[object, object, object] | None:
+    """(policy source, central policy restored from the state dir, its origin); None on a usage error."""
+    from weightwarden.agent.daemon import Origin
+    from weightwarden.agent.policy_source import MqttPolicySource, Offer, PolicyGate, Refusal
+    from weightwarden.mqtt import MqttSettings, MqttURLError
+    from weightwarden.policysign import KeyFileError, trusted_keys
+
+    if args.policy_source == "file":
+        if args.trust_key or args.policy_broker:
+            print("weightwarden-agent: --trust-key and --policy-broker need --policy-source mqtt", file=sys.stderr)
+            return None
+        return None, None, None
+    url = args.policy_broker or (args.sink if args.sink.startswith(("mqtt://", "mqtts://")) else None)
+    if url is None:
+        print("weightwarden-agent: --policy-source mqtt needs --policy-broker URL (or an mqtt --sink)", file=sys.stderr)
+        return None
+    if not args.trust_key:
+        print("weightwarden-agent: --policy-source mqtt needs at least one --trust-key: unsigned policies are never "
+              "applied", file=sys.stderr)
+        return None
+    try:
+        trusted = trusted_keys(args.trust_key)
+        settings = MqttSettings.from_url(url)
+    except (KeyFileError, MqttURLError) as exc:
+        print(f"weightwarden-agent: {exc}", file=sys.stderr)
+        return None
+    gate = PolicyGate(cfg.host_id, trusted, cfg.state_dir)  # type: ignore[attr-defined]
+    restored = gate.restore()
+    if isinstance(restored, Refusal):
+        # Say it once, plainly; the file's policy applies until a central one passes.
+        print(f"weightwarden-agent: the central policy saved in the state directory is not applied: "
+              f"{'; '.join(restored.problems)}", file=sys.stderr)
+    if isinstance(restored, Offer):
+        env = restored.envelope
+        return MqttPolicySource(settings, gate), restored.loaded, Origin("mqtt", env.version, env.key_id, restored.topic)
+    return MqttPolicySource(settings, gate), None, None
 
 
 def _plan_inputs(policy: object) -> object:
