@@ -206,7 +206,8 @@ def _central_source(args: argparse.Namespace, cfg: object) -> tuple[object, obje
               f"{'; '.join(restored.problems)}", file=sys.stderr)
     if isinstance(restored, Offer):
         env = restored.envelope
-        return MqttPolicySource(settings, gate), restored.loaded, Origin("mqtt", env.version, env.key_id, restored.topic)
+        return (MqttPolicySource(settings, gate), restored.loaded,
+                Origin("mqtt", env.version, env.key_id, f"mqtt:{restored.topic}"))
     return MqttPolicySource(settings, gate), None, None
 
 

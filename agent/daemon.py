@@ -185,7 +185,7 @@ class Agent:
             offer, self._offer = self._offer, None
         if offer is not None:
             env = offer.envelope
-            self.origin = Origin("mqtt", env.version, env.key_id, offer.topic)
+            self.origin = Origin("mqtt", env.version, env.key_id, f"mqtt:{offer.topic}")
             self._adopt(offer.loaded)
             return
         if self.origin.source != "file":
