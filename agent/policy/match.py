@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from weightwarden.agent.policy.model import Cap, Destination, Policy
 
@@ -108,6 +109,19 @@ class Compiled:
     allow: tuple[Net, ...]
     caps: tuple[CompiledCap, ...]
     notes: tuple[str, ...] = ()
+    # What any rule looks at; a replay blanks the rest out of its cache keys, so flows that no rule can tell
+    # apart (a server's thousand client ports) are classified once.
+    ports: frozenset[int] = frozenset()
+    uses_uid: bool = False
+    uses_exe: bool = False
+    uses_cgroup: bool = False
+
+    def process_key(self, uid: int | None, exe: str | None, cgroup: str | None) -> tuple[Any, ...]:
+        return (uid if self.uses_uid else None, exe if self.uses_exe else None,
+                cgroup if self.uses_cgroup else None)
+
+    def port_key(self, port: int | None) -> int | None:
+        return port if port in self.ports else None
 
 
 @dataclass(frozen=True)
@@ -189,7 +203,11 @@ def compile_policy(policy: Policy, resolved: dict[str, list[str]] | None = None,
         sel = selector(cap, resolved, features)
         notes.extend(sel.notes)
         caps.append(CompiledCap(i, cap, sel))
-    return Compiled(allowlist(policy, resolved), tuple(caps), tuple(notes))
+    allow = allowlist(policy, resolved)
+    sels = [cc.selector for cc in caps]
+    ports = frozenset(p for n in (*allow, *(n for s in sels for n in (s.nets or ()))) for p in n.ports)
+    return Compiled(allow, tuple(caps), tuple(notes), ports, any(s.uids for s in sels),
+                    any(s.executables for s in sels), any(s.cgroups for s in sels))
 
 
 def allowed_by(allow: tuple[Net, ...], flow: Flow) -> int | None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,30 +141,71 @@ class Simulation:
         self.first_ts: float | None = None
         self.last_ts: float | None = None
         self._window_start: float | None = None
-        self._cache: dict[tuple[Any, ...], Verdict] = {}
+        self._cache: dict[tuple[Any, ...], dict[Any, int]] = {}  # process key -> destination key -> slot
+        self._index_of_key: dict[tuple[Any, ...], int] = {}  # flow key -> verdict index
+        self._verdicts: list[Verdict] = []
+        self._live: set[int] = set()
+        self._iface_cache: dict[str, bool] = {}
+        self._index: dict[Verdict, int] = {}
         self._factor4 = self.link.factor(False)
         self._factor6 = self.link.factor(True)
 
     # -- one sample -----------------------------------------------------------
 
-    def _verdict(self, key: tuple[Any, ...]) -> Verdict:
-        verdict = self._cache.get(key)
-        if verdict is None:
+    def _verdict(self, key: tuple[Any, ...]) -> int:
+        """The index of this flow key's verdict in ``self._verdicts``."""
+        found = self._index_of_key.get(key)
+        if found is None:
             verdict = classify(self.compiled, Flow(*key))
-            if len(self._cache) < 1_000_000:
-                self._cache[key] = verdict
-        return verdict
+            found = self._index.setdefault(verdict, len(self._verdicts))
+            if found == len(self._verdicts):
+                self._verdicts.append(verdict)
+            if len(self._index_of_key) < 1_000_000:
+                self._index_of_key[key] = found
+        return found
+
+    def _slot(self, d: Any, uid: Any, exe: Any, cgroup: Any) -> int | None:
+        """The slow path of one destination: checked field by field, classified, remembered.
+        None: no usable address (its bytes count with the process's rest)."""
+        if not isinstance(d, dict):
+            return None
+        address, port = _str(d.get("address")), _int(d.get("port"))
+        if address is None:
+            return None
+        portkey = self.compiled.port_key(port)
+        slot = self._verdict((address, portkey, uid, exe, cgroup)) * 2 + (":" in address)
+        per_process = self._cache.setdefault((uid, exe, cgroup), {})
+        if len(per_process) < 1_000_000:
+            # Only keys with a text address: a hit never needs checking again. Without ports in the policy
+            # the address alone is the key (no tuple to build and hash per destination).
+            per_process[(address, portkey) if self.compiled.ports else address] = slot
+        return slot
+
+    def _iface_covered(self, name: Any) -> bool:
+        hit = self._iface_cache.get(name)
+        if hit is None:
+            patterns = self.policy.spec.interfaces
+            hit = not patterns or any(fnmatch.fnmatchcase(str(name), p) for p in patterns)
+            if len(self._iface_cache) < 10_000:
+                self._iface_cache[name] = hit
+        return hit
 
     def _covered(self, sample: dict[str, Any]) -> bool:
-        patterns = self.policy.spec.interfaces
-        ifaces = [i for i in sample.get("interfaces") or [] if isinstance(i, dict) and i.get("name") != "lo"]
-        total = sum(_count(i.get("tx_bytes")) for i in ifaces)
-        covered = sum(_count(i.get("tx_bytes")) for i in ifaces
-                      if not patterns or any(fnmatch.fnmatchcase(str(i.get("name")), p) for p in patterns))
+        total = covered = 0
+        seen = False
+        for i in sample.get("interfaces") or ():
+            if not isinstance(i, dict) or i.get("name") == "lo":
+                continue
+            seen = True
+            n = _count(i.get("tx_bytes"))
+            total += n
+            name = i.get("name")
+            if isinstance(name, str) and self._iface_covered(name):
+                covered += n
         self.all_iface += total
         self.covered_iface += covered
         # Flows are not tagged with their interface: a sample is enforced unless none of its interfaces is covered.
-        return not ifaces or covered > 0 or total == 0
+        return not seen or covered > 0 or total == 0
 
     def add(self, sample: dict[str, Any]) -> None:
         ts = float(sample["ts"])
@@ -175,35 +217,62 @@ class Simulation:
         covered = self._covered(sample)
         blocking = any(ts >= start for start in self.blocking_from.values())
         offered = [0.0] * len(self.caps)
-        outward = 0
+        # Bytes per slot (verdict index * 2 + IPv6) in this sample: the per-destination loop, run millions of
+        # times a day, only builds a key, looks its slot up and adds; accounting happens once per slot below.
+        totals: defaultdict[int, int] = defaultdict(int)
+        compiled, verdict_of, ports = self.compiled, self._verdict, self.compiled.ports
+        live = self._live
         for proc in sample["processes"]:
             if not isinstance(proc, dict):
                 continue
-            uid, exe, cgroup = _int(proc.get("uid")), _str(proc.get("exe")), _str(proc.get("cgroup"))
+            uid, exe, cgroup = compiled.process_key(_int(proc.get("uid")), _str(proc.get("exe")),
+                                                    _str(proc.get("cgroup")))
             sent = _count(proc.get("tx_bytes"))
             named = 0
-            for d in proc.get("destinations") or ():
-                n = _count(d.get("tx_bytes"))
-                if n <= 0:
+            dests = proc.get("destinations")
+            cache = self._cache.get((uid, exe, cgroup)) or {}
+            for d in dests if isinstance(dests, list) else ():
+                try:
+                    n = d["tx_bytes"]
+                    if ports:
+                        port = d["port"]
+                        slot = cache[(d["address"], port if port in ports else None)]
+                    else:
+                        slot = cache[d["address"]]
+                except (KeyError, TypeError):  # first sight of this key, or a malformed destination
+                    found = self._slot(d, uid, exe, cgroup)
+                    if found is None:
+                        continue
+                    slot, n = found, d.get("tx_bytes")
+                if type(n) is not int or n <= 0:
                     continue
                 named += n
-                address = _str(d.get("address"))
-                outward += self._flow(offered, (address, _int(d.get("port")), uid, exe, cgroup), n,
-                                      isinstance(address, str) and ":" in address, covered, blocking)
+                totals[slot] += n
             rest = sent - named  # destinations past the sample's bound: owner known, address not
             if rest > 0:
                 self.unknown_destination += rest
-                outward += self._flow(offered, (None, None, uid, exe, cgroup), rest, False, covered, blocking)
-            if sent > 0 and _int(proc.get("pid")) is not None:
-                for th, total in self.thresholds.add(ts, proc["pid"], sent):
+                totals[verdict_of((None, None, uid, exe, cgroup)) * 2] += rest
+            pid = _int(proc.get("pid"))
+            if pid is not None:
+                live.add(pid)
+            if sent > 0 and pid is not None:
+                for th, total in self.thresholds.add(ts, pid, sent):
                     self.alerts.append({"type": "threshold_crossed", "name": th.name, "ts": ts, "severity": th.severity,
                                         "bytes_in_window": total, "process": proc.get("name") or proc.get("exe"),
-                                        "pid": proc["pid"]})
-        self.thresholds.forget({p["pid"] for p in sample["processes"] if isinstance(p, dict) and _int(p.get("pid"))})
+                                        "pid": pid})
+        if self.samples % 600 == 0:
+            # ThresholdWatch.forget walks every window it holds (a day of short-lived senders leaves
+            # thousands); every ten minutes, with every pid seen in them counted live, it drops the windows
+            # that calling it every second would have dropped by then (only empty ones), at 1/600 of the cost.
+            self.thresholds.forget(self._live)
+            self._live = set()
         unowned = _count(sample.get("unowned_flow_tx_bytes"))
         if unowned > 0:
             self.unknown_destination += unowned
-            outward += self._flow(offered, (None, None, None, None, None), unowned, False, covered, blocking)
+            totals[verdict_of((None, None, None, None, None)) * 2] += unowned
+        outward = 0
+        for slot, n in totals.items():
+            outward += self._flow(offered, self._verdicts[slot // 2], n, bool(slot % 2), covered, blocking)
         for cap, wire in zip(self.caps, offered, strict=True):
             self._cap(cap, ts, dt, wire)
         if covered:
@@ -213,17 +282,16 @@ class Simulation:
                     self.blocking_from[state.name] = ts + self.policy.spec.interval
                 self.alerts.append({"type": "budget_exhausted", "name": state.name, "ts": ts, "action": state.action,
                                     "used_bytes": state.window.total(ts), "limit_bytes": state.limit})
-            for name, state in self.budgets.budgets.items():
-                self.peak_budget[name] = max(self.peak_budget[name], state.window.total(ts))
-                if not state.exhausted:
-                    self.blocking_from.pop(name, None)
+            if outward > 0:  # totals only fall between additions: the peak can only move now
+                for name, state in self.budgets.budgets.items():
+                    self.peak_budget[name] = max(self.peak_budget[name], state.window.total(ts))
+            for name in [n for n in self.blocking_from if not self.budgets.budgets[n].exhausted]:
+                del self.blocking_from[name]
         self._cap_hits(ts)
 
-    def _flow(self, offered: list[float], key: tuple[Any, ...], n: int, ipv6: bool, covered: bool,
-              blocking: bool) -> int:
-        """Account one flow's bytes; returns what the budgets count (non-allowlisted, let through)."""
+    def _flow(self, offered: list[float], verdict: Verdict, n: int, ipv6: bool, covered: bool, blocking: bool) -> int:
+        """Account bytes that met one verdict; returns what the budgets count (non-allowlisted, let through)."""
         self.total += n
-        verdict = self._verdict(key)
         if verdict.allowed:
             self.allowlisted += n
             if verdict.allow_index is not None:
@@ -249,6 +317,8 @@ class Simulation:
         return n
 
     def _cap(self, cap: CapSim, ts: float, dt: float, wire: float) -> None:
+        if wire <= 0 and cap.backlog <= 0:
+            return  # nothing offered, nothing queued: nothing to hold, count or peak
         bps = wire * 8 / dt
         if bps > cap.peak_bps:
             cap.peak_bps, cap.peak_at = bps, ts

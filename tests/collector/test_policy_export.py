@@ -5,22 +5,23 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from weightwarden.agent.mqtt_sink import MemorySequencer
 from weightwarden.collector.pipeline import Pipeline
 from weightwarden.collector.store import Store
-from weightwarden.events import EventFactory, PolicyApplied
+from weightwarden.events import EventFactory, Payload, PolicyApplied
 from tests.agent.policy.test_policy import CONTRACT
 from tests.helpers.events import heartbeat, sample
 
 T0 = 1_795_000_000.0
 
 
-def _messages(factory: EventFactory, payloads: list[tuple[float, object]]) -> list[tuple[str, bytes]]:
+def _messages(factory: EventFactory, payloads: Sequence[tuple[float, Payload]]) -> list[tuple[str, bytes]]:
     out = []
     for ts, data in payloads:
-        ev = factory.make(data, ts=ts)  # type: ignore[arg-type]
+        ev = factory.make(data, ts=ts)
         out.append((f"weightwarden/v1/{ev.host}/{ev.type}", json.dumps(ev.to_json()).encode()))
     return out
 
@@ -31,7 +32,7 @@ def test_hosts_show_the_central_version_and_export_feeds_simulate(tmp_path: Path
     gpu = EventFactory("gpu-a", MemorySequencer(0))
     applied = PolicyApplied(policy="example", policy_digest="abc", policy_path="mqtt:weightwarden/policy/v1/gpu-*",
                             source="mqtt", version=1718000000, key_id="3f2a9c1d0b7e4a55")
-    stream = [(T0, heartbeat(weights={"total_bytes": 10**9})), (T0 + 0.5, applied)]
+    stream: list[tuple[float, Payload]] = [(T0, heartbeat(weights={"total_bytes": 10**9})), (T0 + 0.5, applied)]
     stream += [(T0 + 1 + i, sample(ts=T0 + 1 + i, nbytes=1_000_000)) for i in range(5)]
     counts = pipe.ingest(_messages(gpu, stream) + _messages(EventFactory("gpu-b", MemorySequencer(0)), [(T0, sample(ts=T0))]))
     assert counts["rejected"] == 0 and not pipe.errors, pipe.errors
