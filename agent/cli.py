@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 from weightwarden import logs
 from weightwarden.agent import __version__, resolve_rules
 from weightwarden.events import default_host_id
-from weightwarden.agent.paths import default_state_dir
+from weightwarden.agent.paths import default_state_dir, private_dir
 from weightwarden.agent.policy import commands as policy_commands
 from weightwarden.agent.policy.loader import PolicyError, load_policy
 from weightwarden.units import parse_size
@@ -41,6 +42,8 @@ TOP_EXAMPLES = """examples:
   weightwarden-agent top --json --interval 1 --count 5
   ip netns exec gpu1 weightwarden-agent top --json --count 3
   weightwarden-agent top --dry-run                print the NFQUEUE rules, change nothing
+  weightwarden-agent top --attribution nfqueue    the fallback path: this network namespace only
+  weightwarden-agent top --bpf-cgroup /sys/fs/cgroup/unified/kubepods.slice   only what runs below it
 """
 
 
@@ -62,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"weightwarden-agent {__version__}")
+    parser.add_argument("--log-level", choices=sorted(logs.LEVELS), default="info",
+                        help="least severe log lines written to stderr (default: info)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     top = sub.add_parser(
@@ -77,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--no-nfqueue", action="store_true",
                      help="do not hold new flows to name their owner (short-lived senders may go unattributed)")
     top.add_argument("--queue-num", type=int, default=DEFAULT_QUEUE, help="NFQUEUE number (default %(default)s)")
+    _attribution_args(top)
     top.add_argument("--dry-run", action="store_true", help="print the kernel rules top would add, and exit")
     top.add_argument("--limit", type=_positive(int), default=20, help="rows in the table")
     top.set_defaults(func=cmd_top)
@@ -95,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bound on the on-disk event spool (mqtt sinks); oldest samples are dropped, and counted, past it")
     run.add_argument("--no-nfqueue", action="store_true")
     run.add_argument("--queue-num", type=int, default=DEFAULT_QUEUE)
+    _attribution_args(run)
     run.add_argument("--dry-run", action="store_true", help="print the kernel plan as JSON and exit")
     run.add_argument("--policy-source", choices=("file", "mqtt"), default="file",
                      help="mqtt: also take signed policies published by 'weightwarden-collector policy publish'; "
@@ -104,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "trust several (key rotation)")
     run.add_argument("--policy-broker", default=None, metavar="URL",
                      help="broker for --policy-source mqtt (default: the --sink broker)")
+    run.add_argument("--metrics-listen", metavar="HOST:PORT", default=None,
+                     help="serve the agent's own metrics (Prometheus text) at http://HOST:PORT/metrics")
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="policy in force, kernel rules, counters and drift",
@@ -126,10 +135,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _attribution_args(p: argparse.ArgumentParser) -> None:
+    default = os.environ.get("WEIGHTWARDEN_ATTRIBUTION", "auto")
+    p.add_argument("--attribution", choices=("auto", "ebpf", "nfqueue"),
+                   default=default if default in ("auto", "ebpf", "nfqueue") else "auto",
+                   help="who-sent-what path: ebpf (every network namespace, owners named in the kernel), nfqueue "
+                        "(this namespace only), auto: ebpf where the kernel allows it (default: "
+                        "$WEIGHTWARDEN_ATTRIBUTION or auto)")
+    p.add_argument("--bpf-cgroup", metavar="DIR", default=None,
+                   help="cgroup v2 directory the eBPF programs watch (default: the whole hierarchy)")
+
+
 def _state_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", type=Path, default=None,
                    help="default: /var/lib/weightwarden (per network namespace), or $WEIGHTWARDEN_STATE_DIR")
-    p.add_argument("--backend", choices=("auto", "nftables", "iptables"), default="auto")
+    p.add_argument("--backend", choices=("auto", "nftables", "iptables", "dry-run"), default="auto",
+                   help="auto: nftables where nft works, else iptables; dry-run: plan and report, never touch the kernel")
 
 
 def _load_or_report(path: str) -> object:
@@ -152,6 +173,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     state_dir = args.state_dir or default_state_dir()
     if args.dry_run:
         return _print_plan(loaded, args)
+    # What the daemon writes (spool, budgets, records) names processes and policies: owner only,
+    # as the unit's UMask=0077 says, also when it runs outside systemd.
+    os.umask(0o077)
+    private_dir(state_dir)
     try:
         sink = make_sink(args.sink, parse_size(args.spool_max_bytes))
     except (SinkURLError, ValueError, OSError) as exc:
@@ -159,7 +184,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     cfg = DaemonConfig(policy_path=Path(args.policy), state_dir=state_dir, host_id=args.host_id or default_host_id(),
                        backend=args.backend, sample_interval=args.sample_interval, nfqueue=not args.no_nfqueue,
-                       queue_num=args.queue_num, heartbeat_interval=args.heartbeat_interval)
+                       queue_num=args.queue_num, heartbeat_interval=args.heartbeat_interval,
+                       attribution=args.attribution, bpf_cgroup=args.bpf_cgroup,
+                       metrics_listen=args.metrics_listen)
     central = _central_source(args, cfg)
     if central is None:
         return EXIT_USAGE
@@ -299,7 +326,8 @@ def cmd_top(args: argparse.Namespace) -> int:
                 print(" ".join(argv))
         return EXIT_OK
     log = logs.get("agent.top")
-    cfg = SamplerConfig(resolve_with_nfqueue=not args.no_nfqueue, queue_num=args.queue_num)
+    cfg = SamplerConfig(resolve_with_nfqueue=not args.no_nfqueue, queue_num=args.queue_num,
+                        attribution=args.attribution, bpf_cgroup=args.bpf_cgroup)
     stop = {"now": False}
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -316,6 +344,7 @@ def cmd_top(args: argparse.Namespace) -> int:
     for feature in sampler.features:
         # Said once, at start: what works, and what is missing and why.
         (log.info if feature.ok else log.warning)("feature", name=feature.name, ok=feature.ok, detail=feature.detail)
+    log.info("attribution", path=sampler.attribution)
     view = TopState()
     done = 0
     interactive = sys.stdout.isatty() and not args.json
@@ -341,9 +370,9 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logs.configure()
     parser = build_parser()
     args = parser.parse_args(argv)
+    logs.configure(args.log_level)
     return int(args.func(args))
 
 

@@ -10,7 +10,8 @@ matches its host id, applies it only if all of these hold, in this order:
    signed policy copied onto another group's topic is refused);
 3. its version is newer than the one in force (no rollback; the version is
    kept in the state directory, so a restart does not reopen the door);
-4. the policy passes ``policy check``.
+4. the policy passes ``policy check`` (including the cap selectors this
+   kernel can enforce).
 
 Anything else is refused with a ``policy_rejected`` event (``source: mqtt``,
 with the version and the reason) and the policy in force stays. Messages for
@@ -37,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from weightwarden import logs
 from weightwarden.agent.enforce.enforcer import atomic_write, read_json
+from weightwarden.agent.enforce.selectors import KernelSupport, detect, refusals
 from weightwarden.agent.policy.loader import LoadedPolicy, PolicyError, parse_policy
 from weightwarden.asyncutil import wait_for_stop
 from weightwarden.mqtt import MqttSettings
@@ -64,8 +66,10 @@ class Refusal:
 class PolicyGate:
     """The decision, and the version floor kept in ``state_dir``. No network."""
 
-    def __init__(self, host_id: str, trusted: dict[str, Ed25519PublicKey], state_dir: Path) -> None:
+    def __init__(self, host_id: str, trusted: dict[str, Ed25519PublicKey], state_dir: Path,
+                 support: KernelSupport | None = None) -> None:
         self.host_id = host_id
+        self.support = support or detect()
         self.trusted = trusted
         self.path = state_dir / STATE_FILE
         saved = read_json(self.path) or {}
@@ -132,6 +136,9 @@ class PolicyGate:
             loaded = parse_policy(env.policy, f"mqtt:{topic}")
         except PolicyError as exc:
             return Refusal(topic, env.version, [p.render(f"mqtt:{topic}") for p in exc.problems][:100])
+        refused = refusals(loaded.policy, self.support)  # as policy check: never widened, refused
+        if refused:
+            return Refusal(topic, env.version, refused[:100])
         return Offer(loaded, env, topic)
 
 

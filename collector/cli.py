@@ -15,6 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from weightwarden import logs
+
 from weightwarden.collector import __version__
 
 EXAMPLES = """examples:
@@ -24,6 +26,7 @@ EXAMPLES = """examples:
   weightwarden-collector alerts show 3f2a9c1d0b7e4a55
   weightwarden-collector alerts ack 3f2a9c1d0b7e4a55 --by alice
   weightwarden-collector hosts
+  weightwarden-collector serve --db sqlite:////var/lib/ww/collector.db --listen 0.0.0.0:8443 --tls-cert c.pem --tls-key k.pem
   weightwarden-collector policy keygen /etc/weightwarden/fleet-2024
   weightwarden-collector policy publish policy.yaml --key fleet-2024.key --hosts 'gpu-*' --broker mqtts://broker:8883
   weightwarden-collector export --host gpu-01 --since 24h > gpu-01.jsonl
@@ -42,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Central service: ingest agent events, correlate transfers with weight reads, raise alerts.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"weightwarden-collector {__version__}")
+    parser.add_argument("--log-level", choices=sorted(logs.LEVELS), default="info",
+                        help="least severe log lines written to stderr (default: info)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="subscribe to the agents' events and raise alerts", epilog=EXAMPLES,
@@ -73,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = asub.add_parser(verb, help=f"mark an alert {state}")
         p.add_argument("alert", help="alert id or key")
         p.add_argument("--by", default=getpass.getuser(), help="who (default: you)")
+        p.add_argument("--comment", help="why (kept in the alert's audit trail)")
         _db_arg(p)
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_alerts_state, state=state)
@@ -86,8 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(stats)
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=cmd_stats)
-    _policy_parsers(sub)
-    _export_parser(sub)
+
+    from weightwarden.collector.console_cli import add_commands
+
+    add_commands(sub, _db_arg)  # serve, users, tokens, outputs
+    from weightwarden.collector.policy_cli import add_commands as add_policy_commands
+
+    add_policy_commands(sub, _db_arg)  # policy publish/unpublish/keygen, export
     return parser
 
 
@@ -98,7 +109,6 @@ def _store(url: str) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from weightwarden import logs
     from weightwarden.mqtt import MqttSettings
     from weightwarden.units import parse_duration
     from weightwarden.mqtt import MqttURLError
@@ -106,7 +116,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from weightwarden.collector.pipeline import Pipeline
     from weightwarden.collector.service import CollectorService, ServiceConfig
 
-    logs.configure()
     try:
         broker = MqttSettings.from_url(args.broker)
         retention = parse_duration(args.retention)
@@ -144,10 +153,15 @@ def cmd_alerts_list(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts_show(args: argparse.Namespace) -> int:
-    alert = _store(args.db).alert(args.alert)
+    from weightwarden.collector.triage import audit
+
+    store = _store(args.db)
+    alert = store.alert(args.alert)
     if alert is None:
         print(f"weightwarden-collector: no alert {args.alert!r}", file=sys.stderr)
         return 1
+    with store.tx() as conn:
+        alert["audit"] = audit(conn, alert["id"])
     if args.json:
         print(json.dumps(alert, default=str))
         return 0
@@ -166,16 +180,22 @@ def cmd_alerts_show(args: argparse.Namespace) -> int:
         lines.append(f"acknowledged by {alert['acked_by']} at {_when(alert['acked_at'])}")
     if alert.get("resolved_by"):
         lines.append(f"resolved by {alert['resolved_by']} at {_when(alert['resolved_at'])}")
+    for a in alert["audit"]:
+        lines.append(f"  {_when(a['ts'])}  {a['user']} {a['action']}{': ' + a['comment'] if a['comment'] else ''}")
     print("\n".join(lines))
     return 0
 
 
 def cmd_alerts_state(args: argparse.Namespace) -> int:
+    from weightwarden.collector.triage import TriageError, act
+
     store = _store(args.db)
-    with store.tx() as conn:
-        changed = store.set_state(conn, args.alert, args.state, args.by, time.time())
-    if not changed:
-        print(f"weightwarden-collector: no alert {args.alert!r}", file=sys.stderr)
+    try:
+        with store.tx() as conn:  # audited like the console's ack, with --by as the user
+            act(conn, args.alert, "ack" if args.state == "acknowledged" else "resolve", args.by, time.time(),
+                comment=args.comment, via="cli")
+    except TriageError as exc:
+        print(f"weightwarden-collector: {exc}", file=sys.stderr)
         return 1
     alert = store.alert(args.alert)
     print(json.dumps(alert, default=str) if args.json else f"{alert['id']} {args.state} by {args.by}")
@@ -211,163 +231,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- policy publish / keygen / unpublish ----------------------------------------------
-
-
-def _policy_parsers(sub: Any) -> None:
-    pol = sub.add_parser("policy", help="publish signed policies to host groups; make signing keys",
-                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    psub = pol.add_subparsers(dest="policy_command", required=True)
-    pub = psub.add_parser("publish", help="sign a policy (Ed25519) and publish it, retained, to a host group",
-                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    pub.add_argument("file", help="the policy (with its FILE.d/*.yaml drop-ins, merged)")
-    pub.add_argument("--key", required=True, metavar="PRIVATE_KEY", help="Ed25519 private key (PEM or OpenSSH)")
-    pub.add_argument("--hosts", required=True, metavar="GLOB", help="host group: a glob over host ids, e.g. 'gpu-*'")
-    pub.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
-    pub.add_argument("--version", type=int, default=None,
-                     help="must be newer than what the hosts run (default: now, in Unix seconds)")
-    pub.add_argument("--no-drop-ins", action="store_true")
-    pub.add_argument("--json", action="store_true")
-    pub.set_defaults(func=cmd_policy_publish)
-    unpub = psub.add_parser("unpublish", help="clear a host group's retained policy (hosts keep the one in force)")
-    unpub.add_argument("--hosts", required=True, metavar="GLOB")
-    unpub.add_argument("--broker", required=True)
-    unpub.set_defaults(func=cmd_policy_unpublish)
-    keygen = psub.add_parser("keygen", help="make an Ed25519 key pair: PREFIX.key (0600) and PREFIX.pub")
-    keygen.add_argument("prefix")
-    keygen.set_defaults(func=cmd_policy_keygen)
-
-
-def cmd_policy_publish(args: argparse.Namespace) -> int:
-    from weightwarden.agent.policy.loader import PolicyError
-    from weightwarden.collector.publish import policy_text, publish
-    from weightwarden.mqtt import MqttSettings, MqttURLError
-    from weightwarden.policysign import EnvelopeError, KeyFileError, load_private_key, sign
-
-    try:
-        text, name = policy_text(args.file, drop_ins=not args.no_drop_ins)
-    except PolicyError as exc:
-        for problem in exc.problems:
-            print(problem.render(args.file), file=sys.stderr)
-        print(f"weightwarden-collector: {args.file} fails policy check: not published", file=sys.stderr)
-        return 1
-    try:
-        key = load_private_key(args.key)
-        settings = MqttSettings.from_url(args.broker)
-        envelope = sign(text, args.hosts, args.version if args.version is not None else int(time.time()), key)
-    except (KeyFileError, MqttURLError, EnvelopeError) as exc:
-        print(f"weightwarden-collector: {exc}", file=sys.stderr)
-        return 2
-    try:
-        topic = asyncio.run(publish(settings, envelope))
-    except Exception as exc:  # noqa: BLE001 - aiomqtt and socket errors alike: said plainly
-        print(f"weightwarden-collector: cannot publish to {settings.host}:{settings.port}: {exc}", file=sys.stderr)
-        return 1
-    out = {"policy": name, "hosts": envelope.hosts, "version": envelope.version, "key_id": envelope.key_id,
-           "topic": topic}
-    print(json.dumps(out) if args.json else
-          f"published {name!r} version {envelope.version} to hosts {envelope.hosts!r} (key {envelope.key_id}) "
-          f"on {topic}, retained")
-    return 0
-
-
-def cmd_policy_unpublish(args: argparse.Namespace) -> int:
-    from weightwarden.collector.publish import unpublish
-    from weightwarden.mqtt import MqttSettings, MqttURLError
-    from weightwarden.policysign import EnvelopeError
-
-    try:
-        topic = asyncio.run(unpublish(MqttSettings.from_url(args.broker), args.hosts))
-    except (MqttURLError, EnvelopeError) as exc:
-        print(f"weightwarden-collector: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001
-        print(f"weightwarden-collector: cannot reach the broker: {exc}", file=sys.stderr)
-        return 1
-    print(f"cleared {topic}")
-    return 0
-
-
-def cmd_policy_keygen(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from weightwarden.policysign import generate_key
-
-    try:
-        private, public, kid = generate_key(Path(args.prefix))
-    except FileExistsError:
-        print(f"weightwarden-collector: {args.prefix}.key exists: not overwritten", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"weightwarden-collector: {exc}", file=sys.stderr)
-        return 1
-    print(f"private key {private} (keep it off the GPU hosts), public key {public} (give it to the agents: "
-          f"--trust-key), key id {kid}")
-    return 0
-
-
-# -- export ---------------------------------------------------------------------------
-
-EXPORT_TYPES = ("egress_sample", "heartbeat", "agent_started")
-
-
-def _export_parser(sub: Any) -> None:
-    exp = sub.add_parser("export", help="a host's stored events as JSON lines (e.g. for 'weightwarden-agent policy "
-                         "simulate')", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    exp.add_argument("--host", required=True)
-    exp.add_argument("--since", required=True, metavar="T",
-                     help="a duration ago (24h, 7d), a date or time (2024-06-01, 2024-06-01T12:00), or Unix seconds")
-    exp.add_argument("--until", default=None, metavar="T", help="same forms; default: now")
-    exp.add_argument("--type", action="append", default=None, dest="types", metavar="TYPE",
-                     help=f"event types (repeat; default: {', '.join(EXPORT_TYPES)})")
-    _db_arg(exp)
-    exp.set_defaults(func=cmd_export)
-
-
-def parse_when(text: str, now: float) -> float:
-    """A point in time: '24h' (ago), Unix seconds, or an ISO date or time (local)."""
-    from datetime import datetime
-
-    from weightwarden.units import parse_duration
-
-    try:
-        return now - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        pass
-    raise ValueError(f"not a time: {text!r} (e.g. 24h, 2024-06-01, 2024-06-01T12:00, 1717200000)")
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    now = time.time()
-    try:
-        since = parse_when(args.since, now)
-        until = parse_when(args.until, now) if args.until else now
-    except ValueError as exc:
-        print(f"weightwarden-collector: {exc}", file=sys.stderr)
-        return 2
-    types = args.types or list(EXPORT_TYPES)
-    count = 0
-    try:
-        for event in _store(args.db).export_events(args.host, since, until, types):
-            sys.stdout.write(json.dumps(event) + "\n")
-            count += 1
-    except BrokenPipeError:
-        return 0
-    if count == 0:
-        print(f"weightwarden-collector: no {', '.join(types)} events of host {args.host!r} in that time",
-              file=sys.stderr)
-        return 1
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logs.configure(args.log_level)
     return int(args.func(args))

@@ -10,7 +10,10 @@ export PATH="$PATH:/usr/sbin:/sbin"
 needed=(
   ip:iproute2 tc:iproute2 nft:nftables iptables:iptables conntrack:conntrack
   mosquitto:mosquitto mosquitto_sub:mosquitto-clients iperf3:iperf3 nethogs:nethogs
-  curl:curl
+  curl:curl openssl:openssl
+  # The console's browser tests: Debian's chromium and its driver (selenium never downloads one).
+  chromium:chromium chromedriver:chromium-driver
+  clang:clang bpftool:bpftool cc:gcc
 )
 missing=()
 for pair in "${needed[@]}"; do
@@ -22,6 +25,8 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
+# The eBPF attribution programs and their loader are built here, against this kernel (CO-RE).
+[ -e /usr/include/bpf/libbpf.h ] || missing+=(libbpf-dev)
 
 if ((${#missing[@]})); then
   if [ "$(id -u)" != 0 ]; then
@@ -29,13 +34,21 @@ if ((${#missing[@]})); then
     exit 1
   fi
   echo "bootstrap: installing ${missing[*]}" >&2
+  # The packages we add must not start their services (mosquitto, postgresql, iperf3): the project
+  # runs its own, on its own ports. policy-rc.d says so for this install only; services that were
+  # on the host before are never stopped, disabled or restarted, and an existing policy-rc.d is kept.
+  made_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\n# weightwarden bootstrap: start nothing during this install\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  trap '[ -n "$made_policy" ] && rm -f /usr/sbin/policy-rc.d' EXIT
   apt-get update -q
   # iperf3 asks whether to start a daemon; noninteractive answers no.
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u)
-  # Debian starts the packaged services; the project runs its own, on its own ports.
-  for svc in mosquitto postgresql iperf3; do
-    command -v systemctl >/dev/null 2>&1 && systemctl disable --now "$svc" >/dev/null 2>&1 || true
-  done
+  [ -n "$made_policy" ] && rm -f /usr/sbin/policy-rc.d
+  made_policy=""
 fi
 
 if [ ! -x .venv/bin/python ] || [ pyproject.toml -nt .venv/.installed ]; then
@@ -43,4 +56,11 @@ if [ ! -x .venv/bin/python ] || [ pyproject.toml -nt .venv/.installed ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[test]'
   touch .venv/.installed
+fi
+
+# eBPF attribution: vmlinux.h from the kernel's BTF, the programs, the loader. If this kernel or
+# machine cannot build them, the agent still runs, on the NFQUEUE path, and says so at start.
+if ! agent/bpf/build.sh; then
+  echo "bootstrap: the eBPF loader could not be built; the agent will use NFQUEUE attribution" \
+       "(this network namespace only)" >&2
 fi

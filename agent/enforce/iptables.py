@@ -56,6 +56,8 @@ def build(inputs: PlanInputs, plan: Plan) -> dict[int, Document]:
         if inputs.blocked_budgets:
             add(["-j", "DROP"], BUDGET_COUNTER)
         for cc, slot in reversed(list(zip(compiled.caps, plan.slots, strict=True))):
+            if not cc.enforced:
+                continue  # left out, never widened (selectors.py)
             sel = cc.selector
             conds: list[list[str]] = [[]]
             if sel.uids:

@@ -115,9 +115,9 @@ def _host_size(loaded: LoadedPolicy) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from weightwarden.agent.daemon import cgroupv2_paths_usable, resolve_interfaces
-    from weightwarden.agent.policy.lint import host_checks, lint
-    from weightwarden.agent.policy.match import Features
+    from weightwarden.agent.daemon import resolve_interfaces
+    from weightwarden.agent.enforce.selectors import detect
+    from weightwarden.agent.policy.lint import host_checks, lint, unenforceable
     from weightwarden.agent.policy.show import merged_yaml, rates
 
     try:
@@ -128,7 +128,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem.render(args.file), file=sys.stderr)
         return EXIT_FAIL
-    warnings = lint(loaded) + host_checks(loaded, resolve_interfaces([]), Features(cgroupv2_paths_usable()))
+    refused = unenforceable(loaded, detect())
+    if refused:
+        # A selector this kernel cannot enforce is refused, never quietly widened to a host-wide cap.
+        if args.json:
+            print(json.dumps({"valid": False, "problems": [{**p.__dict__, "kind": "unenforceable"} for p in refused]}))
+        for problem in refused:
+            print(problem.render(args.file), file=sys.stderr)
+        return EXIT_FAIL
+    warnings = lint(loaded) + host_checks(loaded, resolve_interfaces([]))
     failed = args.strict and bool(warnings)
     if args.json:
         print(json.dumps({"valid": not failed, "name": loaded.policy.metadata.name, "digest": loaded.digest,

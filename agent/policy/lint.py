@@ -3,7 +3,7 @@
 Errors stop a policy (``loader``); these do not, but ``policy check`` prints
 them and ``policy check --strict`` fails on them: an interface pattern that
 matches nothing here enforces nothing, a cap behind a catch-all cap never
-matches, a program-matched cap falls back to the whole host.
+matches. Cap selectors this kernel cannot enforce are errors (:func:`unenforceable`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from collections.abc import Iterable
 
 from weightwarden.agent.files.patterns import GLOB_CHARS, base_dir
 from weightwarden.agent.policy.loader import LoadedPolicy, Problem
-from weightwarden.agent.policy.match import Features, compile_policy
+from weightwarden.agent.enforce.selectors import KernelSupport, refusals
+from weightwarden.agent.policy.match import compile_policy
 
 # Whole system trees: legal, but the watcher marks and rescans all of them every 2 s.
 SYSTEM_TREES = {"/usr", "/var", "/home", "/etc", "/opt", "/boot", "/lib", "/lib64", "/bin", "/sbin", "/tmp", "/root",
@@ -44,11 +45,6 @@ def lint(loaded: LoadedPolicy) -> list[Problem]:
                            "pattern; this one never matches"))
     compiled = compile_policy(loaded.policy)
     for cc in compiled.caps:
-        if cc.cap.match.executables:
-            out.append(_at(loaded, f"spec.caps[{cc.index}].match.executables",
-                           f"cap {cc.cap.name!r}: executables cannot be matched in the kernel yet; the cap applies to "
-                           "all traffic its other conditions match"))
-    for cc in compiled.caps:
         earlier = [e for e in compiled.caps[:cc.index]
                    if e.terminal and e.selector.any_process and e.selector.nets is None]
         if earlier:
@@ -58,8 +54,8 @@ def lint(loaded: LoadedPolicy) -> list[Problem]:
     return out
 
 
-def host_checks(loaded: LoadedPolicy, interfaces: Iterable[str], features: Features) -> list[Problem]:
-    """Warnings about this host: interfaces that match nothing, selectors the kernel cannot check here."""
+def host_checks(loaded: LoadedPolicy, interfaces: Iterable[str]) -> list[Problem]:
+    """Warnings about this host: interfaces that match nothing."""
     spec = loaded.policy.spec
     names = sorted(n for n in interfaces if n != "lo")
     out: list[Problem] = []
@@ -75,8 +71,16 @@ def host_checks(loaded: LoadedPolicy, interfaces: Iterable[str], features: Featu
             if not matched[pattern] and "*" not in pattern:
                 out.append(_at(loaded, f"spec.interfaces[{i}]", f"{pattern!r} is no interface on this host {here}: "
                                "nothing is enforced through it"))
-    for cc in compile_policy(loaded.policy, features=features).caps:
-        for note in cc.selector.notes:
-            if "cgroup" in note:
-                out.append(_at(loaded, f"spec.caps[{cc.index}].match.cgroups", note))
+    return out
+
+
+def unenforceable(loaded: LoadedPolicy, support: KernelSupport) -> list[Problem]:
+    """Errors: cap selectors this kernel cannot enforce (enforce/selectors.py), each at its cap's line.
+    Such a cap is refused, never quietly widened to the whole host."""
+    out = []
+    reasons = refusals(loaded.policy, support)
+    for i, cap in enumerate(loaded.policy.spec.caps):
+        for reason in (r for r in reasons if r.startswith(f"cap {cap.name!r}:")):
+            p = _at(loaded, f"spec.caps[{i}].match", reason)
+            out.append(Problem(p.path, p.line, reason, p.file, "error"))
     return out

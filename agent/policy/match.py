@@ -2,9 +2,10 @@
 
 The enforcer's plan (nft and iptables) and the simulator both start from what
 this module compiles: the allowlist as networks with optional ports, and each
-cap's match as a :class:`Selector` holding only what the kernel can enforce on
-this host (a condition the kernel cannot check is dropped here, with a note, so
-the simulation never credits a cap with precision the kernel does not have).
+cap's match as a :class:`Selector`. A cap whose selector this kernel cannot
+enforce (``enforce/selectors.py``) is marked not enforced: the plan leaves it
+out and the simulation gives it no traffic, so neither credits a cap with what
+the kernel cannot do.
 The plan turns selectors into rules; :func:`classify` answers the same question
 for one recorded flow, in the same order the rules are evaluated: allowlist
 first, then caps in policy order, where an ``alert`` cap counts and goes on and
@@ -18,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from weightwarden.agent.enforce.selectors import KernelSupport, refused_caps
 from weightwarden.agent.policy.model import Cap, Destination, Policy
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -43,7 +45,6 @@ class Features:
     """What this host's kernel path can match on."""
 
     cgroupv2_paths: bool = True  # nft 'socket cgroupv2' needs the unified hierarchy at /sys/fs/cgroup
-    executables: bool = False  # no kernel match by executable yet
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class CompiledCap:
     index: int
     cap: Cap
     selector: Selector
+    enforced: bool = True  # False: a selector this kernel cannot match; the plan leaves the cap out
 
     @property
     def terminal(self) -> bool:
@@ -167,19 +169,9 @@ def allowlist(policy: Policy, resolved: dict[str, list[str]]) -> tuple[Net, ...]
     return tuple(n for i, dest in enumerate(policy.spec.allow) for n in networks(dest, resolved, i))
 
 
-def selector(cap: Cap, resolved: dict[str, list[str]], features: Features) -> Selector:
+def selector(cap: Cap, resolved: dict[str, list[str]]) -> Selector:
     m = cap.match
     notes: list[str] = []
-    cgroups: tuple[str, ...] = tuple(cgroup_path(c) for c in m.cgroups)
-    if cgroups and not features.cgroupv2_paths:
-        notes.append(f"cap {cap.name!r}: cgroup matching needs a unified cgroup v2 mount; "
-                     "falling back to a host-level cap (all matching egress)")
-        cgroups = ()
-    executables: tuple[str, ...] = tuple(m.executables)
-    if executables and not features.executables:
-        notes.append(f"cap {cap.name!r}: executables cannot be matched in the kernel yet; "
-                     "falling back to a host-level cap (all matching egress)")
-        executables = ()
     nets: tuple[Net, ...] | None = None
     if m.destinations:
         nets = tuple(n for i, dest in enumerate(m.destinations) for n in networks(dest, resolved, i))
@@ -187,7 +179,8 @@ def selector(cap: Cap, resolved: dict[str, list[str]], features: Features) -> Se
             if dest.host and not resolved.get(dest.host):
                 notes.append(f"cap {cap.name!r}: host {dest.host!r} did not resolve: the cap does not match it "
                              "until it does")
-    return Selector(tuple(sorted(set(m.uids))), cgroups, executables, nets, tuple(notes))
+    return Selector(tuple(sorted(set(m.uids))), tuple(cgroup_path(c) for c in m.cgroups), tuple(m.executables), nets,
+                    tuple(notes))
 
 
 def compile_policy(policy: Policy, resolved: dict[str, list[str]] | None = None,
@@ -198,13 +191,20 @@ def compile_policy(policy: Policy, resolved: dict[str, list[str]] | None = None,
     for dest in policy.spec.allow:
         if dest.host and not resolved.get(dest.host):
             notes.append(f"allow host {dest.host!r} did not resolve: it is not exempt until it does")
+    # One definition of what this kernel cannot enforce (enforce/selectors.py): such a cap is left out, never
+    # widened, so the simulation gives it no traffic either.
+    refused = refused_caps(policy, KernelSupport(cgroupv2_paths=features.cgroupv2_paths))
     caps = []
     for i, cap in enumerate(policy.spec.caps):
-        sel = selector(cap, resolved, features)
+        sel = selector(cap, resolved)
         notes.extend(sel.notes)
-        caps.append(CompiledCap(i, cap, sel))
+        enforced = cap.name not in refused
+        if not enforced:
+            notes.append(f"cap {cap.name!r}: not enforced, its selector cannot be matched in this kernel "
+                         "(see `weightwarden-agent policy check`)")
+        caps.append(CompiledCap(i, cap, sel, enforced))
     allow = allowlist(policy, resolved)
-    sels = [cc.selector for cc in caps]
+    sels = [cc.selector for cc in caps if cc.enforced]
     ports = frozenset(p for n in (*allow, *(n for s in sels for n in (s.nets or ()))) for p in n.ports)
     return Compiled(allow, tuple(caps), tuple(notes), ports, any(s.uids for s in sels),
                     any(s.executables for s in sels), any(s.cgroups for s in sels))
@@ -228,7 +228,7 @@ def classify(compiled: Compiled, flow: Flow) -> Verdict:
         return Verdict(True, allow_index=hit)
     alerts: list[int] = []
     for cc in compiled.caps:
-        if not cc.selector.matches(flow):
+        if not cc.enforced or not cc.selector.matches(flow):
             continue
         if cc.terminal:
             return Verdict(False, tuple(alerts), cc.index, matched=(*alerts, cc.index))

@@ -144,7 +144,6 @@ class Simulation:
         self._cache: dict[tuple[Any, ...], dict[Any, int]] = {}  # process key -> destination key -> slot
         self._index_of_key: dict[tuple[Any, ...], int] = {}  # flow key -> verdict index
         self._verdicts: list[Verdict] = []
-        self._live: set[int] = set()
         self._iface_cache: dict[str, bool] = {}
         self._index: dict[Verdict, int] = {}
         self._factor4 = self.link.factor(False)
@@ -221,7 +220,6 @@ class Simulation:
         # times a day, only builds a key, looks its slot up and adds; accounting happens once per slot below.
         totals: defaultdict[int, int] = defaultdict(int)
         compiled, verdict_of, ports = self.compiled, self._verdict, self.compiled.ports
-        live = self._live
         for proc in sample["processes"]:
             if not isinstance(proc, dict):
                 continue
@@ -253,19 +251,22 @@ class Simulation:
                 self.unknown_destination += rest
                 totals[verdict_of((None, None, uid, exe, cgroup)) * 2] += rest
             pid = _int(proc.get("pid"))
-            if pid is not None:
-                live.add(pid)
             if sent > 0 and pid is not None:
-                for th, total in self.thresholds.add(ts, pid, sent):
+                started = proc.get("start_time")
+                # (pid, start time), as the daemon keys it: a recycled pid is another process.
+                key = (pid, float(started) if isinstance(started, (int, float)) else None)
+                for th, total in self.thresholds.add(ts, key, sent):
                     self.alerts.append({"type": "threshold_crossed", "name": th.name, "ts": ts, "severity": th.severity,
                                         "bytes_in_window": total, "process": proc.get("name") or proc.get("exe"),
                                         "pid": pid})
-        if self.samples % 600 == 0:
-            # ThresholdWatch.forget walks every window it holds (a day of short-lived senders leaves
-            # thousands); every ten minutes, with every pid seen in them counted live, it drops the windows
-            # that calling it every second would have dropped by then (only empty ones), at 1/600 of the cost.
-            self.thresholds.forget(self._live)
-            self._live = set()
+        if self.samples % 60 == 0:
+            # ThresholdWatch.forget walks every window it holds; once a minute rather than every second (as
+            # the daemon does) keeps a day's replay fast. Recorded samples cannot say whether a process is
+            # still alive, so none is taken for dead: a window goes when its bytes have aged out, which is
+            # what the daemon does for a live process (a dead one sends nothing more either way). The only
+            # difference: a process silent for a whole window whose first sample back crosses the threshold
+            # alone may be reported once less if that falls within the minute its window emptied.
+            self.thresholds.forget(ts, _always_alive)
         unowned = _count(sample.get("unowned_flow_tx_bytes"))
         if unowned > 0:
             self.unknown_destination += unowned
@@ -386,6 +387,10 @@ class Simulation:
 
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _always_alive(_key: tuple[int, float | None]) -> bool:
+    return True
 
 
 def _int(value: Any) -> int | None:

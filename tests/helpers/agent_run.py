@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -19,7 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 class TopRun:
     def __init__(self, pair: NetnsPair, *args: str) -> None:
         self.proc = pair.popen(
-            pair.a, sys.executable, "-m", "weightwarden.agent", "top", "--json", *args,
+            # The fallback path: it measures namespace ``a`` alone. eBPF attribution would watch the whole
+            # cgroup hierarchy of this machine; its tests (test_containers_netns.py) give it a cgroup of their own.
+            pair.a, sys.executable, "-m", "weightwarden.agent", "top", "--json", "--attribution", "nfqueue", *args,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO),
         )
         self.stderr: list[str] = []
@@ -64,12 +67,15 @@ def interface_total(samples: list[dict[str, Any]]) -> int:
 class DaemonRun:
     """``weightwarden-agent run --sink stdout`` in namespace ``a``, its events collected live."""
 
-    def __init__(self, pair: NetnsPair, policy: Path, state_dir: Path, *args: str) -> None:
+    def __init__(self, pair: NetnsPair, policy: Path, state_dir: Path, *args: str,
+                 wrapper: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+        """``wrapper``: argv the agent runs under (e.g. tests.helpers.sandbox for a unit's sandbox);
+        ``env``: extra environment (NOTIFY_SOCKET, WATCHDOG_USEC...)."""
         self.pair = pair
         self.proc = pair.popen(
-            pair.a, sys.executable, "-m", "weightwarden.agent", "run", "--policy", str(policy), "--state-dir", str(state_dir),
-            "--sink", "stdout", "--host-id", "test-host", *args,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO),
+            pair.a, *wrapper, sys.executable, "-m", "weightwarden.agent", "run", "--policy", str(policy),
+            "--state-dir", str(state_dir), "--sink", "stdout", "--host-id", "test-host", "--attribution", "nfqueue", *args,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO), env={**os.environ, **(env or {})},
         )
         self.events: list[dict[str, Any]] = []
         self.stderr: list[str] = []

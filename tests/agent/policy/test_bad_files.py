@@ -12,7 +12,6 @@ import pytest
 from weightwarden.agent.enforce.plan import PlanInputs, build
 from weightwarden.agent.policy.lint import host_checks, lint
 from weightwarden.agent.policy.loader import PolicyError, load_policy, parse_policy
-from weightwarden.agent.policy.match import Features
 from weightwarden.units import parse_rate
 
 REPO = Path(__file__).resolve().parents[3]
@@ -112,11 +111,11 @@ def test_dev_shm_and_model_directories_are_fine_and_system_trees_warn() -> None:
 def test_an_interface_that_matches_nothing_warns_and_fails_strict(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text(HEAD + "  interfaces: [eht0]\n  caps: [{name: c, rate: 20Mbit}]\n")
-    warnings = host_checks(load_policy(path), ["lo", "eth0", "eth1"], Features())
+    warnings = host_checks(load_policy(path), ["lo", "eth0", "eth1"])
     assert len(warnings) == 1 and warnings[0].line == 5 and "nothing is enforced" in warnings[0].message
-    assert host_checks(load_policy(path), ["eht0"], Features()) == []
+    assert host_checks(load_policy(path), ["eht0"]) == []
     fleet = load_policy(REPO / "policies" / "single-gpu-host.yaml")  # eth*, ens*, enp*: one scheme per host
-    assert host_checks(fleet, ["lo", "ens5"], Features()) == []
+    assert host_checks(fleet, ["lo", "ens5"]) == []
     run = [sys.executable, "-m", "weightwarden.agent", "policy", "check", str(path)]
     relaxed = subprocess.run(run, capture_output=True, text=True, check=False)
     strict = subprocess.run([*run, "--strict"], capture_output=True, text=True, check=False)

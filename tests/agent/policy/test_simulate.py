@@ -84,15 +84,21 @@ def test_allowlist_first_then_caps_in_order_alerts_go_on() -> None:
 
 
 def test_simulation_and_plan_share_one_compiled_match() -> None:
-    policy = parse_policy(HEAD + "  caps: [{name: c, rate: 1Mbit, match: {uids: [5], destinations: "
-                                 "[{cidr: 192.0.2.0/24, ports: [22]}], executables: [/usr/bin/scp]}}]\n").policy
+    text = HEAD + ("  caps:\n"
+                   "    - {name: prog, rate: 1kbit, match: {executables: [/usr/bin/scp]}}\n"
+                   "    - {name: c, rate: 1Mbit, match: {uids: [5], destinations: [{cidr: 192.0.2.0/24, ports: [22]}]}}\n")
+    policy = parse_policy(text).policy
     compiled = compile_policy(policy)
     plan = build(PlanInputs(policy, ["eth0"]))
-    # The kernel cannot match executables: the plan says so, and the simulation does not pretend it can.
-    assert compiled.notes == tuple(n for n in plan.notes if "executables" in n)
-    assert classify(compiled, Flow("192.0.2.1", 22, 5, "/usr/bin/rsync")).cap == 0
+    # The kernel cannot match executables: the plan leaves that cap out (never widened), and so does the
+    # simulation: it gives it no traffic.
+    assert compiled.notes == tuple(plan.notes) and "'prog': not enforced" in compiled.notes[0]
+    assert not any('"cap-0"' in json.dumps(c) for c in plan.nft if "rule" in c.get("add", {}))
+    assert classify(compiled, Flow("192.0.2.1", 22, 5, "/usr/bin/scp")).cap == 1
     assert classify(compiled, Flow("192.0.2.1", 80, 5, "/usr/bin/scp")).cap is None  # port-qualified, in both
     assert any('"dport"' in json.dumps(c) and '"right": 22' in json.dumps(c) for c in plan.nft)
+    r = simulate(policy, [sample(1, proc(1, ("192.0.2.1", 22, 1000), uid=5, exe="/usr/bin/scp"))])
+    assert [c["matched_bytes"] for c in r["caps"]] == [0, 1000]
 
 
 def test_budgets_block_after_the_daemons_next_reconciliation_and_thresholds_fire() -> None:
