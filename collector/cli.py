@@ -27,6 +27,9 @@ EXAMPLES = """examples:
   weightwarden-collector alerts ack 3f2a9c1d0b7e4a55 --by alice
   weightwarden-collector hosts
   weightwarden-collector serve --db sqlite:////var/lib/ww/collector.db --listen 0.0.0.0:8443 --tls-cert c.pem --tls-key k.pem
+  weightwarden-collector policy keygen /etc/weightwarden/fleet-2024
+  weightwarden-collector policy publish policy.yaml --key fleet-2024.key --hosts 'gpu-*' --broker mqtts://broker:8883
+  weightwarden-collector export --host gpu-01 --since 24h > gpu-01.jsonl
 """
 DEFAULT_DB = "sqlite:////var/lib/weightwarden/collector.db"
 
@@ -95,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     from weightwarden.collector.console_cli import add_commands
 
     add_commands(sub, _db_arg)  # serve, users, tokens, outputs
+    from weightwarden.collector.policy_cli import add_commands as add_policy_commands
+
+    add_policy_commands(sub, _db_arg)  # policy publish/unpublish/keygen, export
     return parser
 
 
@@ -210,9 +216,12 @@ def cmd_hosts(args: argparse.Namespace) -> int:
         return 0
     from weightwarden.units import format_rate, format_size
 
-    print(f"{'HOST':<20} {'STATUS':<8} {'LAST SEEN':<20} {'POLICY':<20} {'RULES':<6} {'EGRESS NOW':>12} {'WEIGHTS':>9}")
+    print(f"{'HOST':<20} {'STATUS':<8} {'LAST SEEN':<20} {'POLICY':<28} {'RULES':<6} {'EGRESS NOW':>12} {'WEIGHTS':>9}")
     for h in hosts:
-        print(f"{h['host'][:20]:<20} {h['status'] or '?':<8} {_when(h['last_seen']):<20} {(h['policy'] or '-')[:20]:<20} "
+        policy = h["policy"] or "-"
+        if h.get("policy_version") is not None:
+            policy += f" v{h['policy_version']}"  # a signed central policy, and its version
+        print(f"{h['host'][:20]:<20} {h['status'] or '?':<8} {_when(h['last_seen']):<20} {policy[:28]:<28} "
               f"{'yes' if h['rules_in_force'] else 'no':<6} {format_rate(h['egress_bps'] or 0):>12} "
               f"{format_size(h['weights_bytes'] or 0):>9}")
     return 0

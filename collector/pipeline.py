@@ -130,6 +130,9 @@ class Pipeline:
                 self.store.resolve_kind(conn, host, "agent_silent", "collector: the agent is back", now)
             fields["status"] = "online"
             self.store.update_host(conn, host, **{k: v for k, v in fields.items() if v is not None})
+            if isinstance(data, PolicyApplied):
+                # None is meaningful here: a host back on its local file has no central version.
+                self.store.update_host(conn, host, policy_version=data.version, policy_source=data.source or "file")
         elif isinstance(data, AgentStopping):
             self.store.update_host(conn, host, status="stopped")
         elif isinstance(data, AgentLost):

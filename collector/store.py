@@ -130,6 +130,10 @@ MIGRATIONS: list[list[str]] = [
         # The weights' size as of the latest report by the agent's own clock, not the latest to arrive.
         "ALTER TABLE hosts ADD COLUMN weights_at DOUBLE PRECISION",
     ],
+    [  # 4: which version of a centrally published policy each host runs, and from where (file or mqtt)
+        "ALTER TABLE hosts ADD COLUMN policy_version BIGINT",
+        "ALTER TABLE hosts ADD COLUMN policy_source TEXT",
+    ],
 ]
 
 
@@ -240,7 +244,8 @@ class Store:
     @staticmethod
     def update_host(conn: Connection, host: str, **fields: Any) -> None:
         allowed = {"status", "policy", "policy_digest", "backend", "rules_in_force", "caps", "egress_bps",
-                   "weights_bytes", "last_heartbeat", "heartbeat_interval", "lost_at", "seq_contig", "gap_seen_at"}
+                   "weights_bytes", "last_heartbeat", "heartbeat_interval", "lost_at", "seq_contig", "gap_seen_at",
+                   "policy_version", "policy_source"}
         sets = [k for k in fields if k in allowed]
         if sets:
             conn.execute(text(f"UPDATE hosts SET {', '.join(f'{k} = :{k}' for k in sets)} WHERE host = :h"),
@@ -250,6 +255,24 @@ class Store:
     def host(conn: Connection, host: str) -> dict[str, Any] | None:
         row = conn.execute(text("SELECT * FROM hosts WHERE host = :h"), {"h": host}).mappings().first()
         return dict(row) if row else None
+
+    def export_events(self, host: str, since: float, until: float, types: list[str]) -> Iterator[dict[str, Any]]:
+        """A host's events in [since, until] of these types, oldest first, as the agent sent them."""
+        params: dict[str, Any] = {"h": host, "u": until, **{f"t{i}": t for i, t in enumerate(types)}}
+        in_types = ", ".join(f":t{i}" for i in range(len(types)))
+        after: tuple[float, str] = (since, "")
+        while True:  # in pages, so a day of 1 Hz samples never sits in memory at once
+            with self.tx() as conn:
+                rows = list(conn.execute(text(
+                    f"SELECT id, seq, ts, type, data FROM events WHERE host = :h AND ts <= :u AND type IN ({in_types}) "
+                    "AND (ts > :ats OR (ts = :ats AND id > :aid)) ORDER BY ts, id LIMIT 5000"),
+                    {**params, "ats": after[0], "aid": after[1]}).mappings())
+            for r in rows:
+                yield {"schema": 1, "id": r["id"], "host": host, "seq": r["seq"], "ts": r["ts"], "type": r["type"],
+                       "data": json.loads(r["data"])}
+            if len(rows) < 5000:
+                return
+            after = (rows[-1]["ts"], rows[-1]["id"])
 
     def hosts(self) -> list[dict[str, Any]]:
         with self.tx() as conn:

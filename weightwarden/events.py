@@ -349,6 +349,7 @@ class PolicyApplied(Payload):
     blocked_budgets: list[Name] = Field(default_factory=list, max_length=200)
     version: Count | None = None  # a centrally published policy's version
     source: Name | None = None  # file or mqtt
+    key_id: Name | None = None  # the signing key of a centrally published policy
 
 
 class PolicyRejected(Payload):
