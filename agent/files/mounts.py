@@ -135,16 +135,18 @@ class HostPaths:
         self.table = table
         self._mount_fds: dict[tuple[int, int], int] = {}
 
-    def ours(self, fd: int) -> bool | None:
-        mnt = kernel.mount_id(fd)
+    def ours(self, mnt: int | None) -> bool:
+        """Whether a mount id is one of the agent's own mounts (then its paths are the host's)."""
         if mnt is None:
-            return None
+            return True  # no mount ids (very old kernel): take the path as printed
         if mnt not in self.table.ids and self.table.refresh():
             self._close_mount_fds()
         return mnt in self.table.ids
 
-    def resolve(self, fd: int, st: os.stat_result) -> str | None:
-        dev = dev_of(st)
+    def resolve(self, fd: int, st: kernel.Stat) -> str | None:
+        dev = st.dev
+        if remote_type(self.table.fstype(dev) or "") is not None:
+            return None  # a stat through a stalled network or FUSE server would hang: not named
         mounts = self.table.by_dev.get(dev)
         if not mounts and self.table.refresh():
             self._close_mount_fds()
@@ -173,7 +175,7 @@ class HostPaths:
                 again = os.stat(path)
             except OSError:
                 continue
-            if (again.st_dev, again.st_ino) == (st.st_dev, st.st_ino):
+            if (dev_of(again), again.st_ino) == (st.dev, st.ino):
                 return path
         return None
 

@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ class _Job:
     tag: str
     pid: int
     fn: Callable[[], Any]
+    key: Hashable
     started: float = 0.0
     stuck: bool = False
 
@@ -44,7 +45,7 @@ class Offloader:
         self._running: dict[int, _Job] = {}  # worker ident -> its job now
         self._lock = threading.Lock()  # guards _running and _workers; never held across a read
         self._workers: list[threading.Thread] = []
-        self.stalling: set[int] = set()
+        self.stalling: set[Hashable] = set()  # pids (or other keys) whose reads hung
         self.refused = 0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._closed = False
@@ -63,14 +64,16 @@ class Offloader:
         n = self.stuck
         if n == 0:
             return None
-        return (f"{n} reads of other processes' memory are stuck (pids {sorted(self.stalling)[:10]}): a process's "
-                "memory is on a stalled filesystem; those processes' command lines are not reported")
+        return (f"{n} reads are stuck ({sorted(map(str, self.stalling))[:10]}): a process's memory or a mount is "
+                "on a stalled filesystem; those are skipped (no command line, no mark)")
 
-    def submit(self, tag: str, pid: int, fn: Callable[[], Any]) -> bool:
-        if pid in self.stalling or self._jobs.qsize() >= self.max_queue:
+    def submit(self, tag: str, pid: int, fn: Callable[[], Any], key: Hashable = None) -> bool:
+        """Run ``fn`` in a worker; ``key`` (default: the pid) is what gets skipped if it hangs."""
+        key = pid if key is None else key
+        if key in self.stalling or self._jobs.qsize() >= self.max_queue:
             self.refused += 1
             return False
-        self._jobs.put(_Job(tag, pid, fn))
+        self._jobs.put(_Job(tag, pid, fn, key))
         return True
 
     def results(self) -> list[tuple[str, int, Any]]:
@@ -93,7 +96,7 @@ class Offloader:
             for job in self._running.values():
                 if not job.stuck and now - job.started > self.timeout:
                     job.stuck = True
-                    self.stalling.add(job.pid)
+                    self.stalling.add(job.key)
                     self.log.warning("proc_read_stuck", pid=job.pid, what=job.tag,
                                      detail="reading this process's memory hangs; it is skipped from now on")
             busy = len(self._running)
@@ -101,11 +104,11 @@ class Offloader:
         if spawn:
             self._spawn()
 
-    def forget(self, live: set[int]) -> None:
-        """Pids that exited may be reused: a new process there is not known to stall."""
+    def forget(self, alive: Callable[[int], bool]) -> None:
+        """Stalling pids that exited: the pid may be reused by a process that does not stall."""
         with self._lock:
-            running = {job.pid for job in self._running.values()}
-        self.stalling &= live | running
+            running = {job.key for job in self._running.values()}
+        self.stalling = {k for k in self.stalling if not isinstance(k, int) or k in running or alive(k)}
 
     def _spawn(self) -> None:
         t = threading.Thread(target=self._work, name="file-watcher-proc", daemon=True)
@@ -129,7 +132,7 @@ class Offloader:
             with self._lock:
                 del self._running[me]
                 if job.stuck:
-                    self.stalling.discard(job.pid)  # it answered in the end
+                    self.stalling.discard(job.key)  # it answered in the end
             self._done.put((job.tag, job.pid, value))
             if not self._closed:
                 try:

@@ -42,14 +42,29 @@ def io_counters(pid: int, proc_root: str = "/proc") -> IoCounters | None:
     return IoCounters(values.get("rchar", 0), values.get("wchar", 0), values.get("read_bytes", 0))
 
 
+_BOOT: dict[str, float] = {}
+
+
 def _boot_time(proc_root: str) -> float:
+    if proc_root in _BOOT:
+        return _BOOT[proc_root]
     try:
         for line in Path(proc_root, "stat").read_text().splitlines():
             if line.startswith("btime "):
-                return float(line.split()[1])
+                _BOOT[proc_root] = float(line.split()[1])
+                return _BOOT[proc_root]
     except OSError:
         pass
     return 0.0
+
+
+def start_time(pid: int, proc_root: str = "/proc") -> float | None:
+    """When the process started (Unix seconds), or None when it is gone: with pid, names one process."""
+    try:
+        stat = Path(proc_root, str(pid), "stat").read_text(errors="replace")
+        return round(int(stat[stat.rfind(")") + 2:].split()[19]) / _TICKS + _boot_time(proc_root), 2)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def identity(pid: int, proc_root: str = "/proc") -> dict[str, Any] | None:
@@ -100,8 +115,12 @@ class FdScan:
     io_uring: bool  # it has an io_uring instance: reads through it bypass rchar
 
 
-def scan_fds(pid: int, dev_ino: tuple[int, int], proc_root: str = "/proc") -> FdScan | None:
-    """The process's open descriptors on one file (by st_dev, st_ino), with their offsets."""
+def scan_fds(pid: int, target: str, proc_root: str = "/proc") -> FdScan | None:
+    """The process's open descriptors on one file, with their offsets, and whether it has an io_uring.
+
+    Matched by the link text (the kernel prints the same mount and dentry the
+    same way); never a stat, which on a FUSE file could wait on its server.
+    """
     fd_dir = f"{proc_root}/{pid}/fd"
     try:
         names = os.listdir(fd_dir)
@@ -110,21 +129,13 @@ def scan_fds(pid: int, dev_ino: tuple[int, int], proc_root: str = "/proc") -> Fd
     files, ring = [], False
     for name in names:
         try:
-            target = os.readlink(f"{fd_dir}/{name}")
+            link = os.readlink(f"{fd_dir}/{name}")
         except OSError:
             continue
-        if target == "anon_inode:[io_uring]":
+        if link == "anon_inode:[io_uring]":
             ring = True
-            continue
-        if not target.startswith("/"):
-            continue
-        try:
-            st = os.stat(f"{fd_dir}/{name}")
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) == dev_ino:
-            pos = fd_position(pid, int(name), proc_root)
-            files.append(OpenFile(int(name), pos or 0))
+        elif link == target:
+            files.append(OpenFile(int(name), fd_position(pid, int(name), proc_root) or 0))
     return FdScan(files, ring)
 
 

@@ -70,7 +70,7 @@ def test_smaps_parsing(tmp_path: Path) -> None:
         "Size:             262144 kB\nRss:              131072 kB\n"
         "7f0020000000-7f0020001000 r--p 00000000 08:01 99   /usr/lib/libc.so.6\nRss:  4 kB\n"
         "7f0030000000-7f0030100000 rw-p 00000000 00:00 0\nRss:  8 kB\n")
-    maps = mapped_weights(42, lambda p: p.startswith("/w/"), str(tmp_path))
+    maps = mapped_weights(42, lambda p, _dev, _ino: p.startswith("/w/"), str(tmp_path))
     assert [(m.path, m.mapped_bytes, m.resident_bytes) for m in maps] == [
         ("/w/model.safetensors", 0x10000000, 131072 * 1024)]
-    assert mapped_weights(43, lambda p: True, str(tmp_path)) == []
+    assert mapped_weights(43, lambda _p, _dev, _ino: True, str(tmp_path)) == []
