@@ -47,6 +47,8 @@ class Answerer:
         self.overflows = 0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stop = threading.Event()
+        self._idle = threading.Event()  # clear while a batch is between read() and the backlog
+        self._idle.set()
         self._thread = threading.Thread(target=self._run, name="file-watcher-answer", daemon=True)
 
     def fileno(self) -> int:
@@ -54,6 +56,11 @@ class Answerer:
 
     def start(self) -> None:
         self._thread.start()
+
+    def settled(self, timeout: float = 0.05) -> None:
+        """Wait until a batch being answered is in the backlog. A process can open, write and exit
+        between our answer and the backlog: its close-write must not be judged before its open is known."""
+        self._idle.wait(timeout)
 
     def take(self) -> list[Answered]:
         try:
@@ -72,32 +79,39 @@ class Answerer:
         while not self._stop.is_set():
             if not poller.poll(200):
                 continue
-            batch = self.group.read()
-            now = time.time()
-            for ev in batch:
-                rchar, proc = None, None
-                if ev.pid != self.own_pid and ev.fd >= 0:
-                    io = io_counters(ev.pid, self.proc_root)
-                    rchar = io.rchar if io else None
-                    if ev.mask & fan.FAN_OPEN_PERM:
-                        proc = self._identity(ev.pid, now)
+            self._idle.clear()
+            try:
+                self._answer()
+            finally:
+                self._idle.set()
+
+    def _answer(self) -> None:
+        batch = self.group.read()
+        now = time.time()
+        for ev in batch:
+            rchar, proc = None, None
+            if ev.pid != self.own_pid and ev.fd >= 0:
+                io = io_counters(ev.pid, self.proc_root)
+                rchar = io.rchar if io else None
                 if ev.mask & fan.FAN_OPEN_PERM:
-                    self.group.allow(ev.fd)  # always: we observe, we never deny
-                if ev.mask & fan.FAN_Q_OVERFLOW:
-                    self.overflows += 1
-                    continue
-                if ev.pid == self.own_pid or len(self.backlog) >= MAX_BACKLOG:
-                    if ev.pid != self.own_pid:
-                        self.dropped += 1  # counted and reported: the watcher thread is far behind
-                    if ev.fd >= 0:
-                        os.close(ev.fd)
-                    continue
-                self.backlog.append(Answered(ev, rchar, now, proc))
-            if batch:
-                try:
-                    os.write(self._wake_w, b"x")
-                except BlockingIOError:
-                    pass
+                    proc = self._identity(ev.pid, now)
+            if ev.mask & fan.FAN_OPEN_PERM:
+                self.group.allow(ev.fd)  # always: we observe, we never deny
+            if ev.mask & fan.FAN_Q_OVERFLOW:
+                self.overflows += 1
+                continue
+            if ev.pid == self.own_pid or len(self.backlog) >= MAX_BACKLOG:
+                if ev.pid != self.own_pid:
+                    self.dropped += 1  # counted and reported: the watcher thread is far behind
+                if ev.fd >= 0:
+                    os.close(ev.fd)
+                continue
+            self.backlog.append(Answered(ev, rchar, now, proc))
+        if batch:
+            try:
+                os.write(self._wake_w, b"x")
+            except BlockingIOError:
+                pass
 
     def _identity(self, pid: int, now: float) -> dict[str, Any] | None:
         """Name, exe, uid, cgroup (kernel state only, never the opener's memory), cached a few seconds

@@ -9,8 +9,8 @@ second), and every ``progress_every`` seconds while the file stays open (so a
 
 Some reads never reach rchar: splice and io_uring. The watcher adds what it
 sees of them: the largest file offset of the reader's descriptors on the file
-(``position``: splice and plain reads move it), and whether the reader has an
-io_uring instance. A session of an io_uring user whose counted bytes stay
+(``position``: splice and plain reads move it; not used for a process that
+maps the file), and whether the reader has an io_uring instance. A session of an io_uring user whose counted bytes stay
 under half the file is reported as the whole file, flagged as an estimate:
 a read we cannot measure is never reported as 0. ``how`` says which source
 the number came from.
@@ -50,12 +50,15 @@ class Session:
         pending = 0
         if self.open_now and self.cycle_start is not None and self.rchar_now is not None:
             pending = max(0, self.rchar_now - self.cycle_start)
-        return max(self.bytes_read + pending, self.position)
+        # A mapping process's offset says nothing of what it read (it may have sought to the end).
+        position = 0 if "mapped_bytes" in self.extra else self.position
+        return max(self.bytes_read + pending, position)
 
     def record(self, final: bool) -> dict[str, Any]:
         counted = self.bytes_so_far()
         how = self.how
-        if self.position > self.bytes_read and self.position >= counted and not self.estimated:
+        if self.position > self.bytes_read and self.position >= counted and not self.estimated \
+                and "mapped_bytes" not in self.extra:
             how = "position"
         return {
             "pid": self.pid, "path": self.path, "size": self.size, **self.proc, **self.extra,
@@ -130,6 +133,11 @@ class Coalescer:
                     # worst a security tool should assume, and say it is an estimate.
                     s.bytes_read += s.size
                     s.estimated, s.how = True, "estimate"
+                if s.position > s.bytes_read and not s.estimated and "mapped_bytes" not in s.extra:
+                    # Reads rchar missed (splice) moved the offset; what came after our last look is
+                    # unseen, so a file not seen read to its end counts whole, as an estimate.
+                    s.bytes_read = max(s.position, s.size)
+                    s.estimated, s.how = s.position < s.size, "position"
                 if s.io_uring and not s.estimated and max(s.bytes_read, s.position) < s.size / 2:
                     # io_uring reads bypass rchar: unmeasured, so the whole file, as an estimate.
                     s.bytes_read = max(s.bytes_read, s.size)

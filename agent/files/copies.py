@@ -39,6 +39,7 @@ class Reader:
     sizes: dict[str, int] = field(default_factory=dict)  # path -> file size
     sources: dict[str, list[str]] = field(default_factory=dict)  # path read -> the weight files behind it
     estimated: bool = False
+    outputs: set[str] = field(default_factory=set)  # files it had open when it opened weights
 
     def weight_files(self) -> list[str]:
         out: set[str] = set()
@@ -71,6 +72,7 @@ class CopyTracker:
         self.holders: dict[int, int] = {}  # pid -> resident bytes last reported (-1: not yet)
         self.content: fan.Fanotify | None = None
         self.pending: dict[int, list[PendingWrite]] = {}  # writer gone: waiting for its exit record
+        self.outputs: dict[str, int] = {}  # a file a reader had open -> that reader
 
     # -- readers ---------------------------------------------------------------
 
@@ -95,6 +97,25 @@ class CopyTracker:
             r.sessions[(rec["path"], rec["first_ts"])] = rec["bytes_read"]
             r.estimated = r.estimated or bool(rec.get("bytes_estimated"))
 
+    def saw_files(self, pid: int, paths: list[str]) -> None:
+        """Files a reader had open when it opened the weights: ``gzip -c w > out`` writes through a
+        descriptor its shell opened, and the shell's close is the one the kernel reports."""
+        r = self.readers.get(pid)
+        if r is None:
+            return
+        for path in paths:
+            if not self.is_weight(path):
+                r.outputs.add(path)
+                if len(self.outputs) < MAX_READERS:
+                    self.outputs[path] = pid
+
+    def writer_of(self, fd: int) -> int | None:
+        """The reader that had this file open, for a close by a process that never read weights."""
+        if not self.outputs:
+            return None
+        pid = self.outputs.get(fan.fd_path(fd) or "")
+        return pid if pid is not None and pid in self.readers else None
+
     def described(self, pid: int, fields: dict[str, Any]) -> None:
         r = self.readers.get(pid)
         if r is not None:
@@ -107,7 +128,9 @@ class CopyTracker:
             now = started(pid)
             reused = now is not None and r.start_time is not None and abs(now - r.start_time) > 1
             if (now is None or reused) and pid not in self.pending:
-                del self.readers[pid]
+                for path in self.readers.pop(pid).outputs:
+                    if self.outputs.get(path) == pid:
+                        del self.outputs[path]
         for pid in [p for p in self.holders if started(p) is None]:
             del self.holders[pid]
 
@@ -116,8 +139,9 @@ class CopyTracker:
 
     # -- writes ----------------------------------------------------------------
 
-    def on_write(self, ev: fan.FanEvent, now: float, alive: bool) -> None:
-        """A close-after-write anywhere on the host by a reader. ``ev.fd`` stays the caller's to close."""
+    def on_write(self, ev: fan.FanEvent, writer: int, now: float, alive: bool) -> None:
+        """A close-after-write anywhere on the host of a file a reader wrote (``writer``: the closer, or
+        the reader whose inherited descriptor it was). ``ev.fd`` stays the caller's to close."""
         st = kernel.fstat(ev.fd)
         if st is None or st.size < COPY_MIN_BYTES or not stat.S_ISREG(st.mode):
             return
@@ -140,10 +164,10 @@ class CopyTracker:
         item = PendingWrite((dev, st.ino), destination, None if own_view or view == destination else view, st.size,
                             remote, now)
         if alive:
-            self.evaluate(ev.pid, item)
+            self.evaluate(writer, item)
         else:
             # It exited right after writing (cp, gzip): judge when its exit record says what it read.
-            self.pending.setdefault(ev.pid, []).append(item)
+            self.pending.setdefault(writer, []).append(item)
 
     def _watch(self, fd: int, copy: StagedCopy) -> None:
         """Watch the copy as weights: an inode mark follows it through renames and namespaces."""

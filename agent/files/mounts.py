@@ -183,7 +183,7 @@ class HostPaths:
         fd = self._mount_fds.get(m.dev)
         if fd is None:
             try:
-                fd = os.open(m.mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                fd = os.open(m.mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # not O_PATH: refused
             except OSError:
                 return None
             self._mount_fds[m.dev] = fd

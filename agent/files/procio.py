@@ -113,6 +113,7 @@ class OpenFile:
 class FdScan:
     files: list[OpenFile]  # the process's fds on the file we asked about
     io_uring: bool  # it has an io_uring instance: reads through it bypass rchar
+    others: list[str]  # other files it has open (its redirected stdout, say), as the kernel prints them
 
 
 def scan_fds(pid: int, target: str, proc_root: str = "/proc") -> FdScan | None:
@@ -126,7 +127,9 @@ def scan_fds(pid: int, target: str, proc_root: str = "/proc") -> FdScan | None:
         names = os.listdir(fd_dir)
     except OSError:
         return None
-    files, ring = [], False
+    files: list[OpenFile] = []
+    others: list[str] = []
+    ring = False
     for name in names:
         try:
             link = os.readlink(f"{fd_dir}/{name}")
@@ -136,7 +139,9 @@ def scan_fds(pid: int, target: str, proc_root: str = "/proc") -> FdScan | None:
             ring = True
         elif link == target:
             files.append(OpenFile(int(name), fd_position(pid, int(name), proc_root) or 0))
-    return FdScan(files, ring)
+        elif link.startswith("/") and len(others) < 64:
+            others.append(link)
+    return FdScan(files, ring, others)
 
 
 def fd_position(pid: int, fd: int, proc_root: str = "/proc") -> int | None:

@@ -127,7 +127,7 @@ def locate(copy: StagedCopy) -> str | None:
     if not copy.handle or not copy.mount:
         return None
     try:
-        mount_fd = os.open(copy.mount, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        mount_fd = os.open(copy.mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
     try:

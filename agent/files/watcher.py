@@ -48,7 +48,7 @@ from weightwarden.agent.files.copies import STAGED_MASK, CopyTracker
 from weightwarden.agent.files.holders import HolderScan
 from weightwarden.agent.files.inotify import Inotify
 from weightwarden.agent.files.marks import NEW_DIR, WeightMarks
-from weightwarden.agent.files.mounts import HostPaths, MountTable
+from weightwarden.agent.files.mounts import HostPaths, MountTable, read_mountinfo
 from weightwarden.agent.files.offload import Offloader
 from weightwarden.agent.files.patterns import WeightPaths
 from weightwarden.agent.files.procio import identity, io_counters, scan_fds, start_time
@@ -313,7 +313,7 @@ class FileWatcher:
             sess = self.coalescer.sessions[key]
             if new:
                 if not ours:
-                    sess.extra.update({"host_path": host, "view_path": view if view != path else None})
+                    sess.extra.update({"host_path": host, "view_path": self._view(ev.pid, st.mnt_id, view, path)})
                 if staged is not None:
                     sess.extra["staged_copy_of"] = staged.sources[:100]
                 self.copies.opened(ev.pid, proc or {}, path, st.size, staged.sources if staged else [])
@@ -322,6 +322,13 @@ class FileWatcher:
             self.copies.holders.setdefault(ev.pid, -1)  # scan its mappings from now on
         if ev.mask & (fan.FAN_CLOSE_NOWRITE | fan.FAN_CLOSE_WRITE):
             self._on_close(ev.pid, path, bool(ev.mask & fan.FAN_CLOSE_WRITE), rchar, now)
+
+    def _view(self, pid: int, mnt_id: int | None, view: str, path: str) -> str | None:
+        """The path as the process saw it: the printed path, if the mount it came through is in its
+        namespace (an overlay's lower-layer file comes through a mount no namespace has)."""
+        if view == path or mnt_id is None:
+            return None
+        return view if any(m.mnt_id == mnt_id for m in read_mountinfo(pid, self.proc_root)) else None
 
     def _on_close(self, pid: int, path: str, wrote: bool, rchar: int | None, now: float) -> None:
         base = self.coalescer.baseline(pid, path)
@@ -346,22 +353,31 @@ class FileWatcher:
         if scan is None:
             return
         sess.io_uring = sess.io_uring or scan.io_uring
+        self.copies.saw_files(sess.pid, scan.others)
         if scan.files:
             sess.position = max(sess.position, max(f.position for f in scan.files))
 
     def _on_writes(self, now: float) -> None:
         assert self._writes is not None
-        for ev in self._writes.read():
+        events = self._writes.read()
+        if self._answer is not None:
+            # Opens first: a writer's open of the weights was answered before it could write.
+            self._answer.settled()
+            self._on_answered(now)
+        for ev in events:
             try:
                 if ev.mask & fan.FAN_Q_OVERFLOW:
                     self.dropped += 1
                     self._emit(EventsDropped, {"reason": "fanotify write queue overflow", "source": "file-watcher"})
-                elif ev.pid != self._own_pid and self.copies.interesting(ev.pid):
-                    io = io_counters(ev.pid, self.proc_root)
+                elif ev.pid != self._own_pid:
+                    writer = ev.pid if self.copies.interesting(ev.pid) else self.copies.writer_of(ev.fd)
+                    if writer is None:
+                        continue
+                    io = io_counters(writer, self.proc_root)
                     if io is not None:
-                        self.coalescer.update_rchar(ev.pid, io.rchar)
-                    alive = io is not None or ev.pid in self.exit_rchar
-                    self.copies.on_write(ev, now, alive)
+                        self.coalescer.update_rchar(writer, io.rchar)
+                    alive = io is not None or writer in self.exit_rchar
+                    self.copies.on_write(ev, writer, now, alive)
             finally:
                 if ev.fd >= 0:
                     os.close(ev.fd)
