@@ -91,6 +91,10 @@ class HolderScan:
             if start_time(pid, self.proc_root) is None:
                 self.copies.holders.pop(pid, None)
             return
+        reader = self.copies.reader(pid, self.describe(pid)) if pid not in self.copies.readers \
+            else self.copies.readers[pid]
+        for m in maps:
+            reader.sizes.setdefault(m.path, m.mapped_bytes)  # what it holds is what its copies come from
         by_path = {m.path: m for m in maps}
         for (spid, path), sess in coalescer.sessions.items():
             m = by_path.get(path) or by_path.get(sess.extra.get("view_path") or "")
