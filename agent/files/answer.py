@@ -2,8 +2,11 @@
 
 The opener of a weight file waits in open() until we answer. This thread
 reads the opener's I/O counters (the baseline for "bytes read since this
-open"; /proc/PID/io reads kernel counters, never the process's memory) and
-answers at once; everything slower (paths, process descriptions, mappings)
+open"; /proc/PID/io reads kernel counters, never the process's memory), its
+identity (same kind of files), lets a worker try its command line for at most
+``PREFETCH_S`` (a ``cat`` is gone a millisecond after the answer; a process
+whose memory hangs the read costs one such wait, then is skipped), and
+answers; everything slower (paths, process descriptions, mappings)
 happens afterwards on the watcher's thread. It never opens a file: with a
 whole filesystem marked, its own opens would be permission events that only
 it can answer. Its own process's events are allowed without a look.
@@ -16,6 +19,7 @@ import select
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +41,10 @@ class Answered:
 
 
 class Answerer:
-    def __init__(self, group: fan.Fanotify, own_pid: int, proc_root: str = "/proc") -> None:
+    def __init__(self, group: fan.Fanotify, own_pid: int, proc_root: str = "/proc",
+                 prefetch: Callable[[int], None] | None = None) -> None:
         self.group = group
+        self.prefetch = prefetch  # a bounded wait for what only the process's memory says (its argv)
         self.own_pid = own_pid
         self.proc_root = proc_root
         self.backlog: deque[Answered] = deque()
@@ -94,7 +100,10 @@ class Answerer:
                 io = io_counters(ev.pid, self.proc_root)
                 rchar = io.rchar if io else None
                 if ev.mask & fan.FAN_OPEN_PERM:
+                    known = ev.pid in self._who and now - self._who[ev.pid][0] < IDENTITY_TTL_S
                     proc = self._identity(ev.pid, now)
+                    if not known and self.prefetch is not None:
+                        self.prefetch(ev.pid)
             if ev.mask & fan.FAN_OPEN_PERM:
                 self.group.allow(ev.fd)  # always: we observe, we never deny
             if ev.mask & fan.FAN_Q_OVERFLOW:

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from weightwarden import logs
@@ -32,10 +32,11 @@ class _Job:
     key: Hashable
     started: float = 0.0
     stuck: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 class Offloader:
-    def __init__(self, timeout: float = 0.5, max_workers: int = 8, max_queue: int = 10_000) -> None:
+    def __init__(self, timeout: float = 0.3, max_workers: int = 8, max_queue: int = 10_000) -> None:
         self.timeout = timeout
         self.max_workers = max_workers
         self.max_queue = max_queue
@@ -50,6 +51,7 @@ class Offloader:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._closed = False
         self._spawn()
+        self._spawn()  # two: one stuck job never holds up the others
 
     def fileno(self) -> int:
         return self._wake_r
@@ -67,13 +69,17 @@ class Offloader:
         return (f"{n} reads are stuck ({sorted(map(str, self.stalling))[:10]}): a process's memory or a mount is "
                 "on a stalled filesystem; those are skipped (no command line, no mark)")
 
-    def submit(self, tag: str, pid: int, fn: Callable[[], Any], key: Hashable = None) -> bool:
-        """Run ``fn`` in a worker; ``key`` (default: the pid) is what gets skipped if it hangs."""
+    def submit(self, tag: str, pid: int, fn: Callable[[], Any], key: Hashable = None, wait: float = 0.0) -> bool:
+        """Run ``fn`` in a worker; ``key`` (default: the pid) is what gets skipped if it hangs.
+        With ``wait``, return once it is done or ``wait`` seconds passed, whichever comes first."""
         key = pid if key is None else key
         if key in self.stalling or self._jobs.qsize() >= self.max_queue:
             self.refused += 1
             return False
-        self._jobs.put(_Job(tag, pid, fn, key))
+        job = _Job(tag, pid, fn, key)
+        self._jobs.put(job)
+        if wait > 0:
+            job.done.wait(wait)
         return True
 
     def results(self) -> list[tuple[str, int, Any]]:
@@ -134,6 +140,7 @@ class Offloader:
                 if job.stuck:
                     self.stalling.discard(job.key)  # it answered in the end
             self._done.put((job.tag, job.pid, value))
+            job.done.set()
             if not self._closed:
                 try:
                     os.write(self._wake_w, b"x")

@@ -62,6 +62,7 @@ REFRESH_S = 1.0
 PRUNE_S = 60.0
 CANARY_REPEAT_S = 10.0
 EXIT_WAIT_S = 2.0
+PREFETCH_S = 0.05
 
 
 class FileWatcher:
@@ -86,6 +87,7 @@ class FileWatcher:
                                   self._emit)
         self.holders = HolderScan(self.copies, self.offload, self._is_weight_map, self._emit, self._proc, proc_root)
         self.described: dict[int, dict[str, Any]] = {}  # pid -> command line, pipes, user (from a worker)
+        self._describing: set[int] = set()  # asked, not answered (added by the answering thread too)
         self.exit_rchar: dict[int, tuple[int, float]] = {}  # pid -> (rchar at exit, when)
         self._pending: dict[int, list[tuple[str, bool, float]]] = {}  # pid -> closes waiting for its exit record
         self._stop = threading.Event()
@@ -132,7 +134,7 @@ class FileWatcher:
             assert self._writes is not None
             self.write_marks = WriteMarks(self._writes, self.table, self.offload, self.proc_root)
             self.write_marks.scan()
-            self._answer = Answerer(self._content, self._own_pid, self.proc_root)
+            self._answer = Answerer(self._content, self._own_pid, self.proc_root, self._prefetch)
             self._answer.start()
             self.holders.index(self.weights.roots())
             self.holders.scan_all(self._own_pid)
@@ -206,10 +208,17 @@ class FileWatcher:
             proc.update({k: v for k, v in more.items() if k != "start_time"})
         return proc
 
-    def _describe(self, pid: int) -> None:
+    def _describe(self, pid: int, wait: float = 0.0) -> None:
         """Command line, pipes and user, by a worker: the command line is the process's memory."""
-        if pid not in self.described:
-            self.offload.submit("describe", pid, lambda: self.procs.describe(pid))
+        if pid in self.described or pid in self._describing:
+            return
+        self._describing.add(pid)
+        if not self.offload.submit("describe", pid, lambda: self.procs.describe(pid), wait=wait):
+            self._describing.discard(pid)
+
+    def _prefetch(self, pid: int) -> None:
+        """On the answering thread, while the opener waits: its description, for at most PREFETCH_S."""
+        self._describe(pid, wait=PREFETCH_S)
 
     def _described(self, pid: int, info: ProcessInfo | None) -> None:
         if info is None:
@@ -245,6 +254,7 @@ class FileWatcher:
         while not self._stop.is_set():
             ready = poller.poll(200)
             now = self.clock()
+            self.offload.check()
             for fd, _mask in ready:
                 try:
                     handlers[fd](now)
@@ -270,7 +280,9 @@ class FileWatcher:
 
     def _on_answered(self, now: float) -> None:
         assert self._answer is not None
-        for item in self._answer.take():
+        items = self._answer.take()
+        self._on_offloaded(now)  # descriptions prefetched for these opens
+        for item in items:
             try:
                 self._on_weight_event(item, now)
             except Exception as exc:  # noqa: BLE001 - one odd event must not stop the watcher
@@ -422,8 +434,10 @@ class FileWatcher:
     def _on_offloaded(self, now: float) -> None:
         for tag, pid, value in self.offload.results():
             if isinstance(value, Exception):
+                self._describing.discard(pid)
                 continue
             if tag == "describe":
+                self._describing.discard(pid)
                 self._described(pid, value)
             elif tag in ("holder", "premapped"):
                 self.holders.on_result(tag, pid, value, self.coalescer)
