@@ -97,10 +97,10 @@ class HolderScan:
             reader.sizes.setdefault(m.path, m.mapped_bytes)  # what it holds is what its copies come from
         by_path = {m.path: m for m in maps}
         for (spid, path), sess in coalescer.sessions.items():
-            m = by_path.get(path) or by_path.get(sess.extra.get("view_path") or "")
-            if spid == pid and m is not None:
-                sess.extra.update({"mapped_bytes": m.mapped_bytes, "resident_bytes": m.resident_bytes})
-                if sess.bytes_so_far() < m.mapped_bytes / 2 and not sess.estimated:
+            held = by_path.get(path) or by_path.get(sess.extra.get("view_path") or "")
+            if spid == pid and held is not None:
+                sess.extra.update({"mapped_bytes": held.mapped_bytes, "resident_bytes": held.resident_bytes})
+                if sess.bytes_so_far() < held.mapped_bytes / 2 and not sess.estimated:
                     sess.how = "mmap"  # its bytes arrive by page faults, not read(): a holder
         resident = sum(m.resident_bytes for m in maps)
         last = self.copies.holders.get(pid, -1)
