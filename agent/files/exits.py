@@ -56,12 +56,13 @@ def host_netns_listener() -> ExitListener:
 
     Taskstats records are sent in the initial network namespace only, and a
     netlink socket stays in the namespace it was created in: so the socket is
-    made by a short-lived thread that first joins pid 1's network namespace
-    (setns changes only the calling thread). Inside a container without
-    access to pid 1's namespace, the agent's own namespace is used.
+    made by a short-lived thread that first joins the initial namespace
+    (setns changes only the calling thread). Kernel threads live there
+    (kthreadd is pid 2), whichever namespace pid 1 is in. Where that namespace
+    cannot be joined, the agent's own is used.
     """
     try:
-        same = os.stat("/proc/1/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
+        same = os.stat("/proc/2/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
     except OSError:
         same = True
     if same:
@@ -70,7 +71,7 @@ def host_netns_listener() -> ExitListener:
 
     def make() -> None:
         try:
-            fd = os.open("/proc/1/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open("/proc/2/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             try:
                 kernel.setns(fd, kernel.CLONE_NEWNET)
             finally:

@@ -395,7 +395,12 @@ class FileWatcher:
                     os.close(ev.fd)
 
     def _on_exits(self, now: float) -> None:
-        for rec in self._exits.read():
+        records = self._exits.read()
+        if self._answer is not None:
+            # Opens first: an exit record of a reader whose open is still in the backlog is wanted.
+            self._answer.settled()
+            self._on_answered(now)
+        for rec in records:
             pending = self._pending.pop(rec.pid, [])
             wanted = pending or rec.pid in self.copies.pending or rec.pid in self.coalescer.open_pids() \
                 or self.copies.interesting(rec.pid)
