@@ -10,7 +10,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 needed=(
   ip:iproute2 tc:iproute2 nft:nftables iptables:iptables conntrack:conntrack
   mosquitto:mosquitto mosquitto_sub:mosquitto-clients iperf3:iperf3 nethogs:nethogs
-  curl:curl
+  curl:curl bindfs:bindfs fio:fio
 )
 missing=()
 for pair in "${needed[@]}"; do
