@@ -15,6 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from weightwarden import logs
+
 from weightwarden.collector import __version__
 
 EXAMPLES = """examples:
@@ -24,6 +26,7 @@ EXAMPLES = """examples:
   weightwarden-collector alerts show 3f2a9c1d0b7e4a55
   weightwarden-collector alerts ack 3f2a9c1d0b7e4a55 --by alice
   weightwarden-collector hosts
+  weightwarden-collector serve --db sqlite:////var/lib/ww/collector.db --listen 0.0.0.0:8443 --tls-cert c.pem --tls-key k.pem
 """
 DEFAULT_DB = "sqlite:////var/lib/weightwarden/collector.db"
 
@@ -39,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Central service: ingest agent events, correlate transfers with weight reads, raise alerts.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"weightwarden-collector {__version__}")
+    parser.add_argument("--log-level", choices=sorted(logs.LEVELS), default="info",
+                        help="least severe log lines written to stderr (default: info)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="subscribe to the agents' events and raise alerts", epilog=EXAMPLES,
@@ -70,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = asub.add_parser(verb, help=f"mark an alert {state}")
         p.add_argument("alert", help="alert id or key")
         p.add_argument("--by", default=getpass.getuser(), help="who (default: you)")
+        p.add_argument("--comment", help="why (kept in the alert's audit trail)")
         _db_arg(p)
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_alerts_state, state=state)
@@ -83,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(stats)
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=cmd_stats)
+
+    from weightwarden.collector.console_cli import add_commands
+
+    add_commands(sub, _db_arg)  # serve, users, tokens, outputs
     return parser
 
 
@@ -93,7 +103,6 @@ def _store(url: str) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from weightwarden import logs
     from weightwarden.mqtt import MqttSettings
     from weightwarden.units import parse_duration
     from weightwarden.mqtt import MqttURLError
@@ -101,7 +110,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from weightwarden.collector.pipeline import Pipeline
     from weightwarden.collector.service import CollectorService, ServiceConfig
 
-    logs.configure()
     try:
         broker = MqttSettings.from_url(args.broker)
         retention = parse_duration(args.retention)
@@ -139,10 +147,15 @@ def cmd_alerts_list(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts_show(args: argparse.Namespace) -> int:
-    alert = _store(args.db).alert(args.alert)
+    from weightwarden.collector.triage import audit
+
+    store = _store(args.db)
+    alert = store.alert(args.alert)
     if alert is None:
         print(f"weightwarden-collector: no alert {args.alert!r}", file=sys.stderr)
         return 1
+    with store.tx() as conn:
+        alert["audit"] = audit(conn, alert["id"])
     if args.json:
         print(json.dumps(alert, default=str))
         return 0
@@ -161,16 +174,22 @@ def cmd_alerts_show(args: argparse.Namespace) -> int:
         lines.append(f"acknowledged by {alert['acked_by']} at {_when(alert['acked_at'])}")
     if alert.get("resolved_by"):
         lines.append(f"resolved by {alert['resolved_by']} at {_when(alert['resolved_at'])}")
+    for a in alert["audit"]:
+        lines.append(f"  {_when(a['ts'])}  {a['user']} {a['action']}{': ' + a['comment'] if a['comment'] else ''}")
     print("\n".join(lines))
     return 0
 
 
 def cmd_alerts_state(args: argparse.Namespace) -> int:
+    from weightwarden.collector.triage import TriageError, act
+
     store = _store(args.db)
-    with store.tx() as conn:
-        changed = store.set_state(conn, args.alert, args.state, args.by, time.time())
-    if not changed:
-        print(f"weightwarden-collector: no alert {args.alert!r}", file=sys.stderr)
+    try:
+        with store.tx() as conn:  # audited like the console's ack, with --by as the user
+            act(conn, args.alert, "ack" if args.state == "acknowledged" else "resolve", args.by, time.time(),
+                comment=args.comment, via="cli")
+    except TriageError as exc:
+        print(f"weightwarden-collector: {exc}", file=sys.stderr)
         return 1
     alert = store.alert(args.alert)
     print(json.dumps(alert, default=str) if args.json else f"{alert['id']} {args.state} by {args.by}")
@@ -205,4 +224,5 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logs.configure(args.log_level)
     return int(args.func(args))

@@ -34,6 +34,9 @@ from paho.mqtt.properties import Properties
 from weightwarden import logs
 from weightwarden.asyncutil import wait_for_stop
 from weightwarden.mqtt import MqttSettings
+from weightwarden.collector.metrics import StatusWriter
+from weightwarden.collector.outputs.dispatch import Dispatcher
+from weightwarden.collector.outputs.receivers import ALERT_TOPIC
 from weightwarden.collector.pipeline import Pipeline
 
 TOPIC = "weightwarden/v1/#"
@@ -94,6 +97,10 @@ class CollectorService:
                         payload = message.payload if isinstance(message.payload, bytes) else \
                             str(message.payload).encode()
                         ack = functools.partial(paho_client.ack, message.mid, message.qos) if message.qos else None
+                        if str(message.topic).startswith(ALERT_TOPIC + "/"):
+                            if ack is not None:
+                                ack()  # alert notifications (ours or another collector's), not agent events
+                            continue
                         await self.queue.put((str(message.topic), payload, ack))
                         self.received += 1
                         if self.stop.is_set():
@@ -160,6 +167,10 @@ class CollectorService:
             mqtt = tg.create_task(self._mqtt())
             tg.create_task(self._ingest())
             tg.create_task(self._sweeper())
+            # Alert outputs (syslog, webhook, MQTT) and the status /metrics reports: both beside ingest, never in it.
+            ident = self.cfg.client_id or f"weightwarden-collector-{socket.gethostname()}"
+            tg.create_task(Dispatcher(self.pipeline.store, ident).run(self.stop))
+            tg.create_task(StatusWriter(self.pipeline.store, ident, lambda: self.received, self.queue.qsize).run(self.stop))
             await self.stop.wait()
             mqtt.cancel()
         return 0

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 
+from weightwarden.collector.outputs.outbox import alert_changed
 from weightwarden.events import Event
 
 SEVERITY_RANK = {"low": 1, "medium": 2, "high": 3, "critical": 4}
@@ -56,6 +57,44 @@ MIGRATIONS: list[list[str]] = [
              acked_by TEXT, acked_at DOUBLE PRECISION, resolved_by TEXT, resolved_at DOUBLE PRECISION)""",
         "CREATE INDEX alerts_state ON alerts(state, severity_rank)",
         "CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    ],
+    [  # 2: the security operations console (users, tokens, sessions, audit) and the alert outbox
+        "ALTER TABLE alerts ADD COLUMN assignee TEXT",
+        "CREATE INDEX alerts_id ON alerts(id)",
+        "CREATE INDEX alerts_rank_last ON alerts(severity_rank, last_ts)",
+        "CREATE INDEX alerts_state_rank_last ON alerts(state, severity_rank, last_ts)",
+        "CREATE INDEX alerts_host_rank_last ON alerts(host, severity_rank, last_ts)",
+        "CREATE INDEX alerts_last ON alerts(last_ts)",
+        # The console reads a host's latest heartbeat and policy; egress samples, the bulk of
+        # events, stay out of this index so ingest does not pay for it.
+        "CREATE INDEX events_host_type_seq ON events(host, type, seq) WHERE type <> 'egress_sample'",
+        """CREATE TABLE users (name TEXT PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL,
+             created_at DOUBLE PRECISION NOT NULL, failed_logins INTEGER NOT NULL DEFAULT 0,
+             locked_until DOUBLE PRECISION, last_login DOUBLE PRECISION)""",
+        """CREATE TABLE api_tokens (id TEXT PRIMARY KEY, user_name TEXT NOT NULL, label TEXT, token_hash TEXT NOT NULL,
+             created_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION, last_used DOUBLE PRECISION,
+             revoked_at DOUBLE PRECISION)""",
+        """CREATE TABLE web_sessions (id_hash TEXT PRIMARY KEY, user_name TEXT NOT NULL, csrf TEXT NOT NULL,
+             created_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION NOT NULL,
+             last_seen DOUBLE PRECISION NOT NULL)""",
+        """CREATE TABLE audit (id {serial}, alert_key TEXT, alert_id TEXT, user_name TEXT NOT NULL,
+             action TEXT NOT NULL, comment TEXT, detail TEXT, via TEXT, ts DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX audit_alert ON audit(alert_id, id)",
+        "CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        """CREATE TABLE alert_outputs (name TEXT PRIMARY KEY, url TEXT NOT NULL, options TEXT NOT NULL,
+             enabled INTEGER NOT NULL DEFAULT 1, created_at DOUBLE PRECISION NOT NULL)""",
+        """CREATE TABLE alert_notifications (seq {serial}, id TEXT NOT NULL UNIQUE, alert_key TEXT NOT NULL,
+             alert_id TEXT NOT NULL, host TEXT NOT NULL, transition TEXT NOT NULL, epoch INTEGER NOT NULL,
+             severity_rank INTEGER NOT NULL, payload TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX alert_notifications_key ON alert_notifications(alert_key, seq)",
+        """CREATE TABLE alert_deliveries (notification_seq BIGINT NOT NULL, output TEXT NOT NULL, state TEXT NOT NULL,
+             attempts INTEGER NOT NULL DEFAULT 0, next_at DOUBLE PRECISION NOT NULL, claimed_by TEXT,
+             claimed_until DOUBLE PRECISION, last_error TEXT, delivered_at DOUBLE PRECISION,
+             PRIMARY KEY (notification_seq, output))""",
+        "CREATE INDEX alert_deliveries_due ON alert_deliveries(output, state, next_at)",
+        """CREATE TABLE collector_status (client_id TEXT PRIMARY KEY, hostname TEXT, pid BIGINT,
+             started_at DOUBLE PRECISION, updated_at DOUBLE PRECISION NOT NULL, received BIGINT NOT NULL DEFAULT 0,
+             backlog BIGINT NOT NULL DEFAULT 0, ingest_rate DOUBLE PRECISION NOT NULL DEFAULT 0)""",
     ],
 ]
 
@@ -309,18 +348,23 @@ class Store:
             # A resolved incident that happens again is open again.
             "state = CASE WHEN alerts.state = 'resolved' AND :reopen = 1 THEN 'open' ELSE alerts.state END"),
             {**params, "reopen": 1 if a.get("reopen", True) else 0})
+        alert_changed(conn, a["key"], now)  # opened, escalated or reopened: notify the outputs
 
     @staticmethod
     def set_state(conn: Connection, key_or_id: str, state: str, who: str, now: float) -> int:
         col = "acked" if state == "acknowledged" else "resolved"
         res = conn.execute(text(f"UPDATE alerts SET state=:s, {col}_by=:w, {col}_at=:t, updated_at=:t "
                                 "WHERE id=:k OR key=:k"), {"s": state, "w": who, "t": now, "k": key_or_id})
+        alert_changed(conn, key_or_id, now)
         return int(res.rowcount)
 
     @staticmethod
     def resolve_kind(conn: Connection, host: str, kind: str, who: str, now: float) -> None:
-        conn.execute(text("UPDATE alerts SET state='resolved', resolved_by=:w, resolved_at=:t, updated_at=:t "
-                          "WHERE host=:h AND kind=:k AND state != 'resolved'"), {"w": who, "t": now, "h": host, "k": kind})
+        keys = conn.execute(text("UPDATE alerts SET state='resolved', resolved_by=:w, resolved_at=:t, updated_at=:t "
+                                 "WHERE host=:h AND kind=:k AND state != 'resolved' RETURNING key"),
+                            {"w": who, "t": now, "h": host, "k": kind}).scalars().all()
+        for key in keys:
+            alert_changed(conn, key, now)
 
     def alerts(self, state: str | None = None, host: str | None = None, min_severity: str | None = None
                ) -> list[dict[str, Any]]:
