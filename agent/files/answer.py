@@ -38,6 +38,7 @@ class Answered:
     rchar: int | None  # the process's rchar when the event was read (None: gone, or our own)
     ts: float
     proc: dict[str, Any] | None  # who the opener is, read while it waits (it may be gone a moment later)
+    mnt_ns: str | None = None  # its mount namespace ("mnt:[4026531841]")
 
 
 class Answerer:
@@ -48,7 +49,7 @@ class Answerer:
         self.own_pid = own_pid
         self.proc_root = proc_root
         self.backlog: deque[Answered] = deque()
-        self._who: dict[int, tuple[float, dict[str, Any] | None]] = {}  # pid -> (when read, identity)
+        self._who: dict[int, tuple[float, dict[str, Any] | None, str | None]] = {}  # pid -> (when, identity, ns)
         self.dropped = 0
         self.overflows = 0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -95,13 +96,13 @@ class Answerer:
         batch = self.group.read()
         now = time.time()
         for ev in batch:
-            rchar, proc = None, None
+            rchar, proc, ns = None, None, None
             if ev.pid != self.own_pid and ev.fd >= 0:
                 io = io_counters(ev.pid, self.proc_root)
                 rchar = io.rchar if io else None
                 if ev.mask & fan.FAN_OPEN_PERM:
                     known = ev.pid in self._who and now - self._who[ev.pid][0] < IDENTITY_TTL_S
-                    proc = self._identity(ev.pid, now)
+                    proc, ns = self._identity(ev.pid, now)
                     if not known and self.prefetch is not None:
                         self.prefetch(ev.pid)
             if ev.mask & fan.FAN_OPEN_PERM:
@@ -115,24 +116,28 @@ class Answerer:
                 if ev.fd >= 0:
                     os.close(ev.fd)
                 continue
-            self.backlog.append(Answered(ev, rchar, now, proc))
+            self.backlog.append(Answered(ev, rchar, now, proc, ns))
         if batch:
             try:
                 os.write(self._wake_w, b"x")
             except BlockingIOError:
                 pass
 
-    def _identity(self, pid: int, now: float) -> dict[str, Any] | None:
+    def _identity(self, pid: int, now: float) -> tuple[dict[str, Any] | None, str | None]:
         """Name, exe, uid, cgroup (kernel state only, never the opener's memory), cached a few seconds
         per pid: a loop of opens by one process costs one read."""
         hit = self._who.get(pid)
         if hit is not None and now - hit[0] < IDENTITY_TTL_S:
-            return hit[1]
+            return hit[1], hit[2]
         if len(self._who) > 10_000:
             self._who = {p: v for p, v in self._who.items() if now - v[0] < IDENTITY_TTL_S}
         proc = identity(pid, self.proc_root)
-        self._who[pid] = (now, proc)
-        return proc
+        try:
+            ns: str | None = os.readlink(f"{self.proc_root}/{pid}/ns/mnt")
+        except OSError:
+            ns = None
+        self._who[pid] = (now, proc, ns)
+        return proc, ns
 
     def stop(self) -> None:
         self._stop.set()

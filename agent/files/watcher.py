@@ -48,7 +48,7 @@ from weightwarden.agent.files.copies import STAGED_MASK, CopyTracker
 from weightwarden.agent.files.holders import HolderScan
 from weightwarden.agent.files.inotify import Inotify
 from weightwarden.agent.files.marks import NEW_DIR, WeightMarks
-from weightwarden.agent.files.mounts import HostPaths, MountTable, read_mountinfo
+from weightwarden.agent.files.mounts import HostPaths, MountTable, mount_namespaces, read_mountinfo
 from weightwarden.agent.files.offload import Offloader
 from weightwarden.agent.files.patterns import WeightPaths
 from weightwarden.agent.files.procio import identity, io_counters, scan_fds, start_time
@@ -325,7 +325,8 @@ class FileWatcher:
             sess = self.coalescer.sessions[key]
             if new:
                 if not ours:
-                    sess.extra.update({"host_path": host, "view_path": self._view(ev.pid, st.mnt_id, view, path)})
+                    sess.extra.update({"host_path": host,
+                                       "view_path": self._view(ev.pid, item.mnt_ns, st.mnt_id, view, path)})
                 if staged is not None:
                     sess.extra["staged_copy_of"] = staged.sources[:100]
                 self.copies.opened(ev.pid, proc or {}, path, st.size, staged.sources if staged else [])
@@ -335,12 +336,18 @@ class FileWatcher:
         if ev.mask & (fan.FAN_CLOSE_NOWRITE | fan.FAN_CLOSE_WRITE):
             self._on_close(ev.pid, path, bool(ev.mask & fan.FAN_CLOSE_WRITE), rchar, now)
 
-    def _view(self, pid: int, mnt_id: int | None, view: str, path: str) -> str | None:
+    def _view(self, pid: int, ns: str | None, mnt_id: int | None, view: str, path: str) -> str | None:
         """The path as the process saw it: the printed path, if the mount it came through is in its
-        namespace (an overlay's lower-layer file comes through a mount no namespace has)."""
+        namespace (an overlay's lower-layer file comes through a mount no namespace has). The opener may
+        be gone already: then any process of its namespace shows the same mount table."""
         if view == path or mnt_id is None:
             return None
-        return view if any(m.mnt_id == mnt_id for m in read_mountinfo(pid, self.proc_root)) else None
+        mounts = read_mountinfo(pid, self.proc_root)
+        if not mounts and ns is not None:
+            known = self.write_marks.namespaces if self.write_marks is not None else {}
+            other = known.get(ns) or mount_namespaces(self.proc_root).get(ns)  # a scan only if it is new
+            mounts = read_mountinfo(other, self.proc_root) if other is not None else []
+        return view if any(m.mnt_id == mnt_id for m in mounts) else None
 
     def _on_close(self, pid: int, path: str, wrote: bool, rchar: int | None, now: float) -> None:
         base = self.coalescer.baseline(pid, path)

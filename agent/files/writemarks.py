@@ -29,6 +29,7 @@ class WriteMarks:
         self.trying: set[tuple[int, int]] = set()
         self.fstypes: dict[tuple[int, int], str] = {}
         self.failed: dict[tuple[int, int], str] = {}
+        self.namespaces: dict[str, int] = {}  # mount namespace -> a process in it (at the last scan)
         try:
             self.own_ns = os.readlink(f"{proc_root}/self/ns/mnt")
         except OSError:
@@ -39,7 +40,8 @@ class WriteMarks:
         self.table.refresh(force=True)
         known = self.devs | self.trying
         candidates = new_superblocks(self.table.mounts, None, self.own_ns, known)
-        for ns, pid in mount_namespaces(self.proc_root).items():
+        self.namespaces = mount_namespaces(self.proc_root)
+        for ns, pid in self.namespaces.items():
             if ns != self.own_ns:
                 candidates += new_superblocks(read_mountinfo(pid, self.proc_root), pid, ns, known)
         for sb in candidates:
