@@ -43,6 +43,8 @@ TOP_EXAMPLES = """examples:
   weightwarden-agent top --json --interval 1 --count 5
   ip netns exec gpu1 weightwarden-agent top --json --count 3
   weightwarden-agent top --dry-run                print the NFQUEUE rules, change nothing
+  weightwarden-agent top --attribution nfqueue    the fallback path: this network namespace only
+  weightwarden-agent top --bpf-cgroup /sys/fs/cgroup/unified/kubepods.slice   only what runs below it
 """
 
 
@@ -81,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--no-nfqueue", action="store_true",
                      help="do not hold new flows to name their owner (short-lived senders may go unattributed)")
     top.add_argument("--queue-num", type=int, default=DEFAULT_QUEUE, help="NFQUEUE number (default %(default)s)")
+    _attribution_args(top)
     top.add_argument("--dry-run", action="store_true", help="print the kernel rules top would add, and exit")
     top.add_argument("--limit", type=_positive(int), default=20, help="rows in the table")
     top.set_defaults(func=cmd_top)
@@ -113,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bound on the on-disk event spool (mqtt sinks); oldest samples are dropped, and counted, past it")
     run.add_argument("--no-nfqueue", action="store_true")
     run.add_argument("--queue-num", type=int, default=DEFAULT_QUEUE)
+    _attribution_args(run)
     run.add_argument("--dry-run", action="store_true", help="print the kernel plan as JSON and exit")
     run.add_argument("--metrics-listen", metavar="HOST:PORT", default=None,
                      help="serve the agent's own metrics (Prometheus text) at http://HOST:PORT/metrics")
@@ -136,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     apply.set_defaults(func=cmd_enforce_apply)
     return parser
+
+
+def _attribution_args(p: argparse.ArgumentParser) -> None:
+    default = os.environ.get("WEIGHTWARDEN_ATTRIBUTION", "auto")
+    p.add_argument("--attribution", choices=("auto", "ebpf", "nfqueue"),
+                   default=default if default in ("auto", "ebpf", "nfqueue") else "auto",
+                   help="who-sent-what path: ebpf (every network namespace, owners named in the kernel), nfqueue "
+                        "(this namespace only), auto: ebpf where the kernel allows it (default: "
+                        "$WEIGHTWARDEN_ATTRIBUTION or auto)")
+    p.add_argument("--bpf-cgroup", metavar="DIR", default=None,
+                   help="cgroup v2 directory the eBPF programs watch (default: the whole hierarchy)")
 
 
 def _state_args(p: argparse.ArgumentParser) -> None:
@@ -162,6 +177,16 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
             print(json.dumps({"valid": False, "problems": [p.__dict__ for p in exc.problems]}))
         for problem in exc.problems:
             print(problem.render(args.file), file=sys.stderr)
+        return EXIT_FAIL
+    from weightwarden.agent.enforce.selectors import detect, refusals
+
+    refused = refusals(loaded.policy, detect())
+    if refused:
+        # A selector this kernel cannot enforce is refused, never quietly widened to a host-wide cap.
+        if args.json:
+            print(json.dumps({"valid": False, "problems": [{"message": r, "kind": "unenforceable"} for r in refused]}))
+        for reason in refused:
+            print(f"{args.file}: {reason}", file=sys.stderr)
         return EXIT_FAIL
     if args.json:
         print(json.dumps({"valid": True, "name": loaded.policy.metadata.name, "digest": loaded.digest}))
@@ -223,6 +248,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = DaemonConfig(policy_path=Path(args.policy), state_dir=state_dir, host_id=args.host_id or default_host_id(),
                        backend=args.backend, sample_interval=args.sample_interval, nfqueue=not args.no_nfqueue,
                        queue_num=args.queue_num, heartbeat_interval=args.heartbeat_interval,
+                       attribution=args.attribution, bpf_cgroup=args.bpf_cgroup,
                        metrics_listen=args.metrics_listen)
     try:
         agent = Agent(cfg, loaded, sink)  # type: ignore[arg-type]
@@ -320,7 +346,8 @@ def cmd_top(args: argparse.Namespace) -> int:
                 print(" ".join(argv))
         return EXIT_OK
     log = logs.get("agent.top")
-    cfg = SamplerConfig(resolve_with_nfqueue=not args.no_nfqueue, queue_num=args.queue_num)
+    cfg = SamplerConfig(resolve_with_nfqueue=not args.no_nfqueue, queue_num=args.queue_num,
+                        attribution=args.attribution, bpf_cgroup=args.bpf_cgroup)
     stop = {"now": False}
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -337,6 +364,7 @@ def cmd_top(args: argparse.Namespace) -> int:
     for feature in sampler.features:
         # Said once, at start: what works, and what is missing and why.
         (log.info if feature.ok else log.warning)("feature", name=feature.name, ok=feature.ok, detail=feature.detail)
+    log.info("attribution", path=sampler.attribution)
     view = TopState()
     done = 0
     interactive = sys.stdout.isatty() and not args.json

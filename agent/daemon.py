@@ -57,6 +57,8 @@ class DaemonConfig:
     nfqueue: bool = True
     queue_num: int = 4242
     heartbeat_interval: float = 30.0
+    attribution: str = "auto"
+    bpf_cgroup: str | None = None
     metrics_listen: str | None = None  # HOST:PORT for /metrics (agent/metrics.py)
 
 
@@ -411,6 +413,7 @@ class Agent:
             "policy_digest": self.loaded.digest,
             "backend": self.enforcer.backend,
             "rules_in_force": bool(rec),
+            "attribution": self.sampler.attribution if self.sampler is not None else "none",
             "caps": len(rec.get("caps", [])),
             "budgets": self.budgets.usage(time.time()),
             "weights": self.weights_total or None,
@@ -434,7 +437,8 @@ class Agent:
             # A corrupt spool was moved aside: what it held is lost, and we say so.
             self.log.error("spool_recovered", moved_to=recovery.moved_to, reason=recovery.reason)
             self.emit(recovery)
-        sampler = Sampler(SamplerConfig(resolve_with_nfqueue=self.cfg.nfqueue, queue_num=self.cfg.queue_num))
+        sampler = Sampler(SamplerConfig(resolve_with_nfqueue=self.cfg.nfqueue, queue_num=self.cfg.queue_num,
+                                        attribution=self.cfg.attribution, bpf_cgroup=self.cfg.bpf_cgroup))
         try:
             await asyncio.to_thread(sampler.start)
             self.sampler = sampler
@@ -454,7 +458,9 @@ class Agent:
         for name, feature in features.items():
             (self.log.info if feature["ok"] else self.log.warning)("feature", name=name, detail=feature["detail"])
         self.emit(AgentStarted.model_validate({"pid": os.getpid(), **self._policy_meta(), "features": features,
-                                               "weights": self.weights_total or None, "version": __version__}))
+                                               "weights": self.weights_total or None, "version": __version__,
+                                               "attribution": sampler.attribution}))
+        await asyncio.to_thread(self.enforce_once, 0.0)
         sdnotify.notify("READY=1")
         sdnotify.notify(f"STATUS={self.status_line()}")
         try:

@@ -74,7 +74,9 @@ def run(db: str, hosts: int, seconds: int, broker: Broker, workdir: Path) -> dic
         time.sleep(0.5)
     drain_wall = time.monotonic() - t_start
     with engine.connect() as conn:
-        created: dict[str, float] = dict(conn.execute(text("SELECT key, created_at FROM alerts WHERE kind='exfiltration'")).all())
+        # Keys name the process by pid and start time: exfiltration:HOST:PID:START.
+        created: dict[str, float] = {k.rsplit(":", 1)[0] if k.count(":") == 3 else k: t for k, t in conn.execute(
+            text("SELECT key, created_at FROM alerts WHERE kind='exfiltration'")).all()}
     pub.loop_stop()
     pub.disconnect()
     proc.terminate()

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retention", default="30d", help="keep events this long (default %(default)s)")
     run.add_argument("--silent-after", default="90s", help="alert when an agent is quiet this long")
     run.add_argument("--client-id", default=None)
+    run.add_argument("--tuning", metavar="FILE", default=None,
+                     help="detection settings (YAML: ratios, windows, allowed_remote_prefixes); see docs/alerts.md")
     run.set_defaults(func=cmd_run)
 
     alerts = sub.add_parser("alerts", help="list, show, acknowledge and resolve alerts")
@@ -106,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from weightwarden.mqtt import MqttSettings
     from weightwarden.units import parse_duration
     from weightwarden.mqtt import MqttURLError
-    from weightwarden.collector.correlate import Tuning
+    from weightwarden.collector.detect.common import Tuning, load_tuning
     from weightwarden.collector.pipeline import Pipeline
     from weightwarden.collector.service import CollectorService, ServiceConfig
 
@@ -114,6 +116,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         broker = MqttSettings.from_url(args.broker)
         retention = parse_duration(args.retention)
         silent = parse_duration(args.silent_after)
+        tune = load_tuning(args.tuning) if args.tuning else Tuning()
+        tune.silent_after_s = silent
     except (MqttURLError, ValueError) as exc:
         print(f"weightwarden-collector: {exc}", file=sys.stderr)
         return 2
@@ -123,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"weightwarden-collector: cannot open database {args.db}: {exc}", file=sys.stderr)
         return 1
     service = CollectorService(ServiceConfig(broker, args.shared_group, retention, client_id=args.client_id),
-                               Pipeline(store, Tuning(silent_after_s=silent)))
+                               Pipeline(store, tune))
     return asyncio.run(service.run())
 
 

@@ -1,8 +1,10 @@
 """From validated events to stored state and alerts. Database work only, no MQTT.
 
 Tests drive this with recorded event streams; the MQTT service feeds it in
-batches. Each batch is one transaction; each event's correlation runs in a
-savepoint, so one bad event cannot undo its batch.
+batches. Each batch is one transaction: the facts of every event are stored,
+then everything those facts touch is judged again from all stored facts
+(``collector/detect/flow.py``), each subject in a savepoint, so one bad event
+or one odd subject cannot undo its batch.
 """
 
 from __future__ import annotations
@@ -14,18 +16,19 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from weightwarden.collector import correlate
-from weightwarden.collector.correlate import Draft, Tuning
+from weightwarden.collector import store as q
+from weightwarden.collector.detect.common import Draft, Tuning
+from weightwarden.collector.detect.facts import egress_rows
+from weightwarden.collector.detect.flow import Detector, Units
+from weightwarden.collector.detect.single import from_event, gap, silent
 from weightwarden.collector.ingest import Rejection, validate
 from weightwarden.collector.store import Store
 from weightwarden.events import (
-    AgentLost, AgentStarted, AgentStopping, EgressSample, Event, FileAccess, Heartbeat, PolicyApplied, WeightHolder,
-    WeightsCopy,
+    AgentLost, AgentStarted, AgentStopping, EgressSample, Event, EventsDropped, FileAccess, Heartbeat, PolicyApplied,
+    WeightHolder, WeightsCopy,
 )
 
-REEVALUATE_S = 120.0
-NO_READS_CACHE_S = 5.0
-SLOW_EVERY_S = 60.0  # the slow-exfiltration check looks at hours: once a minute per destination is plenty
+__all__ = ["Pipeline", "egress_bps", "egress_rows", "load_stream"]
 
 
 class Pipeline:
@@ -33,25 +36,20 @@ class Pipeline:
         self.store = store
         self.tune = tune or Tuning()
         self.clock = clock
-        self.errors: list[str] = []
-        # Per-collector caches that only skip redundant work; the database stays the truth.
-        self._contacts: set[tuple[str, str, str]] = set()
-        self._slow_checked: dict[tuple[str, str], float] = {}
-        self._no_reads_until: dict[str, float] = {}
+        self.detector = Detector(store, self.tune, clock)
+        self.errors = self.detector.errors  # bounded: the newest MAX_ERRORS
 
     # -- ingest --------------------------------------------------------------
 
     def ingest(self, messages: Iterable[tuple[str, bytes]]) -> dict[str, int]:
-        """One batch, one transaction. The common case (samples from hosts with nothing to
-        correlate) is written with a few executemany calls; the rest event by event."""
+        """One batch, one transaction. Samples' facts are written with a few executemany calls;
+        other events one by one; then what they touched is judged."""
         try:
             return self._ingest(messages)
         except Exception:
             # The transaction rolled back: forget what the caches learnt inside it, or a
             # retry of the batch would skip (say) a first contact that was never stored.
-            self._contacts.clear()
-            self._slow_checked.clear()
-            self._no_reads_until.clear()
+            self.detector.forget()
             raise
 
     def _ingest(self, messages: Iterable[tuple[str, bytes]]) -> dict[str, int]:
@@ -78,88 +76,45 @@ class Pipeline:
                     fresh.append(ev)
             self.store.insert_events(conn, fresh, now)
             counts["stored"] = len(fresh)
-            plain_hosts: dict[str, dict[str, Any]] = {}
-            plain_rows: list[dict[str, Any]] = []
-            careful = []
-            for ev in fresh:
-                rows = self._plain_rows(conn, ev) if isinstance(ev.data, EgressSample) else None
-                if rows is None or not isinstance(ev.data, EgressSample):
-                    careful.append(ev)
-                    continue
-                prev = plain_hosts.get(ev.host)
+            samples = [ev for ev in fresh if isinstance(ev.data, EgressSample)]
+            latest: dict[str, dict[str, Any]] = {}
+            for ev in samples:
+                prev = latest.get(ev.host)
                 if prev is None or ev.seq > prev["seq"]:
-                    plain_hosts[ev.host] = {"host": ev.host, "seq": ev.seq, "egress_bps": egress_bps(ev.data)}
-                plain_rows.extend({"host": ev.host, **r} for r in rows)
-            self.store.touch_hosts(conn, sorted(plain_hosts.values(), key=lambda r: r["host"]), now)
-            if plain_rows:
-                self.store.add_egress_rows(conn, plain_rows)
-                for r in plain_rows:
-                    if not r["allowed"]:
-                        self._first_contacts(conn, r["host"], [r], r["ts"])
-            for ev in careful:
+                    assert isinstance(ev.data, EgressSample)
+                    latest[ev.host] = {"host": ev.host, "seq": ev.seq, "egress_bps": egress_bps(ev.data)}
+            self.store.touch_hosts(conn, sorted(latest.values(), key=lambda r: r["host"]), now)
+            units = self.detector.record_samples(conn, samples)
+            for ev in fresh:
+                if isinstance(ev.data, EgressSample):
+                    continue
                 try:
                     with conn.begin_nested():
-                        self.apply(conn, ev, now)
+                        units.add(self.apply(conn, ev, now))
                 except Exception as exc:  # noqa: BLE001 - the event is kept; its correlation failure is counted
                     codes["correlation_errors"] = codes.get("correlation_errors", 0) + 1
-                    self.errors.append(f"{ev.type} {ev.id}: {exc!r}"[:500])
+                    self.detector.note_error(f"{ev.type} {ev.id}: {exc!r}")
+            failed = self.detector.evaluate(conn, units, now)
+            if failed:
+                codes["correlation_errors"] = codes.get("correlation_errors", 0) + failed
             for name, value in {**counts, **codes}.items():
                 if value:
                     self.store.bump(conn, name, value)
         return counts
 
-    def _plain_rows(self, conn: Connection, ev: Event) -> list[dict[str, Any]] | None:
-        """A sample's rows if it needs no correlation (its host read no weights lately), else None.
-
-        Values are range-checked first, so no input can make the database refuse a
-        statement (which, on PostgreSQL, would abort the whole batch).
-        """
-        rows = egress_rows(ev)
-        outward = [r for r in rows if not r["allowed"]]
-        if outward and (self._maybe_reads(conn, ev.host, ev.ts) or self._slow_due(ev.host, outward, ev.ts)):
-            return None
-        return rows
-
-    def _maybe_reads(self, conn: Connection, host: str, ts: float) -> bool:
-        # A "no" is remembered for a few seconds; the sweep re-checks recent uploads, so a read
-        # reported meanwhile (perhaps to another collector) is still correlated.
-        until = self._no_reads_until.get(host, 0.0)
-        if now_mono() < until:
-            return False
-        if self.store.has_reads(conn, host, ts - self.tune.window_s):
-            return True
-        self._no_reads_until[host] = now_mono() + NO_READS_CACHE_S
-        return False
-
-    def _slow_due(self, host: str, outward: list[dict[str, Any]], ts: float) -> list[str]:
-        """Destinations whose slow-exfiltration check is due (once a minute each)."""
-        return [a for a in sorted({r["address"] for r in outward})
-                if ts - self._slow_checked.get((host, a), -1e18) >= SLOW_EVERY_S]
-
-    def _evaluate_chunked(self, conn: Connection, host: str, exe: str, ts: float, now: float) -> None:
-        since = ts - self.tune.chunk_window_s
-        self.upsert(conn, correlate.chunked(host, exe, self.store.egress_where(conn, host, "exe", exe, since),
-                                            self.store.reads_on_host(conn, host, since), self.tune), now)
-
-    def _first_contacts(self, conn: Connection, host: str, outward: list[dict[str, Any]], ts: float) -> None:
-        for r in outward:
-            contact = (host, r["exe"], r["address"])
-            if contact not in self._contacts:
-                self.store.first_contact(conn, host, r["exe"], r["address"], ts)
-                self._contacts.add(contact)
-
     def upsert(self, conn: Connection, draft: Draft | None, now: float) -> None:
-        if draft is not None:
-            self.store.upsert_alert(conn, draft.to_row(), now)
+        self.detector.put(conn, draft, now)
 
     # -- per event -----------------------------------------------------------
 
-    def apply(self, conn: Connection, ev: Event, now: float) -> None:
+    def apply(self, conn: Connection, ev: Event, now: float) -> Units:
+        """Store one event's facts and raise what it decides alone; returns what its facts touch."""
         host, data, ts = ev.host, ev.data, ev.ts
         if isinstance(data, EgressSample):
-            self._egress(conn, ev, data, now)
-            return
+            self.store.touch_host(conn, host, ev.seq, ts, now, egress_bps=egress_bps(data))
+            return self.detector.record_samples(conn, [ev])
         self.store.touch_host(conn, host, ev.seq, ts, now)
+        changed = Units()
         if isinstance(data, (Heartbeat, AgentStarted, PolicyApplied)):
             fields: dict[str, Any] = {"policy": data.policy, "policy_digest": data.policy_digest}
             if isinstance(data, Heartbeat):
@@ -168,8 +123,8 @@ class Pipeline:
             if isinstance(data, PolicyApplied):
                 fields.update(backend=data.backend, caps=len(data.caps), rules_in_force=1)
             weights = None if isinstance(data, PolicyApplied) else data.weights
-            if weights is not None and weights.total_bytes:
-                fields["weights_bytes"] = weights.total_bytes
+            if weights is not None and weights.total_bytes and q.set_weights_total(conn, host, weights.total_bytes, ts):
+                changed = self.detector.weights_changed(conn, host)
             host_row = self.store.host(conn, host) or {}
             if host_row.get("status") in ("lost", "silent") and ts >= (host_row.get("lost_at") or 0):
                 self.store.resolve_kind(conn, host, "agent_silent", "collector: the agent is back", now)
@@ -179,170 +134,111 @@ class Pipeline:
             self.store.update_host(conn, host, status="stopped")
         elif isinstance(data, AgentLost):
             self.store.update_host(conn, host, status="lost", lost_at=now)
-            self.upsert(conn, correlate.from_event(ev), now)
+            self.upsert(conn, from_event(ev), now)
         elif isinstance(data, (FileAccess, WeightHolder, WeightsCopy)):
-            self._weights(conn, ev, data, now)
+            return self.detector.record_weights(conn, ev, data, now)
         else:
-            self.upsert(conn, correlate.from_event(ev), now)
-
-    def _egress(self, conn: Connection, ev: Event, data: EgressSample, now: float) -> None:
-        host, ts = ev.host, ev.ts
-        rows = egress_rows(ev)
-        self.store.touch_host(conn, host, ev.seq, ts, now, egress_bps=egress_bps(data))
-        self.store.add_egress(conn, host, rows)
-        outward = [r for r in rows if not r["allowed"]]
-        self._first_contacts(conn, host, outward, ts)
-        if not outward:
-            return
-        # Most samples come from hosts that touched no weights: one indexed lookup settles them.
-        if self.store.has_reads(conn, host, ts - self.tune.window_s):
-            for pid in sorted({r["pid"] for r in outward}):
-                self.evaluate_exfiltration(conn, host, pid, ts, now)
-            if self.store.has_reads(conn, host, ts - self.tune.chunk_window_s):
-                for exe in sorted({r["exe"] for r in outward}):
-                    self._evaluate_chunked(conn, host, exe, ts, now)
-        due = self._slow_due(host, outward, ts)
-        if due:
-            host_row = self.store.host(conn, host) or {}
-            for address in due:
-                self._slow_checked[(host, address)] = ts
-                sent = self.store.egress_where(conn, host, "address", address, ts - self.tune.slow_window_s)
-                self.upsert(conn, correlate.slow(host, address, sent, int(host_row.get("weights_bytes") or 0),
-                                                 self.tune), now)
-
-    def _weights(self, conn: Connection, ev: Event, d: FileAccess | WeightHolder | WeightsCopy, now: float) -> None:
-        host, ts = ev.host, ev.ts
-        base: dict[str, Any] = {"pid": d.pid if d.pid is not None else -1, "ppid": d.ppid, "exe": d.exe,
-                "name": d.name, "uid": d.uid, "event_id": ev.id, "staged_of": None, "pipes": pipe_key(d.pipes)}
-        if isinstance(d, FileAccess):
-            staged = d.staged_copy_of
-            row: dict[str, Any] = {**base, "path": d.path, "kind": "staged_read" if staged else "read",
-                   "bytes": d.bytes_read, "first_ts": d.first_ts or ts,
-                   "ts": d.last_ts or ts, "staged_of": "\n".join(staged) or None}
-        elif isinstance(d, WeightHolder):
-            row = {**base, "path": d.path, "kind": "holder", "bytes": d.resident_bytes, "first_ts": 0.0, "ts": ts}
-        else:
-            row = {**base, "path": d.destination, "kind": "copy", "bytes": d.destination_size,
-                   "first_ts": ts, "ts": ts, "staged_of": "\n".join(d.sources) or None}
-        self.store.add_read(conn, host, row)
-        if row["pid"] >= 0:
-            # The upload may have started before this report arrived: look again.
-            since = ts - self.tune.window_s
-            children = self.store.children(conn, host, row["pid"], since)
-            for pid in {row["pid"], *children, *self.store.pipe_partners(conn, host, "egress", row["pipes"], since)}:
-                self.evaluate_exfiltration(conn, host, pid, ts, now)
-
-    def evaluate_exfiltration(self, conn: Connection, host: str, pid: int, ref_ts: float, now: float) -> None:
-        since = ref_ts - self.tune.window_s
-        egress = self.store.egress_where(conn, host, "pid", pid, since)
-        if not egress:
-            return
-        last = egress[-1]
-        sender = {k: last.get(k) for k in ("pid", "ppid", "exe", "name", "uid")}
-        # Who may have handed it the weights: itself, its parent, and whoever shares a pipe with it.
-        related = {pid, *([last["ppid"]] if last.get("ppid") and last["ppid"] > 1 else []),
-                   *self.store.pipe_partners(conn, host, "weight_reads", last.get("pipes"), since)}
-        reads = self.store.reads_for(conn, host, sorted(related), since)
-        if not reads:
-            return
-        first_read = min(r["first_ts"] for r in reads if r["first_ts"] > 0) if any(r["first_ts"] > 0 for r in reads) \
-            else min(r["ts"] for r in reads)
-        new = set()
-        for e in egress:
-            seen = self.store.first_seen(conn, host, e["exe"] or "", e["address"])
-            if seen is not None and seen >= first_read - 1:
-                new.add(e["address"])
-        host_row = self.store.host(conn, host) or {}
-        rate = sum(e["rate_bps"] or 0 for e in egress if e["ts"] == last["ts"]) / max(
-            1, len({e["address"] for e in egress if e["ts"] == last["ts"]}))
-        self.upsert(conn, correlate.exfiltration(host, sender, reads, egress, int(host_row.get("weights_bytes") or 0),
-                                                 new, float(rate), self.tune), now)
+            self.upsert(conn, from_event(ev), now)
+        return changed
 
     # -- periodic --------------------------------------------------------------
 
     def sweep(self) -> None:
-        """Silent agents, unexplained sequence gaps, and a second look at recent uploads."""
+        """A second look at what arrived lately, then each host on its own: silent agents and
+        unexplained sequence gaps. One host's odd state never stops the sweep for the others."""
         now = self.clock()
+        try:
+            failed = self.detector.sweep(now)
+        except Exception as exc:  # noqa: BLE001 - the second look failed as a whole; the hosts still get theirs
+            failed = 1
+            self.detector.note_error(f"sweep re-evaluation: {exc!r}")
         with self.store.tx() as conn:
-            # Collectors sharing a database each saw part of the story; look again at what
-            # arrived lately (wall clock), with everything that is committed by now.
-            recent = self.store.recent_senders(conn, time.time() - REEVALUATE_S, now - self.tune.window_s)
-            for host, pid, _exe, ts in recent:
-                self.evaluate_exfiltration(conn, host, pid, ts, now)
-            latest: dict[tuple[str, str], float] = {}
-            for host, _pid, exe, ts in recent:
-                latest[(host, exe)] = max(ts, latest.get((host, exe), ts))
-            for (host, exe), ts in sorted(latest.items()):
-                self._evaluate_chunked(conn, host, exe, ts, now)
-            for h in self.store_hosts(conn):
-                if h["status"] == "online" and now - (h["last_seen"] or now) > self.tune.silent_after_s:
-                    self.store.update_host(conn, h["host"], status="silent", lost_at=now)
-                    self.upsert(conn, correlate.silent(h["host"], h["last_seen"], now), now)
-                self._gaps(conn, h, now)
+            hosts = self.store_hosts(conn)
+        for h in hosts:
+            for check in (self._silent, self._gaps):
+                try:
+                    with self.store.tx() as conn:
+                        check(conn, h, now)
+                except Exception as exc:  # noqa: BLE001 - logged and counted; the other hosts and checks go on
+                    failed += 1
+                    self.detector.note_error(f"sweep {check.__name__} {h.get('host')!r}: {exc!r}")
+        if failed:
+            with self.store.tx() as conn:
+                self.store.bump(conn, "sweep_errors", failed)
 
     @staticmethod
     def store_hosts(conn: Connection) -> list[dict[str, Any]]:
         from sqlalchemy import text
 
-        return [dict(r) for r in conn.execute(text("SELECT * FROM hosts")).mappings()]
+        return [dict(r) for r in conn.execute(text("SELECT * FROM hosts ORDER BY host")).mappings()]
+
+    def _silent(self, conn: Connection, h: dict[str, Any], now: float) -> None:
+        if h["status"] == "online" and now - (h["last_seen"] or now) > self.tune.silent_after_s:
+            self.store.update_host(conn, h["host"], status="silent", lost_at=now)
+            self.upsert(conn, silent(h["host"], h["last_seen"], now), now)
 
     def _gaps(self, conn: Connection, h: dict[str, Any], now: float) -> None:
+        """Sequence numbers that never arrived and no events_dropped explains, as ranges (never expanded).
+
+        A collector that meets a host for the first time takes the first sequence number it
+        holds as the start: the agent counted before this collector existed, and that
+        history is not missing."""
         host, contig = h["host"], int(h["seq_contig"] or 0)
-        seqs = self.store.seqs_after(conn, host, contig)
-        if not seqs:
+        if contig == 0:
+            first = q.min_seq(conn, host)
+            if first is None:
+                return
+            contig = first - 1
+        runs = q.seq_runs(conn, host, contig)
+        if not runs:
             return
-        covered: set[int] = set()
-        for dropped in self.store.events_of(conn, host, "events_dropped", 0):
-            for lo, hi in dropped["data"].get("seq_ranges") or []:
-                covered.update(range(int(lo), int(hi) + 1))
-        present = set(seqs) | covered
-        top = max(seqs)
-        missing = [s for s in range(contig + 1, top + 1) if s not in present]
+        top = runs[-1][1]
+        holes: list[tuple[int, int]] = []
+        expected = contig + 1
+        for lo, hi in runs:
+            if lo > expected:
+                holes.append((expected, lo - 1))
+            expected = max(expected, hi + 1)
+        explained: list[tuple[int, int]] = []
+        for dropped in self.store.events_of(conn, host, EventsDropped.TYPE, 0):
+            for pair in dropped["data"].get("seq_ranges") or []:
+                if isinstance(pair, list) and len(pair) == 2:
+                    explained.append((int(pair[0]), int(pair[1])))
+        missing = subtract(holes, explained)
         if not missing:
             self.store.update_host(conn, host, seq_contig=top, gap_seen_at=None)
             return
-        first_missing = missing[0]
         if h["gap_seen_at"] is None:
             # Give redeliveries (a spool draining after an outage) time to arrive.
-            self.store.update_host(conn, host, seq_contig=first_missing - 1, gap_seen_at=now)
+            self.store.update_host(conn, host, seq_contig=missing[0][0] - 1, gap_seen_at=now)
         elif now - h["gap_seen_at"] >= self.tune.gap_grace_s:
-            self.upsert(conn, correlate.gap(host, missing, now), now)
+            self.upsert(conn, gap(host, missing, sum(hi - lo + 1 for lo, hi in missing), now), now)
             self.store.update_host(conn, host, seq_contig=top, gap_seen_at=None)
 
 
-def now_mono() -> float:
-    return time.monotonic()
+def subtract(ranges: list[tuple[int, int]], minus: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Inclusive integer ranges less other ranges, without expanding either."""
+    out = []
+    cuts = sorted(minus)
+    for lo, hi in ranges:
+        cur = lo
+        for clo, chi in cuts:
+            if chi < cur or clo > hi:
+                continue
+            if clo > cur:
+                out.append((cur, clo - 1))
+            cur = max(cur, chi + 1)
+            if cur > hi:
+                break
+        if cur <= hi:
+            out.append((cur, hi))
+    return out
 
 
 def egress_bps(data: EgressSample) -> float:
     """The host's egress rate in a sample: all interfaces' bytes over the interval."""
     wire = sum(i.tx_bytes for i in data.interfaces)
     return wire * 8 / max(data.interval_s, 1e-3)
-
-
-def egress_rows(ev: Event) -> list[dict[str, Any]]:
-    """An egress sample's per-destination rows (the model has range-checked every value)."""
-    data = ev.data
-    if not isinstance(data, EgressSample):
-        return []
-    interval = max(data.interval_s, 1e-3)
-    rows = []
-    for proc in data.processes:
-        for dest in proc.destinations:
-            if dest.tx_bytes == 0:
-                continue
-            rows.append({"pid": proc.pid, "ppid": proc.ppid, "exe": proc.exe or "", "name": proc.name or "",
-                         "uid": proc.uid, "address": dest.address, "port": dest.port,
-                         "allowed": int(dest.allowed), "bytes": dest.tx_bytes, "ts": ev.ts,
-                         "rate_bps": proc.tx_bytes * 8 / interval, "event_id": ev.id, "pipes": pipe_key(proc.pipes)})
-    return rows
-
-
-def pipe_key(pipes: list[int]) -> str | None:
-    """Pipe inodes as '|1|2|' so one LIKE finds a shared one."""
-    if not pipes:
-        return None
-    return "|" + "|".join(str(p) for p in pipes[:50]) + "|"
 
 
 def load_stream(path: str) -> list[tuple[str, bytes]]:

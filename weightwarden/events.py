@@ -38,6 +38,7 @@ MAX_PROCESSES = 200  # per egress sample; the rest are summed into other_process
 MAX_DESTINATIONS = 32  # per process; the rest are summed into other_destinations
 MAX_INTERFACES = 256
 MAX_PIPES = 64
+MAX_LOCAL_PEERS = 16  # per process; the rest are summed into other_local_peers
 MAX_ARGS = 32
 MAX_SEQ = 2**62
 MAX_BYTES = 2**62
@@ -153,11 +154,25 @@ class Destination(Model):
     last_ts: Timestamp | None = None
 
 
+class LocalPeer(Model):
+    """A process on this host that this one sent bytes to: a possible relay (reader -> relay -> sender)."""
+
+    via: Literal["unix", "tcp", "udp"]
+    tx_bytes: Count
+    pid: Pid | None = None  # None: the receiving end could not be named (it exited, or nobody holds it)
+    start_time: Timestamp | None = None
+    name: Name | None = None
+    exe: Text | None = None
+    port: Port | None = None  # tcp/udp: the peer's port (53: the local resolver)
+
+
 class ProcessEgress(ProcessFields):
     pid: Pid
-    tx_bytes: Count
+    tx_bytes: Count  # bytes that left the host; 0 for a process that only sent locally
     destinations: list[Destination] = Field(default_factory=list, max_length=MAX_DESTINATIONS)
     other_destinations: OtherBytes | None = None
+    local_peers: list[LocalPeer] = Field(default_factory=list, max_length=MAX_LOCAL_PEERS)
+    other_local_peers: OtherBytes | None = None
 
 
 class InterfaceCounters(Model):
@@ -665,5 +680,5 @@ class EventFactory:
 __all__ = [
     "EVENT_TYPES", "ENVELOPES", "PAYLOADS", "PAYLOAD_OF", "SCHEMA_VERSION", "AnyEvent", "Event", "EventFactory",
     "EventType", "Payload", "Sequencer", "default_host_id", "parse_event", "parse_event_json", "safe_text",
-    "seq_ranges", "write_private",
+    "seq_ranges", "write_private", "LocalPeer",
 ] + [p.__name__ for p in PAYLOADS]

@@ -195,20 +195,18 @@ def build(inputs: PlanInputs) -> Plan:
         m = cap.match
         if m.uids:
             conds.append(_match(_meta("skuid"), m.uids[0] if len(m.uids) == 1 else {"set": sorted(m.uids)}))
+        if m.executables or m.containers or (m.cgroups and not inputs.cgroupv2_paths):
+            # Never widened to a host-wide cap: left out, and `policy check` refuses it (enforce/selectors.py).
+            notes.append(f"cap {cap.name!r}: not enforced, its selector cannot be matched in this kernel "
+                         "(see `weightwarden-agent policy check`)")
+            continue
         if m.cgroups:
-            if inputs.cgroupv2_paths:
-                # nft resolves a cgroup path to its id when the rule is loaded.
-                for path in m.cgroups[:1]:
-                    level = len([p for p in path.strip("/").split("/") if p])
-                    conds.append(_match({"socket": {"key": "cgroupv2", "level": level}}, path.strip("/")))
-                if len(m.cgroups) > 1:
-                    notes.append(f"cap {cap.name!r}: only the first cgroup is matched in the kernel")
-            else:
-                notes.append(f"cap {cap.name!r}: cgroup matching needs a unified cgroup v2 mount; "
-                             "falling back to a host-level cap (all matching egress)")
-        if m.executables:
-            notes.append(f"cap {cap.name!r}: executables cannot be matched in the kernel yet; "
-                         "falling back to a host-level cap (all matching egress)")
+            # nft resolves a cgroup path to its id when the rule is loaded.
+            for path in m.cgroups[:1]:
+                level = len([p for p in path.strip("/").split("/") if p])
+                conds.append(_match({"socket": {"key": "cgroupv2", "level": level}}, path.strip("/")))
+            if len(m.cgroups) > 1:
+                notes.append(f"cap {cap.name!r}: only the first cgroup is matched in the kernel")
         d4, d6 = _networks(m.destinations, inputs.resolved)
         action: list[dict[str, Any]] = [{"counter": slot.counter}]
         if cap.action == "shape":

@@ -64,6 +64,22 @@ class Destination(Strict):
         return self
 
 
+class ContainerMatch(Strict):
+    """A container, by what its cgroup path shows (see agent/containers.py); every given field must match."""
+
+    id: str | None = Field(default=None, pattern=r"^[0-9a-f]{12,64}$", description="container id or its prefix")
+    runtime: Literal["docker", "containerd", "cri-o", "podman", "slurm", "lxc"] | None = None
+    pod_uid: str | None = Field(default=None, pattern=r"^[0-9a-f-]{36}$")
+    pod_namespace: str | None = Field(default=None, pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    pod_name: str | None = Field(default=None, pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+
+    @model_validator(mode="after")
+    def _some(self) -> ContainerMatch:
+        if not any((self.id, self.runtime, self.pod_uid, self.pod_namespace, self.pod_name)):
+            raise ValueError("a container selector needs at least one of id, runtime, pod_uid, pod_namespace, pod_name")
+        return self
+
+
 class Match(Strict):
     """Which traffic a cap applies to; every given field must match (empty = all egress)."""
 
@@ -71,6 +87,7 @@ class Match(Strict):
     uids: list[Annotated[int, Field(ge=0, le=2**32 - 2)]] = Field(default_factory=list)
     executables: list[str] = Field(default_factory=list)
     cgroups: list[str] = Field(default_factory=list)
+    containers: list[ContainerMatch] = Field(default_factory=list)
 
     @field_validator("executables")
     @classmethod
