@@ -43,7 +43,7 @@ from weightwarden.agent.files import fanotify as fan
 from weightwarden.agent.files import kernel
 from weightwarden.agent.files.answer import Answered, Answerer
 from weightwarden.agent.files.coalesce import Coalescer, Session
-from weightwarden.agent.files.container import container_of
+from weightwarden.agent.containers import parse as container_of
 from weightwarden.agent.files.copies import STAGED_MASK, CopyTracker
 from weightwarden.agent.files.holders import HolderScan
 from weightwarden.agent.files.inotify import Inotify

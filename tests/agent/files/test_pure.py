@@ -1,4 +1,4 @@
-"""Weight-path matching, coalescing, smaps and mountinfo parsing, container identity, the bounded
+"""Weight-path matching, coalescing, smaps and mountinfo parsing, the bounded
 reader and the staged-copy store: no root."""
 
 import os
@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from weightwarden.agent.files.coalesce import Coalescer
-from weightwarden.agent.files.container import container_of
 from weightwarden.agent.files.mounts import new_superblocks, parse_mountinfo, remote_type
 from weightwarden.agent.files.offload import Offloader
 from weightwarden.agent.files.staged import StagedCopies, StagedCopy
@@ -102,18 +101,6 @@ def test_mountinfo_parsing_and_filesystem_kinds() -> None:
     fresh = new_superblocks(mounts, 1234, "mnt:[1]", {(254, 0)})
     assert [(s.dev, s.paths) for s in fresh] == [((0, 41), ("/proc/1234/root/tmp/w sb",)),
                                                   ((0, 50), ("/proc/1234/root/mnt/remote",))]
-
-
-def test_container_identity_from_cgroup_paths() -> None:
-    cid = "a" * 64
-    docker = container_of(f"/system.slice/docker-{cid}.scope")
-    assert docker is not None and (docker.runtime, docker.id, docker.unit) == ("docker", cid, f"docker-{cid}.scope")
-    pod = container_of(f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234abcd_0000_1111_2222_"
-                       f"333344445555.slice/cri-containerd-{cid}.scope")
-    assert pod is not None and pod.runtime == "containerd" and pod.pod_uid == "1234abcd-0000-1111-2222-333344445555"
-    slurm = container_of("/system.slice/slurmstepd.scope/uid_1000/job_77/step_0")
-    assert slurm is not None and (slurm.runtime, slurm.id) == ("slurm", "77")
-    assert container_of("/user.slice/user-1000.slice/session-3.scope") is None
 
 
 def test_reads_rchar_misses_are_never_zero() -> None:
