@@ -452,7 +452,7 @@ class Agent:
             "budgets": self.budgets.usage(time.time()),
             "weights": self.weights_total or None,
             "file_watch": {"mode": self.files.mode if self.files else "off",
-                           "detail": self.files.detail if self.files else "no weight paths in the policy",
+                           "detail": self.files.health_detail() if self.files else "no weight paths in the policy",
                            "dropped": self.files.dropped if self.files else 0},
         }
 
@@ -485,7 +485,7 @@ class Agent:
         self.last_enforce_done = time.monotonic()
         spec = self.loaded.policy.spec
         if spec.weights.paths or spec.weights.canaries:
-            self.files = FileWatcher(weight_paths(self.loaded))
+            self.files = FileWatcher(weight_paths(self.loaded), state_dir=self.cfg.state_dir)
             await asyncio.to_thread(self.files.start)
             features["file_watch"] = {"ok": self.files.mode == "fanotify", "detail": self.files.detail}
             await asyncio.to_thread(self._measure_weights)

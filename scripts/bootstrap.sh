@@ -14,6 +14,8 @@ needed=(
   # The console's browser tests: Debian's chromium and its driver (selenium never downloads one).
   chromium:chromium chromedriver:chromium-driver
   clang:clang bpftool:bpftool cc:gcc
+  # The file watcher's tests: a real FUSE filesystem, and io_uring reads.
+  bindfs:bindfs fio:fio
 )
 missing=()
 for pair in "${needed[@]}"; do

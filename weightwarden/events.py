@@ -405,8 +405,16 @@ class FileAccess(ProcessFields, Payload):
     final: bool = True
     bytes_estimated: bool = False
     staged_copy_of: list[Text] = Field(default_factory=list, max_length=100)
+    # ``path`` is the file's host path whenever the agent can name it (the same file read from several
+    # containers has one path); ``host_path`` repeats it when the process reached the file through another
+    # mount namespace (a container), and ``view_path`` is then the path as that process saw it, when known.
     host_path: Text | None = None  # the file's path in the host's mount namespace, when it differs
-    how: Name | None = None  # how the bytes were measured: rchar, taskstats, estimate, mmap, io_uring
+    how: Name | None = None  # how the bytes were measured: rchar, taskstats, position, estimate, mmap, io_uring
+    view_path: Text | None = None
+    # The process maps this file (at the last look): it holds the weights (an inference server) rather
+    # than streaming them through read(); resident_bytes is how much of the mapping it touched.
+    mapped_bytes: Count | None = None
+    resident_bytes: Count | None = None
 
 
 class WeightHolder(ProcessFields, Payload):
@@ -429,6 +437,8 @@ class WeightsCopy(ProcessFields, Payload):
     path: Text
     derivative: bool = False  # not a byte copy: compressed, encrypted or split output of a weights reader
     remote: Name | None = None  # the filesystem type when the copy went to network storage (nfs, cifs, fuse)
+    view_path: Text | None = None  # the destination as the writer saw it, when it wrote in another mount namespace
+    source_bytes_estimated: bool = False  # some of source_bytes_read could not be measured (see FileAccess.how)
 
 
 class CanaryRead(ProcessFields, Payload):
