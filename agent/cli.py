@@ -154,12 +154,21 @@ def _state_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load_or_report(path: str) -> object:
+    """The policy, or None after saying on stderr what is wrong with it: a policy with a cap
+    selector this kernel cannot enforce is refused here as by ``policy check``, never widened."""
+    from weightwarden.agent.enforce.selectors import detect
+    from weightwarden.agent.policy.lint import unenforceable
+
     try:
-        return load_policy(path)
+        loaded = load_policy(path)
     except PolicyError as exc:
         for problem in exc.problems:
             print(problem.render(path), file=sys.stderr)
         return None
+    refused = unenforceable(loaded, detect())
+    for problem in refused:
+        print(problem.render(path), file=sys.stderr)
+    return None if refused else loaded
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -38,6 +38,8 @@ from weightwarden.agent.files.patterns import WeightPaths
 from weightwarden.agent.files.watcher import FileWatcher
 from weightwarden.agent.interfaces import counter_delta
 from weightwarden.agent.metrics import AgentMetrics, MetricsServer
+from weightwarden.agent.enforce.selectors import detect as detect_support
+from weightwarden.agent.policy.lint import unenforceable
 from weightwarden.agent.policy.loader import LoadedPolicy, PolicyError, load_policy, stamp
 from weightwarden.agent.policy.match import Flow, allowed_by, allowlist
 from weightwarden.agent.sampler import Sampler, SamplerConfig
@@ -222,11 +224,16 @@ class Agent:
             sdnotify.notify(f"READY=1\nSTATUS={self.status_line()}")
 
     def _reload(self) -> None:
+        path = str(self.cfg.policy_path)
         try:
             loaded = load_policy(self.cfg.policy_path)
+            # A cap this kernel cannot enforce is refused as `policy check` refuses it, never widened.
+            refused = unenforceable(loaded, detect_support())
+            if refused:
+                raise PolicyError(refused)
         except Exception as exc:  # noqa: BLE001 - whatever the file holds, the daemon keeps its policy
-            problems = ([p.render(str(self.cfg.policy_path)) for p in exc.problems] if isinstance(exc, PolicyError)
-                        else [f"{self.cfg.policy_path}: cannot load policy: {type(exc).__name__}: {exc}"[:2000]])
+            problems = ([p.render(path) for p in exc.problems] if isinstance(exc, PolicyError)
+                        else [f"{path}: cannot load policy: {type(exc).__name__}: {exc}"[:2000]])
             self.log.error("policy_rejected", problems=problems, kept=self.loaded.policy.metadata.name)
             self.emit(PolicyRejected(path=str(self.cfg.policy_path), problems=problems[:500],
                                      kept=self.loaded.policy.metadata.name, kept_digest=self.loaded.digest,

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -72,3 +73,15 @@ def test_log_lines_carry_their_priority_for_journald() -> None:
     plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                            env={k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"})
     assert all(json.loads(ln) for ln in plain.stderr.splitlines()), "without journald, lines are plain JSON"
+
+
+def test_run_refuses_a_cap_the_kernel_cannot_enforce(tmp_path: Path) -> None:
+    from tests.agent.policy.test_policy import CONTRACT
+
+    policy = tmp_path / "p.yaml"
+    policy.write_text(CONTRACT.replace("rate: 20Mbit", "rate: 1Mbit\n      match:\n        executables: [/usr/bin/scp]"))
+    out = _agent("run", "--policy", str(policy), "--dry-run")
+    assert out.returncode == 1 and out.stdout == ""
+    assert f"{policy}:" in out.stderr and "'executables' cannot be enforced" in out.stderr, out.stderr
+    policy.write_text(CONTRACT)
+    assert _agent("run", "--policy", str(policy), "--dry-run").returncode == 0

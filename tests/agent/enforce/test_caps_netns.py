@@ -291,6 +291,12 @@ def test_bad_reload_keeps_the_old_policy(lab: NetnsPair, tmp_path: Path) -> None
     daemon.proc.send_signal(1)  # SIGHUP
     rejected = daemon.wait_event("policy_rejected", after=mark)
     assert any("spec.caps[0].rate" in p for p in rejected["data"]["problems"])
+    # Valid YAML, but a selector no kernel rule can match: refused, never widened to the whole host.
+    mark = len(daemon.events)
+    policy.write_text(CONTRACT.replace("rate: 20Mbit", "rate: 1Mbit\n      match:\n        executables: [/usr/bin/curl]"))
+    daemon.proc.send_signal(1)
+    rejected = daemon.wait_event("policy_rejected", after=mark)
+    assert any("'executables' cannot be enforced" in p for p in rejected["data"]["problems"]), rejected
     wire, _ = wire_rate(pair, pair.addr_b, seconds=3)
     assert abs(wire - CAP) / CAP < 0.05, "the old caps stay while the new policy is bad"
     policy.write_text(CONTRACT.replace("20Mbit", "40Mbit") + "  interval: 1s\n")
