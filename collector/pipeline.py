@@ -1,22 +1,22 @@
 """From validated events to stored state and alerts. Database work only, no MQTT.
 
 Tests drive this with recorded event streams; the MQTT service feeds it in
-batches. Each batch is one transaction; each event's correlation runs in a
-savepoint, so one bad event cannot undo its batch.
+batches (:mod:`batching`). Each batch is one transaction; each event's
+correlation runs in a savepoint, so one bad event cannot undo its batch.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection
 
 from weightwarden.collector import correlate
+from weightwarden.collector.batching import BatchIngest, egress_bps, egress_rows, pipe_key
 from weightwarden.collector.correlate import Draft, Tuning
-from weightwarden.collector.ingest import Rejection, validate
 from weightwarden.collector.store import Store
 from weightwarden.events import (
     AgentLost, AgentStarted, AgentStopping, EgressSample, Event, FileAccess, Heartbeat, PolicyApplied, WeightHolder,
@@ -24,129 +24,22 @@ from weightwarden.events import (
 )
 
 REEVALUATE_S = 120.0
-NO_READS_CACHE_S = 5.0
-SLOW_EVERY_S = 60.0  # the slow-exfiltration check looks at hours: once a minute per destination is plenty
 
 
-class Pipeline:
+class Pipeline(BatchIngest):
+    """Detections over stored facts; ``ingest`` (batching, dead letters, database outages) is
+    :class:`BatchIngest`'s."""
+
     def __init__(self, store: Store, tune: Tuning | None = None, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.tune = tune or Tuning()
         self.clock = clock
-        self.errors: list[str] = []
-        # Per-collector caches that only skip redundant work; the database stays the truth.
-        self._contacts: set[tuple[str, str, str]] = set()
-        self._slow_checked: dict[tuple[str, str], float] = {}
-        self._no_reads_until: dict[str, float] = {}
-
-    # -- ingest --------------------------------------------------------------
-
-    def ingest(self, messages: Iterable[tuple[str, bytes]]) -> dict[str, int]:
-        """One batch, one transaction. The common case (samples from hosts with nothing to
-        correlate) is written with a few executemany calls; the rest event by event."""
-        try:
-            return self._ingest(messages)
-        except Exception:
-            # The transaction rolled back: forget what the caches learnt inside it, or a
-            # retry of the batch would skip (say) a first contact that was never stored.
-            self._contacts.clear()
-            self._slow_checked.clear()
-            self._no_reads_until.clear()
-            raise
-
-    def _ingest(self, messages: Iterable[tuple[str, bytes]]) -> dict[str, int]:
-        counts = {"stored": 0, "duplicates": 0, "rejected": 0}
-        codes: dict[str, int] = {}
-        now = self.clock()
-        with self.store.tx() as conn:
-            valid: list[Event] = []
-            for topic, payload in messages:
-                checked = validate(topic, payload)
-                if isinstance(checked, Rejection):
-                    self.store.dead_letter(conn, topic, checked.reason, payload, now)
-                    codes[checked.code] = codes.get(checked.code, 0) + 1
-                    counts["rejected"] += 1
-                else:
-                    valid.append(checked)
-            seen = self.store.existing_ids(conn, [e.id for e in valid])
-            fresh: list[Event] = []
-            for ev in valid:
-                if ev.id in seen:
-                    counts["duplicates"] += 1
-                else:
-                    seen.add(ev.id)
-                    fresh.append(ev)
-            self.store.insert_events(conn, fresh, now)
-            counts["stored"] = len(fresh)
-            plain_hosts: dict[str, dict[str, Any]] = {}
-            plain_rows: list[dict[str, Any]] = []
-            careful = []
-            for ev in fresh:
-                rows = self._plain_rows(conn, ev) if isinstance(ev.data, EgressSample) else None
-                if rows is None or not isinstance(ev.data, EgressSample):
-                    careful.append(ev)
-                    continue
-                prev = plain_hosts.get(ev.host)
-                if prev is None or ev.seq > prev["seq"]:
-                    plain_hosts[ev.host] = {"host": ev.host, "seq": ev.seq, "egress_bps": egress_bps(ev.data)}
-                plain_rows.extend({"host": ev.host, **r} for r in rows)
-            self.store.touch_hosts(conn, sorted(plain_hosts.values(), key=lambda r: r["host"]), now)
-            if plain_rows:
-                self.store.add_egress_rows(conn, plain_rows)
-                for r in plain_rows:
-                    if not r["allowed"]:
-                        self._first_contacts(conn, r["host"], [r], r["ts"])
-            for ev in careful:
-                try:
-                    with conn.begin_nested():
-                        self.apply(conn, ev, now)
-                except Exception as exc:  # noqa: BLE001 - the event is kept; its correlation failure is counted
-                    codes["correlation_errors"] = codes.get("correlation_errors", 0) + 1
-                    self.errors.append(f"{ev.type} {ev.id}: {exc!r}"[:500])
-            for name, value in {**counts, **codes}.items():
-                if value:
-                    self.store.bump(conn, name, value)
-        return counts
-
-    def _plain_rows(self, conn: Connection, ev: Event) -> list[dict[str, Any]] | None:
-        """A sample's rows if it needs no correlation (its host read no weights lately), else None.
-
-        Values are range-checked first, so no input can make the database refuse a
-        statement (which, on PostgreSQL, would abort the whole batch).
-        """
-        rows = egress_rows(ev)
-        outward = [r for r in rows if not r["allowed"]]
-        if outward and (self._maybe_reads(conn, ev.host, ev.ts) or self._slow_due(ev.host, outward, ev.ts)):
-            return None
-        return rows
-
-    def _maybe_reads(self, conn: Connection, host: str, ts: float) -> bool:
-        # A "no" is remembered for a few seconds; the sweep re-checks recent uploads, so a read
-        # reported meanwhile (perhaps to another collector) is still correlated.
-        until = self._no_reads_until.get(host, 0.0)
-        if now_mono() < until:
-            return False
-        if self.store.has_reads(conn, host, ts - self.tune.window_s):
-            return True
-        self._no_reads_until[host] = now_mono() + NO_READS_CACHE_S
-        return False
-
-    def _slow_due(self, host: str, outward: list[dict[str, Any]], ts: float) -> list[str]:
-        """Destinations whose slow-exfiltration check is due (once a minute each)."""
-        return [a for a in sorted({r["address"] for r in outward})
-                if ts - self._slow_checked.get((host, a), -1e18) >= SLOW_EVERY_S]
+        self._init_caches()
 
     def _evaluate_chunked(self, conn: Connection, host: str, exe: str, ts: float, now: float) -> None:
         since = ts - self.tune.chunk_window_s
         self.upsert(conn, correlate.chunked(host, exe, self.store.egress_where(conn, host, "exe", exe, since),
                                             self.store.reads_on_host(conn, host, since), self.tune), now)
-
-    def _first_contacts(self, conn: Connection, host: str, outward: list[dict[str, Any]], ts: float) -> None:
-        for r in outward:
-            contact = (host, r["exe"], r["address"])
-            if contact not in self._contacts:
-                self.store.first_contact(conn, host, r["exe"], r["address"], ts)
-                self._contacts.add(contact)
 
     def upsert(self, conn: Connection, draft: Draft | None, now: float) -> None:
         if draft is not None:
@@ -308,41 +201,6 @@ class Pipeline:
         elif now - h["gap_seen_at"] >= self.tune.gap_grace_s:
             self.upsert(conn, correlate.gap(host, missing, now), now)
             self.store.update_host(conn, host, seq_contig=top, gap_seen_at=None)
-
-
-def now_mono() -> float:
-    return time.monotonic()
-
-
-def egress_bps(data: EgressSample) -> float:
-    """The host's egress rate in a sample: all interfaces' bytes over the interval."""
-    wire = sum(i.tx_bytes for i in data.interfaces)
-    return wire * 8 / max(data.interval_s, 1e-3)
-
-
-def egress_rows(ev: Event) -> list[dict[str, Any]]:
-    """An egress sample's per-destination rows (the model has range-checked every value)."""
-    data = ev.data
-    if not isinstance(data, EgressSample):
-        return []
-    interval = max(data.interval_s, 1e-3)
-    rows = []
-    for proc in data.processes:
-        for dest in proc.destinations:
-            if dest.tx_bytes == 0:
-                continue
-            rows.append({"pid": proc.pid, "ppid": proc.ppid, "exe": proc.exe or "", "name": proc.name or "",
-                         "uid": proc.uid, "address": dest.address, "port": dest.port,
-                         "allowed": int(dest.allowed), "bytes": dest.tx_bytes, "ts": ev.ts,
-                         "rate_bps": proc.tx_bytes * 8 / interval, "event_id": ev.id, "pipes": pipe_key(proc.pipes)})
-    return rows
-
-
-def pipe_key(pipes: list[int]) -> str | None:
-    """Pipe inodes as '|1|2|' so one LIKE finds a shared one."""
-    if not pipes:
-        return None
-    return "|" + "|".join(str(p) for p in pipes[:50]) + "|"
 
 
 def load_stream(path: str) -> list[tuple[str, bytes]]:

@@ -1,18 +1,23 @@
 """``weightwarden-collector run``: subscribe, validate, store, correlate.
 
-Tasks in one TaskGroup. The message queue is owned by the service: the MQTT
-task fills it, the ingest task alone drains it in batches (one database
-transaction each). The sweeper looks for silent agents and sequence gaps,
-and re-evaluates recent uploads so collectors sharing a database converge.
-With ``--shared-group`` the subscription is an MQTT v5 shared subscription
-(``$share/GROUP/weightwarden/v1/#``): the broker spreads messages over every
-collector in the group.
+Tasks in one TaskGroup. The :class:`~flow.Inbox` is owned by the service: the
+MQTT task fills it (and stops reading the broker while it is full), the ingest
+task alone drains it in batches (one database transaction each; the larger the
+backlog, the larger the batch, up to a count and a byte limit). The sweeper
+looks for silent agents and sequence gaps, and re-evaluates recent uploads so
+collectors sharing a database converge; retention runs beside it; the reporter
+writes this collector's backlog to the database and says in the log when it
+is behind. With ``--shared-group`` the subscription is an MQTT v5 shared
+subscription (``$share/GROUP/weightwarden/v1/#``): the broker spreads messages
+over every collector in the group.
 
 Messages are acknowledged (PUBACK) only once their batch is committed: a
 collector that crashes, or whose database is away, leaves them with the broker,
 which sends them again to the same session (a stable client id, default
 ``weightwarden-collector-<hostname>``) when the collector is back. Redelivered
-events keep their id and are stored once.
+events keep their id and are stored once. A message that cannot be stored is
+a dead letter, committed and acknowledged like the rest: only the database
+being away holds a batch back.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import os
 import random
 import signal
 import socket
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -33,21 +39,32 @@ from paho.mqtt.properties import Properties
 
 from weightwarden import logs
 from weightwarden.asyncutil import wait_for_stop
-from weightwarden.mqtt import MqttSettings
+from weightwarden.collector import __version__
+from weightwarden.collector.batching import DatabaseAway
+from weightwarden.collector.flow import MAX_PACKET, Held, Inbox, ReadGate
 from weightwarden.collector.pipeline import Pipeline
+from weightwarden.collector.retention import Retention
+from weightwarden.collector.retention import run as run_retention
+from weightwarden.mqtt import MqttSettings
 
 TOPIC = "weightwarden/v1/#"
-BATCH = 500
 SESSION_EXPIRY_S = 300
+BEHIND_S = 5.0  # a message waiting longer than this in the collector: it is behind, and says so
+REPORT_EVERY_S = 5.0
+RETENTION_EVERY_S = 60.0
 
 
 @dataclass
 class ServiceConfig:
     broker: MqttSettings
     shared_group: str | None = None
-    retention_s: float = 30 * 86400.0
+    retention: Retention = field(default_factory=Retention)
     sweep_every_s: float = 1.0
     client_id: str | None = None
+    queue_max_bytes: int = 64 << 20
+    queue_max_messages: int = 20_000  # also the MQTT Receive Maximum: unacknowledged messages we accept
+    batch_max_messages: int = 5_000
+    batch_max_bytes: int = 4 << 20
 
 
 class CollectorService:
@@ -55,38 +72,50 @@ class CollectorService:
         self.cfg = cfg
         self.pipeline = pipeline
         self.log = logs.get("collector")
-        # (topic, payload, send its PUBACK): acknowledged after the commit, not on arrival.
-        self.queue: asyncio.Queue[tuple[str, bytes, Callable[[], object] | None]] = asyncio.Queue(maxsize=50_000)
+        self.inbox = Inbox(cfg.queue_max_messages, cfg.queue_max_bytes)
         self.stop = asyncio.Event()
         self.received = 0
+        self.stored = 0
+        self.batches = 0
+        self.last_batch = 0
         self.connected = asyncio.Event()
+        self.gate: ReadGate | None = None
+        self.ident = cfg.client_id or f"weightwarden-collector-{socket.gethostname()}"
+        self.started_at = time.time()
 
     def topic(self) -> str:
         return f"$share/{self.cfg.shared_group}/{TOPIC}" if self.cfg.shared_group else TOPIC
 
-    async def _mqtt(self) -> None:
+    def _client(self) -> aiomqtt.Client:
         s = self.cfg.broker
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        # A persistent session: if the connection drops, the broker keeps queueing QoS 1 messages
+        # for us and hands them over when we are back.
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        # The broker sends nothing bigger than we accept (bigger cannot be stored anyway), and no more
+        # unacknowledged messages than the inbox holds.
+        props.MaximumPacketSize = MAX_PACKET
+        props.ReceiveMaximum = min(65535, self.cfg.queue_max_messages)
+        return aiomqtt.Client(
+            s.host, s.port, username=s.username, password=s.password, identifier=self.ident,
+            protocol=aiomqtt.ProtocolVersion.V5, keepalive=s.keepalive, clean_start=False,
+            properties=props, tls_context=s.ssl_context() if s.tls else None, timeout=10,
+        )
+
+    async def _mqtt(self) -> None:
         backoff = 0.5
-        # Stable across restarts, so a restarted collector resumes its session and gets what it had not
-        # acknowledged. Several collectors on one host need --client-id each.
-        ident = self.cfg.client_id or f"weightwarden-collector-{socket.gethostname()}"
+        loop = asyncio.get_running_loop()
         while not self.stop.is_set():
             try:
-                # A persistent session: if the connection drops, the broker keeps queueing
-                # QoS 1 messages for us and hands them over when we are back.
-                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-                props.SessionExpiryInterval = SESSION_EXPIRY_S
-                client = aiomqtt.Client(
-                    s.host, s.port, username=s.username, password=s.password, identifier=ident,
-                    protocol=aiomqtt.ProtocolVersion.V5, keepalive=s.keepalive, clean_start=False,
-                    properties=props, tls_context=s.ssl_context() if s.tls else None, timeout=10,
-                )
+                client = self._client()
                 # aiomqtt has no manual acknowledgement of its own; paho's, on its client, before
                 # connecting (a resumed session delivers at once).
                 paho_client = client._client
                 paho_client.manual_ack_set(True)
                 async with client:
+                    self.gate = ReadGate(client, loop)
                     await client.subscribe(self.topic(), qos=1)
+                    s = self.cfg.broker
                     self.log.info("collector_subscribed", topic=self.topic(), broker=f"{s.host}:{s.port}")
                     self.connected.set()
                     backoff = 0.5
@@ -94,8 +123,13 @@ class CollectorService:
                         payload = message.payload if isinstance(message.payload, bytes) else \
                             str(message.payload).encode()
                         ack = functools.partial(paho_client.ack, message.mid, message.qos) if message.qos else None
-                        await self.queue.put((str(message.topic), payload, ack))
+                        self.inbox.put(Held(str(message.topic), payload, ack))
                         self.received += 1
+                        if self.inbox.full:
+                            # Stop reading: TCP, then the broker, hold the rest until there is room.
+                            self.gate.pause()
+                            await self.inbox.wait_room()
+                            self.gate.resume()
                         if self.stop.is_set():
                             break
             except aiomqtt.MqttError as exc:
@@ -105,52 +139,98 @@ class CollectorService:
                 backoff = min(backoff * 2, 30.0)
 
     async def _ingest(self) -> None:
-        while not (self.stop.is_set() and self.queue.empty()):
-            try:
-                first = await asyncio.wait_for(self.queue.get(), timeout=0.5)
-            except TimeoutError:
+        while not (self.stop.is_set() and not len(self.inbox)):
+            batch = await self.inbox.take(self.cfg.batch_max_messages, self.cfg.batch_max_bytes, 0.5)
+            if not batch:
                 continue
-            batch = [first]
-            while len(batch) < BATCH and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            await self._ingest_until_stored(batch)
+            try:
+                await self._ingest_until_stored(batch)
+            finally:
+                self.inbox.release(batch)
 
-    async def _ingest_until_stored(self, batch: list[tuple[str, bytes, Callable[[], object] | None]]) -> None:
-        """Store a batch, retrying while the database is away: the events were already
-        acknowledged to the broker, so dropping them here would lose them. Bad content
-        cannot fail a batch (the pipeline dead-letters and isolates it per event); what
+    async def _ingest_until_stored(self, batch: list[Held]) -> None:
+        """Store a batch, retrying while the database is away: dropping the batch would lose it.
+        Bad content cannot fail a batch (the pipeline dead-letters what it cannot store); what
         fails is the database, and meanwhile nothing is acknowledged, so the broker holds the rest.
         After a stop that gives up, the broker still has the batch: nothing was acknowledged."""
         delay = 0.5
+        messages = [(h.topic, h.payload) for h in batch]
         for attempt in itertools.count(1):
             try:
-                await asyncio.to_thread(self.pipeline.ingest, [(topic, payload) for topic, payload, _ in batch])
-                for _topic, _payload, ack in batch:
-                    if ack is not None:
-                        ack()  # on the connection it came by; if that is gone, the broker resends it
-                if attempt > 1:
-                    self.log.info("ingest_recovered", attempts=attempt, events=len(batch))
-                return
-            except Exception as exc:  # noqa: BLE001 - the database may be away; the collector stays
+                counts = await asyncio.to_thread(self.pipeline.ingest, messages)
+            except Exception as exc:  # noqa: BLE001 - the database is away (or a bug): the collector stays
                 if self.stop.is_set() and attempt >= 3:
-                    self.log.error("ingest_abandoned_at_stop", error=repr(exc), unacknowledged=len(batch))
+                    self.log.error("ingest_abandoned_at_stop", error=str(exc), unacknowledged=len(batch))
                     return
-                self.log.error("ingest_failed", error=repr(exc), attempt=attempt, kept=len(batch),
-                               queued=self.queue.qsize(), retry_in_s=round(delay, 1))
+                event = "ingest_failed" if isinstance(exc, DatabaseAway) else "ingest_bug"
+                self.log.error(event, error=str(exc) if isinstance(exc, DatabaseAway) else repr(exc)[:500],
+                               attempt=attempt, kept=len(batch), queued=len(self.inbox),
+                               retry_in_s=round(delay, 1))
                 await wait_for_stop(self.stop, delay)
                 delay = min(delay * 2, 30.0)
+                continue
+            for held in batch:
+                if held.ack is not None:
+                    held.ack()  # on the connection it came by; if that is gone, the broker resends it
+            self.stored += counts["stored"]
+            self.batches += 1
+            self.last_batch = len(batch)
+            if attempt > 1:
+                self.log.info("ingest_recovered", attempts=attempt, events=len(batch))
+            return
 
     async def _sweeper(self) -> None:
-        last_purge = 0.0
         while not self.stop.is_set():
             try:
                 await asyncio.to_thread(self.pipeline.sweep)
-                if time.time() - last_purge > 600:
-                    last_purge = time.time()
-                    await asyncio.to_thread(self.pipeline.store.purge, self.cfg.retention_s)
             except Exception as exc:  # noqa: BLE001
-                self.log.error("sweep_failed", error=repr(exc))
+                self.log.error("sweep_failed", error=repr(exc)[:500])
             await wait_for_stop(self.stop, self.cfg.sweep_every_s)
+
+    async def _retention(self) -> None:
+        await wait_for_stop(self.stop, 5.0)
+        while not self.stop.is_set():
+            try:
+                removed = await asyncio.to_thread(run_retention, self.pipeline.store, self.cfg.retention)
+                if any(removed.values()):
+                    self.log.info("retention", **removed)
+            except Exception as exc:  # noqa: BLE001
+                self.log.error("retention_failed", error=repr(exc)[:500])
+            await wait_for_stop(self.stop, RETENTION_EVERY_S)
+
+    def status(self, rate: float) -> dict[str, Any]:
+        return {"client_id": self.ident, "hostname": socket.gethostname(), "pid": os.getpid(),
+                "version": __version__, "started_at": self.started_at, "updated_at": time.time(),
+                "received": self.received, "stored": self.stored, "queued": self.inbox.held,
+                "queued_bytes": self.inbox.held_bytes, "backlog_s": round(self.inbox.oldest_age(), 3),
+                "paused": int(bool(self.gate and self.gate.paused)), "rate": round(rate, 1),
+                "batch": self.last_batch}
+
+    async def _reporter(self) -> None:
+        """Every few seconds: this collector's numbers into the database, and a log line while behind."""
+        last_stored, last_t, behind = self.stored, time.monotonic(), False
+        while not self.stop.is_set():
+            await wait_for_stop(self.stop, REPORT_EVERY_S)
+            now = time.monotonic()
+            rate = (self.stored - last_stored) / max(now - last_t, 1e-3)
+            last_stored, last_t = self.stored, now
+            status = self.status(rate)
+            if status["backlog_s"] > BEHIND_S or status["paused"]:
+                behind = True
+                self.log.warning("ingest_behind", backlog_s=status["backlog_s"], queued=status["queued"],
+                                 queued_bytes=status["queued_bytes"], paused=bool(status["paused"]),
+                                 events_per_s=status["rate"], batch=status["batch"])
+            elif behind:
+                behind = False
+                self.log.info("ingest_caught_up", events_per_s=status["rate"])
+            try:
+                await asyncio.to_thread(self._report, status)
+            except Exception as exc:  # noqa: BLE001 - the database may be away; ingest says so already
+                self.log.debug("report_failed", error=repr(exc)[:300])
+
+    def _report(self, status: dict[str, Any]) -> None:
+        with self.pipeline.store.tx() as conn:
+            self.pipeline.store.report_collector(conn, status)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -160,6 +240,8 @@ class CollectorService:
             mqtt = tg.create_task(self._mqtt())
             tg.create_task(self._ingest())
             tg.create_task(self._sweeper())
+            tg.create_task(self._retention())
+            tg.create_task(self._reporter())
             await self.stop.wait()
             mqtt.cancel()
         return 0

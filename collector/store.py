@@ -4,6 +4,12 @@ Everything correlation needs lives here, not in a collector's memory, so
 several collectors sharing one PostgreSQL reach the same alerts. Writes are
 idempotent: an event is stored once by id; weight reads and alerts are
 upserts keyed by what they describe.
+
+Egress is kept twice over: raw rows (one per sample, process and destination)
+for a short window, then one row per minute, host, process and destination
+(``egress_minute``, folded by :mod:`retention`). Every egress query reads
+both, so detections see the same totals whichever form the rows are in.
+Schema and migrations: :mod:`schema`; retention: :mod:`retention`.
 """
 
 from __future__ import annotations
@@ -12,106 +18,93 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from weightwarden.collector import schema
+from weightwarden.collector.schema import StoreError, normalize_url, safe_url
 from weightwarden.events import Event
 
 SEVERITY_RANK = {"low": 1, "medium": 2, "high": 3, "critical": 4}
-
-MIGRATIONS: list[list[str]] = [
-    [  # 1: the first schema
-        """CREATE TABLE events (id TEXT PRIMARY KEY, host TEXT NOT NULL, seq BIGINT NOT NULL,
-             ts DOUBLE PRECISION NOT NULL, type TEXT NOT NULL, data TEXT NOT NULL, received_at DOUBLE PRECISION NOT NULL)""",
-        "CREATE INDEX events_host_seq ON events(host, seq)",
-        "CREATE INDEX events_ts ON events(ts)",
-        """CREATE TABLE dead_letters (id {serial}, received_at DOUBLE PRECISION NOT NULL, topic TEXT,
-             reason TEXT NOT NULL, payload TEXT)""",
-        """CREATE TABLE hosts (host TEXT PRIMARY KEY, first_seen DOUBLE PRECISION, last_seen DOUBLE PRECISION,
-             status TEXT, seq_max BIGINT DEFAULT 0, seq_contig BIGINT DEFAULT 0, gap_seen_at DOUBLE PRECISION,
-             policy TEXT, policy_digest TEXT, backend TEXT, rules_in_force INTEGER, caps INTEGER,
-             egress_bps DOUBLE PRECISION DEFAULT 0, weights_bytes BIGINT DEFAULT 0,
-             last_heartbeat DOUBLE PRECISION, heartbeat_interval DOUBLE PRECISION, lost_at DOUBLE PRECISION)""",
-        """CREATE TABLE weight_reads (host TEXT NOT NULL, pid BIGINT NOT NULL, ppid BIGINT, exe TEXT, name TEXT,
-             uid BIGINT, path TEXT NOT NULL, kind TEXT NOT NULL, bytes BIGINT NOT NULL, first_ts DOUBLE PRECISION NOT NULL,
-             ts DOUBLE PRECISION NOT NULL, staged_of TEXT, event_id TEXT, pipes TEXT,
-             PRIMARY KEY (host, pid, path, kind, first_ts))""",
-        "CREATE INDEX weight_reads_host_ts ON weight_reads(host, ts)",
-        """CREATE TABLE egress (host TEXT NOT NULL, pid BIGINT NOT NULL, ppid BIGINT, exe TEXT, name TEXT,
-             uid BIGINT, address TEXT NOT NULL, port INTEGER, allowed INTEGER NOT NULL, bytes BIGINT NOT NULL,
-             ts DOUBLE PRECISION NOT NULL, rate_bps DOUBLE PRECISION, event_id TEXT NOT NULL, pipes TEXT,
-             received_at DOUBLE PRECISION)""",
-        "CREATE INDEX egress_host_ts ON egress(host, ts)",
-        "CREATE INDEX egress_received ON egress(received_at)",
-        "CREATE INDEX egress_host_pid ON egress(host, pid)",
-        """CREATE TABLE history (host TEXT NOT NULL, exe TEXT NOT NULL, address TEXT NOT NULL,
-             first_seen DOUBLE PRECISION NOT NULL, PRIMARY KEY (host, exe, address))""",
-        """CREATE TABLE alerts (key TEXT PRIMARY KEY, id TEXT NOT NULL, host TEXT NOT NULL, kind TEXT NOT NULL,
-             severity TEXT NOT NULL, severity_rank INTEGER NOT NULL, state TEXT NOT NULL, title TEXT NOT NULL,
-             explanation TEXT NOT NULL, evidence TEXT NOT NULL, first_ts DOUBLE PRECISION NOT NULL,
-             last_ts DOUBLE PRECISION NOT NULL, created_at DOUBLE PRECISION NOT NULL,
-             updated_at DOUBLE PRECISION NOT NULL, count INTEGER NOT NULL DEFAULT 1,
-             acked_by TEXT, acked_at DOUBLE PRECISION, resolved_by TEXT, resolved_at DOUBLE PRECISION)""",
-        "CREATE INDEX alerts_state ON alerts(state, severity_rank)",
-        "CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
-    ],
-]
+EGRESS_COLUMNS = ("host", "pid", "ppid", "exe", "name", "uid", "address", "port", "allowed", "bytes", "ts", "rate_bps",
+                  "event_id", "pipes", "received_at", "dns_name", "user_name")
+_COLS = ", ".join(EGRESS_COLUMNS)
+DEAD_LETTER_MAX_ROWS = 10_000
+DEAD_LETTER_MAX_BYTES = 8 << 20
 
 
-def normalize_url(url: str) -> str:
-    """sqlite:///PATH as is; postgresql:// goes through psycopg 3."""
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
+def _both(where: str) -> str:
+    """Raw and per-minute egress rows matching ``where`` (which may use :s, the start), oldest first.
+    ``minute >= :s - 60`` lets the per-minute table's (host, minute, ...) key find the range."""
+    return (f"SELECT {_COLS} FROM egress WHERE {where} UNION ALL "
+            f"SELECT {_COLS} FROM egress_minute WHERE {where} AND minute >= :s - 60")
 
 
 class Store:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(normalize_url(url), pool_pre_ping=True)
-        self.dialect = self.engine.dialect.name
-        if self.dialect == "sqlite":
-            @event.listens_for(self.engine, "connect")
-            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-                cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=NORMAL")
-                cur.execute("PRAGMA busy_timeout=10000")
-                cur.close()
-        self.migrate()
+    """One database. ``Store(url)`` creates and migrates (the collector, tests); read commands
+    use ``Store(url, read_only=True, migrate=False)``, which creates nothing and refuses a schema
+    it does not know. Errors in opening are :class:`StoreError` with a one-line message."""
 
-    def migrate(self) -> None:
-        serial = "BIGSERIAL PRIMARY KEY" if self.dialect == "postgresql" else "INTEGER PRIMARY KEY AUTOINCREMENT"
-        with self.engine.begin() as conn:
-            if self.dialect == "postgresql":
-                # Two collectors starting together must not both migrate.
-                conn.execute(text("SELECT pg_advisory_xact_lock(7757)"))
-            conn.execute(text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"))
-            row = conn.execute(text("SELECT max(version) FROM schema_version")).scalar()
-            current = int(row or 0)
-            for number, statements in enumerate(MIGRATIONS, start=1):
-                if number <= current:
-                    continue
-                for stmt in statements:
-                    conn.execute(text(stmt.format(serial=serial)))
-                conn.execute(text("INSERT INTO schema_version(version) VALUES (:v)"), {"v": number})
+    def __init__(self, url: str, *, read_only: bool = False, migrate: bool = True) -> None:
+        self.url = url
+        self.read_only = read_only
+        self.engine: Engine = schema.make_engine(url, read_only=read_only, create=migrate and not read_only)
+        self.dialect = self.engine.dialect.name
+        if migrate and not read_only:
+            schema.migrate(self.engine, url)
+        else:
+            schema.check_version(self.engine, url)
+
+    def __repr__(self) -> str:
+        return f"Store({safe_url(self.url)!r})"
+
+    def migrate(self) -> tuple[int, int]:
+        return schema.migrate(self.engine, self.url)
 
     @contextmanager
     def tx(self) -> Iterator[Connection]:
         with self.engine.begin() as conn:
             yield conn
 
+    # -- is the database there? ----------------------------------------------
+
+    @staticmethod
+    def is_outage(exc: BaseException) -> bool:
+        """Errors that say the database is away or busy (worth retrying), as opposed to errors
+        a particular statement's data caused. Operational errors can be either (SQLite's "too
+        many SQL variables" is one): :meth:`reachable` tells them apart."""
+        if isinstance(exc, (DisconnectionError, PoolTimeout, InterfaceError)):
+            return True
+        return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+    def reachable(self) -> bool:
+        """Can we write at all right now? (A read alone would pass while another writer holds SQLite.)"""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(text("INSERT INTO meta(key, value) VALUES ('probe', '0') "
+                                  "ON CONFLICT (key) DO UPDATE SET value = meta.value"))
+            return True
+        except Exception:  # noqa: BLE001 - any failure here means "not now"
+            return False
+
+    def transient(self, exc: BaseException) -> bool:
+        """Retry the batch (True) or look for the event that cannot be stored (False)."""
+        if self.is_outage(exc):
+            return True
+        if isinstance(exc, OperationalError):
+            return not self.reachable()
+        return False
+
     # -- ingest ------------------------------------------------------------
 
     @staticmethod
     def existing_ids(conn: Connection, ids: list[str]) -> set[str]:
         found: set[str] = set()
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
+        for i in range(0, len(ids), 1000):
+            chunk = ids[i:i + 1000]
             params = {f"i{n}": v for n, v in enumerate(chunk)}
             found.update(conn.execute(text(f"SELECT id FROM events WHERE id IN ({', '.join(':' + k for k in params)})"),
                                       params).scalars())
@@ -139,10 +132,37 @@ class Store:
                 [{"h": r["host"], "seq": r["seq"], "bps": r.get("egress_bps"), "now": now} for r in rows])
 
     @staticmethod
-    def dead_letter(conn: Connection, topic: str, reason: str, payload: bytes, now: float) -> None:
-        conn.execute(text("INSERT INTO dead_letters(received_at, topic, reason, payload) VALUES (:t, :topic, :r, :p)"),
-                     {"t": now, "topic": topic[:300], "r": reason[:500],
-                      "p": payload[:1000].decode("utf-8", errors="replace")})
+    def dead_letter(conn: Connection, topic: str, reason: str, payload: bytes, now: float,
+                    code: str | None = None) -> None:
+        Store.dead_letters(conn, [(topic, reason, payload, code or "rejected")], now)
+
+    @staticmethod
+    def dead_letters(conn: Connection, rows: list[tuple[str, str, bytes, str]], now: float) -> None:
+        """Rejected messages as (topic, reason, payload, code): what was wrong, and the start of
+        the payload, made storable (no NUL, no invalid UTF-8: PostgreSQL TEXT takes neither)."""
+        if rows:
+            conn.execute(text("INSERT INTO dead_letters(received_at, topic, reason, payload, code, size) "
+                              "VALUES (:t, :topic, :r, :p, :c, :n)"),
+                         [{"t": now, "topic": _printable(topic, 300), "r": _printable(reason, 500),
+                           "p": _printable(payload[:1000], 4000), "c": code, "n": len(payload)}
+                          for topic, reason, payload, code in rows])
+
+    @staticmethod
+    def trim_dead_letters(conn: Connection, max_rows: int = DEAD_LETTER_MAX_ROWS,
+                          max_bytes: int = DEAD_LETTER_MAX_BYTES) -> int:
+        """Keep the newest dead letters within both bounds; the rest go (and are counted)."""
+        cut = conn.execute(text("SELECT id FROM dead_letters ORDER BY id DESC LIMIT 1 OFFSET :n"),
+                           {"n": max_rows}).scalar()
+        over = conn.execute(text(
+            "SELECT max(id) FROM (SELECT id, sum(length(payload) + length(reason) + coalesce(length(topic), 0)) "
+            "OVER (ORDER BY id DESC) AS total FROM dead_letters) t WHERE total > :b"), {"b": max_bytes}).scalar()
+        limit = max(int(cut or 0), int(over or 0))
+        if not limit:
+            return 0
+        gone = int(conn.execute(text("DELETE FROM dead_letters WHERE id <= :i"), {"i": limit}).rowcount or 0)
+        if gone:
+            Store.bump(conn, "dead_letters_pruned", gone)
+        return gone
 
     @staticmethod
     def bump(conn: Connection, name: str, by: int = 1) -> None:
@@ -157,12 +177,7 @@ class Store:
     @staticmethod
     def touch_host(conn: Connection, host: str, seq: int, ts: float, now: float,
                    egress_bps: float | None = None) -> None:
-        conn.execute(text(
-            "INSERT INTO hosts(host, first_seen, last_seen, status, seq_max, seq_contig, egress_bps) "
-            "VALUES (:h, :now, :now, 'online', :seq, 0, :bps) ON CONFLICT (host) DO UPDATE SET "
-            "last_seen = :now, seq_max = CASE WHEN hosts.seq_max > :seq THEN hosts.seq_max ELSE :seq END, "
-            "egress_bps = CASE WHEN :bps IS NULL THEN hosts.egress_bps ELSE :bps END"),
-            {"h": host, "now": now, "seq": seq, "bps": egress_bps})
+        Store.touch_hosts(conn, [{"host": host, "seq": seq, "egress_bps": egress_bps}], now)
 
     @staticmethod
     def update_host(conn: Connection, host: str, **fields: Any) -> None:
@@ -181,6 +196,38 @@ class Store:
     def hosts(self) -> list[dict[str, Any]]:
         with self.tx() as conn:
             return [dict(r) for r in conn.execute(text("SELECT * FROM hosts ORDER BY host")).mappings()]
+
+    @staticmethod
+    def upsert_processes(conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Who each process is (user, command line, container), once per process, not per sample:
+        rows of {host, pid, exe, ppid, name, uid, user_name, cmdline, cgroup, container, start_time, ts}."""
+        if rows:
+            conn.execute(text(
+                "INSERT INTO processes(host, pid, exe, ppid, name, uid, user_name, cmdline, cgroup, container, "
+                "start_time, first_seen, last_seen) VALUES (:host, :pid, :exe, :ppid, :name, :uid, :user_name, "
+                ":cmdline, :cgroup, :container, :start_time, :ts, :ts) ON CONFLICT (host, pid, exe) DO UPDATE SET "
+                "ppid = excluded.ppid, name = excluded.name, uid = excluded.uid, "
+                "user_name = coalesce(excluded.user_name, processes.user_name), "
+                "cmdline = coalesce(excluded.cmdline, processes.cmdline), "
+                "cgroup = coalesce(excluded.cgroup, processes.cgroup), "
+                "container = coalesce(excluded.container, processes.container), "
+                "start_time = coalesce(excluded.start_time, processes.start_time), "
+                "last_seen = CASE WHEN processes.last_seen > excluded.last_seen THEN processes.last_seen "
+                "  ELSE excluded.last_seen END"),
+                sorted(rows, key=lambda r: (r["host"], r["pid"], r["exe"])))
+
+    @staticmethod
+    def process(conn: Connection, host: str, pid: int, exe: str | None = None) -> dict[str, Any] | None:
+        """A process's user, command line (a list) and container, as last reported."""
+        sql = "SELECT * FROM processes WHERE host=:h AND pid=:p" + (" AND exe=:e" if exe is not None else "")
+        row = conn.execute(text(sql + " ORDER BY last_seen DESC LIMIT 1"), {"h": host, "p": pid, "e": exe}
+                           ).mappings().first()
+        if row is None:
+            return None
+        out = dict(row)
+        out["cmdline"] = json.loads(out["cmdline"]) if out.get("cmdline") else []
+        out["container"] = json.loads(out["container"]) if out.get("container") else None
+        return out
 
     # -- correlation state --------------------------------------------------
 
@@ -203,17 +250,34 @@ class Store:
     def add_egress_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
         """Egress rows that each carry their host."""
         if rows:
+            now = time.time()
             conn.execute(text(
                 "INSERT INTO egress(host, pid, ppid, exe, name, uid, address, port, allowed, bytes, ts, rate_bps, "
-                "event_id, pipes, received_at) VALUES (:host, :pid, :ppid, :exe, :name, :uid, :address, :port, "
-                ":allowed, :bytes, :ts, :rate_bps, :event_id, :pipes, :received_at)"),
-                [{"received_at": time.time(), **r} for r in rows])
+                "event_id, pipes, received_at, dns_name, user_name) VALUES (:host, :pid, :ppid, :exe, :name, :uid, "
+                ":address, :port, :allowed, :bytes, :ts, :rate_bps, :event_id, :pipes, :received_at, :dns_name, "
+                ":user_name)"),
+                [{"received_at": now, "dns_name": None, "user_name": None, **r} for r in rows])
 
     @staticmethod
     def first_contact(conn: Connection, host: str, exe: str, address: str, ts: float) -> bool:
-        res = conn.execute(text("INSERT INTO history(host, exe, address, first_seen) VALUES (:h, :e, :a, :t) "
-                                "ON CONFLICT (host, exe, address) DO NOTHING"), {"h": host, "e": exe, "a": address, "t": ts})
+        res = conn.execute(text("INSERT INTO history(host, exe, address, first_seen, last_seen) "
+                                "VALUES (:h, :e, :a, :t, :t) ON CONFLICT (host, exe, address) DO NOTHING"),
+                           {"h": host, "e": exe, "a": address, "t": ts})
         return bool(res.rowcount)
+
+    @staticmethod
+    def touch_contacts(conn: Connection, rows: list[tuple[str, str, str, float, float]]) -> None:
+        """(host, exe, address, first ts, last ts) of contacts: new ones recorded, known ones' first_seen
+        moved back (an earlier sample arriving late) and last_seen moved on (retention keeps them)."""
+        if rows:
+            conn.execute(text(
+                "INSERT INTO history(host, exe, address, first_seen, last_seen) VALUES (:h, :e, :a, :f, :l) "
+                "ON CONFLICT (host, exe, address) DO UPDATE SET "
+                "first_seen = CASE WHEN history.first_seen < excluded.first_seen THEN history.first_seen "
+                "  ELSE excluded.first_seen END, "
+                "last_seen = CASE WHEN history.last_seen > excluded.last_seen THEN history.last_seen "
+                "  ELSE excluded.last_seen END"),
+                [{"h": h, "e": e, "a": a, "f": f, "l": last} for h, e, a, f, last in sorted(rows)])
 
     @staticmethod
     def first_seen(conn: Connection, host: str, exe: str, address: str) -> float | None:
@@ -239,28 +303,54 @@ class Store:
             return []
         params = {f"p{i}": f"%|{n}|%" for i, n in enumerate(inodes[:20])}
         cond = " OR ".join(f"pipes LIKE :{k}" for k in params)
-        rows = conn.execute(text(f"SELECT DISTINCT pid FROM {table} WHERE host=:h AND ts>=:s AND ({cond})"),
-                            {"h": host, "s": since, **params}).scalars()
+        where = f"host=:h AND ts>=:s AND ({cond})"
+        sql = (f"SELECT DISTINCT pid FROM ({_both(where)}) e" if table == "egress"
+               else f"SELECT DISTINCT pid FROM weight_reads WHERE {where}")
+        rows = conn.execute(text(sql), {"h": host, "s": since, **params}).scalars()
         return [int(p) for p in rows]
 
     @staticmethod
     def children(conn: Connection, host: str, ppid: int, since: float) -> list[int]:
-        rows = conn.execute(text("SELECT DISTINCT pid FROM egress WHERE host=:h AND ppid=:p AND ts>=:s"),
+        rows = conn.execute(text(f"SELECT DISTINCT pid FROM ({_both('host=:h AND ppid=:p AND ts>=:s')}) e"),
                             {"h": host, "p": ppid, "s": since}).scalars()
         return [int(p) for p in rows]
 
     @staticmethod
     def egress_where(conn: Connection, host: str, column: str, value: Any, since: float) -> list[dict[str, Any]]:
-        """Non-allowlisted egress of a host since ``since`` where ``column`` (pid, exe, address) equals ``value``."""
+        """Non-allowlisted egress of a host since ``since`` where ``column`` (pid, exe, address) equals
+        ``value``: raw rows, and per-minute rows (``ts`` their last sample) for what is older."""
         assert column in ("pid", "exe", "address")
-        rows = conn.execute(text(f"SELECT * FROM egress WHERE host=:h AND {column}=:v AND allowed=0 AND ts>=:s "
-                                 "ORDER BY ts"), {"h": host, "v": value, "s": since}).mappings()
+        rows = conn.execute(text(f"{_both(f'host=:h AND {column}=:v AND allowed=0 AND ts>=:s')} ORDER BY ts"),
+                            {"h": host, "v": value, "s": since}).mappings()
         return [dict(r) for r in rows]
+
+    @staticmethod
+    def egress_total(conn: Connection, host: str, column: str, value: Any, since: float) -> tuple[int, float, float]:
+        """(bytes, first ts, last ts) of what egress_where would return, without fetching it."""
+        assert column in ("pid", "exe", "address")
+        row = conn.execute(text(f"SELECT sum(bytes), min(ts), max(ts) FROM "
+                                f"({_both(f'host=:h AND {column}=:v AND allowed=0 AND ts>=:s')}) e"),
+                           {"h": host, "v": value, "s": since}).first()
+        if row is None or row[0] is None:
+            return 0, 0.0, 0.0
+        return int(row[0]), float(row[1]), float(row[2])
 
     @staticmethod
     def has_reads(conn: Connection, host: str, since: float) -> bool:
         return conn.execute(text("SELECT 1 FROM weight_reads WHERE host=:h AND ts>=:s LIMIT 1"),
                             {"h": host, "s": since}).first() is not None
+
+    @staticmethod
+    def hosts_with_reads(conn: Connection, hosts: list[str], since: float) -> set[str]:
+        """Which of ``hosts`` have weight reads since ``since``: one query for a whole batch."""
+        found: set[str] = set()
+        for i in range(0, len(hosts), 1000):
+            chunk = hosts[i:i + 1000]
+            params = {f"h{n}": v for n, v in enumerate(chunk)}
+            found.update(conn.execute(text(
+                f"SELECT DISTINCT host FROM weight_reads WHERE ts >= :s AND host IN "
+                f"({', '.join(':' + k for k in params)})"), {"s": since, **params}).scalars())
+        return found
 
     @staticmethod
     def reads_on_host(conn: Connection, host: str, since: float) -> list[dict[str, Any]]:
@@ -270,7 +360,8 @@ class Store:
 
     @staticmethod
     def recent_senders(conn: Connection, received_since: float, reads_since: float) -> list[tuple[str, int, str, float]]:
-        """(host, pid, exe, latest ts) of non-allowlisted egress that arrived recently, on hosts with weight reads."""
+        """(host, pid, exe, latest ts) of non-allowlisted egress that arrived recently, on hosts with weight reads.
+        Raw rows only: what arrived within minutes is never folded yet."""
         rows = conn.execute(text(
             "SELECT e.host, e.pid, e.exe, max(e.ts) FROM egress e WHERE e.allowed=0 AND e.received_at>=:r "
             "AND EXISTS (SELECT 1 FROM weight_reads w WHERE w.host=e.host AND w.ts>=:w) GROUP BY e.host, e.pid, e.exe"),
@@ -347,20 +438,48 @@ class Store:
     # -- housekeeping --------------------------------------------------------
 
     def purge(self, horizon_s: float, now: float | None = None) -> dict[str, int]:
-        cutoff = (now or time.time()) - horizon_s
-        out = {}
-        with self.tx() as conn:
-            for table, col in (("events", "ts"), ("egress", "ts"), ("weight_reads", "ts"), ("dead_letters", "received_at")):
-                out[table] = int(conn.execute(text(f"DELETE FROM {table} WHERE {col} < :c"), {"c": cutoff}).rowcount)
-        return out
+        """Everything older than ``horizon_s`` (events, reads, egress in either form, dead letters),
+        in short batches. The collector's own schedule is :func:`retention.run`."""
+        from weightwarden.collector.retention import Retention, run
+
+        return run(self, Retention(events_s=horizon_s, raw_egress_s=horizon_s, egress_s=horizon_s), now)
 
     def count(self, table: str) -> int:
-        assert table in {"events", "dead_letters", "alerts", "egress", "weight_reads", "hosts"}
+        assert table in {"events", "dead_letters", "alerts", "egress", "egress_minute", "weight_reads", "hosts",
+                         "history", "processes"}
         with self.tx() as conn:
             return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() or 0)
+
+    # -- collectors --------------------------------------------------------------
+
+    @staticmethod
+    def report_collector(conn: Connection, status: dict[str, Any]) -> None:
+        """A running collector's own numbers (backlog, rate), for `stats` and the console."""
+        cols = ("client_id", "hostname", "pid", "version", "started_at", "updated_at", "received", "stored",
+                "queued", "queued_bytes", "backlog_s", "paused", "rate", "batch")
+        conn.execute(text(f"INSERT INTO collectors({', '.join(cols)}) VALUES ({', '.join(':' + c for c in cols)}) "
+                          f"ON CONFLICT (client_id) DO UPDATE SET "
+                          f"{', '.join(f'{c} = excluded.{c}' for c in cols[1:])}"),
+                     {c: status.get(c) for c in cols})
+
+    def collectors(self) -> list[dict[str, Any]]:
+        with self.tx() as conn:
+            return [dict(r) for r in conn.execute(text("SELECT * FROM collectors ORDER BY client_id")).mappings()]
+
+
+def _printable(value: str | bytes, limit: int) -> str:
+    """Text any database takes: invalid UTF-8 and NULs escaped, then cut to ``limit``."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "backslashreplace")
+    else:
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates
+    return value.replace("\x00", "\\x00")[:limit]
 
 
 def _alert(row: dict[str, Any]) -> dict[str, Any]:
     row["evidence"] = json.loads(row["evidence"])
     row.pop("severity_rank", None)
     return row
+
+
+__all__ = ["SEVERITY_RANK", "Store", "StoreError", "normalize_url", "safe_url"]

@@ -1,0 +1,233 @@
+"""The collector's database schema, its migrations, and opening a database the right way.
+
+Only ``weightwarden-collector run`` and ``weightwarden-collector db upgrade``
+migrate. Every other command opens an existing database, refuses one whose
+schema is newer than this binary knows (an older collector must not write
+into a schema it does not understand), and says in one line what is wrong.
+Read commands open read-only and never create a file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+MIGRATIONS: list[list[str]] = [
+    [  # 1: the first schema
+        """CREATE TABLE events (id TEXT PRIMARY KEY, host TEXT NOT NULL, seq BIGINT NOT NULL,
+             ts DOUBLE PRECISION NOT NULL, type TEXT NOT NULL, data TEXT NOT NULL, received_at DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX events_host_seq ON events(host, seq)",
+        "CREATE INDEX events_ts ON events(ts)",
+        """CREATE TABLE dead_letters (id {serial}, received_at DOUBLE PRECISION NOT NULL, topic TEXT,
+             reason TEXT NOT NULL, payload TEXT)""",
+        """CREATE TABLE hosts (host TEXT PRIMARY KEY, first_seen DOUBLE PRECISION, last_seen DOUBLE PRECISION,
+             status TEXT, seq_max BIGINT DEFAULT 0, seq_contig BIGINT DEFAULT 0, gap_seen_at DOUBLE PRECISION,
+             policy TEXT, policy_digest TEXT, backend TEXT, rules_in_force INTEGER, caps INTEGER,
+             egress_bps DOUBLE PRECISION DEFAULT 0, weights_bytes BIGINT DEFAULT 0,
+             last_heartbeat DOUBLE PRECISION, heartbeat_interval DOUBLE PRECISION, lost_at DOUBLE PRECISION)""",
+        """CREATE TABLE weight_reads (host TEXT NOT NULL, pid BIGINT NOT NULL, ppid BIGINT, exe TEXT, name TEXT,
+             uid BIGINT, path TEXT NOT NULL, kind TEXT NOT NULL, bytes BIGINT NOT NULL, first_ts DOUBLE PRECISION NOT NULL,
+             ts DOUBLE PRECISION NOT NULL, staged_of TEXT, event_id TEXT, pipes TEXT,
+             PRIMARY KEY (host, pid, path, kind, first_ts))""",
+        "CREATE INDEX weight_reads_host_ts ON weight_reads(host, ts)",
+        """CREATE TABLE egress (host TEXT NOT NULL, pid BIGINT NOT NULL, ppid BIGINT, exe TEXT, name TEXT,
+             uid BIGINT, address TEXT NOT NULL, port INTEGER, allowed INTEGER NOT NULL, bytes BIGINT NOT NULL,
+             ts DOUBLE PRECISION NOT NULL, rate_bps DOUBLE PRECISION, event_id TEXT NOT NULL, pipes TEXT,
+             received_at DOUBLE PRECISION)""",
+        "CREATE INDEX egress_host_ts ON egress(host, ts)",
+        "CREATE INDEX egress_received ON egress(received_at)",
+        "CREATE INDEX egress_host_pid ON egress(host, pid)",
+        """CREATE TABLE history (host TEXT NOT NULL, exe TEXT NOT NULL, address TEXT NOT NULL,
+             first_seen DOUBLE PRECISION NOT NULL, PRIMARY KEY (host, exe, address))""",
+        """CREATE TABLE alerts (key TEXT PRIMARY KEY, id TEXT NOT NULL, host TEXT NOT NULL, kind TEXT NOT NULL,
+             severity TEXT NOT NULL, severity_rank INTEGER NOT NULL, state TEXT NOT NULL, title TEXT NOT NULL,
+             explanation TEXT NOT NULL, evidence TEXT NOT NULL, first_ts DOUBLE PRECISION NOT NULL,
+             last_ts DOUBLE PRECISION NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+             updated_at DOUBLE PRECISION NOT NULL, count INTEGER NOT NULL DEFAULT 1,
+             acked_by TEXT, acked_at DOUBLE PRECISION, resolved_by TEXT, resolved_at DOUBLE PRECISION)""",
+        "CREATE INDEX alerts_state ON alerts(state, severity_rank)",
+        "CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    ],
+    [  # 2: bounded storage; who sent (user, command line) and to which name
+        # The DNS name a destination was looked up by, and the sender's user, on every egress row.
+        "ALTER TABLE egress ADD COLUMN dns_name TEXT",
+        "ALTER TABLE egress ADD COLUMN user_name TEXT",
+        # Raw egress rows are kept for a short window; older ones are folded into one row per
+        # minute, host, process and destination, kept as long as detections look back.
+        """CREATE TABLE egress_minute (host TEXT NOT NULL, minute BIGINT NOT NULL, pid BIGINT NOT NULL,
+             exe TEXT NOT NULL, address TEXT NOT NULL, port INTEGER NOT NULL, ppid BIGINT, name TEXT, uid BIGINT,
+             user_name TEXT, dns_name TEXT, allowed INTEGER NOT NULL, bytes BIGINT NOT NULL, samples BIGINT NOT NULL,
+             first_ts DOUBLE PRECISION NOT NULL, ts DOUBLE PRECISION NOT NULL, rate_bps DOUBLE PRECISION,
+             event_id TEXT, pipes TEXT, received_at DOUBLE PRECISION,
+             PRIMARY KEY (host, minute, pid, exe, address, port))""",
+        "CREATE INDEX egress_minute_host_pid ON egress_minute(host, pid)",
+        "CREATE INDEX egress_minute_minute ON egress_minute(minute)",
+        # One row per process: its user and command line, which every sample would otherwise repeat.
+        """CREATE TABLE processes (host TEXT NOT NULL, pid BIGINT NOT NULL, exe TEXT NOT NULL, ppid BIGINT,
+             name TEXT, uid BIGINT, user_name TEXT, cmdline TEXT, cgroup TEXT, container TEXT,
+             start_time DOUBLE PRECISION, first_seen DOUBLE PRECISION NOT NULL, last_seen DOUBLE PRECISION NOT NULL,
+             PRIMARY KEY (host, pid, exe))""",
+        "CREATE INDEX processes_last_seen ON processes(last_seen)",
+        "ALTER TABLE history ADD COLUMN last_seen DOUBLE PRECISION",
+        "UPDATE history SET last_seen = first_seen",
+        "CREATE INDEX history_last_seen ON history(last_seen)",
+        "ALTER TABLE dead_letters ADD COLUMN code TEXT",
+        "ALTER TABLE dead_letters ADD COLUMN size BIGINT",
+        # What each running collector says about itself: its backlog, so "behind" is visible.
+        """CREATE TABLE collectors (client_id TEXT PRIMARY KEY, hostname TEXT, pid BIGINT, version TEXT,
+             started_at DOUBLE PRECISION, updated_at DOUBLE PRECISION, received BIGINT, stored BIGINT,
+             queued BIGINT, queued_bytes BIGINT, backlog_s DOUBLE PRECISION, paused INTEGER,
+             rate DOUBLE PRECISION, batch BIGINT)""",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    """A database that cannot be used; the message names the problem in one line, never a password."""
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "<unparsable database URL>"
+
+
+def normalize_url(url: str) -> str:
+    """sqlite:///PATH as is; postgresql:// goes through psycopg 3."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a sqlite:/// URL (None for :memory: and other schemes)."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        return Path(url[len("sqlite:///"):].split("?", 1)[0])
+    return None
+
+
+def check_url(url: str) -> None:
+    if not url.startswith(("sqlite:///", "postgresql://", "postgres://", "postgresql+psycopg://")):
+        raise StoreError(f"--db {safe_url(url)!r} is not a database URL: use sqlite:///PATH or "
+                         "postgresql://USER@HOST/DB")
+
+
+def make_engine(url: str, *, read_only: bool, create: bool) -> Engine:
+    """An engine for ``url``. SQLite files are created only when ``create``; read-only
+    engines cannot write (SQLite mode=ro, PostgreSQL default_transaction_read_only)."""
+    check_url(url)
+    path = sqlite_path(url)
+    connect_args: dict[str, Any] = {}
+    target = normalize_url(url)
+    if path is not None:
+        if not path.exists():
+            if not create:
+                raise StoreError(f"no database at {path} (the collector creates it on its first run)")
+            path.parent.mkdir(parents=True, exist_ok=True)
+        if read_only:
+            target = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
+    elif url.startswith(("postgresql", "postgres")):
+        connect_args["connect_timeout"] = 10
+        if read_only:
+            connect_args["options"] = "-c default_transaction_read_only=on"
+    try:
+        # hide_parameters: a failing statement's log line must not carry event contents.
+        engine = create_engine(target, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args)
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise StoreError(f"--db {safe_url(url)!r}: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            if not read_only:
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.close()
+    return engine
+
+
+def connect_error(url: str, exc: BaseException) -> StoreError:
+    """One line for a database that cannot be reached or read (no traceback, no password)."""
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    try:
+        password = make_url(normalize_url(url)).password
+    except (ArgumentError, ValueError):
+        password = None
+    if password:
+        first = first.replace(str(password), "***")  # drivers may repeat what they were given
+    return StoreError(f"cannot use database {safe_url(url)}: {first}")
+
+
+def current_version(conn: Connection) -> int:
+    """The schema version of a database: 0 for an empty one."""
+    exists = conn.execute(text(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_version'" if conn.dialect.name == "sqlite"
+        else "SELECT 1 FROM information_schema.tables WHERE table_name='schema_version' "
+             "AND table_schema = current_schema()")).first()
+    if exists is None:
+        return 0
+    return int(conn.execute(text("SELECT max(version) FROM schema_version")).scalar() or 0)
+
+
+def too_new(found: int) -> StoreError:
+    return StoreError(f"the database's schema is version {found}, newer than this collector's "
+                      f"({SCHEMA_VERSION}): upgrade weightwarden-collector before using it")
+
+
+def check_version(engine: Engine, url: str) -> int:
+    """Refuse a schema this binary does not know (newer) or one that needs `db upgrade` (older)."""
+    try:
+        with engine.connect() as conn:
+            found = current_version(conn)
+    except DBAPIError as exc:
+        raise connect_error(url, exc) from None
+    if found > SCHEMA_VERSION:
+        raise too_new(found)
+    if found == 0:
+        raise StoreError(f"{safe_url(url)} holds no collector database (run the collector, or "
+                         "`weightwarden-collector db upgrade --db URL`, to create one)")
+    if found < SCHEMA_VERSION:
+        raise StoreError(f"the database's schema is version {found}, this collector needs {SCHEMA_VERSION}: "
+                         "run `weightwarden-collector db upgrade --db URL` (or start the collector) first")
+    return found
+
+
+def migrate(engine: Engine, url: str) -> tuple[int, int]:
+    """Bring the schema up to date; returns (version before, version after)."""
+    serial = "BIGSERIAL PRIMARY KEY" if engine.dialect.name == "postgresql" else "INTEGER PRIMARY KEY AUTOINCREMENT"
+    try:
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                # Two collectors starting together must not both migrate.
+                conn.execute(text("SELECT pg_advisory_xact_lock(7757)"))
+            before = current_version(conn)
+            if before > SCHEMA_VERSION:
+                raise too_new(before)
+            conn.execute(text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"))
+            for number, statements in enumerate(MIGRATIONS, start=1):
+                if number <= before:
+                    continue
+                for stmt in statements:
+                    conn.execute(text(stmt.format(serial=serial)))
+                conn.execute(text("INSERT INTO schema_version(version) VALUES (:v)"), {"v": number})
+    except DBAPIError as exc:
+        raise connect_error(url, exc) from None
+    return before, SCHEMA_VERSION
+
+
+def default_db_url() -> str:
+    """The systemd unit's database, or $WEIGHTWARDEN_DB."""
+    return os.environ.get("WEIGHTWARDEN_DB", DEFAULT_DB)
+
+
+DEFAULT_DB = "sqlite:////var/lib/weightwarden-collector/collector.db"
