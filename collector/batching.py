@@ -44,6 +44,7 @@ REFRESH_S = 3600.0  # a known process or contact is written again this often (it
 CACHE_LIMIT = 200_000  # entries per cache: ~40 MB at most
 ERRORS_KEPT = 100
 CONFLICT_RETRIES = 3
+MAX_AHEAD_S = 86400.0  # an event's ts may be this far ahead of the collector's clock
 
 
 class DatabaseAway(Exception):
@@ -125,11 +126,16 @@ class BatchIngest:
                 return self._dead_letter_all(batch, f"cannot be stored: {describe(exc)}")
 
     @staticmethod
-    def _validate(topic: str, payload: bytes) -> Event | Rejection:
+    def _validate(topic: str, payload: bytes, now: float) -> Event | Rejection:
         try:
-            return validate(topic, payload)
+            checked = validate(topic, payload)
         except Exception as exc:  # noqa: BLE001 - validation must be total; if it is not, say so
             return Rejection(f"validation failed: {type(exc).__name__}", "rejected_internal")
+        if isinstance(checked, Event) and checked.ts > now + MAX_AHEAD_S:
+            # A day ahead is a broken clock or a forgery: stored, it would sit in every window for ever.
+            return Rejection(f"ts {checked.ts:.0f} is {checked.ts - now:.0f} s ahead of the collector's clock "
+                             f"(at most {MAX_AHEAD_S:.0f} s)", "rejected_clock")
+        return checked
 
     # -- the fast path: the whole batch at once -------------------------------------
 
@@ -139,7 +145,7 @@ class BatchIngest:
         valid: list[Event] = []
         rejected: list[tuple[str, str, bytes, str]] = []
         for topic, payload in batch:
-            checked = self._validate(topic, payload)
+            checked = self._validate(topic, payload, now)
             if isinstance(checked, Rejection):
                 rejected.append((topic, checked.reason, payload, checked.code))
                 codes[checked.code] += 1
@@ -150,31 +156,37 @@ class BatchIngest:
             fresh = self._fresh(conn, valid, codes)
             self.store.insert_events(conn, fresh, now)
             self._remember_processes(conn, fresh)
-            plain, careful = self._split(conn, fresh)
-            hosts: dict[str, dict[str, Any]] = {}
-            rows: list[dict[str, Any]] = []
-            for ev, ev_rows in plain:
-                assert isinstance(ev.data, EgressSample)
-                prev = hosts.get(ev.host)
-                if prev is None or ev.seq > prev["seq"]:
-                    hosts[ev.host] = {"host": ev.host, "seq": ev.seq, "egress_bps": egress_bps(ev.data)}
-                rows.extend({"host": ev.host, **r} for r in ev_rows)
-            self.store.add_egress_rows(conn, rows)
-            self._touch_contacts(conn, [r for r in rows if not r["allowed"]])
-            for ev in careful:
-                try:
-                    with conn.begin_nested():
-                        self.apply(conn, ev, now)
-                except Exception as exc:  # noqa: BLE001 - the event is kept; its correlation failure is counted
-                    if isinstance(exc, OperationalError) or self.store.is_outage(exc):
-                        raise  # the database, not the event: the whole batch again, later
-                    codes["correlation_errors"] += 1
-                    self.errors.append(f"{ev.type} {ev.id}: {describe(exc)}")
-            # Rows other collectors update too, last: their locks are held only until the commit.
-            self.store.touch_hosts(conn, sorted(hosts.values(), key=lambda r: r["host"]), now)
+            self.record_batch(conn, fresh, now, codes)
             codes.update(stored=len(fresh), rejected=len(rejected))
             self._count(conn, codes)
         return {"stored": codes["stored"], "duplicates": codes["duplicates"], "rejected": codes["rejected"]}
+
+    def record_batch(self, conn: Connection, fresh: list[Event], now: float, codes: Counter[str]) -> None:
+        """The facts of stored events, correlated. Samples that need no correlation are written
+        together; the other events one by one, each in a savepoint (a correlation that fails is
+        counted, the event kept). Database errors go up: the batch is retried."""
+        plain, careful = self._split(conn, fresh)
+        hosts: dict[str, dict[str, Any]] = {}
+        rows: list[dict[str, Any]] = []
+        for ev, ev_rows in plain:
+            assert isinstance(ev.data, EgressSample)
+            prev = hosts.get(ev.host)
+            if prev is None or ev.seq > prev["seq"]:
+                hosts[ev.host] = {"host": ev.host, "seq": ev.seq, "egress_bps": egress_bps(ev.data)}
+            rows.extend({"host": ev.host, **r} for r in ev_rows)
+        self.store.add_egress_rows(conn, rows)
+        self._touch_contacts(conn, [r for r in rows if not r["allowed"]])
+        for ev in careful:
+            try:
+                with conn.begin_nested():
+                    self.apply(conn, ev, now)
+            except Exception as exc:  # noqa: BLE001 - the event is kept; its correlation failure is counted
+                if isinstance(exc, OperationalError) or self.store.is_outage(exc):
+                    raise  # the database, not the event: the whole batch again, later
+                codes["correlation_errors"] += 1
+                self.errors.append(f"{ev.type} {ev.id}: {describe(exc)}")
+        # Rows other collectors update too, last: their locks are held only until the commit.
+        self.store.touch_hosts(conn, sorted(hosts.values(), key=lambda r: r["host"]), now)
 
     def _fresh(self, conn: Connection, valid: list[Event], codes: Counter[str]) -> list[Event]:
         seen = self.store.existing_ids(conn, [e.id for e in valid])
@@ -299,7 +311,7 @@ class BatchIngest:
         with self.store.tx() as conn:
             seen: set[str] = set()
             for index, (topic, payload) in enumerate(batch):
-                checked = self._validate(topic, payload) if index not in poison else \
+                checked = self._validate(topic, payload, now) if index not in poison else \
                     Rejection(poison[index], "rejected_store")
                 if isinstance(checked, Rejection):
                     self.store.dead_letters(conn, [(topic, checked.reason, payload, checked.code)], now)
@@ -311,33 +323,37 @@ class BatchIngest:
                     codes["duplicates"] += 1
                     continue
                 seen.add(ev.id)
-                if self._store_one(conn, index, ev, now, codes):
+                refused = self._store_one(conn, index, ev, now, codes)
+                if refused is None:
                     codes["stored"] += 1
                 else:
-                    self.store.dead_letters(conn, [(topic, "cannot be stored", payload, "rejected_store")], now)
+                    self.store.dead_letters(conn, [(topic, f"cannot be stored: {refused}", payload, "rejected_store")],
+                                            now)
                     codes["rejected_store"] += 1
                     codes["rejected"] += 1
             self._count(conn, codes)
         return {"stored": codes["stored"], "duplicates": codes["duplicates"], "rejected": codes["rejected"]}
 
-    def _store_one(self, conn: Connection, index: int, ev: Event, now: float, codes: Counter[str]) -> bool:
-        """With its correlation if possible, else alone (counted as a correlation error), else not at all."""
+    def _store_one(self, conn: Connection, index: int, ev: Event, now: float, codes: Counter[str]) -> str | None:
+        """With its correlation if possible, else alone (counted as a correlation error), else not at
+        all: then the database's reason."""
         error: BaseException | None = None
         for with_correlation in (True, False):
             try:
                 with conn.begin_nested():
                     self.store.insert_events(conn, [ev], now)
                     if with_correlation:
-                        self.apply(conn, ev, now)
+                        self._remember_processes(conn, [ev])
+                        self.record_batch(conn, [ev], now, codes)
                 if error is not None:
                     codes["correlation_errors"] += 1
                     self.errors.append(f"{ev.type} {ev.id}: {describe(error)}")
-                return True
+                return None
             except Exception as exc:  # noqa: BLE001 - classified: the database's fault goes up
                 if isinstance(exc, OperationalError) or self.store.is_outage(exc):
                     raise _EventFailed(index, exc) from exc
                 error = exc
-        return False
+        return describe(error) if error is not None else "unknown"
 
     def _dead_letter_all(self, batch: list[tuple[str, bytes]], reason: str) -> dict[str, int]:
         """Last resort, when even event by event fails outside the savepoints: keep the batch's

@@ -83,7 +83,7 @@ def register_run(sub: Any) -> None:
     run.add_argument("--egress-retention", default="48h",
                      help="keep per-minute egress totals this long; never less than the detections look back "
                           "(default %(default)s)")
-    run.add_argument("--queue-max-bytes", default="64MiB",
+    run.add_argument("--queue-max-bytes", default="32MiB",
                      help="messages held in memory before reading from the broker pauses (default %(default)s)")
     run.add_argument("--silent-after", default="90s", help="alert when an agent is quiet this long")
     run.add_argument("--client-id", default=None)

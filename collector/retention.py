@@ -51,23 +51,22 @@ def fold_egress(store: Store, before: float) -> int:
             if conn.dialect.name == "postgresql" and not conn.execute(
                     text("SELECT pg_try_advisory_xact_lock(7758)")).scalar():
                 return folded  # another collector is folding
-            low = conn.execute(text("SELECT min(received_at) FROM egress")).scalar()
+            low = conn.execute(text("SELECT min(received_at) FROM egress_raw")).scalar()
             if low is None or low >= before:
                 return folded
             upto = min(before, float(low) + FOLD_SLICE_S)
             minute = _minute(conn)
             conn.execute(text(
-                "INSERT INTO egress_minute(host, minute, pid, exe, address, port, ppid, name, uid, user_name, dns_name, "
-                "allowed, bytes, samples, first_ts, ts, rate_bps, event_id, pipes, received_at) "
+                "INSERT INTO egress_minute(host, minute, pid, exe, address, port, ppid, name, uid, allowed, bytes, ts, "
+                "rate_bps, event_id, pipes, received_at, dns_name, user_name, samples) "
                 f"SELECT host, {minute}, pid, coalesce(exe, ''), address, coalesce(port, 0), max(ppid), max(name), "
-                "max(uid), max(user_name), max(dns_name), min(allowed), sum(bytes), count(*), min(ts), max(ts), "
-                "max(rate_bps), max(event_id), max(pipes), max(received_at) FROM egress WHERE received_at < :u "
+                "max(uid), min(allowed), sum(bytes), max(ts), max(rate_bps), max(event_id), max(pipes), "
+                "max(received_at), max(dns_name), max(user_name), count(*) FROM egress_raw WHERE received_at < :u "
                 f"GROUP BY host, {minute}, pid, coalesce(exe, ''), address, coalesce(port, 0) "
                 "ON CONFLICT (host, minute, pid, exe, address, port) DO UPDATE SET "
                 "bytes = egress_minute.bytes + excluded.bytes, samples = egress_minute.samples + excluded.samples, "
-                "first_ts = CASE WHEN egress_minute.first_ts < excluded.first_ts THEN egress_minute.first_ts "
-                "  ELSE excluded.first_ts END, "
                 "ts = CASE WHEN egress_minute.ts > excluded.ts THEN egress_minute.ts ELSE excluded.ts END, "
+                # Not allowlisted wins: a policy change within the minute must not hide bytes from detection.
                 "allowed = CASE WHEN egress_minute.allowed < excluded.allowed THEN egress_minute.allowed "
                 "  ELSE excluded.allowed END, "
                 "rate_bps = CASE WHEN egress_minute.rate_bps > excluded.rate_bps THEN egress_minute.rate_bps "
@@ -76,7 +75,7 @@ def fold_egress(store: Store, before: float) -> int:
                 "pipes = coalesce(excluded.pipes, egress_minute.pipes), "
                 "dns_name = coalesce(excluded.dns_name, egress_minute.dns_name), "
                 "user_name = coalesce(excluded.user_name, egress_minute.user_name)"), {"u": upto})
-            folded += int(conn.execute(text("DELETE FROM egress WHERE received_at < :u"), {"u": upto}).rowcount or 0)
+            folded += int(conn.execute(text("DELETE FROM egress_raw WHERE received_at < :u"), {"u": upto}).rowcount or 0)
 
 
 def _delete_batched(store: Store, table: str, key: str, where: str, params: dict[str, float]) -> int:

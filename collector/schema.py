@@ -16,6 +16,19 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
+# The columns of the ``egress`` view: raw rows and per-minute rows alike. A migration that adds an
+# egress column adds it to both tables and recreates the view (DROP VIEW egress; egress_view()).
+EGRESS_COLUMNS = ("host", "pid", "ppid", "exe", "name", "uid", "address", "port", "allowed", "bytes", "ts", "rate_bps",
+                  "event_id", "pipes", "received_at", "dns_name", "user_name")
+# One per-minute row per (host, minute, process, destination).
+MINUTE_KEY = ("host", "minute", "pid", "exe", "address", "port")
+
+
+def egress_view() -> str:
+    cols = ", ".join(EGRESS_COLUMNS)
+    return f"CREATE VIEW egress AS SELECT {cols} FROM egress_raw UNION ALL SELECT {cols} FROM egress_minute"
+
+
 MIGRATIONS: list[list[str]] = [
     [  # 1: the first schema
         """CREATE TABLE events (id TEXT PRIMARY KEY, host TEXT NOT NULL, seq BIGINT NOT NULL,
@@ -56,16 +69,20 @@ MIGRATIONS: list[list[str]] = [
         # The DNS name a destination was looked up by, and the sender's user, on every egress row.
         "ALTER TABLE egress ADD COLUMN dns_name TEXT",
         "ALTER TABLE egress ADD COLUMN user_name TEXT",
-        # Raw egress rows are kept for a short window; older ones are folded into one row per
-        # minute, host, process and destination, kept as long as detections look back.
-        """CREATE TABLE egress_minute (host TEXT NOT NULL, minute BIGINT NOT NULL, pid BIGINT NOT NULL,
+        # Raw egress rows (egress_raw) are kept for a short window; older ones are folded into one row
+        # per minute, host, process and destination (egress_minute), kept as long as detections look
+        # back. ``egress`` becomes a view of both, so every query reads the same totals either way.
+        "ALTER TABLE egress RENAME TO egress_raw",
+        f"""CREATE TABLE egress_minute (host TEXT NOT NULL, minute BIGINT NOT NULL, pid BIGINT NOT NULL,
              exe TEXT NOT NULL, address TEXT NOT NULL, port INTEGER NOT NULL, ppid BIGINT, name TEXT, uid BIGINT,
-             user_name TEXT, dns_name TEXT, allowed INTEGER NOT NULL, bytes BIGINT NOT NULL, samples BIGINT NOT NULL,
-             first_ts DOUBLE PRECISION NOT NULL, ts DOUBLE PRECISION NOT NULL, rate_bps DOUBLE PRECISION,
-             event_id TEXT, pipes TEXT, received_at DOUBLE PRECISION,
-             PRIMARY KEY (host, minute, pid, exe, address, port))""",
+             allowed INTEGER NOT NULL, bytes BIGINT NOT NULL, ts DOUBLE PRECISION NOT NULL, rate_bps DOUBLE PRECISION,
+             event_id TEXT NOT NULL, pipes TEXT, received_at DOUBLE PRECISION, dns_name TEXT, user_name TEXT,
+             samples BIGINT NOT NULL, PRIMARY KEY ({', '.join(MINUTE_KEY)}))""",
+        "CREATE INDEX egress_minute_host_ts ON egress_minute(host, ts)",
         "CREATE INDEX egress_minute_host_pid ON egress_minute(host, pid)",
+        "CREATE INDEX egress_minute_received ON egress_minute(received_at)",
         "CREATE INDEX egress_minute_minute ON egress_minute(minute)",
+        egress_view(),
         # One row per process: its user and command line, which every sample would otherwise repeat.
         """CREATE TABLE processes (host TEXT NOT NULL, pid BIGINT NOT NULL, exe TEXT NOT NULL, ppid BIGINT,
              name TEXT, uid BIGINT, user_name TEXT, cmdline TEXT, cgroup TEXT, container TEXT,

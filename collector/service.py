@@ -61,10 +61,10 @@ class ServiceConfig:
     retention: Retention = field(default_factory=Retention)
     sweep_every_s: float = 1.0
     client_id: str | None = None
-    queue_max_bytes: int = 64 << 20
+    queue_max_bytes: int = 32 << 20
     queue_max_messages: int = 20_000  # also the MQTT Receive Maximum: unacknowledged messages we accept
     batch_max_messages: int = 5_000
-    batch_max_bytes: int = 4 << 20
+    batch_max_bytes: int = 2 << 20
 
 
 class CollectorService:

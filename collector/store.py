@@ -5,10 +5,11 @@ several collectors sharing one PostgreSQL reach the same alerts. Writes are
 idempotent: an event is stored once by id; weight reads and alerts are
 upserts keyed by what they describe.
 
-Egress is kept twice over: raw rows (one per sample, process and destination)
-for a short window, then one row per minute, host, process and destination
-(``egress_minute``, folded by :mod:`retention`). Every egress query reads
-both, so detections see the same totals whichever form the rows are in.
+Egress is kept twice over: raw rows (``egress_raw``: one per sample, process
+and destination) for a short window, then one row per minute, host, process
+and destination (``egress_minute``, folded by :mod:`retention`). Queries read
+the view ``egress``, both at once, so detections see the same totals whichever
+form the rows are in; only ingest writes ``egress_raw``.
 Schema and migrations: :mod:`schema`; retention: :mod:`retention`.
 """
 
@@ -29,18 +30,8 @@ from weightwarden.collector.schema import StoreError, normalize_url, safe_url
 from weightwarden.events import Event
 
 SEVERITY_RANK = {"low": 1, "medium": 2, "high": 3, "critical": 4}
-EGRESS_COLUMNS = ("host", "pid", "ppid", "exe", "name", "uid", "address", "port", "allowed", "bytes", "ts", "rate_bps",
-                  "event_id", "pipes", "received_at", "dns_name", "user_name")
-_COLS = ", ".join(EGRESS_COLUMNS)
 DEAD_LETTER_MAX_ROWS = 10_000
 DEAD_LETTER_MAX_BYTES = 8 << 20
-
-
-def _both(where: str) -> str:
-    """Raw and per-minute egress rows matching ``where`` (which may use :s, the start), oldest first.
-    ``minute >= :s - 60`` lets the per-minute table's (host, minute, ...) key find the range."""
-    return (f"SELECT {_COLS} FROM egress WHERE {where} UNION ALL "
-            f"SELECT {_COLS} FROM egress_minute WHERE {where} AND minute >= :s - 60")
 
 
 class Store:
@@ -63,6 +54,9 @@ class Store:
 
     def migrate(self) -> tuple[int, int]:
         return schema.migrate(self.engine, self.url)
+
+    def close(self) -> None:
+        self.engine.dispose()
 
     @contextmanager
     def tx(self) -> Iterator[Connection]:
@@ -252,7 +246,7 @@ class Store:
         if rows:
             now = time.time()
             conn.execute(text(
-                "INSERT INTO egress(host, pid, ppid, exe, name, uid, address, port, allowed, bytes, ts, rate_bps, "
+                "INSERT INTO egress_raw(host, pid, ppid, exe, name, uid, address, port, allowed, bytes, ts, rate_bps, "
                 "event_id, pipes, received_at, dns_name, user_name) VALUES (:host, :pid, :ppid, :exe, :name, :uid, "
                 ":address, :port, :allowed, :bytes, :ts, :rate_bps, :event_id, :pipes, :received_at, :dns_name, "
                 ":user_name)"),
@@ -303,15 +297,13 @@ class Store:
             return []
         params = {f"p{i}": f"%|{n}|%" for i, n in enumerate(inodes[:20])}
         cond = " OR ".join(f"pipes LIKE :{k}" for k in params)
-        where = f"host=:h AND ts>=:s AND ({cond})"
-        sql = (f"SELECT DISTINCT pid FROM ({_both(where)}) e" if table == "egress"
-               else f"SELECT DISTINCT pid FROM weight_reads WHERE {where}")
-        rows = conn.execute(text(sql), {"h": host, "s": since, **params}).scalars()
+        rows = conn.execute(text(f"SELECT DISTINCT pid FROM {table} WHERE host=:h AND ts>=:s AND ({cond})"),
+                            {"h": host, "s": since, **params}).scalars()
         return [int(p) for p in rows]
 
     @staticmethod
     def children(conn: Connection, host: str, ppid: int, since: float) -> list[int]:
-        rows = conn.execute(text(f"SELECT DISTINCT pid FROM ({_both('host=:h AND ppid=:p AND ts>=:s')}) e"),
+        rows = conn.execute(text("SELECT DISTINCT pid FROM egress WHERE host=:h AND ppid=:p AND ts>=:s"),
                             {"h": host, "p": ppid, "s": since}).scalars()
         return [int(p) for p in rows]
 
@@ -320,7 +312,8 @@ class Store:
         """Non-allowlisted egress of a host since ``since`` where ``column`` (pid, exe, address) equals
         ``value``: raw rows, and per-minute rows (``ts`` their last sample) for what is older."""
         assert column in ("pid", "exe", "address")
-        rows = conn.execute(text(f"{_both(f'host=:h AND {column}=:v AND allowed=0 AND ts>=:s')} ORDER BY ts"),
+        rows = conn.execute(text(f"SELECT * FROM egress WHERE host=:h AND {column}=:v AND allowed=0 AND ts>=:s "
+                                 "ORDER BY ts"),
                             {"h": host, "v": value, "s": since}).mappings()
         return [dict(r) for r in rows]
 
@@ -328,8 +321,8 @@ class Store:
     def egress_total(conn: Connection, host: str, column: str, value: Any, since: float) -> tuple[int, float, float]:
         """(bytes, first ts, last ts) of what egress_where would return, without fetching it."""
         assert column in ("pid", "exe", "address")
-        row = conn.execute(text(f"SELECT sum(bytes), min(ts), max(ts) FROM "
-                                f"({_both(f'host=:h AND {column}=:v AND allowed=0 AND ts>=:s')}) e"),
+        row = conn.execute(text(f"SELECT sum(bytes), min(ts), max(ts) FROM egress WHERE host=:h AND {column}=:v "
+                                "AND allowed=0 AND ts>=:s"),
                            {"h": host, "v": value, "s": since}).first()
         if row is None or row[0] is None:
             return 0, 0.0, 0.0
@@ -363,7 +356,7 @@ class Store:
         """(host, pid, exe, latest ts) of non-allowlisted egress that arrived recently, on hosts with weight reads.
         Raw rows only: what arrived within minutes is never folded yet."""
         rows = conn.execute(text(
-            "SELECT e.host, e.pid, e.exe, max(e.ts) FROM egress e WHERE e.allowed=0 AND e.received_at>=:r "
+            "SELECT e.host, e.pid, e.exe, max(e.ts) FROM egress_raw e WHERE e.allowed=0 AND e.received_at>=:r "
             "AND EXISTS (SELECT 1 FROM weight_reads w WHERE w.host=e.host AND w.ts>=:w) GROUP BY e.host, e.pid, e.exe"),
             {"r": received_since, "w": reads_since})
         return [(r[0], int(r[1]), r[2] or "", float(r[3])) for r in rows]
@@ -445,7 +438,7 @@ class Store:
         return run(self, Retention(events_s=horizon_s, raw_egress_s=horizon_s, egress_s=horizon_s), now)
 
     def count(self, table: str) -> int:
-        assert table in {"events", "dead_letters", "alerts", "egress", "egress_minute", "weight_reads", "hosts",
+        assert table in {"events", "dead_letters", "alerts", "egress", "egress_raw", "egress_minute", "weight_reads", "hosts",
                          "history", "processes"}
         with self.tx() as conn:
             return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() or 0)
