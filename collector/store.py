@@ -25,11 +25,24 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from weightwarden.collector import schema
+from weightwarden.collector import bulk, schema
 from weightwarden.collector.schema import StoreError, normalize_url, safe_url
 from weightwarden.events import Event
 
 SEVERITY_RANK = {"low": 1, "medium": 2, "high": 3, "critical": 4}
+# Columns written in bulk (collector/bulk.py), with their PostgreSQL types.
+T, BIG, DBL, INT = "text", "bigint", "double precision", "integer"
+EVENT_COLUMNS = (("id", T), ("host", T), ("seq", BIG), ("ts", DBL), ("type", T), ("data", T), ("received_at", DBL))
+HOST_TOUCH_COLUMNS = (("host", T), ("first_seen", DBL), ("last_seen", DBL), ("status", T), ("seq_max", BIG),
+                      ("seq_contig", BIG), ("egress_bps", DBL))
+DEAD_LETTER_COLUMNS = (("received_at", DBL), ("topic", T), ("reason", T), ("payload", T), ("code", T), ("size", BIG))
+PROCESS_COLUMNS = (("host", T), ("pid", BIG), ("exe", T), ("ppid", BIG), ("name", T), ("uid", BIG), ("user_name", T),
+                   ("cmdline", T), ("cgroup", T), ("container", T), ("start_time", DBL), ("first_seen", DBL),
+                   ("last_seen", DBL))
+EGRESS_RAW_COLUMNS = (("host", T), ("pid", BIG), ("ppid", BIG), ("exe", T), ("name", T), ("uid", BIG), ("address", T),
+                      ("port", INT), ("allowed", INT), ("bytes", BIG), ("ts", DBL), ("rate_bps", DBL),
+                      ("event_id", T), ("pipes", T), ("received_at", DBL), ("dns_name", T), ("user_name", T))
+HISTORY_COLUMNS = (("host", T), ("exe", T), ("address", T), ("first_seen", DBL), ("last_seen", DBL))
 DEAD_LETTER_MAX_ROWS = 10_000
 DEAD_LETTER_MAX_BYTES = 8 << 20
 
@@ -96,34 +109,33 @@ class Store:
 
     @staticmethod
     def existing_ids(conn: Connection, ids: list[str]) -> set[str]:
-        found: set[str] = set()
-        for i in range(0, len(ids), 1000):
-            chunk = ids[i:i + 1000]
-            params = {f"i{n}": v for n, v in enumerate(chunk)}
-            found.update(conn.execute(text(f"SELECT id FROM events WHERE id IN ({', '.join(':' + k for k in params)})"),
-                                      params).scalars())
-        return found
+        if not ids:
+            return set()
+        cond, params = bulk.in_list(conn, ids)
+        return set(conn.execute(text(f"SELECT id FROM events WHERE id {cond}"), params).scalars())
 
     @staticmethod
     def insert_events(conn: Connection, events: list[Event], now: float) -> None:
-        """Many at once (one pipelined executemany); ids already present are left alone."""
-        if events:
-            conn.execute(text(
-                "INSERT INTO events(id, host, seq, ts, type, data, received_at) "
-                "VALUES (:id, :host, :seq, :ts, :type, :data, :now) ON CONFLICT (id) DO NOTHING"),
-                [{"id": e.id, "host": e.host, "seq": e.seq, "ts": e.ts, "type": e.type,
-                  "data": e.data.model_dump_json(exclude_none=True), "now": now} for e in events])
+        """Many at once (one statement); ids already present are left alone."""
+        unique = {e.id: e for e in events}
+        bulk.insert(conn, "events", EVENT_COLUMNS, [
+            (e.id, e.host, e.seq, e.ts, e.type, e.data.model_dump_json(exclude_none=True), now)
+            for e in unique.values()], "ON CONFLICT (id) DO NOTHING")
 
     @staticmethod
     def touch_hosts(conn: Connection, rows: list[dict[str, Any]], now: float) -> None:
         """touch_host for many hosts at once: rows of {host, seq, egress_bps}."""
-        if rows:
-            conn.execute(text(
-                "INSERT INTO hosts(host, first_seen, last_seen, status, seq_max, seq_contig, egress_bps) "
-                "VALUES (:h, :now, :now, 'online', :seq, 0, :bps) ON CONFLICT (host) DO UPDATE SET "
-                "last_seen = :now, seq_max = CASE WHEN hosts.seq_max > :seq THEN hosts.seq_max ELSE :seq END, "
-                "egress_bps = CASE WHEN :bps IS NULL THEN hosts.egress_bps ELSE :bps END"),
-                [{"h": r["host"], "seq": r["seq"], "bps": r.get("egress_bps"), "now": now} for r in rows])
+        latest: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            prev = latest.get(r["host"])
+            if prev is None or r["seq"] >= prev["seq"]:
+                latest[r["host"]] = {**r, "egress_bps": r.get("egress_bps") if r.get("egress_bps") is not None
+                                     else (prev or {}).get("egress_bps")}
+        bulk.insert(conn, "hosts", HOST_TOUCH_COLUMNS, [
+            (h, now, now, "online", r["seq"], 0, r.get("egress_bps")) for h, r in sorted(latest.items())],
+            "ON CONFLICT (host) DO UPDATE SET last_seen = excluded.last_seen, "
+            "seq_max = CASE WHEN hosts.seq_max > excluded.seq_max THEN hosts.seq_max ELSE excluded.seq_max END, "
+            "egress_bps = coalesce(excluded.egress_bps, hosts.egress_bps)")
 
     @staticmethod
     def dead_letter(conn: Connection, topic: str, reason: str, payload: bytes, now: float,
@@ -134,12 +146,9 @@ class Store:
     def dead_letters(conn: Connection, rows: list[tuple[str, str, bytes, str]], now: float) -> None:
         """Rejected messages as (topic, reason, payload, code): what was wrong, and the start of
         the payload, made storable (no NUL, no invalid UTF-8: PostgreSQL TEXT takes neither)."""
-        if rows:
-            conn.execute(text("INSERT INTO dead_letters(received_at, topic, reason, payload, code, size) "
-                              "VALUES (:t, :topic, :r, :p, :c, :n)"),
-                         [{"t": now, "topic": _printable(topic, 300), "r": _printable(reason, 500),
-                           "p": _printable(payload[:1000], 4000), "c": code, "n": len(payload)}
-                          for topic, reason, payload, code in rows])
+        bulk.insert(conn, "dead_letters", DEAD_LETTER_COLUMNS, [
+            (now, _printable(topic, 300), _printable(reason, 500), _printable(payload[:1000], 4000), code, len(payload))
+            for topic, reason, payload, code in rows])
 
     @staticmethod
     def trim_dead_letters(conn: Connection, max_rows: int = DEAD_LETTER_MAX_ROWS,
@@ -195,20 +204,19 @@ class Store:
     def upsert_processes(conn: Connection, rows: list[dict[str, Any]]) -> None:
         """Who each process is (user, command line, container), once per process, not per sample:
         rows of {host, pid, exe, ppid, name, uid, user_name, cmdline, cgroup, container, start_time, ts}."""
-        if rows:
-            conn.execute(text(
-                "INSERT INTO processes(host, pid, exe, ppid, name, uid, user_name, cmdline, cgroup, container, "
-                "start_time, first_seen, last_seen) VALUES (:host, :pid, :exe, :ppid, :name, :uid, :user_name, "
-                ":cmdline, :cgroup, :container, :start_time, :ts, :ts) ON CONFLICT (host, pid, exe) DO UPDATE SET "
-                "ppid = excluded.ppid, name = excluded.name, uid = excluded.uid, "
-                "user_name = coalesce(excluded.user_name, processes.user_name), "
-                "cmdline = coalesce(excluded.cmdline, processes.cmdline), "
-                "cgroup = coalesce(excluded.cgroup, processes.cgroup), "
-                "container = coalesce(excluded.container, processes.container), "
-                "start_time = coalesce(excluded.start_time, processes.start_time), "
-                "last_seen = CASE WHEN processes.last_seen > excluded.last_seen THEN processes.last_seen "
-                "  ELSE excluded.last_seen END"),
-                sorted(rows, key=lambda r: (r["host"], r["pid"], r["exe"])))
+        unique = {(r["host"], r["pid"], r["exe"]): r for r in rows}
+        bulk.insert(conn, "processes", PROCESS_COLUMNS, [
+            (r["host"], r["pid"], r["exe"], r["ppid"], r["name"], r["uid"], r["user_name"], r["cmdline"], r["cgroup"],
+             r["container"], r["start_time"], r["ts"], r["ts"]) for _, r in sorted(unique.items())],
+            "ON CONFLICT (host, pid, exe) DO UPDATE SET "
+            "ppid = excluded.ppid, name = excluded.name, uid = excluded.uid, "
+            "user_name = coalesce(excluded.user_name, processes.user_name), "
+            "cmdline = coalesce(excluded.cmdline, processes.cmdline), "
+            "cgroup = coalesce(excluded.cgroup, processes.cgroup), "
+            "container = coalesce(excluded.container, processes.container), "
+            "start_time = coalesce(excluded.start_time, processes.start_time), "
+            "last_seen = CASE WHEN processes.last_seen > excluded.last_seen THEN processes.last_seen "
+            "  ELSE excluded.last_seen END")
 
     @staticmethod
     def process(conn: Connection, host: str, pid: int, exe: str | None = None) -> dict[str, Any] | None:
@@ -243,14 +251,11 @@ class Store:
     @staticmethod
     def add_egress_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
         """Egress rows that each carry their host."""
-        if rows:
-            now = time.time()
-            conn.execute(text(
-                "INSERT INTO egress_raw(host, pid, ppid, exe, name, uid, address, port, allowed, bytes, ts, rate_bps, "
-                "event_id, pipes, received_at, dns_name, user_name) VALUES (:host, :pid, :ppid, :exe, :name, :uid, "
-                ":address, :port, :allowed, :bytes, :ts, :rate_bps, :event_id, :pipes, :received_at, :dns_name, "
-                ":user_name)"),
-                [{"received_at": now, "dns_name": None, "user_name": None, **r} for r in rows])
+        now = time.time()
+        bulk.insert(conn, "egress_raw", EGRESS_RAW_COLUMNS, [
+            (r["host"], r["pid"], r.get("ppid"), r.get("exe"), r.get("name"), r.get("uid"), r["address"], r.get("port"),
+             r["allowed"], r["bytes"], r["ts"], r.get("rate_bps"), r["event_id"], r.get("pipes"), now,
+             r.get("dns_name"), r.get("user_name")) for r in rows])
 
     @staticmethod
     def first_contact(conn: Connection, host: str, exe: str, address: str, ts: float) -> bool:
@@ -263,15 +268,16 @@ class Store:
     def touch_contacts(conn: Connection, rows: list[tuple[str, str, str, float, float]]) -> None:
         """(host, exe, address, first ts, last ts) of contacts: new ones recorded, known ones' first_seen
         moved back (an earlier sample arriving late) and last_seen moved on (retention keeps them)."""
-        if rows:
-            conn.execute(text(
-                "INSERT INTO history(host, exe, address, first_seen, last_seen) VALUES (:h, :e, :a, :f, :l) "
-                "ON CONFLICT (host, exe, address) DO UPDATE SET "
-                "first_seen = CASE WHEN history.first_seen < excluded.first_seen THEN history.first_seen "
-                "  ELSE excluded.first_seen END, "
-                "last_seen = CASE WHEN history.last_seen > excluded.last_seen THEN history.last_seen "
-                "  ELSE excluded.last_seen END"),
-                [{"h": h, "e": e, "a": a, "f": f, "l": last} for h, e, a, f, last in sorted(rows)])
+        unique: dict[tuple[str, str, str], tuple[float, float]] = {}
+        for h, e, a, first, last in rows:
+            f0, l0 = unique.get((h, e, a), (first, last))
+            unique[(h, e, a)] = (min(f0, first), max(l0, last))
+        bulk.insert(conn, "history", HISTORY_COLUMNS, [(*k, f, last) for k, (f, last) in sorted(unique.items())],
+                    "ON CONFLICT (host, exe, address) DO UPDATE SET "
+                    "first_seen = CASE WHEN history.first_seen < excluded.first_seen THEN history.first_seen "
+                    "  ELSE excluded.first_seen END, "
+                    "last_seen = CASE WHEN history.last_seen > excluded.last_seen THEN history.last_seen "
+                    "  ELSE excluded.last_seen END")
 
     @staticmethod
     def first_seen(conn: Connection, host: str, exe: str, address: str) -> float | None:
@@ -336,14 +342,11 @@ class Store:
     @staticmethod
     def hosts_with_reads(conn: Connection, hosts: list[str], since: float) -> set[str]:
         """Which of ``hosts`` have weight reads since ``since``: one query for a whole batch."""
-        found: set[str] = set()
-        for i in range(0, len(hosts), 1000):
-            chunk = hosts[i:i + 1000]
-            params = {f"h{n}": v for n, v in enumerate(chunk)}
-            found.update(conn.execute(text(
-                f"SELECT DISTINCT host FROM weight_reads WHERE ts >= :s AND host IN "
-                f"({', '.join(':' + k for k in params)})"), {"s": since, **params}).scalars())
-        return found
+        if not hosts:
+            return set()
+        cond, params = bulk.in_list(conn, hosts)
+        return set(conn.execute(text(f"SELECT DISTINCT host FROM weight_reads WHERE ts >= :s AND host {cond}"),
+                                {"s": since, **params}).scalars())
 
     @staticmethod
     def reads_on_host(conn: Connection, host: str, since: float) -> list[dict[str, Any]]:
