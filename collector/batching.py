@@ -27,15 +27,16 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from weightwarden.collector import bulk
 from weightwarden.collector.bounded import BoundedDict
 from weightwarden.collector.correlate import Tuning
 from weightwarden.collector.ingest import Rejection, validate
 from weightwarden.collector.store import Store
 from weightwarden.events import (
-    EgressSample, Event, FileAccess, ProcessFields, ThresholdCrossed, WeightHolder, WeightsCopy,
+    EgressSample, Event, FileAccess, Heartbeat, ProcessFields, ThresholdCrossed, WeightHolder, WeightsCopy,
 )
 
 NO_READS_CACHE_S = 5.0
@@ -166,14 +167,14 @@ class BatchIngest:
         together; the other events one by one, each in a savepoint (a correlation that fails is
         counted, the event kept). Database errors go up: the batch is retried."""
         plain, careful = self._split(conn, fresh)
-        hosts: dict[str, dict[str, Any]] = {}
+        beats, careful = self._plain_heartbeats(conn, careful)
+        hosts: list[dict[str, Any]] = []
         rows: list[dict[str, Any]] = []
         for ev, ev_rows in plain:
             assert isinstance(ev.data, EgressSample)
-            prev = hosts.get(ev.host)
-            if prev is None or ev.seq > prev["seq"]:
-                hosts[ev.host] = {"host": ev.host, "seq": ev.seq, "egress_bps": egress_bps(ev.data)}
+            hosts.append({"host": ev.host, "seq": ev.seq, "ts": ev.ts, "egress_bps": egress_bps(ev.data)})
             rows.extend({"host": ev.host, **r} for r in ev_rows)
+        hosts += beats
         self.store.add_egress_rows(conn, rows)
         self._touch_contacts(conn, [r for r in rows if not r["allowed"]])
         for ev in careful:
@@ -185,8 +186,33 @@ class BatchIngest:
                     raise  # the database, not the event: the whole batch again, later
                 codes["correlation_errors"] += 1
                 self.errors.append(f"{ev.type} {ev.id}: {describe(exc)}")
-        # Rows other collectors update too, last: their locks are held only until the commit.
-        self.store.touch_hosts(conn, sorted(hosts.values(), key=lambda r: r["host"]), now)
+        # Rows other collectors update too, last (their locks are held only until the commit), in one
+        # statement in host order (two collectors never wait for each other in a cycle).
+        self.store.touch_hosts(conn, [{k: v for k, v in h.items() if k != "ts"}
+                                      for h in sorted(hosts, key=lambda r: (r["ts"], r["seq"]))], now)
+
+    def _plain_heartbeats(self, conn: Connection, events: list[Event]) -> tuple[list[dict[str, Any]], list[Event]]:
+        """Heartbeats of hosts that are online only update the host's row, exactly as ``apply`` would
+        (its fields, the host online): one statement for the batch. A heartbeat from a host marked
+        lost or silent goes through ``apply``, which also resolves the agent_silent alert."""
+        beats = [ev for ev in events if isinstance(ev.data, Heartbeat)]
+        if not beats:
+            return [], events
+        cond, params = bulk.in_list(conn, sorted({ev.host for ev in beats}))
+        away = set(conn.execute(text(f"SELECT host FROM hosts WHERE status IN ('lost', 'silent') AND host {cond}"),
+                                params).scalars())
+        rows: list[dict[str, Any]] = []
+        rest = [ev for ev in events if not isinstance(ev.data, Heartbeat) or ev.host in away]
+        for ev in beats:
+            d = ev.data
+            if ev.host in away or not isinstance(d, Heartbeat):
+                continue
+            weights = d.weights.total_bytes if d.weights is not None and d.weights.total_bytes else None
+            rows.append({"host": ev.host, "seq": ev.seq, "ts": ev.ts, "policy": d.policy,
+                         "policy_digest": d.policy_digest, "backend": d.backend,
+                         "rules_in_force": int(d.rules_in_force), "caps": d.caps, "last_heartbeat": ev.ts,
+                         "weights_bytes": weights})
+        return rows, rest
 
     def _fresh(self, conn: Connection, valid: list[Event], codes: Counter[str]) -> list[Event]:
         seen = self.store.existing_ids(conn, [e.id for e in valid])

@@ -33,8 +33,9 @@ SEVERITY_RANK = {"low": 1, "medium": 2, "high": 3, "critical": 4}
 # Columns written in bulk (collector/bulk.py), with their PostgreSQL types.
 T, BIG, DBL, INT = "text", "bigint", "double precision", "integer"
 EVENT_COLUMNS = (("id", T), ("host", T), ("seq", BIG), ("ts", DBL), ("type", T), ("data", T), ("received_at", DBL))
-HOST_TOUCH_COLUMNS = (("host", T), ("first_seen", DBL), ("last_seen", DBL), ("status", T), ("seq_max", BIG),
-                      ("seq_contig", BIG), ("egress_bps", DBL))
+HOST_COLUMNS = (("host", T), ("first_seen", DBL), ("last_seen", DBL), ("status", T), ("seq_max", BIG),
+                ("seq_contig", BIG), ("egress_bps", DBL), ("policy", T), ("policy_digest", T), ("backend", T),
+                ("rules_in_force", INT), ("caps", INT), ("last_heartbeat", DBL), ("weights_bytes", BIG))
 DEAD_LETTER_COLUMNS = (("received_at", DBL), ("topic", T), ("reason", T), ("payload", T), ("code", T), ("size", BIG))
 PROCESS_COLUMNS = (("host", T), ("pid", BIG), ("exe", T), ("ppid", BIG), ("name", T), ("uid", BIG), ("user_name", T),
                    ("cmdline", T), ("cgroup", T), ("container", T), ("start_time", DBL), ("first_seen", DBL),
@@ -124,18 +125,21 @@ class Store:
 
     @staticmethod
     def touch_hosts(conn: Connection, rows: list[dict[str, Any]], now: float) -> None:
-        """touch_host for many hosts at once: rows of {host, seq, egress_bps}."""
-        latest: dict[str, dict[str, Any]] = {}
+        """Hosts heard from, all in one statement: rows of {host, seq, egress_bps?} and, from a heartbeat,
+        its fields ({policy, policy_digest, backend, rules_in_force, caps, last_heartbeat, weights_bytes}:
+        the host is then online). A later row of the same host wins, field by field; None changes nothing."""
+        merged: dict[str, dict[str, Any]] = {}
         for r in rows:
-            prev = latest.get(r["host"])
-            if prev is None or r["seq"] >= prev["seq"]:
-                latest[r["host"]] = {**r, "egress_bps": r.get("egress_bps") if r.get("egress_bps") is not None
-                                     else (prev or {}).get("egress_bps")}
-        bulk.insert(conn, "hosts", HOST_TOUCH_COLUMNS, [
-            (h, now, now, "online", r["seq"], 0, r.get("egress_bps")) for h, r in sorted(latest.items())],
+            m = merged.setdefault(r["host"], {"seq": 0})
+            m["seq"] = max(m["seq"], r["seq"])
+            m.update({k: v for k, v in r.items() if v is not None and k not in ("host", "seq")})
+        bulk.insert(conn, "hosts", HOST_COLUMNS, [
+            (h, now, now, "online", m["seq"], 0, *(m.get(c) for c, _ in HOST_COLUMNS[6:]))
+            for h, m in sorted(merged.items())],
             "ON CONFLICT (host) DO UPDATE SET last_seen = excluded.last_seen, "
             "seq_max = CASE WHEN hosts.seq_max > excluded.seq_max THEN hosts.seq_max ELSE excluded.seq_max END, "
-            "egress_bps = coalesce(excluded.egress_bps, hosts.egress_bps)")
+            "status = CASE WHEN excluded.last_heartbeat IS NULL THEN hosts.status ELSE 'online' END, "
+            + ", ".join(f"{c} = coalesce(excluded.{c}, hosts.{c})" for c, _ in HOST_COLUMNS[6:]))
 
     @staticmethod
     def dead_letter(conn: Connection, topic: str, reason: str, payload: bytes, now: float,
