@@ -7,6 +7,7 @@ Bytes are kept in fixed buckets (1/60 of the window), so a 24 h window costs
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,21 +98,36 @@ class BudgetBook:
                        "action": s.action} for name, s in self.budgets.items()}
 
 
+ProcKey = tuple[int, float | None]  # (pid, start time): one process, even after its pid is reused
+MAX_WINDOWS = 50_000
+
+
 class ThresholdWatch:
-    """Per-process sums over each threshold's window; fires once per crossing."""
+    """Per-process sums over each threshold's window; fires once per crossing.
+
+    Processes are keyed by (pid, start time), so a recycled pid starts from nothing
+    instead of inheriting another process's bytes. A window is forgotten once it
+    holds nothing (its bytes aged out) or its process is gone: a dead process cannot
+    send more, so it cannot cross later. At most MAX_WINDOWS are kept (least
+    recently updated go first), whatever the host does.
+    """
 
     def __init__(self, thresholds: list[Any]) -> None:
         self.thresholds = thresholds
-        self._windows: dict[tuple[str, int], RollingWindow] = {}
-        self._fired: set[tuple[str, int]] = set()
+        self._windows: dict[tuple[str, ProcKey], RollingWindow] = {}
+        self._updated: dict[tuple[str, ProcKey], float] = {}
+        self._fired: set[tuple[str, ProcKey]] = set()
 
-    def add(self, now: float, pid: int, n: int) -> list[tuple[Any, int]]:
-        """Returns (threshold, bytes in window) for each threshold this pid just crossed."""
+    def add(self, now: float, proc: ProcKey, n: int) -> list[tuple[Any, int]]:
+        """Returns (threshold, bytes in window) for each threshold this process just crossed."""
         crossed = []
         for th in self.thresholds:
-            key = (th.name, pid)
-            window = self._windows.setdefault(key, RollingWindow(th.window))
+            key = (th.name, proc)
+            window = self._windows.get(key)
+            if window is None:
+                window = self._windows[key] = RollingWindow(th.window)
             window.add(now, n)
+            self._updated[key] = now
             total = window.total(now)
             if total >= th.bytes and key not in self._fired:
                 self._fired.add(key)
@@ -120,7 +136,21 @@ class ThresholdWatch:
                 self._fired.discard(key)
         return crossed
 
-    def forget(self, live_pids: set[int]) -> None:
-        for key in [k for k in self._windows if k[1] not in live_pids and not self._windows[k].buckets]:
-            del self._windows[key]
-            self._fired.discard(key)
+    def forget(self, now: float, alive: Callable[[ProcKey], bool]) -> None:
+        """Drop windows that are empty or whose process is gone; keep the count bounded."""
+        for key in list(self._windows):
+            if self._windows[key].total(now) == 0:
+                self._drop(key)
+            elif self._updated[key] < now and not alive(key[1]):  # sent in this sample: alive
+                self._drop(key)
+        if len(self._windows) > MAX_WINDOWS:
+            for key in sorted(self._updated, key=self._updated.__getitem__)[:len(self._windows) - MAX_WINDOWS]:
+                self._drop(key)
+
+    def _drop(self, key: tuple[str, ProcKey]) -> None:
+        self._windows.pop(key, None)
+        self._updated.pop(key, None)
+        self._fired.discard(key)
+
+    def __len__(self) -> int:
+        return len(self._windows)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 from weightwarden import logs
 from weightwarden.agent import __version__, resolve_rules
 from weightwarden.events import default_host_id
-from weightwarden.agent.paths import default_state_dir
+from weightwarden.agent.paths import default_state_dir, private_dir
 from weightwarden.agent.policy.loader import PolicyError, load_policy
 from weightwarden.units import parse_size
 from weightwarden.agent.sampler import DEFAULT_QUEUE, Sampler, SamplerConfig
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"weightwarden-agent {__version__}")
+    parser.add_argument("--log-level", choices=sorted(logs.LEVELS), default="info",
+                        help="least severe log lines written to stderr (default: info)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     top = sub.add_parser(
@@ -111,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-nfqueue", action="store_true")
     run.add_argument("--queue-num", type=int, default=DEFAULT_QUEUE)
     run.add_argument("--dry-run", action="store_true", help="print the kernel plan as JSON and exit")
+    run.add_argument("--metrics-listen", metavar="HOST:PORT", default=None,
+                     help="serve the agent's own metrics (Prometheus text) at http://HOST:PORT/metrics")
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="policy in force, kernel rules, counters and drift",
@@ -136,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _state_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", type=Path, default=None,
                    help="default: /var/lib/weightwarden (per network namespace), or $WEIGHTWARDEN_STATE_DIR")
-    p.add_argument("--backend", choices=("auto", "nftables", "iptables"), default="auto")
+    p.add_argument("--backend", choices=("auto", "nftables", "iptables", "dry-run"), default="auto",
+                   help="auto: nftables where nft works, else iptables; dry-run: plan and report, never touch the kernel")
 
 
 def _load_or_report(path: str) -> object:
@@ -205,6 +211,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     state_dir = args.state_dir or default_state_dir()
     if args.dry_run:
         return _print_plan(loaded, args)
+    # What the daemon writes (spool, budgets, records) names processes and policies: owner only,
+    # as the unit's UMask=0077 says, also when it runs outside systemd.
+    os.umask(0o077)
+    private_dir(state_dir)
     try:
         sink = make_sink(args.sink, parse_size(args.spool_max_bytes))
     except (SinkURLError, ValueError, OSError) as exc:
@@ -212,7 +222,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     cfg = DaemonConfig(policy_path=Path(args.policy), state_dir=state_dir, host_id=args.host_id or default_host_id(),
                        backend=args.backend, sample_interval=args.sample_interval, nfqueue=not args.no_nfqueue,
-                       queue_num=args.queue_num, heartbeat_interval=args.heartbeat_interval)
+                       queue_num=args.queue_num, heartbeat_interval=args.heartbeat_interval,
+                       metrics_listen=args.metrics_listen)
     try:
         agent = Agent(cfg, loaded, sink)  # type: ignore[arg-type]
     except (KernelError, ValueError, OSError) as exc:
@@ -351,9 +362,9 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logs.configure()
     parser = build_parser()
     args = parser.parse_args(argv)
+    logs.configure(args.log_level)
     return int(args.func(args))
 
 

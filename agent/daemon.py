@@ -37,11 +37,13 @@ from weightwarden.events import (
 from weightwarden.agent.files.patterns import WeightPaths
 from weightwarden.agent.files.watcher import FileWatcher
 from weightwarden.agent.interfaces import counter_delta
+from weightwarden.agent.metrics import AgentMetrics, MetricsServer
 from weightwarden.agent.policy.loader import LoadedPolicy, PolicyError, load_policy
 from weightwarden.agent.sampler import Sampler, SamplerConfig
 from weightwarden.agent.sinks import Sink
 
 HOST_REFRESH_S = 300.0
+STUCK_GRACE_S = 10.0
 CAP_HIT_REPEAT_S = 60.0
 
 
@@ -55,6 +57,7 @@ class DaemonConfig:
     nfqueue: bool = True
     queue_num: int = 4242
     heartbeat_interval: float = 30.0
+    metrics_listen: str | None = None  # HOST:PORT for /metrics (agent/metrics.py)
 
 
 def resolve_interfaces(patterns: list[str]) -> list[str]:
@@ -96,6 +99,15 @@ def annotate_allowed(sample: dict[str, Any], policy: Any, resolved: dict[str, li
             d["allowed"] = any(ip in net and (not ports or d["port"] in ports) for net, ports in nets)
 
 
+def process_alive(key: tuple[int, float | None]) -> bool:
+    """Whether (pid, start time) still names a running process (a reused pid does not)."""
+    pid, started = key
+    try:
+        return started is None or psutil.Process(pid).create_time() == started
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+        return False
+
+
 def cgroupv2_paths_usable() -> bool:
     # nft resolves 'socket cgroupv2' paths under /sys/fs/cgroup, so only a
     # unified mount there works; hybrid hosts keep v2 at .../unified.
@@ -129,15 +141,21 @@ class Agent:
         self._mtime = self._policy_mtime()
         self.plan: Plan | None = None
         self.started = time.monotonic()
+        self.last_sample_done = self.last_enforce_done = self.started
+        self.drift_count = 0
         self.last_sample_lag = 0.0
         self.dropped_events = 0
         self.files: FileWatcher | None = None
         self.weights_total: dict[str, Any] = {}
+        self.metrics = AgentMetrics()
+        # Bound here, so a port in use is a start-up error ("cannot start"), not a crash later.
+        self.metrics_server = MetricsServer(self.metrics, cfg.metrics_listen) if cfg.metrics_listen else None
 
     # -- events ---------------------------------------------------------
 
     def emit(self, data: Payload) -> None:
         event = self.events.make(data)
+        self.metrics.observe_event(data)
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
@@ -168,10 +186,18 @@ class Agent:
             return
         self.reload.clear()
         self._mtime = mtime
+        sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            self._reload()
+        finally:
+            sdnotify.notify(f"READY=1\nSTATUS={self.status_line()}")
+
+    def _reload(self) -> None:
         try:
             loaded = load_policy(self.cfg.policy_path)
-        except PolicyError as exc:
-            problems = [p.render(str(self.cfg.policy_path)) for p in exc.problems]
+        except Exception as exc:  # noqa: BLE001 - whatever the file holds, the daemon keeps its policy
+            problems = ([p.render(str(self.cfg.policy_path)) for p in exc.problems] if isinstance(exc, PolicyError)
+                        else [f"{self.cfg.policy_path}: cannot load policy: {type(exc).__name__}: {exc}"[:2000]])
             self.log.error("policy_rejected", problems=problems, kept=self.loaded.policy.metadata.name)
             self.emit(PolicyRejected(path=str(self.cfg.policy_path), problems=problems[:500],
                                      kept=self.loaded.policy.metadata.name, kept_digest=self.loaded.digest))
@@ -184,6 +210,13 @@ class Agent:
         self._resolved_at = 0.0
         if self.files is not None:
             self.files.update(weight_paths(loaded))
+
+    def status_line(self) -> str:
+        """One line for systemctl status: the policy in force and what is watched."""
+        plan = self.plan
+        caps = f"{len(plan.slots)} caps on {', '.join(plan.interfaces) or 'no interface'}" if plan else "no caps yet"
+        watch = f"; watching {self.weights_total.get('files', 0)} weight files" if self.weights_total else ""
+        return f"policy {self.loaded.policy.metadata.name}: {caps}{watch}"
 
     def _policy_meta(self) -> dict[str, Any]:
         return {"policy": self.loaded.policy.metadata.name, "policy_digest": self.loaded.digest,
@@ -238,6 +271,7 @@ class Agent:
             self.emit(EnforcementError(error=result.error))
             return
         if result.drift:
+            self.drift_count += 1
             self.log.warning("enforcement_drift", drift=result.drift)
             self.emit(EnforcementDrift(drift=result.drift, restored=result.applied))
         if result.applied:
@@ -256,7 +290,12 @@ class Agent:
         last = time.monotonic()
         while not self.stop.is_set():
             now = time.monotonic()
-            await asyncio.to_thread(self.enforce_once, now - last)
+            try:
+                await asyncio.to_thread(self.enforce_once, now - last)
+            except Exception as exc:  # noqa: BLE001 - a bug must not stop enforcement for good
+                self.log.error("enforce_failed", error=repr(exc)[:2000])
+                self.emit(EnforcementError(error=f"internal error, retrying: {exc!r}"[:4000]))
+            self.last_enforce_done = time.monotonic()
             last = now
             await wait_for_stop(self.stop, self.loaded.policy.spec.interval)
 
@@ -274,16 +313,26 @@ class Agent:
             if await wait_for_stop(self.stop, deadline - time.monotonic()):
                 return
             self.last_sample_lag = max(0.0, time.monotonic() - deadline)
-            sample = await asyncio.to_thread(self._sample_once)
+            took = time.monotonic()
+            try:
+                sample = await asyncio.to_thread(self._sample_once)
+            except Exception as exc:  # noqa: BLE001 - one bad sample must not end measuring
+                self.log.error("sample_failed", error=repr(exc)[:2000])
+                self.dropped_events += 1
+                continue
+            finally:
+                self.metrics.sample_took(time.monotonic() - took)
             if sample is None:
                 continue
+            self.last_sample_done = time.monotonic()
             now = time.time()
             for proc in sample["processes"]:
-                for th, total in self.thresholds.add(now, proc["pid"], proc["tx_bytes"]):
+                key = (proc["pid"], proc.get("start_time"))
+                for th, total in self.thresholds.add(now, key, proc["tx_bytes"]):
                     self.emit(ThresholdCrossed(threshold=th.name, severity=th.severity, bytes_in_window=total,
                                                window_s=th.window, limit_bytes=th.bytes,
                                                process=ProcessEgress.model_validate(proc)))
-            self.thresholds.forget({p["pid"] for p in sample["processes"]})
+            self.thresholds.forget(now, process_alive)
             annotate_allowed(sample, self.loaded.policy, self.resolved)
             try:
                 payload = EgressSample.model_validate(sample)
@@ -325,9 +374,25 @@ class Agent:
             await asyncio.to_thread(atomic_write, self.cfg.state_dir / "health.json", {**health, "ts": time.time()})
             await wait_for_stop(self.stop, self.cfg.heartbeat_interval)
 
+    def stuck_for(self) -> float:
+        """Seconds the sample or enforce loop is overdue (0: both healthy). A sample stuck on a
+        kernel or /proc read shows here, while heartbeats alone would stay green."""
+        now = time.monotonic()
+        sample_due = self.last_sample_done + 2 * self.cfg.sample_interval + STUCK_GRACE_S
+        enforce_due = self.last_enforce_done + 2 * self.loaded.policy.spec.interval + STUCK_GRACE_S
+        overdue = max(now - sample_due if self.sampler is not None else 0.0, now - enforce_due)
+        return round(max(0.0, overdue), 1)
+
     async def _watchdog_loop(self, every: float) -> None:
+        # Ping systemd only while the work loops make progress: a stuck loop stops the pings,
+        # and systemd restarts the agent (caps stay in force meanwhile).
         while not self.stop.is_set():
-            sdnotify.notify("WATCHDOG=1")
+            stuck = self.stuck_for()
+            if stuck == 0:
+                sdnotify.notify("WATCHDOG=1")
+            else:
+                self.log.error("agent_stuck", overdue_s=stuck,
+                               detail="a sample or enforcement pass has not finished; watchdog pings withheld")
             await wait_for_stop(self.stop, every)
 
     def health(self) -> dict[str, Any]:
@@ -336,6 +401,8 @@ class Agent:
         return {
             "uptime_s": round(time.monotonic() - self.started, 1),
             "sampler_lag_s": round(self.last_sample_lag, 3),
+            "stuck_s": self.stuck_for(),
+            "drift_count": self.drift_count,
             "event_queue": self.queue.qsize(),
             "events_dropped": self.dropped_events,
             "spool_depth": sink_stats.depth,
@@ -359,6 +426,8 @@ class Agent:
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
         loop.add_signal_handler(signal.SIGINT, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload.set)
+        if self.metrics_server is not None:
+            self.metrics_server.start()
         await self.sink.start()
         recovery = self.sink.recovered()
         if recovery is not None:
@@ -372,6 +441,10 @@ class Agent:
         except OSError as exc:
             self.log.error("sampler_unavailable", error=str(exc))
         features = {f.name: {"ok": f.ok, "detail": f.detail} for f in sampler.features}
+        # Caps first: whatever happens after (a watcher that cannot start, a crash), the upload
+        # caps are already in the kernel, and they stay there.
+        await asyncio.to_thread(self.enforce_once, 0.0)
+        self.last_enforce_done = time.monotonic()
         spec = self.loaded.policy.spec
         if spec.weights.paths or spec.weights.canaries:
             self.files = FileWatcher(weight_paths(self.loaded))
@@ -382,8 +455,8 @@ class Agent:
             (self.log.info if feature["ok"] else self.log.warning)("feature", name=name, detail=feature["detail"])
         self.emit(AgentStarted.model_validate({"pid": os.getpid(), **self._policy_meta(), "features": features,
                                                "weights": self.weights_total or None, "version": __version__}))
-        await asyncio.to_thread(self.enforce_once, 0.0)
         sdnotify.notify("READY=1")
+        sdnotify.notify(f"STATUS={self.status_line()}")
         try:
             async with asyncio.TaskGroup() as tg:
                 sink_task = tg.create_task(self._sink_loop())
@@ -407,4 +480,6 @@ class Agent:
             await self._close_files()
             await asyncio.to_thread(sampler.close)
             await self.sink.close()
+            if self.metrics_server is not None:
+                self.metrics_server.close()
         return 0

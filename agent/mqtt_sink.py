@@ -30,7 +30,7 @@ from typing import Any
 import aiomqtt
 
 from weightwarden import logs
-from weightwarden.agent.sinks import SinkStats
+from weightwarden.agent.sinkbase import SinkStats
 from weightwarden.events import AgentLost, AgentLostEvent, Event, EventFactory, EventsDropped
 from weightwarden.agent.spool import Spool
 from weightwarden.mqtt import TOPIC_ROOT, MqttSettings

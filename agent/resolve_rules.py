@@ -56,6 +56,12 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, env=ENV, check=False)
 
 
+def saved(tool: str) -> str:
+    """``iptables-save -t mangle`` (or ip6tables'), '' if it cannot be read."""
+    res = _run([f"{tool}-save", "-t", TABLE])
+    return res.stdout if res.returncode == 0 else ""
+
+
 def apply(rule_plan: RulePlan) -> list[str]:
     """Remove stale rules, then install; returns error lines (empty on success)."""
     remove(rule_plan)

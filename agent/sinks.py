@@ -8,42 +8,15 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import TextIO
 
+from weightwarden.agent.sinkbase import Sequencer, Sink, SinkStats
 from weightwarden.events import Event, EventFactory, EventsDropped
 from weightwarden.events import Sequencer as FileSequencer
 from weightwarden.mqtt import MqttSettings, MqttURLError, redact
 
-
-class Sequencer(Protocol):
-    def next(self) -> int: ...
-
-
-@dataclass(frozen=True)
-class SinkStats:
-    depth: int = 0  # events held, not yet acknowledged
-    replayed: int = 0  # acknowledged events sent again after reconnects, ever
-
-
-class Sink(Protocol):
-    def prepare(self, host: str, state_dir: Path) -> Sequencer:
-        """Open durable state; returns where sequence numbers come from."""
-
-    def attach(self, factory: EventFactory) -> None:
-        """The factory the sink uses for events of its own (events_dropped summaries)."""
-
-    def recovered(self) -> EventsDropped | None:
-        """What was lost when durable state had to be replaced at start, if anything."""
-
-    def stats(self) -> SinkStats: ...
-
-    async def start(self) -> None: ...
-
-    async def publish(self, event: Event) -> None: ...
-
-    async def close(self) -> None: ...
+__all__ = ["Sequencer", "Sink", "SinkStats", "SinkURLError", "StdoutSink", "make_sink"]
 
 
 class StdoutSink:

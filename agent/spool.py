@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from weightwarden.agent.paths import private_dir, private_file
 from weightwarden.events import Event, seq_ranges
 
 LOW_VALUE = ("egress_sample", "heartbeat")
@@ -60,7 +61,11 @@ class Spool:
         self._lock = threading.Lock()
         self._appends = 0
         self.dropped_total = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
+        for suffix in ("", "-wal", "-shm"):
+            # SQLite gives its -wal and -shm files the database file's mode: 0600 throughout.
+            if suffix == "" or Path(str(path) + suffix).exists():
+                private_file(Path(str(path) + suffix))
         try:
             self.db = self._open()
         except sqlite3.DatabaseError as exc:
@@ -71,6 +76,7 @@ class Spool:
                 if src.exists():
                     os.replace(src, Path(str(moved) + suffix))
             self.recovery = SpoolRecovery(str(moved), f"spool unreadable ({exc}); moved aside", last_seq)
+            private_file(path)
             self.db = self._open()
             if last_seq:
                 self._set_meta("last_seq", str(last_seq))

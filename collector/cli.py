@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from weightwarden import logs
 from weightwarden.collector import __version__
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ EXAMPLES = """examples:
   weightwarden-collector alerts ack 3f2a9c1d0b7e4a55 --by alice
   weightwarden-collector hosts
   weightwarden-collector db upgrade --db postgresql://ww@db/ww
+  weightwarden-collector serve --listen 0.0.0.0:8443 --tls-cert c.pem --tls-key k.pem
 """
 
 
@@ -90,7 +92,6 @@ def register_run(sub: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from weightwarden import logs
     from weightwarden.collector.correlate import Tuning
     from weightwarden.collector.pipeline import Pipeline
     from weightwarden.collector.retention import MIN_RAW_EGRESS_S, Retention
@@ -99,7 +100,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from weightwarden.mqtt import MqttSettings, MqttURLError
     from weightwarden.units import parse_duration, parse_size
 
-    logs.configure()
     try:
         broker = MqttSettings.from_url(args.broker)
         tune = Tuning(silent_after_s=parse_duration(args.silent_after))
@@ -137,6 +137,7 @@ def register_alerts(sub: Any) -> None:
         p = _sub(asub, verb, f"mark an alert {state}", cmd_alerts_state)
         p.add_argument("alert", help="alert id or key")
         p.add_argument("--by", default=getpass.getuser(), help="who (default: you)")
+        p.add_argument("--comment", help="why (kept in the alert's audit trail)")
         p.set_defaults(state=state)
 
 
@@ -160,9 +161,14 @@ def cmd_alerts_list(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts_show(args: argparse.Namespace) -> int:
-    alert = open_store(args.db).alert(args.alert)
+    from weightwarden.collector.triage import audit
+
+    store = open_store(args.db)
+    alert = store.alert(args.alert)
     if alert is None:
         raise Fail(f"no alert {args.alert!r}")
+    with store.tx() as conn:
+        alert["audit"] = audit(conn, alert["id"])
     if args.json:
         print(json.dumps(alert, default=str))
         return 0
@@ -181,16 +187,22 @@ def cmd_alerts_show(args: argparse.Namespace) -> int:
         lines.append(f"acknowledged by {alert['acked_by']} at {_when(alert['acked_at'])}")
     if alert.get("resolved_by"):
         lines.append(f"resolved by {alert['resolved_by']} at {_when(alert['resolved_at'])}")
+    for a in alert["audit"]:
+        lines.append(f"  {_when(a['ts'])}  {a['user']} {a['action']}{': ' + a['comment'] if a['comment'] else ''}")
     print("\n".join(lines))
     return 0
 
 
 def cmd_alerts_state(args: argparse.Namespace) -> int:
+    from weightwarden.collector.triage import TriageError, act
+
     store = open_store(args.db, write=True)
-    with store.tx() as conn:
-        changed = store.set_state(conn, args.alert, args.state, args.by, time.time())
-    if not changed:
-        raise Fail(f"no alert {args.alert!r}")
+    try:
+        with store.tx() as conn:  # audited like the console's ack, with --by as the user
+            act(conn, args.alert, "ack" if args.state == "acknowledged" else "resolve", args.by, time.time(),
+                comment=args.comment, via="cli")
+    except TriageError as exc:
+        raise Fail(str(exc)) from None
     alert = store.alert(args.alert)
     assert alert is not None
     print(json.dumps(alert, default=str) if args.json else f"{alert['id']} {args.state} by {args.by}")
@@ -238,8 +250,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print("\n".join(f"{k:<22} {v}" for k, v in sorted(counts.items())))
     for c in collectors:
         age = time.time() - (c["updated_at"] or 0)
-        print(f"collector {c['client_id']}: {c['rate'] or 0:.0f} events/s, {c['queued']} queued "
-              f"({c['backlog_s'] or 0:.1f}s behind){' PAUSED' if c['paused'] else ''}, reported {age:.0f}s ago")
+        print(f"collector {c['client_id']}: {c['ingest_rate'] or 0:.0f} messages/s, {c['backlog'] or 0} held "
+              f"({c['backlog_s'] or 0:.1f}s behind){', not reading' if c['paused'] else ''}, reported {age:.0f}s ago")
     return 0
 
 
@@ -278,7 +290,14 @@ def cmd_db_version(args: argparse.Namespace) -> int:
 
 # -- main ---------------------------------------------------------------------------
 
-COMMANDS: list[Callable[[Any], None]] = [register_run, register_alerts, register_hosts, register_stats, register_db]
+def register_console(sub: Any) -> None:
+    from weightwarden.collector.console_cli import add_commands
+
+    add_commands(sub, _db_arg)  # serve, users, tokens, outputs
+
+
+COMMANDS: list[Callable[[Any], None]] = [register_run, register_alerts, register_hosts, register_stats, register_db,
+                                         register_console]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -287,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Central service: ingest agent events, correlate transfers with weight reads, raise alerts.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"weightwarden-collector {__version__}")
+    parser.add_argument("--log-level", choices=sorted(logs.LEVELS), default="info",
+                        help="least severe log lines written to stderr (default: info)")
     sub = parser.add_subparsers(dest="command", required=True)
     for register in COMMANDS:
         register(sub)
@@ -299,6 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from weightwarden.collector.schema import StoreError, connect_error
 
     args = build_parser().parse_args(argv)
+    logs.configure(args.log_level)
     try:
         return int(args.func(args))
     except (Fail, StoreError) as exc:

@@ -42,6 +42,8 @@ from weightwarden.asyncutil import wait_for_stop
 from weightwarden.collector import __version__
 from weightwarden.collector.batching import DatabaseAway
 from weightwarden.collector.flow import MAX_PACKET, Held, Inbox, ReadGate
+from weightwarden.collector.outputs.dispatch import Dispatcher
+from weightwarden.collector.outputs.receivers import ALERT_TOPIC
 from weightwarden.collector.pipeline import Pipeline
 from weightwarden.collector.retention import Retention
 from weightwarden.collector.retention import run as run_retention
@@ -76,6 +78,7 @@ class CollectorService:
         self.stop = asyncio.Event()
         self.received = 0
         self.stored = 0
+        self.processed = 0  # messages done with: stored, duplicates and dead letters
         self.batches = 0
         self.last_batch = 0
         self.connected = asyncio.Event()
@@ -123,7 +126,12 @@ class CollectorService:
                         payload = message.payload if isinstance(message.payload, bytes) else \
                             str(message.payload).encode()
                         ack = functools.partial(paho_client.ack, message.mid, message.qos) if message.qos else None
-                        self.inbox.put(Held(str(message.topic), payload, ack))
+                        topic = str(message.topic)
+                        if topic.startswith(ALERT_TOPIC + "/"):
+                            if ack is not None:
+                                ack()  # alert notifications (ours or another collector's), not agent events
+                            continue
+                        self.inbox.put(Held(topic, payload, ack))
                         self.received += 1
                         if self.inbox.full:
                             # Stop reading: TCP, then the broker, hold the rest until there is room.
@@ -173,6 +181,7 @@ class CollectorService:
                 if held.ack is not None:
                     held.ack()  # on the connection it came by; if that is gone, the broker resends it
             self.stored += counts["stored"]
+            self.processed += len(batch)
             self.batches += 1
             self.last_batch = len(batch)
             if attempt > 1:
@@ -199,30 +208,31 @@ class CollectorService:
             await wait_for_stop(self.stop, RETENTION_EVERY_S)
 
     def status(self, rate: float) -> dict[str, Any]:
+        """The collector_status row (metrics.py renders it): backlog in messages, bytes and seconds."""
         return {"client_id": self.ident, "hostname": socket.gethostname(), "pid": os.getpid(),
                 "version": __version__, "started_at": self.started_at, "updated_at": time.time(),
-                "received": self.received, "stored": self.stored, "queued": self.inbox.held,
-                "queued_bytes": self.inbox.held_bytes, "backlog_s": round(self.inbox.oldest_age(), 3),
-                "paused": int(bool(self.gate and self.gate.paused)), "rate": round(rate, 1),
+                "received": self.received, "stored": self.stored, "backlog": self.inbox.held,
+                "backlog_bytes": self.inbox.held_bytes, "backlog_s": round(self.inbox.oldest_age(), 3),
+                "paused": int(bool(self.gate and self.gate.paused)), "ingest_rate": round(rate, 1),
                 "batch": self.last_batch}
 
     async def _reporter(self) -> None:
         """Every few seconds: this collector's numbers into the database, and a log line while behind."""
-        last_stored, last_t, behind = self.stored, time.monotonic(), False
+        last_done, last_t, behind = self.processed, time.monotonic(), False
         while not self.stop.is_set():
             await wait_for_stop(self.stop, REPORT_EVERY_S)
             now = time.monotonic()
-            rate = (self.stored - last_stored) / max(now - last_t, 1e-3)
-            last_stored, last_t = self.stored, now
+            rate = (self.processed - last_done) / max(now - last_t, 1e-3)
+            last_done, last_t = self.processed, now
             status = self.status(rate)
             if status["backlog_s"] > BEHIND_S or status["paused"]:
                 behind = True
-                self.log.warning("ingest_behind", backlog_s=status["backlog_s"], queued=status["queued"],
-                                 queued_bytes=status["queued_bytes"], paused=bool(status["paused"]),
-                                 events_per_s=status["rate"], batch=status["batch"])
+                self.log.warning("ingest_behind", backlog_s=status["backlog_s"], held=status["backlog"],
+                                 held_bytes=status["backlog_bytes"], reading=not status["paused"],
+                                 messages_per_s=status["ingest_rate"], batch=status["batch"])
             elif behind:
                 behind = False
-                self.log.info("ingest_caught_up", events_per_s=status["rate"])
+                self.log.info("ingest_caught_up", messages_per_s=status["ingest_rate"])
             try:
                 await asyncio.to_thread(self._report, status)
             except Exception as exc:  # noqa: BLE001 - the database may be away; ingest says so already
@@ -241,7 +251,10 @@ class CollectorService:
             tg.create_task(self._ingest())
             tg.create_task(self._sweeper())
             tg.create_task(self._retention())
+            # This collector's backlog and rate, for `stats`, /metrics and the console; and the alert
+            # outputs (syslog, webhook, MQTT): beside ingest, never in it.
             tg.create_task(self._reporter())
+            tg.create_task(Dispatcher(self.pipeline.store, self.ident).run(self.stop))
             await self.stop.wait()
             mqtt.cancel()
         return 0

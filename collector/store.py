@@ -26,6 +26,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, Opera
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from weightwarden.collector import bulk, schema
+from weightwarden.collector.outputs.outbox import alert_changed
 from weightwarden.collector.schema import StoreError, normalize_url, safe_url
 from weightwarden.events import Event
 
@@ -400,18 +401,23 @@ class Store:
             # A resolved incident that happens again is open again.
             "state = CASE WHEN alerts.state = 'resolved' AND :reopen = 1 THEN 'open' ELSE alerts.state END"),
             {**params, "reopen": 1 if a.get("reopen", True) else 0})
+        alert_changed(conn, a["key"], now)  # opened, escalated or reopened: notify the outputs
 
     @staticmethod
     def set_state(conn: Connection, key_or_id: str, state: str, who: str, now: float) -> int:
         col = "acked" if state == "acknowledged" else "resolved"
         res = conn.execute(text(f"UPDATE alerts SET state=:s, {col}_by=:w, {col}_at=:t, updated_at=:t "
                                 "WHERE id=:k OR key=:k"), {"s": state, "w": who, "t": now, "k": key_or_id})
+        alert_changed(conn, key_or_id, now)
         return int(res.rowcount)
 
     @staticmethod
     def resolve_kind(conn: Connection, host: str, kind: str, who: str, now: float) -> None:
-        conn.execute(text("UPDATE alerts SET state='resolved', resolved_by=:w, resolved_at=:t, updated_at=:t "
-                          "WHERE host=:h AND kind=:k AND state != 'resolved'"), {"w": who, "t": now, "h": host, "k": kind})
+        keys = conn.execute(text("UPDATE alerts SET state='resolved', resolved_by=:w, resolved_at=:t, updated_at=:t "
+                                 "WHERE host=:h AND kind=:k AND state != 'resolved' RETURNING key"),
+                            {"w": who, "t": now, "h": host, "k": kind}).scalars().all()
+        for key in keys:
+            alert_changed(conn, key, now)
 
     def alerts(self, state: str | None = None, host: str | None = None, min_severity: str | None = None
                ) -> list[dict[str, Any]]:
@@ -454,17 +460,17 @@ class Store:
 
     @staticmethod
     def report_collector(conn: Connection, status: dict[str, Any]) -> None:
-        """A running collector's own numbers (backlog, rate), for `stats` and the console."""
+        """A running collector's own numbers (backlog, rate), for `stats`, /metrics and the console."""
         cols = ("client_id", "hostname", "pid", "version", "started_at", "updated_at", "received", "stored",
-                "queued", "queued_bytes", "backlog_s", "paused", "rate", "batch")
-        conn.execute(text(f"INSERT INTO collectors({', '.join(cols)}) VALUES ({', '.join(':' + c for c in cols)}) "
+                "backlog", "backlog_bytes", "backlog_s", "paused", "ingest_rate", "batch")
+        conn.execute(text(f"INSERT INTO collector_status({', '.join(cols)}) VALUES ({', '.join(':' + c for c in cols)}) "
                           f"ON CONFLICT (client_id) DO UPDATE SET "
                           f"{', '.join(f'{c} = excluded.{c}' for c in cols[1:])}"),
                      {c: status.get(c) for c in cols})
 
     def collectors(self) -> list[dict[str, Any]]:
         with self.tx() as conn:
-            return [dict(r) for r in conn.execute(text("SELECT * FROM collectors ORDER BY client_id")).mappings()]
+            return [dict(r) for r in conn.execute(text("SELECT * FROM collector_status ORDER BY client_id")).mappings()]
 
 
 def _printable(value: str | bytes, limit: int) -> str:

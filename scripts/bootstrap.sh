@@ -10,7 +10,9 @@ export PATH="$PATH:/usr/sbin:/sbin"
 needed=(
   ip:iproute2 tc:iproute2 nft:nftables iptables:iptables conntrack:conntrack
   mosquitto:mosquitto mosquitto_sub:mosquitto-clients iperf3:iperf3 nethogs:nethogs
-  curl:curl
+  curl:curl openssl:openssl
+  # The console's browser tests: Debian's chromium and its driver (selenium never downloads one).
+  chromium:chromium chromedriver:chromium-driver
 )
 missing=()
 for pair in "${needed[@]}"; do
@@ -29,13 +31,21 @@ if ((${#missing[@]})); then
     exit 1
   fi
   echo "bootstrap: installing ${missing[*]}" >&2
+  # The packages we add must not start their services (mosquitto, postgresql, iperf3): the project
+  # runs its own, on its own ports. policy-rc.d says so for this install only; services that were
+  # on the host before are never stopped, disabled or restarted, and an existing policy-rc.d is kept.
+  made_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\n# weightwarden bootstrap: start nothing during this install\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  trap '[ -n "$made_policy" ] && rm -f /usr/sbin/policy-rc.d' EXIT
   apt-get update -q
   # iperf3 asks whether to start a daemon; noninteractive answers no.
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u)
-  # Debian starts the packaged services; the project runs its own, on its own ports.
-  for svc in mosquitto postgresql iperf3; do
-    command -v systemctl >/dev/null 2>&1 && systemctl disable --now "$svc" >/dev/null 2>&1 || true
-  done
+  [ -n "$made_policy" ] && rm -f /usr/sbin/policy-rc.d
+  made_policy=""
 fi
 
 if [ ! -x .venv/bin/python ] || [ pyproject.toml -nt .venv/.installed ]; then

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from weightwarden.agent.enforce import iptables, nftables, tc
+from weightwarden.agent.enforce import backend as backends
 from weightwarden.agent.enforce.kernel import KernelError
 from weightwarden.agent.enforce.plan import Plan, PlanInputs
+from weightwarden.events import write_private
 
 
 @dataclass
@@ -32,26 +33,13 @@ class ReconcileResult:
     error: str | None = None
 
 
-def choose_backend(requested: str = "auto") -> str:
-    if requested == "nftables" or (requested == "auto" and nftables.available()):
-        return "nftables"
-    if requested in ("auto", "iptables") and iptables.available():
-        return "iptables"
-    raise KernelError("neither nft nor iptables-restore is usable: cannot enforce caps")
-
-
 def plan_digest(plan: Plan) -> str:
     return hashlib.sha256(json.dumps(plan.to_json(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def atomic_write(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """A state file, replaced atomically, readable by root only (it names processes and policies)."""
+    write_private(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -83,32 +71,27 @@ def same_kernel(record: dict[str, Any], generation: dict[str, Any]) -> bool:
 
 class Enforcer:
     def __init__(self, state_dir: Path, backend: str = "auto") -> None:
-        self.backend = choose_backend(backend)
         self.record_path = state_dir / "enforcement.json"
         self.generation = kernel_generation()
         self.record: dict[str, Any] | None = read_json(self.record_path)
+        if backend == "auto" and self.record is not None and self.record.get("backend") in backends.BACKENDS:
+            # What is in force decides: status, drift checks and clear read the backend that applied it.
+            backend = str(self.record["backend"])
+        self.kernel: backends.Backend = backends.choose(backend)
+        self.backend = self.kernel.name
         # Set when the record on disk came from an earlier boot or namespace: nothing of it is in force.
         self.previous_kernel: dict[str, Any] | None = None
         if self.record is not None and not same_kernel(self.record, self.generation):
             self.previous_kernel, self.record = self.record, None
 
     def fingerprint(self, interfaces: list[str]) -> dict[str, Any]:
-        rules: Any = nftables.normalize(nftables.read_table()) if self.backend == "nftables" else iptables.read_state()
-        return {"backend": self.backend, "rules": rules, "tc": {i: tc.read_interface(i) for i in interfaces}}
+        return self.kernel.state(interfaces)
 
     def counters(self) -> dict[str, dict[str, int]]:
-        if self.backend == "nftables":
-            return nftables.counters(nftables.read_table())
-        return iptables.counters()
+        return self.kernel.counters()
 
     def apply(self, inputs: PlanInputs, plan: Plan, policy_meta: dict[str, Any]) -> None:
-        # tc first: classes exist before any packet is steered into them.
-        for iface, commands in plan.tc.items():
-            tc.apply(iface, commands)
-        if self.backend == "nftables":
-            nftables.apply(plan.nft_document())
-        else:
-            iptables.apply(iptables.build(inputs, plan))
+        self.kernel.apply(inputs, plan)
         self.record = {
             **policy_meta,
             "backend": self.backend,
@@ -129,10 +112,11 @@ class Enforcer:
         expected = self.record.get("fingerprint", {})
         now = self.fingerprint(interfaces)
         found = []
-        if now["rules"] != expected.get("rules"):
-            found.append(f"{self.backend} rules missing" if now["rules"] is None else f"{self.backend} rules changed")
+        if now.get("rules") != expected.get("rules") or now.get("plan") != expected.get("plan"):
+            missing = now.get("rules", now.get("plan")) is None
+            found.append(f"{self.backend} rules missing" if missing else f"{self.backend} rules changed")
         for iface in interfaces:
-            want, have = expected.get("tc", {}).get(iface), now["tc"].get(iface)
+            want, have = expected.get("tc", {}).get(iface), now.get("tc", {}).get(iface)
             if want != have:
                 missing = not (have or {}).get("qdiscs") or not any(q["parent"] == "root" and q["handle"] == "7757:0"
                                                                       for q in have.get("qdiscs", []))
@@ -155,13 +139,30 @@ class Enforcer:
             return ReconcileResult(applied=False, error=str(exc))
 
     def clear(self) -> dict[str, Any]:
-        """Remove every trace of ours from nft, iptables and tc; forget the record."""
-        removed = {"nftables": nftables.clear() if nftables.available() else False,
-                   "iptables": iptables.clear() if iptables.available() else False,
-                   "tc": tc.clear()}
+        """Remove every trace of ours, whatever state a killed agent left: caps (nft, iptables, tc)
+        and the owner-resolution rules (NFQUEUE chains) that only a clean stop removes; forget the record."""
+        if isinstance(self.kernel, backends.DryRunBackend):
+            removed = self.kernel.clear()
+        else:
+            removed = backends.clear_everything()
+            removed["owner_resolution"] = clear_resolution_rules()
         self.record = None
         try:
             self.record_path.unlink()
         except FileNotFoundError:
             pass
         return removed
+
+
+def clear_resolution_rules() -> bool:
+    """The sampler's NFQUEUE chains (WEIGHTWARDEN-RESOLVE, WEIGHTWARDEN-DNS): a clean stop removes
+    them, a killed agent leaves them (they only bypass then, but they are ours to remove)."""
+    from weightwarden.agent import resolve_rules
+
+    tools = resolve_rules.available_tools()
+    if not tools:
+        return False
+    before = any(resolve_rules.CHAIN in resolve_rules.saved(t) or resolve_rules.DNS_CHAIN in resolve_rules.saved(t)
+                 for t in tools)
+    resolve_rules.remove(resolve_rules.plan(0, tools))
+    return before

@@ -232,14 +232,15 @@ def build(inputs: PlanInputs) -> Plan:
 
 
 def tc_commands(iface: str, slots: list[CapSlot]) -> list[list[str]]:
-    """argv lists that build the htb tree on one interface, from nothing."""
+    """argv lists that put the htb tree on one interface, in place: ``replace`` changes a tree that
+    is there (or swaps whatever root was there) without ever leaving the interface uncapped."""
     root = f"{TC_MAJOR:x}:"
-    cmds = [["tc", "qdisc", "add", "dev", iface, "root", "handle", root, "htb"]]
+    cmds = [["tc", "qdisc", "replace", "dev", iface, "root", "handle", root, "htb"]]
     for slot in slots:
         if slot.action != "shape":
             continue
         rate = f"{slot.rate_bps}bit"
         burst = str(slot.burst_bytes)
-        cmds.append(["tc", "class", "add", "dev", iface, "parent", root, "classid", slot.classid, "htb",
+        cmds.append(["tc", "class", "replace", "dev", iface, "parent", root, "classid", slot.classid, "htb",
                      "rate", rate, "ceil", rate, "burst", burst, "cburst", burst])
     return cmds

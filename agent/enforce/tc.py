@@ -81,13 +81,18 @@ def ours(iface: str) -> bool:
 
 
 def apply(iface: str, commands: list[list[str]]) -> None:
-    """Rebuild our tree on ``iface``: htb cannot change a root in place, and a
-    rebuild also drops classes of caps the policy no longer has. Runs only when
-    the plan changed or drift was found, not every interval."""
-    if ours(iface):
-        run(["tc", "qdisc", "del", "dev", iface, "root"])
+    """Put our tree on ``iface`` in place (``replace``: the root and each class are changed, not
+    rebuilt, so a failure half-way leaves the previous caps in force, never none), then drop the
+    classes of caps the plan no longer has. Runs only when the plan changed or drift was found."""
+    present = ours(iface)
     for argv in commands:
+        if argv[1] == "qdisc" and present:
+            continue  # our htb root is there, and htb has nothing of its own to change
         run(argv)
+    wanted = {argv[argv.index("classid") + 1] for argv in commands if "classid" in argv}
+    for cls in read_interface(iface).get("classes", []):
+        if cls["classid"] not in wanted:
+            run(["tc", "class", "del", "dev", iface, "classid", cls["classid"]], check=False)
 
 
 def interfaces_with_ours() -> list[str]:

@@ -36,10 +36,28 @@ def test_budget_exhausts_once_and_survives_a_restart() -> None:
 def test_threshold_fires_once_per_crossing() -> None:
     spec = parse_policy(HEAD + "  thresholds: [{name: t, bytes: 100, window: 60s}]\n").policy.spec
     watch = ThresholdWatch(spec.thresholds)
-    assert watch.add(0, pid=1, n=60) == []
-    assert [(th.name, total) for th, total in watch.add(1, pid=1, n=60)] == [("t", 120)]
-    assert watch.add(2, pid=1, n=60) == []
-    assert watch.add(2, pid=2, n=99) == []
+    assert watch.add(0, (1, 100.0), n=60) == []
+    assert [(th.name, total) for th, total in watch.add(1, (1, 100.0), n=60)] == [("t", 120)]
+    assert watch.add(2, (1, 100.0), n=60) == []
+    assert watch.add(2, (2, 100.0), n=99) == []
+
+
+def test_a_reused_pid_starts_from_nothing_and_dead_senders_are_forgotten() -> None:
+    spec = parse_policy(HEAD + "  thresholds: [{name: t, bytes: 100, window: 60s}]\n").policy.spec
+    watch = ThresholdWatch(spec.thresholds)
+    assert watch.add(0, (7, 100.0), n=90) == []
+    # pid 7 exits; a new process gets pid 7 and sends 20 bytes: it is not the first one's 110.
+    assert watch.add(1, (7, 200.0), n=20) == []
+    # 200 samples of 100 short-lived senders each: windows of processes gone are dropped.
+    alive = {(7, 200.0)}
+    for t in range(200):
+        for i in range(100):
+            watch.add(2 + t, (10_000 + 100 * t + i, 1.0), n=1)
+        watch.add(2 + t, (7, 200.0), n=1)  # the live one keeps sending
+        watch.forget(2 + t + 0.5, lambda key: key in alive)
+    assert len(watch) == 1, "only the live process keeps a window"
+    watch.forget(1000, lambda key: True)
+    assert len(watch) == 0, "a window whose bytes aged out is dropped"
 
 
 def test_sequence_survives_restart_and_ids_are_unique(tmp_path: Path) -> None:

@@ -50,3 +50,25 @@ def test_only_an_empty_mangle_table_counts_as_empty() -> None:
     assert not resolve_rules.table_is_empty(head + ":SOMEONES - [0:0]\nCOMMIT\n")
     assert not resolve_rules.table_is_empty(head.replace(":FORWARD ACCEPT", ":FORWARD DROP") + "COMMIT\n")
 
+
+
+def test_log_lines_carry_their_priority_for_journald() -> None:
+    """Under systemd ($JOURNAL_STREAM names stderr) each JSON line starts with <priority>; else plain JSON."""
+    import json
+    import os
+
+    code = ("from weightwarden import logs; logs.configure('debug'); log = logs.get('t'); "
+            "log.error('boom'); log.warning('careful'); log.debug('detail')")
+    read, write = os.pipe()
+    st = os.fstat(write)
+    env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+    proc = subprocess.run([sys.executable, "-c", code], stderr=write, env=env, timeout=60)
+    os.close(write)
+    with os.fdopen(read) as fh:
+        lines = fh.read().splitlines()
+    assert proc.returncode == 0
+    assert [ln[:3] for ln in lines] == ["<3>", "<4>", "<7>"], lines
+    assert json.loads(lines[0][3:])["event"] == "boom"
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           env={k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"})
+    assert all(json.loads(ln) for ln in plain.stderr.splitlines()), "without journald, lines are plain JSON"

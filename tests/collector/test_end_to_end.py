@@ -45,7 +45,9 @@ data = open(sys.argv[1], 'rb').read()
 def alerts(db: str) -> list[dict[str, Any]]:
     out = subprocess.run([sys.executable, "-m", "weightwarden.collector", "alerts", "list", "--json", "--db", db],
                          capture_output=True, text=True, cwd=str(REPO))
-    return json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else []
+    # A CLI that fails is a failure, never "no alerts": the innocent-process check below relies on it.
+    assert out.returncode == 0, out.stderr
+    return list(json.loads(out.stdout))
 
 
 def test_read_then_upload_alerts_within_five_seconds(netns_pair: NetnsPair, tmp_path: Path) -> None:

@@ -83,7 +83,11 @@ def test_two_collectors_on_postgres_match_one_on_sqlite(broker: Broker, postgres
              collector(broker, postgres.url, "--shared-group", "collectors", "--client-id", "pg2",
                        log=tmp_path / "pg2.log")]
     try:
-        time.sleep(2.5)
+        # Publish only once every collector has subscribed: a shared subscription with no member yet
+        # drops what is published to it (PostgreSQL collectors migrate before they subscribe).
+        logfiles = [tmp_path / f for f in ("one.log", "pg1.log", "pg2.log")]
+        assert wait_for(lambda: all(p.exists() and "collector_subscribed" in p.read_text() for p in logfiles), 30), \
+            [p.read_text()[-500:] for p in logfiles if p.exists()]
         messages = scenario(time.time())
         pub = publisher(broker)
         for topic, payload in messages:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -64,12 +65,15 @@ def interface_total(samples: list[dict[str, Any]]) -> int:
 class DaemonRun:
     """``weightwarden-agent run --sink stdout`` in namespace ``a``, its events collected live."""
 
-    def __init__(self, pair: NetnsPair, policy: Path, state_dir: Path, *args: str) -> None:
+    def __init__(self, pair: NetnsPair, policy: Path, state_dir: Path, *args: str,
+                 wrapper: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+        """``wrapper``: argv the agent runs under (e.g. tests.helpers.sandbox for a unit's sandbox);
+        ``env``: extra environment (NOTIFY_SOCKET, WATCHDOG_USEC...)."""
         self.pair = pair
         self.proc = pair.popen(
-            pair.a, sys.executable, "-m", "weightwarden.agent", "run", "--policy", str(policy), "--state-dir", str(state_dir),
-            "--sink", "stdout", "--host-id", "test-host", *args,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO),
+            pair.a, *wrapper, sys.executable, "-m", "weightwarden.agent", "run", "--policy", str(policy),
+            "--state-dir", str(state_dir), "--sink", "stdout", "--host-id", "test-host", *args,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO), env={**os.environ, **(env or {})},
         )
         self.events: list[dict[str, Any]] = []
         self.stderr: list[str] = []

@@ -75,11 +75,21 @@ def agent(pair: NetnsPair, *args: str) -> subprocess.CompletedProcess[str]:
     return pair.run(pair.a, sys.executable, "-m", "weightwarden.agent", *args, check=False)
 
 
-def test_cap_holds_and_allowlist_keeps_its_speed(lab: NetnsPair, tmp_path: Path) -> None:
+@pytest.fixture(params=["nftables", "iptables"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The caps tests run once per enforcement backend."""
+    return str(request.param)
+
+
+def test_cap_holds_and_allowlist_keeps_its_speed(lab: NetnsPair, tmp_path: Path, backend: str) -> None:
     pair = lab
     state = tmp_path / "state"
-    daemon = DaemonRun(pair, write_policy(tmp_path, CONTRACT), state)
-    daemon.wait_event("policy_applied")
+    daemon = DaemonRun(pair, write_policy(tmp_path, CONTRACT), state, "--backend", backend)
+    applied = daemon.wait_event("policy_applied")
+    assert applied["data"]["backend"] == backend
+    if backend == "iptables":
+        assert "WEIGHTWARDEN-CAPS" in pair.run(pair.a, "iptables-save", "-t", "mangle").stdout
+        assert "weightwarden" not in pair.run(pair.a, "nft", "list", "tables").stdout
 
     wire, tcp = wire_rate(pair, pair.addr_b)
     assert abs(wire - CAP) / CAP < 0.05, f"link-layer rate {wire / 1e6:.2f} Mbit/s"
@@ -97,7 +107,8 @@ def test_cap_holds_and_allowlist_keeps_its_speed(lab: NetnsPair, tmp_path: Path)
     policy = tmp_path / "policy.yaml"
     with_rules, without = [], []
     for _ in range(2):
-        assert agent(pair, "enforce", "apply", "--policy", str(policy), "--state-dir", str(state)).returncode == 0
+        assert agent(pair, "enforce", "apply", "--policy", str(policy), "--state-dir", str(state),
+                     "--backend", backend).returncode == 0
         with_rules.append(goodput(iperf(pair, ALLOW_B, 5202, 2, rate="4G")))
         assert agent(pair, "enforce", "clear", "--state-dir", str(state)).returncode == 0
         without.append(goodput(iperf(pair, ALLOW_B, 5202, 2, rate="4G")))
@@ -106,10 +117,10 @@ def test_cap_holds_and_allowlist_keeps_its_speed(lab: NetnsPair, tmp_path: Path)
         f"{[round(x / 1e9, 2) for x in without]} Gbit/s"
 
 
-def test_only_the_matched_uid_is_capped(lab: NetnsPair, tmp_path: Path) -> None:
+def test_only_the_matched_uid_is_capped(lab: NetnsPair, tmp_path: Path, backend: str) -> None:
     pair = lab
     policy = CONTRACT.replace("rate: 20Mbit", "rate: 20Mbit\n      match:\n        uids: [65534]")
-    daemon = DaemonRun(pair, write_policy(tmp_path, policy), tmp_path / "state")
+    daemon = DaemonRun(pair, write_policy(tmp_path, policy), tmp_path / "state", "--backend", backend)
     daemon.wait_event("policy_applied")
     procs = {}
     for name, port, uid in (("nobody", 5201, 65534), ("root", 5203, None)):
@@ -131,8 +142,8 @@ def test_budget_blocks_and_survives_a_restart(lab: NetnsPair, tmp_path: Path) ->
     state = tmp_path / "state"
     daemon = DaemonRun(pair, policy, state)
     daemon.wait_event("policy_applied")
-    # Far more than 3 MB at veth speed; the block may cut this very upload short.
-    pair.run(pair.a, "iperf3", "-c", pair.addr_b, "-t", "2", check=False)
+    # Twice the budget, sent in a blink (before the next reconcile can block it mid-way).
+    pair.run(pair.a, "iperf3", "-c", pair.addr_b, "-n", "6M", check=False)
     exhausted = daemon.wait_event("budget_exhausted", timeout=10)
     assert exhausted["data"]["budget"] == "small" and exhausted["data"]["used_bytes"] >= 3_000_000
     daemon.wait_event("policy_applied", blocked_budgets=["small"], timeout=10)
@@ -153,11 +164,12 @@ def test_budget_blocks_and_survives_a_restart(lab: NetnsPair, tmp_path: Path) ->
     assert goodput(iperf(pair, pair.addr_b, seconds=1)) > 10 * CAP
 
 
-def test_kill_9_keeps_caps_drift_is_repaired_and_clear_leaves_no_trace(lab: NetnsPair, tmp_path: Path) -> None:
+def test_kill_9_keeps_caps_drift_is_repaired_and_clear_leaves_no_trace(lab: NetnsPair, tmp_path: Path,
+                                                                      backend: str) -> None:
     pair = lab
     policy = write_policy(tmp_path, CONTRACT + "  interval: 1s\n")
     state = tmp_path / "state"
-    daemon = DaemonRun(pair, policy, state)
+    daemon = DaemonRun(pair, policy, state, "--backend", backend)
     daemon.wait_event("policy_applied")
     daemon.kill()
     wire, _ = wire_rate(pair, pair.addr_b, seconds=3)
@@ -165,25 +177,35 @@ def test_kill_9_keeps_caps_drift_is_repaired_and_clear_leaves_no_trace(lab: Netn
     status = agent(pair, "status", "--json", "--state-dir", str(state))
     assert status.returncode == 0 and json.loads(status.stdout)["policy"] == "example"
 
-    daemon = DaemonRun(pair, policy, state)
+    daemon = DaemonRun(pair, policy, state, "--backend", backend)
     daemon.wait_event("heartbeat")
     mark = len(daemon.events)
-    pair.run(pair.a, "nft", "delete", "table", "inet", "weightwarden")
+    if backend == "nftables":
+        pair.run(pair.a, "nft", "delete", "table", "inet", "weightwarden")
+    else:
+        pair.run(pair.a, "iptables", "-t", "mangle", "-F", "WEIGHTWARDEN-CAPS")
     pair.run(pair.a, "tc", "qdisc", "del", "dev", pair.veth_a, "root")
     drift = daemon.wait_event("enforcement_drift", timeout=5, after=mark)
     assert drift["data"]["restored"] and any("missing" in d for d in drift["data"]["drift"])
-    assert "weightwarden" in pair.run(pair.a, "nft", "list", "tables").stdout
     wire, _ = wire_rate(pair, pair.addr_b, seconds=3)
     assert wire < 1.05 * CAP
     assert daemon.stop() == 0
     assert daemon.events[-1]["type"] == "agent_stopping"
-    assert "weightwarden" in pair.run(pair.a, "nft", "list", "tables").stdout, "SIGTERM leaves caps in force"
+    assert "7757" in pair.run(pair.a, "tc", "qdisc", "show").stdout, "SIGTERM leaves caps in force"
 
+    # Killed again, mid-flight: `enforce clear` must still leave no trace of anything of ours,
+    # caps and the owner-resolution (NFQUEUE) chains alike.
+    daemon = DaemonRun(pair, policy, state, "--backend", backend)
+    daemon.wait_event("heartbeat")
+    assert "WEIGHTWARDEN-RESOLVE" in pair.run(pair.a, "iptables-save", "-t", "mangle").stdout
+    daemon.kill()
     cleared = agent(pair, "enforce", "clear", "--json", "--state-dir", str(state))
-    assert cleared.returncode == 0 and json.loads(cleared.stdout)["nftables"] is True
+    assert cleared.returncode == 0 and json.loads(cleared.stdout)[backend] is True
+    assert json.loads(cleared.stdout)["owner_resolution"] is True
     assert "weightwarden" not in pair.run(pair.a, "nft", "list", "ruleset").stdout
     assert "7757" not in pair.run(pair.a, "tc", "qdisc", "show").stdout
-    assert "WEIGHTWARDEN" not in pair.run(pair.a, "iptables-save").stdout
+    for tool in ("iptables-save", "ip6tables-save"):
+        assert "WEIGHTWARDEN" not in pair.run(pair.a, tool).stdout, tool
     assert agent(pair, "status", "--state-dir", str(state)).returncode == 0  # nothing in force, nothing drifted
 
 
@@ -233,19 +255,30 @@ def test_a_reboot_is_not_reported_as_tampering(netns_pair: NetnsPair, tmp_path: 
     assert pair.run(pair.a, "nft", "list", "tables").stdout.strip() == ""
 
 
-def test_iptables_backend_caps_too(lab: NetnsPair, tmp_path: Path) -> None:
+def test_a_changed_cap_is_replaced_in_place(lab: NetnsPair, tmp_path: Path) -> None:
+    """Re-applying changes the htb tree in place: the root qdisc (and its byte counter) lives on,
+    so there is no moment without caps, and a cap the policy dropped loses its class."""
     pair = lab
-    daemon = DaemonRun(pair, write_policy(tmp_path, CONTRACT), tmp_path / "state", "--backend", "iptables")
-    applied = daemon.wait_event("policy_applied")
-    assert applied["data"]["backend"] == "iptables"
-    assert "WEIGHTWARDEN-CAPS" in pair.run(pair.a, "iptables-save", "-t", "mangle").stdout
-    wire, _ = wire_rate(pair, pair.addr_b, seconds=4)
-    assert abs(wire - CAP) / CAP < 0.05
-    assert goodput(iperf(pair, ALLOW_B, 5202, 2)) > 10 * CAP
-    daemon.stop()
-    assert agent(pair, "enforce", "clear", "--backend", "iptables", "--state-dir", str(tmp_path / "state")).returncode == 0
-    assert "WEIGHTWARDEN" not in pair.run(pair.a, "iptables-save").stdout
-    assert "7757" not in pair.run(pair.a, "tc", "qdisc", "show").stdout
+    state = tmp_path / "state"
+    two = CONTRACT + "    - name: second\n      rate: 5Mbit\n      match:\n        uids: [65534]\n"
+    policy = write_policy(tmp_path, two)
+    assert agent(pair, "enforce", "apply", "--policy", str(policy), "--state-dir", str(state)).returncode == 0
+    pair.run(pair.a, "iperf3", "-c", pair.addr_b, "-n", "2M", check=False)
+
+    def root_bytes() -> int:
+        for q in json.loads(pair.run(pair.a, "tc", "-s", "-j", "qdisc", "show", "dev", pair.veth_a).stdout):
+            if q.get("handle") == "7757:" and q.get("root"):
+                return int(q["bytes"])
+        raise AssertionError("our root qdisc is gone")
+
+    before = root_bytes()
+    assert before > 1_000_000
+    policy.write_text(CONTRACT.replace("20Mbit", "30Mbit"))
+    assert agent(pair, "enforce", "apply", "--policy", str(policy), "--state-dir", str(state)).returncode == 0
+    assert root_bytes() >= before, "the root qdisc was deleted and rebuilt, not changed in place"
+    classes = pair.run(pair.a, "tc", "class", "show", "dev", pair.veth_a).stdout
+    assert "rate 30Mbit" in classes and "7757:101" not in classes, classes
+    assert agent(pair, "enforce", "clear", "--state-dir", str(state)).returncode == 0
 
 
 def test_bad_reload_keeps_the_old_policy(lab: NetnsPair, tmp_path: Path) -> None:
@@ -285,3 +318,16 @@ def test_no_kernel_command_goes_through_a_shell() -> None:
     for path in list((REPO / "agent").rglob("*.py")) + list((REPO / "collector").rglob("*.py")):
         text = path.read_text()
         assert "shell=True" not in text and "os.system(" not in text and "os.popen(" not in text, path
+
+
+def test_dry_run_backend_plans_and_reports_but_touches_nothing(lab: NetnsPair, tmp_path: Path) -> None:
+    pair = lab
+    daemon = DaemonRun(pair, write_policy(tmp_path, CONTRACT), tmp_path / "state", "--backend", "dry-run")
+    applied = daemon.wait_event("policy_applied")
+    assert applied["data"]["backend"] == "dry-run" and applied["data"]["caps"][0]["rate_bps"] == CAP
+    daemon.wait_event("heartbeat")
+    assert "weightwarden" not in pair.run(pair.a, "nft", "list", "tables").stdout
+    assert "7757" not in pair.run(pair.a, "tc", "qdisc", "show").stdout
+    assert "WEIGHTWARDEN-CAPS" not in pair.run(pair.a, "iptables-save").stdout
+    assert goodput(iperf(pair, pair.addr_b, seconds=1)) > 10 * CAP, "nothing is capped"
+    assert daemon.stop() == 0, "".join(daemon.stderr[-10:])

@@ -26,7 +26,9 @@ def test_contract_plan() -> None:
     cap_rule = _rules(plan)[-1]
     assert {"mangle": {"key": {"meta": {"key": "priority"}}, "value": slot.classid}} in cap_rule
     assert {"return": None} in cap_rule
-    assert plan.tc["eth0"][0] == ["tc", "qdisc", "add", "dev", "eth0", "root", "handle", "7757:", "htb"]
+    assert plan.tc["eth0"][0] == ["tc", "qdisc", "replace", "dev", "eth0", "root", "handle", "7757:", "htb"]
+    # In place, never delete-then-add: a failure half-way must leave the previous caps, not none.
+    assert all(argv[2] == "replace" for argv in plan.tc["eth0"])
     assert ["rate", "20000000bit"] == plan.tc["eth0"][1][10:12]
 
 

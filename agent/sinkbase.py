@@ -1,0 +1,42 @@
+"""What a sink is: the interface the daemon talks to, and the statistics it reports.
+
+Kept apart from the implementations (stdout in sinks.py, MQTT in mqtt_sink.py) so
+neither imports the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from weightwarden.events import Event, EventFactory, EventsDropped
+
+
+class Sequencer(Protocol):
+    def next(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class SinkStats:
+    depth: int = 0  # events held, not yet acknowledged
+    replayed: int = 0  # acknowledged events sent again after reconnects, ever
+
+
+class Sink(Protocol):
+    def prepare(self, host: str, state_dir: Path) -> Sequencer:
+        """Open durable state; returns where sequence numbers come from."""
+
+    def attach(self, factory: EventFactory) -> None:
+        """The factory the sink uses for events of its own (events_dropped summaries)."""
+
+    def recovered(self) -> EventsDropped | None:
+        """What was lost when durable state had to be replaced at start, if anything."""
+
+    def stats(self) -> SinkStats: ...
+
+    async def start(self) -> None: ...
+
+    async def publish(self, event: Event) -> None: ...
+
+    async def close(self) -> None: ...

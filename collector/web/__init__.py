@@ -1,0 +1,1 @@
+"""``weightwarden-collector serve``: the security operations console and its JSON API."""

@@ -1,0 +1,42 @@
+"""Console settings an admin may change at run time, kept in the ``settings`` table."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+# name -> (default, check); unknown names are refused, like unknown policy keys.
+DEFAULTS: dict[str, Any] = {"metrics_requires_token": False, "session_idle_minutes": 30}
+
+
+class SettingsError(ValueError):
+    """A setting that does not exist or a value it cannot take."""
+
+
+def _check(name: str, value: Any) -> Any:
+    if name == "metrics_requires_token":
+        if not isinstance(value, bool):
+            raise SettingsError("metrics_requires_token must be true or false")
+        return value
+    if name == "session_idle_minutes":
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 24 * 60:
+            raise SettingsError("session_idle_minutes must be a whole number of minutes, 1..1440")
+        return value
+    raise SettingsError(f"unknown setting {name!r}; known: {', '.join(sorted(DEFAULTS))}")
+
+
+def read(conn: Connection) -> dict[str, Any]:
+    out = dict(DEFAULTS)
+    for name, value in conn.execute(text("SELECT name, value FROM settings")):
+        if name in DEFAULTS:
+            out[name] = json.loads(value)
+    return out
+
+
+def update(conn: Connection, changes: dict[str, Any]) -> None:
+    checked = {name: _check(name, value) for name, value in changes.items()}
+    for name, value in checked.items():
+        conn.execute(text("INSERT INTO settings(name, value) VALUES (:n, :v) "
+                          "ON CONFLICT (name) DO UPDATE SET value = excluded.value"), {"n": name, "v": json.dumps(value)})
