@@ -38,8 +38,9 @@ class Held:
 
 
 class Inbox:
-    """Messages received and not yet stored, bounded in count and bytes. Owner: the service; the
-    MQTT task puts, the ingest task takes batches and releases each once it is stored."""
+    """Messages received and not yet stored, bounded in count and bytes. Owner: the service; paho's
+    message callback puts (in the event loop), the ingest task takes batches and releases each once
+    it is stored, which calls ``on_room`` (the gate's resume) when a full inbox has room again."""
 
     def __init__(self, max_messages: int, max_bytes: int) -> None:
         self.max_messages, self.max_bytes = max_messages, max_bytes
@@ -50,6 +51,7 @@ class Inbox:
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
+        self.on_room: Callable[[], None] | None = None  # called when a full inbox has room again
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -98,6 +100,8 @@ class Inbox:
         # Some hysteresis, so reading does not stop and start at every batch.
         if self.held < self.max_messages * 3 // 4 and self.held_bytes < self.max_bytes * 3 // 4:
             self._room.set()
+            if self.on_room is not None:
+                self.on_room()
 
     def oldest_age(self) -> float:
         """Seconds the oldest message held has waited: how far behind the collector is."""
@@ -108,10 +112,10 @@ class Inbox:
 class ReadGate:
     """Stops and restarts reading one aiomqtt client's socket.
 
-    aiomqtt reads whenever the socket is readable and queues every message without bound; this
-    takes its reader off the event loop while the inbox is full, and puts an equivalent one back
-    (aiomqtt's own callback is not reachable: the same two steps, paho's loop_read until the TLS
-    buffer is empty, and a broken connection reported to the client)."""
+    aiomqtt reads whenever the socket is readable; this takes its reader off the event loop while
+    the inbox is full, and puts an equivalent one back (aiomqtt's own callback is not reachable: the
+    same two steps, paho's loop_read until the TLS buffer is empty, and a broken connection reported
+    to the client)."""
 
     def __init__(self, client: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.client = client

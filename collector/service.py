@@ -1,8 +1,9 @@
 """``weightwarden-collector run``: subscribe, validate, store, correlate.
 
-Tasks in one TaskGroup. The :class:`~flow.Inbox` is owned by the service: the
-MQTT task fills it (and stops reading the broker while it is full), the ingest
-task alone drains it in batches (one database transaction each; the larger the
+Tasks in one TaskGroup. The :class:`~flow.Inbox` is owned by the service:
+paho's message callback fills it (and stops reading the broker while it is
+full; the MQTT task only connects, subscribes and waits), the ingest task alone
+drains it in batches (one database transaction each; the larger the
 backlog, the larger the batch, up to a count and a byte limit). The sweeper
 looks for silent agents and sequence gaps, and re-evaluates recent uploads so
 collectors sharing a database converge; retention runs beside it; the reporter
@@ -54,6 +55,7 @@ SESSION_EXPIRY_S = 300
 BEHIND_S = 5.0  # a message waiting longer than this in the collector: it is behind, and says so
 REPORT_EVERY_S = 5.0
 RETENTION_EVERY_S = 60.0
+SWEEP_PAUSE = 3.0  # after a sweep, wait at least three times as long as it took
 
 
 @dataclass
@@ -111,40 +113,51 @@ class CollectorService:
         while not self.stop.is_set():
             try:
                 client = self._client()
-                # aiomqtt has no manual acknowledgement of its own; paho's, on its client, before
-                # connecting (a resumed session delivers at once).
                 paho_client = client._client
+                # aiomqtt has no manual acknowledgement of its own; paho's, on its client, before
+                # connecting (a resumed session delivers at once). And messages go straight from paho's
+                # callback into the inbox: aiomqtt's iterator costs a task and two futures per message.
                 paho_client.manual_ack_set(True)
+                self.gate = gate = ReadGate(client, loop)
+                paho_client.on_message = functools.partial(self._on_message, gate)
+                self.inbox.on_room = gate.resume
                 async with client:
-                    self.gate = ReadGate(client, loop)
                     await client.subscribe(self.topic(), qos=1)
                     s = self.cfg.broker
                     self.log.info("collector_subscribed", topic=self.topic(), broker=f"{s.host}:{s.port}")
                     self.connected.set()
                     backoff = 0.5
-                    async for message in client.messages:
-                        payload = message.payload if isinstance(message.payload, bytes) else \
-                            str(message.payload).encode()
-                        ack = functools.partial(paho_client.ack, message.mid, message.qos) if message.qos else None
-                        topic = str(message.topic)
-                        if topic.startswith(ALERT_TOPIC + "/"):
-                            if ack is not None:
-                                ack()  # alert notifications (ours or another collector's), not agent events
-                            continue
-                        self.inbox.put(Held(topic, payload, ack))
-                        self.received += 1
-                        if self.inbox.full:
-                            # Stop reading: TCP, then the broker, hold the rest until there is room.
-                            self.gate.pause()
-                            await self.inbox.wait_room()
-                            self.gate.resume()
-                        if self.stop.is_set():
-                            break
+                    stop = asyncio.ensure_future(self.stop.wait())
+                    waiters: list[asyncio.Future[Any]] = [client._disconnected, stop]
+                    try:
+                        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        stop.cancel()
+                    if client._disconnected.done():
+                        exc = client._disconnected.exception()
+                        raise aiomqtt.MqttError(f"disconnected: {exc}" if exc else "disconnected")
             except aiomqtt.MqttError as exc:
                 self.connected.clear()
                 self.log.warning("collector_disconnected", error=str(exc))
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 30.0)
+
+    def _on_message(self, gate: ReadGate, client: Any, _userdata: Any, message: Any) -> None:
+        """paho's on_message, in the event loop's reader callback: into the inbox, and stop reading
+        while the inbox is full (TCP, then the broker, hold the rest; ``Inbox.on_room`` resumes)."""
+        ack = functools.partial(client.ack, message.mid, message.qos) if message.qos else None
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # the broker should refuse such a topic; it is a dead letter here
+            topic = message._topic.decode("utf-8", "backslashreplace")
+        if topic.startswith(ALERT_TOPIC + "/"):
+            if ack is not None:
+                ack()  # alert notifications (ours or another collector's), not agent events
+            return
+        self.inbox.put(Held(topic, bytes(message.payload), ack))
+        self.received += 1
+        if self.inbox.full:
+            gate.pause()
 
     async def _ingest(self) -> None:
         while not (self.stop.is_set() and not len(self.inbox)):
@@ -189,12 +202,16 @@ class CollectorService:
             return
 
     async def _sweeper(self) -> None:
+        """The sweep every sweep_every_s, but never more than a quarter of the time: its cost grows
+        with the fleet (it looks at every host), and ingest must keep the rest."""
         while not self.stop.is_set():
+            started = time.monotonic()
             try:
                 await asyncio.to_thread(self.pipeline.sweep)
             except Exception as exc:  # noqa: BLE001
                 self.log.error("sweep_failed", error=repr(exc)[:500])
-            await wait_for_stop(self.stop, self.cfg.sweep_every_s)
+            took = time.monotonic() - started
+            await wait_for_stop(self.stop, max(self.cfg.sweep_every_s - took, SWEEP_PAUSE * took))
 
     async def _retention(self) -> None:
         await wait_for_stop(self.stop, 5.0)

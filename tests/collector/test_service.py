@@ -135,3 +135,48 @@ def test_a_crashed_collector_gets_its_unstored_events_again(broker: Broker, tmp_
         assert outage.all_stored(), (stats(outage.db), outage.log.read_text()[-2000:])
     finally:
         outage.close()
+
+
+def test_a_full_inbox_stops_reading_and_memory_stays_bounded(broker: Broker, tmp_path: Path) -> None:
+    """500 one-MiB payloads (valid JSON, refused only once parsed) while the database is locked: the
+    collector holds no more than its inbox (8 MiB here), stops reading from the broker and says so,
+    its peak RSS stays under the bound; and once the database is back, every message is counted."""
+    import sqlite3
+
+    from tests.collector.test_hostile_flood import RSS_BOUND_MIB, peak_rss_mib
+    from weightwarden.collector.ingest import MAX_PAYLOAD
+
+    path = tmp_path / "c.db"
+    db, log = f"sqlite:///{path}", tmp_path / "collector.log"
+    proc = collector(broker, db, "--queue-max-bytes", "8MiB", log=log)
+    try:
+        assert wait_for(lambda: "collector_subscribed" in log.read_text(), 15), log.read_text()
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        s = Stream("gpu-big")
+        s.add("heartbeat", time.time())
+        doc = s.events[0]
+        doc["data"]["weights"] = {"paths": ["/srv/models/" + "w" * 3500] * 290, "files": 290, "total_bytes": 1}
+        doc["data"]["evil"] = True  # refused, but only after the whole payload has been parsed
+        pub = publisher(broker)
+        for i in range(500):
+            doc["id"] = f"{i:032x}"
+            payload = json.dumps(doc).encode()
+            assert MAX_PAYLOAD - 50_000 < len(payload) <= MAX_PAYLOAD
+            info = pub.publish("weightwarden/v1/gpu-big/heartbeat", payload, qos=1)
+        info.wait_for_publish(60)
+        assert wait_for(lambda: '"reading": false' in log.read_text(), 30), log.read_text()[-2000:]
+        behind = [json.loads(ln) for ln in log.read_text().splitlines() if '"ingest_behind"' in ln][-1]
+        assert behind["held_bytes"] <= 8 * 2**20 + 2 * MAX_PAYLOAD, behind
+        blocker.execute("COMMIT")
+        blocker.close()
+        assert wait_for(lambda: stats(db).get("rejected_schema", 0) == 500, 60), stats(db)
+        pub.loop_stop()
+        pub.disconnect()
+        assert proc.poll() is None
+        peak = peak_rss_mib(proc.pid)
+        print(f"\npeak RSS {peak:.0f} MiB with 500 MiB of payloads through an 8 MiB inbox")
+        assert peak < RSS_BOUND_MIB
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
