@@ -22,6 +22,7 @@ What can go wrong, and what happens:
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -78,8 +79,15 @@ class BatchIngest:
     store: Store
     tune: Tuning
     clock: Callable[[], float]
+    # Whose counters these are (a collector's client id): each collector adds to rows of its own.
+    counter_part: str = ""
+    # Host rows written by flush_hosts() rather than in each batch (the service's mode).
+    defer_hosts: bool = False
 
     def _init_caches(self) -> None:
+        self._batch_hosts: list[dict[str, Any]] = []
+        self._pending_hosts: list[dict[str, Any]] = []
+        self._pending_lock = threading.Lock()
         self.errors: deque[str] = deque(maxlen=ERRORS_KEPT)
         # Per-collector caches that only skip redundant work; the database stays the truth.
         self._contacts: BoundedDict[tuple[str, str, str], tuple[float, float]] = BoundedDict(CACHE_LIMIT)
@@ -152,15 +160,41 @@ class BatchIngest:
                 codes[checked.code] += 1
             else:
                 valid.append(checked)
+        self._batch_hosts = []
         with self.store.tx() as conn:
             self.store.dead_letters(conn, rejected, now)
             fresh = self._fresh(conn, valid, codes)
             self.store.insert_events(conn, fresh, now)
-            self._remember_processes(conn, fresh)
             self.record_batch(conn, fresh, now, codes)
+            # Rows other collectors write too come last, so their locks are held only until the commit.
+            self._remember_processes(conn, fresh)
             codes.update(stored=len(fresh), rejected=len(rejected))
             self._count(conn, codes)
+        self._committed()
         return {"stored": codes["stored"], "duplicates": codes["duplicates"], "rejected": codes["rejected"]}
+
+    def _committed(self) -> None:
+        """The batch is in: its host rows join those waiting for flush_hosts (deferred mode)."""
+        if self.defer_hosts and self._batch_hosts:
+            with self._pending_lock:
+                self._pending_hosts += self._batch_hosts
+        self._batch_hosts = []
+
+    def flush_hosts(self) -> int:
+        """Write the host rows of committed batches (deferred mode), in a transaction of their own;
+        returns how many rows. If the database refuses, they wait for the next flush."""
+        with self._pending_lock:
+            rows, self._pending_hosts = self._pending_hosts, []
+        if not rows:
+            return 0
+        try:
+            with self.store.tx() as conn:
+                self.store.touch_hosts(conn, rows, self.clock())
+        except Exception:
+            with self._pending_lock:
+                self._pending_hosts = rows + self._pending_hosts
+            raise
+        return len(rows)
 
     def record_batch(self, conn: Connection, fresh: list[Event], now: float, codes: Counter[str]) -> None:
         """The facts of stored events, correlated. Samples that need no correlation are written
@@ -176,7 +210,6 @@ class BatchIngest:
             rows.extend({"host": ev.host, **r} for r in ev_rows)
         hosts += beats
         self.store.add_egress_rows(conn, rows)
-        self._touch_contacts(conn, [r for r in rows if not r["allowed"]])
         for ev in careful:
             try:
                 with conn.begin_nested():
@@ -186,10 +219,16 @@ class BatchIngest:
                     raise  # the database, not the event: the whole batch again, later
                 codes["correlation_errors"] += 1
                 self.errors.append(f"{ev.type} {ev.id}: {describe(exc)}")
-        # Rows other collectors update too, last (their locks are held only until the commit), in one
-        # statement in host order (two collectors never wait for each other in a cycle).
-        self.store.touch_hosts(conn, [{k: v for k, v in h.items() if k != "ts"}
-                                      for h in sorted(hosts, key=lambda r: (r["ts"], r["seq"]))], now)
+        # Rows other collectors update too, last (their locks are held only until the commit), each
+        # in one statement in key order (two collectors never wait for each other in a cycle).
+        self._touch_contacts(conn, [r for r in rows if not r["allowed"]])
+        host_rows = [{k: v for k, v in h.items() if k != "ts"} for h in sorted(hosts, key=lambda r: (r["ts"], r["seq"]))]
+        if self.defer_hosts:
+            # The service's mode: every batch would update the same host rows as every other collector's
+            # batch; written once a second instead (flush_hosts), they never hold a batch up.
+            self._batch_hosts += host_rows
+        else:
+            self.store.touch_hosts(conn, host_rows, now)
 
     def _plain_heartbeats(self, conn: Connection, events: list[Event]) -> tuple[list[dict[str, Any]], list[Event]]:
         """Heartbeats of hosts that are online only update the host's row, exactly as ``apply`` would
@@ -228,7 +267,7 @@ class BatchIngest:
     def _count(self, conn: Connection, codes: Counter[str]) -> None:
         for name in sorted(codes):
             if codes[name]:
-                self.store.bump(conn, name, codes[name])
+                self.store.bump(conn, name, codes[name], part=self.counter_part)
         if codes["rejected"] or codes["rejected_store"]:
             self.store.trim_dead_letters(conn)
 
@@ -334,6 +373,7 @@ class BatchIngest:
         correlation becomes a dead letter. ``poison``: events already known to fail."""
         now = self.clock()
         codes: Counter[str] = Counter()
+        self._batch_hosts = []
         with self.store.tx() as conn:
             seen: set[str] = set()
             for index, (topic, payload) in enumerate(batch):
@@ -358,13 +398,16 @@ class BatchIngest:
                     codes["rejected_store"] += 1
                     codes["rejected"] += 1
             self._count(conn, codes)
+        self._committed()
         return {"stored": codes["stored"], "duplicates": codes["duplicates"], "rejected": codes["rejected"]}
 
     def _store_one(self, conn: Connection, index: int, ev: Event, now: float, codes: Counter[str]) -> str | None:
         """With its correlation if possible, else alone (counted as a correlation error), else not at
         all: then the database's reason."""
         error: BaseException | None = None
+        hosts_before = len(self._batch_hosts)
         for with_correlation in (True, False):
+            del self._batch_hosts[hosts_before:]  # a rolled-back attempt touched no host
             try:
                 with conn.begin_nested():
                     self.store.insert_events(conn, [ev], now)
@@ -379,6 +422,7 @@ class BatchIngest:
                 if isinstance(exc, OperationalError) or self.store.is_outage(exc):
                     raise _EventFailed(index, exc) from exc
                 error = exc
+        del self._batch_hosts[hosts_before:]
         return describe(error) if error is not None else "unknown"
 
     def _dead_letter_all(self, batch: list[tuple[str, bytes]], reason: str) -> dict[str, int]:

@@ -141,6 +141,13 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE collector_status ADD COLUMN paused INTEGER",
         "ALTER TABLE collector_status ADD COLUMN batch BIGINT",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        # Counters in shares, one per collector (a row every batch of every collector would update is a
+        # row they would queue for); ``counters`` stays readable as before, as a view of the sums.
+        """CREATE TABLE counter_parts (name TEXT NOT NULL, part TEXT NOT NULL, value BIGINT NOT NULL,
+             PRIMARY KEY (name, part))""",
+        "INSERT INTO counter_parts(name, part, value) SELECT name, '', value FROM counters",
+        "DROP TABLE counters",
+        "CREATE VIEW counters AS SELECT name, sum(value) AS value FROM counter_parts GROUP BY name",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -36,6 +36,7 @@ from typing import Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
+from sqlalchemy import text
 from paho.mqtt.properties import Properties
 
 from weightwarden import logs
@@ -56,6 +57,47 @@ BEHIND_S = 5.0  # a message waiting longer than this in the collector: it is beh
 REPORT_EVERY_S = 5.0
 RETENTION_EVERY_S = 60.0
 SWEEP_PAUSE = 3.0  # after a sweep, wait at least three times as long as it took
+FLUSH_EVERY_S = 1.0
+
+
+class SweepLeader:
+    """On PostgreSQL, the collector holding a session advisory lock sweeps; the others wait their
+    turn (the lock frees when its holder's connection does, whatever happened to the process).
+    On SQLite there is one collector: it always sweeps."""
+
+    KEY = 7759
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.conn: Any = None
+        self.held = False
+
+    def acquire(self) -> bool:
+        if self.store.dialect != "postgresql":
+            return True
+        if self.conn is None:
+            self.conn = self.store.engine.connect()
+            self.conn.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            # Asked every time, so a lock lost with its connection is noticed; taken again while held,
+            # it is given back once (advisory locks count).
+            got = bool(self.conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.KEY}).scalar())
+            if got and self.held:
+                self.conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.KEY})
+            self.held = got
+            return got
+        except Exception:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        self.held = False
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:  # noqa: BLE001 - closing is best effort; the lock goes with the connection
+                pass
+            self.conn = None
 
 
 @dataclass
@@ -84,9 +126,14 @@ class CollectorService:
         self.batches = 0
         self.last_batch = 0
         self.connected = asyncio.Event()
+        self._ingest_done = asyncio.Event()
         self.gate: ReadGate | None = None
         self.ident = cfg.client_id or f"weightwarden-collector-{socket.gethostname()}"
         self.started_at = time.time()
+        # Rows every collector's every batch would update (counters, hosts): shares of their own, and
+        # host rows once a second (_flusher), so collectors sharing a database never queue on them.
+        pipeline.counter_part = self.ident
+        pipeline.defer_hosts = True
 
     def topic(self) -> str:
         return f"$share/{self.cfg.shared_group}/{TOPIC}" if self.cfg.shared_group else TOPIC
@@ -160,14 +207,17 @@ class CollectorService:
             gate.pause()
 
     async def _ingest(self) -> None:
-        while not (self.stop.is_set() and not len(self.inbox)):
-            batch = await self.inbox.take(self.cfg.batch_max_messages, self.cfg.batch_max_bytes, 0.5)
-            if not batch:
-                continue
-            try:
-                await self._ingest_until_stored(batch)
-            finally:
-                self.inbox.release(batch)
+        try:
+            while not (self.stop.is_set() and not len(self.inbox)):
+                batch = await self.inbox.take(self.cfg.batch_max_messages, self.cfg.batch_max_bytes, 0.5)
+                if not batch:
+                    continue
+                try:
+                    await self._ingest_until_stored(batch)
+                finally:
+                    self.inbox.release(batch)
+        finally:
+            self._ingest_done.set()
 
     async def _ingest_until_stored(self, batch: list[Held]) -> None:
         """Store a batch, retrying while the database is away: dropping the batch would lose it.
@@ -201,17 +251,34 @@ class CollectorService:
                 self.log.info("ingest_recovered", attempts=attempt, events=len(batch))
             return
 
+    async def _flusher(self) -> None:
+        """Host rows (last seen, heartbeat fields) of committed batches, once a second; and at the end."""
+        while True:
+            stopping = await wait_for_stop(self.stop, FLUSH_EVERY_S)
+            try:
+                await asyncio.to_thread(self.pipeline.flush_hosts)
+            except Exception as exc:  # noqa: BLE001 - kept for the next flush; ingest reports the database
+                self.log.debug("flush_failed", error=repr(exc)[:300])
+            if stopping and self._ingest_done.is_set():
+                return
+
     async def _sweeper(self) -> None:
         """The sweep every sweep_every_s, but never more than a quarter of the time: its cost grows
-        with the fleet (it looks at every host), and ingest must keep the rest."""
-        while not self.stop.is_set():
-            started = time.monotonic()
-            try:
-                await asyncio.to_thread(self.pipeline.sweep)
-            except Exception as exc:  # noqa: BLE001
-                self.log.error("sweep_failed", error=repr(exc)[:500])
-            took = time.monotonic() - started
-            await wait_for_stop(self.stop, max(self.cfg.sweep_every_s - took, SWEEP_PAUSE * took))
+        with the fleet (it looks at every host), and ingest must keep the rest. Collectors sharing a
+        PostgreSQL take turns: the sweep reads everything committed, so one of them at a time will do."""
+        leader = SweepLeader(self.pipeline.store)
+        try:
+            while not self.stop.is_set():
+                started = time.monotonic()
+                try:
+                    if await asyncio.to_thread(leader.acquire):
+                        await asyncio.to_thread(self.pipeline.sweep)
+                except Exception as exc:  # noqa: BLE001
+                    self.log.error("sweep_failed", error=repr(exc)[:500])
+                took = time.monotonic() - started
+                await wait_for_stop(self.stop, max(self.cfg.sweep_every_s - took, SWEEP_PAUSE * took))
+        finally:
+            await asyncio.to_thread(leader.release)
 
     async def _retention(self) -> None:
         await wait_for_stop(self.stop, 5.0)
@@ -268,6 +335,7 @@ class CollectorService:
             tg.create_task(self._ingest())
             tg.create_task(self._sweeper())
             tg.create_task(self._retention())
+            tg.create_task(self._flusher())
             # This collector's backlog and rate, for `stats`, /metrics and the console; and the alert
             # outputs (syslog, webhook, MQTT): beside ingest, never in it.
             tg.create_task(self._reporter())

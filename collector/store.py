@@ -173,10 +173,11 @@ class Store:
         return gone
 
     @staticmethod
-    def bump(conn: Connection, name: str, by: int = 1) -> None:
-        conn.execute(text("INSERT INTO counters(name, value) VALUES (:n, :v) "
-                          "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value"),
-                     {"n": name, "v": by})
+    def bump(conn: Connection, name: str, by: int = 1, part: str = "") -> None:
+        """Add to a counter. ``part``: whose share (a collector's id), so collectors sharing a database
+        never wait for each other on one row; ``counters`` (a view) sums the shares."""
+        conn.execute(text("INSERT INTO counter_parts(name, part, value) VALUES (:n, :p, :v) ON CONFLICT (name, part) "
+                          "DO UPDATE SET value = counter_parts.value + excluded.value"), {"n": name, "p": part, "v": by})
 
     def counters(self) -> dict[str, int]:
         with self.tx() as conn:

@@ -38,7 +38,7 @@ def store(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Store]:
     st = Store(url)
     if request.param == "postgresql":  # one cluster per module: start from empty tables
         with st.tx() as conn:
-            for table in ("events", "dead_letters", "alerts", "hosts", "counters", "egress_raw", "history",
+            for table in ("events", "dead_letters", "alerts", "hosts", "counter_parts", "egress_raw", "history",
                           "processes", "weight_reads"):
                 conn.execute(text(f"DELETE FROM {table}"))
     try:
