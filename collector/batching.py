@@ -280,7 +280,10 @@ class BatchIngest:
         outward_hosts = sorted({ev.host for ev, rows in samples if any(not r["allowed"] for r in rows)})
         unknown = [h for h in outward_hosts if self._no_reads_until.get(h, 0.0) <= mono]
         # Reads in this very batch count: they are stored (careful path) before the samples are correlated.
+        # And a host that reads is no longer one that did not: its next samples are looked at again.
         with_reads = {ev.host for ev in careful if isinstance(ev.data, (FileAccess, WeightHolder, WeightsCopy))}
+        for h in with_reads:
+            self._no_reads_until.pop(h, None)
         unknown = [h for h in unknown if h not in with_reads]
         if unknown:
             since = min(ev.ts for ev, _ in samples) - self.tune.window_s
