@@ -18,28 +18,38 @@ BUCKETS = 60
 class RollingWindow:
     window: float
     buckets: deque[tuple[float, int]] = field(default_factory=deque)
+    # The sum of the buckets, kept as they come and go: total() runs per process per sample (and a
+    # day's replay in policy simulate calls it millions of times), so it must not re-add 60 numbers.
+    _sum: int = field(default=0, init=False, repr=False, compare=False)
+
+    _width: float = field(default=0.0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._sum = sum(n for _, n in self.buckets)
+        self._width = self.window / BUCKETS
 
     @property
     def width(self) -> float:
-        return self.window / BUCKETS
+        return self._width
 
     def add(self, now: float, n: int) -> None:
         if n <= 0:
             return
-        start = now - (now % self.width)
+        start = now - (now % self._width)
         if self.buckets and self.buckets[-1][0] == start:
             self.buckets[-1] = (start, self.buckets[-1][1] + n)
         else:
             self.buckets.append((start, n))
+        self._sum += n
         self._expire(now)
 
     def _expire(self, now: float) -> None:
-        while self.buckets and self.buckets[0][0] + self.width <= now - self.window:
-            self.buckets.popleft()
+        while self.buckets and self.buckets[0][0] + self._width <= now - self.window:
+            self._sum -= self.buckets.popleft()[1]
 
     def total(self, now: float) -> int:
         self._expire(now)
-        return sum(n for _, n in self.buckets)
+        return self._sum
 
     def to_json(self) -> list[list[float]]:
         return [[s, n] for s, n in self.buckets]
@@ -51,6 +61,7 @@ class RollingWindow:
             for item in data:
                 if isinstance(item, list) and len(item) == 2:
                     w.buckets.append((float(item[0]), int(item[1])))
+        w._sum = sum(n for _, n in w.buckets)
         return w
 
 
@@ -124,7 +135,7 @@ class ThresholdWatch:
         for th in self.thresholds:
             key = (th.name, proc)
             window = self._windows.get(key)
-            if window is None:
+            if window is None:  # not setdefault: that would build a window on every call
                 window = self._windows[key] = RollingWindow(th.window)
             window.add(now, n)
             self._updated[key] = now

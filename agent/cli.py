@@ -21,6 +21,7 @@ from weightwarden import logs
 from weightwarden.agent import __version__, resolve_rules
 from weightwarden.events import default_host_id
 from weightwarden.agent.paths import default_state_dir, private_dir
+from weightwarden.agent.policy import commands as policy_commands
 from weightwarden.agent.policy.loader import PolicyError, load_policy
 from weightwarden.units import parse_size
 from weightwarden.agent.sampler import DEFAULT_QUEUE, Sampler, SamplerConfig
@@ -28,14 +29,12 @@ from weightwarden.agent.topview import TopState
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DRIFT = 0, 1, 2, 3
 
-POLICY_EXAMPLES = """examples:
-  weightwarden-agent policy check policies/single-gpu-host.yaml
-  weightwarden-agent policy explain policies/single-gpu-host.yaml --weights-size 140GB
-"""
 RUN_EXAMPLES = """examples:
   weightwarden-agent run --policy policies/monitor-only.yaml --sink stdout
   weightwarden-agent run --policy /etc/weightwarden/policy.yaml --sink mqtt://collector:1883
   weightwarden-agent run --policy p.yaml --dry-run       print the kernel plan and exit
+  weightwarden-agent run --policy /etc/weightwarden/policy.yaml --sink mqtt://collector:1883 \
+      --policy-source mqtt --trust-key /etc/weightwarden/fleet.pub   signed policies from the fleet
 """
 
 TOP_EXAMPLES = """examples:
@@ -43,6 +42,8 @@ TOP_EXAMPLES = """examples:
   weightwarden-agent top --json --interval 1 --count 5
   ip netns exec gpu1 weightwarden-agent top --json --count 3
   weightwarden-agent top --dry-run                print the NFQUEUE rules, change nothing
+  weightwarden-agent top --attribution nfqueue    the fallback path: this network namespace only
+  weightwarden-agent top --bpf-cgroup /sys/fs/cgroup/unified/kubepods.slice   only what runs below it
 """
 
 
@@ -81,25 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--no-nfqueue", action="store_true",
                      help="do not hold new flows to name their owner (short-lived senders may go unattributed)")
     top.add_argument("--queue-num", type=int, default=DEFAULT_QUEUE, help="NFQUEUE number (default %(default)s)")
+    _attribution_args(top)
     top.add_argument("--dry-run", action="store_true", help="print the kernel rules top would add, and exit")
     top.add_argument("--limit", type=_positive(int), default=20, help="rows in the table")
     top.set_defaults(func=cmd_top)
 
-    pol = sub.add_parser("policy", help="check or explain a policy file", epilog=POLICY_EXAMPLES,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    psub = pol.add_subparsers(dest="policy_command", required=True)
-    check = psub.add_parser("check", help="validate a policy: exit 0 if valid, 1 with every problem if not",
-                            epilog=POLICY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    check.add_argument("file")
-    check.add_argument("--json", action="store_true")
-    check.set_defaults(func=cmd_policy_check)
-    expl = psub.add_parser("explain", help="what a policy does, and the minimum time to move the weights off",
-                           epilog=POLICY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    expl.add_argument("file")
-    expl.add_argument("--weights-size", metavar="SIZE",
-                      help="e.g. 140GB (default: the size of spec.weights.paths on this host)")
-    expl.add_argument("--json", action="store_true")
-    expl.set_defaults(func=cmd_policy_explain)
+    policy_commands.add_parser(sub)
 
     run = sub.add_parser("run", help="the daemon: sample, enforce, emit events", epilog=RUN_EXAMPLES,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,7 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bound on the on-disk event spool (mqtt sinks); oldest samples are dropped, and counted, past it")
     run.add_argument("--no-nfqueue", action="store_true")
     run.add_argument("--queue-num", type=int, default=DEFAULT_QUEUE)
+    _attribution_args(run)
     run.add_argument("--dry-run", action="store_true", help="print the kernel plan as JSON and exit")
+    run.add_argument("--policy-source", choices=("file", "mqtt"), default="file",
+                     help="mqtt: also take signed policies published by 'weightwarden-collector policy publish'; "
+                          "--policy is then the policy until a central one is in force")
+    run.add_argument("--trust-key", action="append", default=[], metavar="PUBLIC_KEY",
+                     help="an Ed25519 public key (PEM or OpenSSH) whose signatures are accepted; repeat to "
+                          "trust several (key rotation)")
+    run.add_argument("--policy-broker", default=None, metavar="URL",
+                     help="broker for --policy-source mqtt (default: the --sink broker)")
     run.add_argument("--metrics-listen", metavar="HOST:PORT", default=None,
                      help="serve the agent's own metrics (Prometheus text) at http://HOST:PORT/metrics")
     run.set_defaults(func=cmd_run)
@@ -138,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _attribution_args(p: argparse.ArgumentParser) -> None:
+    default = os.environ.get("WEIGHTWARDEN_ATTRIBUTION", "auto")
+    p.add_argument("--attribution", choices=("auto", "ebpf", "nfqueue"),
+                   default=default if default in ("auto", "ebpf", "nfqueue") else "auto",
+                   help="who-sent-what path: ebpf (every network namespace, owners named in the kernel), nfqueue "
+                        "(this namespace only), auto: ebpf where the kernel allows it (default: "
+                        "$WEIGHTWARDEN_ATTRIBUTION or auto)")
+    p.add_argument("--bpf-cgroup", metavar="DIR", default=None,
+                   help="cgroup v2 directory the eBPF programs watch (default: the whole hierarchy)")
+
+
 def _state_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", type=Path, default=None,
                    help="default: /var/lib/weightwarden (per network namespace), or $WEIGHTWARDEN_STATE_DIR")
@@ -152,52 +160,6 @@ def _load_or_report(path: str) -> object:
         for problem in exc.problems:
             print(problem.render(path), file=sys.stderr)
         return None
-
-
-def cmd_policy_check(args: argparse.Namespace) -> int:
-    try:
-        loaded = load_policy(args.file)
-    except PolicyError as exc:
-        if args.json:
-            print(json.dumps({"valid": False, "problems": [p.__dict__ for p in exc.problems]}))
-        for problem in exc.problems:
-            print(problem.render(args.file), file=sys.stderr)
-        return EXIT_FAIL
-    if args.json:
-        print(json.dumps({"valid": True, "name": loaded.policy.metadata.name, "digest": loaded.digest}))
-    else:
-        print(f"{args.file}: valid policy {loaded.policy.metadata.name!r}")
-    return EXIT_OK
-
-
-def cmd_policy_explain(args: argparse.Namespace) -> int:
-    from weightwarden.agent.daemon import resolve_interfaces
-    from weightwarden.agent.policy.explain import explain, weights_size
-
-    loaded = _load_or_report(args.file)
-    if loaded is None:
-        return EXIT_FAIL
-    policy = loaded.policy  # type: ignore[attr-defined]
-    if args.weights_size:
-        try:
-            size = parse_size(args.weights_size)
-        except ValueError as exc:
-            print(f"weightwarden-agent: --weights-size: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-    else:
-        size = weights_size(policy)
-        if size == 0:
-            print("weightwarden-agent: no weight files found under spec.weights.paths; pass --weights-size SIZE",
-                  file=sys.stderr)
-            return EXIT_USAGE
-    n_ifaces = max(1, len(resolve_interfaces(policy.spec.interfaces))) if policy.spec.interfaces else 1
-    report = explain(policy, size, n_ifaces)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print("\n".join(report["summary"]))
-        print(f"\nFastest route: {report['min_time']}.")
-    return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -223,13 +185,57 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = DaemonConfig(policy_path=Path(args.policy), state_dir=state_dir, host_id=args.host_id or default_host_id(),
                        backend=args.backend, sample_interval=args.sample_interval, nfqueue=not args.no_nfqueue,
                        queue_num=args.queue_num, heartbeat_interval=args.heartbeat_interval,
+                       attribution=args.attribution, bpf_cgroup=args.bpf_cgroup,
                        metrics_listen=args.metrics_listen)
+    central = _central_source(args, cfg)
+    if central is None:
+        return EXIT_USAGE
+    source, restored, origin = central
     try:
-        agent = Agent(cfg, loaded, sink)  # type: ignore[arg-type]
+        agent = Agent(cfg, restored or loaded, sink, source, origin)  # type: ignore[arg-type]
     except (KernelError, ValueError, OSError) as exc:
         print(f"weightwarden-agent: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAIL
     return asyncio.run(agent.run())
+
+
+def _central_source(args: argparse.Namespace, cfg: object) -> tuple[object, object, object] | None:
+    """(policy source, central policy restored from the state dir, its origin); None on a usage error."""
+    from weightwarden.agent.daemon import Origin
+    from weightwarden.agent.policy_source import MqttPolicySource, Offer, PolicyGate, Refusal
+    from weightwarden.mqtt import MqttSettings, MqttURLError
+    from weightwarden.policysign import KeyFileError, trusted_keys
+
+    if args.policy_source == "file":
+        if args.trust_key or args.policy_broker:
+            print("weightwarden-agent: --trust-key and --policy-broker need --policy-source mqtt", file=sys.stderr)
+            return None
+        return None, None, None
+    url = args.policy_broker or (args.sink if args.sink.startswith(("mqtt://", "mqtts://")) else None)
+    if url is None:
+        print("weightwarden-agent: --policy-source mqtt needs --policy-broker URL (or an mqtt --sink)", file=sys.stderr)
+        return None
+    if not args.trust_key:
+        print("weightwarden-agent: --policy-source mqtt needs at least one --trust-key: unsigned policies are never "
+              "applied", file=sys.stderr)
+        return None
+    try:
+        trusted = trusted_keys(args.trust_key)
+        settings = MqttSettings.from_url(url)
+    except (KeyFileError, MqttURLError) as exc:
+        print(f"weightwarden-agent: {exc}", file=sys.stderr)
+        return None
+    gate = PolicyGate(cfg.host_id, trusted, cfg.state_dir)  # type: ignore[attr-defined]
+    restored = gate.restore()
+    if isinstance(restored, Refusal):
+        # Say it once, plainly; the file's policy applies until a central one passes.
+        print(f"weightwarden-agent: the central policy saved in the state directory is not applied: "
+              f"{'; '.join(restored.problems)}", file=sys.stderr)
+    if isinstance(restored, Offer):
+        env = restored.envelope
+        return (MqttPolicySource(settings, gate), restored.loaded,
+                Origin("mqtt", env.version, env.key_id, f"mqtt:{restored.topic}"))
+    return MqttPolicySource(settings, gate), None, None
 
 
 def _plan_inputs(policy: object) -> object:
@@ -320,7 +326,8 @@ def cmd_top(args: argparse.Namespace) -> int:
                 print(" ".join(argv))
         return EXIT_OK
     log = logs.get("agent.top")
-    cfg = SamplerConfig(resolve_with_nfqueue=not args.no_nfqueue, queue_num=args.queue_num)
+    cfg = SamplerConfig(resolve_with_nfqueue=not args.no_nfqueue, queue_num=args.queue_num,
+                        attribution=args.attribution, bpf_cgroup=args.bpf_cgroup)
     stop = {"now": False}
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -337,6 +344,7 @@ def cmd_top(args: argparse.Namespace) -> int:
     for feature in sampler.features:
         # Said once, at start: what works, and what is missing and why.
         (log.info if feature.ok else log.warning)("feature", name=feature.name, ok=feature.ok, detail=feature.detail)
+    log.info("attribution", path=sampler.attribution)
     view = TopState()
     done = 0
     interactive = sys.stdout.isatty() and not args.json

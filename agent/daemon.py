@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import ipaddress
 import os
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +38,10 @@ from weightwarden.agent.files.patterns import WeightPaths
 from weightwarden.agent.files.watcher import FileWatcher
 from weightwarden.agent.interfaces import counter_delta
 from weightwarden.agent.metrics import AgentMetrics, MetricsServer
-from weightwarden.agent.policy.loader import LoadedPolicy, PolicyError, load_policy
+from weightwarden.agent.policy.loader import LoadedPolicy, PolicyError, load_policy, stamp
+from weightwarden.agent.policy.match import Flow, allowed_by, allowlist
 from weightwarden.agent.sampler import Sampler, SamplerConfig
+from weightwarden.agent.policy_source import MqttPolicySource, Offer, Refusal
 from weightwarden.agent.sinks import Sink
 
 HOST_REFRESH_S = 300.0
@@ -57,6 +59,8 @@ class DaemonConfig:
     nfqueue: bool = True
     queue_num: int = 4242
     heartbeat_interval: float = 30.0
+    attribution: str = "auto"
+    bpf_cgroup: str | None = None
     metrics_listen: str | None = None  # HOST:PORT for /metrics (agent/metrics.py)
 
 
@@ -84,19 +88,11 @@ def weight_paths(loaded: LoadedPolicy) -> WeightPaths:
 
 
 def annotate_allowed(sample: dict[str, Any], policy: Any, resolved: dict[str, list[str]]) -> None:
-    """Mark each destination allowlisted or not, so the collector can weigh it."""
-    nets = []
-    for dest in policy.spec.allow:
-        for addr in ([dest.cidr] if dest.cidr else resolved.get(dest.host or "", [])):
-            nets.append((ipaddress.ip_network(addr, strict=False), set(dest.ports)))
+    """Mark each destination allowlisted or not, so the collector can weigh it (the plan's own match)."""
+    allow = allowlist(policy, resolved)
     for proc in sample["processes"]:
         for d in proc["destinations"]:
-            try:
-                ip = ipaddress.ip_address(d["address"])
-            except ValueError:
-                d["allowed"] = False
-                continue
-            d["allowed"] = any(ip in net and (not ports or d["port"] in ports) for net, ports in nets)
+            d["allowed"] = allowed_by(allow, Flow(d["address"], d["port"])) is not None
 
 
 def process_alive(key: tuple[int, float | None]) -> bool:
@@ -114,11 +110,27 @@ def cgroupv2_paths_usable() -> bool:
     return Path("/sys/fs/cgroup/cgroup.controllers").exists()
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where the policy in force came from: the file, or a signed central publication."""
+
+    source: str = "file"
+    version: int | None = None
+    key_id: str | None = None
+    path: str | None = None  # the MQTT topic of a central policy
+
+
 class Agent:
-    def __init__(self, cfg: DaemonConfig, loaded: LoadedPolicy, sink: Sink) -> None:
+    def __init__(self, cfg: DaemonConfig, loaded: LoadedPolicy, sink: Sink,
+                 policy_source: MqttPolicySource | None = None, origin: Origin | None = None) -> None:
         self.cfg = cfg
         self.loaded = loaded
         self.sink = sink
+        self.policy_source = policy_source
+        self.origin = origin or Origin()
+        self._offer: Offer | None = None  # set on the event loop by the policy source, taken by enforce_once
+        self._offer_lock = threading.Lock()
+        self._applied_digest: str | None = None
         self.log = logs.get("agent.run")
         self.events = EventFactory(cfg.host_id, sink.prepare(cfg.host_id, cfg.state_dir))
         sink.attach(self.events)
@@ -174,13 +186,30 @@ class Agent:
 
     # -- policy ---------------------------------------------------------
 
-    def _policy_mtime(self) -> float:
-        try:
-            return os.stat(self.cfg.policy_path).st_mtime
-        except OSError:
-            return 0.0
+    def _policy_mtime(self) -> tuple[tuple[str, float], ...]:
+        # The base file and its drop-ins (policy.d/*.yaml): any of them changing is a reload.
+        return stamp(self.cfg.policy_path)
+
+    def offer_policy(self, offer: Offer) -> None:
+        """A central policy that passed every check (called by the policy source, on the event loop)."""
+        with self._offer_lock:
+            self._offer = offer
+
+    def refuse_policy(self, refusal: Refusal) -> None:
+        self.emit(PolicyRejected(path=refusal.topic, problems=refusal.problems[:500],
+                                 kept=self.loaded.policy.metadata.name, kept_digest=self.loaded.digest,
+                                 source="mqtt", version=refusal.version))
 
     def _maybe_reload(self) -> None:
+        with self._offer_lock:
+            offer, self._offer = self._offer, None
+        if offer is not None:
+            env = offer.envelope
+            self.origin = Origin("mqtt", env.version, env.key_id, f"mqtt:{offer.topic}")
+            self._adopt(offer.loaded)
+            return
+        if self.origin.source != "file":
+            return  # a central policy is in force: the local file was only the bootstrap
         mtime = self._policy_mtime()
         if not self.reload.is_set() and mtime == self._mtime:
             return
@@ -200,8 +229,12 @@ class Agent:
                         else [f"{self.cfg.policy_path}: cannot load policy: {type(exc).__name__}: {exc}"[:2000]])
             self.log.error("policy_rejected", problems=problems, kept=self.loaded.policy.metadata.name)
             self.emit(PolicyRejected(path=str(self.cfg.policy_path), problems=problems[:500],
-                                     kept=self.loaded.policy.metadata.name, kept_digest=self.loaded.digest))
+                                     kept=self.loaded.policy.metadata.name, kept_digest=self.loaded.digest,
+                                     source="file"))
             return
+        self._adopt(loaded)
+
+    def _adopt(self, loaded: LoadedPolicy) -> None:
         if loaded.digest == self.loaded.digest:
             return
         self.loaded = loaded
@@ -220,7 +253,7 @@ class Agent:
 
     def _policy_meta(self) -> dict[str, Any]:
         return {"policy": self.loaded.policy.metadata.name, "policy_digest": self.loaded.digest,
-                "policy_path": str(self.cfg.policy_path)}
+                "policy_path": self.origin.path or str(self.cfg.policy_path)}
 
     # -- enforcement ----------------------------------------------------
 
@@ -264,7 +297,8 @@ class Agent:
             self._account(now, interval)
         inputs = self._inputs()
         plan = build(inputs)
-        changed = self.plan is None or plan.to_json() != self.plan.to_json()
+        # A new policy is announced even when its kernel plan is the same (a new version, new thresholds).
+        changed = self.plan is None or plan.to_json() != self.plan.to_json() or self._applied_digest != self.loaded.digest
         result = self.enforcer.reconcile(inputs, plan, self._policy_meta())
         if result.error:
             self.log.error("enforcement_error", error=result.error)
@@ -279,10 +313,12 @@ class Agent:
             self._last_counters = {}
         if changed:
             self.plan = plan
+            self._applied_digest = self.loaded.digest
             self.emit(PolicyApplied.model_validate({
                 **self._policy_meta(), "backend": self.enforcer.backend, "interfaces": plan.interfaces,
                 "notes": plan.notes, "caps": [s.__dict__ for s in plan.slots],
-                "blocked_budgets": inputs.blocked_budgets}))
+                "blocked_budgets": inputs.blocked_budgets, "source": self.origin.source,
+                "version": self.origin.version, "key_id": self.origin.key_id}))
             for note in plan.notes:
                 self.log.warning("policy_note", note=note)
 
@@ -411,11 +447,12 @@ class Agent:
             "policy_digest": self.loaded.digest,
             "backend": self.enforcer.backend,
             "rules_in_force": bool(rec),
+            "attribution": self.sampler.attribution if self.sampler is not None else "none",
             "caps": len(rec.get("caps", [])),
             "budgets": self.budgets.usage(time.time()),
             "weights": self.weights_total or None,
             "file_watch": {"mode": self.files.mode if self.files else "off",
-                           "detail": self.files.detail if self.files else "no weight paths in the policy",
+                           "detail": self.files.health_detail() if self.files else "no weight paths in the policy",
                            "dropped": self.files.dropped if self.files else 0},
         }
 
@@ -434,7 +471,8 @@ class Agent:
             # A corrupt spool was moved aside: what it held is lost, and we say so.
             self.log.error("spool_recovered", moved_to=recovery.moved_to, reason=recovery.reason)
             self.emit(recovery)
-        sampler = Sampler(SamplerConfig(resolve_with_nfqueue=self.cfg.nfqueue, queue_num=self.cfg.queue_num))
+        sampler = Sampler(SamplerConfig(resolve_with_nfqueue=self.cfg.nfqueue, queue_num=self.cfg.queue_num,
+                                        attribution=self.cfg.attribution, bpf_cgroup=self.cfg.bpf_cgroup))
         try:
             await asyncio.to_thread(sampler.start)
             self.sampler = sampler
@@ -447,14 +485,16 @@ class Agent:
         self.last_enforce_done = time.monotonic()
         spec = self.loaded.policy.spec
         if spec.weights.paths or spec.weights.canaries:
-            self.files = FileWatcher(weight_paths(self.loaded))
+            self.files = FileWatcher(weight_paths(self.loaded), state_dir=self.cfg.state_dir)
             await asyncio.to_thread(self.files.start)
             features["file_watch"] = {"ok": self.files.mode == "fanotify", "detail": self.files.detail}
             await asyncio.to_thread(self._measure_weights)
         for name, feature in features.items():
             (self.log.info if feature["ok"] else self.log.warning)("feature", name=name, detail=feature["detail"])
         self.emit(AgentStarted.model_validate({"pid": os.getpid(), **self._policy_meta(), "features": features,
-                                               "weights": self.weights_total or None, "version": __version__}))
+                                               "weights": self.weights_total or None, "version": __version__,
+                                               "attribution": sampler.attribution}))
+        await asyncio.to_thread(self.enforce_once, 0.0)
         sdnotify.notify("READY=1")
         sdnotify.notify(f"STATUS={self.status_line()}")
         try:
@@ -464,6 +504,9 @@ class Agent:
                            tg.create_task(self._heartbeat_loop())]
                 if self.files is not None:
                     workers.append(tg.create_task(self._files_loop()))
+                if self.policy_source is not None:
+                    workers.append(tg.create_task(self.policy_source.run(self.stop, self.offer_policy,
+                                                                         self.refuse_policy)))
                 every = sdnotify.watchdog_interval()
                 if every:
                     workers.append(tg.create_task(self._watchdog_loop(every)))

@@ -19,6 +19,8 @@ class FlowState:
     owner: int | None
     counted: int
     dest: Dest
+    protocol: str | None = None
+    accepted: bool | None = None
 
 
 @dataclass(slots=True)
@@ -27,6 +29,8 @@ class Interval:
 
     by_owner: dict[int, dict[Dest, int]] = field(default_factory=dict)
     unowned: int = 0
+    # (owner, dest) -> (protocol, accepted, flows credited): what else we know of those bytes
+    meta: dict[tuple[int, Dest], tuple[str | None, bool | None, int]] = field(default_factory=dict)
 
     @property
     def attributed(self) -> int:
@@ -38,12 +42,13 @@ class Ledger:
         self.flows: dict[Hashable, FlowState] = {}
         self._by_owner: defaultdict[int, defaultdict[Dest, int]] = defaultdict(lambda: defaultdict(int))
         self._unowned = 0
+        self._meta: dict[tuple[int, Dest], tuple[str | None, bool | None, set[Hashable]]] = {}
 
     def baseline(self, key: Hashable, total: int, dest: Dest, owner: int | None) -> None:
         """A flow that predates measurement: its past bytes are not this interval's."""
         self.flows[key] = FlowState(owner, total, dest)
 
-    def _credit(self, state: FlowState, total: int) -> int:
+    def _credit(self, state: FlowState, total: int, key: Hashable = None) -> int:
         # A total below what we counted means the counter was reset or reused:
         # count it from zero rather than going negative.
         delta = total - state.counted if total >= state.counted else total
@@ -53,20 +58,29 @@ class Ledger:
                 self._unowned += delta
             else:
                 self._by_owner[state.owner][state.dest] += delta
+                got = self._meta.get((state.owner, state.dest))
+                if got is None:
+                    self._meta[(state.owner, state.dest)] = (state.protocol, state.accepted, {key})
+                else:
+                    got[2].add(key)
         return delta
 
-    def update(self, key: Hashable, total: int, dest: Dest, owner: int | None = None) -> int:
+    def update(self, key: Hashable, total: int, dest: Dest, owner: int | None = None,
+               protocol: str | None = None, accepted: bool | None = None) -> int:
         """Credit a live flow's growth; a flow first seen now counts from zero."""
         state = self.flows.get(key)
         if state is None:
-            state = self.flows[key] = FlowState(owner, 0, dest)
+            state = self.flows[key] = FlowState(owner, 0, dest, protocol, accepted)
         elif owner is not None:
             state.owner = owner
-        return self._credit(state, total)
+        if accepted is not None:
+            state.accepted = accepted
+        return self._credit(state, total, key)
 
-    def finish(self, key: Hashable, total: int, dest: Dest, owner: int | None = None) -> int:
+    def finish(self, key: Hashable, total: int, dest: Dest, owner: int | None = None,
+               protocol: str | None = None, accepted: bool | None = None) -> int:
         """Credit a flow's final total and forget it."""
-        delta = self.update(key, total, dest, owner)
+        delta = self.update(key, total, dest, owner, protocol, accepted)
         del self.flows[key]
         return delta
 
@@ -76,7 +90,9 @@ class Ledger:
             del self.flows[key]
 
     def take_interval(self) -> Interval:
-        out = Interval({o: dict(d) for o, d in self._by_owner.items()}, self._unowned)
+        out = Interval({o: dict(d) for o, d in self._by_owner.items()}, self._unowned,
+                       {k: (p, a, len(keys)) for k, (p, a, keys) in self._meta.items()})
         self._by_owner.clear()
+        self._meta = {}
         self._unowned = 0
         return out

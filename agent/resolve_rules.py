@@ -23,7 +23,10 @@ class RulePlan:
     remove: list[list[str]]
 
 
-def plan(queue_num: int, tools: tuple[str, ...] = ("iptables", "ip6tables")) -> RulePlan:
+def plan(queue_num: int, tools: tuple[str, ...] = ("iptables", "ip6tables"), dns_group: int | None = None) -> RulePlan:
+    """``dns_group``: the NFLOG group that gets a copy of each DNS answer (default: queue_num + 1).
+    Copies, never held: a flood of answers cannot delay traffic or the owner lookups."""
+    group = queue_num + 1 if dns_group is None else dns_group
     install: list[list[str]] = []
     remove: list[list[str]] = []
     for tool in tools:
@@ -33,8 +36,10 @@ def plan(queue_num: int, tools: tuple[str, ...] = ("iptables", "ip6tables")) -> 
         install.append(base + ["-N", CHAIN])
         # DNS answers coming in, so destinations can be reported by the name that was looked up.
         install.append(base + ["-N", DNS_CHAIN])
-        install.append(base + ["-A", DNS_CHAIN, "-p", "udp", "--sport", "53", "-j", "NFQUEUE", "--queue-num",
-                               str(queue_num), "--queue-bypass"])
+        # At most 1,000 copies a second, limited in the kernel: a flood costs names, not the agent's CPU.
+        install.append(base + ["-A", DNS_CHAIN, "-p", "udp", "--sport", "53", "-m", "limit", "--limit", "1000/second",
+                               "--limit-burst", "200", "-j", "NFLOG", "--nflog-group", str(group), "--nflog-size",
+                               "1024"])
         install.append(base + ["-A", "INPUT", "-j", DNS_CHAIN])
         for proto in ("tcp", "udp"):
             install.append(

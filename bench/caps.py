@@ -15,6 +15,7 @@ Run as root: python bench/caps.py
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -24,6 +25,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# Agents started here measure on the fallback path: the eBPF path would attach to this machine's
+# root cgroup (bench/connections.py measures the eBPF path, in a cgroup of its own).
+os.environ.setdefault("WEIGHTWARDEN_ATTRIBUTION", "nfqueue")
 
 from tests.helpers.netns import NetnsPair, make_pair, wait_for  # noqa: E402
 

@@ -26,6 +26,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# Agents started here measure on the fallback path: the eBPF path would attach to this machine's
+# root cgroup (bench/connections.py measures the eBPF path, in a cgroup of its own).
+os.environ.setdefault("WEIGHTWARDEN_ATTRIBUTION", "nfqueue")
 
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E402

@@ -1,10 +1,11 @@
 """The ingest half of the pipeline: a batch of MQTT messages in, stored events out.
 
 One batch is one transaction. Validation runs first, outside it (no lock
-held while parsing). The common case, an egress sample from a host that read
-no weights lately and whose slow-exfiltration check is not due, is written
-with a few executemany calls for the whole batch; every other event goes
-through ``Pipeline.apply`` in its own savepoint.
+held while parsing). Egress samples, the bulk of traffic, are written with a
+few bulk statements for the whole batch (the detector's ``record_samples``),
+as are heartbeats that change nothing but the host's row; every other event
+goes through ``Pipeline.apply`` in its own savepoint. Then the detector judges
+again whatever the batch's facts touch.
 
 What can go wrong, and what happens:
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -33,16 +33,15 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from weightwarden.collector import bulk
 from weightwarden.collector.bounded import BoundedDict
-from weightwarden.collector.correlate import Tuning
+from weightwarden.collector.detect.common import Tuning
+from weightwarden.collector.detect.flow import Detector, Units
 from weightwarden.collector.ingest import Rejection, validate
 from weightwarden.collector.store import Store
 from weightwarden.events import (
-    EgressSample, Event, FileAccess, Heartbeat, ProcessFields, ThresholdCrossed, WeightHolder, WeightsCopy,
+    EgressSample, Event, Heartbeat, ProcessFields, ThresholdCrossed,
 )
 
-NO_READS_CACHE_S = 5.0
-SLOW_EVERY_S = 60.0  # the slow-exfiltration check looks at hours: once a minute per destination is plenty
-REFRESH_S = 3600.0  # a known process or contact is written again this often (its last_seen, for retention)
+REFRESH_S = 3600.0  # a known process is written again this often (its last_seen, for retention)
 CACHE_LIMIT = 200_000  # entries per cache: ~40 MB at most
 ERRORS_KEPT = 100
 CONFLICT_RETRIES = 3
@@ -74,11 +73,12 @@ def _conflict(exc: BaseException) -> bool:
 
 
 class BatchIngest:
-    """Mixed into Pipeline, which provides ``apply`` (one event, full correlation)."""
+    """Mixed into Pipeline, which provides ``apply`` (one event's facts) and ``detector``."""
 
     store: Store
     tune: Tuning
     clock: Callable[[], float]
+    detector: Detector
     # Whose counters these are (a collector's client id): each collector adds to rows of its own.
     counter_part: str = ""
     # Host rows written by flush_hosts() rather than in each batch (the service's mode).
@@ -89,18 +89,15 @@ class BatchIngest:
         self._pending_hosts: list[dict[str, Any]] = []
         self._pending_lock = threading.Lock()
         self.errors: deque[str] = deque(maxlen=ERRORS_KEPT)
-        # Per-collector caches that only skip redundant work; the database stays the truth.
-        self._contacts: BoundedDict[tuple[str, str, str], tuple[float, float]] = BoundedDict(CACHE_LIMIT)
-        self._slow_checked: BoundedDict[tuple[str, str], float] = BoundedDict(CACHE_LIMIT)
-        self._no_reads_until: BoundedDict[str, float] = BoundedDict(CACHE_LIMIT)
+        # A per-collector cache that only skips redundant work; the database stays the truth.
         self._processes: BoundedDict[tuple[Any, ...], float] = BoundedDict(CACHE_LIMIT)
 
     def _forget(self) -> None:
         """After a rollback: what the caches learnt inside it may never have been stored."""
-        for cache in (self._contacts, self._slow_checked, self._no_reads_until, self._processes):
-            cache.clear()
+        self._processes.clear()
+        self.detector.forget()
 
-    def apply(self, conn: Connection, ev: Event, now: float) -> None:
+    def apply(self, conn: Connection, ev: Event, now: float) -> Units:
         raise NotImplementedError
 
     # -- entry ---------------------------------------------------------------
@@ -197,31 +194,32 @@ class BatchIngest:
         return len(rows)
 
     def record_batch(self, conn: Connection, fresh: list[Event], now: float, codes: Counter[str]) -> None:
-        """The facts of stored events, correlated. Samples that need no correlation are written
-        together; the other events one by one, each in a savepoint (a correlation that fails is
-        counted, the event kept). Database errors go up: the batch is retried."""
-        plain, careful = self._split(conn, fresh)
-        beats, careful = self._plain_heartbeats(conn, careful)
+        """The facts of stored events, then what they touch judged again. Samples are written
+        together (the detector's few statements); other events one by one, each in a savepoint (a
+        correlation that fails is counted, the event kept). Database errors go up: the batch is retried."""
+        samples = [ev for ev in fresh if isinstance(ev.data, EgressSample)]
+        others = sorted((ev for ev in fresh if not isinstance(ev.data, EgressSample)), key=lambda e: (e.ts, e.seq))
+        beats, others = self._plain_heartbeats(conn, others)
         hosts: list[dict[str, Any]] = []
-        rows: list[dict[str, Any]] = []
-        for ev, ev_rows in plain:
+        for ev in samples:
             assert isinstance(ev.data, EgressSample)
             hosts.append({"host": ev.host, "seq": ev.seq, "ts": ev.ts, "egress_bps": egress_bps(ev.data)})
-            rows.extend({"host": ev.host, **r} for r in ev_rows)
         hosts += beats
-        self.store.add_egress_rows(conn, rows)
-        for ev in careful:
+        units = self.detector.record_samples(conn, samples)
+        for ev in others:
             try:
                 with conn.begin_nested():
-                    self.apply(conn, ev, now)
+                    units.add(self.apply(conn, ev, now))
             except Exception as exc:  # noqa: BLE001 - the event is kept; its correlation failure is counted
                 if isinstance(exc, OperationalError) or self.store.is_outage(exc):
                     raise  # the database, not the event: the whole batch again, later
                 codes["correlation_errors"] += 1
                 self.errors.append(f"{ev.type} {ev.id}: {describe(exc)}")
-        # Rows other collectors update too, last (their locks are held only until the commit), each
-        # in one statement in key order (two collectors never wait for each other in a cycle).
-        self._touch_contacts(conn, [r for r in rows if not r["allowed"]])
+        failed = self.detector.evaluate(conn, units, now)
+        if failed:
+            codes["correlation_errors"] += failed
+        # Host rows other collectors update too, last (their locks are held only until the commit), in
+        # one statement in key order (two collectors never wait for each other in a cycle).
         host_rows = [{k: v for k, v in h.items() if k != "ts"} for h in sorted(hosts, key=lambda r: (r["ts"], r["seq"]))]
         if self.defer_hosts:
             # The service's mode: every batch would update the same host rows as every other collector's
@@ -238,19 +236,25 @@ class BatchIngest:
         if not beats:
             return [], events
         cond, params = bulk.in_list(conn, sorted({ev.host for ev in beats}))
-        away = set(conn.execute(text(f"SELECT host FROM hosts WHERE status IN ('lost', 'silent') AND host {cond}"),
-                                params).scalars())
+        known = {r[0]: (r[1], int(r[2] or 0)) for r in conn.execute(
+            text(f"SELECT host, status, weights_bytes FROM hosts WHERE host {cond}"), params)}
+
+        def plain(ev: Event) -> bool:
+            d = ev.data
+            if not isinstance(d, Heartbeat) or ev.host not in known or known[ev.host][0] in ("lost", "silent"):
+                return False
+            # A new weights total re-judges the host's verdicts that quote it: that is apply's work.
+            return d.weights is None or not d.weights.total_bytes or d.weights.total_bytes == known[ev.host][1]
+
         rows: list[dict[str, Any]] = []
-        rest = [ev for ev in events if not isinstance(ev.data, Heartbeat) or ev.host in away]
+        rest = [ev for ev in events if not plain(ev)]
         for ev in beats:
             d = ev.data
-            if ev.host in away or not isinstance(d, Heartbeat):
+            if not plain(ev) or not isinstance(d, Heartbeat):
                 continue
-            weights = d.weights.total_bytes if d.weights is not None and d.weights.total_bytes else None
             rows.append({"host": ev.host, "seq": ev.seq, "ts": ev.ts, "policy": d.policy,
                          "policy_digest": d.policy_digest, "backend": d.backend,
-                         "rules_in_force": int(d.rules_in_force), "caps": d.caps, "last_heartbeat": ev.ts,
-                         "weights_bytes": weights})
+                         "rules_in_force": int(d.rules_in_force), "caps": d.caps, "last_heartbeat": ev.ts})
         return rows, rest
 
     def _fresh(self, conn: Connection, valid: list[Event], codes: Counter[str]) -> list[Event]:
@@ -270,76 +274,6 @@ class BatchIngest:
                 self.store.bump(conn, name, codes[name], part=self.counter_part)
         if codes["rejected"] or codes["rejected_store"]:
             self.store.trim_dead_letters(conn)
-
-    def _split(self, conn: Connection, fresh: list[Event]
-               ) -> tuple[list[tuple[Event, list[dict[str, Any]]]], list[Event]]:
-        """Samples that need no correlation, with their rows; and the events that do."""
-        samples = [(ev, egress_rows(ev)) for ev in fresh if isinstance(ev.data, EgressSample)]
-        careful = [ev for ev in fresh if not isinstance(ev.data, EgressSample)]
-        mono = time.monotonic()
-        outward_hosts = sorted({ev.host for ev, rows in samples if any(not r["allowed"] for r in rows)})
-        unknown = [h for h in outward_hosts if self._no_reads_until.get(h, 0.0) <= mono]
-        # Reads in this very batch count: they are stored (careful path) before the samples are correlated.
-        # And a host that reads is no longer one that did not: its next samples are looked at again.
-        with_reads = {ev.host for ev in careful if isinstance(ev.data, (FileAccess, WeightHolder, WeightsCopy))}
-        for h in with_reads:
-            self._no_reads_until.pop(h, None)
-        unknown = [h for h in unknown if h not in with_reads]
-        if unknown:
-            since = min(ev.ts for ev, _ in samples) - self.tune.window_s
-            with_reads |= self.store.hosts_with_reads(conn, unknown, since)
-            for h in unknown:
-                if h not in with_reads:
-                    # A "no" is remembered for a few seconds; the sweep re-checks recent uploads, so a
-                    # read reported meanwhile (perhaps to another collector) is still correlated.
-                    self._no_reads_until[h] = mono + NO_READS_CACHE_S
-        plain = []
-        slow = _SlowTotals(self.store, conn, self.tune.slow_window_s)
-        for ev, rows in samples:
-            outward = [r for r in rows if not r["allowed"]]
-            slow.add(ev.host, outward)
-            if outward and (ev.host in with_reads or self._slow_possible(slow, ev.host, outward, ev.ts)):
-                careful.append(ev)
-            else:
-                plain.append((ev, rows))
-        careful.sort(key=lambda e: (e.ts, e.seq))
-        return plain, careful
-
-    def _slow_possible(self, slow: _SlowTotals, host: str, outward: list[dict[str, Any]], ts: float) -> bool:
-        """Could a due slow-exfiltration check alert? Not while a destination has received less than
-        slow_min_bytes, or over less than slow_min_span_s, in the window: an aggregate query (plus
-        this batch's rows) says so without fetching a day of rows, and the check is done for now."""
-        for address in self._slow_due(host, outward, ts):
-            sent, first, last = slow.total(host, address, ts)
-            if sent >= self.tune.slow_min_bytes and last - first >= self.tune.slow_min_span_s:
-                return True
-            self._slow_checked[(host, address)] = ts
-        return False
-
-    def _slow_due(self, host: str, outward: list[dict[str, Any]], ts: float) -> list[str]:
-        """Destinations whose slow-exfiltration check is due (once a minute each)."""
-        return [a for a in sorted({r["address"] for r in outward})
-                if ts - self._slow_checked.get((host, a), -1e18) >= SLOW_EVERY_S]
-
-    def _first_contacts(self, conn: Connection, host: str, outward: list[dict[str, Any]], ts: float) -> None:
-        self._touch_contacts(conn, [{"host": host, **r} for r in outward])
-
-    def _touch_contacts(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        """(program, destination) pairs: new ones recorded with their first ts (an earlier one
-        arriving late moves it back), known ones' last_seen moved on hourly, so retention keeps
-        the pairs still in use."""
-        due: dict[tuple[str, str, str], tuple[float, float]] = {}
-        for r in rows:
-            contact, ts = (r["host"], r["exe"], r["address"]), float(r["ts"])
-            first, last = due.get(contact) or self._contacts.get(contact) or (None, None)
-            if first is None or last is None:
-                due[contact] = (ts, ts)
-            elif ts < first or ts - last >= REFRESH_S:
-                due[contact] = (min(first, ts), max(last, ts))
-        if due:
-            self.store.touch_contacts(conn, [(h, e, a, first, last) for (h, e, a), (first, last) in due.items()])
-            for contact, seen in due.items():
-                self._contacts[contact] = seen
 
     def _remember_processes(self, conn: Connection, fresh: list[Event]) -> None:
         """Each process's user, command line and container, written once (and hourly), not per sample."""
@@ -439,62 +373,10 @@ class BatchIngest:
         return {"stored": 0, "duplicates": 0, "rejected": len(batch)}
 
 
-class _SlowTotals:
-    """Per (host, destination): what the database holds in the slow window (asked once per batch),
-    plus this batch's rows seen so far."""
-
-    def __init__(self, store: Store, conn: Connection, window_s: float) -> None:
-        self.store, self.conn, self.window_s = store, conn, window_s
-        self.stored: dict[tuple[str, str], tuple[int, float, float]] = {}
-        self.pending: dict[tuple[str, str], list[float]] = {}
-
-    def add(self, host: str, outward: list[dict[str, Any]]) -> None:
-        for r in outward:
-            acc = self.pending.setdefault((host, r["address"]), [0, r["ts"], r["ts"]])
-            acc[0] += r["bytes"]
-            acc[1], acc[2] = min(acc[1], r["ts"]), max(acc[2], r["ts"])
-
-    def total(self, host: str, address: str, ts: float) -> tuple[int, float, float]:
-        key = (host, address)
-        if key not in self.stored:
-            self.stored[key] = self.store.egress_total(self.conn, host, "address", address, ts - self.window_s)
-        sent, first, last = self.stored[key]
-        extra, low, high = self.pending.get(key, [0, ts, ts])
-        if not sent:
-            first, last = low, high
-        return sent + int(extra), min(first, low), max(last, high)
-
-
 def egress_bps(data: EgressSample) -> float:
     """The host's egress rate in a sample: all interfaces' bytes over the interval."""
     wire = sum(i.tx_bytes for i in data.interfaces)
     return wire * 8 / max(data.interval_s, 1e-3)
 
 
-def egress_rows(ev: Event) -> list[dict[str, Any]]:
-    """An egress sample's per-destination rows (the model has range-checked every value)."""
-    data = ev.data
-    if not isinstance(data, EgressSample):
-        return []
-    interval = max(data.interval_s, 1e-3)
-    rows = []
-    for proc in data.processes:
-        for dest in proc.destinations:
-            if dest.tx_bytes == 0:
-                continue
-            rows.append({"pid": proc.pid, "ppid": proc.ppid, "exe": proc.exe or "", "name": proc.name or "",
-                         "uid": proc.uid, "address": dest.address, "port": dest.port,
-                         "allowed": int(dest.allowed), "bytes": dest.tx_bytes, "ts": ev.ts,
-                         "rate_bps": proc.tx_bytes * 8 / interval, "event_id": ev.id, "pipes": pipe_key(proc.pipes),
-                         "dns_name": dest.name, "user_name": proc.user})
-    return rows
-
-
-def pipe_key(pipes: list[int]) -> str | None:
-    """Pipe inodes as '|1|2|' so one LIKE finds a shared one."""
-    if not pipes:
-        return None
-    return "|" + "|".join(str(p) for p in pipes[:50]) + "|"
-
-
-__all__ = ["BatchIngest", "DatabaseAway", "describe", "egress_bps", "egress_rows", "pipe_key"]
+__all__ = ["BatchIngest", "DatabaseAway", "describe", "egress_bps"]

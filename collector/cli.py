@@ -33,7 +33,10 @@ EXAMPLES = """examples:
   weightwarden-collector alerts ack 3f2a9c1d0b7e4a55 --by alice
   weightwarden-collector hosts
   weightwarden-collector db upgrade --db postgresql://ww@db/ww
-  weightwarden-collector serve --listen 0.0.0.0:8443 --tls-cert c.pem --tls-key k.pem
+  weightwarden-collector serve --db sqlite:////var/lib/ww/collector.db --listen 0.0.0.0:8443 --tls-cert c.pem --tls-key k.pem
+  weightwarden-collector policy keygen /etc/weightwarden/fleet-2024
+  weightwarden-collector policy publish policy.yaml --key fleet-2024.key --hosts 'gpu-*' --broker mqtts://broker:8883
+  weightwarden-collector export --host gpu-01 --since 24h > gpu-01.jsonl
 """
 
 
@@ -82,17 +85,19 @@ def register_run(sub: Any) -> None:
     run.add_argument("--raw-egress-retention", default="1h",
                      help="keep raw egress samples this long, then per-minute totals (default %(default)s, "
                           "at least 10m)")
-    run.add_argument("--egress-retention", default="48h",
+    run.add_argument("--egress-retention", default="8d",
                      help="keep per-minute egress totals this long; never less than the detections look back "
                           "(default %(default)s)")
     run.add_argument("--queue-max-bytes", default="32MiB",
                      help="messages held in memory before reading from the broker pauses (default %(default)s)")
     run.add_argument("--silent-after", default="90s", help="alert when an agent is quiet this long")
     run.add_argument("--client-id", default=None)
+    run.add_argument("--tuning", metavar="FILE", default=None,
+                     help="detection settings (YAML: ratios, windows, allowed_remote_prefixes); see docs/alerts.md")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from weightwarden.collector.correlate import Tuning
+    from weightwarden.collector.detect.common import Tuning, load_tuning
     from weightwarden.collector.pipeline import Pipeline
     from weightwarden.collector.retention import MIN_RAW_EGRESS_S, Retention
     from weightwarden.collector.service import CollectorService, ServiceConfig
@@ -102,13 +107,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         broker = MqttSettings.from_url(args.broker)
-        tune = Tuning(silent_after_s=parse_duration(args.silent_after))
+        tune = load_tuning(args.tuning) if args.tuning else Tuning()
+        tune.silent_after_s = parse_duration(args.silent_after)
         raw = parse_duration(args.raw_egress_retention)
         if raw < MIN_RAW_EGRESS_S:
             raise ValueError(f"--raw-egress-retention must be at least {MIN_RAW_EGRESS_S:.0f}s (agents replay "
                              "recent events after a reconnect; their ids must still be known)")
         # Per-minute egress outlives every window a detection looks back over.
-        looks_back = max(tune.window_s, tune.slow_window_s, tune.chunk_window_s) + 3600
+        looks_back = tune.looks_back_s() + 3600
         retention = Retention(events_s=parse_duration(args.retention), raw_egress_s=raw,
                               egress_s=max(parse_duration(args.egress_retention), looks_back))
         queue_bytes = parse_size(args.queue_max_bytes)
@@ -226,9 +232,12 @@ def cmd_hosts(args: argparse.Namespace) -> int:
         return 0
     from weightwarden.units import format_rate, format_size
 
-    print(f"{'HOST':<20} {'STATUS':<8} {'LAST SEEN':<20} {'POLICY':<20} {'RULES':<6} {'EGRESS NOW':>12} {'WEIGHTS':>9}")
+    print(f"{'HOST':<20} {'STATUS':<8} {'LAST SEEN':<20} {'POLICY':<28} {'RULES':<6} {'EGRESS NOW':>12} {'WEIGHTS':>9}")
     for h in hosts:
-        print(f"{h['host'][:20]:<20} {h['status'] or '?':<8} {_when(h['last_seen']):<20} {(h['policy'] or '-')[:20]:<20} "
+        policy = h["policy"] or "-"
+        if h.get("policy_version") is not None:
+            policy += f" v{h['policy_version']}"  # a signed central policy, and its version
+        print(f"{h['host'][:20]:<20} {h['status'] or '?':<8} {_when(h['last_seen']):<20} {policy[:28]:<28} "
               f"{'yes' if h['rules_in_force'] else 'no':<6} {format_rate(h['egress_bps'] or 0):>12} "
               f"{format_size(h['weights_bytes'] or 0):>9}")
     return 0
@@ -296,8 +305,14 @@ def register_console(sub: Any) -> None:
     add_commands(sub, _db_arg)  # serve, users, tokens, outputs
 
 
+def register_policy(sub: Any) -> None:
+    from weightwarden.collector.policy_cli import add_commands
+
+    add_commands(sub, _db_arg)  # policy publish/unpublish/keygen, export
+
+
 COMMANDS: list[Callable[[Any], None]] = [register_run, register_alerts, register_hosts, register_stats, register_db,
-                                         register_console]
+                                         register_console, register_policy]
 
 
 def build_parser() -> argparse.ArgumentParser:

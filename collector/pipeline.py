@@ -1,8 +1,10 @@
 """From validated events to stored state and alerts. Database work only, no MQTT.
 
 Tests drive this with recorded event streams; the MQTT service feeds it in
-batches (:mod:`batching`). Each batch is one transaction; each event's
-correlation runs in a savepoint, so one bad event cannot undo its batch.
+batches (:mod:`batching`). Each batch is one transaction: the facts of every event are stored,
+then everything those facts touch is judged again from all stored facts
+(``collector/detect/flow.py``), each subject in a savepoint, so one bad event
+or one odd subject cannot undo its batch.
 """
 
 from __future__ import annotations
@@ -14,16 +16,19 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from weightwarden.collector import correlate
-from weightwarden.collector.batching import BatchIngest, egress_bps, egress_rows, pipe_key
-from weightwarden.collector.correlate import Draft, Tuning
+from weightwarden.collector import store as q
+from weightwarden.collector.batching import BatchIngest, egress_bps
+from weightwarden.collector.detect.common import Draft, Tuning
+from weightwarden.collector.detect.facts import egress_rows
+from weightwarden.collector.detect.flow import Detector, Units
+from weightwarden.collector.detect.single import from_event, gap, silent
 from weightwarden.collector.store import Store
 from weightwarden.events import (
-    AgentLost, AgentStarted, AgentStopping, EgressSample, Event, FileAccess, Heartbeat, PolicyApplied, WeightHolder,
-    WeightsCopy,
+    AgentLost, AgentStarted, AgentStopping, EgressSample, Event, EventsDropped, FileAccess, Heartbeat, PolicyApplied,
+    WeightHolder, WeightsCopy,
 )
 
-REEVALUATE_S = 120.0
+__all__ = ["Pipeline", "egress_bps", "egress_rows", "load_stream"]
 
 
 class Pipeline(BatchIngest):
@@ -35,24 +40,21 @@ class Pipeline(BatchIngest):
         self.tune = tune or Tuning()
         self.clock = clock
         self._init_caches()
-
-    def _evaluate_chunked(self, conn: Connection, host: str, exe: str, ts: float, now: float) -> None:
-        since = ts - self.tune.chunk_window_s
-        self.upsert(conn, correlate.chunked(host, exe, self.store.egress_where(conn, host, "exe", exe, since),
-                                            self.store.reads_on_host(conn, host, since), self.tune), now)
+        self.detector = Detector(store, self.tune, clock, errors=self.errors)
 
     def upsert(self, conn: Connection, draft: Draft | None, now: float) -> None:
-        if draft is not None:
-            self.store.upsert_alert(conn, draft.to_row(), now)
+        self.detector.put(conn, draft, now)
 
     # -- per event -----------------------------------------------------------
 
-    def apply(self, conn: Connection, ev: Event, now: float) -> None:
+    def apply(self, conn: Connection, ev: Event, now: float) -> Units:
+        """Store one event's facts and raise what it decides alone; returns what its facts touch."""
         host, data, ts = ev.host, ev.data, ev.ts
         if isinstance(data, EgressSample):
-            self._egress(conn, ev, data, now)
-            return
+            self.store.touch_host(conn, host, ev.seq, ts, now, egress_bps=egress_bps(data))
+            return self.detector.record_samples(conn, [ev])
         self.store.touch_host(conn, host, ev.seq, ts, now)
+        changed = Units()
         if isinstance(data, (Heartbeat, AgentStarted, PolicyApplied)):
             fields: dict[str, Any] = {"policy": data.policy, "policy_digest": data.policy_digest}
             if isinstance(data, Heartbeat):
@@ -61,146 +63,119 @@ class Pipeline(BatchIngest):
             if isinstance(data, PolicyApplied):
                 fields.update(backend=data.backend, caps=len(data.caps), rules_in_force=1)
             weights = None if isinstance(data, PolicyApplied) else data.weights
-            if weights is not None and weights.total_bytes:
-                fields["weights_bytes"] = weights.total_bytes
+            if weights is not None and weights.total_bytes and q.set_weights_total(conn, host, weights.total_bytes, ts):
+                changed = self.detector.weights_changed(conn, host)
             host_row = self.store.host(conn, host) or {}
             if host_row.get("status") in ("lost", "silent") and ts >= (host_row.get("lost_at") or 0):
                 self.store.resolve_kind(conn, host, "agent_silent", "collector: the agent is back", now)
             fields["status"] = "online"
             self.store.update_host(conn, host, **{k: v for k, v in fields.items() if v is not None})
+            if isinstance(data, PolicyApplied):
+                # None is meaningful here: a host back on its local file has no central version.
+                self.store.update_host(conn, host, policy_version=data.version, policy_source=data.source or "file")
         elif isinstance(data, AgentStopping):
             self.store.update_host(conn, host, status="stopped")
         elif isinstance(data, AgentLost):
             self.store.update_host(conn, host, status="lost", lost_at=now)
-            self.upsert(conn, correlate.from_event(ev), now)
+            self.upsert(conn, from_event(ev), now)
         elif isinstance(data, (FileAccess, WeightHolder, WeightsCopy)):
-            self._weights(conn, ev, data, now)
+            return self.detector.record_weights(conn, ev, data, now)
         else:
-            self.upsert(conn, correlate.from_event(ev), now)
-
-    def _egress(self, conn: Connection, ev: Event, data: EgressSample, now: float) -> None:
-        host, ts = ev.host, ev.ts
-        rows = egress_rows(ev)
-        self.store.touch_host(conn, host, ev.seq, ts, now, egress_bps=egress_bps(data))
-        self.store.add_egress(conn, host, rows)
-        outward = [r for r in rows if not r["allowed"]]
-        self._first_contacts(conn, host, outward, ts)
-        if not outward:
-            return
-        # Most samples come from hosts that touched no weights: one indexed lookup settles them.
-        if self.store.has_reads(conn, host, ts - self.tune.window_s):
-            for pid in sorted({r["pid"] for r in outward}):
-                self.evaluate_exfiltration(conn, host, pid, ts, now)
-            if self.store.has_reads(conn, host, ts - self.tune.chunk_window_s):
-                for exe in sorted({r["exe"] for r in outward}):
-                    self._evaluate_chunked(conn, host, exe, ts, now)
-        due = self._slow_due(host, outward, ts)
-        if due:
-            host_row = self.store.host(conn, host) or {}
-            for address in due:
-                self._slow_checked[(host, address)] = ts
-                sent = self.store.egress_where(conn, host, "address", address, ts - self.tune.slow_window_s)
-                self.upsert(conn, correlate.slow(host, address, sent, int(host_row.get("weights_bytes") or 0),
-                                                 self.tune), now)
-
-    def _weights(self, conn: Connection, ev: Event, d: FileAccess | WeightHolder | WeightsCopy, now: float) -> None:
-        host, ts = ev.host, ev.ts
-        base: dict[str, Any] = {"pid": d.pid if d.pid is not None else -1, "ppid": d.ppid, "exe": d.exe,
-                "name": d.name, "uid": d.uid, "event_id": ev.id, "staged_of": None, "pipes": pipe_key(d.pipes)}
-        if isinstance(d, FileAccess):
-            staged = d.staged_copy_of
-            row: dict[str, Any] = {**base, "path": d.path, "kind": "staged_read" if staged else "read",
-                   "bytes": d.bytes_read, "first_ts": d.first_ts or ts,
-                   "ts": d.last_ts or ts, "staged_of": "\n".join(staged) or None}
-        elif isinstance(d, WeightHolder):
-            row = {**base, "path": d.path, "kind": "holder", "bytes": d.resident_bytes, "first_ts": 0.0, "ts": ts}
-        else:
-            row = {**base, "path": d.destination, "kind": "copy", "bytes": d.destination_size,
-                   "first_ts": ts, "ts": ts, "staged_of": "\n".join(d.sources) or None}
-        self.store.add_read(conn, host, row)
-        if row["pid"] >= 0:
-            # The upload may have started before this report arrived: look again.
-            since = ts - self.tune.window_s
-            children = self.store.children(conn, host, row["pid"], since)
-            for pid in {row["pid"], *children, *self.store.pipe_partners(conn, host, "egress", row["pipes"], since)}:
-                self.evaluate_exfiltration(conn, host, pid, ts, now)
-
-    def evaluate_exfiltration(self, conn: Connection, host: str, pid: int, ref_ts: float, now: float) -> None:
-        since = ref_ts - self.tune.window_s
-        egress = self.store.egress_where(conn, host, "pid", pid, since)
-        if not egress:
-            return
-        last = egress[-1]
-        sender = {k: last.get(k) for k in ("pid", "ppid", "exe", "name", "uid")}
-        # Who may have handed it the weights: itself, its parent, and whoever shares a pipe with it.
-        related = {pid, *([last["ppid"]] if last.get("ppid") and last["ppid"] > 1 else []),
-                   *self.store.pipe_partners(conn, host, "weight_reads", last.get("pipes"), since)}
-        reads = self.store.reads_for(conn, host, sorted(related), since)
-        if not reads:
-            return
-        first_read = min(r["first_ts"] for r in reads if r["first_ts"] > 0) if any(r["first_ts"] > 0 for r in reads) \
-            else min(r["ts"] for r in reads)
-        new = set()
-        for e in egress:
-            seen = self.store.first_seen(conn, host, e["exe"] or "", e["address"])
-            if seen is not None and seen >= first_read - 1:
-                new.add(e["address"])
-        host_row = self.store.host(conn, host) or {}
-        rate = sum(e["rate_bps"] or 0 for e in egress if e["ts"] == last["ts"]) / max(
-            1, len({e["address"] for e in egress if e["ts"] == last["ts"]}))
-        self.upsert(conn, correlate.exfiltration(host, sender, reads, egress, int(host_row.get("weights_bytes") or 0),
-                                                 new, float(rate), self.tune), now)
+            self.upsert(conn, from_event(ev), now)
+        return changed
 
     # -- periodic --------------------------------------------------------------
 
     def sweep(self) -> None:
-        """Silent agents, unexplained sequence gaps, and a second look at recent uploads."""
+        """A second look at what arrived lately, then each host on its own: silent agents and
+        unexplained sequence gaps. One host's odd state never stops the sweep for the others."""
         now = self.clock()
+        try:
+            failed = self.detector.sweep(now)
+        except Exception as exc:  # noqa: BLE001 - the second look failed as a whole; the hosts still get theirs
+            failed = 1
+            self.detector.note_error(f"sweep re-evaluation: {exc!r}")
         with self.store.tx() as conn:
-            # Collectors sharing a database each saw part of the story; look again at what
-            # arrived lately (wall clock), with everything that is committed by now.
-            recent = self.store.recent_senders(conn, time.time() - REEVALUATE_S, now - self.tune.window_s)
-            for host, pid, _exe, ts in recent:
-                self.evaluate_exfiltration(conn, host, pid, ts, now)
-            latest: dict[tuple[str, str], float] = {}
-            for host, _pid, exe, ts in recent:
-                latest[(host, exe)] = max(ts, latest.get((host, exe), ts))
-            for (host, exe), ts in sorted(latest.items()):
-                self._evaluate_chunked(conn, host, exe, ts, now)
-            for h in self.store_hosts(conn):
-                if h["status"] == "online" and now - (h["last_seen"] or now) > self.tune.silent_after_s:
-                    self.store.update_host(conn, h["host"], status="silent", lost_at=now)
-                    self.upsert(conn, correlate.silent(h["host"], h["last_seen"], now), now)
-                self._gaps(conn, h, now)
+            hosts = self.store_hosts(conn)
+        for h in hosts:
+            for check in (self._silent, self._gaps):
+                try:
+                    with self.store.tx() as conn:
+                        check(conn, h, now)
+                except Exception as exc:  # noqa: BLE001 - logged and counted; the other hosts and checks go on
+                    failed += 1
+                    self.detector.note_error(f"sweep {check.__name__} {h.get('host')!r}: {exc!r}")
+        if failed:
+            with self.store.tx() as conn:
+                self.store.bump(conn, "sweep_errors", failed)
 
     @staticmethod
     def store_hosts(conn: Connection) -> list[dict[str, Any]]:
         from sqlalchemy import text
 
-        return [dict(r) for r in conn.execute(text("SELECT * FROM hosts")).mappings()]
+        return [dict(r) for r in conn.execute(text("SELECT * FROM hosts ORDER BY host")).mappings()]
+
+    def _silent(self, conn: Connection, h: dict[str, Any], now: float) -> None:
+        if h["status"] == "online" and now - (h["last_seen"] or now) > self.tune.silent_after_s:
+            self.store.update_host(conn, h["host"], status="silent", lost_at=now)
+            self.upsert(conn, silent(h["host"], h["last_seen"], now), now)
 
     def _gaps(self, conn: Connection, h: dict[str, Any], now: float) -> None:
+        """Sequence numbers that never arrived and no events_dropped explains, as ranges (never expanded).
+
+        A collector that meets a host for the first time takes the first sequence number it
+        holds as the start: the agent counted before this collector existed, and that
+        history is not missing."""
         host, contig = h["host"], int(h["seq_contig"] or 0)
-        seqs = self.store.seqs_after(conn, host, contig)
-        if not seqs:
+        if contig == 0:
+            first = q.min_seq(conn, host)
+            if first is None:
+                return
+            contig = first - 1
+        runs = q.seq_runs(conn, host, contig)
+        if not runs:
             return
-        covered: set[int] = set()
-        for dropped in self.store.events_of(conn, host, "events_dropped", 0):
-            for lo, hi in dropped["data"].get("seq_ranges") or []:
-                covered.update(range(int(lo), int(hi) + 1))
-        present = set(seqs) | covered
-        top = max(seqs)
-        missing = [s for s in range(contig + 1, top + 1) if s not in present]
+        top = runs[-1][1]
+        holes: list[tuple[int, int]] = []
+        expected = contig + 1
+        for lo, hi in runs:
+            if lo > expected:
+                holes.append((expected, lo - 1))
+            expected = max(expected, hi + 1)
+        explained: list[tuple[int, int]] = []
+        for dropped in self.store.events_of(conn, host, EventsDropped.TYPE, 0):
+            for pair in dropped["data"].get("seq_ranges") or []:
+                if isinstance(pair, list) and len(pair) == 2:
+                    explained.append((int(pair[0]), int(pair[1])))
+        missing = subtract(holes, explained)
         if not missing:
             self.store.update_host(conn, host, seq_contig=top, gap_seen_at=None)
             return
-        first_missing = missing[0]
         if h["gap_seen_at"] is None:
             # Give redeliveries (a spool draining after an outage) time to arrive.
-            self.store.update_host(conn, host, seq_contig=first_missing - 1, gap_seen_at=now)
+            self.store.update_host(conn, host, seq_contig=missing[0][0] - 1, gap_seen_at=now)
         elif now - h["gap_seen_at"] >= self.tune.gap_grace_s:
-            self.upsert(conn, correlate.gap(host, missing, now), now)
+            self.upsert(conn, gap(host, missing, sum(hi - lo + 1 for lo, hi in missing), now), now)
             self.store.update_host(conn, host, seq_contig=top, gap_seen_at=None)
+
+
+def subtract(ranges: list[tuple[int, int]], minus: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Inclusive integer ranges less other ranges, without expanding either."""
+    out = []
+    cuts = sorted(minus)
+    for lo, hi in ranges:
+        cur = lo
+        for clo, chi in cuts:
+            if chi < cur or clo > hi:
+                continue
+            if clo > cur:
+                out.append((cur, clo - 1))
+            cur = max(cur, chi + 1)
+            if cur > hi:
+                break
+        if cur <= hi:
+            out.append((cur, hi))
+    return out
 
 
 def load_stream(path: str) -> list[tuple[str, bytes]]:

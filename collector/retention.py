@@ -32,7 +32,7 @@ MIN_RAW_EGRESS_S = 600.0  # an agent replays what it sent in the last 30 s: ids 
 class Retention:
     events_s: float = 30 * 86400.0  # events (but egress samples), weight reads, contacts, processes, dead letters
     raw_egress_s: float = 3600.0  # raw egress rows and egress_sample events
-    egress_s: float = 2 * 86400.0  # per-minute egress: at least as long as detections look back
+    egress_s: float = 8 * 86400.0  # per-minute egress and local relays: at least as long as detections look back
     dead_letter_rows: int = DEAD_LETTER_MAX_ROWS
     dead_letter_bytes: int = DEAD_LETTER_MAX_BYTES
     history_per_host: int = 100_000  # (program, destination) pairs remembered per host
@@ -58,10 +58,14 @@ def fold_egress(store: Store, before: float) -> int:
             minute = _minute(conn)
             conn.execute(text(
                 "INSERT INTO egress_minute(host, minute, pid, exe, address, port, ppid, name, uid, allowed, bytes, ts, "
-                "rate_bps, event_id, pipes, received_at, dns_name, user_name, samples) "
+                "rate_bps, event_id, pipes, received_at, dns_name, user_name, start_time, first_ts, protocol, accepted, "
+                "container, cmd_hash, exact, samples) "
                 f"SELECT host, {minute}, pid, coalesce(exe, ''), address, coalesce(port, 0), max(ppid), max(name), "
                 "max(uid), min(allowed), sum(bytes), max(ts), max(rate_bps), max(event_id), max(pipes), "
-                "max(received_at), max(dns_name), max(user_name), count(*) FROM egress_raw WHERE received_at < :u "
+                "max(received_at), max(dns_name), max(user_name), max(start_time), min(coalesce(first_ts, ts)), "
+                # Accepted (replies to clients) only if every folded row was; exact only if every row was.
+                "max(protocol), min(accepted), max(container), max(cmd_hash), min(exact), "
+                "count(*) FROM egress_raw WHERE received_at < :u "
                 f"GROUP BY host, {minute}, pid, coalesce(exe, ''), address, coalesce(port, 0) "
                 "ON CONFLICT (host, minute, pid, exe, address, port) DO UPDATE SET "
                 "bytes = egress_minute.bytes + excluded.bytes, samples = egress_minute.samples + excluded.samples, "
@@ -74,7 +78,17 @@ def fold_egress(store: Store, before: float) -> int:
                 "received_at = excluded.received_at, event_id = excluded.event_id, "
                 "pipes = coalesce(excluded.pipes, egress_minute.pipes), "
                 "dns_name = coalesce(excluded.dns_name, egress_minute.dns_name), "
-                "user_name = coalesce(excluded.user_name, egress_minute.user_name)"), {"u": upto})
+                "user_name = coalesce(excluded.user_name, egress_minute.user_name), "
+                "start_time = coalesce(excluded.start_time, egress_minute.start_time), "
+                "first_ts = CASE WHEN egress_minute.first_ts < excluded.first_ts THEN egress_minute.first_ts "
+                "  ELSE excluded.first_ts END, "
+                "protocol = coalesce(excluded.protocol, egress_minute.protocol), "
+                "accepted = CASE WHEN egress_minute.accepted < excluded.accepted THEN egress_minute.accepted "
+                "  ELSE excluded.accepted END, "
+                "container = coalesce(excluded.container, egress_minute.container), "
+                "cmd_hash = coalesce(excluded.cmd_hash, egress_minute.cmd_hash), "
+                "exact = CASE WHEN egress_minute.exact < excluded.exact THEN egress_minute.exact ELSE excluded.exact END"),
+                {"u": upto})
             folded += int(conn.execute(text("DELETE FROM egress_raw WHERE received_at < :u"), {"u": upto}).rowcount or 0)
 
 
@@ -123,6 +137,9 @@ def run(store: Store, ret: Retention, now: float | None = None) -> dict[str, int
                 break
             out["egress_minute"] += int(conn.execute(text("DELETE FROM egress_minute WHERE minute < :m AND ts < :c"), {
                 "m": min(float(low) + 600, minute_cut), "c": minute_cut}).rowcount or 0)
+    # Local hand-overs (one row per sample and peer) matter only as long as detections look back.
+    out["relays"] = _delete_batched(store, "relays", "rowid" if store.dialect == "sqlite" else "ctid",
+                                    "ts < :c", {"c": minute_cut})
     with store.tx() as conn:
         for table, col in (("weight_reads", "ts"), ("history", "last_seen"), ("processes", "last_seen"),
                            ("dead_letters", "received_at")):

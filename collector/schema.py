@@ -19,7 +19,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 # The columns of the ``egress`` view: raw rows and per-minute rows alike. A migration that adds an
 # egress column adds it to both tables and recreates the view (DROP VIEW egress; egress_view()).
 EGRESS_COLUMNS = ("host", "pid", "ppid", "exe", "name", "uid", "address", "port", "allowed", "bytes", "ts", "rate_bps",
-                  "event_id", "pipes", "received_at", "dns_name", "user_name")
+                  "event_id", "pipes", "received_at", "dns_name", "user_name", "start_time", "first_ts", "protocol",
+                  "accepted", "container", "cmd_hash", "exact")
 # One per-minute row per (host, minute, process, destination).
 MINUTE_KEY = ("host", "minute", "pid", "exe", "address", "port")
 
@@ -103,7 +104,43 @@ MIGRATIONS: list[list[str]] = [
              started_at DOUBLE PRECISION, updated_at DOUBLE PRECISION NOT NULL, received BIGINT NOT NULL DEFAULT 0,
              backlog BIGINT NOT NULL DEFAULT 0, ingest_rate DOUBLE PRECISION NOT NULL DEFAULT 0)""",
     ],
-    [  # 3: bounded storage; who sent (user, command line) and to which name
+    [  # 3 (detection): exact process identity, when bytes left, how, and local relays
+        # egress.ts is the last send of a row and first_ts its first: "sent after the read" is exact.
+        "ALTER TABLE egress ADD COLUMN start_time DOUBLE PRECISION",
+        "ALTER TABLE egress ADD COLUMN first_ts DOUBLE PRECISION",
+        "ALTER TABLE egress ADD COLUMN protocol TEXT",
+        "ALTER TABLE egress ADD COLUMN accepted INTEGER",
+        "ALTER TABLE egress ADD COLUMN container TEXT",
+        "ALTER TABLE egress ADD COLUMN cmd_hash TEXT",
+        "ALTER TABLE egress ADD COLUMN exact INTEGER",  # 1: first_ts/ts are this destination's own sends
+        "ALTER TABLE weight_reads ADD COLUMN start_time DOUBLE PRECISION",
+        "ALTER TABLE weight_reads ADD COLUMN size BIGINT",
+        "ALTER TABLE weight_reads ADD COLUMN how TEXT",
+        "ALTER TABLE weight_reads ADD COLUMN container TEXT",
+        "ALTER TABLE weight_reads ADD COLUMN cmd_hash TEXT",
+        "ALTER TABLE weight_reads ADD COLUMN remote TEXT",
+        "ALTER TABLE weight_reads ADD COLUMN derivative INTEGER",
+        "ALTER TABLE weight_reads ADD COLUMN received_at DOUBLE PRECISION",
+        "CREATE INDEX weight_reads_received ON weight_reads(received_at)",
+        "CREATE INDEX weight_reads_host_pid ON weight_reads(host, pid)",
+        # One row per sample and local peer: src sent bytes to dst over a unix socket or loopback.
+        """CREATE TABLE relays (host TEXT NOT NULL, src_pid BIGINT NOT NULL, src_start DOUBLE PRECISION,
+             src_exe TEXT, src_name TEXT, dst_pid BIGINT NOT NULL, dst_start DOUBLE PRECISION, dst_exe TEXT,
+             dst_name TEXT, via TEXT NOT NULL, bytes BIGINT NOT NULL, first_ts DOUBLE PRECISION NOT NULL,
+             ts DOUBLE PRECISION NOT NULL, event_id TEXT NOT NULL, received_at DOUBLE PRECISION)""",
+        "CREATE INDEX relays_dst ON relays(host, dst_pid)",
+        "CREATE INDEX relays_src ON relays(host, src_pid)",
+        "CREATE INDEX relays_received ON relays(received_at)",
+        # For alerts one event decides: the content of the latest event by its own time, whatever the arrival order.
+        "ALTER TABLE alerts ADD COLUMN fact_order TEXT",
+        # The weights' size as of the latest report by the agent's own clock, not the latest to arrive.
+        "ALTER TABLE hosts ADD COLUMN weights_at DOUBLE PRECISION",
+    ],
+    [  # 4: which version of a centrally published policy each host runs, and from where (file or mqtt)
+        "ALTER TABLE hosts ADD COLUMN policy_version BIGINT",
+        "ALTER TABLE hosts ADD COLUMN policy_source TEXT",
+    ],
+    [  # 5: bounded storage; who sent (user, command line) and to which name
         # The DNS name a destination was looked up by, and the sender's user, on every egress row.
         "ALTER TABLE egress ADD COLUMN dns_name TEXT",
         "ALTER TABLE egress ADD COLUMN user_name TEXT",
@@ -115,7 +152,8 @@ MIGRATIONS: list[list[str]] = [
              exe TEXT NOT NULL, address TEXT NOT NULL, port INTEGER NOT NULL, ppid BIGINT, name TEXT, uid BIGINT,
              allowed INTEGER NOT NULL, bytes BIGINT NOT NULL, ts DOUBLE PRECISION NOT NULL, rate_bps DOUBLE PRECISION,
              event_id TEXT NOT NULL, pipes TEXT, received_at DOUBLE PRECISION, dns_name TEXT, user_name TEXT,
-             samples BIGINT NOT NULL, PRIMARY KEY ({', '.join(MINUTE_KEY)}))""",
+             start_time DOUBLE PRECISION, first_ts DOUBLE PRECISION, protocol TEXT, accepted INTEGER, container TEXT,
+             cmd_hash TEXT, exact INTEGER, samples BIGINT NOT NULL, PRIMARY KEY ({', '.join(MINUTE_KEY)}))""",
         "CREATE INDEX egress_minute_host_ts ON egress_minute(host, ts)",
         "CREATE INDEX egress_minute_host_pid ON egress_minute(host, pid)",
         "CREATE INDEX egress_minute_received ON egress_minute(received_at)",

@@ -13,6 +13,9 @@ needed=(
   curl:curl openssl:openssl
   # The console's browser tests: Debian's chromium and its driver (selenium never downloads one).
   chromium:chromium chromedriver:chromium-driver
+  clang:clang bpftool:bpftool cc:gcc
+  # The file watcher's tests: a real FUSE filesystem, and io_uring reads.
+  bindfs:bindfs fio:fio
 )
 missing=()
 for pair in "${needed[@]}"; do
@@ -24,6 +27,8 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
+# The eBPF attribution programs and their loader are built here, against this kernel (CO-RE).
+[ -e /usr/include/bpf/libbpf.h ] || missing+=(libbpf-dev)
 
 if ((${#missing[@]})); then
   if [ "$(id -u)" != 0 ]; then
@@ -53,4 +58,11 @@ if [ ! -x .venv/bin/python ] || [ pyproject.toml -nt .venv/.installed ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[test]'
   touch .venv/.installed
+fi
+
+# eBPF attribution: vmlinux.h from the kernel's BTF, the programs, the loader. If this kernel or
+# machine cannot build them, the agent still runs, on the NFQUEUE path, and says so at start.
+if ! agent/bpf/build.sh; then
+  echo "bootstrap: the eBPF loader could not be built; the agent will use NFQUEUE attribution" \
+       "(this network namespace only)" >&2
 fi

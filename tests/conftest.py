@@ -13,6 +13,9 @@ if TYPE_CHECKING:
     from tests.helpers.broker import Broker
 
 REQUIRE_PRIVILEGED = os.environ.get("WEIGHTWARDEN_REQUIRE_PRIVILEGED") == "1"
+# Agents started by tests measure their own network namespace (the fallback path): eBPF attribution
+# would watch this machine's whole cgroup hierarchy. Its tests give it a cgroup of their own.
+os.environ.setdefault("WEIGHTWARDEN_ATTRIBUTION", "nfqueue")
 PRIVILEGED_TOOLS = ("ip", "iptables", "iperf3", "curl")
 
 

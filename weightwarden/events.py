@@ -38,6 +38,7 @@ MAX_PROCESSES = 200  # per egress sample; the rest are summed into other_process
 MAX_DESTINATIONS = 32  # per process; the rest are summed into other_destinations
 MAX_INTERFACES = 256
 MAX_PIPES = 64
+MAX_LOCAL_PEERS = 16  # per process; the rest are summed into other_local_peers
 MAX_ARGS = 32
 MAX_SEQ = 2**62
 MAX_BYTES = 2**62
@@ -153,11 +154,25 @@ class Destination(Model):
     last_ts: Timestamp | None = None
 
 
+class LocalPeer(Model):
+    """A process on this host that this one sent bytes to: a possible relay (reader -> relay -> sender)."""
+
+    via: Literal["unix", "tcp", "udp"]
+    tx_bytes: Count
+    pid: Pid | None = None  # None: the receiving end could not be named (it exited, or nobody holds it)
+    start_time: Timestamp | None = None
+    name: Name | None = None
+    exe: Text | None = None
+    port: Port | None = None  # tcp/udp: the peer's port (53: the local resolver)
+
+
 class ProcessEgress(ProcessFields):
     pid: Pid
-    tx_bytes: Count
+    tx_bytes: Count  # bytes that left the host; 0 for a process that only sent locally
     destinations: list[Destination] = Field(default_factory=list, max_length=MAX_DESTINATIONS)
     other_destinations: OtherBytes | None = None
+    local_peers: list[LocalPeer] = Field(default_factory=list, max_length=MAX_LOCAL_PEERS)
+    other_local_peers: OtherBytes | None = None
 
 
 class InterfaceCounters(Model):
@@ -334,6 +349,7 @@ class PolicyApplied(Payload):
     blocked_budgets: list[Name] = Field(default_factory=list, max_length=200)
     version: Count | None = None  # a centrally published policy's version
     source: Name | None = None  # file or mqtt
+    key_id: Name | None = None  # the signing key of a centrally published policy
 
 
 class PolicyRejected(Payload):
@@ -389,8 +405,16 @@ class FileAccess(ProcessFields, Payload):
     final: bool = True
     bytes_estimated: bool = False
     staged_copy_of: list[Text] = Field(default_factory=list, max_length=100)
+    # ``path`` is the file's host path whenever the agent can name it (the same file read from several
+    # containers has one path); ``host_path`` repeats it when the process reached the file through another
+    # mount namespace (a container), and ``view_path`` is then the path as that process saw it, when known.
     host_path: Text | None = None  # the file's path in the host's mount namespace, when it differs
-    how: Name | None = None  # how the bytes were measured: rchar, taskstats, estimate, mmap, io_uring
+    how: Name | None = None  # how the bytes were measured: rchar, taskstats, position, estimate, mmap, io_uring
+    view_path: Text | None = None
+    # The process maps this file (at the last look): it holds the weights (an inference server) rather
+    # than streaming them through read(); resident_bytes is how much of the mapping it touched.
+    mapped_bytes: Count | None = None
+    resident_bytes: Count | None = None
 
 
 class WeightHolder(ProcessFields, Payload):
@@ -413,6 +437,8 @@ class WeightsCopy(ProcessFields, Payload):
     path: Text
     derivative: bool = False  # not a byte copy: compressed, encrypted or split output of a weights reader
     remote: Name | None = None  # the filesystem type when the copy went to network storage (nfs, cifs, fuse)
+    view_path: Text | None = None  # the destination as the writer saw it, when it wrote in another mount namespace
+    source_bytes_estimated: bool = False  # some of source_bytes_read could not be measured (see FileAccess.how)
 
 
 class CanaryRead(ProcessFields, Payload):
@@ -655,5 +681,5 @@ class EventFactory:
 __all__ = [
     "EVENT_TYPES", "ENVELOPES", "PAYLOADS", "PAYLOAD_OF", "SCHEMA_VERSION", "AnyEvent", "Event", "EventFactory",
     "EventType", "Payload", "Sequencer", "default_host_id", "parse_event", "parse_event_json", "safe_text",
-    "seq_ranges", "write_private",
+    "seq_ranges", "write_private", "LocalPeer",
 ] + [p.__name__ for p in PAYLOADS]

@@ -44,6 +44,28 @@ class _Renderer:
         return text
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is at write time (not when logging was set up): a caller that
+    swaps stderr (a test's capture, a daemon's redirect) and closes the old one must not turn
+    every later log line into an exception in whatever task logged it."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # always the current sys.stderr
+
+
 def configure(level: int | str = logging.INFO) -> None:
     if isinstance(level, str):
         level = LEVELS[level]
@@ -52,12 +74,12 @@ def configure(level: int | str = logging.INFO) -> None:
     structlog.configure(
         processors=[structlog.processors.add_log_level, stamp, _Renderer(prefix)],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     # Libraries (paho/aiomqtt, SQLAlchemy) log through the standard library: render those
     # records as the same JSON lines, so a log shipper never meets a stray text line.
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, stamp],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _Renderer(prefix)],

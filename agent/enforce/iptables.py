@@ -19,7 +19,8 @@ import shutil
 from dataclasses import dataclass
 
 from weightwarden.agent.enforce.kernel import run
-from weightwarden.agent.enforce.plan import ALLOWED_COUNTER, BUDGET_COUNTER, EGRESS_COUNTER, Plan, PlanInputs, _networks
+from weightwarden.agent.enforce.plan import ALLOWED_COUNTER, BUDGET_COUNTER, EGRESS_COUNTER, Plan, PlanInputs
+from weightwarden.agent.policy.match import Features, Net, compile_policy
 
 CHAIN = "WEIGHTWARDEN-CAPS"
 TOOLS = {4: ("iptables-restore", "iptables-save", "iptables"), 6: ("ip6tables-restore", "ip6tables-save", "ip6tables")}
@@ -38,34 +39,34 @@ def available() -> bool:
 
 
 def build(inputs: PlanInputs, plan: Plan) -> dict[int, Document]:
-    """iptables-restore documents per IP version. Pure."""
-    spec = inputs.policy.spec
+    """iptables-restore documents per IP version. Pure; the match is the plan's (policy.match)."""
+    compiled = compile_policy(inputs.policy, inputs.resolved, Features(cgroupv2_paths=inputs.cgroupv2_paths))
     docs: dict[int, Document] = {}
     for version in (4, 6):
-        pick = 0 if version == 4 else 1
         rules: list[str] = []
 
         def add(parts: list[str], tag: str, rules: list[str] = rules) -> None:
             rules.append(" ".join(["-A", CHAIN, *parts, "-m", "comment", "--comment", f"ww:{tag}"]))
 
-        for dest in spec.allow:
-            for net in _networks([dest], inputs.resolved)[pick]:
-                if dest.ports:
-                    for port in dest.ports:
-                        for proto in ("tcp", "udp"):
-                            add(["-d", net, "-p", proto, "--dport", str(port), "-j", "RETURN"], ALLOWED_COUNTER)
-                else:
-                    add(["-d", net, "-j", "RETURN"], ALLOWED_COUNTER)
+        for net in compiled.allow:
+            if net.network.version == version:
+                for cond in _dest_conds(net):
+                    add([*cond, "-j", "RETURN"], ALLOWED_COUNTER)
         add([], EGRESS_COUNTER)
         if inputs.blocked_budgets:
             add(["-j", "DROP"], BUDGET_COUNTER)
-        for cap, slot in reversed(list(zip(spec.caps, plan.slots, strict=True))):
+        for cc, slot in reversed(list(zip(compiled.caps, plan.slots, strict=True))):
+            if not cc.enforced:
+                continue  # left out, never widened (selectors.py)
+            sel = cc.selector
             conds: list[list[str]] = [[]]
-            if cap.match.uids:
-                conds = [["-m", "owner", "--uid-owner", str(uid)] for uid in cap.match.uids]
-            if cap.match.destinations:
-                nets = _networks(cap.match.destinations, inputs.resolved)[pick]
-                conds = [c + ["-d", net] for c in conds for net in nets]
+            if sel.uids:
+                conds = [["-m", "owner", "--uid-owner", str(uid)] for uid in sel.uids]
+            if sel.cgroups:
+                conds = [c + ["-m", "cgroup", "--path", "/" + path] for c in conds for path in sel.cgroups]
+            if sel.nets is not None:
+                conds = [c + d for c in conds for net in sel.nets if net.network.version == version
+                         for d in _dest_conds(net)]
             target = {"shape": ["-j", "CLASSIFY", "--set-class", slot.classid], "block": ["-j", "DROP"],
                       "alert": []}[slot.action]
             for cond in conds:
@@ -74,6 +75,12 @@ def build(inputs: PlanInputs, plan: Plan) -> dict[int, Document]:
         jumps = [["-A", "POSTROUTING", "-o", iface, "-j", CHAIN] for iface in inputs.interfaces]
         docs[version] = Document(restore, jumps)
     return docs
+
+
+def _dest_conds(net: Net) -> list[list[str]]:
+    if not net.ports:
+        return [["-d", str(net.network)]]
+    return [["-d", str(net.network), "-p", proto, "--dport", str(port)] for port in net.ports for proto in ("tcp", "udp")]
 
 
 def _delete_jumps(tool: str) -> None:

@@ -9,6 +9,11 @@ to the cap's class id, which htb honours directly, so no tc classifier (fw,
 u32) is needed and no fwmark bits are taken from other software. Traffic
 with no class goes to htb's direct queue, never through a class, so allowed
 traffic is not rate-limited by us.
+
+What matches is decided in ``policy/match.py`` (allowlist ranges, each cap's
+selector, with what this kernel cannot match dropped and noted): the plan only
+writes those as rules, and ``policy simulate`` replays samples through the
+same compiled match.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from weightwarden.agent.policy.model import Cap, Destination, Policy
+from weightwarden.agent.policy.match import Features, Net, Selector, by_version, cgroup_level, compile_policy
+from weightwarden.agent.policy.model import Cap, Policy
 
 TABLE = "weightwarden"
 FAMILY = "inet"
@@ -90,17 +96,6 @@ def _slot(index: int, cap: Cap) -> CapSlot:
     )
 
 
-def _networks(dests: list[Destination], resolved: dict[str, list[str]]) -> tuple[list[str], list[str]]:
-    v4: list[str] = []
-    v6: list[str] = []
-    for dest in dests:
-        addrs = [dest.cidr] if dest.cidr else resolved.get(dest.host or "", [])
-        for addr in addrs:
-            net = ipaddress.ip_network(addr, strict=False)
-            (v4 if net.version == 4 else v6).append(str(net))
-    return sorted(set(v4)), sorted(set(v6))
-
-
 def _elem(net: str) -> Any:
     n = ipaddress.ip_network(net)
     if n.prefixlen == n.max_prefixlen:
@@ -138,16 +133,41 @@ def _set_priority(classid: str) -> dict[str, Any]:
     return {"mangle": {"key": _meta("priority"), "value": classid}}
 
 
-def _ports(dest: Destination) -> list[dict[str, Any]]:
-    if not dest.ports:
+def _ports(ports: tuple[int, ...]) -> list[dict[str, Any]]:
+    if not ports:
         return []
-    right: Any = dest.ports[0] if len(dest.ports) == 1 else {"set": sorted(dest.ports)}
+    right: Any = ports[0] if len(ports) == 1 else {"set": sorted(ports)}
     return [_match({"payload": {"protocol": "th", "field": "dport"}}, right)]
 
 
+def _selector_conds(sel: Selector) -> list[list[dict[str, Any]]]:
+    """The process side of a cap's match, as alternatives (one rule each): uid and cgroup."""
+    common: list[dict[str, Any]] = []
+    if sel.uids:
+        common.append(_match(_meta("skuid"), sel.uids[0] if len(sel.uids) == 1 else {"set": list(sel.uids)}))
+    if not sel.cgroups:
+        return [common]
+    # nft resolves a cgroup path to its id when the rule is loaded; one rule per cgroup, all enforced.
+    return [[*common, _match({"socket": {"key": "cgroupv2", "level": cgroup_level(path)}}, path)]
+            for path in sel.cgroups]
+
+
+def _destination_conds(index: int, nets: tuple[Net, ...] | None) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
+    """(sets to add, alternatives): plain ranges through per-cap sets, port-qualified ones one rule each."""
+    if nets is None:
+        return [], [[]]
+    plain = [n for n in nets if not n.ports]
+    d4, d6 = by_version(plain)
+    sets = [_set(f"cap-{index}-dst4", 4, d4), _set(f"cap-{index}-dst6", 6, d6)]
+    alts = [[_match(_daddr(version), f"@cap-{index}-dst{version}")] for version in (4, 6)]
+    for net in sorted({n for n in nets if n.ports}, key=lambda n: (n.network.version, str(n.network), n.ports)):
+        alts.append([_match(_daddr(net.network.version), _elem(str(net.network))), *_ports(net.ports)])
+    return sets, alts
+
+
 def build(inputs: PlanInputs) -> Plan:
-    spec = inputs.policy.spec
-    notes: list[str] = []
+    compiled = compile_policy(inputs.policy, inputs.resolved, Features(cgroupv2_paths=inputs.cgroupv2_paths))
+    notes: list[str] = list(compiled.notes)
     cmds: list[dict[str, Any]] = [
         # add + delete + add in one transaction: the table is replaced atomically.
         {"add": {"table": {"family": FAMILY, "name": TABLE}}},
@@ -158,12 +178,8 @@ def build(inputs: PlanInputs) -> Plan:
         cmds.append({"add": {"counter": {"family": FAMILY, "table": TABLE, "name": name}}})
 
     # Allowlist: plain networks in sets; port-qualified ones as rules.
-    plain = [d for d in spec.allow if not d.ports]
-    a4, a6 = _networks(plain, inputs.resolved)
+    a4, a6 = by_version(n for n in compiled.allow if not n.ports)
     cmds += [_set("allow4", 4, a4), _set("allow6", 6, a6)]
-    for dest in spec.allow:
-        if dest.host and not inputs.resolved.get(dest.host):
-            notes.append(f"allow host {dest.host!r} did not resolve: it is not exempt until it does")
 
     cmds.append({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": CHAIN_HOOK, "type": "filter",
                                    "hook": "postrouting", "prio": 0, "policy": "accept"}}})
@@ -175,53 +191,30 @@ def build(inputs: PlanInputs) -> Plan:
     allowed = {"counter": ALLOWED_COUNTER}
     cmds.append(_rule(CHAIN_CAPS, _match(_daddr(4), "@allow4"), allowed, {"return": None}))
     cmds.append(_rule(CHAIN_CAPS, _match(_daddr(6), "@allow6"), allowed, {"return": None}))
-    for dest in spec.allow:
-        if not dest.ports:
-            continue
-        d4, d6 = _networks([dest], inputs.resolved)
-        for version, nets in ((4, d4), (6, d6)):
-            for net in nets:
-                cmds.append(_rule(CHAIN_CAPS, _match(_daddr(version), _elem(net)), *_ports(dest), allowed,
-                                  {"return": None}))
+    for net in compiled.allow:
+        if net.ports:
+            cmds.append(_rule(CHAIN_CAPS, _match(_daddr(net.network.version), _elem(str(net.network))),
+                              *_ports(net.ports), allowed, {"return": None}))
     cmds.append(_rule(CHAIN_CAPS, {"counter": EGRESS_COUNTER}))
     if inputs.blocked_budgets:
         notes.append(f"budget exhausted ({', '.join(inputs.blocked_budgets)}): non-allowlisted egress is blocked")
         cmds.append(_rule(CHAIN_CAPS, {"counter": BUDGET_COUNTER}, {"drop": None}))
 
-    slots = [_slot(i, cap) for i, cap in enumerate(spec.caps)]
-    for cap, slot in zip(spec.caps, slots, strict=True):
+    slots = [_slot(cc.index, cc.cap) for cc in compiled.caps]
+    for cc, slot in zip(compiled.caps, slots, strict=True):
         cmds.append({"add": {"counter": {"family": FAMILY, "table": TABLE, "name": slot.counter}}})
-        conds: list[dict[str, Any]] = []
-        m = cap.match
-        if m.uids:
-            conds.append(_match(_meta("skuid"), m.uids[0] if len(m.uids) == 1 else {"set": sorted(m.uids)}))
-        if m.cgroups:
-            if inputs.cgroupv2_paths:
-                # nft resolves a cgroup path to its id when the rule is loaded.
-                for path in m.cgroups[:1]:
-                    level = len([p for p in path.strip("/").split("/") if p])
-                    conds.append(_match({"socket": {"key": "cgroupv2", "level": level}}, path.strip("/")))
-                if len(m.cgroups) > 1:
-                    notes.append(f"cap {cap.name!r}: only the first cgroup is matched in the kernel")
-            else:
-                notes.append(f"cap {cap.name!r}: cgroup matching needs a unified cgroup v2 mount; "
-                             "falling back to a host-level cap (all matching egress)")
-        if m.executables:
-            notes.append(f"cap {cap.name!r}: executables cannot be matched in the kernel yet; "
-                         "falling back to a host-level cap (all matching egress)")
-        d4, d6 = _networks(m.destinations, inputs.resolved)
+        if not cc.enforced:
+            continue  # never widened to a host-wide cap: left out, and `policy check` refuses it (selectors.py)
         action: list[dict[str, Any]] = [{"counter": slot.counter}]
-        if cap.action == "shape":
+        if cc.cap.action == "shape":
             action = [_set_priority(slot.classid), *action, {"return": None}]
-        elif cap.action == "block":
+        elif cc.cap.action == "block":
             action = [*action, {"drop": None}]
-        if m.destinations:
-            cmds += [_set(f"cap-{slot.index}-dst4", 4, d4), _set(f"cap-{slot.index}-dst6", 6, d6)]
-            for version in (4, 6):
-                dst = _match(_daddr(version), f"@cap-{slot.index}-dst{version}")
-                cmds.append(_rule(CHAIN_CAPS, *conds, dst, *action))
-        else:
-            cmds.append(_rule(CHAIN_CAPS, *conds, *action))
+        sets, dests = _destination_conds(slot.index, cc.selector.nets)
+        cmds += sets
+        for conds in _selector_conds(cc.selector):
+            for dst in dests:
+                cmds.append(_rule(CHAIN_CAPS, *conds, *dst, *action))
 
     # Only a policy that shapes touches qdiscs: monitor-only and block-only leave them as they are.
     shaping = any(slot.action == "shape" for slot in slots)

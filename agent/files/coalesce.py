@@ -6,6 +6,14 @@ A session is reported once it has been closed and quiet for ``settle``
 seconds (so 1,000 open/read/close cycles a second become one record a
 second), and every ``progress_every`` seconds while the file stays open (so a
 140 GB read is visible long before it ends).
+
+Some reads never reach rchar: splice and io_uring. The watcher adds what it
+sees of them: the largest file offset of the reader's descriptors on the file
+(``position``: splice and plain reads move it; not used for a process that
+maps the file), and whether the reader has an io_uring instance. A session of an io_uring user whose counted bytes stay
+under half the file is reported as the whole file, flagged as an estimate:
+a read we cannot measure is never reported as 0. ``how`` says which source
+the number came from.
 """
 
 from __future__ import annotations
@@ -33,19 +41,31 @@ class Session:
     reported_at: float = 0.0
     reported_bytes: int = 0
     estimated: bool = False
+    how: str = "rchar"
+    position: int = 0  # the largest file offset seen on the reader's descriptors
+    io_uring: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # host_path, staged_copy_of...: copied into records
 
     def bytes_so_far(self) -> int:
         pending = 0
         if self.open_now and self.cycle_start is not None and self.rchar_now is not None:
             pending = max(0, self.rchar_now - self.cycle_start)
-        return self.bytes_read + pending
+        # A mapping process's offset says nothing of what it read (it may have sought to the end).
+        position = 0 if "mapped_bytes" in self.extra else self.position
+        return max(self.bytes_read + pending, position)
 
     def record(self, final: bool) -> dict[str, Any]:
+        counted = self.bytes_so_far()
+        how = self.how
+        if self.position > self.bytes_read and self.position >= counted and not self.estimated \
+                and "mapped_bytes" not in self.extra:
+            how = "position"
         return {
-            "pid": self.pid, "path": self.path, "size": self.size, **self.proc,
-            "bytes_read": self.bytes_so_far(), "opens": self.opens, "reads": self.reads, "closes": self.closes,
+            "pid": self.pid, "path": self.path, "size": self.size, **self.proc, **self.extra,
+            "bytes_read": counted, "opens": self.opens, "reads": self.reads, "closes": self.closes,
             "close_write": self.writes, "first_ts": self.first_ts, "last_ts": self.last_ts,
             "still_open": self.open_now > 0, "final": final, "bytes_estimated": self.estimated,
+            "how": how if self.pid is not None else "inotify",
         }
 
 
@@ -92,7 +112,7 @@ class Coalescer:
             s.rchar_now = rchar
 
     def closed(self, ts: float, pid: int | None, path: str, rchar: int | None, wrote: bool = False,
-               estimate_whole_file: bool = False) -> None:
+               estimate_whole_file: bool = False, how: str | None = None) -> None:
         s = self.sessions.get((pid, path))
         if s is None:
             return
@@ -106,11 +126,22 @@ class Coalescer:
             if s.open_now == 0:
                 if s.cycle_start is not None and rchar is not None:
                     s.bytes_read += max(0, rchar - s.cycle_start)
+                    if how and not s.estimated:
+                        s.how = how
                 elif estimate_whole_file:
                     # The reader vanished before its counters could be read: assume the
                     # worst a security tool should assume, and say it is an estimate.
                     s.bytes_read += s.size
-                    s.estimated = True
+                    s.estimated, s.how = True, "estimate"
+                if s.position > s.bytes_read and not s.estimated and "mapped_bytes" not in s.extra:
+                    # Reads rchar missed (splice) moved the offset; what came after our last look is
+                    # unseen, so a file not seen read to its end counts whole, as an estimate.
+                    s.bytes_read = max(s.position, s.size)
+                    s.estimated, s.how = s.position < s.size, "position"
+                if s.io_uring and not s.estimated and max(s.bytes_read, s.position) < s.size / 2:
+                    # io_uring reads bypass rchar: unmeasured, so the whole file, as an estimate.
+                    s.bytes_read = max(s.bytes_read, s.size)
+                    s.estimated, s.how = True, "io_uring"
                 s.cycle_start = None
 
     def baseline(self, pid: int | None, path: str) -> int | None:

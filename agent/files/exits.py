@@ -5,7 +5,8 @@ we handle its close event; the kernel's exit record still has its rchar
 (read_char). Only the exiting thread's own counters are in the record, which
 is the whole story for single-threaded readers (cat, cp, dd, curl, scp).
 The kernel rounds these counters down to whole KiB, and sends the records in
-the host's network namespace only.
+the host's network namespace only (``host_netns_listener`` opens the socket
+there even when the agent runs in another one).
 
 Parsed with agent/netlink.py rather than pyroute2's TaskStats: the latter
 runs an asyncio loop per socket and cannot be read from the watcher thread.
@@ -13,13 +14,14 @@ runs an asyncio loop per socket and cannot be read from the watcher thread.
 
 from __future__ import annotations
 
-from typing import Any
-
 import os
 import struct
+import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
+from weightwarden.agent.files import kernel
 from weightwarden.agent.netlink import NetlinkSocket, attr, parse_attrs
 
 NETLINK_GENERIC = 16
@@ -47,6 +49,43 @@ class ExitRecord:
     read_char: int
     write_char: int
     ts: float
+
+
+def host_netns_listener() -> ExitListener:
+    """A listener in the host's network namespace, wherever the agent runs.
+
+    Taskstats records are sent in the initial network namespace only, and a
+    netlink socket stays in the namespace it was created in: so the socket is
+    made by a short-lived thread that first joins the initial namespace
+    (setns changes only the calling thread). Kernel threads live there
+    (kthreadd is pid 2), whichever namespace pid 1 is in. Where that namespace
+    cannot be joined, the agent's own is used.
+    """
+    try:
+        same = os.stat("/proc/2/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        same = True
+    if same:
+        return ExitListener()
+    made: list[ExitListener | BaseException] = []
+
+    def make() -> None:
+        try:
+            fd = os.open("/proc/2/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                kernel.setns(fd, kernel.CLONE_NEWNET)
+            finally:
+                os.close(fd)
+            made.append(ExitListener())
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller below
+            made.append(exc)
+
+    t = threading.Thread(target=make, name="taskstats-setns")
+    t.start()
+    t.join()
+    if isinstance(made[0], BaseException):
+        raise OSError(f"taskstats in the host network namespace: {made[0]}")
+    return made[0]
 
 
 class ExitListener:

@@ -1,7 +1,7 @@
 """A small ctypes binding to fanotify(7): init, mark, read events, answer permissions.
 
-No maintained Python binding covers permission events and mount marks, and
-the API is four calls; ctypes keeps it dependency-free.
+No maintained Python binding covers permission events and filesystem marks,
+and the API is four calls; ctypes keeps it dependency-free.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import ctypes.util
 import errno
 import os
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from weightwarden.events import safe_text
@@ -57,12 +56,21 @@ class FanEvent:
     mask: int
     pid: int
     fd: int  # ours to close; FAN_NOFD on overflow
-    path: str | None
+
+
+def fd_path(fd: int) -> str | None:
+    """The path of an event's file as the agent's namespace prints it (see mounts.HostPaths)."""
+    try:
+        return safe_text(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return None
 
 
 class Fanotify:
-    def __init__(self, content: bool) -> None:
+    def __init__(self, content: bool, unlimited_queue: bool = False) -> None:
         flags = (FAN_CLASS_CONTENT if content else FAN_CLASS_NOTIF) | FAN_CLOEXEC | FAN_NONBLOCK
+        if unlimited_queue:
+            flags |= FAN_UNLIMITED_QUEUE
         fd = _libc.fanotify_init(flags, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
         if fd < 0:
             err = ctypes.get_errno()
@@ -78,27 +86,23 @@ class Fanotify:
             err = ctypes.get_errno()
             raise OSError(err, f"fanotify_mark {path}: {os.strerror(err)}")
 
-    def read(self) -> Iterator[FanEvent]:
+    def read(self) -> list[FanEvent]:
         """Events waiting now. The caller must close ``fd`` (and answer permission events)."""
         try:
             buf = os.read(self.fd, 1 << 16)
         except BlockingIOError:
-            return
+            return []
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EINTR):
-                return
+                return []
             raise
+        out = []
         off = 0
         while off + _META.size <= len(buf):
             length, _ver, _res, _mlen, mask, fd, pid = _META.unpack_from(buf, off)
-            path = None
-            if fd >= 0:
-                try:
-                    path = safe_text(os.readlink(f"/proc/self/fd/{fd}"))
-                except OSError:
-                    path = None
-            yield FanEvent(mask, pid, fd, path)
+            out.append(FanEvent(mask, pid, fd))
             off += length or _META.size
+        return out
 
     def allow(self, fd: int) -> None:
         try:

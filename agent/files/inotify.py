@@ -1,4 +1,5 @@
-"""inotify, the fallback when fanotify is not permitted: reads are seen, pids are not."""
+"""inotify: new directories under marked weight directories, and the fallback when fanotify is not
+permitted (reads are seen, pids are not)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ class Inotify:
     IN_CLOSE_WRITE = 0x8
     IN_CLOSE_NOWRITE = 0x10
     IN_OPEN = 0x20
+    IN_MOVED_TO = 0x80
+    IN_CREATE = 0x100
+    IN_Q_OVERFLOW = 0x4000
+    IN_ISDIR = 0x40000000
     MASK = IN_ACCESS | IN_CLOSE_WRITE | IN_CLOSE_NOWRITE | IN_OPEN
 
     def __init__(self) -> None:
@@ -30,8 +35,8 @@ class Inotify:
     def fileno(self) -> int:
         return int(self.fd)
 
-    def watch(self, path: str) -> None:
-        wd = _libc.inotify_add_watch(self.fd, path.encode(), self.MASK)
+    def watch(self, path: str, mask: int = MASK) -> None:
+        wd = _libc.inotify_add_watch(self.fd, path.encode(), mask)
         if wd < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"inotify_add_watch {path}: {os.strerror(err)}")
@@ -45,7 +50,7 @@ class Inotify:
         off = 0
         while off + _EVENT.size <= len(buf):
             wd, mask, _cookie, length = _EVENT.unpack_from(buf, off)
-            name = buf[off + _EVENT.size: off + _EVENT.size + length].rstrip(b"\0").decode(errors="replace")
+            name = buf[off + _EVENT.size: off + _EVENT.size + length].rstrip(b"\0").decode(errors="surrogateescape")
             off += _EVENT.size + length
             if name and wd in self.dirs:
                 yield mask, os.path.join(self.dirs[wd], name)

@@ -1,15 +1,23 @@
-"""Who touched the weights: fanotify on weight paths, /proc for bytes and mappings.
+"""Who touched the weights: fanotify on weight paths and on every filesystem, /proc for bytes and mappings.
 
-- Each open of a weight file is held on FAN_OPEN_PERM while we read the
-  process's rchar, so bytes read are measured from the first byte (the
-  process waits in open(); the kernel allows it by itself if we vanish).
-- Bytes read (read(), pread, sendfile, copy_file_range alike) are the
-  process's rchar growth while the file is open; opens and closes are
-  coalesced per (pid, path) into a handful of ``file_access`` records.
-- Processes that opened weights are scanned for mappings of weight files
-  (/proc/PID/smaps): a mapped and touched file makes a ``weight_holder``.
-- Close-writes anywhere on the same mounts by a recent weight reader, of a
-  file about the size of what it read, make a ``weights_copy``.
+- Weight paths get inode marks (directories) or filesystem marks (a root that
+  is a whole filesystem): both see opens from every mount namespace,
+  containers included; a file reached through another namespace (bind
+  mount, overlay layer) is named by its host path (``mounts.HostPaths``).
+- Opens are permission events, answered at once by a thread of their own
+  (``answer.Answerer``) after reading the opener's rchar, the baseline for
+  the bytes it then reads (read, pread, sendfile, copy_file_range alike).
+  Reads that bypass rchar are seen as file offsets (splice) or flagged
+  (io_uring: estimated); processes that exit at once close on their
+  taskstats exit record, taken in the host's network namespace.
+- Every filesystem of the host and of every container gets a
+  close-after-write mark: a large file written by a process that read
+  weights is a ``weights_copy`` (``copies.CopyTracker``) and is watched as
+  weights from then on, across restarts (``staged.StagedCopies``).
+- Mappings (``weight_holder``; also processes that mapped weights before we
+  started) and command lines are read by worker threads with a bounded wait
+  (``offload.Offloader``): a process whose memory sits on a stalled FUSE
+  file cannot stall the watcher, let alone the opens it answers.
 - Canary files: any open is a ``canary_read`` at once.
 Without fanotify (no CAP_SYS_ADMIN) it falls back to inotify, which has no pids.
 
@@ -19,116 +27,120 @@ Output: event payloads on ``self.out``, a queue the daemon drains.
 from __future__ import annotations
 
 import os
+import pwd
 import queue
 import select
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from weightwarden import logs
 from weightwarden.agent.files import fanotify as fan
-from weightwarden.agent.files.coalesce import Coalescer
+from weightwarden.agent.files import kernel
+from weightwarden.agent.files.answer import Answered, Answerer
+from weightwarden.agent.files.coalesce import Coalescer, Session
+from weightwarden.agent.containers import parse as container_of
+from weightwarden.agent.files.copies import STAGED_MASK, CopyTracker
+from weightwarden.agent.files.holders import HolderScan
+from weightwarden.agent.files.inotify import Inotify
+from weightwarden.agent.files.marks import NEW_DIR, WeightMarks
+from weightwarden.agent.files.mounts import HostPaths, MountTable, mount_namespaces, read_mountinfo
+from weightwarden.agent.files.offload import Offloader
 from weightwarden.agent.files.patterns import WeightPaths
-from weightwarden.agent.files.procio import io_counters, mapped_weights
-from weightwarden.agent.paths import netns_key
-from weightwarden.agent.procmap import ProcessTable
-from weightwarden.events import CanaryRead, EventsDropped, FileAccess, Payload, WeightHolder, WeightsCopy
+from weightwarden.agent.files.procio import identity, io_counters, scan_fds, start_time
+from weightwarden.agent.files.staged import StagedCopies
+from weightwarden.agent.files.writemarks import WriteMarks
+from weightwarden.agent.procmap import ProcessInfo, ProcessTable
+from weightwarden.events import CanaryRead, EventsDropped, FileAccess, Payload
 
 RESCAN_S = 2.0
-HOLDER_SCAN_S = 1.0
-READER_MEMORY_S = 120.0
-COPY_MIN_BYTES = 1 << 20
+REFRESH_S = 1.0
+PRUNE_S = 60.0
 CANARY_REPEAT_S = 10.0
-# No FAN_ACCESS: an event per read() cost readers 14-30% at page-cache speed
-# (bench/files.py). Bytes come from rchar at open and close, and progress from
-# a 1 s refresh of open readers, so reads are measured without per-read events.
-WEIGHT_MASK = fan.FAN_OPEN_PERM | fan.FAN_CLOSE_NOWRITE | fan.FAN_CLOSE_WRITE | fan.FAN_EVENT_ON_CHILD
-STAGING_DIRS = ("/", "/tmp", "/var/tmp", "/dev/shm")
-
-
-@dataclass
-class Reader:
-    """A process that read weights recently: the evidence a copy or upload needs."""
-
-    pid: int
-    proc: dict[str, Any]
-    sessions: dict[tuple[str, float], int] = field(default_factory=dict)  # (path, first_ts) -> bytes so far
-    last_ts: float = 0.0
-
-    @property
-    def bytes_read(self) -> int:
-        return sum(self.sessions.values())
-
-    @property
-    def paths(self) -> set[str]:
-        return {path for path, _ts in self.sessions}
+EXIT_WAIT_S = 2.0
+PREFETCH_S = 0.05
 
 
 class FileWatcher:
     def __init__(self, weights: WeightPaths, clock: Callable[[], float] = time.time, settle: float = 1.0,
-                 staging_dirs: tuple[str, ...] = STAGING_DIRS) -> None:
+                 state_dir: Path | None = None, proc_root: str = "/proc") -> None:
         self.weights = weights
         self.clock = clock
+        self.proc_root = proc_root
         self.out: queue.Queue[Payload] = queue.Queue(maxsize=100_000)
         self.coalescer = Coalescer(settle=settle)
-        self.procs = ProcessTable()
+        self.procs = ProcessTable(proc_root)
         self.log = logs.get("agent.files")
         self.mode = "off"
         self.detail = ""
-        self.marked: set[str] = set()
-        self.readers: dict[int, Reader] = {}
-        self.holders: dict[int, int] = {}  # pid -> resident bytes last reported
         self.canary_seen: dict[tuple[int, str], float] = {}
-        self.staging_dirs = staging_dirs
         self.dropped = 0
+        self.table = MountTable(clock=time.monotonic)
+        self.hostpaths = HostPaths(self.table)
+        self.staged = StagedCopies(state_dir)
+        self.offload = Offloader()
+        self.copies = CopyTracker(self.coalescer, self.hostpaths, self.staged, self._fstype, self._is_weight_path,
+                                  self._emit)
+        self.holders = HolderScan(self.copies, self.offload, self._is_weight_map, self._emit, self._proc, proc_root)
+        self.described: dict[int, dict[str, Any]] = {}  # pid -> command line, pipes, user (from a worker)
+        self._describing: set[int] = set()  # asked, not answered (added by the answering thread too)
+        self.exit_rchar: dict[int, tuple[int, float]] = {}  # pid -> (rchar at exit, when)
+        self._pending: dict[int, list[tuple[str, bool, float]]] = {}  # pid -> closes waiting for its exit record
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._content: fan.Fanotify | None = None
         self._writes: fan.Fanotify | None = None
-        self._inotify: Any = None
+        self._answer: Answerer | None = None
+        self._inotify: Inotify | None = None
         self._exits: Any = None
-        self.exit_rchar: dict[int, tuple[int, float]] = {}  # pid -> (rchar at exit, when)
-        self._pending: dict[int, list[tuple[str, bool, float]]] = {}  # pid -> closes waiting for its exit record
-        self._pending_writes: dict[int, list[tuple[str, int]]] = {}  # pid -> (copy, size) waiting likewise
+        self.marks: WeightMarks | None = None
+        self.write_marks: WriteMarks | None = None
         self._own_pid = os.getpid()
 
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
+        self._inotify = Inotify()
         try:
             self._content = fan.Fanotify(content=True)
-            self._writes = fan.Fanotify(content=False)
+            # Unlimited: a flood of unrelated writes must not push a copy's event out of the queue.
+            self._writes = fan.Fanotify(content=False, unlimited_queue=True)
             self.mode = "fanotify"
-            self.detail = "fanotify permission and access events on weight paths: pids, bytes and mappings"
+            self.detail = ("fanotify on weight paths (every mount namespace) and close-write marks on every "
+                           "filesystem: pids, bytes, mappings and copies")
         except OSError as exc:
-            from weightwarden.agent.files.inotify import Inotify
-
-            self._inotify = Inotify()
             self.mode = "inotify"
             self.detail = (f"fanotify unavailable ({exc.strerror}; needs CAP_SYS_ADMIN): inotify fallback, "
                            "reads are seen without pids or byte counts")
-        if self._content is not None and netns_key():
-            # The kernel sends taskstats exit records in the host's network namespace only.
-            self.detail += ("; inside a network namespace there are no taskstats exit records: a reader that "
-                            "exits right after closing is counted as reading the whole file (bytes_estimated)")
-        elif self._content is not None:
+        self.copies.content = self._content
+        self.marks = WeightMarks(self._content, self._inotify, self.table,
+                                 NEW_DIR if self._content is not None else Inotify.MASK | NEW_DIR)
+        if self._content is not None:
             try:
-                from weightwarden.agent.files.exits import ExitListener
+                from weightwarden.agent.files.exits import host_netns_listener
 
-                self._exits = ExitListener()
+                self._exits = host_netns_listener()
             except Exception as exc:  # noqa: BLE001 - optional: without it, fast exiters are estimated
                 self.detail += f"; no taskstats exit records ({exc}): fast exiters are estimated (bytes_estimated)"
-        self._mark_new_dirs()
-        if self._writes is not None:
-            for d in self.staging_dirs:
+            for copy in self.staged.load():
                 try:
-                    self._writes.mark(d, fan.FAN_CLOSE_WRITE, fan.FAN_MARK_MOUNT)
-                except OSError:
-                    pass
+                    self._content.mark(copy.path, STAGED_MASK)
+                except OSError as exc:
+                    self.log.warning("staged_copy_unwatched", path=copy.path, error=str(exc))
+            assert self._writes is not None
+            self.write_marks = WriteMarks(self._writes, self.table, self.offload, self.proc_root)
+            self.write_marks.scan()
+            self._answer = Answerer(self._content, self._own_pid, self.proc_root, self._prefetch)
+            self._answer.start()
+            self.holders.index(self.weights.roots())
+            self.holders.scan_all(self._own_pid)
+        self.marks.sync(self.weights.roots())
+        for why in self.marks.refused.values():
+            self.detail += f"; {why}"
         self._thread = threading.Thread(target=self._run, name="file-watcher", daemon=True)
         self._thread.start()
 
@@ -136,40 +148,26 @@ class FileWatcher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=3)
+        if self._answer is not None:
+            self._answer.stop()
         for src in (self._content, self._writes, self._inotify, self._exits):
             if src is not None:
                 src.close()
+        self.offload.close()
+        self.hostpaths.close()
+        self.staged.save()
         for record in self.coalescer.flush():
             self._emit(FileAccess, record)
 
     def update(self, weights: WeightPaths) -> None:
         """A reloaded policy: new paths are marked on the next rescan; staged copies stay watched."""
-        weights.staged = dict(self.weights.staged)
         self.weights = weights
 
-    # -- marks -------------------------------------------------------------
+    def health_detail(self) -> str:
+        stuck = self.offload.degraded
+        return self.detail + (f"; {stuck}" if stuck else "")
 
-    def _mark_new_dirs(self) -> None:
-        """Mark every directory under the weight roots, including ones created since."""
-        for root in self.weights.roots():
-            if not os.path.isdir(root):
-                continue  # not there yet: picked up by a later rescan
-            for d, subdirs, _files in os.walk(root):
-                if d not in self.marked:
-                    self._mark_dir(d)
-                subdirs[:] = [s for s in subdirs if not os.path.islink(os.path.join(d, s))]
-
-    def _mark_dir(self, path: str) -> None:
-        try:
-            if self._content is not None:
-                self._content.mark(path, WEIGHT_MASK)
-            elif self._inotify is not None:
-                self._inotify.watch(path)
-            self.marked.add(path)
-        except OSError as exc:
-            self.log.warning("file_mark_failed", path=path, error=str(exc))
-
-    # -- event loop --------------------------------------------------------
+    # -- helpers -------------------------------------------------------------
 
     def _emit(self, model: type[Payload], data: dict[str, Any]) -> None:
         try:
@@ -184,220 +182,320 @@ class FileWatcher:
         except queue.Full:
             self.dropped += 1
 
-    def _proc(self, pid: int) -> dict[str, Any]:
-        info = self.procs.describe(pid)
-        if info is None:
+    def _fstype(self, dev: tuple[int, int]) -> str | None:
+        fstype = self.table.fstype(dev)
+        if fstype is None and self.write_marks is not None:
+            fstype = self.write_marks.fstypes.get(dev)
+        return fstype
+
+    def _is_weight_path(self, path: str) -> bool:
+        return self.weights.matches(path)
+
+    def _is_weight_map(self, path: str, dev: tuple[int, int], ino: int) -> bool:
+        return self.weights.matches(path) or self.staged.get(dev, ino) is not None or (dev, ino) in self.holders.inodes
+
+    def _proc(self, pid: int, known: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Who a pid is: identity from files that never touch its memory, plus what a worker read."""
+        proc = dict(known) if known is not None else identity(pid, self.proc_root)
+        if proc is None:
             return {"name": None, "exe": None, "uid": None}
-        return {"name": info.name, "exe": info.exe, "uid": info.uid, "ppid": info.ppid,
-                "cmdline": list(info.cmdline)[:8], "pipes": list(info.pipes), "user": info.user,
-                "cgroup": info.cgroup, "start_time": info.create_time}
+        proc["user"] = _user(proc["uid"])
+        if proc.get("cgroup"):
+            container = container_of(proc["cgroup"])
+            proc["container"] = container.model_dump() if container else None
+        more = self.described.get(pid)
+        if more is not None and more.get("start_time") == proc["start_time"]:
+            proc.update({k: v for k, v in more.items() if k != "start_time"})
+        return proc
+
+    def _describe(self, pid: int, wait: float = 0.0) -> None:
+        """Command line, pipes and user, by a worker: the command line is the process's memory."""
+        if pid in self.described or pid in self._describing:
+            return
+        self._describing.add(pid)
+        if not self.offload.submit("describe", pid, lambda: self.procs.describe(pid), wait=wait):
+            self._describing.discard(pid)
+
+    def _prefetch(self, pid: int) -> None:
+        """On the answering thread, while the opener waits: its description, for at most PREFETCH_S."""
+        self._describe(pid, wait=PREFETCH_S)
+
+    def _described(self, pid: int, info: ProcessInfo | None) -> None:
+        if info is None:
+            return
+        fields = {"cmdline": list(info.cmdline)[:8], "pipes": list(info.pipes), "user": info.user,
+                  "start_time": round(info.create_time, 2)}
+        if len(self.described) > 50_000:
+            self.described.clear()
+        self.described[pid] = fields
+        patch = {k: v for k, v in fields.items() if k != "start_time"}
+        for (spid, _p), sess in self.coalescer.sessions.items():
+            if spid == pid and sess.proc:
+                sess.proc.update(patch)
+        self.copies.described(pid, patch)
+
+    # -- event loop --------------------------------------------------------
 
     def _run(self) -> None:
-        next_rescan = next_scan = 0.0
-        sources = [s for s in (self._content, self._writes, self._inotify, self._exits) if s is not None]
+        next_rescan = next_refresh = next_prune = 0.0
+        handlers: dict[int, Callable[[float], None]] = {}
+        assert self._inotify is not None
+        handlers[self._inotify.fileno()] = self._on_inotify
+        handlers[self.offload.fileno()] = self._on_offloaded
+        if self._answer is not None:
+            handlers[self._answer.fileno()] = self._on_answered
+        if self._writes is not None:
+            handlers[self._writes.fileno()] = self._on_writes
+        if self._exits is not None:
+            handlers[self._exits.fileno()] = self._on_exits
+        poller = select.poll()
+        for fd in handlers:
+            poller.register(fd, select.POLLIN)
         while not self._stop.is_set():
-            ready, _, _ = select.select(sources, [], [], 0.2)
+            ready = poller.poll(200)
             now = self.clock()
-            for src in ready:
+            self.offload.check()
+            for fd, _mask in ready:
                 try:
-                    if src is self._inotify:
-                        self._on_inotify(now)
-                    elif src is self._exits:
-                        self._on_exits(now)
-                    else:
-                        self._on_fanotify(src, now)
+                    handlers[fd](now)
                 except Exception as exc:  # noqa: BLE001 - one odd event must not stop the watcher
                     self.log.warning("file_event_error", error=repr(exc))
-            if now >= next_scan:
-                next_scan = now + HOLDER_SCAN_S
-                self._scan_open_readers(now)
-                for pid in [p for p, (_r, ts) in self.exit_rchar.items() if now - ts > 30]:
-                    del self.exit_rchar[pid]
-            for record in self.coalescer.due(now):
-                self._remember_reader(record)
-                self._emit(FileAccess, record)
-            if now >= next_rescan:
-                next_rescan = now + RESCAN_S
-                self._mark_new_dirs()
-
-    def _on_fanotify(self, src: fan.Fanotify, now: float) -> None:
-        for ev in src.read():
             try:
-                if ev.mask & fan.FAN_Q_OVERFLOW:
-                    self.dropped += 1
-                    self._emit(EventsDropped, {"reason": "fanotify queue overflow", "source": "file-watcher"})
-                    continue
-                if ev.pid == self._own_pid or ev.path is None:
-                    continue
-                if src is self._writes:
-                    self._on_write(ev, now)
-                else:
-                    self._on_weight_event(ev, now)
-            finally:
-                if ev.mask & fan.FAN_OPEN_PERM:
-                    src.allow(ev.fd)  # always: we observe, we never deny
-                if ev.fd >= 0:
-                    os.close(ev.fd)
+                if now >= next_refresh:
+                    next_refresh = now + REFRESH_S
+                    self._refresh(now)
+                for record in self.coalescer.due(now):
+                    self.copies.record(record)
+                    self._emit(FileAccess, record)
+                if now >= next_rescan:
+                    next_rescan = now + RESCAN_S
+                    self.marks.sync(self.weights.roots())  # type: ignore[union-attr]
+                    if self.write_marks is not None:
+                        self.write_marks.scan()
+                if now >= next_prune:
+                    next_prune = now + PRUNE_S
+                    self._prune()
+            except Exception as exc:  # noqa: BLE001 - the loop must survive its own bugs
+                self.log.error("file_watch_loop_error", error=repr(exc))
 
-    def _on_weight_event(self, ev: fan.FanEvent, now: float) -> None:
-        path = ev.path
-        assert path is not None
-        if not self.weights.matches(path):
-            return  # a README next to the weights, or a non-weight file in a staging directory
+    def _on_answered(self, now: float) -> None:
+        assert self._answer is not None
+        items = self._answer.take()
+        self._on_offloaded(now)  # descriptions prefetched for these opens
+        for item in items:
+            try:
+                self._on_weight_event(item, now)
+            except Exception as exc:  # noqa: BLE001 - one odd event must not stop the watcher
+                self.log.warning("file_event_error", error=repr(exc))
+            finally:
+                if item.event.fd >= 0:
+                    os.close(item.event.fd)
+        if self._answer.overflows or self._answer.dropped:
+            n = self._answer.overflows + self._answer.dropped
+            self._answer.overflows = self._answer.dropped = 0
+            self.dropped += n
+            self._emit(EventsDropped, {"reason": "fanotify queue overflow or watcher backlog", "dropped": n,
+                                       "source": "file-watcher"})
+
+    def _on_weight_event(self, item: Answered, now: float) -> None:
+        ev = item.event
+        st = kernel.fstat(ev.fd)
+        if st is None:
+            return
+        ours = self.hostpaths.ours(st.mnt_id)
+        view = fan.fd_path(ev.fd) or ""
+        host = view if ours else self.hostpaths.resolve(ev.fd, st)
+        path = host or view
+        staged = self.staged.get(st.dev, st.ino)
+        if staged is None and not self.weights.matches(path):
+            return  # a README next to the weights, or a file elsewhere on a marked filesystem
         if self.weights.is_canary(path):
             if ev.mask & fan.FAN_OPEN_PERM and now - self.canary_seen.get((ev.pid, path), 0) >= CANARY_REPEAT_S:
                 self.canary_seen[(ev.pid, path)] = now
-                self._emit(CanaryRead, {"pid": ev.pid, "path": path, "severity": "critical", **self._proc(ev.pid)})
+                self._emit(CanaryRead, {"pid": ev.pid, "path": path, "severity": "critical",
+                                        **self._proc(ev.pid, item.proc)})
             return
-        # Every event we mark for is an open (held: the baseline) or a close (the total).
-        io = io_counters(ev.pid)
-        rchar = io.rchar if io else None
+        self.holders.remember_inode((st.dev, st.ino))
+        rchar = item.rchar
         if ev.mask & fan.FAN_OPEN_PERM:
-            size = _fd_size(ev.fd)
-            known = (ev.pid, path) in self.coalescer.sessions
-            proc = None if known else self._proc(ev.pid)
-            staged = self.weights.staged_from(path)
-            if proc is not None and staged:
-                proc["staged_copy_of"] = staged
-            self.coalescer.opened(now, ev.pid, path, size, rchar, proc)
-            self.holders.setdefault(ev.pid, -1)  # scan its mappings from now on
+            key = (ev.pid, path)
+            new = key not in self.coalescer.sessions
+            proc = self._proc(ev.pid, item.proc) if new else None
+            self.coalescer.opened(now, ev.pid, path, st.size, rchar, proc)
+            sess = self.coalescer.sessions[key]
+            if new:
+                if not ours:
+                    sess.extra.update({"host_path": host,
+                                       "view_path": self._view(ev.pid, item.mnt_ns, st.mnt_id, view, path)})
+                if staged is not None:
+                    sess.extra["staged_copy_of"] = staged.sources[:100]
+                self.copies.opened(ev.pid, proc or {}, path, st.size, staged.sources if staged else [])
+                self._describe(ev.pid)
+                self._look_at_fds(sess, view)
+            self.copies.holders.setdefault(ev.pid, -1)  # scan its mappings from now on
         if ev.mask & (fan.FAN_CLOSE_NOWRITE | fan.FAN_CLOSE_WRITE):
-            wrote = bool(ev.mask & fan.FAN_CLOSE_WRITE)
-            base = self.coalescer.baseline(ev.pid, path)
-            if rchar is not None and base is not None and rchar < base:
-                rchar = None  # a zombie's /proc/PID/io reads as zeros: use its exit record
-            if rchar is None and ev.pid in self.exit_rchar:
-                rchar = self.exit_rchar[ev.pid][0]
-            if rchar is None:
-                # Gone already: close on its exit record, or on an estimate if none comes.
-                self._pending.setdefault(ev.pid, []).append((path, wrote, now))
-            else:
-                self.coalescer.closed(now, ev.pid, path, rchar, wrote=wrote)
+            self._on_close(ev.pid, path, bool(ev.mask & fan.FAN_CLOSE_WRITE), rchar, now)
+
+    def _view(self, pid: int, ns: str | None, mnt_id: int | None, view: str, path: str) -> str | None:
+        """The path as the process saw it: the printed path, if the mount it came through is in its
+        namespace (an overlay's lower-layer file comes through a mount no namespace has). The opener may
+        be gone already: then any process of its namespace shows the same mount table."""
+        if view == path or mnt_id is None:
+            return None
+        mounts = read_mountinfo(pid, self.proc_root)
+        if not mounts and ns is not None:
+            known = self.write_marks.namespaces if self.write_marks is not None else {}
+            other = known.get(ns) or mount_namespaces(self.proc_root).get(ns)  # a scan only if it is new
+            mounts = read_mountinfo(other, self.proc_root) if other is not None else []
+        return view if any(m.mnt_id == mnt_id for m in mounts) else None
+
+    def _on_close(self, pid: int, path: str, wrote: bool, rchar: int | None, now: float) -> None:
+        base = self.coalescer.baseline(pid, path)
+        if rchar is not None and base is not None and rchar < base:
+            rchar = None  # a zombie's /proc/PID/io reads as zeros: use its exit record
+        how = "rchar"
+        if rchar is None and pid in self.exit_rchar:
+            rchar = self.exit_rchar[pid][0]
+            how = "taskstats"
+        if rchar is None:
+            # Gone already: close on its exit record, or on an estimate if none comes.
+            self._pending.setdefault(pid, []).append((path, wrote, now))
+            return
+        self.coalescer.closed(now, pid, path, rchar, wrote=wrote, how=how)
+        self.holders.look(pid)  # mapped and closed (a model loader)? known before the record goes out
+
+    def _look_at_fds(self, sess: Session, view: str) -> None:
+        """The reader's descriptors on the file: offsets (reads rchar misses) and io_uring instances."""
+        if sess.pid is None or not view:
+            return
+        scan = scan_fds(sess.pid, view, self.proc_root)
+        if scan is None:
+            return
+        sess.io_uring = sess.io_uring or scan.io_uring
+        self.copies.saw_files(sess.pid, scan.others)
+        if scan.files:
+            sess.position = max(sess.position, max(f.position for f in scan.files))
+
+    def _on_writes(self, now: float) -> None:
+        assert self._writes is not None
+        events = self._writes.read()
+        if self._answer is not None:
+            # Opens first: a writer's open of the weights was answered before it could write.
+            self._answer.settled()
+            self._on_answered(now)
+        for ev in events:
+            try:
+                if ev.mask & fan.FAN_Q_OVERFLOW:
+                    self.dropped += 1
+                    self._emit(EventsDropped, {"reason": "fanotify write queue overflow", "source": "file-watcher"})
+                elif ev.pid != self._own_pid:
+                    writer = ev.pid if self.copies.interesting(ev.pid) else self.copies.writer_of(ev.fd)
+                    if writer is None:
+                        continue
+                    io = io_counters(writer, self.proc_root)
+                    if io is not None:
+                        self.coalescer.update_rchar(writer, io.rchar)
+                    alive = io is not None or writer in self.exit_rchar
+                    self.copies.on_write(ev, writer, now, alive)
+            finally:
+                if ev.fd >= 0:
+                    os.close(ev.fd)
 
     def _on_exits(self, now: float) -> None:
-        for rec in self._exits.read():
+        records = self._exits.read()
+        if self._answer is not None:
+            # Opens first: an exit record of a reader whose open is still in the backlog is wanted.
+            self._answer.settled()
+            self._on_answered(now)
+        for rec in records:
             pending = self._pending.pop(rec.pid, [])
-            wanted = pending or rec.pid in self._pending_writes or rec.pid in self.coalescer.open_pids() \
-                or rec.pid in self.holders
+            wanted = pending or rec.pid in self.copies.pending or rec.pid in self.coalescer.open_pids() \
+                or self.copies.interesting(rec.pid)
             if not wanted:
                 continue
             self.exit_rchar[rec.pid] = (rec.read_char, now)
             for path, wrote, _ts in pending:
-                self.coalescer.closed(now, rec.pid, path, rec.read_char, wrote=wrote)
+                self.coalescer.closed(now, rec.pid, path, rec.read_char, wrote=wrote, how="taskstats")
             # Files it never closed (killed mid-read) close with it.
             for (pid, path), sess in list(self.coalescer.sessions.items()):
                 if pid == rec.pid:
                     while sess.open_now:
-                        self.coalescer.closed(now, pid, path, rec.read_char)
-            for path, size in self._pending_writes.pop(rec.pid, []):
-                self._evaluate_write(rec.pid, path, size)
+                        self.coalescer.closed(now, pid, path, rec.read_char, how="taskstats")
+            self.copies.settle(rec.pid)
 
     def _on_inotify(self, now: float) -> None:
-        for mask, path in self._inotify.read():
+        assert self._inotify is not None and self.marks is not None
+        ino = self._inotify
+        for mask, path in ino.read():
+            if self.marks.on_new_entry(mask, path) or self._content is not None:
+                continue  # with fanotify, inotify only finds new directories
             if not self.weights.matches(path):
                 continue
             if self.weights.is_canary(path):
-                if mask & self._inotify.IN_OPEN:
+                if mask & ino.IN_OPEN:
                     self._emit(CanaryRead, {"pid": None, "path": path, "severity": "critical",
-                                               "note": "inotify: the reader's pid is unknown"})
+                                            "note": "inotify: the reader's pid is unknown"})
                 continue
-            if mask & self._inotify.IN_OPEN:
+            if mask & ino.IN_OPEN:
                 self.coalescer.opened(now, None, path, _size(path), None)
-            if mask & self._inotify.IN_ACCESS:
+            if mask & ino.IN_ACCESS:
                 self.coalescer.accessed(now, None, path)
-            if mask & (self._inotify.IN_CLOSE_WRITE | self._inotify.IN_CLOSE_NOWRITE):
+            if mask & (ino.IN_CLOSE_WRITE | ino.IN_CLOSE_NOWRITE):
                 self.coalescer.closed(now, None, path, None)
 
-    # -- readers, holders, copies --------------------------------------------
+    def _on_offloaded(self, now: float) -> None:
+        for tag, pid, value in self.offload.results():
+            if isinstance(value, Exception):
+                self._describing.discard(pid)
+                continue
+            if tag == "describe":
+                self._describing.discard(pid)
+                self._described(pid, value)
+            elif tag in ("holder", "premapped"):
+                self.holders.on_result(tag, pid, value, self.coalescer)
 
-    def _remember_reader(self, record: dict[str, Any]) -> None:
-        pid = record.get("pid")
-        if pid is None or not record.get("bytes_read"):
-            return
-        reader = self.readers.setdefault(pid, Reader(pid, {k: record.get(k) for k in ("name", "exe", "uid")}))
-        # Progress and final records of one session carry growing totals: keep the latest.
-        reader.sessions[(record["path"], record["first_ts"])] = record["bytes_read"]
-        reader.last_ts = record["last_ts"]
+    # -- periodic ------------------------------------------------------------
 
-    def _on_write(self, ev: fan.FanEvent, now: float) -> None:
-        path = ev.path
-        assert path is not None
-        if self.weights.matches(path):
-            return
-        size = _fd_size(ev.fd)
-        if size < COPY_MIN_BYTES:
-            return
-        known = ev.pid in self.readers or any(p == ev.pid for p, _x in self.coalescer.sessions)
-        if not known:
-            return
-        io = io_counters(ev.pid)
-        if io is not None:
-            self.coalescer.update_rchar(ev.pid, io.rchar)
-        elif ev.pid not in self.exit_rchar:
-            # cp closes its copy and exits before we get here: judge on its exit record (or estimate).
-            self._pending_writes.setdefault(ev.pid, []).append((path, size))
-            return
-        self._evaluate_write(ev.pid, path, size)
-
-    def _evaluate_write(self, pid: int, path: str, size: int) -> None:
-        # What this pid read: sessions still being coalesced (open or just closed),
-        # reported ones, and weights it holds mapped.
-        sessions = dict(self.readers[pid].sessions) if pid in self.readers else {}
-        proc: dict[str, Any] = dict(self.readers[pid].proc) if pid in self.readers else {}
-        for (spid, _p), sess in self.coalescer.sessions.items():
-            if spid == pid:
-                sessions[(sess.path, sess.first_ts)] = sess.bytes_so_far()
-                proc = proc or {k: sess.proc.get(k) for k in ("name", "exe", "uid")}
-        read = sum(sessions.values()) + max(self.holders.get(pid, 0), 0)
-        if read > 0 and size >= 0.5 * read:
-            sources = sorted({p for p, _ts in sessions})
-            # Watch the copy as weights from now on: who reads it next is who uploads it.
-            self.weights.add_staged(path, sources)
-            self._mark_dir(os.path.dirname(path))
-            self._emit(WeightsCopy, {"pid": pid, **proc, "sources": sources,
-                                        "source_bytes_read": read, "destination": path,
-                                        "destination_size": size, "path": path})
-
-    def _settle_pending(self, now: float) -> None:
-        """Closes whose exit record did not come (or cannot): assume the whole file was read."""
-        wait = 2.0 if self._exits is not None else 0.0
+    def _refresh(self, now: float) -> None:
+        self.offload.check()
+        wait = EXIT_WAIT_S if self._exits is not None else 0.0
         for pid in [p for p, items in self._pending.items() if all(now - ts >= wait for _x, _w, ts in items)]:
+            # Closes whose exit record did not come (or cannot): assume the whole file was read.
             for path, wrote, _ts in self._pending.pop(pid):
                 self.coalescer.closed(now, pid, path, None, wrote=wrote, estimate_whole_file=True)
-            for path, size in self._pending_writes.pop(pid, []):
-                self._evaluate_write(pid, path, size)
-
-    def _scan_open_readers(self, now: float) -> None:
-        self._settle_pending(now)
-        for pid in self.coalescer.open_pids():
-            io = io_counters(pid)
-            if io is not None:
-                self.coalescer.update_rchar(pid, io.rchar)
-        for pid in list(self.holders):
-            maps = mapped_weights(pid, self.weights.matches)
-            if not maps:
-                if not os.path.exists(f"/proc/{pid}"):
-                    del self.holders[pid]
+        self.copies.settle_older_than(now, wait)
+        for (spid, _path), sess in self.coalescer.sessions.items():
+            if spid is None or not sess.open_now:
                 continue
-            resident = sum(m.resident_bytes for m in maps)
-            last = self.holders[pid]
-            if last < 0 or resident > 1.25 * max(last, 1):
-                self.holders[pid] = resident
-                self._emit(WeightHolder, {
-                    "pid": pid, **self._proc(pid), "path": maps[0].path,
-                    "files": [m.__dict__ for m in maps],
-                    "mapped_bytes": sum(m.mapped_bytes for m in maps), "resident_bytes": resident,
-                    "bytes_read": resident,
-                })
-        for pid in [p for p, r in self.readers.items() if now - r.last_ts > READER_MEMORY_S]:
-            del self.readers[pid]
+            io = io_counters(spid, self.proc_root)
+            if io is not None:
+                sess.rchar_now = io.rchar
+            self._look_at_fds(sess, sess.extra.get("view_path") or sess.path)
+        self.holders.look_all()
+        self.staged.save()
+        for pid in [p for p, (_r, ts) in self.exit_rchar.items() if now - ts > 30]:
+            del self.exit_rchar[pid]
+
+    def _prune(self) -> None:
+        self.copies.forget(lambda pid: start_time(pid, self.proc_root))
+        live = set(self.copies.readers) | set(self.copies.holders)
+        self.offload.forget(lambda pid: start_time(pid, self.proc_root) is not None)
+        for pid in [p for p in self.described if p not in live]:
+            del self.described[pid]
+        self.staged.prune()
+        self.canary_seen = {k: ts for k, ts in self.canary_seen.items() if self.clock() - ts < CANARY_REPEAT_S}
 
 
-def _fd_size(fd: int) -> int:
-    try:
-        return os.fstat(fd).st_size
-    except OSError:
-        return 0
+_USERS: dict[int, str] = {}
+
+
+def _user(uid: int) -> str:
+    if uid not in _USERS:
+        try:
+            _USERS[uid] = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            _USERS[uid] = str(uid)
+    return _USERS[uid]
 
 
 def _size(path: str) -> int:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from weightwarden.agent.policy.model import Cap, Destination, Policy
-from weightwarden.units import format_duration, format_rate, format_size
+from weightwarden.units import format_duration, format_rate, format_rate_both, format_size
 
 
 @dataclass
@@ -30,12 +30,12 @@ def weights_size(policy: Policy) -> int:
     return WeightPaths(list(w.paths), list(w.canaries)).total_size()[1]
 
 
-def _dest(d: Destination) -> str:
+def describe_dest(d: Destination) -> str:
     base = d.cidr or f"host {d.host}"
     return base + (f" port {','.join(map(str, d.ports))}" if d.ports else "")
 
 
-def _who(cap: Cap) -> str:
+def describe_who(cap: Cap) -> str:
     parts = []
     m = cap.match
     if m.uids:
@@ -45,7 +45,7 @@ def _who(cap: Cap) -> str:
     if m.cgroups:
         parts.append("cgroups " + ", ".join(m.cgroups))
     who = " and ".join(parts) or "any process"
-    to = ("to " + ", ".join(_dest(d) for d in m.destinations)) if m.destinations else "to any non-allowlisted destination"
+    to = ("to " + ", ".join(describe_dest(d) for d in m.destinations)) if m.destinations else "to any non-allowlisted destination"
     return f"{who} {to}"
 
 
@@ -59,10 +59,10 @@ def explain(policy: Policy, size: int, n_interfaces: int = 1) -> dict[str, Any]:
     else:
         lines.append(f"Applies to egress on {ifaces}.")
     for dest in spec.allow:
-        lines.append(f"Traffic to {_dest(dest)} is allowlisted: measured, never capped.")
-        routes.append(Route(f"allow:{_dest(dest)}", "allowlisted destination", None, False, None))
+        lines.append(f"Traffic to {describe_dest(dest)} is allowlisted: measured, never capped.")
+        routes.append(Route(f"allow:{describe_dest(dest)}", "allowlisted destination", None, False, None))
     for cap in spec.caps:
-        who = _who(cap)
+        who = describe_who(cap)
         if cap.action == "block":
             lines.append(f"Cap {cap.name!r}: traffic from {who} is blocked.")
             routes.append(Route(f"cap:{cap.name}", f"blocked: {who}", 0, True, math.inf))
@@ -70,7 +70,7 @@ def explain(policy: Policy, size: int, n_interfaces: int = 1) -> dict[str, Any]:
         rate = cap.rate * n_interfaces
         verb = "is shaped to" if cap.action == "shape" else "raises an alert above"
         per = " per interface" if n_interfaces > 1 else ""
-        lines.append(f"Cap {cap.name!r}: traffic from {who} {verb} {format_rate(cap.rate)}{per}.")
+        lines.append(f"Cap {cap.name!r}: traffic from {who} {verb} {format_rate_both(cap.rate)}{per}.")
         seconds = size * 8 / rate if cap.action == "shape" else None
         routes.append(Route(f"cap:{cap.name}", f"{cap.action}: {who}", rate if cap.action == "shape" else None,
                             False, seconds))
@@ -105,13 +105,9 @@ def explain(policy: Policy, size: int, n_interfaces: int = 1) -> dict[str, Any]:
         when = "unbounded by this policy (link speed)" if route.seconds is None else format_duration(route.seconds)
         route_rate = "" if route.rate_bps is None else f" at {format_rate(route.rate_bps)}"
         lines.append(f"Moving {format_size(size)} via {route.name}{route_rate}: {when}.")
-    open_routes = [r.name for r in routes if r.seconds is None]
-    if open_routes or not routes:
-        fastest, fastest_text = 0.0, "limited only by link speed" + (f" (via {open_routes[0]})" if open_routes else "")
-    else:
-        best = min(routes, key=lambda r: r.seconds if r.seconds is not None else math.inf)
-        fastest = best.seconds if best.seconds is not None else 0.0
-        fastest_text = f"{format_duration(fastest)} (via {best.name})"
+    fastest, fastest_text = _fastest(routes)
+    outside = [r for r in routes if not r.name.startswith("allow:")]
+    out_seconds, out_text = _fastest(outside)
     return {
         "policy": policy.metadata.name,
         "weights_bytes": size,
@@ -119,4 +115,16 @@ def explain(policy: Policy, size: int, n_interfaces: int = 1) -> dict[str, Any]:
         "routes": [r.to_json() for r in routes],
         "min_seconds": fastest,
         "min_time": fastest_text,
+        # An allowlisted route is trusted by definition; the question for a policy author is the fastest other one.
+        "min_seconds_not_allowlisted": out_seconds,
+        "min_time_not_allowlisted": out_text,
     }
+
+
+def _fastest(routes: list[Route]) -> tuple[float, str]:
+    open_routes = [r.name for r in routes if r.seconds is None]
+    if open_routes or not routes:
+        return 0.0, "limited only by link speed" + (f" (via {open_routes[0]})" if open_routes else "")
+    best = min(routes, key=lambda r: r.seconds if r.seconds is not None else math.inf)
+    fastest = best.seconds if best.seconds is not None else 0.0
+    return fastest, f"{format_duration(fastest)} (via {best.name})"

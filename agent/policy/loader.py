@@ -1,16 +1,23 @@
-"""Load a policy file and report every problem with its field path and line."""
+"""Load a policy (a base file and its drop-ins) and report every problem with its file, field path and line.
+
+Whatever a file holds, the result is a policy or a :class:`PolicyError` with
+problems: never another exception, so a daemon that reloads a bad file keeps
+the policy in force and says why (see ``yamldoc`` for what is refused).
+"""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
+from weightwarden.agent.policy.layers import LayerError, drop_in_dir, drop_in_files, merge_all
 from weightwarden.agent.policy.model import Policy
+from weightwarden.agent.policy.yamldoc import MAX_BYTES, DocumentError, Node, compose, decode, plain, sources
 
 
 @dataclass(frozen=True)
@@ -18,10 +25,14 @@ class Problem:
     path: str
     line: int | None
     message: str
+    file: str | None = None  # set when several files were merged: the one to fix
+    severity: str = "error"  # or "warning": check passes, check --strict does not
 
     def render(self, filename: str) -> str:
-        where = f"{filename}:{self.line}" if self.line else filename
-        return f"{where}: {self.path or '(document)'}: {self.message}"
+        name = self.file or filename
+        where = f"{name}:{self.line}" if self.line else name
+        tag = "warning: " if self.severity == "warning" else ""
+        return f"{where}: {tag}{self.path or '(document)'}: {self.message}"
 
 
 class PolicyError(Exception):
@@ -35,25 +46,9 @@ class LoadedPolicy:
     policy: Policy
     source: str
     digest: str
-
-
-def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
-    """Walk the YAML node tree along a pydantic error location; return the deepest line."""
-    line = node.start_mark.line + 1 if node is not None else None
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                if k.value == key:
-                    node, line = v, k.start_mark.line + 1
-                    break
-            else:
-                return line
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line
+    files: tuple[str, ...] = ()  # the base file, then the drop-ins merged over it, in order
+    sources: dict[str, str] = field(default_factory=dict)  # dotted path -> "file:line" that set it
+    data: dict[str, Any] = field(default_factory=dict)  # the merged document, as written (units as strings)
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
@@ -63,15 +58,41 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def parse_policy(text: str, source: str = "<policy>") -> LoadedPolicy:
+def _where(where: dict[tuple[int | str, ...], tuple[str, int | None]],
+           loc: tuple[int | str, ...]) -> tuple[str | None, int | None]:
+    """The file and line of the deepest part of ``loc`` that was written somewhere."""
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in where:
+            return where[loc[:n]]
+    return None, None
+
+
+def parse_documents(docs: list[tuple[str, bytes | str]], source: str | None = None) -> LoadedPolicy:
+    """Merge documents in order (base first) and validate the result."""
+    layered = len(docs) > 1
+    trees: list[Node] = []
+    for name, content in docs:
+        try:
+            text = decode(content) if isinstance(content, bytes) else content
+            if len(text) > MAX_BYTES:
+                raise DocumentError(None, f"the document is over {MAX_BYTES:,} characters")
+            tree = compose(text, name)
+        except DocumentError as exc:
+            raise PolicyError([Problem(exc.path, exc.line, exc.message, name if layered else None)]) from None
+        except (RecursionError, MemoryError, ValueError, TypeError, OverflowError) as exc:
+            # Belt and braces: yamldoc bounds all of these; should one slip through, it is still a problem.
+            raise PolicyError([Problem("", None, f"cannot read: {type(exc).__name__}", name if layered else None)]) from None
+        if tree is None or not isinstance(tree.value, dict):
+            what = "a drop-in is a YAML mapping with metadata and/or spec" if trees else \
+                "a policy is a YAML mapping with apiVersion, kind, metadata, spec"
+            raise PolicyError([Problem("", 1, what, name if layered else None)])
+        trees.append(tree)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data: Any = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise PolicyError([Problem("", mark.line + 1 if mark else None, f"not valid YAML: {exc}")]) from None
-    if not isinstance(data, dict):
-        raise PolicyError([Problem("", 1, "a policy is a YAML mapping with apiVersion, kind, metadata, spec")])
+        merged = merge_all(trees)
+    except LayerError as exc:
+        raise PolicyError([Problem(exc.path, exc.line, exc.message, exc.file)]) from None
+    data = plain(merged)
+    where = sources(merged)
     try:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
@@ -81,14 +102,61 @@ def parse_policy(text: str, source: str = "<policy>") -> LoadedPolicy:
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (check the spelling; unknown keys are never ignored)"
-            problems.append(Problem(_dotted(loc), _line_of(node, loc), msg))
+            file, line = _where(where, loc)
+            problems.append(Problem(_dotted(loc), line, msg, file if layered else None))
         raise PolicyError(problems) from None
-    return LoadedPolicy(policy, source, hashlib.sha256(text.encode()).hexdigest()[:16])
+    except (RecursionError, MemoryError, OverflowError, TypeError, ValueError) as exc:
+        raise PolicyError([Problem("", None, f"cannot validate: {type(exc).__name__}: {str(exc)[:200]}")]) from None
+    if layered:
+        h = hashlib.sha256()
+        for name, content in docs:
+            h.update(name.encode() + b"\0" + (content if isinstance(content, bytes) else content.encode()) + b"\0")
+        digest = h.hexdigest()[:16]
+    else:
+        content = docs[0][1]
+        digest = hashlib.sha256(content if isinstance(content, bytes) else content.encode()).hexdigest()[:16]
+    return LoadedPolicy(policy, source or docs[0][0], digest, tuple(n for n, _ in docs),
+                        {_dotted(k): f"{f}:{ln}" if ln else f for k, (f, ln) in where.items() if k}, data)
 
 
-def load_policy(path: str | Path) -> LoadedPolicy:
+def parse_policy(text: str | bytes, source: str = "<policy>") -> LoadedPolicy:
+    return parse_documents([(source, text)], source)
+
+
+def _read(path: Path) -> bytes:
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_BYTES + 1)
     except OSError as exc:
-        raise PolicyError([Problem("", None, f"cannot read policy: {exc.strerror}")]) from None
-    return parse_policy(text, str(path))
+        raise PolicyError([Problem("", None, f"cannot read policy: {exc.strerror}", str(path))]) from None
+    return raw
+
+
+def load_policy(path: str | Path, drop_ins: bool = True) -> LoadedPolicy:
+    """The base file and, unless told not to, its drop-ins (see ``layers``)."""
+    base = Path(path)
+    docs: list[tuple[str, bytes | str]] = [(str(base), _read(base))]
+    if drop_ins:
+        try:
+            extra = drop_in_files(base)
+        except OSError as exc:
+            raise PolicyError([Problem("", None, f"cannot list drop-ins: {exc.strerror}",
+                                       str(drop_in_dir(base)))]) from None
+        docs += [(str(p), _read(p)) for p in extra]
+    return parse_documents(docs, str(base))
+
+
+def stamp(path: str | Path) -> tuple[tuple[str, float], ...]:
+    """What changes when the policy or a drop-in changes (names and mtimes): the daemon's reload trigger."""
+    base = Path(path)
+    out: list[tuple[str, float]] = []
+    for p in [base, drop_in_dir(base)]:
+        try:
+            out.append((str(p), os.stat(p).st_mtime))
+        except OSError:
+            out.append((str(p), 0.0))
+    try:
+        out += [(str(p), p.stat().st_mtime) for p in drop_in_files(base)]
+    except OSError:
+        pass
+    return tuple(out)

@@ -98,21 +98,31 @@ def test_conntrack_parse_rejects_truncated() -> None:
     assert conntrack.parse_flow(memoryview(struct.pack("!BBH", 2, 0, 0))) is None
 
 
-def test_dns_answers_map_addresses_to_the_name_asked_for() -> None:
-    from scapy.layers.dns import DNS, DNSQR, DNSRR
-    from scapy.layers.inet import IP, UDP
+def _dns_reply_packet() -> bytes:
+    """An IPv4/UDP packet from port 53 carrying a CNAME then an A answer."""
+    import dns.message
+    import dns.rrset
 
+    query = dns.message.make_query("hf-mirror.example", "A")
+    reply = dns.message.make_response(query)
+    reply.answer.append(dns.rrset.from_text("hf-mirror.example.", 300, "IN", "CNAME", "cdn.example."))
+    reply.answer.append(dns.rrset.from_text("cdn.example.", 30, "IN", "A", "203.0.113.7"))
+    body = reply.to_wire()
+    udp = struct.pack("!HHHH", 53, 40000, 8 + len(body), 0) + body
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                     bytes([198, 18, 0, 53]), bytes([198, 18, 0, 1]))
+    return ip + udp
+
+
+def test_dns_answers_map_addresses_to_the_name_asked_for() -> None:
     from weightwarden.agent.dns import NameCache, answers
 
-    reply = IP(src="198.18.0.53", dst="198.18.0.1") / UDP(sport=53, dport=40000) / DNS(
-        id=7, qr=1, qd=DNSQR(qname="hf-mirror.example"),
-        an=[DNSRR(rrname="hf-mirror.example", type="CNAME", rdata="cdn.example"),
-            DNSRR(rrname="cdn.example", type="A", ttl=30, rdata="203.0.113.7")])
-    assert answers(bytes(reply)) == [("203.0.113.7", "hf-mirror.example", 30.0)]
+    reply = _dns_reply_packet()
+    assert answers(reply) == [("203.0.113.7", "hf-mirror.example", 30.0)]
     assert answers(b"garbage") == [] and answers(b"") == []
     now = [0.0]
     cache = NameCache(clock=lambda: now[0])
-    assert cache.feed(bytes(reply)) == 1
+    assert cache.feed(reply) == 1
     assert cache.name("203.0.113.7") == "hf-mirror.example"
     now[0] = 61.0  # a 30 s TTL is kept for the one-minute floor, then forgotten
     assert cache.name("203.0.113.7") is None

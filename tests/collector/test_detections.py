@@ -1,8 +1,12 @@
-"""Every detection, driven from event streams through the real pipeline and a real SQLite store."""
+"""Every detection rule, driven from event streams through the real pipeline and a real SQLite store.
+
+The corpus (tests/corpus) shows each theft route and each kind of normal work; these tests pin
+the mechanics: what links a sender to a read and what does not, exact timing, identities,
+serving, relays, and verdicts that follow the facts.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +15,7 @@ import pytest
 from weightwarden.collector.correlate import Tuning
 from weightwarden.collector.pipeline import Pipeline
 from weightwarden.collector.store import Store
-from tests.collector.scenarios import MB, T0, WEIGHTS, Stream
+from tests.collector.scenarios import MB, T0, WEIGHTS, Stream, started_at
 
 
 class Clock:
@@ -37,6 +41,10 @@ def kinds(alerts: list[dict[str, Any]]) -> dict[str, str]:
     return {a["kind"]: a["severity"] for a in alerts}
 
 
+def loud(alerts: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(a["kind"], a["severity"]) for a in alerts if a["severity"] in ("high", "critical")]
+
+
 def test_direct_exfiltration(pipe: Pipeline) -> None:
     s = Stream()
     s.started(T0)
@@ -47,9 +55,12 @@ def test_direct_exfiltration(pipe: Pipeline) -> None:
     assert alert["kind"] == "exfiltration" and alert["severity"] == "critical"
     ev = alert["evidence"]
     assert ev["process"]["pid"] == 100 and ev["process"]["name"] == "python3.11"
+    assert ev["process"]["start_time"] == pytest.approx(started_at(100))
     assert ev["files"] == [WEIGHTS] and ev["destinations"][0]["address"] == "203.0.113.9"
     assert ev["bytes_sent"] == 200 * MB and ev["bytes_read"] == 256 * MB
-    assert ev["projected_seconds_for_rest"] == pytest.approx(56 * MB * 8 / (100 * MB * 8), rel=0.01)
+    assert ev["links"] == [{"kind": "self", "reader": {"name": "python3.11", "pid": 100, "exe": "/usr/bin/python3.11"},
+                            "via": None, "since": T0 + 1, "relays": []}]
+    assert ev["projected_seconds_for_rest"] == pytest.approx(56 * MB * 8 / (200 * MB * 8 / 2), rel=0.01)
     assert "never contacted by this program before" in alert["explanation"]
     assert "203.0.113.9:443" in alert["explanation"] and WEIGHTS in alert["explanation"]
 
@@ -57,11 +68,11 @@ def test_direct_exfiltration(pipe: Pipeline) -> None:
 def test_upload_reported_before_the_read_still_correlates(pipe: Pipeline) -> None:
     s = Stream()
     s.send(T0 + 5, pid=100, nbytes=200 * MB)  # the sample arrives first...
-    s.read(T0 + 1, pid=100, nbytes=256 * MB)  # ...the read's final record after it
+    s.read(T0 + 1, pid=100, nbytes=256 * MB, report_at=T0 + 8)  # ...the read's final record after it
     assert kinds(run(pipe, s)) == {"exfiltration": "critical"}
 
 
-def test_no_high_alert_without_the_read_or_without_the_upload(pipe: Pipeline) -> None:
+def test_no_alert_without_the_read_without_the_upload_or_to_allowlisted_places(pipe: Pipeline) -> None:
     upload_only = Stream("gpu-2")
     upload_only.send(T0 + 5, pid=100, nbytes=200 * MB)
     read_only = Stream("gpu-3")
@@ -69,41 +80,176 @@ def test_no_high_alert_without_the_read_or_without_the_upload(pipe: Pipeline) ->
     allowlisted = Stream("gpu-4")
     allowlisted.read(T0 + 1, pid=100, nbytes=256 * MB)
     allowlisted.send(T0 + 5, pid=100, nbytes=200 * MB, allowed=True)
-    other_process = Stream("gpu-5")
-    other_process.read(T0 + 1, pid=100, nbytes=256 * MB)
-    other_process.send(T0 + 5, pid=999, nbytes=200 * MB)
-    for s in (upload_only, read_only, allowlisted, other_process):
-        assert not [a for a in run(pipe, s) if a["severity"] in ("high", "critical")], s.host
+    for s in (upload_only, read_only, allowlisted):
+        assert run(pipe, s) == [], s.host
 
 
-def test_a_pipeline_is_linked_by_its_pipe_not_by_its_parent(pipe: Pipeline) -> None:
+def test_unlinked_volume_soon_after_a_read_is_the_host_level_rule(pipe: Pipeline) -> None:
     s = Stream()
-    s.read(T0 + 1, pid=200, nbytes=256 * MB, exe="/usr/bin/tar", ppid=50, pipes=[9001])  # tar cf - /srv/models |
-    s.send(T0 + 5, pid=201, nbytes=200 * MB, exe="/usr/bin/curl", ppid=50, pipes=[9001])  # curl -T - https://...
-    s.send(T0 + 5, pid=202, nbytes=200 * MB, exe="/usr/bin/python3", ppid=50)  # a sibling with no pipe to tar
+    s.read(T0 + 1, pid=100, nbytes=256 * MB)
+    s.send(T0 + 5, pid=999, nbytes=200 * MB, exe="/usr/bin/rclone")  # no pipe, socket, copy or fork to the reader
     [alert] = run(pipe, s)
-    assert alert["kind"] == "exfiltration" and alert["evidence"]["readers"] == [200]
-    assert alert["evidence"]["process"]["name"] == "curl"
+    assert (alert["kind"], alert["severity"]) == ("host_exfiltration", "high")  # honest: never critical unlinked
+    assert alert["evidence"]["process"]["pid"] == 999 and alert["evidence"]["files"] == [WEIGHTS]
+    assert alert["evidence"]["readers"] == [100] and alert["evidence"]["rule"] == "host-level"
+    assert "host-level rule" in alert["explanation"]
+    later = Stream("gpu-2")
+    later.read(T0 + 1, pid=100, nbytes=256 * MB)
+    later.send(T0 + 2 + 3600 + 60, pid=999, nbytes=200 * MB)  # not "soon after": an hour later
+    assert run(pipe, later) == [a for a in pipe.store.alerts() if a["host"] == "gpu-1"]
 
 
-def test_a_child_uploading_what_its_parent_read(pipe: Pipeline) -> None:
+def test_an_upload_that_ended_before_the_read_never_counts(pipe: Pipeline) -> None:
     s = Stream()
-    s.read(T0 + 1, pid=300, nbytes=256 * MB)
-    s.send(T0 + 5, pid=301, nbytes=200 * MB, exe="/usr/bin/curl", ppid=300)
+    # One sample [T0, T0+1]; its bytes to this destination left within [T0, T0+0.6].
+    s.send(T0 + 1, pid=999, nbytes=200 * MB, exe="/usr/bin/restic", span=(T0, T0 + 0.6))
+    s.read(T0 + 0.8, pid=100, nbytes=256 * MB)  # another process read the weights 0.2 s later
+    assert run(pipe, s) == []
+    s2 = Stream("gpu-2")  # the same, but the send went on 0.2 s past the read: a fifth of it counts
+    s2.send(T0 + 1, pid=999, nbytes=500 * MB, exe="/usr/bin/restic", span=(T0, T0 + 1.0))
+    s2.read(T0 + 0.8, pid=100, nbytes=256 * MB)
+    [alert] = run(pipe, s2)[:1]
+    assert alert["kind"] == "host_exfiltration"
+    assert alert["evidence"]["bytes_sent"] == pytest.approx(100 * MB, rel=1e-6)
+
+
+def test_a_pipe_links_its_writer_to_its_reader_and_nothing_else(pipe: Pipeline) -> None:
+    s = Stream()
+    # sh -c 'tar c w | curl -T - ...': tar writes pipe 9001, curl reads it; both (and a sibling) write log pipe 7.
+    s.read(T0 + 1, pid=200, nbytes=256 * MB, exe="/usr/bin/tar", ppid=50, ends={9001: "w", 7: "w"})
+    s.send(T0 + 5, pid=201, nbytes=200 * MB, exe="/usr/bin/curl", ppid=50, ends={9001: "r", 7: "w"})
+    s.send(T0 + 5, pid=202, nbytes=5 * MB, exe="/usr/bin/python3", ppid=50, ends={7: "w", 8: "rw"})
     [alert] = run(pipe, s)
-    assert alert["evidence"]["process"]["pid"] == 301 and alert["evidence"]["readers"] == [300]
+    assert alert["kind"] == "exfiltration" and alert["severity"] == "critical"
+    assert alert["evidence"]["readers"] == [200] and alert["evidence"]["process"]["name"] == "curl"
+    assert alert["evidence"]["links"][0]["kind"] == "pipe" and alert["evidence"]["links"][0]["via"] == "pipe 9001"
+    assert "which tar (pid 200) writes" in alert["explanation"]
+
+
+def test_pipes_without_ends_link_nothing(pipe: Pipeline) -> None:
+    s = Stream()  # an older agent: the same pipeline, but only "they share pipe 9001"
+    s.read(T0 + 1, pid=200, nbytes=256 * MB, exe="/usr/bin/tar", pipes=[9001])
+    s.send(T0 + 5, pid=201, nbytes=200 * MB, exe="/usr/bin/curl", pipes=[9001])
+    assert kinds(run(pipe, s)) == {"host_exfiltration": "high"}  # the volume is still seen
+
+
+def test_a_fork_has_its_parents_memory_an_exec_does_not(pipe: Pipeline) -> None:
+    s = Stream()
+    s.read(T0 + 1, pid=300, nbytes=256 * MB, cmdline=["python3", "serve.py"])
+    s.send(T0 + 5, pid=301, nbytes=200 * MB, ppid=300, cmdline=["python3", "serve.py"], start=T0 + 3)
+    [alert] = run(pipe, s)
+    assert (alert["kind"], alert["severity"], alert["evidence"]["readers"]) == ("exfiltration", "critical", [300])
+    assert alert["evidence"]["links"][0]["kind"] == "fork"
+    s2 = Stream("gpu-2")  # started before the read, or another program: not a copy of the reader's memory
+    s2.read(T0 + 1, pid=300, nbytes=256 * MB, cmdline=["python3", "serve.py"])
+    s2.send(T0 + 5, pid=301, nbytes=200 * MB, ppid=300, cmdline=["python3", "serve.py"], start=T0 - 3)
+    s2.send(T0 + 5, pid=302, nbytes=200 * MB, ppid=300, exe="/usr/bin/curl", start=T0 + 3)
+    assert {a["kind"] for a in run(pipe, s2) if a["host"] == "gpu-2"} == {"host_exfiltration"}
+
+
+def test_a_reused_pid_is_another_process(pipe: Pipeline) -> None:
+    s = Stream()
+    s.read(T0 + 1, pid=400, nbytes=256 * MB, start=T0 - 10)
+    s.send(T0 + 2 * 3600, pid=400, nbytes=200 * MB, start=T0 + 2 * 3600 - 5)
+    assert run(pipe, s) == []
+    s2 = Stream("gpu-2")  # the same process, a day and a half later: still linked
+    s2.read(T0 + 1, pid=400, nbytes=256 * MB, start=T0 - 10)
+    s2.send(T0 + 36 * 3600, pid=400, nbytes=200 * MB, start=T0 - 10)
+    pipe.clock.now = T0 + 36 * 3600 + 5  # type: ignore[attr-defined]  # the collector lives in the same day
+    [alert] = run(pipe, s2)
+    assert (alert["kind"], alert["severity"], alert["key"]) == ("exfiltration", "critical",
+                                                                f"exfiltration:gpu-2:400:{T0 - 10:.2f}")
+
+
+def test_serving_clients_is_not_theft_but_a_weights_sized_reply_is(pipe: Pipeline) -> None:
+    s = Stream()
+    s.holder(T0, pid=500, nbytes=256 * MB, start=T0 - 60)
+    for i in range(300):  # 5 minutes of answers to many clients, on connections they opened
+        s.send(T0 + i + 1, 500, 0, start=T0 - 60, dests=[
+            {"address": f"198.18.9.{(i * 5 + c) % 250 + 1}", "port": 40000 + c, "tx_bytes": 20_000, "accepted": True}
+            for c in range(5)])
+    assert run(pipe, s) == []
+    for i in range(4):  # then one client pulls 200 MB in four seconds
+        s.send(T0 + 400 + i, 500, 50 * MB, address="198.51.100.77", port=51234, accepted=True, start=T0 - 60)
+    [alert] = run(pipe, s)
+    assert (alert["kind"], alert["severity"]) == ("exfiltration", "critical")
+    assert alert["evidence"]["destinations"] == [{"address": "198.51.100.77", "port": 51234, "bytes": 200 * MB,
+                                                  "accepted": True}]
+    assert alert["evidence"]["links"][0]["kind"] == "self" and "holds them mapped" in alert["explanation"]
+
+
+def test_a_relay_is_blamed_for_no_more_than_it_was_handed(pipe: Pipeline) -> None:
+    s = Stream()
+    s.read(T0 + 1, pid=600, nbytes=256 * MB)
+    for i in range(4):  # the reader hands 200 MB to a local proxy, which uploads them
+        s.hand(T0 + 3 + i, 600, 610, 50 * MB, to_exe="/usr/sbin/tinyproxy", via="tcp")
+        s.send(T0 + 3 + i, 610, 50 * MB, exe="/usr/sbin/tinyproxy")
+    [alert] = run(pipe, s)
+    assert (alert["kind"], alert["severity"], alert["evidence"]["readers"]) == ("exfiltration", "critical", [600])
+    assert alert["evidence"]["process"]["name"] == "tinyproxy" and alert["evidence"]["links"][0]["kind"] == "relay"
+    s2 = Stream("gpu-2")  # a busy proxy: the reader handed it 3 MB (metrics), others 500 MB
+    s2.read(T0 + 1, pid=600, nbytes=256 * MB)
+    s2.hand(T0 + 3, 600, 610, 3 * MB, to_exe="/usr/sbin/tinyproxy", via="tcp")
+    s2.upload(T0 + 3, 610, 500 * MB, 5, exe="/usr/sbin/tinyproxy")
+    busy = [a for a in run(pipe, s2) if a["host"] == "gpu-2"]
+    # Linked, the proxy answers for 3 MB (1% of the weights: nothing); the volume is left to the
+    # host-level rule, which says it cannot tie it to the read.
+    assert [(a["kind"], a["severity"]) for a in busy] == [("host_exfiltration", "high")]
+
+
+def test_the_verdict_follows_the_facts_down_as_well_as_up(pipe: Pipeline) -> None:
+    s = Stream()
+    s.read(T0 + 1, pid=700, nbytes=100 * MB, path="/srv/models/a.safetensors")
+    s.send(T0 + 5, pid=700, nbytes=60 * MB)
+    assert kinds(run(pipe, s)) == {"exfiltration": "critical"}  # 60% of what it was known to have
+    more = Stream()
+    more.factory.seq.last = s.factory.seq.last
+    for i in range(3):  # later reports: it had read three more shards before the upload
+        more.read(T0 + 1, pid=700, nbytes=300 * MB, path=f"/srv/models/{'bcd'[i]}.safetensors", report_at=T0 + 9)
+    assert kinds(run(pipe, more)) == {"exfiltration": "medium"}  # 60 of 1000 MB
+    last = Stream()
+    last.factory.seq.last = more.factory.seq.last
+    last.read(T0 + 1, pid=700, nbytes=3000 * MB, path="/srv/models/e.safetensors", report_at=T0 + 12)
+    assert run(pipe, last) == []  # 60 of 4000 MB, under every threshold: the alert is withdrawn
+
+
+def test_protocols_and_padding_count_like_any_bytes(pipe: Pipeline) -> None:
+    for host, kw in (("icmp", {"protocol": "icmp", "port": 0}), ("raw", {"protocol": "raw", "port": 0}),
+                     ("dns", {"protocol": "udp", "port": 53, "allowed": True})):
+        s = Stream(host)
+        s.read(T0 + 1, pid=800, nbytes=256 * MB)
+        s.send(T0 + 5, pid=800, nbytes=200 * MB, **kw)  # type: ignore[arg-type]
+        assert kinds([a for a in run(pipe, s) if a["host"] == host]) == {"exfiltration": "critical"}, host
+    pad = Stream("pad")
+    pad.read(T0 + 1, pid=800, nbytes=256 * MB)
+    pad.send(T0 + 5, 800, 0, dests=[{"address": "203.0.113.9", "port": 1000 + i, "tx_bytes": 1} for i in range(32)],
+             other={"count": 14968, "tx_bytes": 200 * MB})
+    assert kinds([a for a in run(pipe, pad) if a["host"] == "pad"]) == {"exfiltration": "critical"}
+
+
+def test_copies_onto_network_storage(pipe: Pipeline, tmp_path: Path) -> None:
+    s = Stream()
+    s.read(T0 + 1, pid=900, nbytes=256 * MB, exe="/usr/bin/cp")
+    s.copy(T0 + 3, 900, 256 * MB, "/mnt/share/llama.safetensors", remote="nfs4")
+    s.copy(T0 + 4, 900, 256 * MB, "/mnt/sshfs/llama.safetensors", remote="fuse.sshfs")
+    alerts = {a["evidence"]["destinations"][0]["address"]: a for a in run(pipe, s)}
+    assert alerts["nfs4:/mnt/share/llama.safetensors"]["severity"] == "high"
+    assert alerts["fuse.sshfs:/mnt/sshfs/llama.safetensors"]["severity"] == "critical"
+    assert all(a["kind"] == "remote_copy" and a["evidence"]["files"] == [WEIGHTS] for a in alerts.values())
+    tuned = Pipeline(Store(f"sqlite:///{tmp_path}/t.db"), Tuning(allowed_remote_prefixes=("/mnt/share/",)))
+    assert {a["evidence"]["destinations"][0]["address"] for a in run(tuned, s)} == {
+        "fuse.sshfs:/mnt/sshfs/llama.safetensors"}
 
 
 def test_staged_copy_then_upload(pipe: Pipeline) -> None:
     s = Stream()
     s.read(T0 + 1, pid=300, nbytes=256 * MB, exe="/usr/bin/cp")
-    s.add("weights_copy", T0 + 4, pid=300, name="cp", exe="/usr/bin/cp", uid=1000, sources=[WEIGHTS],
-          source_bytes_read=256 * MB, destination="/tmp/.c/blob", destination_size=256 * MB, path="/tmp/.c/blob")
+    s.copy(T0 + 4, 300, 256 * MB, "/tmp/.c/blob")
     s.read(T0 + 600, pid=301, nbytes=256 * MB, path="/tmp/.c/blob", exe="/usr/bin/curl", staged=[WEIGHTS])
     s.send(T0 + 605, pid=301, nbytes=256 * MB, exe="/usr/bin/curl")
-    alerts = run(pipe, s)
-    [staged] = [a for a in alerts if a["kind"] == "staged_exfiltration"]
-    assert staged["severity"] == "critical" and staged["evidence"]["staged_from"] == [WEIGHTS]
+    [staged] = run(pipe, s)
+    assert (staged["kind"], staged["severity"]) == ("staged_exfiltration", "critical")
+    assert staged["evidence"]["staged_from"] == [WEIGHTS] and staged["evidence"]["files"] == [WEIGHTS]
     assert "staged copy" in staged["explanation"]
 
 
@@ -112,10 +258,9 @@ def test_many_short_uploads_that_add_up(pipe: Pipeline) -> None:
     s.read(T0 + 1, pid=400, nbytes=100 * MB, exe="/usr/bin/tar")
     for i in range(20):  # 20 curl processes, 5 MB each, none related to the reader
         s.send(T0 + 10 + i * 30, pid=500 + i, nbytes=5 * MB, exe="/usr/bin/curl")
-    alerts = run(pipe, s)
-    [chunk] = [a for a in alerts if a["kind"] == "chunked_exfiltration"]
-    assert chunk["severity"] == "critical" and chunk["evidence"]["processes"] == 20
-    assert not [a for a in alerts if a["kind"] == "exfiltration"], "no single process looks guilty"
+    [chunk] = run(pipe, s)
+    assert (chunk["kind"], chunk["severity"]) == ("chunked_exfiltration", "critical")
+    assert chunk["evidence"]["processes"] == 20 and chunk["evidence"]["process"]["name"] == "curl"
 
 
 def test_slow_exfiltration_under_the_cap_for_hours(pipe: Pipeline) -> None:
@@ -123,12 +268,14 @@ def test_slow_exfiltration_under_the_cap_for_hours(pipe: Pipeline) -> None:
     s.started(T0, weights=1000 * MB)
     for minute in range(6 * 60):  # 2 MB a minute for six hours: 0.27 Mbit/s, under any cap
         s.send(T0 + 60 * minute, pid=600, nbytes=2 * MB, address="198.51.100.7", exe="/usr/bin/rsync")
-    alerts = run(pipe, s)
-    [slow] = [a for a in alerts if a["kind"] == "slow_exfiltration"]
-    assert slow["severity"] == "high" and slow["evidence"]["bytes_sent"] >= 256 * MB
+    for hour in range(6):  # as a collector sees it: an hour at a time
+        pipe.clock.now = T0 + 3600 * (hour + 1)  # type: ignore[attr-defined]
+        pipe.ingest(Stream.messages(Stream(s.host, s.events[hour * 60:hour * 60 + 61])))
+    [slow] = pipe.store.alerts()
+    assert slow["kind"] == "slow_exfiltration" and slow["severity"] == "high"
+    assert slow["evidence"]["bytes_sent"] == 720 * MB - 2 * MB or slow["evidence"]["bytes_sent"] >= 256 * MB
     assert slow["evidence"]["destinations"][0]["address"] == "198.51.100.7"
-    assert slow["count"] > 1, "one incident, updated, not one alert per sample"
-    assert len([a for a in alerts if a["kind"] == "slow_exfiltration"]) == 1
+    assert slow["count"] > 1, "one incident, updated as it grows, not one alert per sample"
 
 
 @pytest.mark.parametrize(("type_", "data", "kind", "severity"), [
@@ -152,59 +299,6 @@ def test_single_event_detections(pipe: Pipeline, type_: str, data: dict[str, Any
     [alert] = run(pipe, s)
     assert (alert["kind"], alert["severity"], alert["count"]) == (kind, severity, 2)
     assert alert["explanation"] and alert["evidence"]["events"]
-
-
-def test_agent_silent_by_last_will_and_back_again(pipe: Pipeline) -> None:
-    s = Stream()
-    s.started(T0)
-    s.add("heartbeat", T0 + 1, policy="p", backend="nftables", rules_in_force=True, caps=1)
-    run(pipe, s)
-    will = {"schema": 1, "id": "f" * 32, "host": "gpu-1", "seq": 0, "ts": T0, "type": "agent_lost",
-            "data": {"reason": "connection lost", "connected_at": T0, "pid": 1}}
-    pipe.ingest([("weightwarden/v1/gpu-1/agent_lost", json.dumps(will).encode())])
-    [alert] = pipe.store.alerts()
-    assert alert["kind"] == "agent_silent" and alert["severity"] == "high" and alert["state"] == "open"
-    pipe.clock.now = T0 + 100  # type: ignore[attr-defined]
-    s2 = Stream()
-    s2.factory.seq.last = 2  # the same agent, continuing its sequence
-    s2.add("agent_started", T0 + 100, pid=2, policy="p", policy_digest="d", features={})
-    pipe.ingest(s2.messages())
-    assert pipe.store.alerts()[0]["state"] == "resolved"
-
-
-def test_agent_silent_by_missed_heartbeats(pipe: Pipeline) -> None:
-    s = Stream()
-    s.started(T0)
-    run(pipe, s)
-    pipe.sweep()
-    assert pipe.store.alerts() == []
-    pipe.clock.now = T0 + 10 + 91  # type: ignore[attr-defined]
-    pipe.sweep()
-    [alert] = pipe.store.alerts()
-    assert alert["kind"] == "agent_silent" and "heartbeats are missing" in alert["explanation"]
-
-
-def test_sequence_gaps_reported_unless_explained(pipe: Pipeline) -> None:
-    gappy = Stream("gpu-g")
-    for i in range(20):
-        gappy.add("heartbeat", T0 + i)
-    del gappy.events[10:14]  # seq 11..14 never arrive
-    dropped = Stream("gpu-d")
-    for i in range(20):
-        dropped.add("heartbeat", T0 + i)
-    lost = dropped.events[10:14]
-    del dropped.events[10:14]
-    dropped.add("events_dropped", T0 + 30, reason="spool over its size limit", dropped=4,
-                by_type={"heartbeat": 4}, seq_ranges=[[lost[0]["seq"], lost[-1]["seq"]]])
-    pipe.ingest(gappy.messages() + dropped.messages())
-    pipe.sweep()
-    assert not [a for a in pipe.store.alerts() if a["kind"] == "sequence_gap"], "a grace period for redelivery"
-    pipe.clock.now += 11  # type: ignore[attr-defined]
-    pipe.sweep()
-    by_host = {(a["host"], a["kind"]): a for a in pipe.store.alerts()}
-    assert by_host[("gpu-g", "sequence_gap")]["evidence"]["missing_seq_ranges"] == [[11, 14]]
-    assert ("gpu-d", "sequence_gap") not in by_host
-    assert by_host[("gpu-d", "events_dropped")]["severity"] == "low"
 
 
 def test_redelivered_events_are_stored_once(pipe: Pipeline) -> None:
@@ -239,3 +333,18 @@ def test_retention_purges_old_events(pipe: Pipeline) -> None:
     run(pipe, s)
     assert pipe.store.purge(30 * 86400, now=T0)["events"] == 1
     assert pipe.store.count("events") == 1
+
+
+def test_tuning_file_is_checked(tmp_path: Path) -> None:
+    from weightwarden.collector.detect.common import load_tuning
+
+    good = tmp_path / "t.yaml"
+    good.write_text("high_ratio: 0.2\nburst_s: 1800\nallowed_remote_prefixes: [/mnt/share/]\n")
+    tune = load_tuning(str(good))
+    assert (tune.high_ratio, tune.burst_s, tune.allowed_remote_prefixes) == (0.2, 1800.0, ("/mnt/share/",))
+    for text_, problem in (("hgh_ratio: 0.2\n", "unknown setting 'hgh_ratio'"), ("high_ratio: lots\n", "high_ratio"),
+                           ("min_sent_bytes: -1\n", "min_sent_bytes"), ("- a\n", "mapping")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text_)
+        with pytest.raises(ValueError, match=problem):
+            load_tuning(str(bad))

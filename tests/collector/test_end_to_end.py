@@ -100,9 +100,14 @@ spec:
         alert = found()
         assert alert is not None and alert["severity"] in ("high", "critical") and alert["host"] == "gpu-e2e"
         assert took <= 5.0, f"alert after {took:.1f}s"
-        assert alert["evidence"]["bytes_sent"] >= 0.99 * SIZE
+        # The verdict grows with the facts: once every sample is in, all of it has left.
+        assert wait_for(lambda: (found() or {}).get("evidence", {}).get("bytes_sent", 0) >= 0.99 * SIZE, 10, 0.2), \
+            found()
+        assert (found() or {})["severity"] == "critical"
 
-        # 2. The same upload with no weight read, and 3. the same read with no upload: nothing high.
+        # 2. The same upload by a process that read nothing, and 3. the same read with no upload: neither is
+        # linked to the weights. The upload comes right after reads on this host and matches their size, so
+        # the host-level rule may name it, saying it found no link, and never at critical.
         innocent = pair.popen(pair.a, sys.executable, "-c", UPLOAD_ONLY, str(weights), pair.addr_b, str(SIZE))
         reader = pair.popen(pair.a, sys.executable, "-c", READ_ONLY, str(weights), pair.addr_b)
         assert innocent.wait(timeout=60) == 0 and reader.wait(timeout=60) == 0
@@ -110,6 +115,7 @@ spec:
         for a in alerts(db):
             pid = (a["evidence"].get("process") or {}).get("pid")
             if pid in (innocent.pid, reader.pid):
-                assert a["severity"] not in ("high", "critical"), a
+                assert a["kind"] == "host_exfiltration" and a["severity"] != "critical", a
+                assert "host-level rule" in a["explanation"] and pid == innocent.pid
     finally:
         broker.stop()

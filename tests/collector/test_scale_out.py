@@ -1,20 +1,31 @@
-"""Two collectors in an MQTT v5 shared subscription on one PostgreSQL = one collector on SQLite."""
+"""Collectors sharing one PostgreSQL through an MQTT v5 shared subscription raise exactly the alerts
+of one collector, whatever order the events arrive in.
+
+One recorded stream (tests/collector/test_order.py's story: thefts of every link kind, serving,
+a verdict later facts lower, single-event alerts) is published in shuffled orders to a real
+Mosquitto; one collector on SQLite, two on one PostgreSQL database and three on another take it
+at once (each group gets every event, dealt over its members as the broker likes). Each
+database must end with the alerts an in-order replay gives.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 
-from tests.collector.scenarios import MB, WEIGHTS, Stream
+from weightwarden.collector.store import Store, normalize_url
+from tests.collector.test_order import WALL_CLOCK_KINDS, replay, story
 from tests.collector.test_service import collector, publisher, stats
+from tests.corpus.replay import message
 from tests.helpers.broker import Broker
 from tests.helpers.netns import wait_for
 from tests.helpers.postgres import Postgres, binaries
@@ -37,76 +48,74 @@ def postgres(tmp_path: Path) -> Iterator[Postgres]:
         pg.stop()
 
 
-def scenario(now: float) -> list[tuple[str, bytes]]:
-    """Several incidents on three hosts, timed so the last events are recent."""
-    base = now - 900
-    a = Stream("gpu-a")
-    a.started(base, weights=256 * MB)
-    a.read(base + 1, pid=100, nbytes=256 * MB)
-    for i in range(10):
-        a.send(base + 5 + i, pid=100, nbytes=20 * MB)
-    a.add("canary_read", base + 20, pid=7, path="/srv/models/.canary", severity="critical", name="cat",
-          exe="/usr/bin/cat", uid=0)
-    b = Stream("gpu-b")
-    b.read(base + 1, pid=400, nbytes=100 * MB, exe="/usr/bin/tar")
-    for i in range(20):
-        b.send(base + 10 + i * 20, pid=500 + i, nbytes=5 * MB, exe="/usr/bin/curl")
-    b.add("enforcement_drift", base + 30, drift=["nftables rules missing"], restored=True)
-    c = Stream("gpu-c")
-    c.read(base + 1, pid=300, nbytes=256 * MB, exe="/usr/bin/cp")
-    c.add("weights_copy", base + 4, pid=300, name="cp", exe="/usr/bin/cp", uid=1000, sources=[WEIGHTS],
-          source_bytes_read=256 * MB, destination="/tmp/.c/blob", destination_size=256 * MB, path="/tmp/.c/blob")
-    c.read(base + 60, pid=301, nbytes=256 * MB, path="/tmp/.c/blob", exe="/usr/bin/curl", staged=[WEIGHTS])
-    for i in range(5):
-        c.send(base + 65 + i, pid=301, nbytes=50 * MB, exe="/usr/bin/curl")
-    return a.messages() + b.messages() + c.messages()
-
-
-def summary(db: str) -> set[tuple[Any, ...]]:
+def summary(db: str) -> dict[str, tuple[Any, ...]]:
+    """Through the contract: ``alerts list --json``."""
     out = subprocess.run([sys.executable, "-m", "weightwarden.collector", "alerts", "list", "--json", "--db", db],
-                         capture_output=True, text=True, cwd=str(REPO))
-    rows = set()
-    for a in json.loads(out.stdout):
-        ev = a["evidence"]
-        rows.add((a["key"], a["kind"], a["severity"], (ev.get("process") or {}).get("pid"),
-                  tuple(ev.get("files") or []), tuple(d["address"] for d in ev.get("destinations") or []),
-                  ev.get("bytes_sent")))
-    return rows
+                         capture_output=True, text=True, cwd=str(REPO), timeout=60)
+    assert out.returncode == 0, out.stderr
+    return _summary(json.loads(out.stdout))
 
 
-def test_two_collectors_on_postgres_match_one_on_sqlite(broker: Broker, postgres: Postgres, tmp_path: Path) -> None:
-    lite = f"sqlite:///{tmp_path}/one.db"
-    # Three collectors on one host: each needs its own client id (the default is per host).
-    procs = [collector(broker, lite, "--client-id", "one", log=tmp_path / "one.log"),
-             collector(broker, postgres.url, "--shared-group", "collectors", "--client-id", "pg1",
-                       log=tmp_path / "pg1.log"),
-             collector(broker, postgres.url, "--shared-group", "collectors", "--client-id", "pg2",
-                       log=tmp_path / "pg2.log")]
+def _summary(alerts: list[dict[str, Any]]) -> dict[str, tuple[Any, ...]]:
+    return {a["key"]: (a["kind"], a["severity"], json.dumps(a["evidence"], sort_keys=True))
+            for a in alerts if a["kind"] not in WALL_CLOCK_KINDS}
+
+
+def database(pg: Postgres, name: str) -> str:
+    engine = create_engine(normalize_url(pg.url), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return pg.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def test_one_two_and_three_collectors_agree_in_any_order(broker: Broker, postgres: Postgres, tmp_path: Path) -> None:
+    events = story()
+    expected = summary(replay(sorted(events, key=lambda e: e["ts"]), f"sqlite:///{tmp_path}/in-order.db", 1,
+                              None).url)
+    assert {v[0] for v in expected.values()} >= {"exfiltration", "staged_exfiltration", "chunked_exfiltration",
+                                                  "host_exfiltration", "remote_copy", "canary_read"}
+    for round_ in range(2):
+        dbs = {"one": f"sqlite:///{tmp_path}/one-{round_}.db", "two": database(postgres, f"two_{round_}"),
+               "three": database(postgres, f"three_{round_}")}
+        shuffled = events[:]
+        random.Random(round_).shuffle(shuffled)
+        one_round(broker, dbs, shuffled, expected, tmp_path / f"round-{round_}")
+
+
+def one_round(broker: Broker, dbs: dict[str, str], events: list[dict[str, Any]],
+              expected: dict[str, tuple[Any, ...]], logdir: Path) -> None:
+    logdir.mkdir()
+    stores = {name: Store(db) for name, db in dbs.items()}  # schema in place before the collectors start
+    procs = [collector(broker, dbs["one"], "--client-id", f"one-{logdir.name}", log=logdir / "one.log")]
+    for group, n in (("two", 2), ("three", 3)):
+        procs += [collector(broker, dbs[group], "--shared-group", f"{group}-{logdir.name}", "--client-id",
+                            f"{group}-{logdir.name}-{i}", log=logdir / f"{group}-{i}.log") for i in range(n)]
     try:
         # Publish only once every collector has subscribed: a shared subscription with no member yet
         # drops what is published to it (PostgreSQL collectors migrate before they subscribe).
-        logfiles = [tmp_path / f for f in ("one.log", "pg1.log", "pg2.log")]
-        assert wait_for(lambda: all(p.exists() and "collector_subscribed" in p.read_text() for p in logfiles), 30), \
-            [p.read_text()[-500:] for p in logfiles if p.exists()]
-        messages = scenario(time.time())
+        logs = sorted(logdir.glob("*.log"))
+        assert len(logs) == 6 and wait_for(lambda: all("collector_subscribed" in p.read_text() for p in logs), 30), \
+            [p.read_text()[-500:] for p in logs]
         pub = publisher(broker)
-        for topic, payload in messages:
-            pub.publish(topic, payload, qos=1).wait_for_publish(5)
+        sent = [pub.publish(topic, payload, qos=1) for topic, payload in map(message, events)]
+        for info in sent:
+            info.wait_for_publish(10)
         pub.loop_stop()
         pub.disconnect()
-        n = len(messages)
-        assert wait_for(lambda: stats(lite).get("stored") == n and stats(postgres.url).get("stored") == n, 30), \
-            (stats(lite), stats(postgres.url))
-        time.sleep(3)  # a few sweeps
-        one, two = summary(lite), summary(postgres.url)
-        assert one == two
-        assert {k[1] for k in one} >= {"exfiltration", "canary_read", "chunked_exfiltration", "enforcement_drift",
-                                      "staged_exfiltration"}
-        logs = [(tmp_path / f).read_text() for f in ("pg1.log", "pg2.log")]
-        assert all("collector_subscribed" in log for log in logs)
-        for p in procs:
-            assert p.poll() is None
+        assert wait_for(lambda: all(s.count("events") == len(events) for s in stores.values()), 60, 0.2), \
+            {name: stats(db) for name, db in dbs.items()}
+        # Each collector's sweep looks again at what arrived lately, with everything committed by then.
+        wait_for(lambda: all(_summary(s.alerts()) == expected for s in stores.values()), 30, 0.5)
+        for name, db in dbs.items():
+            got = summary(db)
+            assert sorted(got) == sorted(expected), name
+            for key, value in expected.items():
+                assert got[key] == value, (name, key)
+        assert all(p.poll() is None for p in procs)
     finally:
+        for st in stores.values():
+            st.engine.dispose()
         for p in procs:
             p.terminate()
         for p in procs:

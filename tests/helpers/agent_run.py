@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 class TopRun:
     def __init__(self, pair: NetnsPair, *args: str) -> None:
         self.proc = pair.popen(
-            pair.a, sys.executable, "-m", "weightwarden.agent", "top", "--json", *args,
+            # The fallback path: it measures namespace ``a`` alone. eBPF attribution would watch the whole
+            # cgroup hierarchy of this machine; its tests (test_containers_netns.py) give it a cgroup of their own.
+            pair.a, sys.executable, "-m", "weightwarden.agent", "top", "--json", "--attribution", "nfqueue", *args,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO),
         )
         self.stderr: list[str] = []
@@ -72,7 +74,7 @@ class DaemonRun:
         self.pair = pair
         self.proc = pair.popen(
             pair.a, *wrapper, sys.executable, "-m", "weightwarden.agent", "run", "--policy", str(policy),
-            "--state-dir", str(state_dir), "--sink", "stdout", "--host-id", "test-host", *args,
+            "--state-dir", str(state_dir), "--sink", "stdout", "--host-id", "test-host", "--attribution", "nfqueue", *args,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO), env={**os.environ, **(env or {})},
         )
         self.events: list[dict[str, Any]] = []

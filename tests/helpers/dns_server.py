@@ -8,7 +8,9 @@ from __future__ import annotations
 import socket
 import sys
 
-from scapy.layers.dns import DNS, DNSRR
+import dns.message
+import dns.rdatatype
+import dns.rrset
 
 
 def main() -> None:
@@ -19,13 +21,14 @@ def main() -> None:
     while True:
         data, peer = sock.recvfrom(4096)
         try:
-            query = DNS(data)
+            query = dns.message.from_wire(data)
         except Exception:  # noqa: BLE001 - a test server ignores garbage
             continue
-        qd = query.qd[0] if isinstance(query.qd, list) else query.qd
-        an = DNSRR(rrname=qd.qname, type="A", ttl=300, rdata=answer) if qd.qtype == 1 else None
-        reply = DNS(id=query.id, qr=1, aa=1, rd=query.rd, ra=1, qd=query.qd, an=an)
-        sock.sendto(bytes(reply), peer)
+        reply = dns.message.make_response(query)
+        question = query.question[0]
+        if question.rdtype == dns.rdatatype.A:
+            reply.answer.append(dns.rrset.from_text(question.name, 300, "IN", "A", answer))
+        sock.sendto(reply.to_wire(), peer)
 
 
 if __name__ == "__main__":

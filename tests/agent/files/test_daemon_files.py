@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,11 +40,20 @@ spec:
     subprocess.run(["cat", str(models / "a.safetensors")], stdout=subprocess.DEVNULL, check=True)
     subprocess.run([sys.executable, "-c", f"open({str(canary)!r}).read()"], check=True)
     access = daemon.wait_event("file_access", path=str(models / "a.safetensors"), final=True)
-    # Inside a namespace there are no taskstats exit records: a `cat` that exits at
-    # once is counted as reading the whole file, flagged as an estimate.
+    # `cat` exits at once: its bytes come from rchar or its taskstats exit record (whole KiB), which the
+    # agent takes in the host's network namespace even though it runs in another one: never an estimate.
     data = access["data"]
-    assert data["bytes_read"] == 3_000_000 and data["exe"] == "/usr/bin/cat", (data, daemon.stderr[-5:])
+    assert data["bytes_estimated"] is False and data["how"] in ("rchar", "taskstats"), data
+    assert 3_000_000 - 1024 < data["bytes_read"] <= 3_000_000 and data["exe"] == "/usr/bin/cat", data
     assert access["data"]["pid"] > 0 and access["data"]["size"] == 3_000_000
+    # `ip netns exec` gives the agent a private mount namespace, as the unit's ProtectSystem=strict does:
+    # a copy made from the host's namespace must still be seen.
+    assert os.readlink(f"/proc/{daemon.proc.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    copy = tmp_path / "elsewhere" / "innocent.bin"
+    copy.parent.mkdir()
+    subprocess.run(["cp", str(models / "a.safetensors"), str(copy)], check=True)
+    made = daemon.wait_event("weights_copy", destination=str(copy))
+    assert made["data"]["sources"] == [str(models / "a.safetensors")] and made["data"]["exe"] == "/usr/bin/cp"
     daemon.wait_event("canary_read", path=str(canary))
     assert daemon.stop() == 0
     health = daemon.events[-1]

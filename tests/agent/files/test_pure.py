@@ -1,8 +1,16 @@
-"""Weight-path matching, coalescing and smaps parsing: pure, no root."""
+"""Weight-path matching, coalescing, smaps and mountinfo parsing, the bounded
+reader and the staged-copy store: no root."""
 
+import os
+import stat
+import threading
+import time
 from pathlib import Path
 
 from weightwarden.agent.files.coalesce import Coalescer
+from weightwarden.agent.files.mounts import new_superblocks, parse_mountinfo, remote_type
+from weightwarden.agent.files.offload import Offloader
+from weightwarden.agent.files.staged import StagedCopies, StagedCopy
 from weightwarden.agent.files.patterns import WeightPaths, base_dir
 from weightwarden.agent.files.procio import mapped_weights
 
@@ -70,7 +78,83 @@ def test_smaps_parsing(tmp_path: Path) -> None:
         "Size:             262144 kB\nRss:              131072 kB\n"
         "7f0020000000-7f0020001000 r--p 00000000 08:01 99   /usr/lib/libc.so.6\nRss:  4 kB\n"
         "7f0030000000-7f0030100000 rw-p 00000000 00:00 0\nRss:  8 kB\n")
-    maps = mapped_weights(42, lambda p: p.startswith("/w/"), str(tmp_path))
+    maps = mapped_weights(42, lambda p, _dev, _ino: p.startswith("/w/"), str(tmp_path))
     assert [(m.path, m.mapped_bytes, m.resident_bytes) for m in maps] == [
         ("/w/model.safetensors", 0x10000000, 131072 * 1024)]
-    assert mapped_weights(43, lambda p: True, str(tmp_path)) == []
+    assert mapped_weights(43, lambda _p, _dev, _ino: True, str(tmp_path)) == []
+
+
+def test_mountinfo_parsing_and_filesystem_kinds() -> None:
+    text = (
+        "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
+        "96 82 0:41 /wwsb /tmp/w\\040sb rw - tmpfs tmpfs rw\n"
+        "22 27 0:21 / /proc rw - proc proc rw\n"
+        "88 27 0:50 / /mnt/remote rw - fuse.sshfs user@host:/ rw\n"
+        "garbage line\n")
+    mounts = parse_mountinfo(text)
+    assert [(m.mnt_id, m.dev, m.root, m.mountpoint, m.fstype) for m in mounts] == [
+        (27, (254, 0), "/", "/", "ext4"), (96, (0, 41), "/wwsb", "/tmp/w sb", "tmpfs"),
+        (22, (0, 21), "/", "/proc", "proc"), (88, (0, 50), "/", "/mnt/remote", "fuse.sshfs")]
+    assert remote_type("fuse.sshfs") == "fuse.sshfs" and remote_type("nfs4") == "nfs4"
+    assert remote_type("fuseblk") is None and remote_type("ext4") is None
+    # Pseudo filesystems and overlays are not marked for writes; a known filesystem is not marked twice.
+    fresh = new_superblocks(mounts, 1234, "mnt:[1]", {(254, 0)})
+    assert [(s.dev, s.paths) for s in fresh] == [((0, 41), ("/proc/1234/root/tmp/w sb",)),
+                                                  ((0, 50), ("/proc/1234/root/mnt/remote",))]
+
+
+def test_reads_rchar_misses_are_never_zero() -> None:
+    c = Coalescer(settle=0.0)
+    # splice: the offset moved (seen half-way), rchar did not; the rest went after our last look.
+    c.opened(0, 1, "/w/a", 1000, rchar=50)
+    c.sessions[(1, "/w/a")].position = 500
+    c.closed(1, 1, "/w/a", rchar=50)
+    # io_uring: nothing counted at all.
+    c.opened(0, 2, "/w/a", 1000, rchar=0)
+    c.sessions[(2, "/w/a")].io_uring = True
+    c.closed(1, 2, "/w/a", rchar=0)
+    # A mapping process whose offset is at the end read nothing through it.
+    c.opened(0, 3, "/w/a", 1000, rchar=0)
+    c.sessions[(3, "/w/a")].position = 1000
+    c.sessions[(3, "/w/a")].extra["mapped_bytes"] = 1000
+    c.closed(1, 3, "/w/a", rchar=8)
+    got = {r["pid"]: (r["bytes_read"], r["how"], r["bytes_estimated"]) for r in c.due(5)}
+    assert got == {1: (1000, "position", True), 2: (1000, "io_uring", True), 3: (8, "rchar", False)}
+
+
+def test_offloader_skips_a_read_that_hangs() -> None:
+    off = Offloader(timeout=0.1)
+    release = threading.Event()
+    try:
+        assert off.submit("describe", 11, lambda: release.wait(10))
+        assert off.submit("describe", 12, lambda: "quick", wait=1.0)
+        assert ("describe", 12, "quick") in off.results()  # the second worker was free
+        time.sleep(0.2)
+        off.check()
+        assert 11 in off.stalling and off.stuck == 1 and "stuck" in (off.degraded or "")
+        assert not off.submit("describe", 11, lambda: "again")  # never asked twice
+        assert off.submit("describe", 13, lambda: "still served", wait=1.0)
+        assert ("describe", 13, "still served") in off.results()
+    finally:
+        release.set()
+        time.sleep(0.1)
+        off.close()
+    assert 11 not in off.stalling  # it answered in the end
+
+
+def test_staged_copies_persist_0600_and_forget_deleted_files(tmp_path: Path) -> None:
+    f = tmp_path / "copy.bin"
+    f.write_bytes(b"x" * 10)
+    st = f.stat()
+    store = StagedCopies(tmp_path / "state")
+    store.add(StagedCopy(str(f), (os.major(st.st_dev), os.minor(st.st_dev)), st.st_ino, ["/w/a"], 10, 1.0))
+    store.save()
+    saved = tmp_path / "state" / "staged-copies.json"
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    again = StagedCopies(tmp_path / "state")
+    assert [c.sources for c in again.load()] == [["/w/a"]]
+    f.unlink()
+    again.prune()
+    assert again.copies == {}
+    saved.write_text("{not json")
+    assert StagedCopies(tmp_path / "state").load() == []  # logged, never a crash

@@ -1,0 +1,139 @@
+"""Marking the weight paths, at a cost that does not grow with time.
+
+- A root that is a whole filesystem (``/``, a mount point) gets one
+  filesystem mark per filesystem at and under it: nothing to walk, ever, and
+  new directories are covered the moment they exist.
+- Any other root is walked once; each directory gets an inode mark (events of
+  its files, in every mount namespace) and an inotify watch, so a directory
+  created or moved in later is marked (with its subtree) as soon as its
+  creation is read, not by a periodic walk.
+- Pseudo filesystems (proc, sysfs, cgroup...) are never walked or marked.
+Roots that do not exist yet are looked for at each ``sync`` (a stat each).
+"""
+
+from __future__ import annotations
+
+import os
+
+from weightwarden import logs
+from weightwarden.agent.files import fanotify as fan
+from weightwarden.agent.files.inotify import Inotify
+from weightwarden.agent.files.mounts import PSEUDO_FS, MountTable, dev_of
+
+DIR_MASK = fan.FAN_OPEN_PERM | fan.FAN_CLOSE_NOWRITE | fan.FAN_CLOSE_WRITE | fan.FAN_EVENT_ON_CHILD
+FS_MASK = fan.FAN_OPEN_PERM | fan.FAN_CLOSE_NOWRITE | fan.FAN_CLOSE_WRITE
+NEW_DIR = Inotify.IN_CREATE | Inotify.IN_MOVED_TO
+
+
+class WeightMarks:
+    def __init__(self, content: fan.Fanotify | None, inotify: Inotify, table: MountTable,
+                 watch_mask: int = NEW_DIR) -> None:
+        self.content = content
+        self.inotify = inotify
+        self.table = table
+        self.watch_mask = watch_mask
+        self.log = logs.get("agent.files")
+        self.dirs: set[str] = set()
+        self.filesystems: set[tuple[int, int]] = set()
+        self.fs_roots: set[str] = set()
+        self.refused: dict[str, str] = {}
+        self.done: set[str] = set()
+
+    def sync(self, roots: list[str]) -> None:
+        """Mark roots not marked yet (new in the policy, or created since), and new filesystems under
+        whole-filesystem roots. Cost: a stat per root, and one mount table read."""
+        self.table.refresh(force=bool(self.fs_roots))
+        for root in roots:
+            if root in self.done:
+                continue
+            try:
+                st = os.stat(root)
+            except OSError:
+                continue  # not there yet
+            fstype = self.table.fstype(dev_of(st))
+            if fstype in PSEUDO_FS:
+                self._refuse(root, f"{root} is on {fstype}, a kernel pseudo filesystem: not marked")
+                self.done.add(root)
+                continue
+            if self.content is not None and self._is_fs_root(root, st):
+                self.fs_roots.add(root)
+            else:
+                self._walk(root)
+            self.done.add(root)
+        for root in self.fs_roots:
+            self._mark_filesystems_under(root)
+
+    def _is_fs_root(self, root: str, st: os.stat_result) -> bool:
+        if root == "/":
+            return True
+        try:
+            parent = os.stat(os.path.dirname(root.rstrip("/")) or "/")
+        except OSError:
+            return False
+        return parent.st_dev != st.st_dev
+
+    def _mark_filesystems_under(self, root: str) -> None:
+        prefix = root.rstrip("/") + "/"
+        for m in self.table.mounts:
+            if m.dev in self.filesystems or not (m.mountpoint == root or m.mountpoint.startswith(prefix)
+                                                 or root == "/"):
+                continue
+            if m.fstype in PSEUDO_FS:
+                continue
+            assert self.content is not None
+            try:
+                if dev_of(os.stat(m.mountpoint)) != m.dev:
+                    continue  # hidden under another mount: that one is in the table too
+                self.content.mark(m.mountpoint, FS_MASK, fan.FAN_MARK_FILESYSTEM)
+                self.filesystems.add(m.dev)
+            except OSError as exc:
+                self.log.warning("file_mark_failed", path=m.mountpoint, fstype=m.fstype, error=str(exc))
+
+    def _walk(self, top: str) -> None:
+        """Mark ``top`` and every directory under it; other filesystems met on the way are marked whole."""
+        try:
+            top_dev = os.stat(top).st_dev
+        except OSError:
+            return
+        stack = [top]
+        while stack:
+            d = stack.pop()
+            if d not in self.dirs:
+                self.mark_dir(d)
+            try:
+                entries = list(os.scandir(d))
+            except OSError:
+                continue
+            for entry in entries:
+                try:
+                    if not entry.is_dir(follow_symlinks=False):
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if st.st_dev != top_dev:
+                    fstype = self.table.fstype(dev_of(st))
+                    if fstype in PSEUDO_FS:
+                        continue
+                stack.append(entry.path)
+
+    def mark_dir(self, path: str) -> None:
+        try:
+            if self.content is not None:
+                self.content.mark(path, DIR_MASK)
+            self.inotify.watch(path, self.watch_mask)
+            self.dirs.add(path)
+        except OSError as exc:
+            self.log.warning("file_mark_failed", path=path, error=str(exc))
+
+    def on_new_entry(self, mask: int, path: str) -> bool:
+        """An inotify creation under a marked directory: a new directory is marked with its subtree."""
+        if mask & Inotify.IN_ISDIR and mask & NEW_DIR and path not in self.dirs:
+            self._walk(path)
+            return True
+        return False
+
+    def _refuse(self, root: str, why: str) -> None:
+        if root not in self.refused:
+            self.refused[root] = why
+            self.log.warning("file_mark_refused", path=root, reason=why)

@@ -1,0 +1,120 @@
+"""Events -> the rows detection stores: egress rows, local relays, weight reads. Pure.
+
+Each egress row says when its bytes left ([first_ts, ts]: the destination's own first and
+last send where the agent knows them, else the sample's interval), who sent them (pid and
+start time, so a reused pid is another process), and how (protocol, whether the peer opened
+the connection). Bytes the agent could not put on one destination or one process become
+rows of their own, so no byte drops out of the host-level rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from weightwarden.collector.detect.common import OTHER, UNOWNED
+from weightwarden.events import Event, EgressSample, FileAccess, ProcessFields, WeightHolder, WeightsCopy
+
+
+def pipe_key(pipes: list[int], ends: dict[str, str] | None = None) -> str | None:
+    """Pipe inodes with the end held, as '|12:r|34:w|56|' (no suffix: end unknown), so one LIKE
+    finds the writers of a pipe. An older agent sends no ends: its pipes link nothing."""
+    ends = ends or {}
+    inodes = [str(p) for p in pipes[:64]] + [i for i in sorted(ends) if i not in {str(p) for p in pipes}]
+    if not inodes:
+        return None
+    return "|" + "|".join(f"{i}:{ends[i]}" if i in ends else i for i in inodes[:64]) + "|"
+
+
+def parse_pipes(key: str | None) -> list[tuple[str, str | None]]:
+    out: list[tuple[str, str | None]] = []
+    for part in (key or "").split("|"):
+        if part:
+            inode, _, end = part.partition(":")
+            out.append((inode, end or None))
+    return out
+
+
+def cmd_hash(cmdline: list[str]) -> str | None:
+    return hashlib.sha256("\0".join(cmdline).encode()).hexdigest()[:16] if cmdline else None
+
+
+def container_json(p: ProcessFields) -> str | None:
+    return json.dumps(p.container.model_dump(exclude_none=True), sort_keys=True) if p.container else None
+
+
+def egress_rows(ev: Event) -> list[dict[str, Any]]:
+    """An egress sample's rows, one per process and destination (the model has range-checked every value)."""
+    data = ev.data
+    if not isinstance(data, EgressSample):
+        return []
+    interval = max(data.interval_s, 1e-3)
+    start = data.start_ts if data.start_ts is not None else data.ts - interval
+    rows: list[dict[str, Any]] = []
+
+    def row(proc: ProcessFields | None, pid: int, exe: str, address: str, port: int, nbytes: int, **extra: Any) -> None:
+        rows.append({
+            "pid": pid, "ppid": proc.ppid if proc else None, "exe": exe, "name": (proc.name if proc else exe) or "",
+            "uid": proc.uid if proc else None, "start_time": proc.start_time if proc else None,
+            "address": address, "port": port, "allowed": 0, "bytes": nbytes, "ts": data.ts, "first_ts": start,
+            "rate_bps": nbytes * 8 / interval, "event_id": ev.id, "protocol": None, "accepted": None, "exact": 0,
+            "pipes": pipe_key(proc.pipes, dict(proc.pipe_ends)) if proc else None,
+            "container": container_json(proc) if proc else None, "cmd_hash": cmd_hash(proc.cmdline) if proc else None,
+            "user_name": proc.user if proc else None, "dns_name": None, **extra})
+
+    for proc in data.processes:
+        exe = proc.exe or ""
+        for dest in proc.destinations:
+            if dest.tx_bytes == 0:
+                continue
+            first = dest.first_ts if dest.first_ts is not None else start
+            last = dest.last_ts if dest.last_ts is not None else data.ts
+            row(proc, proc.pid, exe, dest.address, dest.port, dest.tx_bytes, allowed=int(dest.allowed),
+                protocol=dest.protocol, accepted=None if dest.accepted is None else int(dest.accepted),
+                first_ts=min(first, last), ts=last, rate_bps=proc.tx_bytes * 8 / interval, dns_name=dest.name,
+                exact=int(dest.first_ts is not None and dest.last_ts is not None))
+        if proc.other_destinations and proc.other_destinations.tx_bytes:
+            # The tail beyond the agent's top destinations: replies if everything shown is replies.
+            serving = bool(proc.destinations) and all(d.accepted for d in proc.destinations)
+            row(proc, proc.pid, exe, OTHER, 0, proc.other_destinations.tx_bytes, accepted=1 if serving else None)
+    if data.other_processes and data.other_processes.tx_bytes:
+        row(None, 0, "(other processes)", OTHER, 0, data.other_processes.tx_bytes)
+    if data.unowned_flow_tx_bytes:
+        row(None, 0, UNOWNED, UNOWNED, 0, data.unowned_flow_tx_bytes)
+    return rows
+
+
+def relay_rows(ev: Event) -> list[dict[str, Any]]:
+    """One row per process and local peer it handed bytes to in the sample's interval (a peer the
+    agent could not name links nothing: the host-level rule still sees what leaves)."""
+    data = ev.data
+    if not isinstance(data, EgressSample):
+        return []
+    start = data.start_ts if data.start_ts is not None else data.ts - max(data.interval_s, 1e-3)
+    return [{"src_pid": p.pid, "src_start": p.start_time, "src_exe": p.exe, "src_name": p.name, "dst_pid": peer.pid,
+             "dst_start": peer.start_time, "dst_exe": peer.exe, "dst_name": peer.name, "via": peer.via,
+             "bytes": peer.tx_bytes, "first_ts": start, "ts": data.ts, "event_id": ev.id}
+            for p in data.processes for peer in p.local_peers if peer.tx_bytes > 0 and peer.pid is not None]
+
+
+def weight_row(ev: Event, d: FileAccess | WeightHolder | WeightsCopy) -> dict[str, Any]:
+    ts = ev.ts
+    base: dict[str, Any] = {
+        "pid": d.pid if d.pid is not None else -1, "ppid": d.ppid, "exe": d.exe, "name": d.name, "uid": d.uid,
+        "event_id": ev.id, "staged_of": None, "pipes": pipe_key(d.pipes, dict(d.pipe_ends)),
+        "start_time": d.start_time, "container": container_json(d), "cmd_hash": cmd_hash(d.cmdline)}
+    if isinstance(d, FileAccess):
+        staged = d.staged_copy_of
+        how = d.how or ("estimate" if d.bytes_estimated else None)
+        return {**base, "path": d.host_path or d.path, "kind": "staged_read" if staged else "read",
+                "bytes": d.bytes_read, "size": d.size, "how": how, "first_ts": d.first_ts, "ts": max(d.last_ts, d.first_ts),
+                "staged_of": "\n".join(staged) or None}
+    if isinstance(d, WeightHolder):
+        # Held since the process started, where known; otherwise since the agent saw it.
+        since = d.start_time if d.start_time is not None else ts
+        return {**base, "path": d.path, "kind": "holder", "bytes": max(d.mapped_bytes, d.resident_bytes),
+                "size": d.mapped_bytes, "how": "mmap", "first_ts": min(since, ts), "ts": ts}
+    return {**base, "path": d.destination, "kind": "copy", "bytes": d.destination_size, "size": d.destination_size,
+            "first_ts": ts, "ts": ts, "staged_of": "\n".join(d.sources) or None, "remote": d.remote,
+            "derivative": int(d.derivative)}

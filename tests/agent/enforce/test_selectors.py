@@ -1,0 +1,46 @@
+"""Cap selectors the kernel cannot enforce are refused with the reason (never widened)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.agent.enforce.test_plan import HEAD
+from weightwarden.agent.enforce.selectors import KernelSupport, refusals, refused_caps
+from weightwarden.agent.policy.loader import PolicyError, parse_policy
+
+HYBRID, UNIFIED = KernelSupport(cgroupv2_paths=False), KernelSupport(cgroupv2_paths=True)
+
+
+def _policy(match: str):  # type: ignore[no-untyped-def]
+    return parse_policy(HEAD + f"  caps:\n    - {{name: c, rate: 1Mbit, match: {match}}}\n").policy
+
+
+def test_cgroups_refused_on_hybrid_accepted_on_unified() -> None:
+    policy = _policy("{cgroups: [system.slice/trainer.service]}")
+    (reason,) = refusals(policy, HYBRID)
+    assert "unified" in reason and "hybrid" in reason and "'c'" in reason
+    assert refusals(policy, UNIFIED) == [] and refused_caps(policy, UNIFIED) == set()
+
+
+def test_executables_and_containers_are_refused_everywhere() -> None:
+    for match in ("{executables: [/usr/bin/scp]}", "{containers: [{pod_namespace: ml, pod_name: serve-0}]}"):
+        policy = _policy(match)
+        assert refusals(policy, UNIFIED) and refused_caps(policy, UNIFIED) == {"c"}
+
+
+def test_container_selectors_are_validated() -> None:
+    with pytest.raises(PolicyError):
+        _policy("{containers: [{}]}")  # a selector that selects nothing
+    with pytest.raises(PolicyError):
+        _policy("{containers: [{id: 'not-hex'}]}")
+    assert _policy("{containers: [{id: 3f1c9a7e5b2d, runtime: containerd}]}").spec.caps[0].match.containers
+
+
+def test_policy_check_refuses_an_unenforceable_selector(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from weightwarden.agent.cli import main
+
+    path = tmp_path / "p.yaml"
+    path.write_text(HEAD + "  caps:\n    - {name: c, rate: 1Mbit, match: {executables: [/usr/bin/scp]}}\n")
+    assert main(["policy", "check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "executables" in err and "cannot be enforced" in err

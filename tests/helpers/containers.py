@@ -1,0 +1,208 @@
+""""Containers" built from what this machine has, for the eBPF attribution tests.
+
+Three network namespaces: ``host`` (where the agent runs: the test's stand-in for
+the root namespace, which is never touched), ``ctr`` (a container, routed
+through host over a veth) and ``out`` (the outside world). A cgroup v2 subtree
+made under the unified mount, shaped like a Kubernetes pod's
+(kubepods.slice/.../cri-containerd-<id>.scope), holds the container's
+processes; the agent's programs attach there and nowhere else. Everything is
+removed at teardown, even after a failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.helpers.netns import sh, wait_for
+from weightwarden.agent.cgroupfs import find_cgroup2
+
+REPO = Path(__file__).resolve().parents[2]
+POD_UID = "6b0f9b2c-1f3c-4e8a-9d6f-0123456789ab"
+CTR_ID = "c0ffee" * 10 + "beef"
+_counter = itertools.count(1)
+
+
+@dataclass
+class Lab:
+    tag: str
+    host: str
+    ctr: str
+    out: str
+    host_addr: str  # host's address towards the container
+    ctr_addr: str
+    out_addr: str
+    root: Path  # the test's cgroup subtree (the agent's scope)
+    pod_cgroup: Path  # the container's cgroup directory
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def pod_rel(self) -> str:
+        unified = find_cgroup2()
+        assert unified is not None
+        return "/" + str(self.pod_cgroup.relative_to(unified))
+
+    def in_ctr(self, *argv: str, cgroup: Path | None = None) -> list[str]:
+        """argv that runs a command as the container would: in its cgroup, network and mount namespaces."""
+        cg = cgroup or self.pod_cgroup
+        cmd = shlex.join(argv)
+        return ["sh", "-c", f"echo $$ > {cg}/cgroup.procs && exec nsenter --net=/run/netns/{self.ctr} "
+                f"unshare --mount --propagation private {cmd}"]
+
+    def run_ctr(self, *argv: str, cgroup: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.in_ctr(*argv, cgroup=cgroup), capture_output=True, text=True, check=check,
+                              env={**os.environ, "LANG": "C"}, cwd=str(REPO))
+
+    def popen_ctr(self, *argv: str, **kw: Any) -> subprocess.Popen[bytes]:
+        proc: subprocess.Popen[bytes] = subprocess.Popen(self.in_ctr(*argv), cwd=str(REPO), **kw)
+        self.procs.append(proc)
+        return proc
+
+    def popen(self, ns: str, *argv: str, **kw: Any) -> subprocess.Popen[bytes]:
+        proc: subprocess.Popen[bytes] = subprocess.Popen(["ip", "netns", "exec", ns, *argv], cwd=str(REPO), **kw)
+        self.procs.append(proc)
+        return proc
+
+    def subgroup(self, name: str) -> Path:
+        path = self.pod_cgroup.parent / name
+        path.mkdir(exist_ok=True)
+        return path
+
+    def teardown(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        for ns in (self.host, self.ctr, self.out):
+            for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            sh("ip", "netns", "del", ns, check=False)
+        _remove_cgroup_tree(self.root)
+
+
+def _remove_cgroup_tree(root: Path) -> None:
+    if not root.exists():
+        return
+    dirs = sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) + [root]
+    for d in dirs:
+        try:
+            (d / "cgroup.kill").write_text("1")
+        except OSError:
+            pass
+    for d in dirs:
+        for _ in range(50):
+            try:
+                d.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.05)
+
+
+def make_lab() -> Lab:
+    unified = find_cgroup2()
+    if unified is None:
+        raise RuntimeError("no cgroup v2 hierarchy mounted")
+    n = next(_counter)
+    tag = f"{os.getpid() % 10000}{n}"
+    subnet = (os.getpid() + n) % 200 + 20
+    root = Path(unified) / f"ww-test-{tag}"
+    pod = (root / "kubepods.slice" / "kubepods-besteffort.slice"
+           / f"kubepods-besteffort-pod{POD_UID.replace('-', '_')}.slice" / f"cri-containerd-{CTR_ID}.scope")
+    lab = Lab(tag, f"wwh-{tag}", f"wwc-{tag}", f"wwo-{tag}", f"198.18.{subnet}.1", f"198.18.{subnet}.2",
+              f"198.19.{subnet}.2", root, pod)
+    try:
+        pod.mkdir(parents=True)
+        for ns in (lab.host, lab.ctr, lab.out):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "link", "set", "lo", "up", netns=ns)
+        hc, ch, ho, oh = f"wh{tag}c"[:15], f"wc{tag}h"[:15], f"wh{tag}o"[:15], f"wo{tag}h"[:15]
+        sh("ip", "link", "add", hc, "netns", lab.host, "type", "veth", "peer", "name", ch, "netns", lab.ctr)
+        sh("ip", "link", "add", ho, "netns", lab.host, "type", "veth", "peer", "name", oh, "netns", lab.out)
+        for ns, dev, addr in ((lab.host, hc, f"{lab.host_addr}/24"), (lab.ctr, ch, f"{lab.ctr_addr}/24"),
+                              (lab.host, ho, f"198.19.{subnet}.1/24"), (lab.out, oh, f"{lab.out_addr}/24")):
+            sh("ip", "addr", "add", addr, "dev", dev, netns=ns)
+            sh("ip", "link", "set", dev, "up", netns=ns)
+        sh("ip", "route", "add", "default", "via", lab.host_addr, netns=lab.ctr)
+        sh("ip", "route", "add", "default", "via", f"198.19.{subnet}.1", netns=lab.out)
+        sh("sysctl", "-q", "-w", "net.ipv4.ip_forward=1", netns=lab.host)
+        # As distributions do: any group may open unprivileged ICMP (ping) sockets.
+        sh("sysctl", "-q", "-w", "net.ipv4.ping_group_range=0 2147483647", netns=lab.ctr)
+    except Exception:
+        lab.teardown()
+        raise
+    return lab
+
+
+class AgentTop:
+    """``weightwarden-agent top --json`` in the lab's host namespace, watching the lab's cgroup."""
+
+    def __init__(self, lab: Lab, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{lab.host}", sys.executable, "-m", "weightwarden.agent", "top", "--json",
+             "--attribution", "ebpf", "--bpf-cgroup", str(lab.root), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO))
+        lab.procs.append(self.proc)
+        self.stderr: list[str] = []
+        self.samples: list[dict[str, Any]] = []
+        self._threads = [threading.Thread(target=self._err, daemon=True), threading.Thread(target=self._out, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line.decode(errors="replace"))
+
+    def _out(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.samples.append(json.loads(line))
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        ok = wait_for(lambda: any('"attribution"' in line for line in self.stderr) or self.proc.poll() is not None,
+                      timeout)
+        assert ok and self.proc.poll() is None, "agent did not start: " + "".join(self.stderr)
+
+    def wait_samples(self, n: int, timeout: float = 15) -> None:
+        target = len(self.samples) + n
+        assert wait_for(lambda: len(self.samples) >= target, timeout), "".join(self.stderr[-5:])
+
+    def stop(self, timeout: float = 15) -> list[dict[str, Any]]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=timeout)
+        for t in self._threads:
+            t.join(timeout=2)
+        assert self.proc.returncode == 0, "".join(self.stderr)
+        return self.samples
+
+
+def lab_fixture() -> Iterator[Lab]:
+    lab = make_lab()
+    try:
+        yield lab
+    finally:
+        lab.teardown()
