@@ -63,8 +63,8 @@ def fold_egress(store: Store, before: float) -> int:
                 f"SELECT host, {minute}, pid, coalesce(exe, ''), address, coalesce(port, 0), max(ppid), max(name), "
                 "max(uid), min(allowed), sum(bytes), max(ts), max(rate_bps), max(event_id), max(pipes), "
                 "max(received_at), max(dns_name), max(user_name), max(start_time), min(coalesce(first_ts, ts)), "
-                # Accepted (replies to clients) only if every folded row was; exact only if every row was.
-                "max(protocol), min(accepted), max(container), max(cmd_hash), min(exact), "
+                # Accepted (replies to clients) only if every folded row said so (unknown is not); exact likewise.
+                "max(protocol), min(coalesce(accepted, 0)), max(container), max(cmd_hash), min(coalesce(exact, 0)), "
                 "count(*) FROM egress_raw WHERE received_at < :u "
                 f"GROUP BY host, {minute}, pid, coalesce(exe, ''), address, coalesce(port, 0) "
                 "ON CONFLICT (host, minute, pid, exe, address, port) DO UPDATE SET "
