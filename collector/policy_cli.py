@@ -172,9 +172,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     types = args.types or list(EXPORT_TYPES)
     count = 0
     try:
-        from weightwarden.collector.store import Store
+        from weightwarden.collector.cli import open_store
 
-        for event in Store(args.db).export_events(args.host, since, until, types):
+        for event in open_store(args.db).export_events(args.host, since, until, types):
             sys.stdout.write(json.dumps(event) + "\n")
             count += 1
     except BrokenPipeError:
