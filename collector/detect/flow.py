@@ -230,11 +230,7 @@ class Detector:
             return
         width = self.tune.burst_s
         for start, mine in _identities(new):
-            sender = _sender(pid, start, mine[-1])
-            lo = min(float(r["first_ts"] if r.get("first_ts") is not None else r["ts"]) for r in mine)
-            hi = max(float(r["ts"]) for r in mine)
-            links = self._links(conn, host, sender, lo, hi, hi - self.tune.link_window_s, self.tune.relay_depth,
-                                frozenset({(pid, start)}))
+            sender, lo, hi, links = self._linked(conn, host, pid, start, mine)
             if not links:
                 continue
             near = [r for r in q.flows_between(conn, host, pid, (bucket(lo, width) - 1) * width,
@@ -244,6 +240,16 @@ class Detector:
                 self.evaluate_sender(conn, host, pid, now)
                 return
 
+    def _linked(self, conn: Connection, host: str, pid: int, start: float | None, mine: list[dict[str, Any]]
+                ) -> tuple[dict[str, Any], float, float, list[Link]]:
+        """One sender identity's rows: the sender, the span its bytes left in, and what links it to the weights."""
+        sender = _sender(pid, start, mine[-1])
+        lo = min(float(r["first_ts"] if r.get("first_ts") is not None else r["ts"]) for r in mine)
+        hi = max(float(r["ts"]) for r in mine)
+        links = self._links(conn, host, sender, lo, hi, hi - self.tune.link_window_s, self.tune.relay_depth,
+                            frozenset({(pid, start)}))
+        return sender, lo, hi, links
+
     def evaluate_sender(self, conn: Connection, host: str, pid: int, now: float) -> None:
         base = f"exfiltration:{host}:{pid}"
         produced: set[str] = set()
@@ -251,11 +257,7 @@ class Detector:
         rows = [] if latest is None else q.flows_of(conn, host, pid, latest - self.tune.link_window_s)
         weights_total = int((self.store.host(conn, host) or {}).get("weights_bytes") or 0)
         for start, mine in _identities(rows):
-            sender = _sender(pid, start, mine[-1])
-            lo = min(float(r["first_ts"] if r.get("first_ts") is not None else r["ts"]) for r in mine)
-            hi = max(float(r["ts"]) for r in mine)
-            links = self._links(conn, host, sender, lo, hi, hi - self.tune.link_window_s, self.tune.relay_depth,
-                                frozenset({(pid, start)}))
+            sender, lo, hi, links = self._linked(conn, host, pid, start, mine)
             if not links:
                 continue
             exe = str(sender["exe"] or "")
