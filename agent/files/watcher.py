@@ -223,7 +223,9 @@ class FileWatcher:
     def _described(self, pid: int, info: ProcessInfo | None) -> None:
         if info is None:
             return
-        fields = {"cmdline": list(info.cmdline)[:8], "pipes": list(info.pipes), "user": info.user,
+        # Pipe ends too: the collector links tar -> curl only through a pipe tar writes and curl reads.
+        fields = {"cmdline": list(info.cmdline)[:8], "pipes": list(info.pipes), "pipe_ends": info.pipe_ends_json(),
+                  "user": info.user,
                   "start_time": round(info.create_time, 2)}
         if len(self.described) > 50_000:
             self.described.clear()

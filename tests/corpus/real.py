@@ -182,17 +182,16 @@ def checkpoint_and_report(lab: Lab) -> None:
     _wait(lab.run("curl", "-sS", "-T", str(report), lab.url(UPLOAD_PORT)))
 
 
-ANY_THEFT = ("exfiltration", "staged_exfiltration", "host_exfiltration")
 REAL_SCENARIOS: list[RealScenario] = [
     RealScenario("real: python reads and uploads", "theft", "direct read then upload, real agent",
                  must=[Expect(("exfiltration",), "critical", "python3", "model-0000", "198.18.")], kind="real",
                  act=direct),
     RealScenario("real: tar | curl", "theft", "shell pipeline, real agent", kind="real", act=tar_curl,
-                 must=[Expect(ANY_THEFT, "high", None, "model-0000", "198.18.")]),
+                 must=[Expect(("exfiltration",), "high", "curl", "model-0000", "198.18.")]),
     RealScenario("real: cp then curl", "theft", "staged copy, real agent", kind="real", act=cp_then_curl,
-                 must=[Expect(ANY_THEFT, "high", "curl", "model-00001", "198.18.")]),
+                 must=[Expect(("staged_exfiltration",), "high", "curl", "model-00001", "198.18.")]),
     RealScenario("real: gzip then curl", "theft", "compressed derivative, real agent", kind="real", act=gzip_then_curl,
-                 must=[Expect(ANY_THEFT, "high", "curl", "model-00002", "198.18.")]),
+                 must=[Expect(("staged_exfiltration",), "high", "curl", "model-00002", "198.18.")]),
     RealScenario("real: inference-like server", "benign", "mmap + HTTP answers to 20 clients, real agent",
                  kind="real", act=inference),
     RealScenario("real: allowlisted checkpoint, unrelated report", "benign",
