@@ -14,7 +14,7 @@ from typing import TextIO
 from weightwarden.agent.sinkbase import Sequencer, Sink, SinkStats
 from weightwarden.events import Event, EventFactory, EventsDropped
 from weightwarden.events import Sequencer as FileSequencer
-from weightwarden.mqtt import MqttSettings, MqttURLError
+from weightwarden.mqtt import MqttSettings, MqttURLError, redact
 
 __all__ = ["Sequencer", "Sink", "SinkStats", "SinkURLError", "StdoutSink", "make_sink"]
 
@@ -57,4 +57,4 @@ def make_sink(url: str, spool_max_bytes: int = 256 * 2**20) -> Sink:
         from weightwarden.agent.mqtt_sink import MqttSink  # lazily: stdout needs no broker library
 
         return MqttSink(MqttSettings.from_url(url), spool_max_bytes)
-    raise SinkURLError(f"unknown sink {url!r}: use 'stdout', mqtt://HOST:PORT or mqtts://HOST:PORT")
+    raise SinkURLError(f"unknown sink {redact(url)!r}: use 'stdout', mqtt://HOST:PORT or mqtts://HOST:PORT")

@@ -105,9 +105,11 @@ def add_commands(sub: Any, db_arg: Callable[[argparse.ArgumentParser], None]) ->
 
 
 def _store(url: str) -> Any:
-    from weightwarden.collector.store import Store
+    # An existing database with this binary's schema, never created or migrated here (the
+    # collector's `run` and `db upgrade` do that); a problem is one line and exit 1.
+    from weightwarden.collector.cli import open_store
 
-    return Store(url)
+    return open_store(url, write=True)
 
 
 def _read_password() -> str:

@@ -53,8 +53,8 @@ def render(store: Store, now: float | None = None) -> str:
         counters = {r[0]: int(r[1]) for r in conn.execute(text("SELECT name, value FROM counters"))}
         alerts = conn.execute(text("SELECT kind, severity, state, count(*) FROM alerts GROUP BY kind, severity, state")).all()
         hosts = conn.execute(text("SELECT host, last_seen, status FROM hosts ORDER BY host")).all()
-        status = conn.execute(text("SELECT client_id, hostname, updated_at, received, backlog, ingest_rate "
-                                   "FROM collector_status ORDER BY client_id")).all()
+        status = conn.execute(text("SELECT client_id, hostname, updated_at, received, backlog, ingest_rate, "
+                                   "backlog_s, backlog_bytes FROM collector_status ORDER BY client_id")).all()
         deliveries = conn.execute(text("SELECT output, state, count(*) FROM alert_deliveries GROUP BY output, state")).all()
     out.family("weightwarden_events_stored_total", "counter", "Events stored, by all collectors.")
     out.sample("weightwarden_events_stored_total", counters.get("stored", 0))
@@ -70,6 +70,8 @@ def render(store: Store, now: float | None = None) -> str:
     for family, help_, column in (
             ("weightwarden_collector_ingest_rate", "Messages per second ingested by each collector.", 5),
             ("weightwarden_collector_backlog", "Messages received and not yet stored, per collector.", 4),
+            ("weightwarden_collector_backlog_seconds", "How long the oldest message a collector holds has waited.", 6),
+            ("weightwarden_collector_backlog_bytes", "Bytes of messages received and not yet stored, per collector.", 7),
             ("weightwarden_collector_status_age_seconds", "Age of each collector's last status report.", 2)):
         out.family(family, "gauge", help_)
         for row in status:

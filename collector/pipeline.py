@@ -1,7 +1,7 @@
 """From validated events to stored state and alerts. Database work only, no MQTT.
 
 Tests drive this with recorded event streams; the MQTT service feeds it in
-batches. Each batch is one transaction: the facts of every event are stored,
+batches (:mod:`batching`). Each batch is one transaction: the facts of every event are stored,
 then everything those facts touch is judged again from all stored facts
 (``collector/detect/flow.py``), each subject in a savepoint, so one bad event
 or one odd subject cannot undo its batch.
@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection
 
 from weightwarden.collector import store as q
+from weightwarden.collector.batching import BatchIngest, egress_bps
 from weightwarden.collector.detect.common import Draft, Tuning
 from weightwarden.collector.detect.facts import egress_rows
 from weightwarden.collector.detect.flow import Detector, Units
 from weightwarden.collector.detect.single import from_event, gap, silent
-from weightwarden.collector.ingest import Rejection, validate
 from weightwarden.collector.store import Store
 from weightwarden.events import (
     AgentLost, AgentStarted, AgentStopping, EgressSample, Event, EventsDropped, FileAccess, Heartbeat, PolicyApplied,
@@ -31,76 +31,16 @@ from weightwarden.events import (
 __all__ = ["Pipeline", "egress_bps", "egress_rows", "load_stream"]
 
 
-class Pipeline:
+class Pipeline(BatchIngest):
+    """Detections over stored facts; ``ingest`` (batching, dead letters, database outages) is
+    :class:`BatchIngest`'s."""
+
     def __init__(self, store: Store, tune: Tuning | None = None, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.tune = tune or Tuning()
         self.clock = clock
-        self.detector = Detector(store, self.tune, clock)
-        self.errors = self.detector.errors  # bounded: the newest MAX_ERRORS
-
-    # -- ingest --------------------------------------------------------------
-
-    def ingest(self, messages: Iterable[tuple[str, bytes]]) -> dict[str, int]:
-        """One batch, one transaction. Samples' facts are written with a few executemany calls;
-        other events one by one; then what they touched is judged."""
-        try:
-            return self._ingest(messages)
-        except Exception:
-            # The transaction rolled back: forget what the caches learnt inside it, or a
-            # retry of the batch would skip (say) a first contact that was never stored.
-            self.detector.forget()
-            raise
-
-    def _ingest(self, messages: Iterable[tuple[str, bytes]]) -> dict[str, int]:
-        counts = {"stored": 0, "duplicates": 0, "rejected": 0}
-        codes: dict[str, int] = {}
-        now = self.clock()
-        with self.store.tx() as conn:
-            valid: list[Event] = []
-            for topic, payload in messages:
-                checked = validate(topic, payload)
-                if isinstance(checked, Rejection):
-                    self.store.dead_letter(conn, topic, checked.reason, payload, now)
-                    codes[checked.code] = codes.get(checked.code, 0) + 1
-                    counts["rejected"] += 1
-                else:
-                    valid.append(checked)
-            seen = self.store.existing_ids(conn, [e.id for e in valid])
-            fresh: list[Event] = []
-            for ev in valid:
-                if ev.id in seen:
-                    counts["duplicates"] += 1
-                else:
-                    seen.add(ev.id)
-                    fresh.append(ev)
-            self.store.insert_events(conn, fresh, now)
-            counts["stored"] = len(fresh)
-            samples = [ev for ev in fresh if isinstance(ev.data, EgressSample)]
-            latest: dict[str, dict[str, Any]] = {}
-            for ev in samples:
-                prev = latest.get(ev.host)
-                if prev is None or ev.seq > prev["seq"]:
-                    assert isinstance(ev.data, EgressSample)
-                    latest[ev.host] = {"host": ev.host, "seq": ev.seq, "egress_bps": egress_bps(ev.data)}
-            self.store.touch_hosts(conn, sorted(latest.values(), key=lambda r: r["host"]), now)
-            units = self.detector.record_samples(conn, samples)
-            for ev in fresh:
-                if isinstance(ev.data, EgressSample):
-                    continue
-                try:
-                    with conn.begin_nested():
-                        units.add(self.apply(conn, ev, now))
-                except Exception as exc:  # noqa: BLE001 - the event is kept; its correlation failure is counted
-                    codes["correlation_errors"] = codes.get("correlation_errors", 0) + 1
-                    self.detector.note_error(f"{ev.type} {ev.id}: {exc!r}")
-            failed = self.detector.evaluate(conn, units, now)
-            if failed:
-                codes["correlation_errors"] = codes.get("correlation_errors", 0) + failed
-            for name, value in {**counts, **codes}.items():
-                if value:
-                    self.store.bump(conn, name, value)
-        return counts
+        self._init_caches()
+        self.detector = Detector(store, self.tune, clock, errors=self.errors)
 
     def upsert(self, conn: Connection, draft: Draft | None, now: float) -> None:
         self.detector.put(conn, draft, now)
@@ -236,12 +176,6 @@ def subtract(ranges: list[tuple[int, int]], minus: list[tuple[int, int]]) -> lis
         if cur <= hi:
             out.append((cur, hi))
     return out
-
-
-def egress_bps(data: EgressSample) -> float:
-    """The host's egress rate in a sample: all interfaces' bytes over the interval."""
-    wire = sum(i.tx_bytes for i in data.interfaces)
-    return wire * 8 / max(data.interval_s, 1e-3)
 
 
 def load_stream(path: str) -> list[tuple[str, bytes]]:

@@ -171,14 +171,24 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 2
     types = args.types or list(EXPORT_TYPES)
     count = 0
+    first: float | None = None
     try:
-        from weightwarden.collector.store import Store
+        from weightwarden.collector.cli import open_store
 
-        for event in Store(args.db).export_events(args.host, since, until, types):
+        for event in open_store(args.db).export_events(args.host, since, until, types):
             sys.stdout.write(json.dumps(event) + "\n")
             count += 1
+            if first is None and event["type"] == "egress_sample":
+                first = event["ts"]
     except BrokenPipeError:
         return 0
+    if "egress_sample" in types and (first is None or first > since + 120):
+        # Retention folds samples into per-minute totals after --raw-egress-retention: say so, or an
+        # author would simulate an hour and believe it was the day asked for.
+        print(f"weightwarden-collector: samples of {args.host!r} start at "
+              f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(first)) if first else 'no time in range'}; "
+              "older ones are kept only as per-minute totals (the collector's --raw-egress-retention, default 1h)",
+              file=sys.stderr)
     if count == 0:
         print(f"weightwarden-collector: no {', '.join(types)} events of host {args.host!r} in that time",
               file=sys.stderr)

@@ -4,6 +4,13 @@ Everything correlation needs lives here, not in a collector's memory, so
 several collectors sharing one PostgreSQL reach the same alerts. Writes are
 idempotent: an event is stored once by id; weight reads and alerts are
 upserts keyed by what they describe.
+
+Egress is kept twice over: raw rows (``egress_raw``: one per sample, process
+and destination) for a short window, then one row per minute, host, process
+and destination (``egress_minute``, folded by :mod:`retention`). Queries read
+the view ``egress``, both at once, so detections see the same totals whichever
+form the rows are in; only ingest writes ``egress_raw``.
+Schema and migrations: :mod:`schema`; retention: :mod:`retention`.
 """
 
 from __future__ import annotations
@@ -12,220 +19,164 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from weightwarden.collector import bulk, schema
 from weightwarden.collector.outputs.outbox import alert_changed
+from weightwarden.collector.schema import StoreError, normalize_url, safe_url
 from weightwarden.events import Event
 
 SEVERITY_RANK = {"low": 1, "medium": 2, "high": 3, "critical": 4}
+# Columns written in bulk (collector/bulk.py), with their PostgreSQL types.
+T, BIG, DBL, INT = "text", "bigint", "double precision", "integer"
+EVENT_COLUMNS = (("id", T), ("host", T), ("seq", BIG), ("ts", DBL), ("type", T), ("data", T), ("received_at", DBL))
+HOST_COLUMNS = (("host", T), ("first_seen", DBL), ("last_seen", DBL), ("status", T), ("seq_max", BIG),
+                ("seq_contig", BIG), ("egress_bps", DBL), ("policy", T), ("policy_digest", T), ("backend", T),
+                ("rules_in_force", INT), ("caps", INT), ("last_heartbeat", DBL), ("weights_bytes", BIG))
+DEAD_LETTER_COLUMNS = (("received_at", DBL), ("topic", T), ("reason", T), ("payload", T), ("code", T), ("size", BIG))
+PROCESS_COLUMNS = (("host", T), ("pid", BIG), ("exe", T), ("ppid", BIG), ("name", T), ("uid", BIG), ("user_name", T),
+                   ("cmdline", T), ("cgroup", T), ("container", T), ("start_time", DBL), ("first_seen", DBL),
+                   ("last_seen", DBL))
+EGRESS_RAW_COLUMNS = (("host", T), ("pid", BIG), ("ppid", BIG), ("exe", T), ("name", T), ("uid", BIG), ("address", T),
+                      ("port", INT), ("allowed", INT), ("bytes", BIG), ("ts", DBL), ("rate_bps", DBL),
+                      ("event_id", T), ("pipes", T), ("received_at", DBL), ("dns_name", T), ("user_name", T),
+                      ("start_time", DBL), ("first_ts", DBL), ("protocol", T), ("accepted", INT), ("container", T),
+                      ("cmd_hash", T), ("exact", INT))
+HISTORY_COLUMNS = (("host", T), ("exe", T), ("address", T), ("first_seen", DBL), ("last_seen", DBL))
 _NEWER_READ = ("(excluded.ts > weight_reads.ts OR (excluded.ts = weight_reads.ts AND (excluded.bytes > weight_reads.bytes "
                "OR (excluded.bytes = weight_reads.bytes AND excluded.event_id > weight_reads.event_id))))")
-
-MIGRATIONS: list[list[str]] = [
-    [  # 1: the first schema
-        """CREATE TABLE events (id TEXT PRIMARY KEY, host TEXT NOT NULL, seq BIGINT NOT NULL,
-             ts DOUBLE PRECISION NOT NULL, type TEXT NOT NULL, data TEXT NOT NULL, received_at DOUBLE PRECISION NOT NULL)""",
-        "CREATE INDEX events_host_seq ON events(host, seq)",
-        "CREATE INDEX events_ts ON events(ts)",
-        """CREATE TABLE dead_letters (id {serial}, received_at DOUBLE PRECISION NOT NULL, topic TEXT,
-             reason TEXT NOT NULL, payload TEXT)""",
-        """CREATE TABLE hosts (host TEXT PRIMARY KEY, first_seen DOUBLE PRECISION, last_seen DOUBLE PRECISION,
-             status TEXT, seq_max BIGINT DEFAULT 0, seq_contig BIGINT DEFAULT 0, gap_seen_at DOUBLE PRECISION,
-             policy TEXT, policy_digest TEXT, backend TEXT, rules_in_force INTEGER, caps INTEGER,
-             egress_bps DOUBLE PRECISION DEFAULT 0, weights_bytes BIGINT DEFAULT 0,
-             last_heartbeat DOUBLE PRECISION, heartbeat_interval DOUBLE PRECISION, lost_at DOUBLE PRECISION)""",
-        """CREATE TABLE weight_reads (host TEXT NOT NULL, pid BIGINT NOT NULL, ppid BIGINT, exe TEXT, name TEXT,
-             uid BIGINT, path TEXT NOT NULL, kind TEXT NOT NULL, bytes BIGINT NOT NULL, first_ts DOUBLE PRECISION NOT NULL,
-             ts DOUBLE PRECISION NOT NULL, staged_of TEXT, event_id TEXT, pipes TEXT,
-             PRIMARY KEY (host, pid, path, kind, first_ts))""",
-        "CREATE INDEX weight_reads_host_ts ON weight_reads(host, ts)",
-        """CREATE TABLE egress (host TEXT NOT NULL, pid BIGINT NOT NULL, ppid BIGINT, exe TEXT, name TEXT,
-             uid BIGINT, address TEXT NOT NULL, port INTEGER, allowed INTEGER NOT NULL, bytes BIGINT NOT NULL,
-             ts DOUBLE PRECISION NOT NULL, rate_bps DOUBLE PRECISION, event_id TEXT NOT NULL, pipes TEXT,
-             received_at DOUBLE PRECISION)""",
-        "CREATE INDEX egress_host_ts ON egress(host, ts)",
-        "CREATE INDEX egress_received ON egress(received_at)",
-        "CREATE INDEX egress_host_pid ON egress(host, pid)",
-        """CREATE TABLE history (host TEXT NOT NULL, exe TEXT NOT NULL, address TEXT NOT NULL,
-             first_seen DOUBLE PRECISION NOT NULL, PRIMARY KEY (host, exe, address))""",
-        """CREATE TABLE alerts (key TEXT PRIMARY KEY, id TEXT NOT NULL, host TEXT NOT NULL, kind TEXT NOT NULL,
-             severity TEXT NOT NULL, severity_rank INTEGER NOT NULL, state TEXT NOT NULL, title TEXT NOT NULL,
-             explanation TEXT NOT NULL, evidence TEXT NOT NULL, first_ts DOUBLE PRECISION NOT NULL,
-             last_ts DOUBLE PRECISION NOT NULL, created_at DOUBLE PRECISION NOT NULL,
-             updated_at DOUBLE PRECISION NOT NULL, count INTEGER NOT NULL DEFAULT 1,
-             acked_by TEXT, acked_at DOUBLE PRECISION, resolved_by TEXT, resolved_at DOUBLE PRECISION)""",
-        "CREATE INDEX alerts_state ON alerts(state, severity_rank)",
-        "CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
-    ],
-    [  # 2: the security operations console (users, tokens, sessions, audit) and the alert outbox
-        "ALTER TABLE alerts ADD COLUMN assignee TEXT",
-        "CREATE INDEX alerts_id ON alerts(id)",
-        "CREATE INDEX alerts_rank_last ON alerts(severity_rank, last_ts)",
-        "CREATE INDEX alerts_state_rank_last ON alerts(state, severity_rank, last_ts)",
-        "CREATE INDEX alerts_host_rank_last ON alerts(host, severity_rank, last_ts)",
-        "CREATE INDEX alerts_last ON alerts(last_ts)",
-        # The console reads a host's latest heartbeat and policy; egress samples, the bulk of
-        # events, stay out of this index so ingest does not pay for it.
-        "CREATE INDEX events_host_type_seq ON events(host, type, seq) WHERE type <> 'egress_sample'",
-        """CREATE TABLE users (name TEXT PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL,
-             created_at DOUBLE PRECISION NOT NULL, failed_logins INTEGER NOT NULL DEFAULT 0,
-             locked_until DOUBLE PRECISION, last_login DOUBLE PRECISION)""",
-        """CREATE TABLE api_tokens (id TEXT PRIMARY KEY, user_name TEXT NOT NULL, label TEXT, token_hash TEXT NOT NULL,
-             created_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION, last_used DOUBLE PRECISION,
-             revoked_at DOUBLE PRECISION)""",
-        """CREATE TABLE web_sessions (id_hash TEXT PRIMARY KEY, user_name TEXT NOT NULL, csrf TEXT NOT NULL,
-             created_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION NOT NULL,
-             last_seen DOUBLE PRECISION NOT NULL)""",
-        """CREATE TABLE audit (id {serial}, alert_key TEXT, alert_id TEXT, user_name TEXT NOT NULL,
-             action TEXT NOT NULL, comment TEXT, detail TEXT, via TEXT, ts DOUBLE PRECISION NOT NULL)""",
-        "CREATE INDEX audit_alert ON audit(alert_id, id)",
-        "CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        """CREATE TABLE alert_outputs (name TEXT PRIMARY KEY, url TEXT NOT NULL, options TEXT NOT NULL,
-             enabled INTEGER NOT NULL DEFAULT 1, created_at DOUBLE PRECISION NOT NULL)""",
-        """CREATE TABLE alert_notifications (seq {serial}, id TEXT NOT NULL UNIQUE, alert_key TEXT NOT NULL,
-             alert_id TEXT NOT NULL, host TEXT NOT NULL, transition TEXT NOT NULL, epoch INTEGER NOT NULL,
-             severity_rank INTEGER NOT NULL, payload TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)""",
-        "CREATE INDEX alert_notifications_key ON alert_notifications(alert_key, seq)",
-        """CREATE TABLE alert_deliveries (notification_seq BIGINT NOT NULL, output TEXT NOT NULL, state TEXT NOT NULL,
-             attempts INTEGER NOT NULL DEFAULT 0, next_at DOUBLE PRECISION NOT NULL, claimed_by TEXT,
-             claimed_until DOUBLE PRECISION, last_error TEXT, delivered_at DOUBLE PRECISION,
-             PRIMARY KEY (notification_seq, output))""",
-        "CREATE INDEX alert_deliveries_due ON alert_deliveries(output, state, next_at)",
-        """CREATE TABLE collector_status (client_id TEXT PRIMARY KEY, hostname TEXT, pid BIGINT,
-             started_at DOUBLE PRECISION, updated_at DOUBLE PRECISION NOT NULL, received BIGINT NOT NULL DEFAULT 0,
-             backlog BIGINT NOT NULL DEFAULT 0, ingest_rate DOUBLE PRECISION NOT NULL DEFAULT 0)""",
-    ],
-    [  # 3 (detection): exact process identity, when bytes left, how, and local relays
-        # egress.ts is the last send of a row and first_ts its first: "sent after the read" is exact.
-        "ALTER TABLE egress ADD COLUMN start_time DOUBLE PRECISION",
-        "ALTER TABLE egress ADD COLUMN first_ts DOUBLE PRECISION",
-        "ALTER TABLE egress ADD COLUMN protocol TEXT",
-        "ALTER TABLE egress ADD COLUMN accepted INTEGER",
-        "ALTER TABLE egress ADD COLUMN container TEXT",
-        "ALTER TABLE egress ADD COLUMN cmd_hash TEXT",
-        "ALTER TABLE egress ADD COLUMN exact INTEGER",  # 1: first_ts/ts are this destination's own sends
-        "ALTER TABLE weight_reads ADD COLUMN start_time DOUBLE PRECISION",
-        "ALTER TABLE weight_reads ADD COLUMN size BIGINT",
-        "ALTER TABLE weight_reads ADD COLUMN how TEXT",
-        "ALTER TABLE weight_reads ADD COLUMN container TEXT",
-        "ALTER TABLE weight_reads ADD COLUMN cmd_hash TEXT",
-        "ALTER TABLE weight_reads ADD COLUMN remote TEXT",
-        "ALTER TABLE weight_reads ADD COLUMN derivative INTEGER",
-        "ALTER TABLE weight_reads ADD COLUMN received_at DOUBLE PRECISION",
-        "CREATE INDEX weight_reads_received ON weight_reads(received_at)",
-        "CREATE INDEX weight_reads_host_pid ON weight_reads(host, pid)",
-        # One row per sample and local peer: src sent bytes to dst over a unix socket or loopback.
-        """CREATE TABLE relays (host TEXT NOT NULL, src_pid BIGINT NOT NULL, src_start DOUBLE PRECISION,
-             src_exe TEXT, src_name TEXT, dst_pid BIGINT NOT NULL, dst_start DOUBLE PRECISION, dst_exe TEXT,
-             dst_name TEXT, via TEXT NOT NULL, bytes BIGINT NOT NULL, first_ts DOUBLE PRECISION NOT NULL,
-             ts DOUBLE PRECISION NOT NULL, event_id TEXT NOT NULL, received_at DOUBLE PRECISION)""",
-        "CREATE INDEX relays_dst ON relays(host, dst_pid)",
-        "CREATE INDEX relays_src ON relays(host, src_pid)",
-        "CREATE INDEX relays_received ON relays(received_at)",
-        # For alerts one event decides: the content of the latest event by its own time, whatever the arrival order.
-        "ALTER TABLE alerts ADD COLUMN fact_order TEXT",
-        # The weights' size as of the latest report by the agent's own clock, not the latest to arrive.
-        "ALTER TABLE hosts ADD COLUMN weights_at DOUBLE PRECISION",
-    ],
-    [  # 4: which version of a centrally published policy each host runs, and from where (file or mqtt)
-        "ALTER TABLE hosts ADD COLUMN policy_version BIGINT",
-        "ALTER TABLE hosts ADD COLUMN policy_source TEXT",
-    ],
-]
-
-
-def normalize_url(url: str) -> str:
-    """sqlite:///PATH as is; postgresql:// goes through psycopg 3."""
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
+DEAD_LETTER_MAX_ROWS = 10_000
+DEAD_LETTER_MAX_BYTES = 8 << 20
 
 
 class Store:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(normalize_url(url), pool_pre_ping=True)
-        self.dialect = self.engine.dialect.name
-        if self.dialect == "sqlite":
-            @event.listens_for(self.engine, "connect")
-            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-                cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=NORMAL")
-                cur.execute("PRAGMA busy_timeout=10000")
-                cur.close()
-        self.migrate()
+    """One database. ``Store(url)`` creates and migrates (the collector, tests); read commands
+    use ``Store(url, read_only=True, migrate=False)``, which creates nothing and refuses a schema
+    it does not know. Errors in opening are :class:`StoreError` with a one-line message."""
 
-    def migrate(self) -> None:
-        serial = "BIGSERIAL PRIMARY KEY" if self.dialect == "postgresql" else "INTEGER PRIMARY KEY AUTOINCREMENT"
-        with self.engine.begin() as conn:
-            if self.dialect == "postgresql":
-                # Two collectors starting together must not both migrate.
-                conn.execute(text("SELECT pg_advisory_xact_lock(7757)"))
-            conn.execute(text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"))
-            row = conn.execute(text("SELECT max(version) FROM schema_version")).scalar()
-            current = int(row or 0)
-            for number, statements in enumerate(MIGRATIONS, start=1):
-                if number <= current:
-                    continue
-                for stmt in statements:
-                    conn.execute(text(stmt.format(serial=serial)))
-                conn.execute(text("INSERT INTO schema_version(version) VALUES (:v)"), {"v": number})
+    def __init__(self, url: str, *, read_only: bool = False, migrate: bool = True) -> None:
+        self.url = url
+        self.read_only = read_only
+        self.engine: Engine = schema.make_engine(url, read_only=read_only, create=migrate and not read_only)
+        self.dialect = self.engine.dialect.name
+        if migrate and not read_only:
+            schema.migrate(self.engine, url)
+        else:
+            schema.check_version(self.engine, url)
+
+    def __repr__(self) -> str:
+        return f"Store({safe_url(self.url)!r})"
+
+    def migrate(self) -> tuple[int, int]:
+        return schema.migrate(self.engine, self.url)
+
+    def close(self) -> None:
+        self.engine.dispose()
 
     @contextmanager
     def tx(self) -> Iterator[Connection]:
         with self.engine.begin() as conn:
             yield conn
 
+    # -- is the database there? ----------------------------------------------
+
+    @staticmethod
+    def is_outage(exc: BaseException) -> bool:
+        """Errors that say the database is away or busy (worth retrying), as opposed to errors
+        a particular statement's data caused. Operational errors can be either (SQLite's "too
+        many SQL variables" is one): :meth:`reachable` tells them apart."""
+        if isinstance(exc, (DisconnectionError, PoolTimeout, InterfaceError)):
+            return True
+        return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+    def reachable(self) -> bool:
+        """Can we write at all right now? (A read alone would pass while another writer holds SQLite.)"""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(text("INSERT INTO meta(key, value) VALUES ('probe', '0') "
+                                  "ON CONFLICT (key) DO UPDATE SET value = meta.value"))
+            return True
+        except Exception:  # noqa: BLE001 - any failure here means "not now"
+            return False
+
+    def transient(self, exc: BaseException) -> bool:
+        """Retry the batch (True) or look for the event that cannot be stored (False)."""
+        if self.is_outage(exc):
+            return True
+        if isinstance(exc, OperationalError):
+            return not self.reachable()
+        return False
+
     # -- ingest ------------------------------------------------------------
 
     @staticmethod
     def existing_ids(conn: Connection, ids: list[str]) -> set[str]:
-        found: set[str] = set()
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            params = {f"i{n}": v for n, v in enumerate(chunk)}
-            found.update(conn.execute(text(f"SELECT id FROM events WHERE id IN ({', '.join(':' + k for k in params)})"),
-                                      params).scalars())
-        return found
+        if not ids:
+            return set()
+        cond, params = bulk.in_list(conn, ids)
+        return set(conn.execute(text(f"SELECT id FROM events WHERE id {cond}"), params).scalars())
 
     @staticmethod
     def insert_events(conn: Connection, events: list[Event], now: float) -> None:
-        """Many at once (one pipelined executemany); ids already present are left alone."""
-        if events:
-            conn.execute(text(
-                "INSERT INTO events(id, host, seq, ts, type, data, received_at) "
-                "VALUES (:id, :host, :seq, :ts, :type, :data, :now) ON CONFLICT (id) DO NOTHING"),
-                [{"id": e.id, "host": e.host, "seq": e.seq, "ts": e.ts, "type": e.type,
-                  "data": e.data.model_dump_json(exclude_none=True), "now": now} for e in events])
+        """Many at once (one statement); ids already present are left alone."""
+        unique = {e.id: e for e in events}
+        bulk.insert(conn, "events", EVENT_COLUMNS, [
+            (e.id, e.host, e.seq, e.ts, e.type, e.data.model_dump_json(exclude_none=True), now)
+            for e in unique.values()], "ON CONFLICT (id) DO NOTHING")
 
     @staticmethod
     def touch_hosts(conn: Connection, rows: list[dict[str, Any]], now: float) -> None:
-        """touch_host for many hosts at once: rows of {host, seq, egress_bps}."""
-        if rows:
-            conn.execute(text(
-                "INSERT INTO hosts(host, first_seen, last_seen, status, seq_max, seq_contig, egress_bps) "
-                "VALUES (:h, :now, :now, 'online', :seq, 0, :bps) ON CONFLICT (host) DO UPDATE SET "
-                "last_seen = :now, seq_max = CASE WHEN hosts.seq_max > :seq THEN hosts.seq_max ELSE :seq END, "
-                "egress_bps = CASE WHEN :bps IS NULL THEN hosts.egress_bps ELSE :bps END"),
-                [{"h": r["host"], "seq": r["seq"], "bps": r.get("egress_bps"), "now": now} for r in rows])
+        """Hosts heard from, all in one statement: rows of {host, seq, egress_bps?} and, from a heartbeat,
+        its fields ({policy, policy_digest, backend, rules_in_force, caps, last_heartbeat, weights_bytes}:
+        the host is then online). A later row of the same host wins, field by field; None changes nothing."""
+        merged: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            m = merged.setdefault(r["host"], {"seq": 0})
+            m["seq"] = max(m["seq"], r["seq"])
+            m.update({k: v for k, v in r.items() if v is not None and k not in ("host", "seq")})
+        bulk.insert(conn, "hosts", HOST_COLUMNS, [
+            (h, now, now, "online", m["seq"], 0, *(m.get(c) for c, _ in HOST_COLUMNS[6:]))
+            for h, m in sorted(merged.items())],
+            "ON CONFLICT (host) DO UPDATE SET last_seen = excluded.last_seen, "
+            "seq_max = CASE WHEN hosts.seq_max > excluded.seq_max THEN hosts.seq_max ELSE excluded.seq_max END, "
+            "status = CASE WHEN excluded.last_heartbeat IS NULL THEN hosts.status ELSE 'online' END, "
+            + ", ".join(f"{c} = coalesce(excluded.{c}, hosts.{c})" for c, _ in HOST_COLUMNS[6:]))
 
     @staticmethod
-    def dead_letter(conn: Connection, topic: str, reason: str, payload: bytes, now: float) -> None:
-        conn.execute(text("INSERT INTO dead_letters(received_at, topic, reason, payload) VALUES (:t, :topic, :r, :p)"),
-                     {"t": now, "topic": topic[:300], "r": reason[:500],
-                      "p": payload[:1000].decode("utf-8", errors="replace")})
+    def dead_letters(conn: Connection, rows: list[tuple[str, str, bytes, str]], now: float) -> None:
+        """Rejected messages as (topic, reason, payload, code): what was wrong, and the start of
+        the payload, made storable (no NUL, no invalid UTF-8: PostgreSQL TEXT takes neither)."""
+        bulk.insert(conn, "dead_letters", DEAD_LETTER_COLUMNS, [
+            (now, _printable(topic, 300), _printable(reason, 500), _printable(payload[:1000], 4000), code, len(payload))
+            for topic, reason, payload, code in rows])
 
     @staticmethod
-    def bump(conn: Connection, name: str, by: int = 1) -> None:
-        conn.execute(text("INSERT INTO counters(name, value) VALUES (:n, :v) "
-                          "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value"),
-                     {"n": name, "v": by})
+    def trim_dead_letters(conn: Connection, max_rows: int = DEAD_LETTER_MAX_ROWS,
+                          max_bytes: int = DEAD_LETTER_MAX_BYTES) -> int:
+        """Keep the newest dead letters within both bounds; the rest go (and are counted)."""
+        cut = conn.execute(text("SELECT id FROM dead_letters ORDER BY id DESC LIMIT 1 OFFSET :n"),
+                           {"n": max_rows}).scalar()
+        over = conn.execute(text(
+            "SELECT max(id) FROM (SELECT id, sum(length(payload) + length(reason) + coalesce(length(topic), 0)) "
+            "OVER (ORDER BY id DESC) AS total FROM dead_letters) t WHERE total > :b"), {"b": max_bytes}).scalar()
+        limit = max(int(cut or 0), int(over or 0))
+        if not limit:
+            return 0
+        gone = int(conn.execute(text("DELETE FROM dead_letters WHERE id <= :i"), {"i": limit}).rowcount or 0)
+        if gone:
+            Store.bump(conn, "dead_letters_pruned", gone)
+        return gone
+
+    @staticmethod
+    def bump(conn: Connection, name: str, by: int = 1, part: str = "") -> None:
+        """Add to a counter. ``part``: whose share (a collector's id), so collectors sharing a database
+        never wait for each other on one row; ``counters`` (a view) sums the shares."""
+        conn.execute(text("INSERT INTO counter_parts(name, part, value) VALUES (:n, :p, :v) ON CONFLICT (name, part) "
+                          "DO UPDATE SET value = counter_parts.value + excluded.value"), {"n": name, "p": part, "v": by})
 
     def counters(self) -> dict[str, int]:
         with self.tx() as conn:
@@ -234,12 +185,7 @@ class Store:
     @staticmethod
     def touch_host(conn: Connection, host: str, seq: int, ts: float, now: float,
                    egress_bps: float | None = None) -> None:
-        conn.execute(text(
-            "INSERT INTO hosts(host, first_seen, last_seen, status, seq_max, seq_contig, egress_bps) "
-            "VALUES (:h, :now, :now, 'online', :seq, 0, :bps) ON CONFLICT (host) DO UPDATE SET "
-            "last_seen = :now, seq_max = CASE WHEN hosts.seq_max > :seq THEN hosts.seq_max ELSE :seq END, "
-            "egress_bps = CASE WHEN :bps IS NULL THEN hosts.egress_bps ELSE :bps END"),
-            {"h": host, "now": now, "seq": seq, "bps": egress_bps})
+        Store.touch_hosts(conn, [{"host": host, "seq": seq, "egress_bps": egress_bps}], now)
 
     @staticmethod
     def update_host(conn: Connection, host: str, **fields: Any) -> None:
@@ -278,6 +224,37 @@ class Store:
         with self.tx() as conn:
             return [dict(r) for r in conn.execute(text("SELECT * FROM hosts ORDER BY host")).mappings()]
 
+    @staticmethod
+    def upsert_processes(conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Who each process is (user, command line, container), once per process, not per sample:
+        rows of {host, pid, exe, ppid, name, uid, user_name, cmdline, cgroup, container, start_time, ts}."""
+        unique = {(r["host"], r["pid"], r["exe"]): r for r in rows}
+        bulk.insert(conn, "processes", PROCESS_COLUMNS, [
+            (r["host"], r["pid"], r["exe"], r["ppid"], r["name"], r["uid"], r["user_name"], r["cmdline"], r["cgroup"],
+             r["container"], r["start_time"], r["ts"], r["ts"]) for _, r in sorted(unique.items())],
+            "ON CONFLICT (host, pid, exe) DO UPDATE SET "
+            "ppid = excluded.ppid, name = excluded.name, uid = excluded.uid, "
+            "user_name = coalesce(excluded.user_name, processes.user_name), "
+            "cmdline = coalesce(excluded.cmdline, processes.cmdline), "
+            "cgroup = coalesce(excluded.cgroup, processes.cgroup), "
+            "container = coalesce(excluded.container, processes.container), "
+            "start_time = coalesce(excluded.start_time, processes.start_time), "
+            "last_seen = CASE WHEN processes.last_seen > excluded.last_seen THEN processes.last_seen "
+            "  ELSE excluded.last_seen END")
+
+    @staticmethod
+    def process(conn: Connection, host: str, pid: int, exe: str | None = None) -> dict[str, Any] | None:
+        """A process's user, command line (a list) and container, as last reported."""
+        sql = "SELECT * FROM processes WHERE host=:h AND pid=:p" + (" AND exe=:e" if exe is not None else "")
+        row = conn.execute(text(sql + " ORDER BY last_seen DESC LIMIT 1"), {"h": host, "p": pid, "e": exe}
+                           ).mappings().first()
+        if row is None:
+            return None
+        out = dict(row)
+        out["cmdline"] = json.loads(out["cmdline"]) if out.get("cmdline") else []
+        out["container"] = json.loads(out["container"]) if out.get("container") else None
+        return out
+
     # -- correlation state --------------------------------------------------
 
     @staticmethod
@@ -302,32 +279,29 @@ class Store:
              "derivative": 0, "received_at": time.time(), "host": host, **r})
 
     @staticmethod
-    def add_egress(conn: Connection, host: str, rows: list[dict[str, Any]]) -> None:
-        Store.add_egress_rows(conn, [{"host": host, **r} for r in rows])
-
-    @staticmethod
     def add_egress_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
         """Egress rows that each carry their host."""
-        if rows:
-            received = time.time()
-            conn.execute(text(
-                "INSERT INTO egress(host, pid, ppid, exe, name, uid, address, port, allowed, bytes, ts, rate_bps, "
-                "event_id, pipes, received_at, start_time, first_ts, protocol, accepted, container, cmd_hash, exact) "
-                "VALUES (:host, :pid, :ppid, :exe, :name, :uid, :address, :port, "
-                ":allowed, :bytes, :ts, :rate_bps, :event_id, :pipes, :received_at, :start_time, :first_ts, "
-                ":protocol, :accepted, :container, :cmd_hash, :exact)"),
-                [{**_EGRESS_DETECTION_DEFAULTS, "received_at": received, **r} for r in rows])
+        now = time.time()
+        bulk.insert(conn, "egress_raw", EGRESS_RAW_COLUMNS, [
+            (r["host"], r["pid"], r.get("ppid"), r.get("exe"), r.get("name"), r.get("uid"), r["address"], r.get("port"),
+             r["allowed"], r["bytes"], r["ts"], r.get("rate_bps"), r["event_id"], r.get("pipes"), now,
+             r.get("dns_name"), r.get("user_name"), r.get("start_time"), r.get("first_ts"), r.get("protocol"),
+             r.get("accepted"), r.get("container"), r.get("cmd_hash"), r.get("exact") or 0) for r in rows])
 
     @staticmethod
-    def first_contact(conn: Connection, host: str, exe: str, address: str, ts: float) -> bool:
-        res = conn.execute(text("INSERT INTO history(host, exe, address, first_seen) VALUES (:h, :e, :a, :t) "
-                                "ON CONFLICT (host, exe, address) DO NOTHING"), {"h": host, "e": exe, "a": address, "t": ts})
-        return bool(res.rowcount)
-
-    @staticmethod
-    def first_seen(conn: Connection, host: str, exe: str, address: str) -> float | None:
-        return conn.execute(text("SELECT first_seen FROM history WHERE host=:h AND exe=:e AND address=:a"),
-                            {"h": host, "e": exe, "a": address}).scalar()
+    def touch_contacts(conn: Connection, rows: list[tuple[str, str, str, float, float]]) -> None:
+        """(host, exe, address, first ts, last ts) of contacts: new ones recorded, known ones' first_seen
+        moved back (an earlier sample arriving late) and last_seen moved on (retention keeps them)."""
+        unique: dict[tuple[str, str, str], tuple[float, float]] = {}
+        for h, e, a, first, last in rows:
+            f0, l0 = unique.get((h, e, a), (first, last))
+            unique[(h, e, a)] = (min(f0, first), max(l0, last))
+        bulk.insert(conn, "history", HISTORY_COLUMNS, [(*k, f, last) for k, (f, last) in sorted(unique.items())],
+                    "ON CONFLICT (host, exe, address) DO UPDATE SET "
+                    "first_seen = CASE WHEN history.first_seen < excluded.first_seen THEN history.first_seen "
+                    "  ELSE excluded.first_seen END, "
+                    "last_seen = CASE WHEN history.last_seen > excluded.last_seen THEN history.last_seen "
+                    "  ELSE excluded.last_seen END")
 
     @staticmethod
     def reads_for(conn: Connection, host: str, pids: list[int], since: float) -> list[dict[str, Any]]:
@@ -340,62 +314,15 @@ class Store:
         return [dict(r) for r in rows]
 
     @staticmethod
-    def pipe_partners(conn: Connection, host: str, table: str, pipes: str | None, since: float) -> list[int]:
-        """Pids in ``table`` that share a pipe with these (``tar cf - w | curl -T -``)."""
-        assert table in ("weight_reads", "egress")
-        inodes = [p for p in (pipes or "").split("|") if p]
-        if not inodes:
-            return []
-        params = {f"p{i}": f"%|{n}|%" for i, n in enumerate(inodes[:20])}
-        cond = " OR ".join(f"pipes LIKE :{k}" for k in params)
-        rows = conn.execute(text(f"SELECT DISTINCT pid FROM {table} WHERE host=:h AND ts>=:s AND ({cond})"),
-                            {"h": host, "s": since, **params}).scalars()
-        return [int(p) for p in rows]
-
-    @staticmethod
-    def children(conn: Connection, host: str, ppid: int, since: float) -> list[int]:
-        rows = conn.execute(text("SELECT DISTINCT pid FROM egress WHERE host=:h AND ppid=:p AND ts>=:s"),
-                            {"h": host, "p": ppid, "s": since}).scalars()
-        return [int(p) for p in rows]
-
-    @staticmethod
-    def egress_where(conn: Connection, host: str, column: str, value: Any, since: float) -> list[dict[str, Any]]:
-        """Non-allowlisted egress of a host since ``since`` where ``column`` (pid, exe, address) equals ``value``."""
-        assert column in ("pid", "exe", "address")
-        rows = conn.execute(text(f"SELECT * FROM egress WHERE host=:h AND {column}=:v AND allowed=0 AND ts>=:s "
-                                 "ORDER BY ts"), {"h": host, "v": value, "s": since}).mappings()
-        return [dict(r) for r in rows]
-
-    @staticmethod
     def has_reads(conn: Connection, host: str, since: float) -> bool:
         return conn.execute(text("SELECT 1 FROM weight_reads WHERE host=:h AND ts>=:s LIMIT 1"),
                             {"h": host, "s": since}).first() is not None
-
-    @staticmethod
-    def reads_on_host(conn: Connection, host: str, since: float) -> list[dict[str, Any]]:
-        rows = conn.execute(text("SELECT * FROM weight_reads WHERE host=:h AND ts>=:s ORDER BY first_ts"),
-                            {"h": host, "s": since}).mappings()
-        return [dict(r) for r in rows]
-
-    @staticmethod
-    def recent_senders(conn: Connection, received_since: float, reads_since: float) -> list[tuple[str, int, str, float]]:
-        """(host, pid, exe, latest ts) of non-allowlisted egress that arrived recently, on hosts with weight reads."""
-        rows = conn.execute(text(
-            "SELECT e.host, e.pid, e.exe, max(e.ts) FROM egress e WHERE e.allowed=0 AND e.received_at>=:r "
-            "AND EXISTS (SELECT 1 FROM weight_reads w WHERE w.host=e.host AND w.ts>=:w) GROUP BY e.host, e.pid, e.exe"),
-            {"r": received_since, "w": reads_since})
-        return [(r[0], int(r[1]), r[2] or "", float(r[3])) for r in rows]
 
     @staticmethod
     def events_of(conn: Connection, host: str, type_: str, since: float) -> list[dict[str, Any]]:
         rows = conn.execute(text("SELECT id, seq, ts, data FROM events WHERE host=:h AND type=:t AND ts>=:s ORDER BY seq"),
                             {"h": host, "t": type_, "s": since}).mappings()
         return [{"id": r["id"], "seq": r["seq"], "ts": r["ts"], "data": json.loads(r["data"])} for r in rows]
-
-    @staticmethod
-    def seqs_after(conn: Connection, host: str, after: int) -> list[int]:
-        return [int(s) for s in conn.execute(text("SELECT DISTINCT seq FROM events WHERE host=:h AND seq>:a ORDER BY seq"),
-                                              {"h": host, "a": after}).scalars()]
 
     # -- alerts ------------------------------------------------------------
 
@@ -461,18 +388,42 @@ class Store:
     # -- housekeeping --------------------------------------------------------
 
     def purge(self, horizon_s: float, now: float | None = None) -> dict[str, int]:
-        cutoff = (now or time.time()) - horizon_s
-        out = {}
-        with self.tx() as conn:
-            for table, col in (("events", "ts"), ("egress", "ts"), ("weight_reads", "ts"), ("relays", "ts"),
-                               ("dead_letters", "received_at")):
-                out[table] = int(conn.execute(text(f"DELETE FROM {table} WHERE {col} < :c"), {"c": cutoff}).rowcount)
-        return out
+        """Everything older than ``horizon_s`` (events, reads, egress in either form, dead letters),
+        in short batches. The collector's own schedule is :func:`retention.run`."""
+        from weightwarden.collector.retention import Retention, run
+
+        return run(self, Retention(events_s=horizon_s, raw_egress_s=horizon_s, egress_s=horizon_s), now)
 
     def count(self, table: str) -> int:
-        assert table in {"events", "dead_letters", "alerts", "egress", "weight_reads", "hosts"}
+        assert table in {"events", "dead_letters", "alerts", "egress", "egress_raw", "egress_minute", "weight_reads", "hosts",
+                         "history", "processes", "relays"}
         with self.tx() as conn:
             return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() or 0)
+
+    # -- collectors --------------------------------------------------------------
+
+    @staticmethod
+    def report_collector(conn: Connection, status: dict[str, Any]) -> None:
+        """A running collector's own numbers (backlog, rate), for `stats`, /metrics and the console."""
+        cols = ("client_id", "hostname", "pid", "version", "started_at", "updated_at", "received", "stored",
+                "backlog", "backlog_bytes", "backlog_s", "paused", "ingest_rate", "batch")
+        conn.execute(text(f"INSERT INTO collector_status({', '.join(cols)}) VALUES ({', '.join(':' + c for c in cols)}) "
+                          f"ON CONFLICT (client_id) DO UPDATE SET "
+                          f"{', '.join(f'{c} = excluded.{c}' for c in cols[1:])}"),
+                     {c: status.get(c) for c in cols})
+
+    def collectors(self) -> list[dict[str, Any]]:
+        with self.tx() as conn:
+            return [dict(r) for r in conn.execute(text("SELECT * FROM collector_status ORDER BY client_id")).mappings()]
+
+
+def _printable(value: str | bytes, limit: int) -> str:
+    """Text any database takes: invalid UTF-8 and NULs escaped, then cut to ``limit``."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "backslashreplace")
+    else:
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates
+    return value.replace("\x00", "\\x00")[:limit]
 
 
 def _alert(row: dict[str, Any]) -> dict[str, Any]:
@@ -481,15 +432,13 @@ def _alert(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+__all__ = ["SEVERITY_RANK", "Store", "StoreError", "normalize_url", "safe_url"]
 # ---------------------------------------------------------------------------------------------------
 # Detection (H3): the facts detection reads and the alerts it writes, all through these functions.
 # Retention and rollups must keep each query answerable over the look-back it is called with
 # (Tuning.link_window_s for a process's reads and relays, slow_window_s and burst_s for egress).
 # ---------------------------------------------------------------------------------------------------
 
-_EGRESS_DETECTION_DEFAULTS: dict[str, Any] = {
-    "start_time": None, "first_ts": None, "protocol": None, "accepted": None, "container": None, "cmd_hash": None,
-    "exact": 0}
 # Bytes that may carry data off the host: not allowlisted, or DNS, which carries names wherever it goes
 # (a tunnel through an allowlisted resolver is still a tunnel).
 OUTWARD = "(allowed = 0 OR port = 53)"
@@ -594,17 +543,6 @@ def add_relays(conn: Connection, rows: list[dict[str, Any]]) -> None:
             "bytes, first_ts, ts, event_id, received_at) VALUES (:host, :src_pid, :src_start, :src_exe, :src_name, "
             ":dst_pid, :dst_start, :dst_exe, :dst_name, :via, :bytes, :first_ts, :ts, :event_id, :received_at)"),
             [{"received_at": received, **r} for r in rows])
-
-
-def first_contacts(conn: Connection, rows: list[tuple[str, str, str, float]]) -> None:
-    """(host, exe, address, ts): remember the earliest time each program contacted each address.
-    The minimum, not the first to arrive, so the answer does not depend on arrival order."""
-    if rows:  # sorted: one lock order for every collector
-        conn.execute(text(
-            "INSERT INTO history(host, exe, address, first_seen) VALUES (:h, :e, :a, :t) "
-            "ON CONFLICT (host, exe, address) DO UPDATE SET first_seen = excluded.first_seen "
-            "WHERE history.first_seen > excluded.first_seen"),
-            [{"h": host, "e": exe, "a": address, "t": ts} for host, exe, address, ts in sorted(rows)])
 
 
 def contacted_since(conn: Connection, host: str, exe: str, addresses: list[str]) -> dict[str, float]:

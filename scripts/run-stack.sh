@@ -35,6 +35,7 @@ persistence true
 persistence_location $RUN/
 autosave_interval 10
 max_queued_messages 1000000
+max_packet_size 1052672
 CONF
   "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -c "$RUN/mosquitto.conf" > "$RUN/mosquitto.log" 2>&1 &
   pids+=($!)

@@ -9,6 +9,7 @@ environment variable. Errors never echo a password.
 from __future__ import annotations
 
 import os
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,16 @@ class MqttURLError(ValueError):
 
 
 TOPIC_ROOT = "weightwarden/v1"
+# user:password@ up to the last @ before the path (urlsplit splits there too, so an unescaped @ in a
+# password is hidden with the rest of it).
+_USERINFO = re.compile(r"(?P<scheme>^[A-Za-z][A-Za-z0-9+.-]*://)?(?P<user>[^/@:?#]*):[^/?#]*@")
+
+
+def redact(url: str) -> str:
+    """``url`` with the password of its user part (and any password= option) replaced by ***: what
+    every message about a URL shows. Works on strings that do not parse as URLs, too."""
+    out = _USERINFO.sub(lambda m: f"{m.group('scheme') or ''}{m.group('user')}:***@", url, count=1)
+    return re.sub(r"(?i)([?&](?:password|pass|pw)=)[^&#]*", r"\1***", out)
 QUERY_KEYS = {"keepalive", "replay", "ca", "cert", "key", "password_file", "client_id", "insecure"}
 
 
@@ -37,9 +48,9 @@ def _seconds(url: str, query: dict[str, str], key: str, default: float, low: flo
     try:
         value = (int if whole else float)(query.get(key, default))
     except ValueError:
-        raise MqttURLError(f"{url!r}: {key} must be {'whole ' if whole else ''}seconds") from None
+        raise MqttURLError(f"{redact(url)!r}: {key} must be {'whole ' if whole else ''}seconds") from None
     if not low <= value <= high:  # also refuses nan
-        raise MqttURLError(f"{url!r}: {key} must be {low}..{high} seconds")
+        raise MqttURLError(f"{redact(url)!r}: {key} must be {low}..{high} seconds")
     return value
 
 
@@ -60,19 +71,22 @@ class MqttSettings:
 
     @classmethod
     def from_url(cls, url: str) -> MqttSettings:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # an unbalanced [ in the host, say
+            raise MqttURLError(f"{redact(url)!r}: {exc}") from None
         if parts.scheme not in ("mqtt", "mqtts"):
-            raise MqttURLError(f"{url!r}: scheme must be mqtt:// or mqtts://")
+            raise MqttURLError(f"{redact(url)!r}: scheme must be mqtt:// or mqtts://")
         if not parts.hostname:
-            raise MqttURLError(f"{url!r}: no broker host")
+            raise MqttURLError(f"{redact(url)!r}: no broker host")
         try:
             port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         except ValueError:
-            raise MqttURLError(f"{url!r}: bad port") from None
+            raise MqttURLError(f"{redact(url)!r}: bad port") from None
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         unknown = set(query) - QUERY_KEYS
         if unknown:
-            raise MqttURLError(f"{url!r}: unknown option(s) {', '.join(sorted(unknown))}; known: "
+            raise MqttURLError(f"{redact(url)!r}: unknown option(s) {', '.join(sorted(unknown))}; known: "
                                f"{', '.join(sorted(QUERY_KEYS))}")
         keepalive = int(_seconds(url, query, "keepalive", 30, 2, 3600, whole=True))
         replay = _seconds(url, query, "replay", 30, 0, 86400)
@@ -90,10 +104,10 @@ class MqttSettings:
         for opt in ("ca", "cert", "key"):
             if opt in query:
                 if not tls:
-                    raise MqttURLError(f"{url!r}: {opt}= needs mqtts://")
+                    raise MqttURLError(f"{redact(url)!r}: {opt}= needs mqtts://")
                 _readable(query[opt], f"{opt} file")
         if ("cert" in query) != ("key" in query):
-            raise MqttURLError(f"{url!r}: a client certificate needs both cert= and key=")
+            raise MqttURLError(f"{redact(url)!r}: a client certificate needs both cert= and key=")
         settings = cls(parts.hostname, port, tls, unquote(parts.username) if parts.username else None, password,
                        query.get("ca"), query.get("cert"), query.get("key"), keepalive, query.get("client_id"),
                        query.get("insecure") in ("1", "true", "yes"), replay)

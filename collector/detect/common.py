@@ -49,6 +49,11 @@ class Tuning:
     silent_after_s: float = 90.0
     gap_grace_s: float = 10.0
 
+    def looks_back_s(self) -> float:
+        """How far back any rule reads stored egress, reads and relays: retention keeps at least this."""
+        return max(self.link_window_s, self.slow_window_s + self.slow_min_span_s, 2 * self.burst_s,
+                   self.host_window_s)
+
 
 def load_tuning(path: str) -> Tuning:
     """A YAML (or JSON) mapping of Tuning fields; an unknown field or a wrong type is an error

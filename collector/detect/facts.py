@@ -61,7 +61,7 @@ def egress_rows(ev: Event) -> list[dict[str, Any]]:
             "rate_bps": nbytes * 8 / interval, "event_id": ev.id, "protocol": None, "accepted": None, "exact": 0,
             "pipes": pipe_key(proc.pipes, dict(proc.pipe_ends)) if proc else None,
             "container": container_json(proc) if proc else None, "cmd_hash": cmd_hash(proc.cmdline) if proc else None,
-            **extra})
+            "user_name": proc.user if proc else None, "dns_name": None, **extra})
 
     for proc in data.processes:
         exe = proc.exe or ""
@@ -72,7 +72,7 @@ def egress_rows(ev: Event) -> list[dict[str, Any]]:
             last = dest.last_ts if dest.last_ts is not None else data.ts
             row(proc, proc.pid, exe, dest.address, dest.port, dest.tx_bytes, allowed=int(dest.allowed),
                 protocol=dest.protocol, accepted=None if dest.accepted is None else int(dest.accepted),
-                first_ts=min(first, last), ts=last, rate_bps=proc.tx_bytes * 8 / interval,
+                first_ts=min(first, last), ts=last, rate_bps=proc.tx_bytes * 8 / interval, dns_name=dest.name,
                 exact=int(dest.first_ts is not None and dest.last_ts is not None))
         if proc.other_destinations and proc.other_destinations.tx_bytes:
             # The tail beyond the agent's top destinations: replies if everything shown is replies.

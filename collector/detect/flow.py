@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ READS_CACHE_S = 5.0
 SLOW_EVERY_S = 60.0  # a destination under a steady trickle is re-judged at most this often...
 SLOW_SETTLE_S = 3.0  # ...and once more when its facts stop
 MAX_CONTACTS = 100_000
+CONTACT_REFRESH_S = 3600.0  # a known contact's last_seen is written again this often (retention)
 MAX_ERRORS = 100
 
 
@@ -65,14 +67,15 @@ def _outward(r: dict[str, Any]) -> bool:
 
 
 class Detector:
-    def __init__(self, store: Store, tune: Tuning, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, tune: Tuning, clock: Callable[[], float] = time.time,
+                 errors: deque[str] | None = None) -> None:
         self.store = store
         self.tune = tune
         self.clock = clock
-        self.errors: list[str] = []
+        self.errors: deque[str] = deque(maxlen=MAX_ERRORS) if errors is None else errors  # the newest only
         # Caches that only skip redundant work; the database stays the truth.
         self._reads: dict[str, tuple[float, bool]] = {}
-        self._contacts: dict[tuple[str, str, str], float] = {}
+        self._contacts: dict[tuple[str, str, str], tuple[float, float]] = {}  # (first, last seen)
         self._slow_done: dict[tuple[str, str, str], float] = {}
 
     def forget(self) -> None:
@@ -112,18 +115,28 @@ class Detector:
         return units
 
     def _first_contacts(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        earliest: dict[tuple[str, str, str], float] = {}
+        """(program, destination) pairs: new ones recorded with their first send (an earlier one
+        arriving late moves it back: the minimum, not the first to arrive, so the answer does not
+        depend on arrival order); known ones' last_seen moved on hourly, so retention keeps pairs in use."""
+        span: dict[tuple[str, str, str], tuple[float, float]] = {}
         for r in rows:
             # Replies to clients (accepted) are not contacts the program made.
             if _outward(r) and r["accepted"] != 1 and r["pid"] > 0 and r["address"] not in (OTHER, UNOWNED):
                 key = (r["host"], r["exe"] or "", r["address"])
-                earliest[key] = min(float(r["first_ts"]), earliest.get(key, float("inf")))
-        todo = [(*k, ts) for k, ts in earliest.items() if self._contacts.get(k, float("inf")) > ts]
-        q.first_contacts(conn, todo)
+                first, last = float(r["first_ts"]), float(r["ts"])
+                lo, hi = span.get(key, (first, last))
+                span[key] = (min(lo, first), max(hi, last))
+        due: list[tuple[str, str, str, float, float]] = []
+        for key, (first, last) in span.items():
+            known = self._contacts.get(key)
+            if known is None or first < known[0] or last - known[1] >= CONTACT_REFRESH_S:
+                due.append((*key, first, last))
+        self.store.touch_contacts(conn, due)
         if len(self._contacts) > MAX_CONTACTS:
             self._contacts.clear()
-        for host, exe, address, ts in todo:
-            self._contacts[(host, exe, address)] = ts
+        for host, exe, address, first, last in due:
+            known = self._contacts.get((host, exe, address))
+            self._contacts[(host, exe, address)] = (min(first, known[0]) if known else first, last)
 
     def record_weights(self, conn: Connection, ev: Event, data: FileAccess | WeightHolder | WeightsCopy,
                        now: float) -> Units:
@@ -198,7 +211,6 @@ class Detector:
 
     def note_error(self, text: str) -> None:
         self.errors.append(text[:500])
-        del self.errors[:-MAX_ERRORS]
 
     def put(self, conn: Connection, draft: Draft | None, now: float) -> None:
         if draft is None:
@@ -218,11 +230,7 @@ class Detector:
             return
         width = self.tune.burst_s
         for start, mine in _identities(new):
-            sender = _sender(pid, start, mine[-1])
-            lo = min(float(r["first_ts"] if r.get("first_ts") is not None else r["ts"]) for r in mine)
-            hi = max(float(r["ts"]) for r in mine)
-            links = self._links(conn, host, sender, lo, hi, hi - self.tune.link_window_s, self.tune.relay_depth,
-                                frozenset({(pid, start)}))
+            sender, lo, hi, links = self._linked(conn, host, pid, start, mine)
             if not links:
                 continue
             near = [r for r in q.flows_between(conn, host, pid, (bucket(lo, width) - 1) * width,
@@ -232,6 +240,16 @@ class Detector:
                 self.evaluate_sender(conn, host, pid, now)
                 return
 
+    def _linked(self, conn: Connection, host: str, pid: int, start: float | None, mine: list[dict[str, Any]]
+                ) -> tuple[dict[str, Any], float, float, list[Link]]:
+        """One sender identity's rows: the sender, the span its bytes left in, and what links it to the weights."""
+        sender = _sender(pid, start, mine[-1])
+        lo = min(float(r["first_ts"] if r.get("first_ts") is not None else r["ts"]) for r in mine)
+        hi = max(float(r["ts"]) for r in mine)
+        links = self._links(conn, host, sender, lo, hi, hi - self.tune.link_window_s, self.tune.relay_depth,
+                            frozenset({(pid, start)}))
+        return sender, lo, hi, links
+
     def evaluate_sender(self, conn: Connection, host: str, pid: int, now: float) -> None:
         base = f"exfiltration:{host}:{pid}"
         produced: set[str] = set()
@@ -239,11 +257,7 @@ class Detector:
         rows = [] if latest is None else q.flows_of(conn, host, pid, latest - self.tune.link_window_s)
         weights_total = int((self.store.host(conn, host) or {}).get("weights_bytes") or 0)
         for start, mine in _identities(rows):
-            sender = _sender(pid, start, mine[-1])
-            lo = min(float(r["first_ts"] if r.get("first_ts") is not None else r["ts"]) for r in mine)
-            hi = max(float(r["ts"]) for r in mine)
-            links = self._links(conn, host, sender, lo, hi, hi - self.tune.link_window_s, self.tune.relay_depth,
-                                frozenset({(pid, start)}))
+            sender, lo, hi, links = self._linked(conn, host, pid, start, mine)
             if not links:
                 continue
             exe = str(sender["exe"] or "")

@@ -44,9 +44,15 @@ def test_hosts_show_the_central_version_and_export_feeds_simulate(tmp_path: Path
                            capture_output=True, text=True, check=True).stdout
     assert "example v1718000000" in table
 
-    export = subprocess.run([sys.executable, "-m", "weightwarden.collector", "export", "--host", "gpu-a", "--since",
-                             str(T0 - 1), "--until", str(T0 + 3.5), "--db", db],
-                            capture_output=True, text=True, check=True).stdout
+    run = subprocess.run([sys.executable, "-m", "weightwarden.collector", "export", "--host", "gpu-a", "--since",
+                          str(T0 - 1), "--until", str(T0 + 3.5), "--db", db], capture_output=True, text=True, check=True)
+    export = run.stdout
+    assert run.stderr == ""
+    # Asked for more than the samples kept: exported, and said so (retention rolls older ones up by the minute).
+    longer = subprocess.run([sys.executable, "-m", "weightwarden.collector", "export", "--host", "gpu-a", "--since",
+                             str(T0 - 3600), "--until", str(T0 + 3.5), "--db", db], capture_output=True, text=True,
+                            check=True)
+    assert longer.stdout == export and "kept only as per-minute totals" in longer.stderr
     events = [json.loads(line) for line in export.splitlines()]
     assert [e["type"] for e in events] == ["heartbeat", "egress_sample", "egress_sample", "egress_sample"]
     assert all(e["host"] == "gpu-a" for e in events)

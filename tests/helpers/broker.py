@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from tests.helpers.netns import wait_for
+from weightwarden.collector.flow import MAX_PACKET
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -40,6 +41,8 @@ class Broker:
             f"autosave_interval {autosave_s}\n"
             f"max_inflight_messages {max_inflight}\n"
             "max_queued_messages 0\n"
+            # As deployed (docs/events.md): no packet bigger than the collector can store.
+            f"max_packet_size {MAX_PACKET}\n"
             f"{extra}"
         )
         self.proc: subprocess.Popen[bytes] | None = None

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.netns import sh, wait_for
+from tests.helpers.netns import sh, stop_all, wait_for
 from weightwarden.agent.cgroupfs import find_cgroup2
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,17 +80,7 @@ class Lab:
         return path
 
     def teardown(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-            for pipe in (proc.stdin, proc.stdout, proc.stderr):
-                if pipe is not None:
-                    pipe.close()
+        stop_all(self.procs)
         for ns in (self.host, self.ctr, self.out):
             for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
                 try:

@@ -43,17 +43,7 @@ class NetnsPair:
         return proc
 
     def teardown(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-            for pipe in (proc.stdin, proc.stdout, proc.stderr):
-                if pipe is not None:
-                    pipe.close()
+        stop_all(self.procs)
         for ns in (self.a, self.b):
             # Anything still running inside (servers, children) goes with the namespace.
             pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
@@ -96,3 +86,18 @@ def wait_for(predicate: object, timeout: float = 10.0, interval: float = 0.05) -
             return True
         time.sleep(interval)
     return False
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Kill what a test started and close its pipes (teardown: never raises for a process that hangs)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+    for proc in procs:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()

@@ -140,16 +140,16 @@ def test_many_small_reads_stay_bounded(watch: Collected, weights: Path) -> None:
     thread = next(t for t in me.threads() if t.id == watch.watcher._thread.native_id)  # type: ignore[union-attr]
     cpu0 = thread.user_time + thread.system_time
     t0 = time.monotonic()
-    reader = subprocess.run([sys.executable, "-c", code, path, "60"], capture_output=True, text=True, check=True)
+    reader = subprocess.run([sys.executable, "-c", code, path, "15"], capture_output=True, text=True, check=True)
     opens = int(reader.stdout)
     time.sleep(1.5)
     elapsed = time.monotonic() - t0
     thread = next(t for t in me.threads() if t.id == watch.watcher._thread.native_id)  # type: ignore[union-attr]
     cpu = (thread.user_time + thread.system_time - cpu0) / elapsed
     records = watch.of("file_access", path=path)
-    assert opens > 50_000, "about 1,000 open+read+close per second"
+    assert opens > 12_000, "about 1,000 open+read+close per second"
     final = [r for r in records if r["final"]]  # progress records of a session are cumulative
     assert sum(r["opens"] for r in final) == opens, "every open is counted"
-    assert len(records) <= 70, f"{len(records)} events for {opens} opens"
+    assert len(records) <= 20, f"{len(records)} events for {opens} opens"  # progress every 5 s, not per open
     assert cpu < 0.5, f"watcher used {cpu:.0%} of a core"  # a guard; measured ~20% here
-    print(f"\n{opens} opens in 60 s -> {len(records)} events, watcher CPU {cpu:.1%}")
+    print(f"\n{opens} opens in 15 s -> {len(records)} events, watcher CPU {cpu:.1%}")

@@ -76,8 +76,8 @@ spec:
     server = None
     browser = None
     try:
-        # Users first: this also creates the database, before `run` and the CLI polls below could
-        # race to migrate the same new SQLite file.
+        # The database first (as an operator would: `db upgrade`), then users, before `run` starts.
+        cli("db", "upgrade", "--db", db)
         tokens = add_users(db)
         with open(tmp_path / "collector.log", "wb") as clog, open(tmp_path / "agent.log", "wb") as alog:
             pair.popen(pair.b, sys.executable, "-m", "weightwarden.collector", "run", "--broker", broker.url, "--db", db,

@@ -1,0 +1,75 @@
+"""Retention folds raw egress into per-minute rows: detection must read the same story from them."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from sqlalchemy import text
+
+from weightwarden.collector.detect.common import Tuning
+from weightwarden.collector.pipeline import Pipeline
+from weightwarden.collector.retention import Retention, fold_egress, run
+from weightwarden.collector.store import Store
+from tests.collector.scenarios import MB, T0, Stream
+from tests.collector.test_detections import Clock
+
+
+def _verdicts(store: Store) -> list[tuple[str, str, str]]:
+    return sorted((a["key"], a["kind"], a["severity"]) for a in store.alerts() if a["state"] != "withdrawn")
+
+
+def test_folded_egress_keeps_what_detection_reads(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/c.db")
+    pipe = Pipeline(store, Tuning(), clock=Clock(T0 + 600))
+    s = Stream()
+    s.read(T0 + 1, pid=400, nbytes=256 * MB, start=T0 - 10)
+    for i in range(20):  # 20 samples inside one minute, with exact send times and a reply mixed in
+        s.send(T0 + 10 + i, pid=400, nbytes=10 * MB, start=T0 - 10, protocol="tcp",
+               span=(T0 + 9.5 + i, T0 + 9.9 + i), accepted=(i == 3) or None)
+    s.send(T0 + 40, pid=401, nbytes=2 * MB, start=T0 - 5, accepted=True)  # a server's replies
+    assert pipe.ingest(s.messages())["rejected"] == 0 and not pipe.errors
+    before = _verdicts(store)
+    assert any(kind == "exfiltration" and sev in ("high", "critical") for _k, kind, sev in before), before
+    with store.tx() as conn:
+        raw = [dict(r) for r in conn.execute(text("SELECT * FROM egress_raw WHERE pid=400")).mappings()]
+    assert fold_egress(store, time.time() + 1) == 21
+    assert store.count("egress_raw") == 0
+    with store.tx() as conn:
+        rows = [dict(r) for r in conn.execute(text("SELECT * FROM egress ORDER BY pid, ts")).mappings()]
+    assert {r["pid"] for r in rows} == {400, 401} and len(rows) <= 3  # samples may straddle a minute
+    server = rows[-1]
+    thief = {**rows[0], "bytes": sum(r["bytes"] for r in rows[:-1]), "ts": rows[-2]["ts"],
+             "accepted": min(r["accepted"] for r in rows[:-1]), "exact": min(r["exact"] for r in rows[:-1])}
+    assert thief["bytes"] == sum(r["bytes"] for r in raw) == 200 * MB
+    assert thief["start_time"] == T0 - 10 and thief["protocol"] == "tcp"
+    assert thief["first_ts"] == min(r["first_ts"] for r in raw) and thief["ts"] == max(r["ts"] for r in raw)
+    assert thief["accepted"] == 0, "one reply among uploads does not make the minute replies"
+    assert [r["samples"] for r in _minutes(store) if r["pid"] == 400] and all(r["exact"] == 1 for r in rows[:-1])
+    assert thief["exact"] == 1
+    assert server["accepted"] == 1 and server["exact"] == 0
+    # Judged again from the folded rows alone: the same verdicts.
+    with store.tx() as conn:
+        pipe.detector.evaluate_sender(conn, "gpu-1", 400, T0 + 700)
+    assert _verdicts(store) == before
+
+
+def _minutes(store: Store) -> list[dict[str, object]]:
+    with store.tx() as conn:
+        return [dict(r) for r in conn.execute(text("SELECT * FROM egress_minute")).mappings()]
+
+
+def test_relays_and_minutes_go_when_detections_no_longer_look_back(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/c.db")
+    t = time.time() - 60  # retention folds by arrival (wall clock) and deletes by the agent's time
+    pipe = Pipeline(store, Tuning(), clock=Clock(t + 60))
+    s = Stream()
+    s.hand(t, pid=500, to_pid=501, nbytes=5 * MB)
+    s.send(t, pid=501, nbytes=5 * MB, exe="/usr/bin/socat")
+    assert pipe.ingest(s.messages())["rejected"] == 0
+    assert store.count("relays") == 1
+    keep = Retention(egress_s=Tuning().looks_back_s() + 3600)
+    run(store, keep, now=t + 86400)
+    assert store.count("relays") == 1 and store.count("egress_raw") == 0 and store.count("egress_minute") == 1
+    gone = run(store, keep, now=t + keep.egress_s + 7200)
+    assert gone["relays"] == 1 and store.count("relays") == 0 and store.count("egress_minute") == 0
