@@ -189,6 +189,36 @@ def test_dry_run_shows_the_veth_rule(lab: tuple[Lab, list[Box]], policy: Path) -
     assert f"-i {ctr_iface(lab_)}" in plan["iptables"]["4"]["restore"]
 
 
+def test_iptables_backend_caps_the_pod_by_its_veth(lab: tuple[Lab, list[Box]], policy: Path, tmp_path: Path) -> None:
+    """The same cap through iptables (-i in WEIGHTWARDEN-CAPS, jumped from POSTROUTING), applied once, no daemon."""
+    lab_, boxes = lab
+    lab_.popen_ctr("sleep", "30")
+    assert wait_for(lambda: Path(lab_.pod_cgroup, "cgroup.procs").read_text().strip() != "")
+    state = tmp_path / "state"
+
+    def agent_cmd(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["nsenter", f"--net=/run/netns/{lab_.host}", sys.executable, "-m", "weightwarden.agent",
+                               *args, "--state-dir", str(state)], capture_output=True, text=True, cwd=str(REPO))
+
+    res = agent_cmd("enforce", "apply", "--policy", str(policy), "--backend", "iptables")
+    try:
+        assert res.returncode == 0, res.stderr
+        assert f"-i {ctr_iface(lab_)}" in sh("iptables-save", "-t", "mangle", netns=lab_.host).stdout
+        before, t0 = class_bytes(lab_), time.monotonic()
+        a = lab_.popen_ctr("iperf3", "-c", lab_.out_addr, "-p", "5201", "-t", "3", "-J", stdout=subprocess.PIPE)
+        b = lab_.popen(boxes[0].ns, "iperf3", "-c", lab_.out_addr, "-p", "5202", "-t", "3", "-J",
+                       stdout=subprocess.PIPE)
+        rate_a, rate_b = goodput(a.communicate(timeout=60)[0]), goodput(b.communicate(timeout=60)[0])
+        wire = (class_bytes(lab_) - before) * 8 / (time.monotonic() - t0)
+        print(f"iptables: pod A link-layer {wire / 1e6:.2f} Mbit/s, goodput {rate_a / 1e6:.1f}; "
+              f"pod B {rate_b / 1e6:.1f} Mbit/s")
+        assert abs(wire - CAP) / CAP < 0.05 and 0.90 * CAP < rate_a < 1.05 * CAP, (wire, rate_a)
+        assert rate_b > 10 * CAP
+    finally:
+        assert agent_cmd("enforce", "clear").returncode == 0
+    assert "WEIGHTWARDEN" not in sh("iptables-save", "-t", "mangle", netns=lab_.host).stdout
+
+
 def test_the_pod_is_capped_while_another_pod_and_the_host_are_not(lab: tuple[Lab, list[Box]], agent: Agent) -> None:
     lab_, boxes = lab
     b = boxes[0]
