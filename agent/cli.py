@@ -249,13 +249,14 @@ def _central_source(args: argparse.Namespace, cfg: object) -> tuple[object, obje
 
 def _plan_inputs(policy: object) -> object:
     """What the kernel plan of a policy depends on, read from this host now."""
-    from weightwarden.agent.daemon import cgroupv2_paths_usable, resolve_hosts, resolve_interfaces
+    from weightwarden.agent.daemon import cgroupv2_paths_usable, resolve_containers, resolve_hosts, resolve_interfaces
     from weightwarden.agent.enforce.plan import PlanInputs
 
     spec = policy.spec  # type: ignore[attr-defined]
     hosts = [d.host for d in spec.allow if d.host] + [d.host for c in spec.caps for d in c.match.destinations if d.host]
+    ctrs = resolve_containers(policy)
     return PlanInputs(policy, resolve_interfaces(spec.interfaces), resolve_hosts(hosts), [],  # type: ignore[arg-type]
-                      cgroupv2_paths_usable())
+                      cgroupv2_paths_usable(), ctrs.interfaces, ctrs.notes)
 
 
 def _print_plan(loaded: object, args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from weightwarden import __version__, logs
 from weightwarden.agent import sdnotify
 from weightwarden.asyncutil import wait_for_stop
 from weightwarden.agent.budget import BudgetBook, ThresholdWatch
+from weightwarden.agent.enforce.container_links import Resolution, resolve_host
 from weightwarden.agent.enforce.enforcer import Enforcer, atomic_write, read_json
 from weightwarden.agent.enforce.plan import Plan, PlanInputs, build
 from pydantic import ValidationError
@@ -104,6 +105,15 @@ def process_alive(key: tuple[int, float | None]) -> bool:
         return started is None or psutil.Process(pid).create_time() == started
     except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
         return False
+
+
+def resolve_containers(policy: Any) -> Resolution:
+    """The host-side veths of each container cap's containers, read now; a failed read (netlink refused,
+    /proc unreadable) is a note, and the caps it concerns match nothing until the next interval."""
+    try:
+        return resolve_host(policy)
+    except Exception as exc:  # noqa: BLE001 - enforcement of every other cap goes on
+        return Resolution(notes=(f"cannot resolve container interfaces: {type(exc).__name__}: {exc}"[:500],))
 
 
 def cgroupv2_paths_usable() -> bool:
@@ -272,8 +282,11 @@ class Agent:
             fresh = resolve_hosts(hosts)
             self.resolved = {**self.resolved, **fresh}
             self._resolved_at = time.monotonic()
+        # Containers come and go: resolved every interval, so a new one is capped within one and a gone
+        # one's interface leaves the rule (the plan changes, the table is replaced in one transaction).
+        ctrs = resolve_containers(self.loaded.policy)
         return PlanInputs(self.loaded.policy, resolve_interfaces(spec.interfaces), self.resolved,
-                          self.budgets.blocking(), cgroupv2_paths_usable())
+                          self.budgets.blocking(), cgroupv2_paths_usable(), ctrs.interfaces, ctrs.notes)
 
     def _account(self, now: float, interval: float) -> None:
         counters = self.enforcer.counters()

@@ -40,7 +40,8 @@ def available() -> bool:
 
 def build(inputs: PlanInputs, plan: Plan) -> dict[int, Document]:
     """iptables-restore documents per IP version. Pure; the match is the plan's (policy.match)."""
-    compiled = compile_policy(inputs.policy, inputs.resolved, Features(cgroupv2_paths=inputs.cgroupv2_paths))
+    compiled = compile_policy(inputs.policy, inputs.resolved, Features(cgroupv2_paths=inputs.cgroupv2_paths),
+                              inputs.container_ifaces)
     docs: dict[int, Document] = {}
     for version in (4, 6):
         rules: list[str] = []
@@ -64,6 +65,9 @@ def build(inputs: PlanInputs, plan: Plan) -> dict[int, Document]:
                 conds = [["-m", "owner", "--uid-owner", str(uid)] for uid in sel.uids]
             if sel.cgroups:
                 conds = [c + ["-m", "cgroup", "--path", "/" + path] for c in conds for path in sel.cgroups]
+            if sel.iifnames is not None:
+                # -i works in our chain (jumped from POSTROUTING): forwarded packets keep their input device.
+                conds = [c + ["-i", name] for c in conds for name in sel.iifnames]
             if sel.nets is not None:
                 conds = [c + d for c in conds for net in sel.nets if net.network.version == version
                          for d in _dest_conds(net)]

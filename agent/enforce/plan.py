@@ -56,6 +56,10 @@ class PlanInputs:
     resolved: dict[str, list[str]] = field(default_factory=dict)
     blocked_budgets: list[str] = field(default_factory=list)
     cgroupv2_paths: bool = True
+    # Per cap with a 'containers' selector: the host-side veths its containers' packets come in by, read
+    # each interval (enforce/container_links.py), so a container that starts or stops changes the plan.
+    container_ifaces: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    container_notes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -141,7 +145,14 @@ def _ports(ports: tuple[int, ...]) -> list[dict[str, Any]]:
 
 
 def _selector_conds(sel: Selector) -> list[list[dict[str, Any]]]:
-    """The process side of a cap's match, as alternatives (one rule each): uid and cgroup."""
+    """The process side of a cap's match, as alternatives (one rule each): uid and cgroup, or the
+    host-side veths of containers (no alternative at all: no container to cap, no rule)."""
+    if sel.iifnames is not None:
+        # A forwarded packet names its input device at postrouting (ip_output passes skb->dev as 'in').
+        if not sel.iifnames:
+            return []
+        names = sel.iifnames
+        return [[_match(_meta("iifname"), names[0] if len(names) == 1 else {"set": list(names)})]]
     common: list[dict[str, Any]] = []
     if sel.uids:
         common.append(_match(_meta("skuid"), sel.uids[0] if len(sel.uids) == 1 else {"set": list(sel.uids)}))
@@ -166,8 +177,9 @@ def _destination_conds(index: int, nets: tuple[Net, ...] | None) -> tuple[list[d
 
 
 def build(inputs: PlanInputs) -> Plan:
-    compiled = compile_policy(inputs.policy, inputs.resolved, Features(cgroupv2_paths=inputs.cgroupv2_paths))
-    notes: list[str] = list(compiled.notes)
+    compiled = compile_policy(inputs.policy, inputs.resolved, Features(cgroupv2_paths=inputs.cgroupv2_paths),
+                              inputs.container_ifaces)
+    notes: list[str] = [*compiled.notes, *inputs.container_notes]
     cmds: list[dict[str, Any]] = [
         # add + delete + add in one transaction: the table is replaced atomically.
         {"add": {"table": {"family": FAMILY, "name": TABLE}}},

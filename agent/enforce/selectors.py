@@ -12,8 +12,14 @@ What nftables can match at postrouting, where caps live:
   a container with its own namespace sends forwarded packets, which carry no
   socket by the time they reach the host's postrouting hook;
 - nothing that names a program: executables cannot be matched;
-- containers: only through their cgroup, with the same limits, and their cgroup
-  paths change with every restart; not enforced by this version.
+- ``iifname``: the device a forwarded packet came in by. A container with its own
+  network namespace routed through the host is matched by its host-side veth,
+  resolved each interval from its processes' cgroups (``container_links.py``), so
+  ``containers`` works on unified, hybrid and v1 hosts alike. Its packets carry
+  no socket at postrouting, so a cap that asks for the container *and* a uid or
+  cgroup would match nothing: refused. Containers on the host's own network
+  (host networking) and ones without a veth to the host (macvlan, ipvlan) cannot
+  be told apart by interface: the plan notes them as not capped.
 """
 
 from __future__ import annotations
@@ -45,15 +51,15 @@ def refusals(policy: Policy, support: KernelSupport) -> list[str]:
             out.append(f"cap {cap.name!r}: 'cgroups' needs cgroup v2 mounted unified at /sys/fs/cgroup (nft "
                        "'socket cgroupv2'); this host mounts it hybrid (e.g. /sys/fs/cgroup/unified), where nft "
                        "cannot resolve cgroup paths")
-        if m.containers:
-            out.append(f"cap {cap.name!r}: 'containers' cannot be enforced in the kernel yet: a container with its "
-                       "own network namespace sends forwarded packets that carry no socket at the host's "
-                       "postrouting hook, and its cgroup path changes with every restart; attribution still "
-                       "names containers (top, egress samples)")
+        if m.containers and (m.uids or m.cgroups):
+            out.append(f"cap {cap.name!r}: 'containers' cannot be combined with 'uids' or 'cgroups': a container's "
+                       "packets are matched by the host-side veth they are forwarded from, and carry no socket "
+                       "(no uid, no cgroup) there, so the cap would match nothing; use separate caps")
     return out
 
 
 def refused_caps(policy: Policy, support: KernelSupport) -> set[str]:
     """Names of caps with a selector the kernel cannot enforce: the plan leaves them out."""
     return {cap.name for cap in policy.spec.caps
-            if cap.match.executables or cap.match.containers or (cap.match.cgroups and not support.cgroupv2_paths)}
+            if cap.match.executables or (cap.match.cgroups and not support.cgroupv2_paths)
+            or (cap.match.containers and (cap.match.uids or cap.match.cgroups))}

@@ -115,9 +115,9 @@ def _host_size(loaded: LoadedPolicy) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from weightwarden.agent.daemon import resolve_interfaces
+    from weightwarden.agent.daemon import resolve_containers, resolve_interfaces
     from weightwarden.agent.enforce.selectors import detect
-    from weightwarden.agent.policy.lint import host_checks, lint, unenforceable
+    from weightwarden.agent.policy.lint import container_checks, host_checks, lint, unenforceable
     from weightwarden.agent.policy.show import merged_yaml, rates
 
     try:
@@ -136,7 +136,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         for problem in refused:
             print(problem.render(args.file), file=sys.stderr)
         return EXIT_FAIL
-    warnings = lint(loaded) + host_checks(loaded, resolve_interfaces([]))
+    warnings = (lint(loaded) + host_checks(loaded, resolve_interfaces([]))
+                + container_checks(loaded, resolve_containers(loaded.policy).notes))
     failed = args.strict and bool(warnings)
     if args.json:
         print(json.dumps({"valid": not failed, "name": loaded.policy.metadata.name, "digest": loaded.digest,

@@ -44,6 +44,9 @@ def describe_who(cap: Cap) -> str:
         parts.append("programs " + ", ".join(m.executables))
     if m.cgroups:
         parts.append("cgroups " + ", ".join(m.cgroups))
+    if m.containers:
+        parts.append("containers " + " or ".join(
+            "{" + ", ".join(f"{k}={v}" for k, v in c.model_dump(exclude_none=True).items()) + "}" for c in m.containers))
     who = " and ".join(parts) or "any process"
     to = ("to " + ", ".join(describe_dest(d) for d in m.destinations)) if m.destinations else "to any non-allowlisted destination"
     return f"{who} {to}"
@@ -87,7 +90,8 @@ def explain(policy: Policy, size: int, n_interfaces: int = 1) -> dict[str, Any]:
         lines.append(f"Canary files (any read is an incident): {', '.join(spec.weights.canaries)}.")
 
     shaped_all = any(c.action in ("shape", "block") and not (c.match.uids or c.match.executables or c.match.cgroups
-                                                             or c.match.destinations) for c in spec.caps)
+                                                             or c.match.containers or c.match.destinations)
+                     for c in spec.caps)
     if not shaped_all:
         routes.append(Route("other", "non-allowlisted traffic matched by no cap", None, False, None))
     blocking = [b for b in spec.budgets if b.action == "block"]

@@ -84,3 +84,15 @@ def unenforceable(loaded: LoadedPolicy, support: KernelSupport) -> list[Problem]
             p = _at(loaded, f"spec.caps[{i}].match", reason)
             out.append(Problem(p.path, p.line, reason, p.file, "error"))
     return out
+
+
+def container_checks(loaded: LoadedPolicy, notes: Iterable[str]) -> list[Problem]:
+    """Warnings from resolving container caps on this host now (enforce/container_links.py): containers
+    on the host's network or without a veth to the host are not capped, each note at its cap's line."""
+    out = []
+    notes = list(notes)
+    for i, cap in enumerate(loaded.policy.spec.caps):
+        for note in (n for n in notes if n.startswith(f"cap {cap.name!r}:")):
+            out.append(_at(loaded, f"spec.caps[{i}].match.containers", note))
+    out += [_at(loaded, "spec.caps", n) for n in notes if not n.startswith("cap ")]
+    return out

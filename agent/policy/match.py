@@ -19,8 +19,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from weightwarden.agent.enforce.container_links import matches as container_matches
 from weightwarden.agent.enforce.selectors import KernelSupport, refused_caps
-from weightwarden.agent.policy.model import Cap, Destination, Policy
+from weightwarden.agent.containers import parse as container_of
+from weightwarden.agent.policy.model import Cap, ContainerMatch, Destination, Policy
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -56,10 +58,14 @@ class Selector:
     executables: tuple[str, ...] = ()
     nets: tuple[Net, ...] | None = None  # None: any destination; (): the hosts did not resolve, nothing
     notes: tuple[str, ...] = ()
+    containers: tuple[ContainerMatch, ...] = ()
+    # The host-side interfaces the containers' packets come in by (enforce/container_links.py): None for a
+    # cap without a container selector; (): none of its containers runs with a veth to the host, it matches nothing.
+    iifnames: tuple[str, ...] | None = None
 
     @property
     def any_process(self) -> bool:
-        return not (self.uids or self.cgroups or self.executables)
+        return not (self.uids or self.cgroups or self.executables or self.containers)
 
     def matches(self, flow: Flow) -> bool:
         if self.uids and flow.uid not in self.uids:
@@ -68,6 +74,10 @@ class Selector:
             return False
         if self.executables and flow.exe not in self.executables:
             return False
+        if self.containers:
+            # A replay knows the sender's cgroup, not its interface: the container is judged from the path.
+            if not any(container_matches(sel, container_of(flow.cgroup)) for sel in self.containers):
+                return False
         if self.nets is None:
             return True
         ip = flow.ip
@@ -169,7 +179,8 @@ def allowlist(policy: Policy, resolved: dict[str, list[str]]) -> tuple[Net, ...]
     return tuple(n for i, dest in enumerate(policy.spec.allow) for n in networks(dest, resolved, i))
 
 
-def selector(cap: Cap, resolved: dict[str, list[str]]) -> Selector:
+def selector(cap: Cap, resolved: dict[str, list[str]],
+             container_ifaces: dict[str, tuple[str, ...]] | None = None) -> Selector:
     m = cap.match
     notes: list[str] = []
     nets: tuple[Net, ...] | None = None
@@ -179,12 +190,15 @@ def selector(cap: Cap, resolved: dict[str, list[str]]) -> Selector:
             if dest.host and not resolved.get(dest.host):
                 notes.append(f"cap {cap.name!r}: host {dest.host!r} did not resolve: the cap does not match it "
                              "until it does")
+    iifnames = tuple(sorted((container_ifaces or {}).get(cap.name, ()))) if m.containers else None
     return Selector(tuple(sorted(set(m.uids))), tuple(cgroup_path(c) for c in m.cgroups), tuple(m.executables), nets,
-                    tuple(notes))
+                    tuple(notes), tuple(m.containers), iifnames)
 
 
 def compile_policy(policy: Policy, resolved: dict[str, list[str]] | None = None,
-                   features: Features | None = None) -> Compiled:
+                   features: Features | None = None,
+                   container_ifaces: dict[str, tuple[str, ...]] | None = None) -> Compiled:
+    """``container_ifaces``: per cap name, the host-side veths of its containers (enforce/container_links.py)."""
     resolved = resolved or {}
     features = features or Features()
     notes: list[str] = []
@@ -196,7 +210,7 @@ def compile_policy(policy: Policy, resolved: dict[str, list[str]] | None = None,
     refused = refused_caps(policy, KernelSupport(cgroupv2_paths=features.cgroupv2_paths))
     caps = []
     for i, cap in enumerate(policy.spec.caps):
-        sel = selector(cap, resolved)
+        sel = selector(cap, resolved, container_ifaces)
         notes.extend(sel.notes)
         enforced = cap.name not in refused
         if not enforced:
@@ -207,7 +221,7 @@ def compile_policy(policy: Policy, resolved: dict[str, list[str]] | None = None,
     sels = [cc.selector for cc in caps if cc.enforced]
     ports = frozenset(p for n in (*allow, *(n for s in sels for n in (s.nets or ()))) for p in n.ports)
     return Compiled(allow, tuple(caps), tuple(notes), ports, any(s.uids for s in sels),
-                    any(s.executables for s in sels), any(s.cgroups for s in sels))
+                    any(s.executables for s in sels), any(s.cgroups or s.containers for s in sels))
 
 
 def allowed_by(allow: tuple[Net, ...], flow: Flow) -> int | None:

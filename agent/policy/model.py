@@ -130,8 +130,10 @@ class Match(Strict):
     cgroups: list[str] = Field(default_factory=list, description="cgroup v2 paths; a process in any of them or "
                                "below matches (needs cgroup v2 mounted unified)",
                                examples=[["system.slice/trainer.service"]])
-    containers: list[ContainerMatch] = Field(default_factory=list, description="not enforced in the kernel yet: "
-                                             "policy check refuses a cap that uses this")
+    containers: list[ContainerMatch] = Field(
+        default_factory=list, description="containers with their own network namespace routed through the host, "
+        "any of these: matched by their host-side veth, re-resolved every interval (containers on the host's "
+        "network are not capped, and said so); cannot be combined with uids or cgroups")
 
     @field_validator("executables")
     @classmethod

@@ -22,10 +22,21 @@ def test_cgroups_refused_on_hybrid_accepted_on_unified() -> None:
     assert refusals(policy, UNIFIED) == [] and refused_caps(policy, UNIFIED) == set()
 
 
-def test_executables_and_containers_are_refused_everywhere() -> None:
-    for match in ("{executables: [/usr/bin/scp]}", "{containers: [{pod_namespace: ml, pod_name: serve-0}]}"):
-        policy = _policy(match)
-        assert refusals(policy, UNIFIED) and refused_caps(policy, UNIFIED) == {"c"}
+def test_executables_are_refused_everywhere() -> None:
+    policy = _policy("{executables: [/usr/bin/scp]}")
+    for support in (HYBRID, UNIFIED):
+        assert refusals(policy, support) and refused_caps(policy, support) == {"c"}
+
+
+def test_containers_are_enforced_on_hybrid_and_unified_but_not_with_a_uid_or_cgroup() -> None:
+    # Matched by the host-side veth, resolved from /proc: no cgroup v2 path reaches nft.
+    policy = _policy("{containers: [{pod_namespace: ml, pod_name: serve-0}], destinations: [{cidr: 10.0.0.0/8}]}")
+    for support in (HYBRID, UNIFIED):
+        assert refusals(policy, support) == [] and refused_caps(policy, support) == set()
+    for extra in ("uids: [1000]", "cgroups: [system.slice/x.service]"):
+        policy = _policy(f"{{containers: [{{runtime: docker}}], {extra}}}")
+        (reason,) = [r for r in refusals(policy, UNIFIED) if "containers" in r]
+        assert "no socket" in reason and refused_caps(policy, UNIFIED) == {"c"}
 
 
 def test_container_selectors_are_validated() -> None:
