@@ -29,7 +29,7 @@ from tests.helpers.netns import wait_for
 from weightwarden.collector.flow import MAX_PACKET
 from weightwarden.collector.store import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_ROWS
 
-# The bound stated in docs/collector.md: ~90 MiB of interpreter and libraries, the inbox (32 MiB of
+# The bound the README states (collector: bounded memory): ~90 MiB of interpreter and libraries, the inbox (32 MiB of
 # payloads), one batch (2 MiB) parsed (~15x: models, rows, parameters), and the database's page cache.
 RSS_BOUND_MIB = 256
 HOSTILE = 10_000
