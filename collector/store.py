@@ -466,6 +466,16 @@ def recent_flows(conn: Connection, host: str, pid: int, received_since: float) -
                  {"h": host, "p": pid, "r": received_since})
 
 
+def hosts_with_reads(conn: Connection, hosts: list[str], since: float) -> set[str]:
+    """Which of ``hosts`` have weight reads active at or after ``since``: one statement per 500 hosts."""
+    found: set[str] = set()
+    for i in range(0, len(hosts), 500):
+        params: dict[str, Any] = {f"h{n}": h for n, h in enumerate(hosts[i:i + 500])}
+        found.update(conn.execute(text(f"SELECT DISTINCT host FROM weight_reads WHERE ts >= :s AND host IN "
+                                       f"({', '.join(':' + k for k in params)})"), {"s": since, **params}).scalars())
+    return found
+
+
 def recent_relay_targets(conn: Connection, received_since: float) -> list[tuple[str, int]]:
     return [(r[0], int(r[1])) for r in conn.execute(text(
         "SELECT DISTINCT host, dst_pid FROM relays WHERE received_at>=:r AND bytes>0"), {"r": received_since})]

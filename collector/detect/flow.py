@@ -102,11 +102,16 @@ class Detector:
                 for day in self._slow_days(float(r["ts"]), float(r["ts"])):
                     if now - self._slow_done.get((r["host"], r["address"], day), -1e18) >= SLOW_EVERY_S:
                         units.slow.add((r["host"], r["address"], day))
-        for host in sorted({ev.host for ev in events}):
-            mine = [r for r in rows if r["host"] == host and _outward(r)]
-            handed = [r for r in relays if r["host"] == host]
-            if not (mine or handed) or not self._has_reads(conn, host, max(r["ts"] for r in mine + handed)):
-                continue
+        # Per host, once (a batch holds thousands of hosts' samples): outward rows and hand-overs.
+        by_host: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+        for r in rows:
+            if _outward(r):
+                by_host.setdefault(r["host"], ([], []))[0].append(r)
+        for r in relays:
+            by_host.setdefault(r["host"], ([], []))[1].append(r)
+        with_reads = self._hosts_with_reads(conn, {h: max(r["ts"] for r in m + hd) for h, (m, hd) in by_host.items()})
+        for host in sorted(with_reads):
+            mine, handed = by_host[host]
             for r in mine:
                 if r["pid"] > 0:
                     units.checks.setdefault((host, int(r["pid"])), []).append(r)
@@ -176,6 +181,29 @@ class Detector:
     def _slow_days(self, first: float, last: float) -> set[str]:
         """The days whose slow windows (ending in that day) hold bytes sent in [first, last]."""
         return {day_of(first), day_of(last), day_of(last + self.tune.slow_window_s - 3600)}
+
+    def _hosts_with_reads(self, conn: Connection, latest: dict[str, float]) -> set[str]:
+        """Which of these hosts (with their latest fact's time) have weight reads a link could reach:
+        cached answers, then one query for the rest (most samples come from hosts that read nothing)."""
+        mono = time.monotonic()
+        out: set[str] = set()
+        ask: dict[str, float] = {}
+        for host, ts in latest.items():
+            until, answer = self._reads.get(host, (0.0, False))
+            if mono < until:
+                if answer:
+                    out.add(host)
+            else:
+                ask[host] = ts
+        if ask:
+            # One look-back for all: a longer one for some host can only say "yes" more often (more checks).
+            found = q.hosts_with_reads(conn, sorted(ask), min(ask.values()) - self.tune.link_window_s)
+            if len(self._reads) > MAX_CONTACTS:
+                self._reads.clear()
+            for host in ask:
+                self._reads[host] = (mono + READS_CACHE_S, host in found)
+            out |= found
+        return out
 
     def _has_reads(self, conn: Connection, host: str, ts: float) -> bool:
         until, answer = self._reads.get(host, (0.0, False))
