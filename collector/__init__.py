@@ -1,3 +1,5 @@
 """weightwarden collector: ingests agent events, correlates, raises alerts."""
 
-__version__ = "0.1.0"
+from weightwarden import __version__
+
+__all__ = ["__version__"]

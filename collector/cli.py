@@ -99,6 +99,7 @@ def register_run(sub: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from weightwarden.collector.detect.common import Tuning, load_tuning
     from weightwarden.collector.pipeline import Pipeline
+    from weightwarden.collector.bounded import limit_malloc_arenas
     from weightwarden.collector.retention import MIN_RAW_EGRESS_S, Retention
     from weightwarden.collector.service import CollectorService, ServiceConfig
     from weightwarden.collector.store import Store
@@ -121,6 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (MqttURLError, ValueError) as exc:
         print(f"weightwarden-collector: {exc}", file=sys.stderr)
         return 2
+    limit_malloc_arenas()  # before any thread: memory stays within the bound the README states
     store = Store(args.db)  # creates and migrates: the only command besides `db upgrade` that does
     service = CollectorService(ServiceConfig(broker, args.shared_group, retention, client_id=args.client_id,
                                              queue_max_bytes=queue_bytes), Pipeline(store, tune))
