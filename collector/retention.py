@@ -146,4 +146,15 @@ def run(store: Store, ret: Retention, now: float | None = None) -> dict[str, int
             out[table] = int(conn.execute(text(f"DELETE FROM {table} WHERE {col} < :c"), {"c": old_cut}).rowcount or 0)
         out["dead_letters"] += store.trim_dead_letters(conn, ret.dead_letter_rows, ret.dead_letter_bytes)
         out["history"] += _cap_history(conn, ret.history_per_host)
+        # Console sessions past their expiry, and alert notifications (with their deliveries) as old as
+        # the events they announced, but never an alert's latest: that is what receivers were last told
+        # (outbox.py), and without it a month-old open alert would be announced as opened again. The
+        # audit trail is kept: it is the record of who did what.
+        out["web_sessions"] = int(conn.execute(text("DELETE FROM web_sessions WHERE expires_at < :n"),
+                                               {"n": now}).rowcount or 0)
+        superseded = ("SELECT seq FROM alert_notifications n WHERE n.created_at < :c AND n.seq < "
+                      "(SELECT max(m.seq) FROM alert_notifications m WHERE m.alert_key = n.alert_key)")
+        conn.execute(text(f"DELETE FROM alert_deliveries WHERE notification_seq IN ({superseded})"), {"c": old_cut})
+        out["alert_notifications"] = int(conn.execute(text(f"DELETE FROM alert_notifications WHERE seq IN ({superseded})"),
+                                                      {"c": old_cut}).rowcount or 0)
     return out

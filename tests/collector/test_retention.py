@@ -73,3 +73,29 @@ def test_relays_and_minutes_go_when_detections_no_longer_look_back(tmp_path: Pat
     assert store.count("relays") == 1 and store.count("egress_raw") == 0 and store.count("egress_minute") == 1
     gone = run(store, keep, now=t + keep.egress_s + 7200)
     assert gone["relays"] == 1 and store.count("relays") == 0 and store.count("egress_minute") == 0
+
+
+def test_expired_sessions_and_superseded_notifications_go_the_audit_trail_stays(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/c.db")
+    now = time.time()
+    with store.tx() as conn:
+        for sid, expires in (("old", now - 10), ("live", now + 3600)):
+            conn.execute(text("INSERT INTO web_sessions(id_hash, user_name, csrf, created_at, expires_at, last_seen) "
+                              "VALUES (:i, 'alice', 'x', :c, :e, :c)"), {"i": sid, "c": now - 100, "e": expires})
+        # Alert k: an old notification and a newer one; alert k2, open for 40 days: only an old one.
+        for nid, key, created in (("n-old", "k", now - 40 * 86400), ("n-new", "k", now - 60),
+                                  ("n-k2", "k2", now - 40 * 86400)):
+            conn.execute(text("INSERT INTO alert_notifications(id, alert_key, alert_id, host, transition, epoch, "
+                              "severity_rank, payload, created_at) VALUES (:i, :k, 'a', 'h', 'open', 1, 4, '{}', :c)"),
+                         {"i": nid, "k": key, "c": created})
+            conn.execute(text("INSERT INTO alert_deliveries(notification_seq, output, state, next_at) SELECT seq, "
+                              "'siem', 'delivered', 0 FROM alert_notifications WHERE id = :i"), {"i": nid})
+        conn.execute(text("INSERT INTO audit(alert_key, alert_id, user_name, action, ts) VALUES "
+                          "('k', 'a', 'alice', 'ack', :t)"), {"t": now - 40 * 86400})
+    gone = run(store, Retention(), now=now)
+    assert gone["web_sessions"] == 1 and gone["alert_notifications"] == 1
+    with store.tx() as conn:
+        assert conn.execute(text("SELECT id_hash FROM web_sessions")).scalars().all() == ["live"]
+        assert sorted(conn.execute(text("SELECT id FROM alert_notifications")).scalars()) == ["n-k2", "n-new"]
+        assert conn.execute(text("SELECT count(*) FROM alert_deliveries")).scalar() == 2
+        assert conn.execute(text("SELECT count(*) FROM audit")).scalar() == 1
