@@ -141,10 +141,13 @@ def test_ten_thousand_hostile_messages(broker: Broker, tmp_path: Path) -> None:
                 canary_sent = time.time()
             if n % 200 == 0:
                 info.wait_for_publish(30)
-        # Bigger than any MQTT packet the broker takes: refused where it is published.
-        refused = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="too-big", protocol=MQTTProtocolVersion.MQTTv5)
+        # Bigger than any MQTT packet the broker takes: refused where it is published. An MQTT 3.1.1
+        # client (told no maximum by the broker, as an old or hostile one) so that it really sends it:
+        # a v5 client that has the broker's CONNACK drops it itself.
+        refused = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="too-big", protocol=MQTTProtocolVersion.MQTTv311)
         refused.connect(broker.host, broker.port)
         refused.loop_start()
+        assert wait_for(refused.is_connected, 10)
         refused.publish("weightwarden/v1/gpu-evil/heartbeat", b"x" * (MAX_PACKET + 1), qos=1)
         assert wait_for(lambda: not refused.is_connected(), 10), "the broker must refuse a packet over its limit"
         refused.loop_stop()
