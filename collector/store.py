@@ -466,6 +466,13 @@ def recent_flows(conn: Connection, host: str, pid: int, received_since: float) -
                  {"h": host, "p": pid, "r": received_since})
 
 
+def alerts_updated_since(conn: Connection, since: float) -> list[tuple[str, str]]:
+    """(key, host) of detection verdicts written at or after ``since`` (the collectors' clock)."""
+    return [(r[0], r[1]) for r in conn.execute(text(
+        "SELECT key, host FROM alerts WHERE updated_at >= :s AND "
+        "(key LIKE 'exfiltration:%' OR key LIKE 'host_exfiltration:%' OR key LIKE 'slow:%')"), {"s": since})]
+
+
 def hosts_with_reads(conn: Connection, hosts: list[str], since: float) -> set[str]:
     """Which of ``hosts`` have weight reads active at or after ``since``: one statement per 500 hosts."""
     found: set[str] = set()

@@ -449,6 +449,21 @@ class Detector:
                 span = q.recent_span(conn, host, wall - REEVALUATE_S)
                 if span is not None:
                     units.host_days |= {(host, d) for d in self._days(*span)}
+            # Verdicts written lately are judged once more with everything committed by now: a collector
+            # that judged from a snapshot missing another's facts, and committed after that other's
+            # verdict, must not leave its older view standing. A verdict that holds writes nothing.
+            for key, host in q.alerts_updated_since(conn, now - REEVALUATE_S):
+                kind, rest = key.split(":", 1)[0], key[key.find(":") + 1:]
+                if not rest.startswith(f"{host}:"):
+                    continue
+                rest = rest[len(host) + 1:]
+                if kind == "exfiltration" and rest.split(":")[0].isdigit():
+                    units.senders.add((host, int(rest.split(":")[0])))
+                elif kind == "host_exfiltration":
+                    units.host_days.add((host, rest))
+                elif kind == "slow":
+                    address, _, day = rest.rpartition(":")
+                    units.slow.add((host, address, day))
             for host, address, first, last, received in dests:
                 for day in sorted(self._slow_days(first, last)):
                     # _slow_done is on the pipeline's clock, received on the wall clock: compare ages.

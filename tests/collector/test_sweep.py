@@ -131,3 +131,28 @@ def test_one_hosts_odd_state_does_not_stop_the_sweep_for_others(pipe: Pipeline) 
     assert silent == {"gpu-odd", "gpu-fine"}, "the silent check ran for both; the odd host's gap check failed alone"
     assert pipe.store.counters()["sweep_errors"] == 1
     assert any("gpu-odd" in e and "JSONDecodeError" in e for e in pipe.errors)
+
+
+def test_a_stale_verdict_written_late_is_judged_again(pipe: Pipeline) -> None:
+    """Another collector judged from a snapshot missing facts and committed last: the sweep looks again at
+    verdicts written lately, though every fact behind them arrived long ago."""
+    from tests.collector.scenarios import MB
+
+    s = Stream()
+    s.read(T0 + 1, pid=400, nbytes=256 * MB, start=T0 - 10)
+    s.send(T0 + 5, pid=400, nbytes=200 * MB, start=T0 - 10)
+    [alert] = [a for a in run(pipe, s) if a["kind"] == "exfiltration"]
+    assert alert["severity"] == "critical"
+    with pipe.store.tx() as conn:
+        for table in ("egress_raw", "weight_reads", "relays"):  # the facts are old news to the sweep
+            conn.execute(text(f"UPDATE {table} SET received_at = received_at - 3600"))
+        conn.execute(text("UPDATE alerts SET severity = 'medium', severity_rank = 2, updated_at = :n WHERE key = :k"),
+                     {"n": T0 + 10, "k": alert["key"]})
+    pipe.sweep()
+    assert pipe.store.alert(alert["key"])["severity"] == "critical"  # type: ignore[index]
+    with pipe.store.tx() as conn:  # a verdict that holds is not written again: the sweep settles
+        before = conn.execute(text("SELECT updated_at FROM alerts WHERE key = :k"), {"k": alert["key"]}).scalar()
+    pipe.clock.now = T0 + 11  # type: ignore[attr-defined]
+    pipe.sweep()
+    with pipe.store.tx() as conn:
+        assert conn.execute(text("SELECT updated_at FROM alerts WHERE key = :k"), {"k": alert["key"]}).scalar() == before
