@@ -314,11 +314,6 @@ class Store:
         return [dict(r) for r in rows]
 
     @staticmethod
-    def has_reads(conn: Connection, host: str, since: float) -> bool:
-        return conn.execute(text("SELECT 1 FROM weight_reads WHERE host=:h AND ts>=:s LIMIT 1"),
-                            {"h": host, "s": since}).first() is not None
-
-    @staticmethod
     def events_of(conn: Connection, host: str, type_: str, since: float) -> list[dict[str, Any]]:
         rows = conn.execute(text("SELECT id, seq, ts, data FROM events WHERE host=:h AND type=:t AND ts>=:s ORDER BY seq"),
                             {"h": host, "t": type_, "s": since}).mappings()

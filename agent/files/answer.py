@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from weightwarden.agent.files import fanotify as fan
+from weightwarden.agent.files import kernel
 from weightwarden.agent.files.procio import identity, io_counters
 
 MAX_BACKLOG = 20_000  # events (each holds an open fd) waiting for the watcher thread
@@ -70,11 +71,7 @@ class Answerer:
         self._idle.wait(timeout)
 
     def take(self) -> list[Answered]:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        kernel.drain(self._wake_r)
         out = []
         while self.backlog:
             out.append(self.backlog.popleft())

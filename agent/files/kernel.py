@@ -95,3 +95,12 @@ def open_handle(mount_fd: int, handle: bytes, flags: int = os.O_PATH) -> int:
 def setns(fd: int, nstype: int) -> None:
     if _libc.setns(fd, nstype) < 0:
         _raise("setns")
+
+
+def drain(fd: int) -> None:
+    """Empty a non-blocking wake-up pipe (its bytes only say "look again")."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from weightwarden import logs
+from weightwarden.agent.files import kernel
 
 
 @dataclass
@@ -83,11 +84,7 @@ class Offloader:
         return True
 
     def results(self) -> list[tuple[str, int, Any]]:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        kernel.drain(self._wake_r)
         out = []
         while True:
             try:

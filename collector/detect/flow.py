@@ -164,11 +164,8 @@ class Detector:
     def weights_changed(conn: Connection, host: str) -> Units:
         """The host's weights size changed: verdicts that quote it are judged again."""
         units = Units()
-        for key in q.alert_keys(conn, host, f"exfiltration:{host}:"):
-            units.senders.add((host, int(key.split(":")[2])))
-        for key in q.alert_keys(conn, host, f"slow:{host}:"):
-            address, _, day = key[len(f"slow:{host}:"):].rpartition(":")
-            units.slow.add((host, address, day))
+        for key in q.alert_keys(conn, host, f"exfiltration:{host}:") + q.alert_keys(conn, host, f"slow:{host}:"):
+            _judge_again(units, key, host)
         return units
 
     def _days(self, lo: float, hi: float) -> set[str]:
@@ -204,14 +201,6 @@ class Detector:
                 self._reads[host] = (mono + READS_CACHE_S, host in found)
             out |= found
         return out
-
-    def _has_reads(self, conn: Connection, host: str, ts: float) -> bool:
-        until, answer = self._reads.get(host, (0.0, False))
-        if time.monotonic() < until:
-            return answer
-        answer = self.store.has_reads(conn, host, ts - self.tune.link_window_s)
-        self._reads[host] = (time.monotonic() + READS_CACHE_S, answer)
-        return answer
 
     # -- verdicts ---------------------------------------------------------------------
 
@@ -453,17 +442,7 @@ class Detector:
             # that judged from a snapshot missing another's facts, and committed after that other's
             # verdict, must not leave its older view standing. A verdict that holds writes nothing.
             for key, host in q.alerts_updated_since(conn, now - REEVALUATE_S):
-                kind, rest = key.split(":", 1)[0], key[key.find(":") + 1:]
-                if not rest.startswith(f"{host}:"):
-                    continue
-                rest = rest[len(host) + 1:]
-                if kind == "exfiltration" and rest.split(":")[0].isdigit():
-                    units.senders.add((host, int(rest.split(":")[0])))
-                elif kind == "host_exfiltration":
-                    units.host_days.add((host, rest))
-                elif kind == "slow":
-                    address, _, day = rest.rpartition(":")
-                    units.slow.add((host, address, day))
+                _judge_again(units, key, host)
             for host, address, first, last, received in dests:
                 for day in sorted(self._slow_days(first, last)):
                     # _slow_done is on the pipeline's clock, received on the wall clock: compare ages.
@@ -473,6 +452,24 @@ class Detector:
                                        (age >= SLOW_EVERY_S or wall - received >= SLOW_SETTLE_S)):
                         units.slow.add((host, address, day))
             return self.evaluate(conn, units, now)
+
+def _judge_again(units: Units, key: str, host: str) -> None:
+    """Add the subject a verdict's key names: exfiltration:HOST:PID[:START] (a sender),
+    host_exfiltration:HOST:DAY (a host-day), slow:HOST:ADDRESS:DAY (a destination-day)."""
+    kind, _, rest = key.partition(":")
+    if not rest.startswith(f"{host}:"):
+        return
+    rest = rest[len(host) + 1:]
+    if kind == "exfiltration":
+        pid = rest.split(":")[0]
+        if pid.isdigit():
+            units.senders.add((host, int(pid)))
+    elif kind == "host_exfiltration":
+        units.host_days.add((host, rest))
+    elif kind == "slow":
+        address, _, day = rest.rpartition(":")
+        units.slow.add((host, address, day))
+
 
 def _sender(pid: int, start: float | None, last: dict[str, Any]) -> dict[str, Any]:
     return {"pid": pid, "start_time": start, "name": last["name"], "exe": last["exe"], "uid": last["uid"],
