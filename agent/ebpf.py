@@ -44,6 +44,15 @@ class Drain:
     flip_ns: int = 0  # CLOCK_MONOTONIC of the generation flip: the interval's end
 
 
+LOCAL_LINE_MAX = 65_000  # the loader's command line holds 65,536 bytes
+
+
+def local_command(local: set[str]) -> bytes:
+    """The loader's "local" line; "local -" (merge nothing) when the addresses do not fit."""
+    line = ("local " + " ".join(sorted(local)) + "\n").encode("ascii", "replace")
+    return line if len(line) <= LOCAL_LINE_MAX else b"local -\n"
+
+
 def _read_exact(stream: IO[bytes], n: int) -> bytes | None:
     buf = b""
     while len(buf) < n:
@@ -69,6 +78,7 @@ class BpfLoader:
         self._pending = Drain()
         self._ready: queue.Queue[tuple[int, bytes]] = queue.Queue()
         self._lock = threading.Lock()  # one drain at a time
+        self._local_sent: frozenset[str] | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -163,12 +173,17 @@ class BpfLoader:
         elif kind in (wire.T_READY, wire.T_ERROR):
             self._ready.put((kind, payload))
 
-    def drain(self, timeout: float = 10.0) -> Drain:
+    def drain(self, local: set[str] | None = None, timeout: float = 10.0) -> Drain:
+        """What the kernel counted since the last drain. ``local``: this host's own addresses; given,
+        the loader merges each process's sockets to one remote destination into one record."""
         with self._lock:
             proc = self._proc
             if proc is None or proc.stdin is None or proc.poll() is not None:
                 raise BpfError("the eBPF loader is not running")
             try:
+                if local is not None and frozenset(local) != self._local_sent:
+                    proc.stdin.write(local_command(local))
+                    self._local_sent = frozenset(local)
                 proc.stdin.write(b"drain\n")
                 proc.stdin.flush()
             except OSError as exc:

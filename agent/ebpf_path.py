@@ -102,14 +102,14 @@ class EbpfPath:
     # -- one interval -----------------------------------------------------------
 
     def collect(self) -> PathInterval:
-        drain = self.loader.drain()
+        local = self.local()
+        drain = self.loader.drain(local)
         now_wall, now_mono = time.time(), time.monotonic_ns()
 
         def wall(ns: int) -> float | None:
             return round(now_wall - (now_mono - ns) / 1e9, 6) if ns else None
 
         out = PathInterval()
-        local = self.local()
         # Who holds each loopback endpoint (this drain, then recent ones): names relay peers.
         # Busiest last: a listener's SYN-ACK shares its tuple with the accepted socket, which must win.
         on_host = [f for f in drain.flows if f.local or f.dst in local or not is_egress_destination(f.dst, local)]
@@ -119,7 +119,6 @@ class EbpfPath:
                 self._peer_owner[key] = (f.owner, now_wall)
         for key in [k for k, (_pid, seen) in self._peer_owner.items() if now_wall - seen > PEER_MEMORY_S]:
             del self._peer_owner[key]
-        sockets: dict[tuple[int, tuple[str, int, str]], set[int]] = {}
         for f in drain.flows:
             if not f.bytes:
                 continue
@@ -139,9 +138,7 @@ class EbpfPath:
             d.add(f.bytes, wall(f.first_ns), wall(f.last_ns))
             if f.protocol == "tcp":
                 d.accepted = f.accepted if d.accepted is None else (d.accepted and f.accepted)
-            sockets.setdefault((pid, (f.dst, f.dport, f.protocol)), set()).add(f.cookie)
-        for (pid, dest), cookies in sockets.items():
-            out.accounts[pid].dests[dest].connections = len(cookies)
+            d.connections = (d.connections or 0) + f.sockets  # one record per socket and destination
         self._unix(drain.unix, out)
         self._forget(out)
         out.unowned += drain.lost.bytes

@@ -66,6 +66,7 @@ class Flow:
     packets: int
     first_ns: int  # CLOCK_MONOTONIC
     last_ns: int
+    sockets: int = 1  # sockets the loader merged into this record (same process and destination)
 
     @property
     def protocol(self) -> str:
@@ -136,7 +137,7 @@ def parse_flows(payload: bytes) -> list[Flow]:
         owner = owners.get(raw)
         if owner is None:
             owner = owners[raw] = _owner(OWNER.unpack(raw))
-        saddr, sport, flags, _p, nbytes, packets, first, last = FLOW_TAIL.unpack_from(
+        saddr, sport, flags, sockets, nbytes, packets, first, last = FLOW_TAIL.unpack_from(
             payload, off + FLOW_KEY.size + OWNER.size)
         src = addrs.get((family, saddr))
         if src is None:
@@ -144,7 +145,8 @@ def parse_flows(payload: bytes) -> list[Flow]:
         dst = addrs.get((family, daddr))
         if dst is None:
             dst = addrs[(family, daddr)] = _addr(family, daddr)
-        out.append(Flow(cookie, family, proto, src, sport, dst, dport, owner, flags, nbytes, packets, first, last))
+        out.append(Flow(cookie, family, proto, src, sport, dst, dport, owner, flags, nbytes, packets, first, last,
+                        max(sockets, 1)))
     return out
 
 

@@ -15,7 +15,7 @@ clients' bytes the agent credited to the right processes, the agent's CPU, and t
 largest gap between two samples (a stalled agent shows here). Floors (issue 11): >= 90% of
 the no-agent rate, < 20 µs added to p50, >= 99% of bytes attributed, no stall.
 
-Run as root: python bench/connections.py [--seq 3000] [--burst 20000]
+Run as root: python bench/connections.py [--seq 20000] [--burst 20000] [--rounds 5] [--kinds sequential,burst]
 """
 
 from __future__ import annotations
@@ -131,6 +131,11 @@ def median(results: list[Result]) -> Result:
     return Result(**fields)  # type: ignore[arg-type]
 
 
+def median_of(values: list[float]) -> float | None:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else None
+
+
 def proc_cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -223,31 +228,41 @@ def measure(mode: str, kind: str, n: int) -> Result:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seq", type=int, default=3000)
+    parser.add_argument("--seq", type=int, default=20000, help="sequential connects per run (short runs are noise)")
     parser.add_argument("--burst", type=int, default=20000)
     parser.add_argument("--modes", default="none,ebpf,nfqueue")
-    parser.add_argument("--rounds", type=int, default=3, help="runs per cell, modes interleaved; medians are shown")
+    parser.add_argument("--kinds", default="sequential,burst,flood")
+    parser.add_argument("--rounds", type=int, default=5, help="runs per cell, modes interleaved; medians are shown")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root (namespaces, cgroups, eBPF)", file=sys.stderr)
         return 2
     modes = args.modes.split(",")
     runs: dict[tuple[str, str], list[Result]] = {}
+    kinds = args.kinds.split(",")
     for kind, n in (("sequential", args.seq), ("burst", args.burst), ("flood", args.seq)):
+        if kind not in kinds:
+            continue
         for rnd in range(args.rounds):
             for mode in modes:
                 runs.setdefault((kind, mode), []).append(measure(mode, kind, n))
                 print(f"  {kind:<10} {mode:<8} round {rnd + 1} done", file=sys.stderr, flush=True)
     rows = {key: median(results) for key, results in runs.items()}
-    print(f"\nconnections from the agent's namespace to an outside one, {PAYLOAD} B each, median of {args.rounds}; "
+    print(f"\nconnections from the agent's namespace to an outside one, {PAYLOAD} B each, median of {args.rounds} "
+          "(\"vs none\" and \"+p50\": median over rounds of each run against the no-agent run of its round); "
           f"sequential {args.seq} (1 process), burst {args.burst} (8 processes), "
           "flood = sequential under 20,000 DNS answers/s\n")
     print(f"{'run':<11} {'agent':<8} {'conn/s':>9} {'vs none':>8} {'p50 µs':>8} {'+p50':>7} {'p99 µs':>8} "
           f"{'attributed':>10} {'agent CPU':>9} {'max gap':>8}")
     for (kind, mode), r in rows.items():
         base = rows.get((kind, "none"))
-        vs = f"{r.rate / base.rate * 100:.0f}%" if base else "-"
-        dp50 = f"{r.p50_us - base.p50_us:+.1f}" if base else "-"
+        # Against the no-agent run of the same round: this machine's speed drifts between rounds
+        # more than the agent costs, so a ratio of medians would mostly measure the drift.
+        pairs = list(zip(runs[(kind, mode)], runs.get((kind, "none"), []), strict=False))
+        ratio = median_of([a.rate / b.rate for a, b in pairs])
+        added = median_of([a.p50_us - b.p50_us for a, b in pairs])
+        vs = f"{ratio * 100:.0f}%" if base and ratio is not None else "-"
+        dp50 = f"{added:+.1f}" if base and added is not None else "-"
         share = f"{r.share * 100:.2f}%" if r.share is not None else "-"
         cpu = f"{r.cpu * 100:.1f}%" if r.cpu is not None else "-"
         gap = f"{r.max_gap:.2f}s" if r.max_gap is not None else "-"

@@ -12,6 +12,7 @@
  *   weightwarden-bpf --probe           load only: exit 0 if this kernel can run us
  *
  * stdin, one command per line:  "drain"  "quit"
+ *   "local ADDR..."  this host's own addresses ("local -": not known); see merge_flows
  * stdout, frames: u32 type, u32 length, payload (host byte order)
  *   READY  text    what is attached (JSON)        ERROR  text, then exit 1
  *   FLOWS  n x (ww_flow_key, ww_flow)              UNIX   n x (ww_unix_key, ww_unix)
@@ -21,6 +22,7 @@
  * A drain answers FLOWS*, UNIX*, LOST, END in that order; OWNER and DNS frames
  * may come at any time between drains.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -47,6 +49,7 @@ _Static_assert(sizeof(struct ww_flow) == 136, "ww_flow");
 _Static_assert(sizeof(struct ww_unix_key) == 24, "ww_unix_key");
 _Static_assert(sizeof(struct ww_unix) == 184, "ww_unix");
 _Static_assert(sizeof(struct ww_lost) == 32, "ww_lost");
+_Static_assert(sizeof(struct ww_flow_key) + sizeof(struct ww_flow) == 168, "flow record");
 
 enum { T_READY = 1, T_ERROR = 2, T_FLOWS = 3, T_UNIX = 4, T_LOST = 5, T_END = 6, T_OWNER = 7, T_DNS = 8 };
 
@@ -115,10 +118,10 @@ static int on_event(void *ctx, void *data, size_t size)
 	return 0;
 }
 
-/* Read and empty a map nobody writes any more, sending its records as frames of `type`. */
-static void dump_map(int fd, __u32 type, size_t ksz, size_t vsz)
+/* Read and empty a map nobody writes any more, handing its records to `emit`. */
+static void dump_map(int fd, void (*emit)(const char *keys, const char *vals, __u32 n))
 {
-	static char keys[BATCH * 64], vals[BATCH * 256], rec[BATCH * 320];
+	static char keys[BATCH * 64], vals[BATCH * 256];
 	__u64 in = 0, out = 0;
 	void *inp = NULL;
 	for (;;) {
@@ -126,16 +129,218 @@ static void dump_map(int fd, __u32 type, size_t ksz, size_t vsz)
 		int err = bpf_map_lookup_and_delete_batch(fd, inp, &out, keys, vals, &count, NULL);
 		if (err && errno != ENOENT)
 			fail("reading a map: %s", strerror(errno));
-		for (__u32 i = 0; i < count; i++) {
-			memcpy(rec + i * (ksz + vsz), keys + i * ksz, ksz);
-			memcpy(rec + i * (ksz + vsz) + ksz, vals + i * vsz, vsz);
-		}
 		if (count)
-			frame(type, rec, count * (__u32)(ksz + vsz));
+			emit(keys, vals, count);
 		if (err)
 			break;
 		in = out;
 		inp = &in;
+	}
+}
+
+static void emit_unix(const char *keys, const char *vals, __u32 n)
+{
+	static char rec[BATCH * (sizeof(struct ww_unix_key) + sizeof(struct ww_unix))];
+	const size_t ksz = sizeof(struct ww_unix_key), vsz = sizeof(struct ww_unix);
+	for (__u32 i = 0; i < n; i++) {
+		memcpy(rec + i * (ksz + vsz), keys + i * ksz, ksz);
+		memcpy(rec + i * (ksz + vsz) + ksz, vals + i * vsz, vsz);
+	}
+	frame(T_UNIX, rec, n * (__u32)(ksz + vsz));
+}
+
+/* Merging flows. A burst of short connections is one record per socket in the kernel; the agent
+ * reports bytes per (process, destination) with a socket count, so sockets of one process to one
+ * destination are merged here, at a small fraction of what decoding each in Python costs. Flows
+ * that stay on this host (over loopback, or to one of its own addresses) are kept per socket:
+ * their ports name the process at the other end, and relays are found that way. The agent says
+ * which addresses are its own; until it has, nothing is merged. */
+struct rec {
+	struct ww_flow_key k;
+	struct ww_flow v;
+};
+
+struct addr16 {
+	__u8 family;
+	__u8 a[16];
+};
+
+static struct addr16 *locals;
+static size_t nlocals;
+static int locals_known;
+
+static int cmp_addr(const void *x, const void *y)
+{
+	return memcmp(x, y, sizeof(struct addr16));
+}
+
+static void set_locals(char *args)
+{
+	free(locals);
+	locals = NULL;
+	nlocals = 0;
+	locals_known = 0;
+	if (strcmp(args, "-") == 0)
+		return;
+	size_t cap = 0;
+	char *save = NULL;
+	for (char *tok = strtok_r(args, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
+		struct addr16 v;
+		memset(&v, 0, sizeof(v));
+		if (inet_pton(AF_INET, tok, v.a) == 1)
+			v.family = 4;
+		else if (inet_pton(AF_INET6, tok, v.a) == 1)
+			v.family = 6;
+		else
+			continue; /* not an address: merging stays as safe, it just names one address fewer */
+		if (nlocals == cap) {
+			cap = cap ? cap * 2 : 16;
+			struct addr16 *grown = realloc(locals, cap * sizeof(*locals));
+			if (!grown)
+				fail("out of memory");
+			locals = grown;
+		}
+		locals[nlocals++] = v;
+	}
+	qsort(locals, nlocals, sizeof(*locals), cmp_addr);
+	locals_known = 1;
+}
+
+static const __u8 zeros[16];
+
+/* Mirrors the agent's is_egress_destination (agent/interfaces.py), plus loopback. */
+static int stays_on_host(const struct rec *r)
+{
+	const __u8 *d = r->k.daddr;
+	if (r->v.flags & WW_F_LOCAL)
+		return 1;
+	if (r->k.family == 4 && (d[0] == 127 || memcmp(d, zeros, 4) == 0))
+		return 1;
+	if (r->k.family == 6 && (memcmp(d, zeros, 16) == 0
+				 || (memcmp(d, zeros, 10) == 0 && d[10] == 0xff && d[11] == 0xff && d[12] == 127)))
+		return 1;
+	struct addr16 x;
+	memset(&x, 0, sizeof(x));
+	x.family = r->k.family;
+	memcpy(x.a, d, 16);
+	return bsearch(&x, locals, nlocals, sizeof(*locals), cmp_addr) != NULL;
+}
+
+static struct rec *flows;
+static size_t nflows, capflows;
+
+static void collect_flows(const char *keys, const char *vals, __u32 n)
+{
+	if (nflows + n > capflows) {
+		size_t cap = capflows ? capflows : BATCH;
+		while (cap < nflows + n)
+			cap *= 2;
+		struct rec *grown = realloc(flows, cap * sizeof(*flows));
+		if (!grown)
+			fail("out of memory");
+		flows = grown;
+		capflows = cap;
+	}
+	for (__u32 i = 0; i < n; i++) {
+		memcpy(&flows[nflows].k, keys + i * sizeof(struct ww_flow_key), sizeof(struct ww_flow_key));
+		memcpy(&flows[nflows].v, vals + i * sizeof(struct ww_flow), sizeof(struct ww_flow));
+		flows[nflows].v.sockets = 1;
+		nflows++;
+	}
+}
+
+/* Same process (tgid and start), same accepted flag, same destination and protocol. */
+static int same_sender_and_destination(const struct rec *a, const struct rec *b)
+{
+	return a->v.owner.tgid == b->v.owner.tgid && a->v.owner.start_ns == b->v.owner.start_ns
+	       && (a->v.owner.flags & (WW_OWNED | WW_ACCEPTED)) == (b->v.owner.flags & (WW_OWNED | WW_ACCEPTED))
+	       && a->v.flags == b->v.flags && a->k.family == b->k.family && a->k.proto == b->k.proto
+	       && a->k.dport == b->k.dport && memcmp(a->k.daddr, b->k.daddr, 16) == 0;
+}
+
+static __u64 mix(__u64 h, __u64 v)
+{
+	h ^= v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+	return h;
+}
+
+static __u64 sender_destination_hash(const struct rec *r)
+{
+	__u64 h = mix(0, r->v.owner.tgid);
+	h = mix(h, r->v.owner.start_ns);
+	h = mix(h, (__u64)(r->v.owner.flags & (WW_OWNED | WW_ACCEPTED)) << 32 | r->v.flags);
+	h = mix(h, (__u64)r->k.family << 24 | (__u64)r->k.proto << 16 | r->k.dport);
+	__u64 a, b;
+	memcpy(&a, r->k.daddr, 8);
+	memcpy(&b, r->k.daddr + 8, 8);
+	return mix(mix(h, a), b);
+}
+
+static void merge_into(struct rec *into, const struct rec *r)
+{
+	into->v.bytes += r->v.bytes;
+	into->v.packets += r->v.packets;
+	into->v.sockets += r->v.sockets;
+	if (r->v.first_ns && (!into->v.first_ns || r->v.first_ns < into->v.first_ns))
+		into->v.first_ns = r->v.first_ns;
+	if (r->v.last_ns >= into->v.last_ns) {
+		/* the latest socket speaks for the owner (a process may change cgroup or name) */
+		into->v.last_ns = r->v.last_ns;
+		into->v.owner = r->v.owner;
+		into->k.cookie = r->k.cookie;
+		memcpy(into->v.saddr, r->v.saddr, sizeof(r->v.saddr));
+		into->v.sport = r->v.sport;
+	}
+}
+
+/* Merges flows[] in place (kept records first, in arrival order) and returns how many remain. */
+static size_t merge_flows(void)
+{
+	if (!locals_known || nflows < 2)
+		return nflows;
+	size_t slots = 1;
+	while (slots < nflows * 2)
+		slots <<= 1;
+	__u32 *table = malloc(slots * sizeof(*table)); /* index + 1 into flows[]; 0 is empty */
+	if (!table)
+		return nflows; /* merging is a saving, never a need */
+	memset(table, 0, slots * sizeof(*table));
+	size_t kept = 0;
+	for (size_t i = 0; i < nflows; i++) {
+		struct rec *r = &flows[i];
+		if (!stays_on_host(r)) {
+			size_t at = sender_destination_hash(r) & (slots - 1);
+			for (; table[at]; at = (at + 1) & (slots - 1)) {
+				struct rec *other = &flows[table[at] - 1];
+				if (same_sender_and_destination(other, r))
+					break;
+			}
+			if (table[at]) {
+				merge_into(&flows[table[at] - 1], r);
+				continue;
+			}
+			table[at] = (__u32)kept + 1;
+		}
+		if (kept != i)
+			flows[kept] = *r;
+		kept++;
+	}
+	free(table);
+	return kept;
+}
+
+static void send_flows(void)
+{
+	size_t n = merge_flows();
+	for (size_t at = 0; at < n; at += BATCH) {
+		size_t count = n - at < BATCH ? n - at : BATCH;
+		frame(T_FLOWS, &flows[at], (__u32)(count * sizeof(*flows)));
+	}
+	nflows = 0;
+	if (capflows > 4 * BATCH) { /* a burst's buffer is given back */
+		free(flows);
+		flows = NULL;
+		capflows = 0;
 	}
 }
 
@@ -151,10 +356,9 @@ static void drain(struct weightwarden_bpf *skel)
 		fail("synchronising: %s", strerror(errno));
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	__u64 flip_ns = (__u64)ts.tv_sec * 1000000000ULL + (__u64)ts.tv_nsec;
-	dump_map(bpf_map__fd(old ? skel->maps.flows1 : skel->maps.flows0), T_FLOWS, sizeof(struct ww_flow_key),
-		 sizeof(struct ww_flow));
-	dump_map(bpf_map__fd(old ? skel->maps.unix1 : skel->maps.unix0), T_UNIX, sizeof(struct ww_unix_key),
-		 sizeof(struct ww_unix));
+	dump_map(bpf_map__fd(old ? skel->maps.flows1 : skel->maps.flows0), collect_flows);
+	send_flows();
+	dump_map(bpf_map__fd(old ? skel->maps.unix1 : skel->maps.unix0), emit_unix);
 	int ncpu = libbpf_num_possible_cpus();
 	struct ww_lost per[ncpu > 0 ? ncpu : 1], sum = { 0 };
 	memset(per, 0, sizeof(per));
@@ -244,7 +448,7 @@ int main(int argc, char **argv)
 			 notes);
 	frame(T_READY, ready, (__u32)n);
 
-	char line[64];
+	static char line[65536]; /* "local" names every address of the host */
 	size_t have = 0;
 	struct pollfd fds[2] = { { .fd = 0, .events = POLLIN }, { .fd = ring_buffer__epoll_fd(rb), .events = POLLIN } };
 	for (;;) {
@@ -265,6 +469,8 @@ int main(int argc, char **argv)
 				if (strcmp(line, "drain") == 0) {
 					ring_buffer__consume(rb); /* owners before the flows that name them */
 					drain(skel);
+				} else if (strncmp(line, "local ", 6) == 0) {
+					set_locals(line + 6);
 				} else if (strcmp(line, "quit") == 0) {
 					goto out;
 				}

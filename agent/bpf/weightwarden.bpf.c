@@ -157,21 +157,66 @@ static __always_inline void announce(const struct ww_owner *o)
 	bpf_ringbuf_submit(e, 0);
 }
 
+/* What a process's sockets say about it, kept on the process (its group leader) so that a socket
+ * costs a few comparisons rather than a walk through task, mm and file: rebuilt when it may have
+ * changed (exec: a new mm; a move to another cgroup; new credentials; a new parent). */
+struct proc_owner {
+	__u32 tgid;
+	__u32 ppid;
+	__u32 uid;
+	__u32 exe_dev;
+	__u64 start_ns;
+	__u64 cgroup_id;
+	__u64 exe_ino;
+	__u64 mm;
+	__u64 parent;
+	char comm[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct proc_owner);
+} procs SEC(".maps");
+
 /* The current process as the owner (process context only). */
 static __always_inline void fill_owner(struct ww_owner *o)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
 	struct task_struct *leader = t->group_leader;
-	o->tgid = bpf_get_current_pid_tgid() >> 32;
-	o->uid = (__u32)bpf_get_current_uid_gid();
-	o->ppid = BPF_CORE_READ(t, real_parent, tgid);
-	o->start_ns = BPF_CORE_READ(leader, start_boottime);
-	o->cgroup_id = bpf_get_current_cgroup_id();
-	o->exe_ino = BPF_CORE_READ(t, mm, exe_file, f_inode, i_ino);
-	o->exe_dev = BPF_CORE_READ(t, mm, exe_file, f_inode, i_sb, s_dev);
-	bpf_probe_read_kernel_str(o->comm, sizeof(o->comm), &leader->comm);
+	__u64 cgroup_id = bpf_get_current_cgroup_id();
+	__u32 uid = (__u32)bpf_get_current_uid_gid();
+	__u64 mm = (__u64)t->mm;
+	__u64 parent = (__u64)t->real_parent;
+	struct proc_owner *p = bpf_task_storage_get(&procs, leader, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	struct proc_owner fresh = {};
+	int stale = !p || !p->tgid || p->mm != mm || p->parent != parent || p->cgroup_id != cgroup_id || p->uid != uid;
+	if (stale) {
+		if (!p)
+			p = &fresh; /* an exiting leader has no storage: described in full each time */
+		p->tgid = bpf_get_current_pid_tgid() >> 32;
+		p->uid = uid;
+		p->ppid = BPF_CORE_READ(t, real_parent, tgid);
+		p->start_ns = BPF_CORE_READ(leader, start_boottime);
+		p->cgroup_id = cgroup_id;
+		p->exe_ino = BPF_CORE_READ(t, mm, exe_file, f_inode, i_ino);
+		p->exe_dev = BPF_CORE_READ(t, mm, exe_file, f_inode, i_sb, s_dev);
+		p->mm = mm;
+		p->parent = parent;
+		bpf_probe_read_kernel_str(p->comm, sizeof(p->comm), &leader->comm);
+	}
+	o->tgid = p->tgid;
+	o->uid = p->uid;
+	o->ppid = p->ppid;
+	o->start_ns = p->start_ns;
+	o->cgroup_id = p->cgroup_id;
+	o->exe_ino = p->exe_ino;
+	o->exe_dev = p->exe_dev;
+	__builtin_memcpy(o->comm, p->comm, sizeof(o->comm));
 	o->flags |= WW_OWNED;
-	announce(o);
+	if (stale)
+		announce(o);
 }
 
 /* A socket opened by a process under the scope cgroup (cgroup programs see only those). */
@@ -272,9 +317,58 @@ struct pkt {
 	__u32 l4;
 };
 
+/* The headers straight from the packet when they are in its linear part (they nearly always are:
+ * cheaper than copying them out); 1 when they are not and parse() must copy. */
+static __always_inline int parse_direct(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u8 proto;
+	__u32 hdr;
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct ip4 *ip = data;
+		if ((void *)(ip + 1) > end)
+			return 1;
+		hdr = (ip->vihl & 0x0f) * 4;
+		proto = ip->protocol;
+		p->key.family = 4;
+		__builtin_memcpy(p->key.daddr, ip->daddr, 4);
+		__builtin_memcpy(p->saddr, ip->saddr, 4);
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ip6 *ip = data;
+		if ((void *)(ip + 1) > end)
+			return 1;
+		hdr = sizeof(*ip);
+		proto = ip->nexthdr;
+		p->key.family = 6;
+		__builtin_memcpy(p->key.daddr, ip->daddr, 16);
+		__builtin_memcpy(p->saddr, ip->saddr, 16);
+	} else {
+		return 1;
+	}
+	p->hdr = hdr;
+	p->key.proto = proto;
+	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+		struct l4ports *l4 = data + (hdr & 0x3f);
+		if ((void *)l4 + (proto == IPPROTO_TCP ? sizeof(*l4) : 4) > end)
+			return 1;
+		p->l4 = proto == IPPROTO_TCP ? (l4->doff_res >> 4) * 4 : 8;
+		p->sport = bpf_ntohs(l4->sport);
+		p->key.dport = bpf_ntohs(l4->dport);
+	} else if (proto == IPPROTO_ICMP || proto == PROTO_ICMPV6) {
+		p->l4 = 8; /* type, code, checksum, identifier, sequence */
+	} else {
+		p->l4 = 0;
+	}
+	return 0;
+}
+
 /* The IP and transport headers of an skb whose data starts at the network header. */
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 {
+	if (parse_direct(skb, p) == 0)
+		return 0;
+	__builtin_memset(p, 0, sizeof(*p));
 	__u8 proto;
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		struct ip4 ip;
@@ -332,8 +426,12 @@ static __always_inline void account(void *map, struct pkt *p, struct ww_owner *o
 		init.sport = p->sport;
 		init.flags = flags;
 		init.first_ns = now;
-		bpf_map_update_elem(map, &p->key, &init, BPF_NOEXIST);
-		f = bpf_map_lookup_elem(map, &p->key);
+		init.last_ns = now;
+		init.bytes = payload;
+		init.packets = 1;
+		if (bpf_map_update_elem(map, &p->key, &init, BPF_NOEXIST) == 0)
+			return;
+		f = bpf_map_lookup_elem(map, &p->key); /* another CPU made it first, or the map is full */
 		if (!f) {
 			/* map full: counted, never silently dropped */
 			struct ww_lost *l = lost_slot(g);

@@ -47,7 +47,7 @@ struct ww_flow {
 	__u8 saddr[16];
 	__u16 sport;
 	__u16 flags;
-	__u32 pad;
+	__u32 sockets;       /* 0 in the kernel; the loader's count when it merged sockets (see loader.c) */
 	__u64 bytes;         /* transport payload */
 	__u64 packets;
 	__u64 first_ns;      /* CLOCK_MONOTONIC */

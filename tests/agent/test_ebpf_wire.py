@@ -6,6 +6,7 @@ import socket
 import struct
 
 from weightwarden.agent import ebpf_wire as wire
+from weightwarden.agent.ebpf import local_command
 
 
 def _owner(tgid: int, comm: bytes = b"curl", flags: int = wire.OWNED) -> bytes:
@@ -42,3 +43,17 @@ def test_unix_and_lost_and_short_payloads() -> None:
     assert wire.parse_lost(b"") == wire.Lost()
     assert wire.parse_owner(b"short") is None
     assert wire.parse_flows(b"x" * 100) == []
+
+
+def test_the_loader_is_told_the_hosts_addresses_or_to_merge_nothing() -> None:
+    assert local_command({"198.18.0.1", "::1"}) == b"local 198.18.0.1 ::1\n"
+    assert local_command({f"2001:db8::{i:x}" for i in range(10_000)}) == b"local -\n"  # longer than its line
+
+
+def test_merged_records_carry_their_socket_count() -> None:
+    dst = socket.inet_pton(socket.AF_INET, "198.18.0.2").ljust(16, b"\0")
+    one = wire.FLOW_KEY.pack(1, dst, 443, socket.IPPROTO_TCP, 4, 0) + _owner(9) + wire.FLOW_TAIL.pack(
+        dst, 1, 0, 0, 10, 1, 1, 2)  # a kernel record: 0 means one socket
+    merged = wire.FLOW_KEY.pack(2, dst, 443, socket.IPPROTO_TCP, 4, 0) + _owner(9) + wire.FLOW_TAIL.pack(
+        dst, 1, 0, 250, 10, 1, 1, 2)
+    assert [f.sockets for f in wire.parse_flows(one + merged)] == [1, 250]

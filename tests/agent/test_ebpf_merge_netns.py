@@ -1,0 +1,98 @@
+"""The loader merges a process's sockets to one remote destination, and nothing else.
+
+Real programs, real connections from a "container": many short connections to an outside
+server arrive as one record per (process, destination) with the socket count and exact bytes;
+connections to one of the host's own addresses (a relay on the host) stay one record per
+socket, because their ports are what names the process at the other end.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.helpers.containers import Lab, lab_fixture
+from tests.helpers.netns import wait_for
+from weightwarden.agent.ebpf import BpfLoader, Drain, loader_path
+
+pytestmark = pytest.mark.privileged
+
+OUT_PORT, HOST_PORT = 8090, 8091
+SOCKETS, PAYLOAD = 120, 3000
+EXPECTED = SOCKETS * PAYLOAD + SOCKETS * (SOCKETS - 1) // 2  # bytes to each server (every socket sends its own size)
+
+CONNECT = r"""
+import os, socket, sys
+for addr, port in ((sys.argv[1], int(sys.argv[3])), (sys.argv[2], int(sys.argv[4]))):
+    for i in range(int(sys.argv[5])):
+        s = socket.create_connection((addr, port))
+        s.sendall(b"m" * (int(sys.argv[6]) + i))
+        s.close()
+print(os.getpid(), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    if not loader_path().exists():
+        pytest.fail(f"the eBPF loader is not built ({loader_path()}): run scripts/bootstrap.sh")
+    yield from lab_fixture()
+
+
+def _connect_and_drain(lab: Lab, loader: BpfLoader, local: set[str] | None) -> tuple[int, Drain]:
+    res = lab.run_ctr(sys.executable, "-c", CONNECT, lab.out_addr, lab.host_addr, str(OUT_PORT), str(HOST_PORT),
+                      str(SOCKETS), str(PAYLOAD))
+    pid = int(res.stdout.split()[0])
+    got = Drain()
+    assert wait_for(lambda: _add(got, loader.drain(local)) >= 2 * EXPECTED, timeout=10), got.flows[:3]
+    return pid, got
+
+
+def _add(total: Drain, more: Drain) -> int:
+    total.flows += more.flows
+    return sum(f.bytes for f in total.flows if f.dport in (OUT_PORT, HOST_PORT))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sinks(lab: Lab) -> None:
+    for ns, addr, port in ((lab.out, lab.out_addr, OUT_PORT), (lab.host, lab.host_addr, HOST_PORT)):
+        sink = lab.popen(ns, sys.executable, "-m", "tests.helpers.sink", addr, str(port), "0", stdout=subprocess.PIPE)
+        assert sink.stdout is not None and sink.stdout.readline().strip() == b"ready"
+
+
+def test_remote_sockets_merge_and_on_host_ones_do_not(lab: Lab) -> None:
+    loader = BpfLoader(str(lab.root))
+    loader.start()
+    try:
+        local = {lab.host_addr, f"198.19.{lab.out_addr.split('.')[2]}.1", "127.0.0.1", "::1"}
+        pid, got = _connect_and_drain(lab, loader, local)
+        mine = [f for f in got.flows if f.owner.tgid == pid]
+
+        out = [f for f in mine if f.dport == OUT_PORT]
+        assert sum(f.sockets for f in out) == SOCKETS
+        assert sum(f.bytes for f in out) == EXPECTED
+        assert len(out) <= 3, f"{len(out)} records for one destination: not merged"  # one per drain it spanned
+        assert all(f.dst == lab.out_addr and f.owner.known and f.first_ns <= f.last_ns for f in out)
+
+        on_host = [f for f in mine if f.dport == HOST_PORT]
+        assert len(on_host) == SOCKETS and {f.sockets for f in on_host} == {1}
+        assert len({f.sport for f in on_host}) == SOCKETS, "each socket keeps the port that names its peer"
+        assert sum(f.bytes for f in on_host) == EXPECTED
+    finally:
+        loader.close()
+
+
+def test_nothing_is_merged_until_the_agent_names_its_addresses(lab: Lab) -> None:
+    with_unknown = BpfLoader(str(lab.root))
+    with_unknown.start()
+    try:
+        pid2, got2 = _connect_and_drain(lab, with_unknown, None)
+        out2 = [f for f in got2.flows if f.owner.tgid == pid2 and f.dport == OUT_PORT]
+        assert len(out2) == SOCKETS and {f.sockets for f in out2} == {1}
+        assert sum(f.bytes for f in out2) == EXPECTED
+    finally:
+        with_unknown.close()
+
