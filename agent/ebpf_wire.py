@@ -17,7 +17,7 @@ OWNED, ACCEPTED = 1, 2  # ww_owner.flags
 F_LOCAL, F_RAW = 1, 2  # ww_flow.flags
 
 FRAME = struct.Struct("<II")
-OWNER = struct.Struct("<IIIIQQQQIIII16s")  # struct ww_owner
+OWNER = struct.Struct("<IIIIQQQQIIQ16s")  # struct ww_owner
 FLOW_KEY = struct.Struct("<Q16sHBBI")  # struct ww_flow_key
 FLOW_TAIL = struct.Struct("<16sHHIQQQQ")  # struct ww_flow after its owner
 UNIX_KEY = struct.Struct("<IIQQ")  # struct ww_unix_key
@@ -104,7 +104,7 @@ class Lost:
 
 
 def _owner(raw: tuple[object, ...]) -> Owner:
-    tgid, ppid, uid, flags, start, cg, netns, exe_ino, exe_dev, _gen, _bits, _pad, comm = raw
+    tgid, ppid, uid, flags, start, cg, netns, exe_ino, exe_dev, _route, _counted, comm = raw
     assert isinstance(comm, bytes)
     return Owner(int(tgid), int(ppid), int(uid), int(flags), int(start), int(cg), int(netns),  # type: ignore[call-overload]
                  int(exe_ino), int(exe_dev), comm.split(b"\0", 1)[0].decode("utf-8", "backslashreplace"))  # type: ignore[call-overload]

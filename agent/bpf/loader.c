@@ -33,6 +33,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <bpf/bpf.h>
@@ -50,6 +51,7 @@ _Static_assert(sizeof(struct ww_unix_key) == 24, "ww_unix_key");
 _Static_assert(sizeof(struct ww_unix) == 184, "ww_unix");
 _Static_assert(sizeof(struct ww_lost) == 32, "ww_lost");
 _Static_assert(sizeof(struct ww_flow_key) + sizeof(struct ww_flow) == 168, "flow record");
+_Static_assert(sizeof(struct ww_local_key) == 20, "ww_local_key");
 
 enum { T_READY = 1, T_ERROR = 2, T_FLOWS = 3, T_UNIX = 4, T_LOST = 5, T_END = 6, T_OWNER = 7, T_DNS = 8 };
 
@@ -174,36 +176,79 @@ static int cmp_addr(const void *x, const void *y)
 	return memcmp(x, y, sizeof(struct addr16));
 }
 
-static void set_locals(char *args)
+/* The kernel's copy of the host's addresses: new ones added before old ones go, so an address that
+ * stays is never missing. Merging is on only while the copy is complete. */
+static void sync_local_map(struct weightwarden_bpf *skel)
+{
+	int fd = bpf_map__fd(skel->maps.local_addrs);
+	__u8 one = 1;
+	skel->bss->merge_ready = 0;
+	if (locals_known && nlocals > WW_LOCAL_MAX)
+		locals_known = 0;
+	for (size_t i = 0; locals_known && i < nlocals; i++) {
+		struct ww_local_key k;
+		memset(&k, 0, sizeof(k));
+		k.family = locals[i].family;
+		memcpy(k.addr, locals[i].a, 16);
+		if (bpf_map_update_elem(fd, &k, &one, BPF_ANY))
+			locals_known = 0; /* a copy we cannot trust: merge nothing */
+	}
+	struct ww_local_key key, next, gone[256];
+	int have = 0;
+	for (;;) {
+		size_t ngone = 0;
+		while (ngone < sizeof(gone) / sizeof(gone[0])
+		       && bpf_map_get_next_key(fd, have ? &key : NULL, &next) == 0) {
+			key = next;
+			have = 1;
+			struct addr16 x;
+			memset(&x, 0, sizeof(x));
+			x.family = next.family;
+			memcpy(x.a, next.addr, 16);
+			if (!locals_known || !bsearch(&x, locals, nlocals, sizeof(*locals), cmp_addr))
+				gone[ngone++] = next;
+		}
+		for (size_t i = 0; i < ngone; i++)
+			bpf_map_delete_elem(fd, &gone[i]);
+		if (ngone < sizeof(gone) / sizeof(gone[0]))
+			break;
+		have = 0; /* deletions moved the walk: start again (kept ones are skipped quickly) */
+	}
+	__atomic_add_fetch(&skel->bss->local_epoch, 1, __ATOMIC_SEQ_CST); /* sockets decide again */
+	skel->bss->merge_ready = (__u32)locals_known;
+}
+
+static void set_locals(struct weightwarden_bpf *skel, char *args)
 {
 	free(locals);
 	locals = NULL;
 	nlocals = 0;
 	locals_known = 0;
-	if (strcmp(args, "-") == 0)
-		return;
-	size_t cap = 0;
-	char *save = NULL;
-	for (char *tok = strtok_r(args, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
-		struct addr16 v;
-		memset(&v, 0, sizeof(v));
-		if (inet_pton(AF_INET, tok, v.a) == 1)
-			v.family = 4;
-		else if (inet_pton(AF_INET6, tok, v.a) == 1)
-			v.family = 6;
-		else
-			continue; /* not an address: merging stays as safe, it just names one address fewer */
-		if (nlocals == cap) {
-			cap = cap ? cap * 2 : 16;
-			struct addr16 *grown = realloc(locals, cap * sizeof(*locals));
-			if (!grown)
-				fail("out of memory");
-			locals = grown;
+	if (strcmp(args, "-") != 0) {
+		size_t cap = 0;
+		char *save = NULL;
+		for (char *tok = strtok_r(args, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
+			struct addr16 v;
+			memset(&v, 0, sizeof(v));
+			if (inet_pton(AF_INET, tok, v.a) == 1)
+				v.family = 4;
+			else if (inet_pton(AF_INET6, tok, v.a) == 1)
+				v.family = 6;
+			else
+				continue; /* not an address: merging stays as safe, it just names one address fewer */
+			if (nlocals == cap) {
+				cap = cap ? cap * 2 : 16;
+				struct addr16 *grown = realloc(locals, cap * sizeof(*locals));
+				if (!grown)
+					fail("out of memory");
+				locals = grown;
+			}
+			locals[nlocals++] = v;
 		}
-		locals[nlocals++] = v;
+		qsort(locals, nlocals, sizeof(*locals), cmp_addr);
+		locals_known = 1;
 	}
-	qsort(locals, nlocals, sizeof(*locals), cmp_addr);
-	locals_known = 1;
+	sync_local_map(skel);
 }
 
 static const __u8 zeros[16];
@@ -244,7 +289,8 @@ static void collect_flows(const char *keys, const char *vals, __u32 n)
 	for (__u32 i = 0; i < n; i++) {
 		memcpy(&flows[nflows].k, keys + i * sizeof(struct ww_flow_key), sizeof(struct ww_flow_key));
 		memcpy(&flows[nflows].v, vals + i * sizeof(struct ww_flow), sizeof(struct ww_flow));
-		flows[nflows].v.sockets = 1;
+		if (!flows[nflows].v.sockets)
+			flows[nflows].v.sockets = 1;
 		nflows++;
 	}
 }
@@ -347,10 +393,11 @@ static void send_flows(void)
 static void drain(struct weightwarden_bpf *skel)
 {
 	struct timespec ts;
-	__u32 old = skel->bss->gen & 1;
+	__u32 was = skel->bss->gen, old = was & 1;
 	__u32 zero = 0;
 	int inner = bpf_map__fd(skel->maps.sync_inner);
-	__atomic_store_n(&skel->bss->gen, old ^ 1, __ATOMIC_SEQ_CST);
+	/* Counted up, never just flipped: a socket's merged flow knows whether it counted it this time. */
+	__atomic_store_n(&skel->bss->gen, was + 1, __ATOMIC_SEQ_CST);
 	/* The fence: returns once no program can still be writing generation `old`. */
 	if (bpf_map_update_elem(bpf_map__fd(skel->maps.sync_outer), &zero, &inner, BPF_ANY))
 		fail("synchronising: %s", strerror(errno));
@@ -410,6 +457,12 @@ int main(int argc, char **argv)
 	if (!skel)
 		fail("opening the BPF object: %s %s", strerror(errno), libbpf_msgs);
 	char notes[1024] = "";
+	if (!probe) {
+		/* cgroup v2's root directory is inode 1: every task is under it, so the tracepoints need not ask */
+		struct stat st;
+		if (stat(argv[1], &st) == 0 && st.st_ino == 1)
+			skel->rodata->scope_is_root = 1;
+	}
 	skip_missing(skel->progs.ww_send, "sock_send_length",
 		     "sockets are credited to the process that created them, unix-socket relays are not seen", vmlinux,
 		     notes, sizeof(notes));
@@ -470,7 +523,7 @@ int main(int argc, char **argv)
 					ring_buffer__consume(rb); /* owners before the flows that name them */
 					drain(skel);
 				} else if (strncmp(line, "local ", 6) == 0) {
-					set_locals(line + 6);
+					set_locals(skel, line + 6);
 				} else if (strcmp(line, "quit") == 0) {
 					goto out;
 				}

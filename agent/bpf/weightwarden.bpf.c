@@ -36,7 +36,10 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define LOOPBACK_IFINDEX 1
 #define PROTO_ICMPV6 58
 
-__u32 gen = 0;                          /* written by the loader */
+__u32 gen = 0;                          /* written by the loader: +1 each drain, the map is gen & 1 */
+__u32 merge_ready = 0;                  /* the loader knows the host's own addresses (local_addrs) */
+__u32 local_epoch = 0;                  /* +1 each time the loader changes local_addrs */
+volatile const __u32 scope_is_root = 0; /* the scope is the whole hierarchy: every task is in it */
 volatile const __u64 dns_per_sec = 500; /* per CPU; a flood of answers costs names, never bytes */
 
 struct {
@@ -74,6 +77,14 @@ struct {
 	__type(key, __u32);
 	__type(value, struct ww_lost);
 } lost SEC(".maps");
+
+/* The host's own addresses, as the agent sees them: flows to them stay on the host. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WW_LOCAL_MAX);
+	__type(key, struct ww_local_key);
+	__type(value, __u8);
+} local_addrs SEC(".maps");
 
 struct dns_bucket {
 	__u64 window_ns;
@@ -133,7 +144,7 @@ static __always_inline struct ww_lost *lost_slot(__u32 g)
 
 static __always_inline int in_scope(void)
 {
-	return bpf_current_task_under_cgroup(&scope, 0) == 1;
+	return scope_is_root || bpf_current_task_under_cgroup(&scope, 0) == 1;
 }
 
 static __always_inline void announce(const struct ww_owner *o)
@@ -414,8 +425,61 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	return 0;
 }
 
+/* Whether a destination is this host (loopback, unspecified, or one of its addresses). */
+static __always_inline int on_host(const struct ww_flow_key *k)
+{
+	const __u8 *d = k->daddr;
+	if (k->family == 4) {
+		if (d[0] == 127 || (d[0] | d[1] | d[2] | d[3]) == 0)
+			return 1;
+	} else {
+		__u64 hi, lo;
+		__builtin_memcpy(&hi, d, 8);
+		__builtin_memcpy(&lo, d + 8, 8);
+		if ((hi | lo) == 0)
+			return 1;
+		if (hi == 0 && d[8] == 0 && d[9] == 0 && d[10] == 0xff && d[11] == 0xff && d[12] == 127)
+			return 1;
+	}
+	struct ww_local_key lk = {};
+	lk.family = k->family;
+	__builtin_memcpy(lk.addr, d, 16);
+	return bpf_map_lookup_elem(&local_addrs, &lk) != 0;
+}
+
+/* Whether a TCP socket's flow merges: decided once per socket (its destination never changes)
+ * and again only when the host's addresses do. */
+static __always_inline int merges(struct pkt *p, struct ww_owner *o)
+{
+	__u32 epoch = local_epoch + 1;
+	if (o && o->route >> 1 == epoch)
+		return o->route & 1;
+	int merged = !on_host(&p->key);
+	if (o)
+		o->route = epoch << 1 | merged;
+	return merged;
+}
+
+/* A TCP socket has one destination for life, so the sockets one process opens to one remote
+ * destination share one entry, which counts them: a burst of short connections costs a lookup
+ * each rather than an entry each. Flows that stay on the host keep one entry per socket (their
+ * ports name the process at the other end), as do UDP, ICMP and raw sockets. */
+static __always_inline __u32 merge_key(struct pkt *p, struct ww_owner *o, __u32 g)
+{
+	__u32 tgid = o && (o->flags & WW_OWNED) ? o->tgid : 0;
+	p->key.cookie = WW_MERGED | (__u64)tgid << 8 | (o ? o->flags & WW_ACCEPTED : 0);
+	if (!o)
+		return 0;
+	__u64 want = (__u64)(g + 1) << 32 | tgid, seen = o->counted;
+	if (seen == want)
+		return 0;
+	if (__sync_val_compare_and_swap(&o->counted, seen, want) != seen)
+		return 0; /* another CPU counted it just now */
+	return 1;
+}
+
 static __always_inline void account(void *map, struct pkt *p, struct ww_owner *o, __u16 flags,
-				    __u64 payload, __u64 now, __u32 g)
+				    __u64 payload, __u64 now, __u32 g, __u32 sockets)
 {
 	struct ww_flow *f = bpf_map_lookup_elem(map, &p->key);
 	if (!f) {
@@ -429,6 +493,7 @@ static __always_inline void account(void *map, struct pkt *p, struct ww_owner *o
 		init.last_ns = now;
 		init.bytes = payload;
 		init.packets = 1;
+		init.sockets = sockets;
 		if (bpf_map_update_elem(map, &p->key, &init, BPF_NOEXIST) == 0)
 			return;
 		f = bpf_map_lookup_elem(map, &p->key); /* another CPU made it first, or the map is full */
@@ -444,6 +509,8 @@ static __always_inline void account(void *map, struct pkt *p, struct ww_owner *o
 	}
 	__sync_fetch_and_add(&f->bytes, payload);
 	__sync_fetch_and_add(&f->packets, 1);
+	if (sockets)
+		__sync_fetch_and_add(&f->sockets, sockets);
 	f->last_ns = now;
 	if (o && (f->owner.tgid != o->tgid || f->owner.flags != o->flags))
 		__builtin_memcpy(&f->owner, o, sizeof(*o));
@@ -472,14 +539,18 @@ int ww_egress(struct __sk_buff *skb)
 	/* Bare ACKs of downloads say nothing about egress; on loopback they name the peer. */
 	if (!payload && !(flags & WW_F_LOCAL))
 		return 1;
-	p.key.cookie = bpf_get_socket_cookie(skb);
 	struct ww_owner *o = bpf_sk_storage_get(&owners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	__u64 now = bpf_ktime_get_ns();
 	__u32 g = gen;
-	if (g & 1)
-		account(&flows1, &p, o, flags, payload, now, g);
+	__u32 sockets = 1;
+	if (p.key.proto == IPPROTO_TCP && !flags && merge_ready && merges(&p, o))
+		sockets = merge_key(&p, o, g);
 	else
-		account(&flows0, &p, o, flags, payload, now, g);
+		p.key.cookie = bpf_get_socket_cookie(skb);
+	if (g & 1)
+		account(&flows1, &p, o, flags, payload, now, g, sockets);
+	else
+		account(&flows0, &p, o, flags, payload, now, g, sockets);
 	return 1;
 }
 

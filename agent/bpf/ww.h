@@ -14,6 +14,9 @@
 #define WW_F_LOCAL 1           /* routed over loopback: a transfer on this host */
 #define WW_F_RAW 2             /* a SOCK_RAW socket */
 
+#define WW_MERGED (1ULL << 63) /* ww_flow_key.cookie of a flow merging one process's TCP sockets */
+#define WW_LOCAL_MAX 4096      /* addresses of the host (see local_addrs) */
+
 #define WW_EV_OWNER 1
 #define WW_EV_DNS 2
 
@@ -27,9 +30,8 @@ struct ww_owner {
 	__u64 netns;         /* network namespace cookie */
 	__u64 exe_ino;
 	__u32 exe_dev;
-	__u32 sel_gen;
-	__u32 sel_bits;
-	__u32 pad;
+	__u32 route;         /* on a TCP socket: (local_epoch + 1) << 1 | merged, decided once per address set */
+	__u64 counted;       /* on a socket: (generation + 1) << 32 | tgid of the merged flow that last counted it */
 	char comm[16];
 };                           /* 80 bytes */
 
@@ -68,6 +70,12 @@ struct ww_unix {
 	__u64 last_ns;
 	struct ww_owner peer;        /* the receiving process, once it has read (tgid 0: not yet known) */
 };                           /* 184 bytes */
+
+struct ww_local_key {
+	__u8 family;
+	__u8 pad[3];
+	__u8 addr[16];
+};                           /* 20 bytes */
 
 struct ww_lost {
 	__u64 bytes;         /* payload not recorded because a map was full */

@@ -1,4 +1,5 @@
-"""The loader merges a process's sockets to one remote destination, and nothing else.
+"""A process's sockets to one remote destination are merged (TCP in the kernel, the rest in the
+loader), and nothing else is.
 
 Real programs, real connections from a "container": many short connections to an outside
 server arrive as one record per (process, destination) with the socket count and exact bytes;
@@ -17,11 +18,13 @@ import pytest
 from tests.helpers.containers import Lab, lab_fixture
 from tests.helpers.netns import wait_for
 from weightwarden.agent.ebpf import BpfLoader, Drain, loader_path
+from weightwarden.agent.ebpf_wire import Flow
 
 pytestmark = pytest.mark.privileged
 
 OUT_PORT, HOST_PORT = 8090, 8091
 SOCKETS, PAYLOAD = 120, 3000
+MERGED_IN_KERNEL = 1 << 63  # WW_MERGED in agent/bpf/ww.h
 EXPECTED = SOCKETS * PAYLOAD + SOCKETS * (SOCKETS - 1) // 2  # bytes to each server (every socket sends its own size)
 
 CONNECT = r"""
@@ -43,6 +46,7 @@ def lab() -> Iterator[Lab]:
 
 
 def _connect_and_drain(lab: Lab, loader: BpfLoader, local: set[str] | None) -> tuple[int, Drain]:
+    loader.drain(local)  # as the agent does every interval: the loader learns the host's addresses
     res = lab.run_ctr(sys.executable, "-c", CONNECT, lab.out_addr, lab.host_addr, str(OUT_PORT), str(HOST_PORT),
                       str(SOCKETS), str(PAYLOAD))
     pid = int(res.stdout.split()[0])
@@ -76,6 +80,7 @@ def test_remote_sockets_merge_and_on_host_ones_do_not(lab: Lab) -> None:
         assert sum(f.bytes for f in out) == EXPECTED
         assert len(out) <= 3, f"{len(out)} records for one destination: not merged"  # one per drain it spanned
         assert all(f.dst == lab.out_addr and f.owner.known and f.first_ns <= f.last_ns for f in out)
+        assert all(f.cookie & MERGED_IN_KERNEL for f in out), "TCP sockets to a remote host share a kernel entry"
 
         on_host = [f for f in mine if f.dport == HOST_PORT]
         assert len(on_host) == SOCKETS and {f.sockets for f in on_host} == {1}
@@ -92,7 +97,54 @@ def test_nothing_is_merged_until_the_agent_names_its_addresses(lab: Lab) -> None
         pid2, got2 = _connect_and_drain(lab, with_unknown, None)
         out2 = [f for f in got2.flows if f.owner.tgid == pid2 and f.dport == OUT_PORT]
         assert len(out2) == SOCKETS and {f.sockets for f in out2} == {1}
+        assert not any(f.cookie & MERGED_IN_KERNEL for f in out2)
         assert sum(f.bytes for f in out2) == EXPECTED
     finally:
         with_unknown.close()
 
+
+
+HOLD = r"""
+import os, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+print(os.getpid(), flush=True)
+for line in sys.stdin:
+    s.sendall(b"h" * int(line))
+    print("sent", flush=True)
+"""
+
+
+def test_a_socket_decides_again_when_the_hosts_addresses_change(lab: Lab) -> None:
+    loader = BpfLoader(str(lab.root))
+    loader.start()
+    try:
+        with_host = {lab.host_addr, "127.0.0.1", "::1"}
+        loader.drain(with_host)
+        holder = lab.popen_ctr(sys.executable, "-c", HOLD, lab.host_addr, str(HOST_PORT),
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert holder.stdin is not None and holder.stdout is not None
+        pid = int(holder.stdout.readline())
+
+        def send(n: int, local: set[str]) -> list[Flow]:
+            assert holder.stdin is not None and holder.stdout is not None
+            holder.stdin.write(f"{n}\n".encode())
+            holder.stdin.flush()
+            assert holder.stdout.readline().strip() == b"sent"
+            got = Drain()
+            assert wait_for(lambda: sum(f.bytes for f in _mine(got, loader.drain(local), pid)) >= n, timeout=10)
+            return [f for f in got.flows if f.owner.tgid == pid]
+
+        first = send(5000, with_host)
+        assert sum(f.bytes for f in first) == 5000 and not any(f.cookie & MERGED_IN_KERNEL for f in first)
+        send(1, set(with_host) - {lab.host_addr})  # the address is no longer the host's: told with this drain
+        later = send(7000, set(with_host) - {lab.host_addr})
+        assert sum(f.bytes for f in later) == 7000 and all(f.cookie & MERGED_IN_KERNEL for f in later)
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    finally:
+        loader.close()
+
+
+def _mine(total: Drain, more: Drain, pid: int) -> list[Flow]:
+    total.flows += more.flows
+    return [f for f in total.flows if f.owner.tgid == pid]

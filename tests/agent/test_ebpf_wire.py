@@ -10,7 +10,7 @@ from weightwarden.agent.ebpf import local_command
 
 
 def _owner(tgid: int, comm: bytes = b"curl", flags: int = wire.OWNED) -> bytes:
-    return wire.OWNER.pack(tgid, 1, 1000, flags, 5_000_000_000, 77, 3, 42, 8, 0, 0, 0, comm.ljust(16, b"\0"))
+    return wire.OWNER.pack(tgid, 1, 1000, flags, 5_000_000_000, 77, 3, 42, 8, 0, 0, comm.ljust(16, b"\0"))
 
 
 def test_sizes_match_the_c_structs() -> None:
