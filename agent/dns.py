@@ -6,7 +6,8 @@ a flood of answers costs names, never traffic or attribution. Each A/AAAA
 answer maps an address to the name that was asked for, for its TTL (at least a
 minute, at most a day). Parsed with dnspython (ISC licence): DNS compression
 and record types are not worth hand-rolling. Garbage and short packets yield
-no names, never an exception; past ``max_per_s`` answers a second the rest are
+no names, never an exception. An answer seen before (only its transaction id differs) is not parsed
+again; past ``max_per_s`` new answers a second the rest are
 counted and skipped, so parsing can never eat the agent's CPU.
 """
 
@@ -23,6 +24,7 @@ import dns.rdatatype
 MIN_TTL, MAX_TTL = 60.0, 86400.0
 MAX_NAMES = 100_000
 MAX_PER_S = 1000
+SEEN_ANSWERS = 4096  # answers remembered by content: a name asked again and again is parsed once
 
 
 def _udp_payload(packet: bytes) -> bytes | None:
@@ -53,6 +55,10 @@ def answers(packet: bytes) -> list[tuple[str, str, float]]:
     payload = _udp_payload(packet)
     if not payload or len(payload) < 12:
         return []
+    return _parse(payload)
+
+
+def _parse(payload: bytes) -> list[tuple[str, str, float]]:
     try:
         msg = dns.message.from_wire(payload, ignore_trailing=True, one_rr_per_rrset=True)
     except Exception:  # noqa: BLE001 - hostile bytes: any parse failure means "no names", never a crash
@@ -78,16 +84,31 @@ class NameCache:
         self._lock = threading.Lock()
         self._window = 0.0
         self._parsed = 0
+        self.parses = 0  # answers handed to the parser (the rest were known by content)
+        # An answer without its transaction id -> what it says. Resolvers answer the same question
+        # the same way until the TTL runs out, and a reflected flood repeats one answer: parsing
+        # (about 0.1 ms each) is paid once per distinct answer.
+        self._seen: dict[bytes, list[tuple[str, str, float]]] = {}
 
     def feed(self, packet: bytes) -> int:
         now = self.clock()
-        if now - self._window >= 1.0:
-            self._window, self._parsed = now, 0
-        if self._parsed >= self.max_per_s:
-            self.skipped += 1
+        payload = _udp_payload(packet)
+        if not payload or len(payload) < 12:
             return 0
-        self._parsed += 1
-        found = answers(packet)
+        key = payload[2:]
+        found = self._seen.get(key)
+        if found is None:
+            if now - self._window >= 1.0:
+                self._window, self._parsed = now, 0
+            if self._parsed >= self.max_per_s:
+                self.skipped += 1
+                return 0
+            self._parsed += 1
+            self.parses += 1
+            found = _parse(payload)
+            if len(self._seen) >= SEEN_ANSWERS:
+                self._seen.clear()
+            self._seen[key] = found
         with self._lock:
             if len(self._names) > MAX_NAMES:
                 self._names.clear()

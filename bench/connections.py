@@ -8,7 +8,8 @@ in an "outside" namespace):
 - sequential: one process opens --seq connections one after another, each sending 1 KiB;
 - burst: 8 processes open --burst connections in total, as fast as they can;
 - flood: the sequential run again while 20,000 DNS answers a second arrive (UDP from
-  port 53) at a socket in the watched cgroup.
+  port 53) at a socket in the watched cgroup, all different (answers seen before are not parsed
+  again, so a repeated answer would cost nothing).
 
 Printed per mode and run: connections/s, connect() latency p50/p99 (µs), the share of the
 clients' bytes the agent credited to the right processes, the agent's CPU, and the
@@ -90,15 +91,19 @@ FLOOD = r"""
 import socket, struct, sys, time
 import dns.message, dns.rrset
 dst, port, rate, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-q = dns.message.make_query("flood.example", "A"); r = dns.message.make_response(q)
-r.answer.append(dns.rrset.from_text("flood.example.", 60, "IN", "A", "198.19.0.77"))
-body = r.to_wire()
+# Distinct answers (more than the agent remembers), so every one that gets through is parsed: the worst case.
+bodies = []
+for i in range(6000):
+    q = dns.message.make_query(f"f{i}.flood.example", "A"); r = dns.message.make_response(q)
+    r.answer.append(dns.rrset.from_text(f"f{i}.flood.example.", 60, "IN", "A", f"198.19.{i // 250}.{i % 250 + 1}"))
+    bodies.append(r.to_wire())
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[5], 53))
+print("ready", flush=True)
 sent = 0; t0 = time.perf_counter()
 while time.perf_counter() - t0 < seconds:
     target = int((time.perf_counter() - t0) * rate)
     while sent < target:
-        s.sendto(body, (dst, port)); sent += 1
+        s.sendto(bodies[sent % len(bodies)], (dst, port)); sent += 1
     time.sleep(0.001)
 print(sent, flush=True)
 """
@@ -202,6 +207,7 @@ def measure(mode: str, kind: str, n: int) -> Result:
             gateway = lab.out_addr.rsplit(".", 1)[0] + ".1"  # the host's address towards "out"
             flood = lab.popen(lab.out, sys.executable, "-c", FLOOD, gateway, "5353", "20000", "60", lab.out_addr,
                               stdout=subprocess.PIPE)
+            assert flood.stdout is not None and flood.stdout.readline().strip() == b"ready"
             time.sleep(1.0)
         cpu0 = proc_cpu(agent.pid) if agent else 0.0
         t0 = time.monotonic()
