@@ -12,6 +12,7 @@ by then, so they converge.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from weightwarden.collector.store import Store
 from weightwarden.events import Event, FileAccess, WeightHolder, WeightsCopy
 
 REEVALUATE_S = 10.0  # the sweep re-judges what arrived this recently (wall clock): longer than any batch
+MAX_LOOKBACK_S = 600.0  # ... and at most this far back since its previous sweep (a new leader's first)
 READS_CACHE_S = 5.0
 SLOW_EVERY_S = 60.0  # a destination under a steady trickle is re-judged at most this often...
 SLOW_SETTLE_S = 3.0  # ...and once more when its facts stop
@@ -77,6 +79,7 @@ class Detector:
         self._reads: dict[str, tuple[float, bool]] = {}
         self._contacts: dict[tuple[str, str, str], tuple[float, float]] = {}  # (first, last seen)
         self._slow_done: dict[tuple[str, str, str], float] = {}
+        self._swept: tuple[float, float] = (math.inf, math.inf)  # (wall, clock) the last sweep began at
 
     def forget(self) -> None:
         """After a rolled-back transaction: what the caches learnt inside it may not be stored."""
@@ -425,23 +428,28 @@ class Detector:
     def sweep(self, now: float) -> int:
         """Re-judge what arrived lately (in this collector or another), then slow destinations that are due."""
         wall = time.time()
+        # Lately: since the previous sweep began, less the longest a transaction takes. A slow sweep
+        # is followed by a longer pause (SWEEP_PAUSE), and a fixed window would leave a gap no sweep
+        # looks at: a verdict written from an old snapshot in it would stand.
+        since_wall = max(min(wall, self._swept[0]), wall - MAX_LOOKBACK_S) - REEVALUATE_S
+        since_now = max(min(now, self._swept[1]), now - MAX_LOOKBACK_S) - REEVALUATE_S
         with self.store.tx() as conn:
-            senders, reads, dests = q.recent_units(conn, wall - REEVALUATE_S, now - self.tune.link_window_s)
+            senders, reads, dests = q.recent_units(conn, since_wall, now - self.tune.link_window_s)
             units = Units()
             for host, pid in senders:
-                units.checks[(host, pid)] = q.recent_flows(conn, host, pid, wall - REEVALUATE_S)
-            units.senders |= {(host, pid) for host, pid in q.recent_relay_targets(conn, wall - REEVALUATE_S)}
+                units.checks[(host, pid)] = q.recent_flows(conn, host, pid, since_wall)
+            units.senders |= {(host, pid) for host, pid in q.recent_relay_targets(conn, since_wall)}
             for host, first, last in reads:
                 units.senders |= {(host, pid) for pid in q.outward_senders(conn, host, first - 1)}
                 units.host_days |= {(host, d) for d in self._days(first, last + self.tune.host_window_s)}
             for host, _pid in senders:
-                span = q.recent_span(conn, host, wall - REEVALUATE_S)
+                span = q.recent_span(conn, host, since_wall)
                 if span is not None:
                     units.host_days |= {(host, d) for d in self._days(*span)}
             # Verdicts written lately are judged once more with everything committed by now: a collector
             # that judged from a snapshot missing another's facts, and committed after that other's
             # verdict, must not leave its older view standing. A verdict that holds writes nothing.
-            for key, host in q.alerts_updated_since(conn, now - REEVALUATE_S):
+            for key, host in q.alerts_updated_since(conn, since_now):
                 _judge_again(units, key, host)
             for host, address, first, last, received in dests:
                 for day in sorted(self._slow_days(first, last)):
@@ -451,7 +459,9 @@ class Detector:
                     if age is None or (wall - received < age + 2 * SLOW_SETTLE_S and
                                        (age >= SLOW_EVERY_S or wall - received >= SLOW_SETTLE_S)):
                         units.slow.add((host, address, day))
-            return self.evaluate(conn, units, now)
+            failed = self.evaluate(conn, units, now)
+        self._swept = (wall, now)  # only once it is done: a failed sweep's span is looked at again
+        return failed
 
 def _judge_again(units: Units, key: str, host: str) -> None:
     """Add the subject a verdict's key names: exfiltration:HOST:PID[:START] (a sender),

@@ -111,7 +111,7 @@ def one_round(broker: Broker, dbs: dict[str, str], events: list[dict[str, Any]],
             got = summary(db)
             assert sorted(got) == sorted(expected), name
             for key, value in expected.items():
-                assert got[key] == value, (name, key)
+                assert got[key] == value, (name, key, _differences(value[2], got[key][2]))
         assert all(p.poll() is None for p in procs)
     finally:
         for st in stores.values():
@@ -120,3 +120,9 @@ def one_round(broker: Broker, dbs: dict[str, str], events: list[dict[str, Any]],
             p.terminate()
         for p in procs:
             p.wait(timeout=20)
+
+
+def _differences(want: str, got: str) -> dict[str, tuple[Any, Any]]:
+    """The evidence fields that differ, with both values: what a failure here needs to be understood."""
+    a, b = json.loads(want), json.loads(got)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}

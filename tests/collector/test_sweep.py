@@ -156,3 +156,24 @@ def test_a_stale_verdict_written_late_is_judged_again(pipe: Pipeline) -> None:
     pipe.sweep()
     with pipe.store.tx() as conn:
         assert conn.execute(text("SELECT updated_at FROM alerts WHERE key = :k"), {"k": alert["key"]}).scalar() == before
+
+
+def test_a_stale_verdict_written_during_a_long_pause_is_judged_again(pipe: Pipeline) -> None:
+    """A slow sweep is followed by a longer pause: the next looks back to when the previous began, so a
+    verdict written from an old snapshot in between is looked at, however long the pause."""
+    from tests.collector.scenarios import MB
+
+    s = Stream()
+    s.read(T0 + 1, pid=400, nbytes=256 * MB, start=T0 - 10)
+    s.send(T0 + 5, pid=400, nbytes=200 * MB, start=T0 - 10)
+    [alert] = [a for a in run(pipe, s) if a["kind"] == "exfiltration"]
+    pipe.clock.now = T0 + 10  # type: ignore[attr-defined]
+    pipe.sweep()  # the previous sweep
+    with pipe.store.tx() as conn:
+        for table in ("egress_raw", "weight_reads", "relays"):
+            conn.execute(text(f"UPDATE {table} SET received_at = received_at - 3600"))
+        conn.execute(text("UPDATE alerts SET severity = 'medium', severity_rank = 2, updated_at = :n WHERE key = :k"),
+                     {"n": T0 + 15, "k": alert["key"]})
+    pipe.clock.now = T0 + 40  # type: ignore[attr-defined]  # 25 s after the stale write: past a fixed window
+    pipe.sweep()
+    assert pipe.store.alert(alert["key"])["severity"] == "critical"  # type: ignore[index]
