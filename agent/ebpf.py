@@ -175,7 +175,8 @@ class BpfLoader:
 
     def drain(self, local: set[str] | None = None, timeout: float = 10.0) -> Drain:
         """What the kernel counted since the last drain. ``local``: this host's own addresses; given,
-        the loader merges each process's sockets to one remote destination into one record."""
+        each process's sockets to one remote destination arrive as one record (merged in the kernel
+        and the loader), and sockets to this host stay one record each."""
         with self._lock:
             proc = self._proc
             if proc is None or proc.stdin is None or proc.poll() is not None:

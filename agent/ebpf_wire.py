@@ -14,7 +14,7 @@ from dataclasses import dataclass
 T_READY, T_ERROR, T_FLOWS, T_UNIX, T_LOST, T_END, T_OWNER, T_DNS = range(1, 9)
 
 OWNED, ACCEPTED = 1, 2  # ww_owner.flags
-F_LOCAL, F_RAW = 1, 2  # ww_flow.flags
+F_LOCAL, F_RAW, F_DECIDED, F_ONHOST = 1, 2, 4, 8  # ww_flow.flags
 
 FRAME = struct.Struct("<II")
 OWNER = struct.Struct("<IIIIQQQQIIQ16s")  # struct ww_owner
@@ -66,7 +66,7 @@ class Flow:
     packets: int
     first_ns: int  # CLOCK_MONOTONIC
     last_ns: int
-    sockets: int = 1  # sockets the loader merged into this record (same process and destination)
+    sockets: int = 1  # sockets counted in this record (one process to one destination, merged in the kernel or loader)
 
     @property
     def protocol(self) -> str:

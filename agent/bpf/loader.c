@@ -151,12 +151,12 @@ static void emit_unix(const char *keys, const char *vals, __u32 n)
 	frame(T_UNIX, rec, n * (__u32)(ksz + vsz));
 }
 
-/* Merging flows. A burst of short connections is one record per socket in the kernel; the agent
- * reports bytes per (process, destination) with a socket count, so sockets of one process to one
- * destination are merged here, at a small fraction of what decoding each in Python costs. Flows
- * that stay on this host (over loopback, or to one of its own addresses) are kept per socket:
- * their ports name the process at the other end, and relays are found that way. The agent says
- * which addresses are its own; until it has, nothing is merged. */
+/* Merging flows. The kernel merges TCP sockets; UDP, ICMP and raw sockets reach here one record
+ * each. The agent reports bytes per (process, destination) with a socket count, so the sockets of
+ * one process to one destination are merged here, at a small fraction of what decoding each in
+ * Python costs. Flows that stay on this host (over loopback, or to one of its own addresses) are
+ * kept per socket: their ports name the process at the other end, and relays are found that way.
+ * The agent says which addresses are its own (local_addrs); until it has, nothing is merged. */
 struct rec {
 	struct ww_flow_key k;
 	struct ww_flow v;
@@ -251,24 +251,11 @@ static void set_locals(struct weightwarden_bpf *skel, char *args)
 	sync_local_map(skel);
 }
 
-static const __u8 zeros[16];
-
-/* Mirrors the agent's is_egress_destination (agent/interfaces.py), plus loopback. */
-static int stays_on_host(const struct rec *r)
+/* Kept one record per socket: flows on this host, and any made before the kernel knew the host's
+ * addresses (it decides each entry once it does, with the agent's own rule). */
+static int kept_per_socket(const struct rec *r)
 {
-	const __u8 *d = r->k.daddr;
-	if (r->v.flags & WW_F_LOCAL)
-		return 1;
-	if (r->k.family == 4 && (d[0] == 127 || memcmp(d, zeros, 4) == 0))
-		return 1;
-	if (r->k.family == 6 && (memcmp(d, zeros, 16) == 0
-				 || (memcmp(d, zeros, 10) == 0 && d[10] == 0xff && d[11] == 0xff && d[12] == 127)))
-		return 1;
-	struct addr16 x;
-	memset(&x, 0, sizeof(x));
-	x.family = r->k.family;
-	memcpy(x.a, d, 16);
-	return bsearch(&x, locals, nlocals, sizeof(*locals), cmp_addr) != NULL;
+	return (r->v.flags & (WW_F_DECIDED | WW_F_ONHOST | WW_F_LOCAL)) != WW_F_DECIDED;
 }
 
 static struct rec *flows;
@@ -342,7 +329,7 @@ static void merge_into(struct rec *into, const struct rec *r)
 /* Merges flows[] in place (kept records first, in arrival order) and returns how many remain. */
 static size_t merge_flows(void)
 {
-	if (!locals_known || nflows < 2)
+	if (nflows < 2)
 		return nflows;
 	size_t slots = 1;
 	while (slots < nflows * 2)
@@ -354,7 +341,7 @@ static size_t merge_flows(void)
 	size_t kept = 0;
 	for (size_t i = 0; i < nflows; i++) {
 		struct rec *r = &flows[i];
-		if (!stays_on_host(r)) {
+		if (!kept_per_socket(r)) {
 			size_t at = sender_destination_hash(r) & (slots - 1);
 			for (; table[at]; at = (at + 1) & (slots - 1)) {
 				struct rec *other = &flows[table[at] - 1];

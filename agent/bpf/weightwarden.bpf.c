@@ -328,62 +328,27 @@ struct pkt {
 	__u32 l4;
 };
 
-/* The headers straight from the packet when they are in its linear part (they nearly always are:
- * cheaper than copying them out); 1 when they are not and parse() must copy. */
-static __always_inline int parse_direct(struct __sk_buff *skb, struct pkt *p)
+/* `len` bytes at `off` from the network header: read in place when they are in the packet's linear
+ * part (they nearly always are, and that is cheaper), copied out by the helper when they are not. */
+static __always_inline int load(struct __sk_buff *skb, __u32 off, void *to, __u32 len)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
-	__u8 proto;
-	__u32 hdr;
-	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		struct ip4 *ip = data;
-		if ((void *)(ip + 1) > end)
-			return 1;
-		hdr = (ip->vihl & 0x0f) * 4;
-		proto = ip->protocol;
-		p->key.family = 4;
-		__builtin_memcpy(p->key.daddr, ip->daddr, 4);
-		__builtin_memcpy(p->saddr, ip->saddr, 4);
-	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-		struct ip6 *ip = data;
-		if ((void *)(ip + 1) > end)
-			return 1;
-		hdr = sizeof(*ip);
-		proto = ip->nexthdr;
-		p->key.family = 6;
-		__builtin_memcpy(p->key.daddr, ip->daddr, 16);
-		__builtin_memcpy(p->saddr, ip->saddr, 16);
-	} else {
-		return 1;
+	off &= 0x3f;
+	if (data + off + len <= end) {
+		__builtin_memcpy(to, data + off, len);
+		return 0;
 	}
-	p->hdr = hdr;
-	p->key.proto = proto;
-	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
-		struct l4ports *l4 = data + (hdr & 0x3f);
-		if ((void *)l4 + (proto == IPPROTO_TCP ? sizeof(*l4) : 4) > end)
-			return 1;
-		p->l4 = proto == IPPROTO_TCP ? (l4->doff_res >> 4) * 4 : 8;
-		p->sport = bpf_ntohs(l4->sport);
-		p->key.dport = bpf_ntohs(l4->dport);
-	} else if (proto == IPPROTO_ICMP || proto == PROTO_ICMPV6) {
-		p->l4 = 8; /* type, code, checksum, identifier, sequence */
-	} else {
-		p->l4 = 0;
-	}
-	return 0;
+	return bpf_skb_load_bytes(skb, off, to, len);
 }
 
 /* The IP and transport headers of an skb whose data starts at the network header. */
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 {
-	if (parse_direct(skb, p) == 0)
-		return 0;
-	__builtin_memset(p, 0, sizeof(*p));
 	__u8 proto;
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		struct ip4 ip;
-		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+		if (load(skb, 0, &ip, sizeof(ip)))
 			return -1;
 		p->hdr = (ip.vihl & 0x0f) * 4;
 		proto = ip.protocol;
@@ -392,7 +357,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		__builtin_memcpy(p->saddr, ip.saddr, 4);
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ip6 ip;
-		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+		if (load(skb, 0, &ip, sizeof(ip)))
 			return -1;
 		p->hdr = sizeof(ip);
 		proto = ip.nexthdr;
@@ -403,20 +368,20 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		return -1;
 	}
 	p->key.proto = proto;
-	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
-		struct l4ports l4 = {};
-		__u32 want = proto == IPPROTO_TCP ? sizeof(l4) : 4;
-		if (want == sizeof(l4)) {
-			if (bpf_skb_load_bytes(skb, p->hdr & 0x3f, &l4, sizeof(l4)))
-				return -1;
-			p->l4 = (l4.doff_res >> 4) * 4;
-		} else {
-			if (bpf_skb_load_bytes(skb, p->hdr & 0x3f, &l4, 4))
-				return -1;
-			p->l4 = 8;
-		}
+	if (proto == IPPROTO_TCP) {
+		struct l4ports l4;
+		if (load(skb, p->hdr, &l4, sizeof(l4)))
+			return -1;
+		p->l4 = (l4.doff_res >> 4) * 4;
 		p->sport = bpf_ntohs(l4.sport);
 		p->key.dport = bpf_ntohs(l4.dport);
+	} else if (proto == IPPROTO_UDP) {
+		__u16 ports[2];
+		if (load(skb, p->hdr, ports, sizeof(ports)))
+			return -1;
+		p->l4 = 8;
+		p->sport = bpf_ntohs(ports[0]);
+		p->key.dport = bpf_ntohs(ports[1]);
 	} else if (proto == IPPROTO_ICMP || proto == PROTO_ICMPV6) {
 		p->l4 = 8; /* type, code, checksum, identifier, sequence */
 	} else {
@@ -425,7 +390,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	return 0;
 }
 
-/* Whether a destination is this host (loopback, unspecified, or one of its addresses). */
+/* Whether a destination is this host: loopback, unspecified, or one of its addresses (the same
+ * rule as the agent's is_egress_destination, agent/interfaces.py). */
 static __always_inline int on_host(const struct ww_flow_key *k)
 {
 	const __u8 *d = k->daddr;
@@ -488,6 +454,10 @@ static __always_inline void account(void *map, struct pkt *p, struct ww_owner *o
 			__builtin_memcpy(&init.owner, o, sizeof(*o));
 		__builtin_memcpy(init.saddr, p->saddr, 16);
 		init.sport = p->sport;
+		/* Where it goes, decided once per entry while the host's addresses are known: the loader
+		 * merges the entries of one process to one remote destination, never those on the host. */
+		if (!(flags & (WW_F_DECIDED | WW_F_LOCAL)) && merge_ready)
+			flags |= WW_F_DECIDED | (on_host(&p->key) ? WW_F_ONHOST : 0);
 		init.flags = flags;
 		init.first_ns = now;
 		init.last_ns = now;
@@ -543,10 +513,15 @@ int ww_egress(struct __sk_buff *skb)
 	__u64 now = bpf_ktime_get_ns();
 	__u32 g = gen;
 	__u32 sockets = 1;
-	if (p.key.proto == IPPROTO_TCP && !flags && merge_ready && merges(&p, o))
+	int tcp = p.key.proto == IPPROTO_TCP && !flags && merge_ready;
+	if (tcp && merges(&p, o)) {
 		sockets = merge_key(&p, o, g);
-	else
+		flags |= WW_F_DECIDED;
+	} else {
+		if (tcp)
+			flags |= WW_F_DECIDED | WW_F_ONHOST;
 		p.key.cookie = bpf_get_socket_cookie(skb);
+	}
 	if (g & 1)
 		account(&flows1, &p, o, flags, payload, now, g, sockets);
 	else

@@ -13,6 +13,8 @@
 
 #define WW_F_LOCAL 1           /* routed over loopback: a transfer on this host */
 #define WW_F_RAW 2             /* a SOCK_RAW socket */
+#define WW_F_DECIDED 4         /* the kernel knew the host's addresses when it made the entry ... */
+#define WW_F_ONHOST 8          /* ... and its destination is one of them (kept per socket) */
 
 #define WW_MERGED (1ULL << 63) /* ww_flow_key.cookie of a flow merging one process's TCP sockets */
 #define WW_LOCAL_MAX 4096      /* addresses of the host (see local_addrs) */
@@ -49,7 +51,7 @@ struct ww_flow {
 	__u8 saddr[16];
 	__u16 sport;
 	__u16 flags;
-	__u32 sockets;       /* 0 in the kernel; the loader's count when it merged sockets (see loader.c) */
+	__u32 sockets;       /* sockets counted in this entry (merged in the kernel or by the loader) */
 	__u64 bytes;         /* transport payload */
 	__u64 packets;
 	__u64 first_ns;      /* CLOCK_MONOTONIC */

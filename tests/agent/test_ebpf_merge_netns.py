@@ -22,7 +22,7 @@ from weightwarden.agent.ebpf_wire import Flow
 
 pytestmark = pytest.mark.privileged
 
-OUT_PORT, HOST_PORT = 8090, 8091
+OUT_PORT, HOST_PORT, OUT_UDP, HOST_UDP = 8090, 8091, 9090, 9091
 SOCKETS, PAYLOAD = 120, 3000
 MERGED_IN_KERNEL = 1 << 63  # WW_MERGED in agent/bpf/ww.h
 EXPECTED = SOCKETS * PAYLOAD + SOCKETS * (SOCKETS - 1) // 2  # bytes to each server (every socket sends its own size)
@@ -34,8 +34,15 @@ for addr, port in ((sys.argv[1], int(sys.argv[3])), (sys.argv[2], int(sys.argv[4
         s = socket.create_connection((addr, port))
         s.sendall(b"m" * (int(sys.argv[6]) + i))
         s.close()
+# A UDP socket per datagram (as a client that opens one per request does)
+for addr, port in ((sys.argv[1], int(sys.argv[7])), (sys.argv[2], int(sys.argv[8]))):
+    for i in range(int(sys.argv[5])):
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.sendto(b"u" * (100 + i), (addr, port))
+        u.close()
 print(os.getpid(), flush=True)
 """
+UDP_EXPECTED = SOCKETS * 100 + SOCKETS * (SOCKETS - 1) // 2
 
 
 @pytest.fixture(scope="module")
@@ -48,22 +55,23 @@ def lab() -> Iterator[Lab]:
 def _connect_and_drain(lab: Lab, loader: BpfLoader, local: set[str] | None) -> tuple[int, Drain]:
     loader.drain(local)  # as the agent does every interval: the loader learns the host's addresses
     res = lab.run_ctr(sys.executable, "-c", CONNECT, lab.out_addr, lab.host_addr, str(OUT_PORT), str(HOST_PORT),
-                      str(SOCKETS), str(PAYLOAD))
+                      str(SOCKETS), str(PAYLOAD), str(OUT_UDP), str(HOST_UDP))
     pid = int(res.stdout.split()[0])
     got = Drain()
-    assert wait_for(lambda: _add(got, loader.drain(local)) >= 2 * EXPECTED, timeout=10), got.flows[:3]
+    assert wait_for(lambda: _add(got, loader.drain(local)) >= 2 * EXPECTED + 2 * UDP_EXPECTED, timeout=10), \
+        got.flows[:3]
     return pid, got
 
 
 def _add(total: Drain, more: Drain) -> int:
     total.flows += more.flows
-    return sum(f.bytes for f in total.flows if f.dport in (OUT_PORT, HOST_PORT))
+    return sum(f.bytes for f in total.flows if f.dport in (OUT_PORT, HOST_PORT, OUT_UDP, HOST_UDP))
 
 
 @pytest.fixture(scope="module", autouse=True)
 def sinks(lab: Lab) -> None:
-    for ns, addr, port in ((lab.out, lab.out_addr, OUT_PORT), (lab.host, lab.host_addr, HOST_PORT)):
-        sink = lab.popen(ns, sys.executable, "-m", "tests.helpers.sink", addr, str(port), "0", stdout=subprocess.PIPE)
+    for ns, addr, port, udp in ((lab.out, lab.out_addr, OUT_PORT, OUT_UDP), (lab.host, lab.host_addr, HOST_PORT, HOST_UDP)):
+        sink = lab.popen(ns, sys.executable, "-m", "tests.helpers.sink", addr, str(port), str(udp), stdout=subprocess.PIPE)
         assert sink.stdout is not None and sink.stdout.readline().strip() == b"ready"
 
 
@@ -86,6 +94,14 @@ def test_remote_sockets_merge_and_on_host_ones_do_not(lab: Lab) -> None:
         assert len(on_host) == SOCKETS and {f.sockets for f in on_host} == {1}
         assert len({f.sport for f in on_host}) == SOCKETS, "each socket keeps the port that names its peer"
         assert sum(f.bytes for f in on_host) == EXPECTED
+
+        # UDP sockets are merged by the loader, from the kernel's decision of where each one went.
+        udp_out = [f for f in mine if f.dport == OUT_UDP]
+        assert sum(f.sockets for f in udp_out) == SOCKETS and sum(f.bytes for f in udp_out) == UDP_EXPECTED
+        assert len(udp_out) <= 3, f"{len(udp_out)} records for one destination: not merged"
+        udp_host = [f for f in mine if f.dport == HOST_UDP]
+        assert len(udp_host) == SOCKETS and {f.sockets for f in udp_host} == {1}
+        assert sum(f.bytes for f in udp_host) == UDP_EXPECTED
     finally:
         loader.close()
 
@@ -98,6 +114,8 @@ def test_nothing_is_merged_until_the_agent_names_its_addresses(lab: Lab) -> None
         out2 = [f for f in got2.flows if f.owner.tgid == pid2 and f.dport == OUT_PORT]
         assert len(out2) == SOCKETS and {f.sockets for f in out2} == {1}
         assert not any(f.cookie & MERGED_IN_KERNEL for f in out2)
+        udp2 = [f for f in got2.flows if f.owner.tgid == pid2 and f.dport == OUT_UDP]
+        assert len(udp2) == SOCKETS and sum(f.bytes for f in udp2) == UDP_EXPECTED
         assert sum(f.bytes for f in out2) == EXPECTED
     finally:
         with_unknown.close()
