@@ -64,6 +64,24 @@ def interface_total(samples: list[dict[str, Any]]) -> int:
     return sum(i["tx_bytes"] for s in samples for i in s["interfaces"])
 
 
+def collect(proc: subprocess.Popen[bytes], events: list[dict[str, Any]], stderr: list[str]) -> list[threading.Thread]:
+    """Gather an agent's events (JSON lines on stdout) and its stderr as they come, on two threads."""
+
+    def read(stream: Any, into_events: bool) -> None:
+        for line in stream:
+            text = line.decode(errors="replace")
+            if into_events:
+                events.append(json.loads(text))
+            else:
+                stderr.append(text)
+
+    threads = [threading.Thread(target=read, args=(proc.stdout, True), daemon=True),
+               threading.Thread(target=read, args=(proc.stderr, False), daemon=True)]
+    for t in threads:
+        t.start()
+    return threads
+
+
 class DaemonRun:
     """``weightwarden-agent run --sink stdout`` in namespace ``a``, its events collected live."""
 
@@ -79,18 +97,7 @@ class DaemonRun:
         )
         self.events: list[dict[str, Any]] = []
         self.stderr: list[str] = []
-        self._threads = [threading.Thread(target=self._read, args=(self.proc.stdout, True), daemon=True),
-                         threading.Thread(target=self._read, args=(self.proc.stderr, False), daemon=True)]
-        for t in self._threads:
-            t.start()
-
-    def _read(self, stream: Any, is_events: bool) -> None:
-        for line in stream:
-            text = line.decode(errors="replace")
-            if is_events:
-                self.events.append(json.loads(text))
-            else:
-                self.stderr.append(text)
+        self._threads = collect(self.proc, self.events, self.stderr)
 
     def wait_event(self, type_: str, timeout: float = 20, after: int = 0, **match: Any) -> dict[str, Any]:
         def find() -> dict[str, Any] | None:

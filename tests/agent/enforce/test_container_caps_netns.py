@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.agent_run import collect
 from tests.helpers.containers import REPO, Lab, make_lab
 from tests.helpers.netns import sh, wait_for
 
@@ -93,16 +93,7 @@ class Agent:
         lab.procs.append(self.proc)
         self.events: list[dict[str, Any]] = []
         self.stderr: list[str] = []
-        threading.Thread(target=self._read, args=(self.proc.stdout, True), daemon=True).start()
-        threading.Thread(target=self._read, args=(self.proc.stderr, False), daemon=True).start()
-
-    def _read(self, stream: Any, events: bool) -> None:
-        for line in stream:
-            text = line.decode(errors="replace")
-            if events:
-                self.events.append(json.loads(text))
-            else:
-                self.stderr.append(text)
+        collect(self.proc, self.events, self.stderr)
 
     def of_type(self, type_: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("type") == type_]
