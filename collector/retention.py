@@ -1,5 +1,9 @@
 """Retention: fold old raw egress into per-minute rows, and delete what is past its time.
 
+Time here is when a fact was stored (``received_at``), never the time its agent wrote on it: an
+agent's spool delivered days late, or an agent whose clock is wrong, must not have its facts purged
+as they arrive, before detection has judged them.
+
 Raw egress rows (one per sample, process and destination: ~86 M a day at
 1,000 hosts) are kept for a short window (``raw_egress_s``, default 1 h), then
 folded into ``egress_minute``: one row per minute, host, process and
@@ -125,25 +129,21 @@ def run(store: Store, ret: Retention, now: float | None = None) -> dict[str, int
     # Egress samples leave with their raw rows, but never ahead of the sequence-gap check.
     out["events"] = _delete_batched(
         store, "events", "id",
-        "type = 'egress_sample' AND ts < :c AND received_at < :c AND "
+        "type = 'egress_sample' AND received_at < :c AND "
         "seq <= coalesce((SELECT seq_contig FROM hosts h WHERE h.host = events.host), 0)", {"c": raw_cut})
-    out["events"] += _delete_batched(store, "events", "id", "ts < :c", {"c": old_cut})
+    out["events"] += _delete_batched(store, "events", "id", "received_at < :c", {"c": old_cut})
     minute_cut = now - ret.egress_s
-    out["egress_minute"] = 0
-    while True:
-        with store.tx() as conn:
-            low = conn.execute(text("SELECT min(minute) FROM egress_minute")).scalar()
-            if low is None or low >= minute_cut - 60:
-                break
-            out["egress_minute"] += int(conn.execute(text("DELETE FROM egress_minute WHERE minute < :m AND ts < :c"), {
-                "m": min(float(low) + 600, minute_cut), "c": minute_cut}).rowcount or 0)
+    row = "rowid" if store.dialect == "sqlite" else "ctid"
+    out["egress_minute"] = _delete_batched(store, "egress_minute", row, "received_at < :c OR received_at IS NULL AND "
+                                           "ts < :c", {"c": minute_cut})
     # Local hand-overs (one row per sample and peer) matter only as long as detections look back.
-    out["relays"] = _delete_batched(store, "relays", "rowid" if store.dialect == "sqlite" else "ctid",
-                                    "ts < :c", {"c": minute_cut})
+    out["relays"] = _delete_batched(store, "relays", row, "received_at < :c OR received_at IS NULL AND ts < :c",
+                                    {"c": minute_cut})
     with store.tx() as conn:
-        for table, col in (("weight_reads", "ts"), ("history", "last_seen"), ("processes", "last_seen"),
-                           ("dead_letters", "received_at")):
-            out[table] = int(conn.execute(text(f"DELETE FROM {table} WHERE {col} < :c"), {"c": old_cut}).rowcount or 0)
+        for table, where in (("weight_reads", "received_at < :c OR received_at IS NULL AND ts < :c"),
+                             ("history", "last_seen < :c"), ("processes", "last_seen < :c"),
+                             ("dead_letters", "received_at < :c")):
+            out[table] = int(conn.execute(text(f"DELETE FROM {table} WHERE {where}"), {"c": old_cut}).rowcount or 0)
         out["dead_letters"] += store.trim_dead_letters(conn, ret.dead_letter_rows, ret.dead_letter_bytes)
         out["history"] += _cap_history(conn, ret.history_per_host)
         # Console sessions past their expiry, and alert notifications (with their deliveries) as old as

@@ -187,6 +187,10 @@ MIGRATIONS: list[list[str]] = [
         "DROP TABLE counters",
         "CREATE VIEW counters AS SELECT name, sum(value) AS value FROM counter_parts GROUP BY name",
     ],
+    [  # 6: retention by when a fact was stored, not by the time its agent wrote on it (a spool delivered
+        # late, or a clock set back, must not be purged as it arrives, before anything judged it)
+        "CREATE INDEX events_received ON events(received_at)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -478,9 +478,11 @@ def hosts_with_reads(conn: Connection, hosts: list[str], since: float) -> set[st
     return found
 
 
-def recent_relay_targets(conn: Connection, received_since: float) -> list[tuple[str, int]]:
-    return [(r[0], int(r[1])) for r in conn.execute(text(
-        "SELECT DISTINCT host, dst_pid FROM relays WHERE received_at>=:r AND bytes>0"), {"r": received_since})]
+def recent_relay_targets(conn: Connection, received_since: float) -> list[tuple[str, int, float]]:
+    """Receivers of hand-overs that arrived lately, with the earliest such hand-over's first byte."""
+    return [(r[0], int(r[1]), float(r[2])) for r in conn.execute(text(
+        "SELECT host, dst_pid, min(first_ts) FROM relays WHERE received_at>=:r AND bytes>0 GROUP BY host, dst_pid"),
+        {"r": received_since})]
 
 
 def read_as_stored(conn: Connection, host: str, r: dict[str, Any]) -> dict[str, Any] | None:
@@ -567,14 +569,15 @@ def contacted_since(conn: Connection, host: str, exe: str, addresses: list[str])
     return {r[0]: float(r[1]) for r in rows}
 
 
-def recent_units(conn: Connection, received_since: float, reads_since: float) -> tuple[
+def recent_units(conn: Connection, received_since: float, link_window_s: float) -> tuple[
         list[tuple[str, int]], list[tuple[str, float, float]], list[tuple[str, str, float, float, float]]]:
-    """What facts arrived lately (wall clock) touch: outward senders on hosts with weight reads,
+    """What facts arrived lately (wall clock), however old the times they carry, touch: outward
+    senders on hosts with weight reads a link could reach (ending at most ``link_window_s`` before the send),
     hosts with new weight reads (and the span of those reads), and outward destinations."""
     senders = [(r[0], int(r[1])) for r in conn.execute(text(
         f"SELECT DISTINCT e.host, e.pid FROM egress e WHERE e.received_at>=:r AND e.pid>0 AND {OUTWARD} "
-        "AND EXISTS (SELECT 1 FROM weight_reads w WHERE w.host=e.host AND w.ts>=:w)"),
-        {"r": received_since, "w": reads_since})]
+        "AND EXISTS (SELECT 1 FROM weight_reads w WHERE w.host=e.host AND w.ts>=e.ts-:w)"),
+        {"r": received_since, "w": link_window_s})]
     reads = [(r[0], float(r[1]), float(r[2])) for r in conn.execute(text(
         "SELECT host, min(first_ts), max(ts) FROM weight_reads WHERE received_at>=:r GROUP BY host"),
         {"r": received_since})]

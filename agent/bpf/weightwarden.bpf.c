@@ -112,6 +112,16 @@ struct {
 	__type(value, __u64);
 } announced SEC(".maps");
 
+/* Who last read each unix socket, by the socket's inode. A writer reaches its peer only through
+ * u->peer, an untrusted pointer on newer kernels (6.18 refuses it to bpf_sk_storage_get), so the
+ * reader is recorded here from the trusted context of its own read and looked up by inode. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct ww_owner);
+} unix_readers SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_CGROUP_ARRAY);
 	__uint(max_entries, 1);
@@ -261,6 +271,13 @@ int ww_sockops(struct bpf_sock_ops *skops)
 }
 
 static __always_inline void unix_account(struct sock *sk, int sent);
+
+/* The inode of a socket's file (a struct socket is the first half of its socket_alloc). */
+static __always_inline __u64 sock_ino(struct sock *sk)
+{
+	struct socket_alloc *sa = (struct socket_alloc *)BPF_CORE_READ(sk, sk_socket);
+	return sa ? BPF_CORE_READ(sa, vfs_inode.i_ino) : 0;
+}
 
 /* Every completed write to a socket (send, write, sendfile and splice, io_uring), in the
  * writer's context: inet sockets are credited to the process that writes them (a socket
@@ -578,15 +595,16 @@ int ww_ingress(struct __sk_buff *skb)
 static __always_inline void unix_account(struct sock *sk, int sent)
 {
 	struct unix_sock *u = bpf_skc_to_unix_sock(sk);
-	struct sock *peer = u ? u->peer : 0;
 	struct ww_owner *receiver = 0;
 	struct ww_unix_key key = {};
-	if (peer) {
-		struct socket_alloc *sa = (struct socket_alloc *)BPF_CORE_READ(peer, sk_socket);
-		if (sa)
-			key.peer_ino = BPF_CORE_READ(sa, vfs_inode.i_ino);
-		receiver = bpf_sk_storage_get(&owners, peer, 0, 0);
+	if (u) {
+		/* Read through probes only: u->peer may not be handed to a helper (see unix_readers). */
+		struct sock *peer = BPF_CORE_READ(u, peer);
+		if (peer)
+			key.peer_ino = sock_ino(peer);
 	}
+	if (key.peer_ino)
+		receiver = bpf_map_lookup_elem(&unix_readers, &key.peer_ino);
 	key.tgid = bpf_get_current_pid_tgid() >> 32;
 	struct task_struct *t = bpf_get_current_task_btf();
 	key.start_ns = BPF_CORE_READ(t, group_leader, start_boottime);
@@ -632,7 +650,15 @@ int BPF_PROG(ww_recv, struct sock *sk, int ret, int flags)
 	if (family != AF_UNIX && family != AF_INET && family != AF_INET6)
 		return 0;
 	struct ww_owner *o = bpf_sk_storage_get(&owners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (o && (o->tgid != (__u32)(bpf_get_current_pid_tgid() >> 32) || !(o->flags & WW_OWNED)))
+	if (!o)
+		return 0;
+	if (o->tgid != (__u32)(bpf_get_current_pid_tgid() >> 32) || !(o->flags & WW_OWNED))
 		fill_owner(o);
+	if (family == AF_UNIX) {
+		__u64 ino = sock_ino(sk);
+		struct ww_owner *known = ino ? bpf_map_lookup_elem(&unix_readers, &ino) : 0;
+		if (ino && (!known || known->tgid != o->tgid || known->start_ns != o->start_ns))
+			bpf_map_update_elem(&unix_readers, &ino, o, BPF_ANY);
+	}
 	return 0;
 }

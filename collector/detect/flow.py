@@ -118,7 +118,9 @@ class Detector:
             for r in mine:
                 if r["pid"] > 0:
                     units.checks.setdefault((host, int(r["pid"])), []).append(r)
-            units.senders |= {(host, int(r["dst_pid"])) for r in handed}  # a hand-over is a new link
+            if handed:  # a hand-over is a new link, for its receiver and for whoever that one hands on to
+                first = min(float(r["first_ts"]) for r in handed)
+                units.senders |= {(host, p) for p in self._downstream(conn, host, {int(r["dst_pid"]) for r in handed}, first)}
             units.host_days |= {(host, d) for r in mine for d in self._days(float(r["ts"]), float(r["ts"]))}
         return units
 
@@ -170,6 +172,18 @@ class Detector:
         for key in q.alert_keys(conn, host, f"exfiltration:{host}:") + q.alert_keys(conn, host, f"slow:{host}:"):
             _judge_again(units, key, host)
         return units
+
+    def _downstream(self, conn: Connection, host: str, pids: set[int], first: float) -> set[int]:
+        """``pids`` and every process they handed bytes on to, up to the relay depth: a hand-over that
+        arrives after the later ones down its chain changes the verdict of the chain's last sender."""
+        since = first - self.tune.link_window_s
+        out, frontier = set(pids), set(pids)
+        for _ in range(self.tune.relay_depth):
+            frontier = {t for p in sorted(frontier) for t in q.relay_targets(conn, host, p, since)} - out
+            if not frontier:
+                break
+            out |= frontier
+        return out
 
     def _days(self, lo: float, hi: float) -> set[str]:
         """The days whose windows contain times in [lo, hi] (a window starting the day before may)."""
@@ -434,11 +448,12 @@ class Detector:
         since_wall = max(min(wall, self._swept[0]), wall - MAX_LOOKBACK_S) - REEVALUATE_S
         since_now = max(min(now, self._swept[1]), now - MAX_LOOKBACK_S) - REEVALUATE_S
         with self.store.tx() as conn:
-            senders, reads, dests = q.recent_units(conn, since_wall, now - self.tune.link_window_s)
+            senders, reads, dests = q.recent_units(conn, since_wall, self.tune.link_window_s)
             units = Units()
             for host, pid in senders:
                 units.checks[(host, pid)] = q.recent_flows(conn, host, pid, since_wall)
-            units.senders |= {(host, pid) for host, pid in q.recent_relay_targets(conn, since_wall)}
+            for host, pid, first in q.recent_relay_targets(conn, since_wall):
+                units.senders |= {(host, p) for p in self._downstream(conn, host, {pid}, first)}
             for host, first, last in reads:
                 units.senders |= {(host, pid) for pid in q.outward_senders(conn, host, first - 1)}
                 units.host_days |= {(host, d) for d in self._days(first, last + self.tune.host_window_s)}

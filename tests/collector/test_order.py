@@ -84,3 +84,31 @@ def test_alerts_do_not_depend_on_arrival_order(seed: int, tmp_path: Path) -> Non
     assert sorted(got) == sorted(expected)
     for key in expected:
         assert got[key] == expected[key], key
+
+
+def _phase(e: dict[str, Any]) -> int:
+    """The adversarial order for a relay chain: the last sender's uploads, then the read, then the
+    hand-overs from the far end of the chain back to the reader, each phase in its own batch."""
+    if e["type"] != "egress_sample":
+        return 1
+    procs = e["data"]["processes"]
+    if any(p["tx_bytes"] > 0 for p in procs):
+        return 0
+    return 3 if any(p["pid"] == 501 for p in procs) else 2
+
+
+def test_a_hand_over_arriving_last_links_the_end_of_its_chain(tmp_path: Path) -> None:
+    """reader 501 -unix-> 530 -tcp-> 531 -> the world: 501's hand-overs arrive after everything
+    else, days late, so no sweep looks at them by time; 531's verdict must still name 501."""
+    events = [e for s in recorded.relay("t-chain", "unix", "/usr/sbin/haproxy", 530, 443, depth=2) for e in s.events]
+    now = max(e["ts"] for e in events) + 30 * 86400  # an agent's spool delivered a month late
+    pipe = Pipeline(Store(f"sqlite:///{tmp_path}/late.db"), clock=Clock(now))
+    for phase in range(4):
+        batch = [message(e) for e in events if _phase(e) == phase]
+        assert batch, phase
+        pipe.ingest(batch)
+    pipe.sweep()
+    assert not pipe.errors, pipe.errors
+    [alert] = [a for a in pipe.store.alerts() if a["kind"] == "exfiltration"]
+    assert alert["key"].startswith("exfiltration:t-chain:531"), alert["key"]
+    assert [link["reader"]["pid"] for link in alert["evidence"]["links"]] == [501], alert["evidence"]["links"]

@@ -61,7 +61,7 @@ def _minutes(store: Store) -> list[dict[str, object]]:
 
 def test_relays_and_minutes_go_when_detections_no_longer_look_back(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path}/c.db")
-    t = time.time() - 60  # retention folds by arrival (wall clock) and deletes by the agent's time
+    t = time.time() - 60  # retention folds and deletes by arrival (wall clock)
     pipe = Pipeline(store, Tuning(), clock=Clock(t + 60))
     s = Stream()
     s.hand(t, pid=500, to_pid=501, nbytes=5 * MB)
@@ -73,6 +73,28 @@ def test_relays_and_minutes_go_when_detections_no_longer_look_back(tmp_path: Pat
     assert store.count("relays") == 1 and store.count("egress_raw") == 0 and store.count("egress_minute") == 1
     gone = run(store, keep, now=t + keep.egress_s + 7200)
     assert gone["relays"] == 1 and store.count("relays") == 0 and store.count("egress_minute") == 0
+
+
+def test_facts_delivered_late_are_kept_until_they_have_been_stored_long_enough(tmp_path: Path) -> None:
+    """An agent's spool delivered a month late (or an agent with its clock set back): its facts carry
+    old times but were stored just now, and retention must not purge them before detection judged them."""
+    store = Store(f"sqlite:///{tmp_path}/c.db")
+    now = time.time()
+    t = now - 30 * 86400
+    pipe = Pipeline(store, Tuning(), clock=Clock(now))
+    s = Stream()
+    s.read(t, pid=500, nbytes=2000 * MB)
+    s.hand(t + 5, pid=500, to_pid=501, nbytes=5 * MB)
+    s.send(t + 5, pid=501, nbytes=5 * MB, exe="/usr/bin/socat")
+    assert pipe.ingest(s.messages())["rejected"] == 0
+    counts = {t: store.count(t) for t in ("relays", "weight_reads", "events")}
+    assert all(counts.values()), counts
+    keep = Retention(egress_s=Tuning().looks_back_s() + 3600, events_s=7 * 86400)
+    gone = run(store, keep, now=now + 60)
+    assert {t: store.count(t) for t in counts} == counts, gone
+    assert store.count("egress_raw") + store.count("egress_minute") >= 1
+    run(store, keep, now=now + 8 * 86400 + keep.egress_s)  # stored long enough: now they go
+    assert store.count("relays") == 0 and store.count("weight_reads") == 0 and store.count("events") == 0
 
 
 def test_expired_sessions_and_superseded_notifications_go_the_audit_trail_stays(tmp_path: Path) -> None:
