@@ -7,6 +7,8 @@ serving, relays, and verdicts that follow the facts.
 
 from __future__ import annotations
 
+import time
+
 from pathlib import Path
 from typing import Any
 
@@ -326,13 +328,17 @@ def test_ack_and_resolve_record_who_and_when(pipe: Pipeline) -> None:
     assert got is not None and (got["state"], got["resolved_by"]) == ("resolved", "bob")
 
 
-def test_retention_purges_old_events(pipe: Pipeline) -> None:
+def test_retention_purges_events_stored_longer_than_the_horizon(pipe: Pipeline) -> None:
+    """By when each was stored: an event its agent dated 40 days back, stored today, is kept."""
     s = Stream()
     s.add("heartbeat", T0 - 40 * 86400)
     s.add("heartbeat", T0)
     run(pipe, s)
-    assert pipe.store.purge(30 * 86400, now=T0)["events"] == 1
-    assert pipe.store.count("events") == 1
+    stored = time.time()
+    assert pipe.store.purge(30 * 86400, now=stored + 86400)["events"] == 0
+    assert pipe.store.count("events") == 2
+    assert pipe.store.purge(30 * 86400, now=stored + 31 * 86400)["events"] == 2
+    assert pipe.store.count("events") == 0
 
 
 def test_tuning_file_is_checked(tmp_path: Path) -> None:
