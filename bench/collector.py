@@ -44,7 +44,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E402
 from tests.helpers.broker import Broker  # noqa: E402
 from tests.helpers.postgres import Postgres, binaries  # noqa: E402
-from weightwarden.collector.schema import normalize_url  # noqa: E402
+from weightwarden.collector.store.schema import normalize_url  # noqa: E402
 
 SIZE_EXFIL = 200 * MB
 

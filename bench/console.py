@@ -32,7 +32,7 @@ from sqlalchemy import text  # noqa: E402
 
 from tests.helpers.console import ConsoleServer, add_users  # noqa: E402
 from tests.helpers.postgres import Postgres, binaries  # noqa: E402
-from weightwarden.collector.store import Store  # noqa: E402
+from weightwarden.collector.store.database import Store  # noqa: E402
 
 FLOOR_P99_S = 0.300
 HOSTS = 100

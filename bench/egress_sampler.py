@@ -79,7 +79,7 @@ def make_namespaces(n: int, tag: str) -> list[str]:
 
 
 def make_cgroup(tag: str) -> Path:
-    from weightwarden.agent.cgroupfs import find_cgroup2
+    from weightwarden.agent.kernel.cgroupfs import find_cgroup2
 
     root = find_cgroup2()
     assert root is not None, "no cgroup v2 hierarchy"

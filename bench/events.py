@@ -34,7 +34,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E402
 
 from weightwarden.events import EgressSample, EventFactory  # noqa: E402
-from weightwarden.agent.mqtt_sink import MqttSettings, MqttSink  # noqa: E402
+from weightwarden.agent.transport.mqtt import MqttSettings, MqttSink  # noqa: E402
 from tests.helpers.broker import Broker  # noqa: E402
 from tests.helpers.netns import make_pair  # noqa: E402
 
@@ -97,7 +97,7 @@ def agent_cpu(seconds: int) -> float:
     tmp = Path(tempfile.mkdtemp())
     try:
         broker = Broker(tmp / "b", host=pair.addr_b, port=18831, netns=pair.b).start()
-        policy = REPO / "policies" / "monitor-only.yaml"
+        policy = REPO / "weightwarden" / "policies" / "monitor-only.yaml"
         agent = pair.popen(pair.a, sys.executable, "-m", "weightwarden.agent", "run", "--policy", str(policy), "--state-dir",
                            str(tmp / "s"), "--sink", f"mqtt://{pair.addr_b}:18831", "--sample-interval", "1",
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(REPO))

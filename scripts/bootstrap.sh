@@ -62,7 +62,7 @@ fi
 
 # eBPF attribution: vmlinux.h from the kernel's BTF, the programs, the loader. If this kernel or
 # machine cannot build them, the agent still runs, on the NFQUEUE path, and says so at start.
-if ! agent/bpf/build.sh; then
+if ! weightwarden/agent/attribution/ebpf/bpf/build.sh; then
   echo "bootstrap: the eBPF loader could not be built; the agent will use NFQUEUE attribution" \
        "(this network namespace only)" >&2
 fi

@@ -2,8 +2,8 @@
 # ./scripts/run.sh (make run): the whole stack on this machine, with embedded defaults.
 #   - Mosquitto on 127.0.0.1:${WW_MQTT_PORT:-1883} (started here unless one already answers there),
 #   - the collector on SQLite in .run/collector.db,
-#   - the agent with policies/monitor-only.yaml: it measures and reports, it never throttles
-#     (set WW_POLICY=policies/single-gpu-host.yaml to try caps).
+#   - the agent with weightwarden/policies/monitor-only.yaml: it measures and reports, it never throttles
+#     (set WW_POLICY=weightwarden/policies/single-gpu-host.yaml to try caps).
 # New alerts are printed here as they appear. Ctrl-C stops all three.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
 echo "test.sh: ruff" >&2
-.venv/bin/ruff check weightwarden agent collector tests bench
+.venv/bin/ruff check weightwarden tests bench
 echo "test.sh: mypy --strict" >&2
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -19,8 +19,8 @@ from tests.helpers.netns import NetnsPair
 from tests.helpers.sandbox import allowed_syscalls, parse_unit
 
 REPO = Path(__file__).resolve().parents[1]
-UNITS = sorted((REPO / "systemd").glob("*.service"))
-AGENT_UNIT = REPO / "systemd" / "weightwarden-agent.service"
+UNITS = sorted((REPO / "weightwarden" / "systemd").glob("*.service"))
+AGENT_UNIT = REPO / "weightwarden" / "systemd" / "weightwarden-agent.service"
 REQUIRE = os.environ.get("WEIGHTWARDEN_REQUIRE_PRIVILEGED") == "1"
 # Syscalls the agent makes beyond everyday ones, and what needs each.
 AGENT_SPECIAL = {"fanotify_init": "the weight-file watch", "fanotify_mark": "the weight-file watch",
@@ -53,7 +53,7 @@ def test_agent_unit_is_hardened_and_checks_its_policy_first() -> None:
 
 
 def test_collector_unit_has_no_privilege_at_all() -> None:
-    svc = _unit(REPO / "systemd" / "weightwarden-collector.service")["Service"]
+    svc = _unit(REPO / "weightwarden" / "systemd" / "weightwarden-collector.service")["Service"]
     assert svc["Restart"] == "on-failure" and svc["DynamicUser"] == "yes"
     assert svc["CapabilityBoundingSet"] == "" and svc["AmbientCapabilities"] == ""
     assert svc["NoNewPrivileges"] == "yes" and svc["ProtectSystem"] == "strict" and svc["PrivateUsers"] == "yes"

@@ -26,9 +26,9 @@ from tests.corpus.replay import message
 from tests.helpers.agent_run import DaemonRun
 from tests.helpers.containers import CTR_ID, POD_UID, Lab, lab_fixture
 from tests.helpers.netns import wait_for
-from weightwarden.agent.ebpf import loader_path
-from weightwarden.collector.pipeline import Pipeline
-from weightwarden.collector.store import Store
+from weightwarden.agent.attribution.ebpf.loader import loader_path
+from weightwarden.collector.ingest.pipeline import Pipeline
+from weightwarden.collector.store.database import Store
 
 pytestmark = pytest.mark.privileged
 

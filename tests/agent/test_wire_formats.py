@@ -3,8 +3,10 @@
 import socket
 import struct
 
-from weightwarden.agent import conntrack, nfqueue, sockdiag
-from weightwarden.agent.netlink import attr, nested, parse_attrs
+from weightwarden.agent.kernel import conntrack
+from weightwarden.agent.kernel import nfqueue
+from weightwarden.agent.kernel import sockdiag
+from weightwarden.agent.kernel.netlink import attr, nested, parse_attrs
 
 
 def test_attr_roundtrip_and_padding() -> None:
@@ -115,7 +117,7 @@ def _dns_reply_packet() -> bytes:
 
 
 def test_dns_answers_map_addresses_to_the_name_asked_for() -> None:
-    from weightwarden.agent.dns import NameCache, answers
+    from weightwarden.agent.attribution.dns import NameCache, answers
 
     reply = _dns_reply_packet()
     assert answers(reply) == [("203.0.113.7", "hf-mirror.example", 30.0)]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.collector.scenarios import Stream
-from weightwarden.collector.ingest import MAX_PAYLOAD
+from weightwarden.collector.ingest.validate import MAX_PAYLOAD
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from weightwarden.collector.cli import main
-from weightwarden.collector.schema import DEFAULT_DB, SCHEMA_VERSION, migrate, make_engine
-from weightwarden.collector.store import Store
+from weightwarden.collector.cli.main import main
+from weightwarden.collector.store.schema import DEFAULT_DB, SCHEMA_VERSION, migrate, make_engine
+from weightwarden.collector.store.database import Store
 
 REPO = Path(__file__).resolve().parents[2]
 READ_COMMANDS = (["alerts", "list"], ["alerts", "show", "x"], ["hosts"], ["stats"], ["db", "version"])
@@ -56,7 +56,7 @@ def test_read_commands_do_not_migrate_and_upgrade_does(tmp_path: Path, capsys: p
     url = f"sqlite:///{db}"
     engine = make_engine(url, read_only=False, create=True)
     with engine.begin() as conn:  # a database as the first release left it
-        from weightwarden.collector.schema import MIGRATIONS
+        from weightwarden.collector.store.schema import MIGRATIONS
         from sqlalchemy import text
 
         conn.execute(text("CREATE TABLE schema_version (version INTEGER NOT NULL)"))
@@ -95,7 +95,7 @@ def test_read_commands_open_read_only(tmp_path: Path) -> None:
 
 
 def test_default_database_is_the_units(capsys: pytest.CaptureFixture[str]) -> None:
-    unit = (REPO / "systemd" / "weightwarden-collector.service").read_text()
+    unit = (REPO / "weightwarden" / "systemd" / "weightwarden-collector.service").read_text()
     [exec_start] = [ln for ln in unit.splitlines() if ln.startswith("ExecStart=")]
     assert re.search(r"--db (\S+)", exec_start).group(1) == DEFAULT_DB  # type: ignore[union-attr]
     with pytest.raises(SystemExit):
@@ -112,7 +112,7 @@ def test_no_traceback_from_the_real_binary(tmp_path: Path) -> None:
 
 
 def test_broker_urls_never_echo_a_password(capsys: pytest.CaptureFixture[str]) -> None:
-    from weightwarden.agent.sinks import SinkURLError, make_sink
+    from weightwarden.agent.transport.stdout import SinkURLError, make_sink
     from weightwarden.mqtt import MqttSettings, MqttURLError
 
     for url in ("mqtt://agent:hunter2@broker:99999", "mqtt://agent:hunter2@[::1", "mqtt://agent:hunter2@b?bogus=1",

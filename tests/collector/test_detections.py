@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from weightwarden.collector.correlate import Tuning
-from weightwarden.collector.pipeline import Pipeline
-from weightwarden.collector.store import Store
+from weightwarden.collector.detect.common import Tuning
+from weightwarden.collector.ingest.pipeline import Pipeline
+from weightwarden.collector.store.database import Store
 from tests.collector.scenarios import MB, T0, WEIGHTS, Stream, started_at
 
 

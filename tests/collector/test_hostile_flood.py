@@ -26,8 +26,8 @@ from tests.collector.scenarios import Stream
 from tests.collector.test_service import cli, collector, publisher, stats
 from tests.helpers.broker import Broker
 from tests.helpers.netns import wait_for
-from weightwarden.collector.flow import MAX_PACKET
-from weightwarden.collector.store import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_ROWS
+from weightwarden.collector.ingest.backpressure import MAX_PACKET
+from weightwarden.collector.store.database import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_ROWS
 
 # The bound the README states (collector: bounded memory): ~90 MiB of interpreter and libraries, the inbox (32 MiB of
 # payloads), one batch (2 MiB) parsed (~15x: models, rows, parameters), and the database's page cache.

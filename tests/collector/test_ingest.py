@@ -14,9 +14,9 @@ from sqlalchemy import text
 
 from tests.collector.hostile import classes, templates
 from tests.collector.scenarios import Stream
-from weightwarden.collector.bounded import BoundedDict
-from weightwarden.collector.pipeline import Pipeline
-from weightwarden.collector.store import Store
+from weightwarden.collector.ingest.bounded import BoundedDict
+from weightwarden.collector.ingest.pipeline import Pipeline
+from weightwarden.collector.store.database import Store
 
 
 def canary(host: str = "gpu-c", now: float | None = None) -> tuple[str, bytes]:

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from weightwarden.collector.pipeline import Pipeline
-from weightwarden.collector.store import Store
+from weightwarden.collector.ingest.pipeline import Pipeline
+from weightwarden.collector.store.database import Store
 from tests.collector.scenarios import MB, T0, Stream
 from tests.collector.test_detections import Clock
 from tests.corpus import recorded

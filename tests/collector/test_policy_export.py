@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from weightwarden.agent.mqtt_sink import MemorySequencer
-from weightwarden.collector.pipeline import Pipeline
-from weightwarden.collector.store import Store
+from weightwarden.agent.transport.mqtt import MemorySequencer
+from weightwarden.collector.ingest.pipeline import Pipeline
+from weightwarden.collector.store.database import Store
 from weightwarden.events import EventFactory, Payload, PolicyApplied
 from tests.agent.policy.test_policy import CONTRACT
 from tests.helpers.events import heartbeat, sample

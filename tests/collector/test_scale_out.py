@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from weightwarden.collector.store import Store, normalize_url
+from weightwarden.collector.store.database import Store, normalize_url
 from tests.collector.test_order import WALL_CLOCK_KINDS, replay, story
 from tests.collector.test_service import collector, publisher, stats
 from tests.corpus.replay import message

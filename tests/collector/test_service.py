@@ -43,8 +43,8 @@ def stats(db: str) -> dict[str, int]:
 
 
 def test_cli_contract_and_states(tmp_path: Path) -> None:
-    from weightwarden.collector.pipeline import Pipeline
-    from weightwarden.collector.store import Store
+    from weightwarden.collector.ingest.pipeline import Pipeline
+    from weightwarden.collector.store.database import Store
 
     db = f"sqlite:///{tmp_path}/c.db"
     s = Stream("gpu-1")
@@ -144,7 +144,7 @@ def test_a_full_inbox_stops_reading_and_memory_stays_bounded(broker: Broker, tmp
     import sqlite3
 
     from tests.collector.test_hostile_flood import RSS_BOUND_MIB, peak_rss_mib
-    from weightwarden.collector.ingest import MAX_PAYLOAD
+    from weightwarden.collector.ingest.validate import MAX_PAYLOAD
 
     path = tmp_path / "c.db"
     db, log = f"sqlite:///{path}", tmp_path / "collector.log"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from weightwarden.collector.correlate import Tuning
-from weightwarden.collector.pipeline import Pipeline, subtract
-from weightwarden.collector.store import Store
+from weightwarden.collector.detect.common import Tuning
+from weightwarden.collector.ingest.pipeline import Pipeline, subtract
+from weightwarden.collector.store.database import Store
 from tests.collector.scenarios import T0, Stream
 from tests.collector.test_detections import Clock, run
 

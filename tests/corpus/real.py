@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weightwarden.collector.pipeline import Pipeline
-from weightwarden.collector.store import Store
+from weightwarden.collector.ingest.pipeline import Pipeline
+from weightwarden.collector.store.database import Store
 from tests.corpus.model import Expect, Scenario, Verdict, first_match, judge
 from tests.corpus.replay import message
 from tests.helpers.agent_run import DaemonRun

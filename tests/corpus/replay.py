@@ -12,9 +12,9 @@ import json
 import time
 from typing import Any
 
-from weightwarden.collector.correlate import Tuning
-from weightwarden.collector.pipeline import Pipeline
-from weightwarden.collector.store import Store
+from weightwarden.collector.detect.common import Tuning
+from weightwarden.collector.ingest.pipeline import Pipeline
+from weightwarden.collector.store.database import Store
 from tests.corpus.model import Scenario, Verdict, first_match, judge
 
 

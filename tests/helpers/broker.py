@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from tests.helpers.netns import wait_for
-from weightwarden.collector.flow import MAX_PACKET
+from weightwarden.collector.ingest.backpressure import MAX_PACKET
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 

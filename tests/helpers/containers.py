@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers.netns import sh, stop_all, wait_for
-from weightwarden.agent.cgroupfs import find_cgroup2
+from weightwarden.agent.kernel.cgroupfs import find_cgroup2
 
 REPO = Path(__file__).resolve().parents[2]
 POD_UID = "6b0f9b2c-1f3c-4e8a-9d6f-0123456789ab"

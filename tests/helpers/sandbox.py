@@ -11,7 +11,7 @@ What is applied, read from the unit itself:
   PrivateDevices' private /dev/shm.
 Not emulated: MemoryDenyWriteExecute, ProtectKernel*, ProtectClock, RestrictNamespaces, DynamicUser.
 
-    python -m tests.helpers.sandbox --unit systemd/weightwarden-agent.service --rw STATE -- CMD ARGS...
+    python -m tests.helpers.sandbox --unit weightwarden/systemd/weightwarden-agent.service --rw STATE -- CMD ARGS...
 """
 
 from __future__ import annotations

@@ -321,7 +321,7 @@ def test_policy_commands_work_inside_a_namespace(netns_pair: NetnsPair, tmp_path
 
 
 def test_no_kernel_command_goes_through_a_shell() -> None:
-    for path in list((REPO / "agent").rglob("*.py")) + list((REPO / "collector").rglob("*.py")):
+    for path in list((REPO / "weightwarden" / "agent").rglob("*.py")) + list((REPO / "weightwarden" / "collector").rglob("*.py")):
         text = path.read_text()
         assert "shell=True" not in text and "os.system(" not in text and "os.popen(" not in text, path
 

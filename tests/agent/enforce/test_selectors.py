@@ -48,7 +48,7 @@ def test_container_selectors_are_validated() -> None:
 
 
 def test_policy_check_refuses_an_unenforceable_selector(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
-    from weightwarden.agent.cli import main
+    from weightwarden.agent.cli.main import main
 
     path = tmp_path / "p.yaml"
     path.write_text(HEAD + "  caps:\n    - {name: c, rate: 1Mbit, match: {executables: [/usr/bin/scp]}}\n")

@@ -114,7 +114,7 @@ def test_an_interface_that_matches_nothing_warns_and_fails_strict(tmp_path: Path
     warnings = host_checks(load_policy(path), ["lo", "eth0", "eth1"])
     assert len(warnings) == 1 and warnings[0].line == 5 and "nothing is enforced" in warnings[0].message
     assert host_checks(load_policy(path), ["eht0"]) == []
-    fleet = load_policy(REPO / "policies" / "single-gpu-host.yaml")  # eth*, ens*, enp*: one scheme per host
+    fleet = load_policy(REPO / "weightwarden" / "policies" / "single-gpu-host.yaml")  # eth*, ens*, enp*: one scheme per host
     assert host_checks(fleet, ["lo", "ens5"]) == []
     run = [sys.executable, "-m", "weightwarden.agent", "policy", "check", str(path)]
     relaxed = subprocess.run(run, capture_output=True, text=True, check=False)

@@ -64,14 +64,15 @@ def test_diff_cli(tmp_path: Path) -> None:
 
 
 def test_shipped_schema_is_what_the_model_generates() -> None:
-    assert shipped_text() == schema_text(), "regenerate: weightwarden-agent policy schema > policies/policy.schema.json"
-    assert (REPO / "policies" / "policy.schema.json").read_text() == schema_text()
+    assert shipped_text() == schema_text(), \
+        "regenerate: weightwarden-agent policy schema > weightwarden/policies/policy.schema.json"
+    assert (REPO / "weightwarden" / "policies" / "policy.schema.json").read_text() == schema_text()
     out = subprocess.run([sys.executable, "-m", "weightwarden.agent", "policy", "schema"], capture_output=True,
                          text=True, check=True).stdout
     assert json.loads(out) == policy_schema()
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "policies").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((REPO / "weightwarden" / "policies").glob("*.yaml")), ids=lambda p: p.name)
 def test_examples_reference_the_schema_and_validate_against_it(path: Path) -> None:
     text = path.read_text()
     assert text.startswith("# yaml-language-server: $schema=policy.schema.json\n")

@@ -34,7 +34,7 @@ def test_empty_spec_is_monitor_only() -> None:
     assert policy.spec.caps == [] and policy.spec.budgets == []
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "policies").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((REPO / "weightwarden" / "policies").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_policies_are_valid(path: Path) -> None:
     load_policy(path)
 

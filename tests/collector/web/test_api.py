@@ -12,8 +12,8 @@ import pytest
 
 from tests.collector.scenarios import MB, Stream
 from tests.helpers.console import PASSWORDS, Client, ConsoleServer, add_users, cli, login, make_cert, page_csrf
-from weightwarden.collector.pipeline import Pipeline
-from weightwarden.collector.store import Store
+from weightwarden.collector.ingest.pipeline import Pipeline
+from weightwarden.collector.store.database import Store
 
 
 def theft(host: str = "gpu-api", pid: int = 4242) -> Stream:

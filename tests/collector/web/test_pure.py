@@ -8,7 +8,7 @@ from typing import Any
 
 from weightwarden.collector.outputs import outbox
 from weightwarden.collector.outputs.message import attack, cef, syslog_line
-from weightwarden.collector.store import Store
+from weightwarden.collector.store.database import Store
 from weightwarden.collector.web.chart import egress_svg
 
 
@@ -72,7 +72,7 @@ def test_outbox_records_each_transition_once(tmp_path: Path) -> None:
 
 
 def test_sessions_expire_and_only_hashes_are_stored(tmp_path: Path) -> None:
-    from weightwarden.collector import auth
+    from weightwarden.collector.web import auth
 
     store = Store(f"sqlite:///{tmp_path}/c.db")
     with store.tx() as conn:

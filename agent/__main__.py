@@ -1,3 +1,0 @@
-from weightwarden.agent.cli import main
-
-raise SystemExit(main())

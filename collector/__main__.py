@@ -1,3 +1,0 @@
-from weightwarden.collector.cli import main
-
-raise SystemExit(main())

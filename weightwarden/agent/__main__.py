@@ -1,0 +1,3 @@
+from weightwarden.agent.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,391 @@
+"""weightwarden-agent: the command line.
+
+Exit codes: 0 success; 1 a runtime failure or invalid policy (stated on stderr);
+2 bad usage; 3 (status) drift or rules missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import asyncio
+from pathlib import Path
+
+from weightwarden import logs
+from weightwarden.agent import __version__
+from weightwarden.agent.attribution.nfqueue import rules as resolve_rules
+from weightwarden.events import default_host_id
+from weightwarden.agent.daemon.paths import default_state_dir, private_dir
+from weightwarden.agent.policy import commands as policy_commands
+from weightwarden.agent.policy.loader import PolicyError, load_policy
+from weightwarden.units import parse_size
+from weightwarden.agent.attribution.sampler import DEFAULT_QUEUE, Sampler, SamplerConfig
+from weightwarden.agent.cli.topview import TopState
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DRIFT = 0, 1, 2, 3
+
+RUN_EXAMPLES = """examples:
+  weightwarden-agent run --policy weightwarden/policies/monitor-only.yaml --sink stdout
+  weightwarden-agent run --policy /etc/weightwarden/policy.yaml --sink mqtt://collector:1883
+  weightwarden-agent run --policy p.yaml --dry-run       print the kernel plan and exit
+  weightwarden-agent run --policy /etc/weightwarden/policy.yaml --sink mqtt://collector:1883 \
+      --policy-source mqtt --trust-key /etc/weightwarden/fleet.pub   signed policies from the fleet
+"""
+
+TOP_EXAMPLES = """examples:
+  weightwarden-agent top                          live table, refreshed every second
+  weightwarden-agent top --json --interval 1 --count 5
+  ip netns exec gpu1 weightwarden-agent top --json --count 3
+  weightwarden-agent top --dry-run                print the NFQUEUE rules, change nothing
+  weightwarden-agent top --attribution nfqueue    the fallback path: this network namespace only
+  weightwarden-agent top --bpf-cgroup /sys/fs/cgroup/unified/kubepods.slice   only what runs below it
+"""
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="weightwarden-agent",
+        description="Measure and limit what leaves this GPU host.",
+        epilog="example: weightwarden-agent top --json --interval 1 --count 5",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"weightwarden-agent {__version__}")
+    parser.add_argument("--log-level", choices=sorted(logs.LEVELS), default="info",
+                        help="least severe log lines written to stderr (default: info)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    top = sub.add_parser(
+        "top",
+        help="live view of the processes sending the most bytes off this host",
+        description="Bytes sent per process and destination, exactly, from kernel counters.",
+        epilog=TOP_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--json", action="store_true", help="print one JSON object per interval")
+    top.add_argument("--interval", type=_positive(float), default=1.0, metavar="S", help="seconds between samples")
+    top.add_argument("--count", type=_positive(int), default=None, metavar="N", help="stop after N samples")
+    top.add_argument("--no-nfqueue", action="store_true",
+                     help="do not hold new flows to name their owner (short-lived senders may go unattributed)")
+    top.add_argument("--queue-num", type=int, default=DEFAULT_QUEUE, help="NFQUEUE number (default %(default)s)")
+    _attribution_args(top)
+    top.add_argument("--dry-run", action="store_true", help="print the kernel rules top would add, and exit")
+    top.add_argument("--limit", type=_positive(int), default=20, help="rows in the table")
+    top.set_defaults(func=cmd_top)
+
+    policy_commands.add_parser(sub)
+
+    run = sub.add_parser("run", help="the daemon: sample, enforce, emit events", epilog=RUN_EXAMPLES,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--policy", "--config", dest="policy", required=True, metavar="FILE")
+    run.add_argument("--sink", default="stdout", help="stdout, mqtt://HOST:PORT or mqtts://HOST:PORT")
+    _state_args(run)
+    run.add_argument("--host-id", default=None, help="stable host id (default: the hostname)")
+    run.add_argument("--sample-interval", type=_positive(float), default=1.0, metavar="S")
+    run.add_argument("--heartbeat-interval", type=_positive(float), default=30.0, metavar="S")
+    run.add_argument("--spool-max-bytes", default="256MiB", metavar="SIZE",
+                     help="bound on the on-disk event spool (mqtt sinks); oldest samples are dropped, and counted, past it")
+    run.add_argument("--no-nfqueue", action="store_true")
+    run.add_argument("--queue-num", type=int, default=DEFAULT_QUEUE)
+    _attribution_args(run)
+    run.add_argument("--dry-run", action="store_true", help="print the kernel plan as JSON and exit")
+    run.add_argument("--policy-source", choices=("file", "mqtt"), default="file",
+                     help="mqtt: also take signed policies published by 'weightwarden-collector policy publish'; "
+                          "--policy is then the policy until a central one is in force")
+    run.add_argument("--trust-key", action="append", default=[], metavar="PUBLIC_KEY",
+                     help="an Ed25519 public key (PEM or OpenSSH) whose signatures are accepted; repeat to "
+                          "trust several (key rotation)")
+    run.add_argument("--policy-broker", default=None, metavar="URL",
+                     help="broker for --policy-source mqtt (default: the --sink broker)")
+    run.add_argument("--metrics-listen", metavar="HOST:PORT", default=None,
+                     help="serve the agent's own metrics (Prometheus text) at http://HOST:PORT/metrics")
+    run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="policy in force, kernel rules, counters and drift",
+                            epilog="exit codes: 0 in force and matching, 3 drift or rules missing, 1 error")
+    _state_args(status)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    enf = sub.add_parser("enforce", help="apply a policy once, or clear every rule and qdisc we made")
+    esub = enf.add_subparsers(dest="enforce_command", required=True)
+    clear = esub.add_parser("clear", help="remove all weightwarden rules and qdiscs (caps are lifted)")
+    _state_args(clear)
+    clear.add_argument("--json", action="store_true")
+    clear.set_defaults(func=cmd_enforce_clear)
+    apply = esub.add_parser("apply", help="apply a policy's caps once, without the daemon")
+    apply.add_argument("--policy", "--config", dest="policy", required=True, metavar="FILE")
+    _state_args(apply)
+    apply.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    apply.set_defaults(func=cmd_enforce_apply)
+    return parser
+
+
+def _attribution_args(p: argparse.ArgumentParser) -> None:
+    default = os.environ.get("WEIGHTWARDEN_ATTRIBUTION", "auto")
+    p.add_argument("--attribution", choices=("auto", "ebpf", "nfqueue"),
+                   default=default if default in ("auto", "ebpf", "nfqueue") else "auto",
+                   help="who-sent-what path: ebpf (every network namespace, owners named in the kernel), nfqueue "
+                        "(this namespace only), auto: ebpf where the kernel allows it (default: "
+                        "$WEIGHTWARDEN_ATTRIBUTION or auto)")
+    p.add_argument("--bpf-cgroup", metavar="DIR", default=None,
+                   help="cgroup v2 directory the eBPF programs watch (default: the whole hierarchy)")
+
+
+def _state_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="default: /var/lib/weightwarden (per network namespace), or $WEIGHTWARDEN_STATE_DIR")
+    p.add_argument("--backend", choices=("auto", "nftables", "iptables", "dry-run"), default="auto",
+                   help="auto: nftables where nft works, else iptables; dry-run: plan and report, never touch the kernel")
+
+
+def _load_or_report(path: str) -> object:
+    """The policy, or None after saying on stderr what is wrong with it: a policy with a cap
+    selector this kernel cannot enforce is refused here as by ``policy check``, never widened."""
+    from weightwarden.agent.enforce.selectors import detect
+    from weightwarden.agent.policy.lint import unenforceable
+
+    try:
+        loaded = load_policy(path)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem.render(path), file=sys.stderr)
+        return None
+    refused = unenforceable(loaded, detect())
+    for problem in refused:
+        print(problem.render(path), file=sys.stderr)
+    return None if refused else loaded
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from weightwarden.agent.daemon.agent import Agent, DaemonConfig
+    from weightwarden.agent.enforce.kernel import KernelError
+    from weightwarden.agent.transport.stdout import SinkURLError, make_sink
+
+    loaded = _load_or_report(args.policy)
+    if loaded is None:
+        return EXIT_FAIL
+    state_dir = args.state_dir or default_state_dir()
+    if args.dry_run:
+        return _print_plan(loaded, args)
+    # What the daemon writes (spool, budgets, records) names processes and policies: owner only,
+    # as the unit's UMask=0077 says, also when it runs outside systemd.
+    os.umask(0o077)
+    private_dir(state_dir)
+    try:
+        sink = make_sink(args.sink, parse_size(args.spool_max_bytes))
+    except (SinkURLError, ValueError, OSError) as exc:
+        print(f"weightwarden-agent: --sink: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    cfg = DaemonConfig(policy_path=Path(args.policy), state_dir=state_dir, host_id=args.host_id or default_host_id(),
+                       backend=args.backend, sample_interval=args.sample_interval, nfqueue=not args.no_nfqueue,
+                       queue_num=args.queue_num, heartbeat_interval=args.heartbeat_interval,
+                       attribution=args.attribution, bpf_cgroup=args.bpf_cgroup,
+                       metrics_listen=args.metrics_listen)
+    central = _central_source(args, cfg)
+    if central is None:
+        return EXIT_USAGE
+    source, restored, origin = central
+    try:
+        agent = Agent(cfg, restored or loaded, sink, source, origin)  # type: ignore[arg-type]
+    except (KernelError, ValueError, OSError) as exc:
+        print(f"weightwarden-agent: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    return asyncio.run(agent.run())
+
+
+def _central_source(args: argparse.Namespace, cfg: object) -> tuple[object, object, object] | None:
+    """(policy source, central policy restored from the state dir, its origin); None on a usage error."""
+    from weightwarden.agent.daemon.agent import Origin
+    from weightwarden.agent.policy.source import MqttPolicySource, Offer, PolicyGate, Refusal
+    from weightwarden.mqtt import MqttSettings, MqttURLError
+    from weightwarden.policysign import KeyFileError, trusted_keys
+
+    if args.policy_source == "file":
+        if args.trust_key or args.policy_broker:
+            print("weightwarden-agent: --trust-key and --policy-broker need --policy-source mqtt", file=sys.stderr)
+            return None
+        return None, None, None
+    url = args.policy_broker or (args.sink if args.sink.startswith(("mqtt://", "mqtts://")) else None)
+    if url is None:
+        print("weightwarden-agent: --policy-source mqtt needs --policy-broker URL (or an mqtt --sink)", file=sys.stderr)
+        return None
+    if not args.trust_key:
+        print("weightwarden-agent: --policy-source mqtt needs at least one --trust-key: unsigned policies are never "
+              "applied", file=sys.stderr)
+        return None
+    try:
+        trusted = trusted_keys(args.trust_key)
+        settings = MqttSettings.from_url(url)
+    except (KeyFileError, MqttURLError) as exc:
+        print(f"weightwarden-agent: {exc}", file=sys.stderr)
+        return None
+    gate = PolicyGate(cfg.host_id, trusted, cfg.state_dir)  # type: ignore[attr-defined]
+    restored = gate.restore()
+    if isinstance(restored, Refusal):
+        # Say it once, plainly; the file's policy applies until a central one passes.
+        print(f"weightwarden-agent: the central policy saved in the state directory is not applied: "
+              f"{'; '.join(restored.problems)}", file=sys.stderr)
+    if isinstance(restored, Offer):
+        env = restored.envelope
+        return (MqttPolicySource(settings, gate), restored.loaded,
+                Origin("mqtt", env.version, env.key_id, f"mqtt:{restored.topic}"))
+    return MqttPolicySource(settings, gate), None, None
+
+
+def _plan_inputs(policy: object) -> object:
+    """What the kernel plan of a policy depends on, read from this host now."""
+    from weightwarden.agent.daemon.agent import cgroupv2_paths_usable, resolve_containers, resolve_hosts, resolve_interfaces
+    from weightwarden.agent.enforce.plan import PlanInputs
+
+    spec = policy.spec  # type: ignore[attr-defined]
+    hosts = [d.host for d in spec.allow if d.host] + [d.host for c in spec.caps for d in c.match.destinations if d.host]
+    ctrs = resolve_containers(policy)
+    return PlanInputs(policy, resolve_interfaces(spec.interfaces), resolve_hosts(hosts), [],  # type: ignore[arg-type]
+                      cgroupv2_paths_usable(), ctrs.interfaces, ctrs.notes)
+
+
+def _print_plan(loaded: object, args: argparse.Namespace) -> int:
+    from weightwarden.agent.enforce import iptables
+    from weightwarden.agent.enforce.plan import build
+
+    inputs = _plan_inputs(loaded.policy)  # type: ignore[attr-defined]
+    plan = build(inputs)  # type: ignore[arg-type]
+    out = plan.to_json()
+    out["iptables"] = {str(v): d.__dict__ for v, d in iptables.build(inputs, plan).items()}  # type: ignore[arg-type]
+    print(json.dumps(out, indent=2))
+    return EXIT_OK
+
+
+def cmd_enforce_apply(args: argparse.Namespace) -> int:
+    from weightwarden.agent.enforce.enforcer import Enforcer
+    from weightwarden.agent.enforce.kernel import KernelError
+    from weightwarden.agent.enforce.plan import PlanInputs, build
+
+    loaded = _load_or_report(args.policy)
+    if loaded is None:
+        return EXIT_FAIL
+    if args.dry_run:
+        return _print_plan(loaded, args)
+    policy = loaded.policy  # type: ignore[attr-defined]
+    inputs = _plan_inputs(policy)
+    assert isinstance(inputs, PlanInputs)
+    plan = build(inputs)
+    try:
+        enforcer = Enforcer(args.state_dir or default_state_dir(), args.backend)
+        enforcer.apply(inputs, plan, {"policy": policy.metadata.name, "policy_digest": loaded.digest,  # type: ignore[attr-defined]
+                                      "policy_path": args.policy})
+    except KernelError as exc:
+        print(f"weightwarden-agent: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    for note in plan.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"applied {policy.metadata.name!r} via {enforcer.backend} on {', '.join(plan.interfaces) or '(none)'}")
+    return EXIT_OK
+
+
+def cmd_enforce_clear(args: argparse.Namespace) -> int:
+    from weightwarden.agent.enforce.enforcer import Enforcer
+    from weightwarden.agent.enforce.kernel import KernelError
+
+    try:
+        removed = Enforcer(args.state_dir or default_state_dir(), args.backend).clear()
+    except KernelError as exc:
+        print(f"weightwarden-agent: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if args.json:
+        print(json.dumps(removed))
+    else:
+        print("cleared: " + ", ".join(f"{k}={v}" for k, v in removed.items()))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from weightwarden.agent.cli import status
+
+    report = status.collect(args.state_dir or default_state_dir(), args.backend)
+    print(json.dumps(report) if args.json else status.render(report))
+    if report.get("error"):
+        return EXIT_FAIL
+    return EXIT_DRIFT if report["drift"] else EXIT_OK
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        plan = resolve_rules.plan(args.queue_num)
+        out = {"install": plan.install, "remove": plan.remove}
+        if args.json:
+            print(json.dumps(out))
+        else:
+            print("# rules added while top runs (removed on exit):")
+            for argv in plan.install:
+                print(" ".join(argv))
+        return EXIT_OK
+    log = logs.get("agent.top")
+    cfg = SamplerConfig(resolve_with_nfqueue=not args.no_nfqueue, queue_num=args.queue_num,
+                        attribution=args.attribution, bpf_cgroup=args.bpf_cgroup)
+    stop = {"now": False}
+
+    def on_signal(_sig: int, _frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    sampler = Sampler(cfg)
+    try:
+        sampler.start()
+    except OSError as exc:
+        print(f"weightwarden-agent: cannot start the sampler: {exc}", file=sys.stderr)
+        sampler.close()
+        return EXIT_FAIL
+    for feature in sampler.features:
+        # Said once, at start: what works, and what is missing and why.
+        (log.info if feature.ok else log.warning)("feature", name=feature.name, ok=feature.ok, detail=feature.detail)
+    log.info("attribution", path=sampler.attribution)
+    view = TopState()
+    done = 0
+    interactive = sys.stdout.isatty() and not args.json
+    try:
+        deadline = time.monotonic()
+        while not stop["now"] and (args.count is None or done < args.count):
+            deadline += args.interval
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            sample = sampler.sample().to_json()
+            done += 1
+            if args.json:
+                print(json.dumps(sample), flush=True)
+            else:
+                text = view.render(sample, args.limit)
+                print(("\x1b[H\x1b[2J" if interactive else "") + text + ("" if interactive else "\n"), flush=True)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:
+        sys.stderr.close()
+    finally:
+        sampler.close()
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logs.configure(args.log_level)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

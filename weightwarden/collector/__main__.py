@@ -1,0 +1,3 @@
+from weightwarden.collector.cli.main import main
+
+raise SystemExit(main())

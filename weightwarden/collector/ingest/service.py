@@ -1,0 +1,345 @@
+"""``weightwarden-collector run``: subscribe, validate, store, correlate.
+
+Tasks in one TaskGroup. The :class:`~flow.Inbox` is owned by the service:
+paho's message callback fills it (and stops reading the broker while it is
+full; the MQTT task only connects, subscribes and waits), the ingest task alone
+drains it in batches (one database transaction each; the larger the
+backlog, the larger the batch, up to a count and a byte limit). The sweeper
+looks for silent agents and sequence gaps, and re-evaluates recent uploads so
+collectors sharing a database converge; retention runs beside it; the reporter
+writes this collector's backlog to the database and says in the log when it
+is behind. With ``--shared-group`` the subscription is an MQTT v5 shared
+subscription (``$share/GROUP/weightwarden/v1/#``): the broker spreads messages
+over every collector in the group.
+
+Messages are acknowledged (PUBACK) only once their batch is committed: a
+collector that crashes, or whose database is away, leaves them with the broker,
+which sends them again to the same session (a stable client id, default
+``weightwarden-collector-<hostname>``) when the collector is back. Redelivered
+events keep their id and are stored once. A message that cannot be stored is
+a dead letter, committed and acknowledged like the rest: only the database
+being away holds a batch back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import os
+import random
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from sqlalchemy import text
+from paho.mqtt.properties import Properties
+
+from weightwarden import logs
+from weightwarden.asyncutil import wait_for_stop
+from weightwarden.collector import __version__
+from weightwarden.collector.ingest.batching import DatabaseAway
+from weightwarden.collector.ingest.backpressure import MAX_PACKET, Held, Inbox, ReadGate
+from weightwarden.collector.outputs.dispatch import Dispatcher
+from weightwarden.collector.outputs.receivers import ALERT_TOPIC
+from weightwarden.collector.ingest.pipeline import Pipeline
+from weightwarden.collector.store.retention import Retention
+from weightwarden.collector.store.retention import run as run_retention
+from weightwarden.mqtt import MqttSettings
+
+TOPIC = "weightwarden/v1/#"
+SESSION_EXPIRY_S = 300
+BEHIND_S = 5.0  # a message waiting longer than this in the collector: it is behind, and says so
+REPORT_EVERY_S = 5.0
+RETENTION_EVERY_S = 60.0
+SWEEP_PAUSE = 3.0  # after a sweep, wait at least three times as long as it took
+FLUSH_EVERY_S = 1.0
+
+
+class SweepLeader:
+    """On PostgreSQL, the collector holding a session advisory lock sweeps; the others wait their
+    turn (the lock frees when its holder's connection does, whatever happened to the process).
+    On SQLite there is one collector: it always sweeps."""
+
+    KEY = 7759
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.conn: Any = None
+        self.held = False
+
+    def acquire(self) -> bool:
+        if self.store.dialect != "postgresql":
+            return True
+        if self.conn is None:
+            self.conn = self.store.engine.connect()
+            self.conn.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            # Asked every time, so a lock lost with its connection is noticed; taken again while held,
+            # it is given back once (advisory locks count).
+            got = bool(self.conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.KEY}).scalar())
+            if got and self.held:
+                self.conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.KEY})
+            self.held = got
+            return got
+        except Exception:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        self.held = False
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:  # noqa: BLE001 - closing is best effort; the lock goes with the connection
+                pass
+            self.conn = None
+
+
+@dataclass
+class ServiceConfig:
+    broker: MqttSettings
+    shared_group: str | None = None
+    retention: Retention = field(default_factory=Retention)
+    sweep_every_s: float = 1.0
+    client_id: str | None = None
+    queue_max_bytes: int = 32 << 20
+    queue_max_messages: int = 20_000  # also the MQTT Receive Maximum: unacknowledged messages we accept
+    batch_max_messages: int = 5_000
+    batch_max_bytes: int = 2 << 20
+
+
+class CollectorService:
+    def __init__(self, cfg: ServiceConfig, pipeline: Pipeline) -> None:
+        self.cfg = cfg
+        self.pipeline = pipeline
+        self.log = logs.get("collector")
+        self.inbox = Inbox(cfg.queue_max_messages, cfg.queue_max_bytes)
+        self.stop = asyncio.Event()
+        self.received = 0
+        self.stored = 0
+        self.processed = 0  # messages done with: stored, duplicates and dead letters
+        self.batches = 0
+        self.last_batch = 0
+        self.connected = asyncio.Event()
+        self._ingest_done = asyncio.Event()
+        self.gate: ReadGate | None = None
+        self.ident = cfg.client_id or f"weightwarden-collector-{socket.gethostname()}"
+        self.started_at = time.time()
+        # Rows every collector's every batch would update (counters, hosts): shares of their own, and
+        # host rows once a second (_flusher), so collectors sharing a database never queue on them.
+        pipeline.counter_part = self.ident
+        pipeline.defer_hosts = True
+
+    def topic(self) -> str:
+        return f"$share/{self.cfg.shared_group}/{TOPIC}" if self.cfg.shared_group else TOPIC
+
+    def _client(self) -> aiomqtt.Client:
+        s = self.cfg.broker
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        # A persistent session: if the connection drops, the broker keeps queueing QoS 1 messages
+        # for us and hands them over when we are back.
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        # The broker sends nothing bigger than we accept (bigger cannot be stored anyway), and no more
+        # unacknowledged messages than the inbox holds.
+        props.MaximumPacketSize = MAX_PACKET
+        props.ReceiveMaximum = min(65535, self.cfg.queue_max_messages)
+        return aiomqtt.Client(
+            s.host, s.port, username=s.username, password=s.password, identifier=self.ident,
+            protocol=aiomqtt.ProtocolVersion.V5, keepalive=s.keepalive, clean_start=False,
+            properties=props, tls_context=s.ssl_context() if s.tls else None, timeout=10,
+        )
+
+    async def _mqtt(self) -> None:
+        backoff = 0.5
+        loop = asyncio.get_running_loop()
+        while not self.stop.is_set():
+            try:
+                client = self._client()
+                paho_client = client._client
+                # aiomqtt has no manual acknowledgement of its own; paho's, on its client, before
+                # connecting (a resumed session delivers at once). And messages go straight from paho's
+                # callback into the inbox: aiomqtt's iterator costs a task and two futures per message.
+                paho_client.manual_ack_set(True)
+                self.gate = gate = ReadGate(client, loop)
+                paho_client.on_message = functools.partial(self._on_message, gate)
+                self.inbox.on_room = gate.resume
+                async with client:
+                    await client.subscribe(self.topic(), qos=1)
+                    s = self.cfg.broker
+                    self.log.info("collector_subscribed", topic=self.topic(), broker=f"{s.host}:{s.port}")
+                    self.connected.set()
+                    backoff = 0.5
+                    stop = asyncio.ensure_future(self.stop.wait())
+                    waiters: list[asyncio.Future[Any]] = [client._disconnected, stop]
+                    try:
+                        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        stop.cancel()
+                    if client._disconnected.done():
+                        exc = client._disconnected.exception()
+                        raise aiomqtt.MqttError(f"disconnected: {exc}" if exc else "disconnected")
+            except aiomqtt.MqttError as exc:
+                self.connected.clear()
+                self.log.warning("collector_disconnected", error=str(exc))
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 30.0)
+
+    def _on_message(self, gate: ReadGate, client: Any, _userdata: Any, message: Any) -> None:
+        """paho's on_message, in the event loop's reader callback: into the inbox, and stop reading
+        while the inbox is full (TCP, then the broker, hold the rest; ``Inbox.on_room`` resumes)."""
+        ack = functools.partial(client.ack, message.mid, message.qos) if message.qos else None
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # the broker should refuse such a topic; it is a dead letter here
+            topic = message._topic.decode("utf-8", "backslashreplace")
+        if topic.startswith(ALERT_TOPIC + "/"):
+            if ack is not None:
+                ack()  # alert notifications (ours or another collector's), not agent events
+            return
+        self.inbox.put(Held(topic, bytes(message.payload), ack))
+        self.received += 1
+        if self.inbox.full:
+            gate.pause()
+
+    async def _ingest(self) -> None:
+        try:
+            while not (self.stop.is_set() and not len(self.inbox)):
+                batch = await self.inbox.take(self.cfg.batch_max_messages, self.cfg.batch_max_bytes, 0.5)
+                if not batch:
+                    continue
+                try:
+                    await self._ingest_until_stored(batch)
+                finally:
+                    self.inbox.release(batch)
+        finally:
+            self._ingest_done.set()
+
+    async def _ingest_until_stored(self, batch: list[Held]) -> None:
+        """Store a batch, retrying while the database is away: dropping the batch would lose it.
+        Bad content cannot fail a batch (the pipeline dead-letters what it cannot store); what
+        fails is the database, and meanwhile nothing is acknowledged, so the broker holds the rest.
+        After a stop that gives up, the broker still has the batch: nothing was acknowledged."""
+        delay = 0.5
+        messages = [(h.topic, h.payload) for h in batch]
+        for attempt in itertools.count(1):
+            try:
+                counts = await asyncio.to_thread(self.pipeline.ingest, messages)
+            except Exception as exc:  # noqa: BLE001 - the database is away (or a bug): the collector stays
+                if self.stop.is_set() and attempt >= 3:
+                    self.log.error("ingest_abandoned_at_stop", error=str(exc), unacknowledged=len(batch))
+                    return
+                event = "ingest_failed" if isinstance(exc, DatabaseAway) else "ingest_bug"
+                self.log.error(event, error=str(exc) if isinstance(exc, DatabaseAway) else repr(exc)[:500],
+                               attempt=attempt, kept=len(batch), queued=len(self.inbox),
+                               retry_in_s=round(delay, 1))
+                await wait_for_stop(self.stop, delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            for held in batch:
+                if held.ack is not None:
+                    held.ack()  # on the connection it came by; if that is gone, the broker resends it
+            self.stored += counts["stored"]
+            self.processed += len(batch)
+            self.batches += 1
+            self.last_batch = len(batch)
+            if attempt > 1:
+                self.log.info("ingest_recovered", attempts=attempt, events=len(batch))
+            return
+
+    async def _flusher(self) -> None:
+        """Host rows (last seen, heartbeat fields) of committed batches, once a second; and at the end."""
+        while True:
+            stopping = await wait_for_stop(self.stop, FLUSH_EVERY_S)
+            try:
+                await asyncio.to_thread(self.pipeline.flush_hosts)
+            except Exception as exc:  # noqa: BLE001 - kept for the next flush; ingest reports the database
+                self.log.debug("flush_failed", error=repr(exc)[:300])
+            if stopping and self._ingest_done.is_set():
+                return
+
+    async def _sweeper(self) -> None:
+        """The sweep every sweep_every_s, but never more than a quarter of the time: its cost grows
+        with the fleet (it looks at every host), and ingest must keep the rest. Collectors sharing a
+        PostgreSQL take turns: the sweep reads everything committed, so one of them at a time will do."""
+        leader = SweepLeader(self.pipeline.store)
+        try:
+            while not self.stop.is_set():
+                started = time.monotonic()
+                try:
+                    if await asyncio.to_thread(leader.acquire):
+                        await asyncio.to_thread(self.pipeline.sweep)
+                except Exception as exc:  # noqa: BLE001
+                    self.log.error("sweep_failed", error=repr(exc)[:500])
+                took = time.monotonic() - started
+                await wait_for_stop(self.stop, max(self.cfg.sweep_every_s - took, SWEEP_PAUSE * took))
+        finally:
+            await asyncio.to_thread(leader.release)
+
+    async def _retention(self) -> None:
+        await wait_for_stop(self.stop, 5.0)
+        while not self.stop.is_set():
+            try:
+                removed = await asyncio.to_thread(run_retention, self.pipeline.store, self.cfg.retention)
+                if any(removed.values()):
+                    self.log.info("retention", **removed)
+            except Exception as exc:  # noqa: BLE001
+                self.log.error("retention_failed", error=repr(exc)[:500])
+            await wait_for_stop(self.stop, RETENTION_EVERY_S)
+
+    def status(self, rate: float) -> dict[str, Any]:
+        """The collector_status row (metrics.py renders it): backlog in messages, bytes and seconds."""
+        return {"client_id": self.ident, "hostname": socket.gethostname(), "pid": os.getpid(),
+                "version": __version__, "started_at": self.started_at, "updated_at": time.time(),
+                "received": self.received, "stored": self.stored, "backlog": self.inbox.held,
+                "backlog_bytes": self.inbox.held_bytes, "backlog_s": round(self.inbox.oldest_age(), 3),
+                "paused": int(bool(self.gate and self.gate.paused)), "ingest_rate": round(rate, 1),
+                "batch": self.last_batch}
+
+    async def _reporter(self) -> None:
+        """Every few seconds: this collector's numbers into the database, and a log line while behind."""
+        last_done, last_t, behind = self.processed, time.monotonic(), False
+        while not self.stop.is_set():
+            await wait_for_stop(self.stop, REPORT_EVERY_S)
+            now = time.monotonic()
+            rate = (self.processed - last_done) / max(now - last_t, 1e-3)
+            last_done, last_t = self.processed, now
+            status = self.status(rate)
+            if status["backlog_s"] > BEHIND_S or status["paused"]:
+                behind = True
+                self.log.warning("ingest_behind", backlog_s=status["backlog_s"], held=status["backlog"],
+                                 held_bytes=status["backlog_bytes"], reading=not status["paused"],
+                                 messages_per_s=status["ingest_rate"], batch=status["batch"])
+            elif behind:
+                behind = False
+                self.log.info("ingest_caught_up", messages_per_s=status["ingest_rate"])
+            try:
+                await asyncio.to_thread(self._report, status)
+            except Exception as exc:  # noqa: BLE001 - the database may be away; ingest says so already
+                self.log.debug("report_failed", error=repr(exc)[:300])
+
+    def _report(self, status: dict[str, Any]) -> None:
+        with self.pipeline.store.tx() as conn:
+            self.pipeline.store.report_collector(conn, status)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop.set)
+        async with asyncio.TaskGroup() as tg:
+            mqtt = tg.create_task(self._mqtt())
+            tg.create_task(self._ingest())
+            tg.create_task(self._sweeper())
+            tg.create_task(self._retention())
+            tg.create_task(self._flusher())
+            # This collector's backlog and rate, for `stats`, /metrics and the console; and the alert
+            # outputs (syslog, webhook, MQTT): beside ingest, never in it.
+            tg.create_task(self._reporter())
+            tg.create_task(Dispatcher(self.pipeline.store, self.ident).run(self.stop))
+            await self.stop.wait()
+            mqtt.cancel()
+        return 0

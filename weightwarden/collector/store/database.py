@@ -1,0 +1,732 @@
+"""Storage: SQLite (WAL) by default, PostgreSQL with the same SQL (SQLAlchemy Core).
+
+Everything correlation needs lives here, not in a collector's memory, so
+several collectors sharing one PostgreSQL reach the same alerts. Writes are
+idempotent: an event is stored once by id; weight reads and alerts are
+upserts keyed by what they describe.
+
+Egress is kept twice over: raw rows (``egress_raw``: one per sample, process
+and destination) for a short window, then one row per minute, host, process
+and destination (``egress_minute``, folded by :mod:`retention`). Queries read
+the view ``egress``, both at once, so detections see the same totals whichever
+form the rows are in; only ingest writes ``egress_raw``.
+Schema and migrations: :mod:`schema`; retention: :mod:`retention`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from weightwarden.collector.store import bulk
+from weightwarden.collector.store import schema
+from weightwarden.collector.outputs.outbox import alert_changed
+from weightwarden.collector.store.schema import StoreError, normalize_url, safe_url
+from weightwarden.events import Event
+
+SEVERITY_RANK = {"low": 1, "medium": 2, "high": 3, "critical": 4}
+# Columns written in bulk (weightwarden/collector/store/bulk.py), with their PostgreSQL types.
+T, BIG, DBL, INT = "text", "bigint", "double precision", "integer"
+EVENT_COLUMNS = (("id", T), ("host", T), ("seq", BIG), ("ts", DBL), ("type", T), ("data", T), ("received_at", DBL))
+HOST_COLUMNS = (("host", T), ("first_seen", DBL), ("last_seen", DBL), ("status", T), ("seq_max", BIG),
+                ("seq_contig", BIG), ("egress_bps", DBL), ("policy", T), ("policy_digest", T), ("backend", T),
+                ("rules_in_force", INT), ("caps", INT), ("last_heartbeat", DBL), ("weights_bytes", BIG))
+DEAD_LETTER_COLUMNS = (("received_at", DBL), ("topic", T), ("reason", T), ("payload", T), ("code", T), ("size", BIG))
+PROCESS_COLUMNS = (("host", T), ("pid", BIG), ("exe", T), ("ppid", BIG), ("name", T), ("uid", BIG), ("user_name", T),
+                   ("cmdline", T), ("cgroup", T), ("container", T), ("start_time", DBL), ("first_seen", DBL),
+                   ("last_seen", DBL))
+EGRESS_RAW_COLUMNS = (("host", T), ("pid", BIG), ("ppid", BIG), ("exe", T), ("name", T), ("uid", BIG), ("address", T),
+                      ("port", INT), ("allowed", INT), ("bytes", BIG), ("ts", DBL), ("rate_bps", DBL),
+                      ("event_id", T), ("pipes", T), ("received_at", DBL), ("dns_name", T), ("user_name", T),
+                      ("start_time", DBL), ("first_ts", DBL), ("protocol", T), ("accepted", INT), ("container", T),
+                      ("cmd_hash", T), ("exact", INT))
+HISTORY_COLUMNS = (("host", T), ("exe", T), ("address", T), ("first_seen", DBL), ("last_seen", DBL))
+_NEWER_READ = ("(excluded.ts > weight_reads.ts OR (excluded.ts = weight_reads.ts AND (excluded.bytes > weight_reads.bytes "
+               "OR (excluded.bytes = weight_reads.bytes AND excluded.event_id > weight_reads.event_id))))")
+DEAD_LETTER_MAX_ROWS = 10_000
+DEAD_LETTER_MAX_BYTES = 8 << 20
+
+
+class Store:
+    """One database. ``Store(url)`` creates and migrates (the collector, tests); read commands
+    use ``Store(url, read_only=True, migrate=False)``, which creates nothing and refuses a schema
+    it does not know. Errors in opening are :class:`StoreError` with a one-line message."""
+
+    def __init__(self, url: str, *, read_only: bool = False, migrate: bool = True) -> None:
+        self.url = url
+        self.read_only = read_only
+        self.engine: Engine = schema.make_engine(url, read_only=read_only, create=migrate and not read_only)
+        self.dialect = self.engine.dialect.name
+        if migrate and not read_only:
+            schema.migrate(self.engine, url)
+        else:
+            schema.check_version(self.engine, url)
+
+    def __repr__(self) -> str:
+        return f"Store({safe_url(self.url)!r})"
+
+    def migrate(self) -> tuple[int, int]:
+        return schema.migrate(self.engine, self.url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # -- is the database there? ----------------------------------------------
+
+    @staticmethod
+    def is_outage(exc: BaseException) -> bool:
+        """Errors that say the database is away or busy (worth retrying), as opposed to errors
+        a particular statement's data caused. Operational errors can be either (SQLite's "too
+        many SQL variables" is one): :meth:`reachable` tells them apart."""
+        if isinstance(exc, (DisconnectionError, PoolTimeout, InterfaceError)):
+            return True
+        return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+    def reachable(self) -> bool:
+        """Can we write at all right now? (A read alone would pass while another writer holds SQLite.)"""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(text("INSERT INTO meta(key, value) VALUES ('probe', '0') "
+                                  "ON CONFLICT (key) DO UPDATE SET value = meta.value"))
+            return True
+        except Exception:  # noqa: BLE001 - any failure here means "not now"
+            return False
+
+    def transient(self, exc: BaseException) -> bool:
+        """Retry the batch (True) or look for the event that cannot be stored (False)."""
+        if self.is_outage(exc):
+            return True
+        if isinstance(exc, OperationalError):
+            return not self.reachable()
+        return False
+
+    # -- ingest ------------------------------------------------------------
+
+    @staticmethod
+    def existing_ids(conn: Connection, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        cond, params = bulk.in_list(conn, ids)
+        return set(conn.execute(text(f"SELECT id FROM events WHERE id {cond}"), params).scalars())
+
+    @staticmethod
+    def insert_events(conn: Connection, events: list[Event], now: float) -> None:
+        """Many at once (one statement); ids already present are left alone."""
+        unique = {e.id: e for e in events}
+        bulk.insert(conn, "events", EVENT_COLUMNS, [
+            (e.id, e.host, e.seq, e.ts, e.type, e.data.model_dump_json(exclude_none=True), now)
+            for e in unique.values()], "ON CONFLICT (id) DO NOTHING")
+
+    @staticmethod
+    def touch_hosts(conn: Connection, rows: list[dict[str, Any]], now: float) -> None:
+        """Hosts heard from, all in one statement: rows of {host, seq, egress_bps?} and, from a heartbeat,
+        its fields ({policy, policy_digest, backend, rules_in_force, caps, last_heartbeat, weights_bytes}:
+        the host is then online). A later row of the same host wins, field by field; None changes nothing."""
+        merged: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            m = merged.setdefault(r["host"], {"seq": 0})
+            m["seq"] = max(m["seq"], r["seq"])
+            m.update({k: v for k, v in r.items() if v is not None and k not in ("host", "seq")})
+        bulk.insert(conn, "hosts", HOST_COLUMNS, [
+            (h, now, now, "online", m["seq"], 0, *(m.get(c) for c, _ in HOST_COLUMNS[6:]))
+            for h, m in sorted(merged.items())],
+            "ON CONFLICT (host) DO UPDATE SET last_seen = excluded.last_seen, "
+            "seq_max = CASE WHEN hosts.seq_max > excluded.seq_max THEN hosts.seq_max ELSE excluded.seq_max END, "
+            "status = CASE WHEN excluded.last_heartbeat IS NULL THEN hosts.status ELSE 'online' END, "
+            + ", ".join(f"{c} = coalesce(excluded.{c}, hosts.{c})" for c, _ in HOST_COLUMNS[6:]))
+
+    @staticmethod
+    def dead_letters(conn: Connection, rows: list[tuple[str, str, bytes, str]], now: float) -> None:
+        """Rejected messages as (topic, reason, payload, code): what was wrong, and the start of
+        the payload, made storable (no NUL, no invalid UTF-8: PostgreSQL TEXT takes neither)."""
+        bulk.insert(conn, "dead_letters", DEAD_LETTER_COLUMNS, [
+            (now, _printable(topic, 300), _printable(reason, 500), _printable(payload[:1000], 4000), code, len(payload))
+            for topic, reason, payload, code in rows])
+
+    @staticmethod
+    def trim_dead_letters(conn: Connection, max_rows: int = DEAD_LETTER_MAX_ROWS,
+                          max_bytes: int = DEAD_LETTER_MAX_BYTES) -> int:
+        """Keep the newest dead letters within both bounds; the rest go (and are counted)."""
+        cut = conn.execute(text("SELECT id FROM dead_letters ORDER BY id DESC LIMIT 1 OFFSET :n"),
+                           {"n": max_rows}).scalar()
+        over = conn.execute(text(
+            "SELECT max(id) FROM (SELECT id, sum(length(payload) + length(reason) + coalesce(length(topic), 0)) "
+            "OVER (ORDER BY id DESC) AS total FROM dead_letters) t WHERE total > :b"), {"b": max_bytes}).scalar()
+        limit = max(int(cut or 0), int(over or 0))
+        if not limit:
+            return 0
+        gone = int(conn.execute(text("DELETE FROM dead_letters WHERE id <= :i"), {"i": limit}).rowcount or 0)
+        if gone:
+            Store.bump(conn, "dead_letters_pruned", gone)
+        return gone
+
+    @staticmethod
+    def bump(conn: Connection, name: str, by: int = 1, part: str = "") -> None:
+        """Add to a counter. ``part``: whose share (a collector's id), so collectors sharing a database
+        never wait for each other on one row; ``counters`` (a view) sums the shares."""
+        conn.execute(text("INSERT INTO counter_parts(name, part, value) VALUES (:n, :p, :v) ON CONFLICT (name, part) "
+                          "DO UPDATE SET value = counter_parts.value + excluded.value"), {"n": name, "p": part, "v": by})
+
+    def counters(self) -> dict[str, int]:
+        with self.tx() as conn:
+            return {r[0]: int(r[1]) for r in conn.execute(text("SELECT name, value FROM counters"))}
+
+    @staticmethod
+    def touch_host(conn: Connection, host: str, seq: int, ts: float, now: float,
+                   egress_bps: float | None = None) -> None:
+        Store.touch_hosts(conn, [{"host": host, "seq": seq, "egress_bps": egress_bps}], now)
+
+    @staticmethod
+    def update_host(conn: Connection, host: str, **fields: Any) -> None:
+        allowed = {"status", "policy", "policy_digest", "backend", "rules_in_force", "caps", "egress_bps",
+                   "weights_bytes", "last_heartbeat", "heartbeat_interval", "lost_at", "seq_contig", "gap_seen_at",
+                   "policy_version", "policy_source"}
+        sets = [k for k in fields if k in allowed]
+        if sets:
+            conn.execute(text(f"UPDATE hosts SET {', '.join(f'{k} = :{k}' for k in sets)} WHERE host = :h"),
+                         {"h": host, **{k: fields[k] for k in sets}})
+
+    @staticmethod
+    def host(conn: Connection, host: str) -> dict[str, Any] | None:
+        row = conn.execute(text("SELECT * FROM hosts WHERE host = :h"), {"h": host}).mappings().first()
+        return dict(row) if row else None
+
+    def export_events(self, host: str, since: float, until: float, types: list[str]) -> Iterator[dict[str, Any]]:
+        """A host's events in [since, until] of these types, oldest first, as the agent sent them."""
+        params: dict[str, Any] = {"h": host, "u": until, **{f"t{i}": t for i, t in enumerate(types)}}
+        in_types = ", ".join(f":t{i}" for i in range(len(types)))
+        after: tuple[float, str] = (since, "")
+        while True:  # in pages, so a day of 1 Hz samples never sits in memory at once
+            with self.tx() as conn:
+                rows = list(conn.execute(text(
+                    f"SELECT id, seq, ts, type, data FROM events WHERE host = :h AND ts <= :u AND type IN ({in_types}) "
+                    "AND (ts > :ats OR (ts = :ats AND id > :aid)) ORDER BY ts, id LIMIT 5000"),
+                    {**params, "ats": after[0], "aid": after[1]}).mappings())
+            for r in rows:
+                yield {"schema": 1, "id": r["id"], "host": host, "seq": r["seq"], "ts": r["ts"], "type": r["type"],
+                       "data": json.loads(r["data"])}
+            if len(rows) < 5000:
+                return
+            after = (rows[-1]["ts"], rows[-1]["id"])
+
+    def hosts(self) -> list[dict[str, Any]]:
+        with self.tx() as conn:
+            return [dict(r) for r in conn.execute(text("SELECT * FROM hosts ORDER BY host")).mappings()]
+
+    @staticmethod
+    def upsert_processes(conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Who each process is (user, command line, container), once per process, not per sample:
+        rows of {host, pid, exe, ppid, name, uid, user_name, cmdline, cgroup, container, start_time, ts}."""
+        unique = {(r["host"], r["pid"], r["exe"]): r for r in rows}
+        bulk.insert(conn, "processes", PROCESS_COLUMNS, [
+            (r["host"], r["pid"], r["exe"], r["ppid"], r["name"], r["uid"], r["user_name"], r["cmdline"], r["cgroup"],
+             r["container"], r["start_time"], r["ts"], r["ts"]) for _, r in sorted(unique.items())],
+            "ON CONFLICT (host, pid, exe) DO UPDATE SET "
+            "ppid = excluded.ppid, name = excluded.name, uid = excluded.uid, "
+            "user_name = coalesce(excluded.user_name, processes.user_name), "
+            "cmdline = coalesce(excluded.cmdline, processes.cmdline), "
+            "cgroup = coalesce(excluded.cgroup, processes.cgroup), "
+            "container = coalesce(excluded.container, processes.container), "
+            "start_time = coalesce(excluded.start_time, processes.start_time), "
+            "last_seen = CASE WHEN processes.last_seen > excluded.last_seen THEN processes.last_seen "
+            "  ELSE excluded.last_seen END")
+
+    @staticmethod
+    def process(conn: Connection, host: str, pid: int, exe: str | None = None) -> dict[str, Any] | None:
+        """A process's user, command line (a list) and container, as last reported."""
+        sql = "SELECT * FROM processes WHERE host=:h AND pid=:p" + (" AND exe=:e" if exe is not None else "")
+        row = conn.execute(text(sql + " ORDER BY last_seen DESC LIMIT 1"), {"h": host, "p": pid, "e": exe}
+                           ).mappings().first()
+        if row is None:
+            return None
+        out = dict(row)
+        out["cmdline"] = json.loads(out["cmdline"]) if out.get("cmdline") else []
+        out["container"] = json.loads(out["container"]) if out.get("container") else None
+        return out
+
+    # -- correlation state --------------------------------------------------
+
+    @staticmethod
+    def add_read(conn: Connection, host: str, r: dict[str, Any]) -> None:
+        conn.execute(text(
+            "INSERT INTO weight_reads(host, pid, ppid, exe, name, uid, path, kind, bytes, first_ts, ts, staged_of, "
+            "event_id, pipes, start_time, size, how, container, cmd_hash, remote, derivative, received_at) "
+            "VALUES (:host, :pid, :ppid, :exe, :name, :uid, :path, :kind, :bytes, :first_ts, :ts, "
+            ":staged_of, :event_id, :pipes, :start_time, :size, :how, :container, :cmd_hash, :remote, :derivative, "
+            ":received_at) "
+            "ON CONFLICT (host, pid, path, kind, first_ts) DO UPDATE SET "
+            # Reports of one read session (progress, then final): the latest report by its own time
+            # describes it, whatever order they arrived in.
+            + ", ".join(f"{c} = CASE WHEN {_NEWER_READ} THEN excluded.{c} ELSE weight_reads.{c} END"
+                        for c in ("event_id", "pipes", "how", "container", "cmd_hash", "staged_of", "ppid", "exe",
+                                  "name", "uid", "start_time", "remote", "derivative"))
+            + ", bytes = CASE WHEN weight_reads.bytes > excluded.bytes THEN weight_reads.bytes ELSE excluded.bytes END, "
+            "size = CASE WHEN weight_reads.size > excluded.size THEN weight_reads.size ELSE excluded.size END, "
+            "received_at = excluded.received_at, "
+            "ts = CASE WHEN weight_reads.ts > excluded.ts THEN weight_reads.ts ELSE excluded.ts END"),
+            {"start_time": None, "size": None, "how": None, "container": None, "cmd_hash": None, "remote": None,
+             "derivative": 0, "received_at": time.time(), "host": host, **r})
+
+    @staticmethod
+    def add_egress_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Egress rows that each carry their host."""
+        now = time.time()
+        bulk.insert(conn, "egress_raw", EGRESS_RAW_COLUMNS, [
+            (r["host"], r["pid"], r.get("ppid"), r.get("exe"), r.get("name"), r.get("uid"), r["address"], r.get("port"),
+             r["allowed"], r["bytes"], r["ts"], r.get("rate_bps"), r["event_id"], r.get("pipes"), now,
+             r.get("dns_name"), r.get("user_name"), r.get("start_time"), r.get("first_ts"), r.get("protocol"),
+             r.get("accepted"), r.get("container"), r.get("cmd_hash"), r.get("exact") or 0) for r in rows])
+
+    @staticmethod
+    def touch_contacts(conn: Connection, rows: list[tuple[str, str, str, float, float]]) -> None:
+        """(host, exe, address, first ts, last ts) of contacts: new ones recorded, known ones' first_seen
+        moved back (an earlier sample arriving late) and last_seen moved on (retention keeps them)."""
+        unique: dict[tuple[str, str, str], tuple[float, float]] = {}
+        for h, e, a, first, last in rows:
+            f0, l0 = unique.get((h, e, a), (first, last))
+            unique[(h, e, a)] = (min(f0, first), max(l0, last))
+        bulk.insert(conn, "history", HISTORY_COLUMNS, [(*k, f, last) for k, (f, last) in sorted(unique.items())],
+                    "ON CONFLICT (host, exe, address) DO UPDATE SET "
+                    "first_seen = CASE WHEN history.first_seen < excluded.first_seen THEN history.first_seen "
+                    "  ELSE excluded.first_seen END, "
+                    "last_seen = CASE WHEN history.last_seen > excluded.last_seen THEN history.last_seen "
+                    "  ELSE excluded.last_seen END")
+
+    @staticmethod
+    def reads_for(conn: Connection, host: str, pids: list[int], since: float) -> list[dict[str, Any]]:
+        if not pids:
+            return []
+        params = {f"p{i}": p for i, p in enumerate(pids)}
+        rows = conn.execute(text(
+            f"SELECT * FROM weight_reads WHERE host = :h AND ts >= :since AND pid IN ({', '.join(':' + k for k in params)}) "
+            "ORDER BY first_ts"), {"h": host, "since": since, **params}).mappings()
+        return [dict(r) for r in rows]
+
+    @staticmethod
+    def events_of(conn: Connection, host: str, type_: str, since: float) -> list[dict[str, Any]]:
+        rows = conn.execute(text("SELECT id, seq, ts, data FROM events WHERE host=:h AND type=:t AND ts>=:s ORDER BY seq"),
+                            {"h": host, "t": type_, "s": since}).mappings()
+        return [{"id": r["id"], "seq": r["seq"], "ts": r["ts"], "data": json.loads(r["data"])} for r in rows]
+
+    # -- alerts ------------------------------------------------------------
+
+    @staticmethod
+    def upsert_alert(conn: Connection, a: dict[str, Any], now: float) -> None:
+        params = {**a, "evidence": json.dumps(a["evidence"], default=str), "rank": SEVERITY_RANK[a["severity"]],
+                  "now": now}
+        conn.execute(text(
+            "INSERT INTO alerts(key, id, host, kind, severity, severity_rank, state, title, explanation, evidence, "
+            "first_ts, last_ts, created_at, updated_at, count) VALUES (:key, :id, :host, :kind, :severity, :rank, 'open', "
+            ":title, :explanation, :evidence, :first_ts, :last_ts, :now, :now, 1) "
+            "ON CONFLICT (key) DO UPDATE SET "
+            "severity = CASE WHEN alerts.severity_rank >= excluded.severity_rank THEN alerts.severity "
+            "  ELSE excluded.severity END, "
+            "severity_rank = CASE WHEN alerts.severity_rank >= excluded.severity_rank THEN alerts.severity_rank "
+            "  ELSE excluded.severity_rank END, "
+            "title = excluded.title, explanation = excluded.explanation, evidence = excluded.evidence, "
+            "last_ts = CASE WHEN alerts.last_ts > excluded.last_ts THEN alerts.last_ts ELSE excluded.last_ts END, "
+            "updated_at = excluded.updated_at, count = alerts.count + 1, "
+            # A resolved incident that happens again is open again.
+            "state = CASE WHEN alerts.state = 'resolved' AND :reopen = 1 THEN 'open' ELSE alerts.state END"),
+            {**params, "reopen": 1 if a.get("reopen", True) else 0})
+        alert_changed(conn, a["key"], now)  # opened, escalated or reopened: notify the outputs
+
+    @staticmethod
+    def set_state(conn: Connection, key_or_id: str, state: str, who: str, now: float) -> int:
+        col = "acked" if state == "acknowledged" else "resolved"
+        res = conn.execute(text(f"UPDATE alerts SET state=:s, {col}_by=:w, {col}_at=:t, updated_at=:t "
+                                "WHERE id=:k OR key=:k"), {"s": state, "w": who, "t": now, "k": key_or_id})
+        alert_changed(conn, key_or_id, now)
+        return int(res.rowcount)
+
+    @staticmethod
+    def resolve_kind(conn: Connection, host: str, kind: str, who: str, now: float) -> None:
+        keys = conn.execute(text("UPDATE alerts SET state='resolved', resolved_by=:w, resolved_at=:t, updated_at=:t "
+                                 "WHERE host=:h AND kind=:k AND state != 'resolved' RETURNING key"),
+                            {"w": who, "t": now, "h": host, "k": kind}).scalars().all()
+        for key in keys:
+            alert_changed(conn, key, now)
+
+    def alerts(self, state: str | None = None, host: str | None = None, min_severity: str | None = None
+               ) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM alerts WHERE 1=1"
+        params: dict[str, Any] = {}
+        if state:
+            sql += " AND state = :state"
+            params["state"] = state
+        if host:
+            sql += " AND host = :host"
+            params["host"] = host
+        if min_severity:
+            sql += " AND severity_rank >= :rank"
+            params["rank"] = SEVERITY_RANK[min_severity]
+        sql += " ORDER BY severity_rank DESC, last_ts DESC"
+        with self.tx() as conn:
+            return [_alert(dict(r)) for r in conn.execute(text(sql), params).mappings()]
+
+    def alert(self, key_or_id: str) -> dict[str, Any] | None:
+        with self.tx() as conn:
+            row = conn.execute(text("SELECT * FROM alerts WHERE id=:k OR key=:k"), {"k": key_or_id}).mappings().first()
+        return _alert(dict(row)) if row else None
+
+    # -- housekeeping --------------------------------------------------------
+
+    def purge(self, horizon_s: float, now: float | None = None) -> dict[str, int]:
+        """Everything older than ``horizon_s`` (events, reads, egress in either form, dead letters),
+        in short batches. The collector's own schedule is :func:`retention.run`."""
+        from weightwarden.collector.store.retention import Retention, run
+
+        return run(self, Retention(events_s=horizon_s, raw_egress_s=horizon_s, egress_s=horizon_s), now)
+
+    def count(self, table: str) -> int:
+        assert table in {"events", "dead_letters", "alerts", "egress", "egress_raw", "egress_minute", "weight_reads", "hosts",
+                         "history", "processes", "relays"}
+        with self.tx() as conn:
+            return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() or 0)
+
+    # -- collectors --------------------------------------------------------------
+
+    @staticmethod
+    def report_collector(conn: Connection, status: dict[str, Any]) -> None:
+        """A running collector's own numbers (backlog, rate), for `stats`, /metrics and the console."""
+        cols = ("client_id", "hostname", "pid", "version", "started_at", "updated_at", "received", "stored",
+                "backlog", "backlog_bytes", "backlog_s", "paused", "ingest_rate", "batch")
+        conn.execute(text(f"INSERT INTO collector_status({', '.join(cols)}) VALUES ({', '.join(':' + c for c in cols)}) "
+                          f"ON CONFLICT (client_id) DO UPDATE SET "
+                          f"{', '.join(f'{c} = excluded.{c}' for c in cols[1:])}"),
+                     {c: status.get(c) for c in cols})
+
+    def collectors(self) -> list[dict[str, Any]]:
+        with self.tx() as conn:
+            return [dict(r) for r in conn.execute(text("SELECT * FROM collector_status ORDER BY client_id")).mappings()]
+
+
+def _printable(value: str | bytes, limit: int) -> str:
+    """Text any database takes: invalid UTF-8 and NULs escaped, then cut to ``limit``."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "backslashreplace")
+    else:
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates
+    return value.replace("\x00", "\\x00")[:limit]
+
+
+def _alert(row: dict[str, Any]) -> dict[str, Any]:
+    row["evidence"] = json.loads(row["evidence"])
+    row.pop("severity_rank", None)
+    return row
+
+
+__all__ = ["SEVERITY_RANK", "Store", "StoreError", "normalize_url", "safe_url"]
+# ---------------------------------------------------------------------------------------------------
+# Detection (H3): the facts detection reads and the alerts it writes, all through these functions.
+# Retention and rollups must keep each query answerable over the look-back it is called with
+# (Tuning.link_window_s for a process's reads and relays, slow_window_s and burst_s for egress).
+# ---------------------------------------------------------------------------------------------------
+
+# Bytes that may carry data off the host: not allowlisted, or DNS, which carries names wherever it goes
+# (a tunnel through an allowlisted resolver is still a tunnel).
+OUTWARD = "(allowed = 0 OR port = 53)"
+_ORDER = "ORDER BY ts, first_ts, event_id, address, port"
+
+
+def _rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute(text(sql), params).mappings()]
+
+
+def flows_of(conn: Connection, host: str, pid: int, since: float) -> list[dict[str, Any]]:
+    """A process's outward egress rows (every start_time that pid had) whose last byte left at or after ``since``."""
+    return _rows(conn, f"SELECT * FROM egress WHERE host=:h AND pid=:p AND ts>=:s AND {OUTWARD} {_ORDER}",
+                 {"h": host, "p": pid, "s": since})
+
+
+def flows_between(conn: Connection, host: str, pid: int, lo: float, hi: float) -> list[dict[str, Any]]:
+    """A process's outward and accepted rows whose last byte left in [lo, hi)."""
+    return _rows(conn, f"SELECT * FROM egress WHERE host=:h AND pid=:p AND ts>=:lo AND ts<:hi AND {OUTWARD} {_ORDER}",
+                 {"h": host, "p": pid, "lo": lo, "hi": hi})
+
+
+def recent_flows(conn: Connection, host: str, pid: int, received_since: float) -> list[dict[str, Any]]:
+    return _rows(conn, f"SELECT * FROM egress WHERE host=:h AND pid=:p AND received_at>=:r AND {OUTWARD} {_ORDER}",
+                 {"h": host, "p": pid, "r": received_since})
+
+
+def alerts_updated_since(conn: Connection, since: float) -> list[tuple[str, str]]:
+    """(key, host) of detection verdicts written at or after ``since`` (the collectors' clock)."""
+    return [(r[0], r[1]) for r in conn.execute(text(
+        "SELECT key, host FROM alerts WHERE updated_at >= :s AND "
+        "(key LIKE 'exfiltration:%' OR key LIKE 'host_exfiltration:%' OR key LIKE 'slow:%')"), {"s": since})]
+
+
+def hosts_with_reads(conn: Connection, hosts: list[str], since: float) -> set[str]:
+    """Which of ``hosts`` have weight reads active at or after ``since``: one statement per 500 hosts."""
+    found: set[str] = set()
+    for i in range(0, len(hosts), 500):
+        params: dict[str, Any] = {f"h{n}": h for n, h in enumerate(hosts[i:i + 500])}
+        found.update(conn.execute(text(f"SELECT DISTINCT host FROM weight_reads WHERE ts >= :s AND host IN "
+                                       f"({', '.join(':' + k for k in params)})"), {"s": since, **params}).scalars())
+    return found
+
+
+def recent_relay_targets(conn: Connection, received_since: float) -> list[tuple[str, int, float]]:
+    """Receivers of hand-overs that arrived lately, with the earliest such hand-over's first byte."""
+    return [(r[0], int(r[1]), float(r[2])) for r in conn.execute(text(
+        "SELECT host, dst_pid, min(first_ts) FROM relays WHERE received_at>=:r AND bytes>0 GROUP BY host, dst_pid"),
+        {"r": received_since})]
+
+
+def read_as_stored(conn: Connection, host: str, r: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored version of a weight read (same process, file, kind and start), if any."""
+    row = conn.execute(text("SELECT bytes, size, ts FROM weight_reads WHERE host=:h AND pid=:p AND path=:path "
+                            "AND kind=:k AND first_ts=:f"),
+                       {"h": host, "p": r["pid"], "path": r["path"], "k": r["kind"], "f": r["first_ts"]}).mappings().first()
+    return dict(row) if row else None
+
+
+def outward_rows(conn: Connection, host: str, lo: float, hi: float) -> list[dict[str, Any]]:
+    """Every outward egress row of a host whose last byte left in [lo, hi)."""
+    return _rows(conn, f"SELECT * FROM egress WHERE host=:h AND ts>=:lo AND ts<:hi AND {OUTWARD} {_ORDER}",
+                 {"h": host, "lo": lo, "hi": hi})
+
+
+def last_outward(conn: Connection, host: str, pid: int) -> float | None:
+    value = conn.execute(text(f"SELECT max(ts) FROM egress WHERE host=:h AND pid=:p AND {OUTWARD}"),
+                         {"h": host, "p": pid}).scalar()
+    return None if value is None else float(value)
+
+
+def recent_span(conn: Connection, host: str, received_since: float) -> tuple[float, float] | None:
+    """When the outward bytes of a host that arrived since ``received_since`` (wall clock) left."""
+    row = conn.execute(text(f"SELECT min(ts), max(ts) FROM egress WHERE host=:h AND received_at>=:r AND {OUTWARD}"),
+                       {"h": host, "r": received_since}).first()
+    return None if row is None or row[0] is None else (float(row[0]), float(row[1]))
+
+
+def outward_senders(conn: Connection, host: str, since: float) -> list[int]:
+    """Pids that sent outward since ``since`` (pid 0 stands for bytes with no named process)."""
+    rows = conn.execute(text(f"SELECT DISTINCT pid FROM egress WHERE host=:h AND ts>=:s AND pid>0 AND {OUTWARD}"),
+                        {"h": host, "s": since}).scalars()
+    return sorted(int(p) for p in rows)
+
+
+def reads_of(conn: Connection, host: str, pid: int, since: float) -> list[dict[str, Any]]:
+    """Weight reads, holdings and copies of one pid (every start_time) still active at or after ``since``."""
+    return _rows(conn, "SELECT * FROM weight_reads WHERE host=:h AND pid=:p AND ts>=:s ORDER BY first_ts, path, kind",
+                 {"h": host, "p": pid, "s": since})
+
+
+def reads_between(conn: Connection, host: str, lo: float, hi: float) -> list[dict[str, Any]]:
+    """Weight reads and holdings on a host active at some time in [lo, hi) (copies are not reads)."""
+    return _rows(conn, "SELECT * FROM weight_reads WHERE host=:h AND ts>=:lo AND first_ts<:hi AND kind <> 'copy' "
+                       "ORDER BY first_ts, pid, path, kind", {"h": host, "lo": lo, "hi": hi})
+
+
+def pipe_writers(conn: Connection, host: str, inode: str, since: float) -> list[dict[str, Any]]:
+    """Weight reads by processes that hold the write end (only) of pipe ``inode``."""
+    return _rows(conn, "SELECT * FROM weight_reads WHERE host=:h AND ts>=:s AND pipes LIKE :p "
+                       "ORDER BY first_ts, pid, path, kind", {"h": host, "s": since, "p": f"%|{inode}:w|%"})
+
+
+def relays_into(conn: Connection, host: str, pid: int, since: float) -> list[dict[str, Any]]:
+    """Local hand-overs to ``pid`` (any start_time) that ended at or after ``since``."""
+    return _rows(conn, "SELECT * FROM relays WHERE host=:h AND dst_pid=:p AND ts>=:s AND bytes>0 "
+                       "ORDER BY ts, first_ts, event_id, src_pid", {"h": host, "p": pid, "s": since})
+
+
+def relay_targets(conn: Connection, host: str, pid: int, since: float) -> list[int]:
+    rows = conn.execute(text("SELECT DISTINCT dst_pid FROM relays WHERE host=:h AND src_pid=:p AND ts>=:s AND bytes>0"),
+                        {"h": host, "p": pid, "s": since}).scalars()
+    return sorted(int(p) for p in rows)
+
+
+def add_relays(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        received = time.time()
+        conn.execute(text(
+            "INSERT INTO relays(host, src_pid, src_start, src_exe, src_name, dst_pid, dst_start, dst_exe, dst_name, via, "
+            "bytes, first_ts, ts, event_id, received_at) VALUES (:host, :src_pid, :src_start, :src_exe, :src_name, "
+            ":dst_pid, :dst_start, :dst_exe, :dst_name, :via, :bytes, :first_ts, :ts, :event_id, :received_at)"),
+            [{"received_at": received, **r} for r in rows])
+
+
+def contacted_since(conn: Connection, host: str, exe: str, addresses: list[str]) -> dict[str, float]:
+    """When ``exe`` first contacted each of ``addresses`` on ``host`` (missing: never)."""
+    if not addresses:
+        return {}
+    params = {f"a{i}": a for i, a in enumerate(addresses)}
+    rows = conn.execute(text(f"SELECT address, first_seen FROM history WHERE host=:h AND exe=:e AND address IN "
+                             f"({', '.join(':' + k for k in params)})"), {"h": host, "e": exe, **params})
+    return {r[0]: float(r[1]) for r in rows}
+
+
+def recent_units(conn: Connection, received_since: float, link_window_s: float) -> tuple[
+        list[tuple[str, int]], list[tuple[str, float, float]], list[tuple[str, str, float, float, float]]]:
+    """What facts arrived lately (wall clock), however old the times they carry, touch: outward
+    senders on hosts with weight reads a link could reach (ending at most ``link_window_s`` before the send),
+    hosts with new weight reads (and the span of those reads), and outward destinations."""
+    senders = [(r[0], int(r[1])) for r in conn.execute(text(
+        f"SELECT DISTINCT e.host, e.pid FROM egress e WHERE e.received_at>=:r AND e.pid>0 AND {OUTWARD} "
+        "AND EXISTS (SELECT 1 FROM weight_reads w WHERE w.host=e.host AND w.ts>=e.ts-:w)"),
+        {"r": received_since, "w": link_window_s})]
+    reads = [(r[0], float(r[1]), float(r[2])) for r in conn.execute(text(
+        "SELECT host, min(first_ts), max(ts) FROM weight_reads WHERE received_at>=:r GROUP BY host"),
+        {"r": received_since})]
+    destinations = [(r[0], r[1], float(r[2]), float(r[3]), float(r[4])) for r in conn.execute(text(
+        f"SELECT host, address, min(ts), max(ts), max(received_at) FROM egress WHERE received_at>=:r AND {OUTWARD} "
+        "AND COALESCE(accepted, 0) = 0 AND address NOT IN ('(other)', '(unowned)') GROUP BY host, address"),
+        {"r": received_since})]
+    return sorted(set(senders)), sorted(reads), sorted(destinations)
+
+
+def hourly_to(conn: Connection, host: str, address: str, lo: float, hi: float) -> list[dict[str, Any]]:
+    """Outward bytes to one address per hour (by last send) in [lo, hi), with the first and last send."""
+    return _rows(conn, f"SELECT CAST(ts / 3600 AS BIGINT) AS hour, sum(bytes) AS bytes, min(COALESCE(first_ts, ts)) "
+                       f"AS first_ts, max(ts) AS ts FROM egress WHERE host=:h AND address=:a AND ts>=:lo AND ts<:hi "
+                       f"AND {OUTWARD} AND COALESCE(accepted, 0) = 0 GROUP BY CAST(ts / 3600 AS BIGINT) ORDER BY 1",
+                 {"h": host, "a": address, "lo": lo, "hi": hi})
+
+
+def hourly_to_many(conn: Connection, pairs: list[tuple[str, str]], lo: float, hi: float) -> list[dict[str, Any]]:
+    """hourly_to for many (host, address) pairs in one statement per 400 pairs."""
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(pairs), 400):
+        chunk = pairs[i:i + 400]
+        params: dict[str, Any] = {"lo": lo, "hi": hi}
+        values = []
+        for n, (host, address) in enumerate(chunk):
+            params[f"h{n}"], params[f"a{n}"] = host, address
+            values.append(f"(:h{n}, :a{n})")
+        out += _rows(conn, f"SELECT host, address, CAST(ts / 3600 AS BIGINT) AS hour, sum(bytes) AS bytes, "
+                           f"min(COALESCE(first_ts, ts)) AS first_ts, max(ts) AS ts FROM egress "
+                           f"WHERE (host, address) IN (VALUES {', '.join(values)}) AND ts>=:lo AND ts<:hi "
+                           f"AND {OUTWARD} AND COALESCE(accepted, 0) = 0 "
+                           f"GROUP BY host, address, CAST(ts / 3600 AS BIGINT) ORDER BY 1, 2, 3", params)
+    return out
+
+
+def existing_keys(conn: Connection, keys: list[str]) -> set[str]:
+    found: set[str] = set()
+    for i in range(0, len(keys), 500):
+        params = {f"k{n}": k for n, k in enumerate(keys[i:i + 500])}
+        found.update(conn.execute(text(f"SELECT key FROM alerts WHERE key IN ({', '.join(':' + k for k in params)})"),
+                                  params).scalars())
+    return found
+
+
+def weights_of(conn: Connection, hosts: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for i in range(0, len(hosts), 500):
+        params = {f"h{n}": h for n, h in enumerate(hosts[i:i + 500])}
+        out.update({r[0]: int(r[1] or 0) for r in conn.execute(text(
+            f"SELECT host, weights_bytes FROM hosts WHERE host IN ({', '.join(':' + k for k in params)})"), params)})
+    return out
+
+
+def senders_to(conn: Connection, host: str, address: str, lo: float, hi: float) -> list[dict[str, Any]]:
+    """Who sent outward to one address in [lo, hi), biggest first."""
+    return _rows(conn, f"SELECT pid, exe, name, sum(bytes) AS bytes, min(event_id) AS event_id FROM egress "
+                       f"WHERE host=:h AND address=:a AND ts>=:lo AND ts<:hi AND {OUTWARD} "
+                       f"AND COALESCE(accepted, 0) = 0 GROUP BY pid, exe, name ORDER BY 4 DESC, 1 LIMIT 20",
+                 {"h": host, "a": address, "lo": lo, "hi": hi})
+
+
+def seq_runs(conn: Connection, host: str, after: int, limit: int = 1000) -> list[tuple[int, int]]:
+    """The host's stored sequence numbers above ``after`` as [first, last] runs, computed in the
+    database: a jump of millions costs one row, not millions."""
+    rows = conn.execute(text(
+        "SELECT min(seq), max(seq) FROM (SELECT seq, seq - ROW_NUMBER() OVER (ORDER BY seq) AS g FROM "
+        "(SELECT DISTINCT seq FROM events WHERE host=:h AND seq>:a) d) r GROUP BY g ORDER BY 1 LIMIT :n"),
+        {"h": host, "a": after, "n": limit})
+    return [(int(r[0]), int(r[1])) for r in rows]
+
+
+def min_seq(conn: Connection, host: str) -> int | None:
+    value = conn.execute(text("SELECT min(seq) FROM events WHERE host=:h AND seq>0"), {"h": host}).scalar()
+    return None if value is None else int(value)
+
+
+def set_weights_total(conn: Connection, host: str, total: int, ts: float) -> bool:
+    """Record the host's weights size as of ``ts``; True if the size in force changed."""
+    before = conn.execute(text("SELECT weights_bytes FROM hosts WHERE host=:h"), {"h": host}).scalar()
+    res = conn.execute(text("UPDATE hosts SET weights_bytes=:b, weights_at=:t WHERE host=:h "
+                            "AND (weights_at IS NULL OR weights_at < :t OR (weights_at = :t AND weights_bytes < :b))"),
+                       {"h": host, "b": total, "t": ts})
+    return bool(res.rowcount) and before != total
+
+
+def put_alert(conn: Connection, a: dict[str, Any], now: float) -> bool:
+    """Write a detection's verdict as it stands on the stored facts: the alert becomes exactly this
+    draft (severity may go down as well as up). Nothing is written when nothing changed, so
+    re-evaluating the same facts neither bumps the count nor reopens a resolved alert."""
+    params = {**a, "evidence": json.dumps(a["evidence"], default=str, sort_keys=True),
+              "rank": SEVERITY_RANK[a["severity"]], "now": now}
+    res = conn.execute(text(
+        "INSERT INTO alerts(key, id, host, kind, severity, severity_rank, state, title, explanation, evidence, "
+        "first_ts, last_ts, created_at, updated_at, count) VALUES (:key, :id, :host, :kind, :severity, :rank, 'open', "
+        ":title, :explanation, :evidence, :first_ts, :last_ts, :now, :now, 1) "
+        "ON CONFLICT (key) DO UPDATE SET kind = excluded.kind, severity = excluded.severity, "
+        "severity_rank = excluded.severity_rank, title = excluded.title, explanation = excluded.explanation, "
+        "evidence = excluded.evidence, first_ts = excluded.first_ts, last_ts = excluded.last_ts, "
+        "updated_at = excluded.updated_at, count = alerts.count + 1, "
+        "state = CASE WHEN alerts.state = 'resolved' THEN 'open' ELSE alerts.state END "
+        "WHERE alerts.evidence <> excluded.evidence OR alerts.severity <> excluded.severity "
+        "OR alerts.kind <> excluded.kind OR alerts.explanation <> excluded.explanation "
+        "OR alerts.title <> excluded.title"), params)
+    if res.rowcount:
+        alert_changed(conn, a["key"], now)  # opened, escalated or reopened: notify the outputs
+    return bool(res.rowcount)
+
+
+def put_event_alert(conn: Connection, a: dict[str, Any], order: str, now: float) -> None:
+    """An alert one event decides (canary, cap, drift...). Repeats of the incident count up; its
+    content is the latest event's by the event's own time (``order``), whatever arrived last."""
+    params = {**a, "evidence": json.dumps(a["evidence"], default=str, sort_keys=True),
+              "rank": SEVERITY_RANK[a["severity"]], "now": now, "order": order,
+              "reopen": 1 if a.get("reopen", True) else 0}
+    newer = "excluded.fact_order > COALESCE(alerts.fact_order, '')"
+    conn.execute(text(
+        "INSERT INTO alerts(key, id, host, kind, severity, severity_rank, state, title, explanation, evidence, "
+        "first_ts, last_ts, created_at, updated_at, count, fact_order) VALUES (:key, :id, :host, :kind, :severity, "
+        ":rank, 'open', :title, :explanation, :evidence, :first_ts, :last_ts, :now, :now, 1, :order) "
+        "ON CONFLICT (key) DO UPDATE SET "
+        + ", ".join(f"{c} = CASE WHEN {newer} THEN excluded.{c} ELSE alerts.{c} END"
+                    for c in ("kind", "severity", "severity_rank", "title", "explanation", "evidence"))
+        + ", first_ts = CASE WHEN alerts.first_ts < excluded.first_ts THEN alerts.first_ts ELSE excluded.first_ts END, "
+        "last_ts = CASE WHEN alerts.last_ts > excluded.last_ts THEN alerts.last_ts ELSE excluded.last_ts END, "
+        f"fact_order = CASE WHEN {newer} THEN excluded.fact_order ELSE alerts.fact_order END, "
+        "updated_at = excluded.updated_at, count = alerts.count + 1, "
+        "state = CASE WHEN alerts.state = 'resolved' AND :reopen = 1 THEN 'open' ELSE alerts.state END"), params)
+    alert_changed(conn, a["key"], now)
+
+
+def alert_keys(conn: Connection, host: str, prefix: str) -> list[str]:
+    """Keys of a host's alerts that start with ``prefix`` (LIKE wildcards in it are taken literally)."""
+    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return [str(k) for k in conn.execute(text("SELECT key FROM alerts WHERE host=:h AND key LIKE :p ESCAPE '\\'"),
+                                         {"h": host, "p": pattern}).scalars()]
+
+
+def withdraw(conn: Connection, keys: list[str], now: float | None = None) -> int:
+    """Remove alerts the stored facts no longer support (an earlier view saw only part of them),
+    unless a person has already acknowledged or resolved them. Outputs that were told the alert
+    opened are told it is resolved."""
+    n = 0
+    for key in sorted(keys):
+        res = conn.execute(text("UPDATE alerts SET state='resolved', resolved_by='collector: withdrawn, the facts no "
+                                "longer support it', resolved_at=:t WHERE key=:k AND state='open' AND acked_by IS NULL"),
+                           {"k": key, "t": now or time.time()})
+        if res.rowcount:
+            alert_changed(conn, key, now or time.time())
+            n += int(conn.execute(text("DELETE FROM alerts WHERE key=:k"), {"k": key}).rowcount)
+    return n

@@ -1,0 +1,67 @@
+"""Working an alert: acknowledge, resolve, assign, comment. Each step is written to the audit trail.
+
+The CLI (``alerts ack ID --by NAME``), the API and the console all come here,
+so every change of an alert says who made it, how (cli, api, console) and why.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from weightwarden.collector.outputs.outbox import alert_changed
+from weightwarden.collector.store.database import Store
+
+ACTIONS = ("ack", "resolve", "assign", "comment", "reopen")
+STATE_OF = {"ack": "acknowledged", "resolve": "resolved"}
+MAX_COMMENT = 4000
+
+
+class TriageError(ValueError):
+    """An action that cannot be done (unknown alert, bad assignee); the message says which."""
+
+
+def find(conn: Connection, ref: str) -> dict[str, Any] | None:
+    row = conn.execute(text("SELECT key, id, state, assignee FROM alerts WHERE id = :k OR key = :k"),
+                       {"k": ref}).mappings().first()
+    return dict(row) if row else None
+
+
+def act(conn: Connection, ref: str, action: str, user: str, now: float, comment: str | None = None,
+        assignee: str | None = None, via: str = "api") -> dict[str, Any]:
+    """Apply one action to alert ``ref`` (id or key) and audit it; returns the audit record."""
+    if action not in ACTIONS:
+        raise TriageError(f"unknown action {action!r}: one of {', '.join(ACTIONS)}")
+    alert = find(conn, ref)
+    if alert is None:
+        raise TriageError(f"no alert {ref!r}")
+    comment = (comment or "").strip()[:MAX_COMMENT] or None
+    detail = None
+    if action in STATE_OF:
+        Store.set_state(conn, alert["key"], STATE_OF[action], user, now)
+        detail = f"{alert['state']} -> {STATE_OF[action]}"
+    elif action == "reopen":
+        conn.execute(text("UPDATE alerts SET state = 'open', updated_at = :t WHERE key = :k"), {"t": now, "k": alert["key"]})
+        alert_changed(conn, alert["key"], now)
+        detail = f"{alert['state']} -> open"
+    elif action == "assign":
+        assignee = (assignee or "").strip() or None
+        if assignee is not None and not conn.execute(text("SELECT 1 FROM users WHERE name = :n"), {"n": assignee}).first():
+            raise TriageError(f"no user {assignee!r} to assign to")
+        conn.execute(text("UPDATE alerts SET assignee = :a, updated_at = :t WHERE key = :k"),
+                     {"a": assignee, "t": now, "k": alert["key"]})
+        detail = f"assigned to {assignee}" if assignee else "unassigned"
+    elif comment is None:
+        raise TriageError("a comment needs text")
+    record = {"alert_key": alert["key"], "alert_id": alert["id"], "user": user, "action": action,
+              "comment": comment, "detail": detail, "via": via, "ts": now}
+    conn.execute(text("INSERT INTO audit(alert_key, alert_id, user_name, action, comment, detail, via, ts) "
+                      "VALUES (:alert_key, :alert_id, :user, :action, :comment, :detail, :via, :ts)"), record)
+    return record
+
+
+def audit(conn: Connection, alert_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(text("SELECT user_name AS user, action, comment, detail, via, ts FROM audit "
+                             "WHERE alert_id = :a ORDER BY id"), {"a": alert_id}).mappings()
+    return [dict(r) for r in rows]
