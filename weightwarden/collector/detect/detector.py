@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from weightwarden.collector.store import database as q
+from weightwarden.collector.store import facts as q
 from weightwarden.collector.detect.common import (
     OTHER, UNOWNED, Draft, Tuning, bucket, day_of, day_start, same_process,
 )

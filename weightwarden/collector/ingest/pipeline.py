@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from weightwarden.collector.store import database as q
+from weightwarden.collector.store import facts as q
 from weightwarden.collector.ingest.batching import BatchIngest, egress_bps
 from weightwarden.collector.detect.common import Draft, Tuning
 from weightwarden.collector.detect.facts import egress_rows

@@ -1,0 +1,313 @@
+"""The facts detection reads and the alerts it writes, all through these functions.
+
+Retention and rollups must keep each query answerable over the look-back it is called with
+(Tuning.link_window_s for a process's reads and relays, slow_window_s and burst_s for egress).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from weightwarden.collector.outputs.outbox import alert_changed
+from weightwarden.collector.store.database import SEVERITY_RANK
+
+
+# Bytes that may carry data off the host: not allowlisted, or DNS, which carries names wherever it goes
+# (a tunnel through an allowlisted resolver is still a tunnel).
+OUTWARD = "(allowed = 0 OR port = 53)"
+_ORDER = "ORDER BY ts, first_ts, event_id, address, port"
+
+
+def _rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute(text(sql), params).mappings()]
+
+
+def flows_of(conn: Connection, host: str, pid: int, since: float) -> list[dict[str, Any]]:
+    """A process's outward egress rows (every start_time that pid had) whose last byte left at or after ``since``."""
+    return _rows(conn, f"SELECT * FROM egress WHERE host=:h AND pid=:p AND ts>=:s AND {OUTWARD} {_ORDER}",
+                 {"h": host, "p": pid, "s": since})
+
+
+def flows_between(conn: Connection, host: str, pid: int, lo: float, hi: float) -> list[dict[str, Any]]:
+    """A process's outward and accepted rows whose last byte left in [lo, hi)."""
+    return _rows(conn, f"SELECT * FROM egress WHERE host=:h AND pid=:p AND ts>=:lo AND ts<:hi AND {OUTWARD} {_ORDER}",
+                 {"h": host, "p": pid, "lo": lo, "hi": hi})
+
+
+def recent_flows(conn: Connection, host: str, pid: int, received_since: float) -> list[dict[str, Any]]:
+    return _rows(conn, f"SELECT * FROM egress WHERE host=:h AND pid=:p AND received_at>=:r AND {OUTWARD} {_ORDER}",
+                 {"h": host, "p": pid, "r": received_since})
+
+
+def alerts_updated_since(conn: Connection, since: float) -> list[tuple[str, str]]:
+    """(key, host) of detection verdicts written at or after ``since`` (the collectors' clock)."""
+    return [(r[0], r[1]) for r in conn.execute(text(
+        "SELECT key, host FROM alerts WHERE updated_at >= :s AND "
+        "(key LIKE 'exfiltration:%' OR key LIKE 'host_exfiltration:%' OR key LIKE 'slow:%')"), {"s": since})]
+
+
+def hosts_with_reads(conn: Connection, hosts: list[str], since: float) -> set[str]:
+    """Which of ``hosts`` have weight reads active at or after ``since``: one statement per 500 hosts."""
+    found: set[str] = set()
+    for i in range(0, len(hosts), 500):
+        params: dict[str, Any] = {f"h{n}": h for n, h in enumerate(hosts[i:i + 500])}
+        found.update(conn.execute(text(f"SELECT DISTINCT host FROM weight_reads WHERE ts >= :s AND host IN "
+                                       f"({', '.join(':' + k for k in params)})"), {"s": since, **params}).scalars())
+    return found
+
+
+def recent_relay_targets(conn: Connection, received_since: float) -> list[tuple[str, int, float]]:
+    """Receivers of hand-overs that arrived lately, with the earliest such hand-over's first byte."""
+    return [(r[0], int(r[1]), float(r[2])) for r in conn.execute(text(
+        "SELECT host, dst_pid, min(first_ts) FROM relays WHERE received_at>=:r AND bytes>0 GROUP BY host, dst_pid"),
+        {"r": received_since})]
+
+
+def read_as_stored(conn: Connection, host: str, r: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored version of a weight read (same process, file, kind and start), if any."""
+    row = conn.execute(text("SELECT bytes, size, ts FROM weight_reads WHERE host=:h AND pid=:p AND path=:path "
+                            "AND kind=:k AND first_ts=:f"),
+                       {"h": host, "p": r["pid"], "path": r["path"], "k": r["kind"], "f": r["first_ts"]}).mappings().first()
+    return dict(row) if row else None
+
+
+def outward_rows(conn: Connection, host: str, lo: float, hi: float) -> list[dict[str, Any]]:
+    """Every outward egress row of a host whose last byte left in [lo, hi)."""
+    return _rows(conn, f"SELECT * FROM egress WHERE host=:h AND ts>=:lo AND ts<:hi AND {OUTWARD} {_ORDER}",
+                 {"h": host, "lo": lo, "hi": hi})
+
+
+def last_outward(conn: Connection, host: str, pid: int) -> float | None:
+    value = conn.execute(text(f"SELECT max(ts) FROM egress WHERE host=:h AND pid=:p AND {OUTWARD}"),
+                         {"h": host, "p": pid}).scalar()
+    return None if value is None else float(value)
+
+
+def recent_span(conn: Connection, host: str, received_since: float) -> tuple[float, float] | None:
+    """When the outward bytes of a host that arrived since ``received_since`` (wall clock) left."""
+    row = conn.execute(text(f"SELECT min(ts), max(ts) FROM egress WHERE host=:h AND received_at>=:r AND {OUTWARD}"),
+                       {"h": host, "r": received_since}).first()
+    return None if row is None or row[0] is None else (float(row[0]), float(row[1]))
+
+
+def outward_senders(conn: Connection, host: str, since: float) -> list[int]:
+    """Pids that sent outward since ``since`` (pid 0 stands for bytes with no named process)."""
+    rows = conn.execute(text(f"SELECT DISTINCT pid FROM egress WHERE host=:h AND ts>=:s AND pid>0 AND {OUTWARD}"),
+                        {"h": host, "s": since}).scalars()
+    return sorted(int(p) for p in rows)
+
+
+def reads_of(conn: Connection, host: str, pid: int, since: float) -> list[dict[str, Any]]:
+    """Weight reads, holdings and copies of one pid (every start_time) still active at or after ``since``."""
+    return _rows(conn, "SELECT * FROM weight_reads WHERE host=:h AND pid=:p AND ts>=:s ORDER BY first_ts, path, kind",
+                 {"h": host, "p": pid, "s": since})
+
+
+def reads_between(conn: Connection, host: str, lo: float, hi: float) -> list[dict[str, Any]]:
+    """Weight reads and holdings on a host active at some time in [lo, hi) (copies are not reads)."""
+    return _rows(conn, "SELECT * FROM weight_reads WHERE host=:h AND ts>=:lo AND first_ts<:hi AND kind <> 'copy' "
+                       "ORDER BY first_ts, pid, path, kind", {"h": host, "lo": lo, "hi": hi})
+
+
+def pipe_writers(conn: Connection, host: str, inode: str, since: float) -> list[dict[str, Any]]:
+    """Weight reads by processes that hold the write end (only) of pipe ``inode``."""
+    return _rows(conn, "SELECT * FROM weight_reads WHERE host=:h AND ts>=:s AND pipes LIKE :p "
+                       "ORDER BY first_ts, pid, path, kind", {"h": host, "s": since, "p": f"%|{inode}:w|%"})
+
+
+def relays_into(conn: Connection, host: str, pid: int, since: float) -> list[dict[str, Any]]:
+    """Local hand-overs to ``pid`` (any start_time) that ended at or after ``since``."""
+    return _rows(conn, "SELECT * FROM relays WHERE host=:h AND dst_pid=:p AND ts>=:s AND bytes>0 "
+                       "ORDER BY ts, first_ts, event_id, src_pid", {"h": host, "p": pid, "s": since})
+
+
+def relay_targets(conn: Connection, host: str, pid: int, since: float) -> list[int]:
+    rows = conn.execute(text("SELECT DISTINCT dst_pid FROM relays WHERE host=:h AND src_pid=:p AND ts>=:s AND bytes>0"),
+                        {"h": host, "p": pid, "s": since}).scalars()
+    return sorted(int(p) for p in rows)
+
+
+def add_relays(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        received = time.time()
+        conn.execute(text(
+            "INSERT INTO relays(host, src_pid, src_start, src_exe, src_name, dst_pid, dst_start, dst_exe, dst_name, via, "
+            "bytes, first_ts, ts, event_id, received_at) VALUES (:host, :src_pid, :src_start, :src_exe, :src_name, "
+            ":dst_pid, :dst_start, :dst_exe, :dst_name, :via, :bytes, :first_ts, :ts, :event_id, :received_at)"),
+            [{"received_at": received, **r} for r in rows])
+
+
+def contacted_since(conn: Connection, host: str, exe: str, addresses: list[str]) -> dict[str, float]:
+    """When ``exe`` first contacted each of ``addresses`` on ``host`` (missing: never)."""
+    if not addresses:
+        return {}
+    params = {f"a{i}": a for i, a in enumerate(addresses)}
+    rows = conn.execute(text(f"SELECT address, first_seen FROM history WHERE host=:h AND exe=:e AND address IN "
+                             f"({', '.join(':' + k for k in params)})"), {"h": host, "e": exe, **params})
+    return {r[0]: float(r[1]) for r in rows}
+
+
+def recent_units(conn: Connection, received_since: float, link_window_s: float) -> tuple[
+        list[tuple[str, int]], list[tuple[str, float, float]], list[tuple[str, str, float, float, float]]]:
+    """What facts arrived lately (wall clock), however old the times they carry, touch: outward
+    senders on hosts with weight reads a link could reach (ending at most ``link_window_s`` before the send),
+    hosts with new weight reads (and the span of those reads), and outward destinations."""
+    senders = [(r[0], int(r[1])) for r in conn.execute(text(
+        f"SELECT DISTINCT e.host, e.pid FROM egress e WHERE e.received_at>=:r AND e.pid>0 AND {OUTWARD} "
+        "AND EXISTS (SELECT 1 FROM weight_reads w WHERE w.host=e.host AND w.ts>=e.ts-:w)"),
+        {"r": received_since, "w": link_window_s})]
+    reads = [(r[0], float(r[1]), float(r[2])) for r in conn.execute(text(
+        "SELECT host, min(first_ts), max(ts) FROM weight_reads WHERE received_at>=:r GROUP BY host"),
+        {"r": received_since})]
+    destinations = [(r[0], r[1], float(r[2]), float(r[3]), float(r[4])) for r in conn.execute(text(
+        f"SELECT host, address, min(ts), max(ts), max(received_at) FROM egress WHERE received_at>=:r AND {OUTWARD} "
+        "AND COALESCE(accepted, 0) = 0 AND address NOT IN ('(other)', '(unowned)') GROUP BY host, address"),
+        {"r": received_since})]
+    return sorted(set(senders)), sorted(reads), sorted(destinations)
+
+
+def hourly_to(conn: Connection, host: str, address: str, lo: float, hi: float) -> list[dict[str, Any]]:
+    """Outward bytes to one address per hour (by last send) in [lo, hi), with the first and last send."""
+    return _rows(conn, f"SELECT CAST(ts / 3600 AS BIGINT) AS hour, sum(bytes) AS bytes, min(COALESCE(first_ts, ts)) "
+                       f"AS first_ts, max(ts) AS ts FROM egress WHERE host=:h AND address=:a AND ts>=:lo AND ts<:hi "
+                       f"AND {OUTWARD} AND COALESCE(accepted, 0) = 0 GROUP BY CAST(ts / 3600 AS BIGINT) ORDER BY 1",
+                 {"h": host, "a": address, "lo": lo, "hi": hi})
+
+
+def hourly_to_many(conn: Connection, pairs: list[tuple[str, str]], lo: float, hi: float) -> list[dict[str, Any]]:
+    """hourly_to for many (host, address) pairs in one statement per 400 pairs."""
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(pairs), 400):
+        chunk = pairs[i:i + 400]
+        params: dict[str, Any] = {"lo": lo, "hi": hi}
+        values = []
+        for n, (host, address) in enumerate(chunk):
+            params[f"h{n}"], params[f"a{n}"] = host, address
+            values.append(f"(:h{n}, :a{n})")
+        out += _rows(conn, f"SELECT host, address, CAST(ts / 3600 AS BIGINT) AS hour, sum(bytes) AS bytes, "
+                           f"min(COALESCE(first_ts, ts)) AS first_ts, max(ts) AS ts FROM egress "
+                           f"WHERE (host, address) IN (VALUES {', '.join(values)}) AND ts>=:lo AND ts<:hi "
+                           f"AND {OUTWARD} AND COALESCE(accepted, 0) = 0 "
+                           f"GROUP BY host, address, CAST(ts / 3600 AS BIGINT) ORDER BY 1, 2, 3", params)
+    return out
+
+
+def existing_keys(conn: Connection, keys: list[str]) -> set[str]:
+    found: set[str] = set()
+    for i in range(0, len(keys), 500):
+        params = {f"k{n}": k for n, k in enumerate(keys[i:i + 500])}
+        found.update(conn.execute(text(f"SELECT key FROM alerts WHERE key IN ({', '.join(':' + k for k in params)})"),
+                                  params).scalars())
+    return found
+
+
+def weights_of(conn: Connection, hosts: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for i in range(0, len(hosts), 500):
+        params = {f"h{n}": h for n, h in enumerate(hosts[i:i + 500])}
+        out.update({r[0]: int(r[1] or 0) for r in conn.execute(text(
+            f"SELECT host, weights_bytes FROM hosts WHERE host IN ({', '.join(':' + k for k in params)})"), params)})
+    return out
+
+
+def senders_to(conn: Connection, host: str, address: str, lo: float, hi: float) -> list[dict[str, Any]]:
+    """Who sent outward to one address in [lo, hi), biggest first."""
+    return _rows(conn, f"SELECT pid, exe, name, sum(bytes) AS bytes, min(event_id) AS event_id FROM egress "
+                       f"WHERE host=:h AND address=:a AND ts>=:lo AND ts<:hi AND {OUTWARD} "
+                       f"AND COALESCE(accepted, 0) = 0 GROUP BY pid, exe, name ORDER BY 4 DESC, 1 LIMIT 20",
+                 {"h": host, "a": address, "lo": lo, "hi": hi})
+
+
+def seq_runs(conn: Connection, host: str, after: int, limit: int = 1000) -> list[tuple[int, int]]:
+    """The host's stored sequence numbers above ``after`` as [first, last] runs, computed in the
+    database: a jump of millions costs one row, not millions."""
+    rows = conn.execute(text(
+        "SELECT min(seq), max(seq) FROM (SELECT seq, seq - ROW_NUMBER() OVER (ORDER BY seq) AS g FROM "
+        "(SELECT DISTINCT seq FROM events WHERE host=:h AND seq>:a) d) r GROUP BY g ORDER BY 1 LIMIT :n"),
+        {"h": host, "a": after, "n": limit})
+    return [(int(r[0]), int(r[1])) for r in rows]
+
+
+def min_seq(conn: Connection, host: str) -> int | None:
+    value = conn.execute(text("SELECT min(seq) FROM events WHERE host=:h AND seq>0"), {"h": host}).scalar()
+    return None if value is None else int(value)
+
+
+def set_weights_total(conn: Connection, host: str, total: int, ts: float) -> bool:
+    """Record the host's weights size as of ``ts``; True if the size in force changed."""
+    before = conn.execute(text("SELECT weights_bytes FROM hosts WHERE host=:h"), {"h": host}).scalar()
+    res = conn.execute(text("UPDATE hosts SET weights_bytes=:b, weights_at=:t WHERE host=:h "
+                            "AND (weights_at IS NULL OR weights_at < :t OR (weights_at = :t AND weights_bytes < :b))"),
+                       {"h": host, "b": total, "t": ts})
+    return bool(res.rowcount) and before != total
+
+
+def put_alert(conn: Connection, a: dict[str, Any], now: float) -> bool:
+    """Write a detection's verdict as it stands on the stored facts: the alert becomes exactly this
+    draft (severity may go down as well as up). Nothing is written when nothing changed, so
+    re-evaluating the same facts neither bumps the count nor reopens a resolved alert."""
+    params = {**a, "evidence": json.dumps(a["evidence"], default=str, sort_keys=True),
+              "rank": SEVERITY_RANK[a["severity"]], "now": now}
+    res = conn.execute(text(
+        "INSERT INTO alerts(key, id, host, kind, severity, severity_rank, state, title, explanation, evidence, "
+        "first_ts, last_ts, created_at, updated_at, count) VALUES (:key, :id, :host, :kind, :severity, :rank, 'open', "
+        ":title, :explanation, :evidence, :first_ts, :last_ts, :now, :now, 1) "
+        "ON CONFLICT (key) DO UPDATE SET kind = excluded.kind, severity = excluded.severity, "
+        "severity_rank = excluded.severity_rank, title = excluded.title, explanation = excluded.explanation, "
+        "evidence = excluded.evidence, first_ts = excluded.first_ts, last_ts = excluded.last_ts, "
+        "updated_at = excluded.updated_at, count = alerts.count + 1, "
+        "state = CASE WHEN alerts.state = 'resolved' THEN 'open' ELSE alerts.state END "
+        "WHERE alerts.evidence <> excluded.evidence OR alerts.severity <> excluded.severity "
+        "OR alerts.kind <> excluded.kind OR alerts.explanation <> excluded.explanation "
+        "OR alerts.title <> excluded.title"), params)
+    if res.rowcount:
+        alert_changed(conn, a["key"], now)  # opened, escalated or reopened: notify the outputs
+    return bool(res.rowcount)
+
+
+def put_event_alert(conn: Connection, a: dict[str, Any], order: str, now: float) -> None:
+    """An alert one event decides (canary, cap, drift...). Repeats of the incident count up; its
+    content is the latest event's by the event's own time (``order``), whatever arrived last."""
+    params = {**a, "evidence": json.dumps(a["evidence"], default=str, sort_keys=True),
+              "rank": SEVERITY_RANK[a["severity"]], "now": now, "order": order,
+              "reopen": 1 if a.get("reopen", True) else 0}
+    newer = "excluded.fact_order > COALESCE(alerts.fact_order, '')"
+    conn.execute(text(
+        "INSERT INTO alerts(key, id, host, kind, severity, severity_rank, state, title, explanation, evidence, "
+        "first_ts, last_ts, created_at, updated_at, count, fact_order) VALUES (:key, :id, :host, :kind, :severity, "
+        ":rank, 'open', :title, :explanation, :evidence, :first_ts, :last_ts, :now, :now, 1, :order) "
+        "ON CONFLICT (key) DO UPDATE SET "
+        + ", ".join(f"{c} = CASE WHEN {newer} THEN excluded.{c} ELSE alerts.{c} END"
+                    for c in ("kind", "severity", "severity_rank", "title", "explanation", "evidence"))
+        + ", first_ts = CASE WHEN alerts.first_ts < excluded.first_ts THEN alerts.first_ts ELSE excluded.first_ts END, "
+        "last_ts = CASE WHEN alerts.last_ts > excluded.last_ts THEN alerts.last_ts ELSE excluded.last_ts END, "
+        f"fact_order = CASE WHEN {newer} THEN excluded.fact_order ELSE alerts.fact_order END, "
+        "updated_at = excluded.updated_at, count = alerts.count + 1, "
+        "state = CASE WHEN alerts.state = 'resolved' AND :reopen = 1 THEN 'open' ELSE alerts.state END"), params)
+    alert_changed(conn, a["key"], now)
+
+
+def alert_keys(conn: Connection, host: str, prefix: str) -> list[str]:
+    """Keys of a host's alerts that start with ``prefix`` (LIKE wildcards in it are taken literally)."""
+    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return [str(k) for k in conn.execute(text("SELECT key FROM alerts WHERE host=:h AND key LIKE :p ESCAPE '\\'"),
+                                         {"h": host, "p": pattern}).scalars()]
+
+
+def withdraw(conn: Connection, keys: list[str], now: float | None = None) -> int:
+    """Remove alerts the stored facts no longer support (an earlier view saw only part of them),
+    unless a person has already acknowledged or resolved them. Outputs that were told the alert
+    opened are told it is resolved."""
+    n = 0
+    for key in sorted(keys):
+        res = conn.execute(text("UPDATE alerts SET state='resolved', resolved_by='collector: withdrawn, the facts no "
+                                "longer support it', resolved_at=:t WHERE key=:k AND state='open' AND acked_by IS NULL"),
+                           {"k": key, "t": now or time.time()})
+        if res.rowcount:
+            alert_changed(conn, key, now or time.time())
+            n += int(conn.execute(text("DELETE FROM alerts WHERE key=:k"), {"k": key}).rowcount)
+    return n
