@@ -181,6 +181,28 @@ class InterfaceCounters(Model):
     rx_bytes: Count = 0
     tx_packets: Count = 0
     tx_rate_bps: Rate = 0.0
+    # Every byte that left is explained or alarming: payload credited to processes, protocol overhead
+    # expected from the packet count (headers), and the rest, unexplained (None: not computed here).
+    attributed_tx_bytes: Count | None = None
+    overhead_tx_bytes: Count | None = None
+    unexplained_tx_bytes: Count | None = None
+
+
+class SensorFeature(Model):
+    """One capability of the kernel sensor: on, or off with the kernel's own reason."""
+
+    on: bool
+    reason: Text | None = None  # why it is off: the verifier's or the kernel's words, shortened
+
+
+class SensorState(Model):
+    """What the sensor can see on this kernel: the attribution path and each feature, on or off."""
+
+    path: Name  # ebpf, nfqueue, sample-time, none (the values of ``attribution``)
+    kernel: Name | None = None  # the kernel release (uname -r)
+    features: dict[Name, SensorFeature] = Field(default_factory=dict, max_length=100)
+    degraded: bool = False  # a feature this kernel should have is off, or the path is the fallback
+    detail: Text | None = None
 
 
 class WeightsTotal(Model):
@@ -259,6 +281,7 @@ class AgentStarted(Payload):
     weights: WeightsTotal | None = None
     version: Name | None = None
     attribution: Name | None = None
+    sensor: SensorState | None = None
 
 
 class Heartbeat(Payload):
@@ -280,6 +303,7 @@ class Heartbeat(Payload):
     attribution: Name | None = None  # the owner-resolution path in use (ebpf, nfqueue, sample-time)
     drift_count: Count = 0
     stuck_s: Seconds = 0.0  # how long the sample loop has not finished a sample (0: healthy)
+    sensor: SensorState | None = None
 
 
 class EgressSample(Payload):
@@ -296,6 +320,7 @@ class EgressSample(Payload):
     unowned_flow_tx_bytes: Count = 0
     lost_events: Count = 0
     attribution: Name | None = None
+    sensor: SensorState | None = None
 
 
 class ThresholdCrossed(Payload):
@@ -389,7 +414,15 @@ class AgentLost(Payload):
     pid: Pid
 
 
-class FileAccess(ProcessFields, Payload):
+class FileIdentity(Model):
+    """A file known by its inode, whatever name it is reached by (hard links, renames, bind mounts)."""
+
+    inode: Inode | None = None
+    dev: Annotated[int, Field(ge=0, le=2**64 - 1)] | None = None
+    names: list[Text] = Field(default_factory=list, max_length=64)  # every name the agent knows it by
+
+
+class FileAccess(ProcessFields, FileIdentity, Payload):
     TYPE: ClassVar[str] = "file_access"
     pid: Pid | None = None  # None only from the inotify fallback
     path: Text
@@ -417,7 +450,7 @@ class FileAccess(ProcessFields, Payload):
     resident_bytes: Count | None = None
 
 
-class WeightHolder(ProcessFields, Payload):
+class WeightHolder(ProcessFields, FileIdentity, Payload):
     TYPE: ClassVar[str] = "weight_holder"
     pid: Pid
     path: Text
@@ -427,7 +460,7 @@ class WeightHolder(ProcessFields, Payload):
     bytes_read: Count
 
 
-class WeightsCopy(ProcessFields, Payload):
+class WeightsCopy(ProcessFields, FileIdentity, Payload):
     TYPE: ClassVar[str] = "weights_copy"
     pid: Pid
     sources: list[Text] = Field(max_length=1000)
@@ -441,22 +474,90 @@ class WeightsCopy(ProcessFields, Payload):
     source_bytes_estimated: bool = False  # some of source_bytes_read could not be measured (see FileAccess.how)
 
 
-class CanaryRead(ProcessFields, Payload):
+class CanaryRead(ProcessFields, FileIdentity, Payload):
     TYPE: ClassVar[str] = "canary_read"
     path: Text
     severity: Severity = "critical"
     note: Text | None = None
 
 
+class WeightsRelinked(ProcessFields, FileIdentity, Payload):
+    """A weight file got a new name: a hard link made anywhere, or a rename or move out of the tree.
+    The file stays watched (by inode) under every name."""
+
+    TYPE: ClassVar[str] = "weights_relinked"
+    how: Literal["hardlink", "rename", "symlink", "other"]
+    from_path: Text  # the weights path (in the tree)
+    to_path: Text  # the new name
+    outside_tree: bool  # the new name is outside the policy's weights paths
+    size: Count = 0
+
+
+class RawSocket(ProcessFields, Payload):
+    """A packet socket (AF_PACKET, or AF_XDP) opened or used on the host: frames that skip the
+    transport layer, and with qdisc bypass every qdisc, netfilter and cgroup program too."""
+
+    TYPE: ClassVar[str] = "raw_socket"
+    family: Literal["packet", "xdp"] = "packet"
+    socket_type: Literal["raw", "dgram", "other"] = "raw"
+    protocol: Annotated[int, Field(ge=0, le=65535)] = 0  # the ethertype bound, host order (0: none yet)
+    interface: Name | None = None
+    ifindex: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    bypass: bool = False  # PACKET_QDISC_BYPASS: dev_direct_xmit, no qdisc, no netfilter, no cgroup_skb
+    tx_bytes: Count = 0  # bytes sent on it so far (the frames, headers included)
+    tx_packets: Count = 0
+    allowed: bool = False  # its executable is allowlisted by the policy (raw_sockets.allow)
+    action: Literal["alert", "kill", "none"] = "alert"
+    killed: bool = False
+    escaped_bytes: Count | None = None  # with kill: bytes that left before the process stopped
+    first_ts: Timestamp | None = None
+    last_ts: Timestamp | None = None
+
+
+class TamperChange(Model):
+    kind: Literal["program_detached", "link_detached", "program_replaced", "map_rewritten", "rules_flushed",
+                  "loader_killed", "other"]
+    name: Name  # the program, link, map or rule set
+    detail: Text | None = None
+
+
+class SensorTampered(Payload):
+    """Someone changed the sensor behind the agent's back (detached a program or link, replaced one,
+    rewrote a map, flushed the fallback's rules). Never resolved by itself."""
+
+    TYPE: ClassVar[str] = "sensor_tampered"
+    changes: list[TamperChange] = Field(max_length=200)
+    reattached: bool  # the agent put back what it could
+    detected_ts: Timestamp
+    blind_from_ts: Timestamp | None = None  # the sensor may have missed bytes since (the last check it passed)
+
+
+class UnexplainedEgress(Payload):
+    """Bytes left an interface that no process was credited with and that headers cannot explain:
+    raw frames, a detached sensor, or traffic the agent cannot see."""
+
+    TYPE: ClassVar[str] = "unexplained_egress"
+    interface: Name
+    unexplained_tx_bytes: Count
+    tx_bytes: Count
+    attributed_tx_bytes: Count
+    overhead_tx_bytes: Count
+    tx_packets: Count = 0
+    first_ts: Timestamp
+    last_ts: Timestamp
+    sensor: SensorState | None = None
+
+
 PAYLOADS: tuple[type[Payload], ...] = (
     AgentStarted, AgentStopping, Heartbeat, EgressSample, ThresholdCrossed, CapHit, BudgetExhausted,
     EnforcementDrift, EnforcementError, PolicyApplied, PolicyRejected, FileAccess, WeightsCopy, WeightHolder,
-    CanaryRead, EventsDropped, AgentLost,
+    CanaryRead, EventsDropped, AgentLost, WeightsRelinked, RawSocket, SensorTampered, UnexplainedEgress,
 )
 EventType = Literal[
     "agent_started", "agent_stopping", "heartbeat", "egress_sample", "threshold_crossed", "cap_hit",
     "budget_exhausted", "enforcement_drift", "enforcement_error", "policy_applied", "policy_rejected",
     "file_access", "weights_copy", "weight_holder", "canary_read", "events_dropped", "agent_lost",
+    "weights_relinked", "raw_socket", "sensor_tampered", "unexplained_egress",
 ]
 EVENT_TYPES: tuple[str, ...] = tuple(p.TYPE for p in PAYLOADS)
 PAYLOAD_OF: dict[str, type[Payload]] = {p.TYPE: p for p in PAYLOADS}
@@ -573,11 +674,32 @@ class AgentLostEvent(Event):
     data: AgentLost
 
 
+class WeightsRelinkedEvent(Event):
+    type: Literal["weights_relinked"] = "weights_relinked"
+    data: WeightsRelinked
+
+
+class RawSocketEvent(Event):
+    type: Literal["raw_socket"] = "raw_socket"
+    data: RawSocket
+
+
+class SensorTamperedEvent(Event):
+    type: Literal["sensor_tampered"] = "sensor_tampered"
+    data: SensorTampered
+
+
+class UnexplainedEgressEvent(Event):
+    type: Literal["unexplained_egress"] = "unexplained_egress"
+    data: UnexplainedEgress
+
+
 AnyEvent = Annotated[
     Union[AgentStartedEvent, AgentStoppingEvent, HeartbeatEvent, EgressSampleEvent, ThresholdCrossedEvent,  # noqa: UP007
           CapHitEvent, BudgetExhaustedEvent, EnforcementDriftEvent, EnforcementErrorEvent, PolicyAppliedEvent,
           PolicyRejectedEvent, FileAccessEvent, WeightsCopyEvent, WeightHolderEvent, CanaryReadEvent,
-          EventsDroppedEvent, AgentLostEvent],
+          EventsDroppedEvent, AgentLostEvent, WeightsRelinkedEvent, RawSocketEvent, SensorTamperedEvent,
+          UnexplainedEgressEvent],
     Field(discriminator="type"),
 ]
 ENVELOPES: dict[str, type[Event]] = {
@@ -585,7 +707,8 @@ ENVELOPES: dict[str, type[Event]] = {
         AgentStartedEvent, AgentStoppingEvent, HeartbeatEvent, EgressSampleEvent, ThresholdCrossedEvent,
         CapHitEvent, BudgetExhaustedEvent, EnforcementDriftEvent, EnforcementErrorEvent, PolicyAppliedEvent,
         PolicyRejectedEvent, FileAccessEvent, WeightsCopyEvent, WeightHolderEvent, CanaryReadEvent,
-        EventsDroppedEvent, AgentLostEvent)
+        EventsDroppedEvent, AgentLostEvent, WeightsRelinkedEvent, RawSocketEvent, SensorTamperedEvent,
+        UnexplainedEgressEvent)
 }
 _ADAPTER: TypeAdapter[Event] = TypeAdapter(AnyEvent)
 
@@ -681,5 +804,5 @@ class EventFactory:
 __all__ = [
     "EVENT_TYPES", "ENVELOPES", "PAYLOADS", "PAYLOAD_OF", "SCHEMA_VERSION", "AnyEvent", "Event", "EventFactory",
     "EventType", "Payload", "Sequencer", "default_host_id", "parse_event", "parse_event_json", "safe_text",
-    "seq_ranges", "write_private", "LocalPeer",
+    "seq_ranges", "write_private", "LocalPeer", "SensorFeature", "SensorState", "FileIdentity", "TamperChange",
 ] + [p.__name__ for p in PAYLOADS]
