@@ -175,7 +175,7 @@ def _load_or_report(path: str) -> object:
 def cmd_run(args: argparse.Namespace) -> int:
     from weightwarden.agent.daemon.agent import Agent, DaemonConfig
     from weightwarden.agent.enforce.kernel import KernelError
-    from weightwarden.agent.transport.stdout import SinkURLError, make_sink
+    from weightwarden.agent.transport import SinkURLError, make_sink
 
     loaded = _load_or_report(args.policy)
     if loaded is None:

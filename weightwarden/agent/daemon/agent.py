@@ -45,7 +45,7 @@ from weightwarden.agent.policy.loader import LoadedPolicy, PolicyError, load_pol
 from weightwarden.agent.policy.match import Flow, allowed_by, allowlist
 from weightwarden.agent.attribution.sampler import Sampler, SamplerConfig
 from weightwarden.agent.policy.source import MqttPolicySource, Offer, Refusal
-from weightwarden.agent.transport.stdout import Sink
+from weightwarden.agent.transport.sink import Sink
 
 HOST_REFRESH_S = 300.0
 STUCK_GRACE_S = 10.0
