@@ -59,9 +59,8 @@ def check(cond: object, what: str) -> None:
         raise Failed(what)
 
 
-def run(argv: list[str], timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=ENV, check=False,
-                          **kw)  # type: ignore[call-overload, no-any-return]
+def run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=ENV, check=False)
 
 
 def command(bin_dir: Path | None, cli: str) -> list[str]:
