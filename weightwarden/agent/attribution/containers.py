@@ -13,6 +13,7 @@ recognised (systemd and cgroupfs drivers):
     .../kubepods-pod<uid_>.slice/crio-<id>.scope                  cri-o, pod
     /system.slice/containerd.service/kubepods-...-pod<uid_>.slice:cri-containerd:<id>
     /machine.slice/libpod-<id>.scope[/container]                  podman (also rootless, under user@.service)
+    /libpod_parent/libpod-<id>                                    podman, cgroupfs driver (no systemd)
     /system.slice/slurmstepd.scope/job_<n>/step_<s>/user/task_0  slurm (enroot/pyxis run inside the job)
     /slurm/uid_<u>/job_<n>/step_<s>                               slurm (cgroup v1 layout)
     /lxc.payload.<name>                                           lxc
@@ -33,6 +34,7 @@ _SCOPES = (
     (re.compile(rf"^cri-containerd-({_ID})\.scope$"), "containerd"),
     (re.compile(rf"^crio-({_ID})\.scope$"), "cri-o"),
     (re.compile(rf"^libpod-({_ID})\.scope$"), "podman"),
+    (re.compile(rf"^libpod-({_ID})$"), "podman"),  # the cgroupfs driver's name: no .scope
 )
 _COLON = re.compile(rf"^(kubepods[a-z0-9_-]*\.slice):(cri-containerd|crio|docker):({_ID})$")
 _BARE_ID = re.compile(rf"^{_ID}$")
