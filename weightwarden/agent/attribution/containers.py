@@ -64,7 +64,9 @@ def parse(cgroup: str | None) -> Container | None:
         if m := _POD_SYSTEMD.match(part):
             pod_uid = m.group(1).replace("_", "-")
             continue
-        if (m := _POD_CGROUPFS.match(part)) and i > 0 and parts[0] == "kubepods":
+        # kubelet's cgroupfs driver: /kubepods/<qos>/pod<uid>, at the root or below a --cgroup-root
+        # (a node in a container: kind, k3s; here, a test's own subtree)
+        if (m := _POD_CGROUPFS.match(part)) and "kubepods" in parts[:i]:
             pod_uid = m.group(1)
             continue
         for pattern, name in _SCOPES:
