@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,7 +279,7 @@ class Podman:
                 _remove_cgroup_tree(controller / rel)
 
 
-def podman_fixture(lab: Lab, work: Path) -> Iterator[Podman]:
+def podman_fixture(lab: Lab, work: Path) -> Generator[Podman, None, None]:
     missing = podman_missing()
     if missing:
         if os.environ.get("WEIGHTWARDEN_REQUIRE_PRIVILEGED") == "1":
