@@ -28,7 +28,7 @@ cleanup() {
     podman --root "$work/podman/root" --runroot "$work/podman/run" rmi -f -a > /dev/null 2>&1 || true
     grep -o " $work/podman[^ ]*" /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
     # runc's cgroups for the verification containers (cgroupfs driver's default parent), once empty.
-    for d in /sys/fs/cgroup/*/libpod_parent; do [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null; done
+    for d in /sys/fs/cgroup/*/libpod_parent; do [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null; done || true
   fi
   rm -rf "$work"
 }
