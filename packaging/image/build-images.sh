@@ -22,10 +22,14 @@ for a in "$@"; do [ "$a" = --verify ] && VERIFY=1; done
 command -v mmdebstrap > /dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mmdebstrap
 mkdir -p "$OUT"
 work=$(mktemp -d /tmp/ww-images.XXXXXX)
+had_containers_dir=$([ -e /var/lib/containers ] && echo 1 || true)
 cleanup() {
   if [ -d "$work/podman" ]; then
-    podman --root "$work/podman/root" --runroot "$work/podman/run" rm -f -a -t 0 > /dev/null 2>&1 || true
-    podman --root "$work/podman/root" --runroot "$work/podman/run" rmi -f -a > /dev/null 2>&1 || true
+    P0=(podman --root "$work/podman/root" --runroot "$work/podman/run" --tmpdir "$work/podman/tmp")
+    "${P0[@]}" rm -f -a -t 0 > /dev/null 2>&1 || true
+    "${P0[@]}" rmi -f -a > /dev/null 2>&1 || true
+    # podman load keeps a blob-info cache in /var/lib/containers whatever --root says: ours goes too.
+    [ -n "$had_containers_dir" ] || rm -rf /var/lib/containers
     grep -o " $work/podman[^ ]*" /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
     # runc's cgroups for the verification containers (cgroupfs driver's default parent), once empty.
     for d in /sys/fs/cgroup/*/libpod_parent; do [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null; done || true
@@ -87,7 +91,7 @@ image weightwarden-collector collector /usr/bin/weightwarden-collector 65532:655
 echo "build-images: both images in $(took "$t0") s (after the .deb)" >&2
 
 if [ -n "$VERIFY" ]; then
-  P=(podman --root "$work/podman/root" --runroot "$work/podman/run" --cgroup-manager cgroupfs
+  P=(podman --root "$work/podman/root" --runroot "$work/podman/run" --tmpdir "$work/podman/tmp" --cgroup-manager cgroupfs
      --events-backend none --runtime "$(command -v runc || echo /usr/sbin/runc)")
   lim=(--ulimit nofile=8192:8192 --ulimit nproc=8192:8192)   # see tests/helpers/containers.py
   for name in weightwarden-agent weightwarden-collector; do

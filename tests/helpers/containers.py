@@ -226,7 +226,9 @@ class Podman:
 
     def base(self) -> list[str]:
         assert PODMAN is not None and RUNC is not None
-        return [PODMAN, "--root", str(self.work / "root"), "--runroot", str(self.work / "run"), "--cgroup-manager",
+        # --tmpdir too: podman's default (/run/libpod) would outlive the test.
+        return [PODMAN, "--root", str(self.work / "root"), "--runroot", str(self.work / "run"),
+                "--tmpdir", str(self.work / "tmp"), "--cgroup-manager",
                 "cgroupfs", "--events-backend", "none", "--runtime", RUNC, "--log-level", "error"]
 
     def pod_parent(self, pod_uid: str = POD_UID, qos: str = "besteffort") -> str:
