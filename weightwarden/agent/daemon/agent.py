@@ -172,6 +172,7 @@ class Agent:
         self.files: FileWatcher | None = None
         self.weights_total: dict[str, Any] = {}
         self.metrics = AgentMetrics()
+        self.metrics.stuck_for = self.stuck_for  # /healthz asks what the watchdog asks
         # Bound here, so a port in use is a start-up error ("cannot start"), not a crash later.
         self.metrics_server = MetricsServer(self.metrics, cfg.metrics_listen) if cfg.metrics_listen else None
 
