@@ -11,7 +11,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 missing=()
 command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
 # the guest's shell and tools: a busybox that needs no libraries
-ldd /bin/busybox 2>&1 | grep -q "not a dynamic executable" || missing+=(busybox-static)
+case "$(ldd /bin/busybox 2>&1 || true)" in *"not a dynamic executable"*) ;; *) missing+=(busybox-static) ;; esac
 if ((${#missing[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "kernel-matrix: missing packages ${missing[*]}; run as root or install them" >&2

@@ -103,7 +103,8 @@ class Result:
 # ----------------------------------------------------------------------------------------------- kernels
 
 def run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, env=ENV, check=False, **kw)  # type: ignore[call-overload,no-any-return]
+    kw.setdefault("env", ENV)
+    return subprocess.run(argv, capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload,no-any-return]
 
 
 def resolve(package: str) -> str:
@@ -311,7 +312,8 @@ def build_initramfs(tools: dict[str, Path]) -> bytes:
 
 def build_tools(work: Path) -> dict[str, Path]:
     """The object and loader exactly as build.sh makes them, and ww-probe beside them."""
-    done = run([str(BPF / "build.sh")])
+    options = {k: v for k, v in os.environ.items() if k in ("WW_STATIC", "WW_VMLINUX_H")}  # build.sh's own
+    done = run([str(BPF / "build.sh")], env=ENV | options)
     if done.returncode != 0:
         raise SystemExit(f"run.py: build.sh failed: {done.stderr.strip()}")
     probe = work / "ww-probe"
