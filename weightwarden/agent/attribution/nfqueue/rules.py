@@ -11,10 +11,11 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from weightwarden.agent.enforce.kernel import KernelError, run
+
 CHAIN = "WEIGHTWARDEN-RESOLVE"
 DNS_CHAIN = "WEIGHTWARDEN-DNS"
 TABLE = "mangle"
-ENV = {"LANG": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,11 @@ def available_tools() -> tuple[str, ...]:
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, env=ENV, check=False)
+    """The enforcer's runner (bounded wait, C locale); a missing or wedged tool is a failed command here."""
+    try:
+        return run(argv, check=False)
+    except KernelError as e:
+        return subprocess.CompletedProcess(argv, 127, "", str(e))
 
 
 def saved(tool: str) -> str:
