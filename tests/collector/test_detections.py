@@ -17,6 +17,7 @@ import pytest
 from weightwarden.collector.detect.common import Tuning
 from weightwarden.collector.ingest.pipeline import Pipeline
 from weightwarden.collector.store.database import Store
+from weightwarden.collector.store.retention import purge
 from tests.collector.scenarios import MB, T0, WEIGHTS, Stream, started_at
 
 
@@ -335,9 +336,9 @@ def test_retention_purges_events_stored_longer_than_the_horizon(pipe: Pipeline) 
     s.add("heartbeat", T0)
     run(pipe, s)
     stored = time.time()
-    assert pipe.store.purge(30 * 86400, now=stored + 86400)["events"] == 0
+    assert purge(pipe.store, 30 * 86400, now=stored + 86400)["events"] == 0
     assert pipe.store.count("events") == 2
-    assert pipe.store.purge(30 * 86400, now=stored + 31 * 86400)["events"] == 2
+    assert purge(pipe.store, 30 * 86400, now=stored + 31 * 86400)["events"] == 2
     assert pipe.store.count("events") == 0
 
 

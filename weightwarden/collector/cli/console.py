@@ -107,7 +107,7 @@ def add_commands(sub: Any, db_arg: Callable[[argparse.ArgumentParser], None]) ->
 def _store(url: str) -> Any:
     # An existing database with this binary's schema, never created or migrated here (the
     # collector's `run` and `db upgrade` do that); a problem is one line and exit 1.
-    from weightwarden.collector.cli.main import open_store
+    from weightwarden.collector.cli.opening import open_store
 
     return open_store(url, write=True)
 

@@ -53,11 +53,10 @@ def _db_arg(p: argparse.ArgumentParser) -> None:
 
 
 def open_store(url: str, *, write: bool = False) -> Store:
-    """An existing database with this binary's schema: read-only unless ``write`` (never migrated,
-    never created here; `run` and `db upgrade` do that)."""
-    from weightwarden.collector.store.database import Store
+    """See :func:`opening.open_store` (imported late: `--help` does not load SQLAlchemy)."""
+    from weightwarden.collector.cli.opening import open_store as open_
 
-    return Store(url, read_only=not write, migrate=False)
+    return open_(url, write=write)
 
 
 def _sub(sub: Any, name: str, help_: str, func: Callable[[argparse.Namespace], int],

@@ -383,13 +383,6 @@ class Store:
 
     # -- housekeeping --------------------------------------------------------
 
-    def purge(self, horizon_s: float, now: float | None = None) -> dict[str, int]:
-        """Everything older than ``horizon_s`` (events, reads, egress in either form, dead letters),
-        in short batches. The collector's own schedule is :func:`retention.run`."""
-        from weightwarden.collector.store.retention import Retention, run
-
-        return run(self, Retention(events_s=horizon_s, raw_egress_s=horizon_s, egress_s=horizon_s), now)
-
     def count(self, table: str) -> int:
         assert table in {"events", "dead_letters", "alerts", "egress", "egress_raw", "egress_minute", "weight_reads", "hosts",
                          "history", "processes", "relays"}
