@@ -58,7 +58,7 @@ def netns_pair() -> Iterator[NetnsPair]:
 
 
 @pytest.fixture
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Broker"]:
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     from tests.helpers.broker import Broker
 
     if shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto"):
