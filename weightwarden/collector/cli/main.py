@@ -92,7 +92,9 @@ def register_run(sub: Any) -> None:
     run.add_argument("--queue-max-bytes", default="32MiB",
                      help="messages held in memory before reading from the broker pauses (default %(default)s)")
     run.add_argument("--silent-after", default="90s", help="alert when an agent is quiet this long")
-    run.add_argument("--client-id", default=None)
+    run.add_argument("--client-id", default=None,
+                     help="the broker session's client id (default: weightwarden-collector-HOSTNAME- and 16 random "
+                          "hex digits, made once and kept in the database: not guessable)")
     run.add_argument("--tuning", metavar="FILE", default=None,
                      help="detection settings (YAML: ratios, windows, allowed_remote_prefixes); see docs/alerts.md")
 

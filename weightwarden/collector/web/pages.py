@@ -144,7 +144,7 @@ def alert_post(ctx: Ctx) -> Response:
         if triage.find(conn, ref) is None:
             return page("error.html", status=404, status_code=404, message=f"No alert {ref!r}.", user=ctx.user)
         triage.act(conn, ref, action, ctx.user.name, ctx.now, comment=form.get("comment"),
-                   assignee=form.get("assignee"), via="console")
+                   assignee=form.get("assignee"), via="console", source=ctx.address)
     return _redirect(f"/alerts/{ref}?done={action}")
 
 
