@@ -197,3 +197,17 @@ def test_output_files_and_key_are_private(tmp_path: Path) -> None:
     bad = cli("outputs", "add", "hook2", "https://hooks.invalid/x", "--secret-file", "/etc/hostname", "--db", db,
               check=False)
     assert bad.returncode == 2 and "readable by others" in bad.stderr
+
+
+def test_a_key_that_cannot_be_made_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Where the key's folder cannot be made (a read-only root filesystem, as in the Kubernetes manifests;
+    # here a file where the folder should be), `outputs add` says so and what to set; no traceback.
+    db = f"sqlite:///{tmp_path}/c.db"
+    Store(db)
+    (tmp_path / "not-a-dir").write_text("")
+    monkeypatch.setenv("WEIGHTWARDEN_OUTPUTS_KEY", str(tmp_path / "not-a-dir" / "keys" / "outputs.key"))
+    bad = cli("outputs", "add", "hook", "https://hooks.invalid/x", "--secret-file", "/etc/hostname", "--db", db,
+              check=False)
+    assert bad.returncode == 2, bad.stderr
+    assert "cannot create the outputs key" in bad.stderr and "WEIGHTWARDEN_OUTPUTS_KEY" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -91,8 +91,8 @@ class SecretBox:
         return self._key
 
     def _create(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             return  # another command made it first: use that one
