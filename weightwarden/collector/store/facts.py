@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from weightwarden.collector.outputs.outbox import alert_changed
+from weightwarden.collector.store.notifications import alert_changed
 from weightwarden.collector.store.database import SEVERITY_RANK
 
 
