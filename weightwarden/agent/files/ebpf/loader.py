@@ -99,6 +99,7 @@ class FileBpf:
         self._replies: queue.Queue[tuple[list[wire.Reader], wire.Lost, int] | None] = queue.Queue()
         self._pending: list[wire.Reader] = []
         self._slots: list[tuple[wire.ReaderKey, int, int]] = []
+        self._seen = 0
         self._lost = wire.Lost()
         self._ready: queue.Queue[tuple[int, bytes]] = queue.Queue()
         self._lock = threading.Lock()  # one request at a time
@@ -187,6 +188,8 @@ class FileBpf:
                 self.on_event(event)
         elif kind in (wire.T_READERS, wire.T_TAKEN):
             self._pending.extend(wire.parse_readers(payload))
+        elif kind == wire.T_SEEN:
+            self._seen = int.from_bytes(payload[:8], "little")
         elif kind == wire.T_PENDING:
             self._slots = wire.parse_pending(payload)
         elif kind == wire.T_LOST:
@@ -235,9 +238,17 @@ class FileBpf:
             readers, lost, at = self._reply(timeout)
         return Counts(readers, lost, at)
 
+    def seen(self, tgid: int, timeout: float = 2.0) -> int:
+        """The start (boot ns) of process ``tgid`` if it has read a weight file, else 0: known in the
+        kernel the moment it read, whatever the agent has been told yet."""
+        with self._lock:
+            self._send([f"seen {tgid}\n".encode()])
+            self._reply(timeout)
+            return self._seen
+
     def take(self, keys: Iterable[wire.ReaderKey], timeout: float = 5.0) -> list[wire.Reader]:
         """The final counts of processes that are gone, removed from the kernel's table."""
-        items = [f"{k.tgid} {k.id} {k.start_ns}" for k in keys]
+        items = [f"{k.tgid} {k.id} {k.start_ns} {k.ino}" for k in keys]
         if not items:
             return []
         out: list[wire.Reader] = []

@@ -19,7 +19,8 @@ from weightwarden.agent.files.ebpf.loader import Feature, FileBpf, FileBpfError,
 from weightwarden.agent.files.inodes import WeightFile
 from weightwarden.agent.files.procio import start_ticks, ticks_of
 
-KINDS = {"weight": wire.K_FILE, "canary": wire.K_FILE, "staged": wire.K_FILE, "dir": wire.K_DIR}
+KINDS = {"weight": wire.K_FILE, "canary": wire.K_FILE, "staged": wire.K_FILE, "dir": wire.K_DIR,
+         "fs": wire.K_FILE | wire.K_FS}
 
 
 @dataclass
@@ -69,7 +70,7 @@ class KernelReads:
 
     def add(self, wf: WeightFile) -> None:
         """Queued; sent by ``flush`` (a walk of thousands of files is a few writes, not thousands)."""
-        self._queued.append(Weight(wf.id, wf.dev, wf.ino, KINDS[wf.kind]))
+        self._queued.append(Weight(wf.id, wf.dev, 0 if wf.kind == "fs" else wf.ino, KINDS[wf.kind]))
 
     def flush(self) -> None:
         if self._queued:
@@ -78,7 +79,7 @@ class KernelReads:
 
     def remove(self, wf: WeightFile) -> None:
         self._queued = [w for w in self._queued if w.id != wf.id]
-        self.bpf.remove([(wf.dev, wf.ino)])
+        self.bpf.remove([(wf.dev, 0 if wf.kind == "fs" else wf.ino)])
 
     # -- counts ----------------------------------------------------------------------
 
@@ -108,6 +109,11 @@ class KernelReads:
         lost = counts.lost.total - self._lost_seen
         self._lost_seen = counts.lost.total
         return Poll(list(changed.values()), max(0, lost))
+
+    def seen(self, tgid: int) -> bool:
+        """Whether the process that has this pid now read a weight file (the kernel knows at once)."""
+        start = self.bpf.seen(tgid)
+        return bool(start) and start_ticks(tgid, self.proc_root) in (None, ticks_of(start))
 
     def consume(self, key: wire.ReaderKey, nbytes: int, calls: int) -> None:
         """A session reported these bytes in its final record: the next one starts after them."""

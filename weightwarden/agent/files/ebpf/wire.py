@@ -10,19 +10,19 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-T_READY, T_ERROR, T_READERS, T_TAKEN, T_LOST, T_END, T_RELINK, T_PENDING, T_OPENER = range(1, 10)
+T_READY, T_ERROR, T_READERS, T_TAKEN, T_LOST, T_END, T_RELINK, T_PENDING, T_OPENER, T_SEEN = range(1, 11)
 
-K_FILE, K_DIR = 1, 2  # wf_weight.flags
+K_FILE, K_DIR, K_FS = 1, 2, 4  # wf_weight.flags
 RL_LINK, RL_RENAME, RL_OTHER = 1, 2, 3  # wf_relink.kind
 AT_FDCWD = -100
 
 FRAME = struct.Struct("<II")
-READER_KEY = struct.Struct("<IIQ")  # struct wf_reader_key
+READER_KEY = struct.Struct("<IIQQ")  # struct wf_reader_key
 READER = struct.Struct("<QQQQQII16s")  # struct wf_reader
-PENDING = struct.Struct("<IIQQQ")  # struct wf_pending
+PENDING = struct.Struct("<IIQQQQ")  # struct wf_pending
 LOST = struct.Struct("<QQQQ")  # struct wf_lost
 RELINK = struct.Struct("<IIIIQQQIIIiIIq16s256s4096s")  # struct wf_relink
-OPENER = struct.Struct("<IIQQII16s4096s")  # struct wf_opener
+OPENER = struct.Struct("<IIQQII16s512s4096s")  # struct wf_opener
 RECORD = READER_KEY.size + READER.size
 
 
@@ -42,8 +42,9 @@ def _text(raw: bytes) -> str:
 @dataclass(frozen=True, slots=True)
 class ReaderKey:
     tgid: int
-    id: int  # the agent's number for the weight file
+    id: int  # the agent's number for the weight file (or for a whole filesystem of them)
     start_ns: int  # the process's start, boot-time ns: with tgid, one process
+    ino: int  # the file's inode
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,22 +116,25 @@ class Opener:
     ppid: int
     mnt_ns: int
     comm: str
+    args: tuple[str, ...]  # its command line, cut at 512 bytes (empty when its memory was not there)
     exe: str  # as the process saw it
 
 
 def parse_opener(payload: bytes) -> Opener | None:
     if len(payload) < OPENER.size:
         return None
-    tgid, uid, start, cgroup, ppid, mnt_ns, comm, exe = OPENER.unpack_from(payload, 0)
-    return Opener(tgid, uid, start, cgroup, ppid, mnt_ns, _text(comm), _text(exe))
+    tgid, uid, start, cgroup, ppid, mnt_ns, comm, args, exe = OPENER.unpack_from(payload, 0)
+    argv = tuple(a.decode("utf-8", "surrogateescape") for a in args.rstrip(b"\0").split(b"\0") if a) if args[:1] != b"\0" \
+        else ()
+    return Opener(tgid, uid, start, cgroup, ppid, mnt_ns, _text(comm), argv, _text(exe))
 
 
 def parse_readers(payload: bytes) -> list[Reader]:
     out = []
     for off in range(0, len(payload) - RECORD + 1, RECORD):
-        tgid, wid, start = READER_KEY.unpack_from(payload, off)
+        tgid, wid, start, ino = READER_KEY.unpack_from(payload, off)
         nbytes, calls, mapped, first, cgroup, uid, ppid, comm = READER.unpack_from(payload, off + READER_KEY.size)
-        out.append(Reader(ReaderKey(tgid, wid, start), nbytes, calls, mapped, first, cgroup, uid, ppid, _text(comm)))
+        out.append(Reader(ReaderKey(tgid, wid, start, ino), nbytes, calls, mapped, first, cgroup, uid, ppid, _text(comm)))
     return out
 
 
@@ -138,8 +142,8 @@ def parse_pending(payload: bytes) -> list[tuple[ReaderKey, int, int]]:
     """(key, bytes, calls) a CPU has counted that its entry does not hold yet."""
     out = []
     for off in range(0, len(payload) - PENDING.size + 1, PENDING.size):
-        tgid, wid, start, nbytes, calls = PENDING.unpack_from(payload, off)
-        out.append((ReaderKey(tgid, wid, start), nbytes, calls))
+        tgid, wid, start, ino, nbytes, calls = PENDING.unpack_from(payload, off)
+        out.append((ReaderKey(tgid, wid, start, ino), nbytes, calls))
     return out
 
 

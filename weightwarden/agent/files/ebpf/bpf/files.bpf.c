@@ -35,6 +35,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 volatile const __u32 page_shift = 12;   /* set by the loader from the page size */
 volatile const __u32 nr_cpus = 1;       /* possible CPUs, set by the loader */
+__u32 whole_fs = 0;                     /* filesystems whose every file is a weight (set by the loader) */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -160,6 +161,16 @@ static __always_inline void announce(struct task_struct *t, __u64 start_ns)
 	e->o.ppid = BPF_CORE_READ(t, real_parent, tgid);
 	e->o.mnt_ns = BPF_CORE_READ(t, nsproxy, mnt_ns, ns.inum);
 	bpf_probe_read_kernel_str(e->o.comm, sizeof(e->o.comm), &t->group_leader->comm);
+	/* Its own memory, read in its own context without faulting anything in: a page of argv that is
+	 * not there (swapped, or on a stalled FUSE file) leaves the command line empty, never waits. */
+	__u64 arg_start = BPF_CORE_READ(t, mm, arg_start), arg_end = BPF_CORE_READ(t, mm, arg_end);
+	__u64 len = arg_end > arg_start ? arg_end - arg_start : 0;
+	if (len > WF_ARGS_MAX)
+		len = WF_ARGS_MAX;
+	e->o.args[0] = 0;
+	if (len && bpf_probe_read_user(e->o.args, len & (WF_ARGS_MAX - 1) ? len & (WF_ARGS_MAX - 1) : WF_ARGS_MAX,
+				       (const void *)arg_start))
+		e->o.args[0] = 0;
 	e->o.exe[0] = 0;
 	__u32 zero = 0;
 	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
@@ -171,10 +182,22 @@ static __always_inline void announce(struct task_struct *t, __u64 start_ns)
 	bpf_ringbuf_submit(e, 0);
 }
 
-/* The process's entry, made at its first read so that the agent hears of it at once. */
-static __always_inline struct wf_reader *reader_of(struct task_struct *t, __u32 id, __u64 start_ns)
+/* The weight an inode is: its own entry, or its filesystem's when a root is a whole filesystem. */
+static __always_inline struct wf_weight *weight_of(__u64 ino, __u32 dev, int passed_prefilter)
 {
-	struct wf_reader_key k = { .tgid = t->tgid, .id = id, .start_ns = start_ns };
+	struct wf_key k = { .ino = ino, .dev = dev };
+	struct wf_weight *w = passed_prefilter ? bpf_map_lookup_elem(&weights, &k) : NULL;
+	if (w || !whole_fs)
+		return w;
+	k.ino = 0;
+	w = bpf_map_lookup_elem(&weights, &k);
+	return w && (w->flags & WF_K_FS) ? w : NULL;
+}
+
+/* The process's entry, made at its first read so that the agent hears of it at once. */
+static __always_inline struct wf_reader *reader_of(struct task_struct *t, __u32 id, __u64 start_ns, __u64 ino)
+{
+	struct wf_reader_key k = { .tgid = t->tgid, .id = id, .start_ns = start_ns, .ino = ino };
 	struct wf_reader *r = bpf_map_lookup_elem(&readers, &k);
 	if (r)
 		return r;
@@ -201,7 +224,7 @@ static __always_inline void flush(struct wf_slot *s)
 	__u64 c = __sync_lock_test_and_set(&s->calls, 0);
 	if (!n && !c)
 		return;
-	struct wf_reader_key k = { .tgid = s->tgid, .id = s->id, .start_ns = s->start_ns };
+	struct wf_reader_key k = { .tgid = s->tgid, .id = s->id, .start_ns = s->start_ns, .ino = s->ino };
 	struct wf_reader *r = bpf_map_lookup_elem(&readers, &k);
 	if (r) {
 		__sync_fetch_and_add(&r->bytes, n);
@@ -243,20 +266,22 @@ static __always_inline __u64 rchar_of(struct task_struct *t)
 	return 0;
 }
 
-/* A read request: the pages it asks for. The thread's rchar says what its previous request
- * really returned (rchar grows when a read syscall returns), so that one is counted exactly: a
- * loop of small reads, or of the same page again, counts what each read returned. Until then a
- * request counts as its pages, clipped at the end of the file. The rest of a request larger than
- * one batch of folios comes again in the same syscall (rchar unchanged) with the same last page,
- * and is not counted twice. Splice, copy_file_range and io_uring do not add to rchar: their
- * requests count as their pages (exact for a whole file). */
+/* Read requests are grouped by syscall: the thread's rchar grows when a read syscall returns, so
+ * while it stays the same the requests belong to one syscall (the rest of a request larger than
+ * one batch of folios, with the same last page; the chunks of a sendfile). A syscall counts as the
+ * pages it asked for, clipped at the end of the file, until the thread's next one: then rchar says
+ * what it really returned, and read, pread, readv and sendfile are counted exactly (a loop of
+ * small reads, or of the same page again, counts what each read returned). Splice,
+ * copy_file_range and io_uring do not add to rchar: they count each page once in a row of
+ * requests (exact for a whole file; a small read elsewhere counts its page). */
 static __always_inline void count_read(struct address_space *mapping, __u64 a, __u64 b)
 {
 	struct inode *inode = mapping->host;
 	if (!inode)
 		return;
 	__u64 ino = inode->i_ino;
-	if (!maybe_weight(ino))
+	int maybe = maybe_weight(ino);
+	if (!maybe && !whole_fs)
 		return;
 	__u32 zero = 0;
 	struct wf_slot *s = bpf_map_lookup_elem(&slots, &zero);
@@ -267,14 +292,13 @@ static __always_inline void count_read(struct address_space *mapping, __u64 a, _
 	__u64 start_ns = t->group_leader->start_boottime;
 	__u64 rchar = rchar_of(t);
 	if (s->ino != ino || s->dev != dev || s->tgid != t->tgid || s->start_ns != start_ns) {
-		struct wf_key k = { .ino = ino, .dev = dev };
-		struct wf_weight *w = bpf_map_lookup_elem(&weights, &k);
+		struct wf_weight *w = weight_of(ino, dev, maybe);
 		if (!w || !(w->flags & WF_K_FILE))
-			return; /* the prefilter's rare false positive */
+			return; /* not a weight: the prefilter's rare false positive, or another filesystem */
 		if (s->tid == (__u32)t->pid && s->exact && rchar - s->rchar0 < s->pend)
 			s->pend = rchar - s->rchar0; /* this thread's last request elsewhere, now known */
 		flush(s);
-		if (!reader_of(t, w->id, start_ns))
+		if (!reader_of(t, w->id, start_ns, ino))
 			return;
 		s->ino = ino;
 		s->dev = dev;
@@ -289,10 +313,19 @@ static __always_inline void count_read(struct address_space *mapping, __u64 a, _
 		s->tid = t->pid;
 		s->a = s->b = NONE;
 		s->exact = 0;
-	} else if (rchar == s->rchar0 && b == s->b && a > s->a && s->a != NONE) {
-		s->a = a; /* the rest of the same syscall's request */
+	} else if (rchar == s->rchar0 && s->a != NONE) {
+		/* the same syscall, or a run of syscalls that do not count rchar */
+		__u64 from = a;
+		if (a >= s->a && a <= s->b)
+			from = s->b + 1; /* pages counted already: the rest of a request, or the same page */
+		if (b > s->b || a < s->a)
+			s->b = b;
+		s->a = a;
+		if (from <= b)
+			__sync_fetch_and_add(&s->pend, page_bytes(from, b, inode->i_size));
 		return;
 	} else {
+		/* the thread's previous syscall has returned: what it read is known */
 		__u64 done = s->pend;
 		if (s->exact && rchar - s->rchar0 < done)
 			done = rchar - s->rchar0;
@@ -316,14 +349,14 @@ static __always_inline void count_mapped(struct address_space *mapping, __u64 a,
 	if (!inode)
 		return;
 	__u64 ino = inode->i_ino;
-	if (!maybe_weight(ino))
+	int maybe = maybe_weight(ino);
+	if (!maybe && !whole_fs)
 		return;
-	struct wf_key k = { .ino = ino, .dev = inode->i_sb->s_dev };
-	struct wf_weight *w = bpf_map_lookup_elem(&weights, &k);
+	struct wf_weight *w = weight_of(ino, inode->i_sb->s_dev, maybe);
 	if (!w || !(w->flags & WF_K_FILE))
 		return;
 	struct task_struct *t = bpf_get_current_task_btf();
-	struct wf_reader *r = reader_of(t, w->id, t->group_leader->start_boottime);
+	struct wf_reader *r = reader_of(t, w->id, t->group_leader->start_boottime, ino);
 	if (r)
 		__sync_fetch_and_add(&r->mapped, page_bytes(a, b, inode->i_size));
 }
@@ -466,6 +499,7 @@ static __always_inline void relinked(struct inode *inode)
 	struct task_struct *t = bpf_get_current_task_btf();
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(t);
 	__s64 nr = SYSCALL_NR(regs);
+	__u64 start_ns = t->group_leader->start_boottime;
 	__u32 kind;
 	const char *name;
 	int dirfd = AT_FDCWD;
@@ -484,6 +518,7 @@ static __always_inline void relinked(struct inode *inode)
 	}
 	if (kind == WF_RL_LINK && !(w->flags & WF_K_FILE))
 		return; /* a weight directory gaining an entry: the file linked has its own event */
+	announce(t, start_ns); /* who it is (its executable, command line), before the event that names it */
 	struct relink_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
 		struct wf_lost *l = lost_slot();
@@ -497,7 +532,7 @@ static __always_inline void relinked(struct inode *inode)
 	e->pid = t->pid;
 	e->uid = (__u32)bpf_get_current_uid_gid();
 	e->ppid = BPF_CORE_READ(t, real_parent, tgid);
-	e->start_ns = t->group_leader->start_boottime;
+	e->start_ns = start_ns;
 	e->cgroup_id = bpf_get_current_cgroup_id();
 	e->ino = ino;
 	e->dev = k.dev;

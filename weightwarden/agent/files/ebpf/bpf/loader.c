@@ -14,8 +14,10 @@
  *   add ID DEV INO FLAGS [ID DEV INO FLAGS]...   weights the kernel should know (DEV: the kernel's dev_t)
  *   del DEV INO [DEV INO]...                     weights it should forget
  *   read                                         answered READERS*, PENDING, LOST, END
- *   take TGID ID START [TGID ID START]...        final counts of processes that are gone, removed:
+ *   take TGID ID START INO [TGID ID START INO]...  final counts of processes that are gone, removed:
  *                                                answered TAKEN*, END
+ *   seen TGID                                    whether that process has read a weight: answered SEEN
+ *                                                (u64: its start, boot ns; 0 if not), END
  *   quit
  * stdout, frames: u32 type, u32 length, payload (host byte order)
  *   READY  JSON: each program, attached or why not   ERROR  text, then exit 1
@@ -45,16 +47,16 @@
 /* weightwarden/agent/files/ebpf/wire.py decodes these byte for byte. */
 _Static_assert(sizeof(struct wf_key) == 16, "wf_key");
 _Static_assert(sizeof(struct wf_weight) == 8, "wf_weight");
-_Static_assert(sizeof(struct wf_reader_key) == 16, "wf_reader_key");
+_Static_assert(sizeof(struct wf_reader_key) == 24, "wf_reader_key");
 _Static_assert(sizeof(struct wf_reader) == 64, "wf_reader");
 _Static_assert(sizeof(struct wf_lost) == 32, "wf_lost");
 _Static_assert(sizeof(struct wf_slot) == 88, "wf_slot");
-_Static_assert(sizeof(struct wf_pending) == 32, "wf_pending");
+_Static_assert(sizeof(struct wf_pending) == 40, "wf_pending");
 _Static_assert(sizeof(struct wf_relink) == 4440, "wf_relink");
-_Static_assert(sizeof(struct wf_opener) == 4144, "wf_opener");
+_Static_assert(sizeof(struct wf_opener) == 4656, "wf_opener");
 
 enum { T_READY = 1, T_ERROR = 2, T_READERS = 3, T_TAKEN = 4, T_LOST = 5, T_END = 6, T_RELINK = 7, T_PENDING = 8,
-       T_OPENER = 9 };
+       T_OPENER = 9, T_SEEN = 10 };
 
 #define BATCH 1024
 #define REC (sizeof(struct wf_reader_key) + sizeof(struct wf_reader))
@@ -277,6 +279,7 @@ static void read_readers(struct files_bpf *skel)
 			pending[n].key.tgid = per[i].tgid;
 			pending[n].key.id = per[i].id;
 			pending[n].key.start_ns = per[i].start_ns;
+			pending[n].key.ino = per[i].ino;
 			pending[n].bytes = per[i].bytes + per[i].pend;
 			pending[n].calls = per[i].calls;
 			n++;
@@ -294,12 +297,13 @@ static void take(struct files_bpf *skel, char *args)
 	__u32 n = 0;
 	char *save = NULL;
 	for (;;) {
-		char *a = strtok_r(args, " ", &save), *b = strtok_r(NULL, " ", &save), *c = strtok_r(NULL, " ", &save);
+		char *a = strtok_r(args, " ", &save), *b = strtok_r(NULL, " ", &save), *c = strtok_r(NULL, " ", &save),
+		     *d = strtok_r(NULL, " ", &save);
 		args = NULL;
-		if (!a || !b || !c)
+		if (!a || !b || !c || !d)
 			break;
 		struct wf_reader_key k = { .tgid = (__u32)strtoul(a, NULL, 10), .id = (__u32)strtoul(b, NULL, 10),
-					   .start_ns = strtoull(c, NULL, 10) };
+					   .start_ns = strtoull(c, NULL, 10), .ino = strtoull(d, NULL, 10) };
 		struct wf_reader v;
 		/* The process is gone: nothing writes this entry any more, so what is read is final. */
 		if (bpf_map_lookup_elem(fd, &k, &v) != 0)
@@ -337,6 +341,10 @@ static void add(struct files_bpf *skel, char *args)
 		struct wf_weight w = { .id = (__u32)strtoul(id, NULL, 10), .flags = (__u32)strtoul(flags, NULL, 10) };
 		if (bpf_map_update_elem(wfd, &k, &w, BPF_ANY))
 			continue; /* full: the agent sees the kernel map's size in READY and counts what it sent */
+		if (w.flags & WF_K_FS) {
+			__atomic_add_fetch(&skel->bss->whole_fs, 1, __ATOMIC_SEQ_CST);
+			continue; /* no prefilter bit: a filesystem's files are looked up by device */
+		}
 		__u64 h = mix(k.ino);
 		__u32 word = (__u32)(h >> 40) & (WF_BITS_WORDS - 1);
 		__u64 bits = 0;
@@ -356,6 +364,9 @@ static void del(struct files_bpf *skel, char *args)
 		if (!dev || !ino)
 			break;
 		struct wf_key k = { .ino = strtoull(ino, NULL, 10), .dev = (__u32)strtoul(dev, NULL, 10) };
+		struct wf_weight w;
+		if (bpf_map_lookup_elem(wfd, &k, &w) == 0 && (w.flags & WF_K_FS))
+			__atomic_sub_fetch(&skel->bss->whole_fs, 1, __ATOMIC_SEQ_CST);
 		bpf_map_delete_elem(wfd, &k); /* its prefilter bit stays: a false positive costs one lookup */
 	}
 }
@@ -443,6 +454,12 @@ int main(int argc, char **argv)
 					read_readers(skel);
 				} else if (strncmp(line, "take ", 5) == 0) {
 					take(skel, line + 5);
+				} else if (strncmp(line, "seen ", 5) == 0) {
+					__u32 tgid = (__u32)strtoul(line + 5, NULL, 10);
+					__u64 start = 0, t = now_ns();
+					bpf_map_lookup_elem(bpf_map__fd(skel->maps.announced), &tgid, &start);
+					frame(T_SEEN, &start, sizeof(start));
+					frame(T_END, &t, sizeof(t));
 				} else if (strcmp(line, "quit") == 0) {
 					goto out;
 				}

@@ -12,6 +12,9 @@
 
 #define WF_K_FILE 1            /* a weight file (or a staged copy, a canary): its reads are counted */
 #define WF_K_DIR 2             /* a weight directory: only its moves are reported */
+#define WF_K_FS 4              /* with ino 0: every file of this filesystem is a weight (a root that is a
+                                  whole filesystem); readers are then told apart by their inode */
+#define WF_ARGS_MAX 512
 
 #define WF_EV_RELINK 1         /* first byte of each ring buffer record: what it is */
 #define WF_EV_OPENER 2
@@ -35,7 +38,8 @@ struct wf_reader_key {
 	__u32 tgid;
 	__u32 id;
 	__u64 start_ns;      /* the process's start (boot ns): with tgid, one process */
-};                           /* 16 bytes */
+	__u64 ino;           /* the file (its id may be a whole filesystem's) */
+};                           /* 24 bytes */
 
 struct wf_reader {
 	__u64 bytes;         /* read through the page cache: whole pages, clipped at the file's end */
@@ -70,7 +74,7 @@ struct wf_pending {          /* a slot as the loader reports it */
 	struct wf_reader_key key;
 	__u64 bytes;
 	__u64 calls;
-};                           /* 32 bytes */
+};                           /* 40 bytes */
 
 struct wf_lost {
 	__u64 readers;       /* counts dropped: the readers map was full */
@@ -87,8 +91,9 @@ struct wf_opener {           /* a process's first read of any weight: who it is,
 	__u32 ppid;
 	__u32 mnt_ns;
 	char comm[16];
+	char args[WF_ARGS_MAX];  /* its command line (NUL-separated, cut), read from its own memory */
 	char exe[WF_PATH_MAX];   /* its executable, as the process sees it */
-};                           /* 4144 bytes */
+};                           /* 4656 bytes */
 
 struct wf_relink {
 	__u32 tgid;
