@@ -89,6 +89,7 @@ class KernelReads:
         counts = self.bpf.read()
         changed: dict[wire.ReaderKey, Tally] = {}
         gone: list[wire.ReaderKey] = []
+        alive: dict[int, int | None] = {}  # tgid -> its start now (one /proc read per process)
         for r in counts.readers:
             tally = self.tallies.get(r.key)
             if tally is None:
@@ -97,7 +98,9 @@ class KernelReads:
             elif (r.bytes, r.calls, r.mapped) != (tally.reader.bytes, tally.reader.calls, tally.reader.mapped):
                 tally.reader = r
                 changed[r.key] = tally
-            if start_ticks(r.key.tgid, self.proc_root) != ticks_of(r.key.start_ns):
+            if r.key.tgid not in alive:
+                alive[r.key.tgid] = start_ticks(r.key.tgid, self.proc_root)
+            if alive[r.key.tgid] != ticks_of(r.key.start_ns):
                 gone.append(r.key)
         for r in self.bpf.take(gone) if gone else []:
             tally = self.tallies[r.key]

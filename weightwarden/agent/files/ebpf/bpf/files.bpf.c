@@ -250,19 +250,20 @@ static __always_inline __u64 page_bytes(__u64 from, __u64 last, __s64 size)
 #if defined(__TARGET_ARCH_x86)
 /* read, pread64, readv, preadv, preadv2, sendfile: the syscalls that add what they read to rchar */
 #define COUNTS_RCHAR(nr) ((nr) == 0 || (nr) == 17 || (nr) == 19 || (nr) == 295 || (nr) == 327 || (nr) == 40)
-#define SYSCALL_NR(r) BPF_CORE_READ(r, orig_ax)
+#define SYSCALL_NR(r) ((r)->orig_ax) /* a trusted pointer: a plain load */
 #elif defined(__TARGET_ARCH_arm64)
 #define COUNTS_RCHAR(nr) ((nr) == 63 || (nr) == 67 || (nr) == 65 || (nr) == 69 || (nr) == 286 || (nr) == 71)
-#define SYSCALL_NR(r) BPF_CORE_READ(r, syscallno)
+#define SYSCALL_NR(r) ((r)->syscallno)
 #else
 #define COUNTS_RCHAR(nr) 0
 #define SYSCALL_NR(r) (-1L)
 #endif
 
+/* The thread's rchar (a plain load: `t` is the trusted current task); 0 without task I/O accounting. */
 static __always_inline __u64 rchar_of(struct task_struct *t)
 {
 	if (bpf_core_field_exists(t->ioac))
-		return BPF_CORE_READ(t, ioac.rchar);
+		return t->ioac.rchar;
 	return 0;
 }
 
