@@ -85,7 +85,8 @@ def test_every_module_and_data_file_of_the_package_is_in_the_wheel(built: Built)
     assert any(f.endswith("collector/detect/detector.py") for f in built.names), "the module the first wheel lost"
     extra = sorted(n for n in built.names if not n.startswith(("weightwarden/", "weightwarden-")))
     assert not extra, f"outside the package: {extra}"
-    leftovers = sorted(n for n in built.names if "/build/" in n and not n.endswith(("weightwarden-bpf", "weightwarden-files-bpf", ".bpf.o")))
+    shipped = ("weightwarden-bpf", "weightwarden-files-bpf", ".bpf.o")
+    leftovers = sorted(n for n in built.names if "/build/" in n and not n.endswith(shipped))
     assert not leftovers, f"build intermediates shipped: {leftovers}"
 
 
