@@ -28,7 +28,7 @@ from weightwarden.collector.web.render import page, svg
 LOGIN_COOKIE = "ww_login"
 KINDS = ["exfiltration", "staged_exfiltration", "chunked_exfiltration", "slow_exfiltration", "canary_read", "cap_hit",
          "budget_exhausted", "enforcement_drift", "enforcement_error", "threshold_crossed", "agent_silent",
-         "sequence_gap", "events_dropped"]
+         "sequence_gap", "events_dropped", "weights_relinked"]
 RANGES = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400}
 
 
