@@ -1,8 +1,9 @@
 """A weight file is known by its inode: whatever name reaches it (a hard link in another
 directory, a move out of the tree, a bind mount in a private mount namespace, /proc/self/fd),
-its reads are reported with the reader's pid, the bytes, and the file's weights path; a new name
-is a ``weights_relinked``. Each case has a benign twin that raises nothing theft-like. Real
-processes, real files, with reads counted in the kernel (``ebpf``) and from /proc (``off``)."""
+or no name at all (open_by_handle_at), its reads are reported with the reader's pid, the bytes,
+and the file's weights path; a new name is a ``weights_relinked``. Each case has a benign twin
+that raises nothing theft-like. Real processes, real files, with reads counted in the kernel
+(``ebpf``) and from /proc (``off``)."""
 
 from __future__ import annotations
 
@@ -168,4 +169,35 @@ def test_proc_self_fd_of_another_file(watch: Collected, weight: Path, tmp_path: 
     other = tmp_path / "elsewhere" / "data.bin"
     other.write_bytes(os.urandom(4 * MiB))
     read(other, PROC_FD)
+    nothing_theft_like(watch)
+
+
+BY_HANDLE = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class Handle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int), ("f_handle", ctypes.c_ubyte * 128)]
+handle, mount_id = Handle(128, 0), ctypes.c_int()
+if libc.name_to_handle_at(-100, sys.argv[1].encode(), ctypes.byref(handle), ctypes.byref(mount_id), 0) != 0:
+    raise OSError(ctypes.get_errno(), "name_to_handle_at")
+mount_fd = os.open(os.path.dirname(sys.argv[1]), os.O_RDONLY | os.O_DIRECTORY)
+fd = libc.open_by_handle_at(mount_fd, ctypes.byref(handle), os.O_RDONLY)  # no name at all
+if fd < 0:
+    raise OSError(ctypes.get_errno(), "open_by_handle_at")
+f = os.fdopen(fd, "rb")
+while f.read(1 << 16):
+    pass
+"""
+
+
+def test_a_read_through_open_by_handle_at(watch: Collected, weight: Path, sensor: str) -> None:
+    reader = read(weight, BY_HANDLE)
+    rec = watch.wait("file_access", pid=reader, final=True)
+    assert_read_of(rec, weight, weight, sensor)
+
+
+def test_open_by_handle_at_of_another_file(watch: Collected, weight: Path, tmp_path: Path) -> None:
+    other = tmp_path / "elsewhere" / "data.bin"
+    other.write_bytes(os.urandom(4 * MiB))
+    read(other, BY_HANDLE)
     nothing_theft_like(watch)
