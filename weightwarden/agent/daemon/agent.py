@@ -509,6 +509,8 @@ class Agent:
             self.files = FileWatcher(weight_paths(self.loaded), state_dir=self.cfg.state_dir)
             await asyncio.to_thread(self.files.start)
             features["file_watch"] = {"ok": self.files.mode == "fanotify", "detail": self.files.detail}
+            # Reads of the weights counted in the kernel (eBPF), or measured from /proc where it cannot.
+            features["file_reads"] = {"ok": self.files.reads == "kernel", "detail": self.files.reads_detail}
             await asyncio.to_thread(self._measure_weights)
         for name, feature in features.items():
             (self.log.info if feature["ok"] else self.log.warning)("feature", name=name, detail=feature["detail"])

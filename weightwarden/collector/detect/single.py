@@ -12,7 +12,7 @@ from typing import Any
 from weightwarden.collector.detect.common import Draft, Tuning, clock, proc_text
 from weightwarden.events import (
     AgentLost, BudgetExhausted, CanaryRead, CapHit, EnforcementDrift, EnforcementError, Event, EventsDropped,
-    Payload, ProcessFields, ThresholdCrossed, WeightsCopy,
+    Payload, ProcessFields, ThresholdCrossed, WeightsCopy, WeightsRelinked,
 )
 from weightwarden.units import format_duration, format_rate, format_size
 
@@ -43,6 +43,21 @@ def _from_event(ev: Event) -> Draft | None:
                      f"{who} opened {data.path} on {host} at {clock(ts)}. Nothing legitimate reads this file: "
                      f"it is a honey file placed among the weights to catch whoever is looking through them.",
                      {"process": _who(data), "files": [data.path], "destinations": [], **ref}, ts, ts)
+    if isinstance(data, WeightsRelinked):
+        # Medium by itself (issue 20); the new name stays watched by inode, so a read through it and an
+        # upload raise the exfiltration alerts (high, critical) that name the weights path.
+        who = proc_text(_who(data))
+        made = "hard-linked" if data.how == "hardlink" else "moved" if data.how == "rename" else "relinked"
+        where = "outside the weights tree" if data.outside_tree else "inside the weights tree"
+        return Draft(f"relinked:{host}:{data.to_path}", host, "weights_relinked", "medium",
+                     f"Weight file {made} to {data.to_path} on {host}",
+                     f"{who} gave {data.from_path} ({format_size(data.size)}) a new name, {data.to_path}, "
+                     f"{where}, on {host} at {clock(ts)}. A weight file under another name is a way to read it "
+                     f"where nobody looks; the agent keeps watching it by inode, and a read of it followed by "
+                     f"an upload raises an exfiltration alert.",
+                     {"process": _who(data), "files": [data.from_path, data.to_path], "destinations": [],
+                      "how": data.how, "outside_tree": data.outside_tree, "inode": data.inode, "dev": data.dev,
+                      **ref}, ts, ts)
     if isinstance(data, CapHit):
         return Draft(f"cap:{host}:{data.cap}", host, "cap_hit", "low" if data.action == "shape" else "medium",
                      f"Cap {data.cap!r} reached on {host}",

@@ -29,7 +29,7 @@ from weightwarden.units import format_duration
 LOGIN_COOKIE = "ww_login"
 KINDS = ["exfiltration", "staged_exfiltration", "chunked_exfiltration", "slow_exfiltration", "canary_read", "cap_hit",
          "budget_exhausted", "enforcement_drift", "enforcement_error", "threshold_crossed", "agent_silent",
-         "sequence_gap", "events_dropped", "collector_session_taken_over", "backdated_events"]
+         "sequence_gap", "events_dropped", "collector_session_taken_over", "backdated_events", "weights_relinked"]
 RANGES = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400}
 
 
