@@ -92,7 +92,7 @@ class DaemonRun:
         ``env``: extra environment (NOTIFY_SOCKET, WATCHDOG_USEC...). An agent asked for eBPF must run on a
         whole eBPF sensor (a test fails if it fell back, or a program was left out), unless ``allow_degraded``."""
         self.pair = pair
-        self.expect_ebpf = any(a == "--attribution" and b == "ebpf" for a, b in zip(args, args[1:]))
+        self.expect_ebpf = any(a == "--attribution" and b == "ebpf" for a, b in zip(args, args[1:], strict=False))
         self.allow_degraded = allow_degraded
         self.proc = pair.popen(
             pair.a, *wrapper, sys.executable, "-m", "weightwarden.agent", "run", "--policy", str(policy),

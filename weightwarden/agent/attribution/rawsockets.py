@@ -100,7 +100,7 @@ class RawSockets:
                 if t.ino == s.inode:
                     t.seen_at = now
         out: list[RawSocket] = []
-        for t in dict.fromkeys(touched):  # once each, in order
+        for t in {id(t): t for t in touched}.values():  # once each, in order
             info = describe(t.pid)
             t.allowed = t.allowed or self._allowed(info)
             due = (t.emitted_at is None or (t.killed and not t.killed_reported)

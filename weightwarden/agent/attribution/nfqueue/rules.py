@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 
 CHAIN = "WEIGHTWARDEN-RESOLVE"
@@ -89,12 +90,13 @@ def remove(rule_plan: RulePlan) -> None:
         drop_table_if_empty(tool)
 
 
-def missing(rule_plan: RulePlan) -> list[str]:
-    """Which of the plan's chains lack their rules in the kernel now (each tool's table read back): the
-    jump from OUTPUT or INPUT, or the chain's own rules. [] when all are there, or nothing can be read."""
+def missing(rule_plan: RulePlan, read: Callable[[str], str] | None = None) -> list[str]:
+    """Which of the plan's chains lack their rules in the kernel now (each tool's table read back with
+    ``read``, default ``iptables-save``): the jump from OUTPUT or INPUT, or the chain's own rules. [] when
+    all are there, or nothing can be read."""
     out = []
     for tool in sorted({argv[0] for argv in rule_plan.install}):
-        text = saved(tool)
+        text = (read or saved)(tool)
         if not text:
             continue
         lines = text.splitlines()

@@ -1,0 +1,34 @@
+"""status says what the sensor can see, and its exit code says when it is degraded (4)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+DEGRADED = {"path": "nfqueue", "kernel": "6.18.0", "degraded": True, "features": {
+    "ebpf_path": {"on": False, "reason": "the kernel refused ww_egress, which attribution cannot do without: R2 "
+                                         "type=untrusted_ptr_ expected=ptr_"}}}
+WHOLE = {"path": "ebpf", "kernel": "6.18.0", "degraded": False, "features": {"egress_bytes": {"on": True}}}
+
+
+def _status(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "weightwarden.agent", "status", "--state-dir", str(state),
+                           "--backend", "dry-run", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_a_degraded_sensor_exits_4_and_says_why(tmp_path: Path) -> None:
+    (tmp_path / "health.json").write_text(json.dumps({"sensor": DEGRADED}))
+    out = _status(tmp_path, "--json")
+    assert out.returncode == 4, out.stderr
+    assert json.loads(out.stdout)["sensor"] == DEGRADED
+    human = _status(tmp_path)
+    assert human.returncode == 4
+    assert "DEGRADED" in human.stdout and "off: ebpf_path: the kernel refused ww_egress" in human.stdout
+
+
+def test_a_whole_sensor_exits_0(tmp_path: Path) -> None:
+    (tmp_path / "health.json").write_text(json.dumps({"sensor": WHOLE}))
+    out = _status(tmp_path, "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["sensor"]["path"] == "ebpf"
