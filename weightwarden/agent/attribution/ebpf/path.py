@@ -103,6 +103,13 @@ class EbpfPath:
         self._describer = threading.Thread(target=self._describe_loop, name="describe", daemon=True)
         self._describer.start()
         notes = "; ".join(self.ready.notes)
+        pin = self.ready.pin
+        if pin.on:
+            notes = "; ".join(filter(None, [f"pinned in {pin.dir}" + (
+                ": took over the programs a previous loader left there, which kept counting" if pin.reused else ""),
+                notes]))
+        elif pin.reason:
+            notes = "; ".join(filter(None, [f"not pinned: {pin.reason}", notes]))
         off = [f"{name} ({p.reason})" for name, p in self.ready.programs.items() if not p.on]
         return [Feature("ebpf", True, f"eBPF attribution on cgroup {self.cgroup_dir}: every process in every network "
                         "namespace, owners resolved in the kernel" + (f"; programs left out: {'; '.join(off)}" if off
