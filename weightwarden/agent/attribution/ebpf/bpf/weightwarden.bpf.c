@@ -619,15 +619,13 @@ int ww_egress(struct __sk_buff *skb)
 	__u64 payload = len > head ? len - head : 0;
 	__u16 flags = 0;
 	__u32 g = gen;
+	struct ww_totals *t = totals_slot(g);
 	if (skb->ifindex == LOOPBACK_IFINDEX) {
 		flags |= WW_F_LOCAL;
-	} else {
+	} else if (t) {
 		/* Headers of every packet that leaves, bare ACKs included: what protocol overhead explains. */
-		struct ww_totals *t = totals_slot(g);
-		if (t) {
-			t->hdr_bytes += len < head ? len : head;
-			t->hdr_packets++;
-		}
+		t->hdr_bytes += len < head ? len : head;
+		t->hdr_packets++;
 	}
 	if (sk->type == SOCK_RAW)
 		flags |= WW_F_RAW;
@@ -646,7 +644,6 @@ int ww_egress(struct __sk_buff *skb)
 			flags |= WW_F_DECIDED | WW_F_ONHOST;
 		p.key.cookie = bpf_get_socket_cookie(skb);
 	}
-	struct ww_totals *t = totals_slot(g);
 	if (g & 1)
 		account(&flows1, &p, o, flags, payload, now, g, sockets, t);
 	else
