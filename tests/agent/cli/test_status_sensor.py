@@ -32,3 +32,15 @@ def test_a_whole_sensor_exits_0(tmp_path: Path) -> None:
     (tmp_path / "health.json").write_text(json.dumps({"sensor": WHOLE}))
     out = _status(tmp_path, "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["sensor"]["path"] == "ebpf"
+
+
+def test_top_says_when_the_sensor_is_degraded_and_what_is_unexplained() -> None:
+    from weightwarden.agent.cli.topview import TopState
+
+    sample = {"interval_s": 1.0, "processes": [], "attributed_tx_bytes": 0, "unattributed_tx_bytes": 5000,
+              "interfaces": [{"name": "eth0", "tx_bytes": 5000, "unexplained_tx_bytes": 3072}],
+              "sensor": {"path": "ebpf", "degraded": True, "features": {"dns_names": {"on": False}}}}
+    text = TopState().render(sample)
+    assert "UNEXPLAINED 3.0 KiB" in text and "sensor DEGRADED (ebpf): off: dns_names" in text
+    whole = TopState().render({**sample, "interfaces": [], "sensor": {"path": "ebpf", "degraded": False}})
+    assert "DEGRADED" not in whole and "UNEXPLAINED" not in whole

@@ -127,24 +127,27 @@ def credit(interval: PathInterval, routes: RouteTable, ifname: dict[int, str]) -
 # -- which interfaces lead into local containers (side effects) -------------------------------------------
 
 
-def _container_netns(proc_root: str) -> set[int]:
-    """Inodes of the network namespaces that processes in containers (by their cgroup) live in."""
+def _container_netns(proc_root: str) -> dict[int, int]:
+    """The network namespaces processes in containers (by their cgroup) live in: inode -> one such pid."""
     own = os.stat(Path(proc_root, "self", "ns", "net")).st_ino
-    out: set[int] = set()
+    out: dict[int, int] = {}
+    others: set[int] = set()
     try:
         pids = [p for p in os.listdir(proc_root) if p.isdigit()]
     except OSError:
         return out
     for pid in pids:
         try:
-            text = Path(proc_root, pid, "cgroup").read_text()
             netns = os.stat(Path(proc_root, pid, "ns", "net")).st_ino
+            if netns == own or netns in out or netns in others:
+                continue
+            text = Path(proc_root, pid, "cgroup").read_text()
         except OSError:
             continue  # gone, or not ours to read
-        if netns == own or netns in out:
-            continue
         if any(containers.parse(line.split(":", 2)[-1]) is not None for line in text.splitlines() if line):
-            out.add(netns)
+            out[netns] = int(pid)
+        else:
+            others.add(netns)  # a namespace's first process decides (a container's processes share its cgroup)
     return out
 
 
@@ -166,10 +169,7 @@ def internal_links(proc_root: str = "/proc") -> set[str]:
                 peers.setdefault(nsid, []).append(name)
         if not peers:
             return internal
-        for netns in _container_netns(proc_root):
-            pid = _a_pid_in(proc_root, netns)
-            if pid is None:
-                continue
+        for pid in _container_netns(proc_root).values():
             try:
                 fd = os.open(Path(proc_root, str(pid), "ns", "net"), os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
@@ -183,18 +183,6 @@ def internal_links(proc_root: str = "/proc") -> set[str]:
             if isinstance(nsid, int):
                 internal.update(peers.get(nsid, []))
     return internal
-
-
-def _a_pid_in(proc_root: str, netns: int) -> int | None:
-    for name in os.listdir(proc_root):
-        if not name.isdigit():
-            continue
-        try:
-            if os.stat(Path(proc_root, name, "ns", "net")).st_ino == netns:
-                return int(name)
-        except OSError:
-            continue
-    return None
 
 
 class EgressExplainer:

@@ -25,7 +25,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,7 @@ DEFAULT_QUEUE = 4242
 LOOPBACK_PREFIXES = ("lo",)
 POD_NAMES_REFRESH_S = 30.0
 RAW_POLICY_REFRESH = 10  # samples between two looks at the allowlisted executables (upgrades replace them)
+MAX_PENDING_EVENTS = 10_000  # sensor events nobody took (top does not publish them): the oldest go first
 
 
 @dataclass
@@ -199,6 +200,12 @@ class Sampler:
                  for name, why in self._declined.items()}
         return state.model_copy(update={"features": {**feats, **state.features}, "degraded": True})
 
+    def _queue(self, events: Sequence[Payload]) -> None:
+        with self._events_lock:
+            self._events.extend(events)
+            if len(self._events) > MAX_PENDING_EVENTS:
+                del self._events[:len(self._events) - MAX_PENDING_EVENTS]
+
     def take_events(self) -> list[Payload]:
         """Events since the last call: the path's (tampering) and the sampler's (raw sockets, unexplained egress)."""
         with self._events_lock:
@@ -248,8 +255,7 @@ class Sampler:
         found = self.raw.update(interval.raw, read_packet_sockets(self.cfg.proc_root), ifname, self.procs.owners,
                                 lambda pid: self._info(pid, hints.get(pid)))
         if found:
-            with self._events_lock:
-                self._events.extend(found)
+            self._queue(found)
 
     def _pod_names(self) -> dict[str, tuple[str, str]]:
         now = time.monotonic()
@@ -342,5 +348,4 @@ class Sampler:
                 entry["unexplained_tx_bytes"] = e.unexplained
         found = unexplained_events(explained, measured, start_ts, now, sensor)
         if found:
-            with self._events_lock:
-                self._events.extend(found)
+            self._queue(found)

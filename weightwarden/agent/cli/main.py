@@ -431,6 +431,10 @@ def cmd_top(args: argparse.Namespace) -> int:
             deadline += args.interval
             time.sleep(max(0.0, deadline - time.monotonic()))
             sample = sampler.sample().to_json()
+            for event in sampler.take_events():
+                # top publishes nothing: what the sensor raised (tampering, packet sockets, unexplained bytes)
+                # is said on stderr.
+                log.warning(event.TYPE, **event.model_dump(mode="json", exclude_none=True))
             done += 1
             if args.json:
                 print(json.dumps(sample), flush=True)

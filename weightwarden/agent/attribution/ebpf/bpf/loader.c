@@ -1459,9 +1459,8 @@ int main(int argc, char **argv)
 		if (cg_fd < 0)
 			fail("opening cgroup %s: %s", cgroup, strerror(errno));
 		if (pin_arg) {
+			/* Another agent's pins (locked) are left alone: this one runs unpinned, and says so. */
 			int r = pin_setup(pin_arg, 1);
-			if (r == -2)
-				fail("%s", pin_off); /* two agents on one pin directory would undo each other */
 			if (r == 0) {
 				char probe_path[320];
 				snprintf(probe_path, sizeof(probe_path), "%s/maps/flows0", pin_dir);

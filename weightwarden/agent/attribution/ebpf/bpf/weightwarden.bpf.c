@@ -583,10 +583,10 @@ static __always_inline void account(void *map, struct pkt *p, struct ww_owner *o
 			return;
 		f = bpf_map_lookup_elem(map, &p->key); /* another CPU made it first, or the map is full */
 		if (!f) {
-			/* map full: counted, never silently dropped */
+			/* map full: counted, never silently dropped (atomically: the loader checks the sum) */
 			struct ww_lost *l = lost_slot(g);
 			if (l) {
-				l->bytes += payload;
+				__sync_fetch_and_add(&l->bytes, payload);
 				l->packets++;
 			}
 			return;
@@ -736,7 +736,7 @@ static __always_inline void unix_account(struct sock *sk, int sent)
 		if (!v) {
 			struct ww_lost *l = lost_slot(g);
 			if (l)
-				l->bytes += sent;
+				__sync_fetch_and_add(&l->bytes, (__u64)sent);
 			return;
 		}
 	}
@@ -820,10 +820,12 @@ static __always_inline int exe_allowed(void)
 	return k.ino && bpf_map_lookup_elem(&raw_allow, &k) != 0;
 }
 
-static __always_inline void raw_account(struct sock *sk, __u16 family, __u64 bytes, __u32 flags)
+/* `cookie`: the socket's cookie where the program holds a trusted socket (ww_packet); programs that reach
+ * the socket through a pointer walk (ww_xdp, ww_lsm) may not hand it to a helper, and key it by inode. */
+static __always_inline void raw_account(struct sock *sk, __u64 cookie, __u16 family, __u64 bytes, __u32 flags)
 {
 	struct ww_raw_key key = {};
-	key.cookie = bpf_get_socket_cookie(sk);
+	key.cookie = cookie;
 	key.tgid = bpf_get_current_pid_tgid() >> 32;
 	__u64 now = bpf_ktime_get_ns();
 	__u32 g = gen;
@@ -891,9 +893,11 @@ int BPF_PROG(ww_packet, struct sock *sk, int ret, int flags)
 		bpf_send_signal(SIGKILL);
 		how |= WW_RAW_KILLED;
 	}
-	raw_account(sk, family, family == AF_XDP ? 0 : (__u64)ret, how);
+	raw_account(sk, bpf_get_socket_cookie(sk), family, family == AF_XDP ? 0 : (__u64)ret, how);
 	return 0;
 }
+
+#define WW_INO_KEY (1ULL << 63) /* a raw entry keyed by the socket's inode, not its cookie */
 
 /* AF_XDP in copy mode (and PACKET_QDISC_BYPASS) hand each frame to __dev_direct_xmit: where fentry
  * is allowed, AF_XDP frames are counted here, before they leave. Optional: kernels that forbid
@@ -907,7 +911,7 @@ int BPF_PROG(ww_xdp, struct sk_buff *skb, __u16 queue_id)
 	struct sock *sk = BPF_CORE_READ(skb, sk);
 	if (!sk || BPF_CORE_READ(sk, __sk_common.skc_family) != AF_XDP || !in_scope())
 		return 0;
-	raw_account(sk, AF_XDP, BPF_CORE_READ(skb, len), WW_RAW_BYPASS);
+	raw_account(sk, WW_INO_KEY | sock_ino(sk), AF_XDP, BPF_CORE_READ(skb, len), WW_RAW_BYPASS);
 	return 0;
 }
 
@@ -926,6 +930,6 @@ int BPF_PROG(ww_lsm, struct socket *sock, struct msghdr *msg, int size, int prev
 	if ((family != AF_PACKET && family != AF_XDP) || !in_scope() || exe_allowed())
 		return 0;
 	bpf_send_signal(SIGKILL);
-	raw_account(sk, family, 0, WW_RAW_KILLED | WW_RAW_DENIED);
+	raw_account(sk, WW_INO_KEY | sock_ino(sk), family, 0, WW_RAW_KILLED | WW_RAW_DENIED);
 	return -EPERM;
 }
