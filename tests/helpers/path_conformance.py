@@ -28,14 +28,6 @@ from weightwarden.agent.kernel.procmap import ProcessTable
 from weightwarden.events import SensorState
 
 BYTES = 1 << 20
-SEND = """import os, socket, sys, time
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
-print(os.getpid(), flush=True)
-sys.stdin.readline()
-s.sendall(b"c" * int(sys.argv[3]))
-time.sleep(0.3)
-s.close()
-"""
 
 
 def check(name: str, addr: str, port: int, bpf_cgroup: str | None, send_cgroup: str | None) -> dict[str, object]:
@@ -46,7 +38,7 @@ def check(name: str, addr: str, port: int, bpf_cgroup: str | None, send_cgroup: 
     try:
         features = path.start()
         assert features and all(isinstance(f, Feature) for f in features), f"{name}: start() said nothing: {features}"
-        argv = [sys.executable, "-c", SEND, addr, str(port), str(BYTES)]
+        argv = [sys.executable, "-m", "tests.helpers.upload", addr, str(port), str(BYTES), "--wait"]
         if send_cgroup:
             Path(send_cgroup).mkdir(parents=True, exist_ok=True)
             argv = ["sh", "-c", f"echo $$ > {send_cgroup}/cgroup.procs && exec \"$0\" \"$@\"", *argv]
@@ -56,16 +48,17 @@ def check(name: str, addr: str, port: int, bpf_cgroup: str | None, send_cgroup: 
         path.collect()  # the connection is known before it sends (as a path that looks up owners needs)
         sender.stdin.write(b"go\n")
         sender.stdin.flush()
+        sent = int(sender.stdout.readline().split()[1])  # BYTES and any retransmissions
         sender.wait(timeout=20)
         credited = 0
         deadline = time.monotonic() + 10
-        while credited < BYTES and time.monotonic() < deadline:
+        while credited < sent and time.monotonic() < deadline:
             time.sleep(0.3)
             interval = path.collect()
             acct = interval.accounts.get(pid)
             if acct is not None:
                 credited += sum(d.tx_bytes for (a, p, _proto), d in acct.dests.items() if (a, p) == (addr, port))
-        assert credited == BYTES, f"{name}: credited {credited} of {BYTES} bytes to pid {pid}"
+        assert credited == sent, f"{name}: credited {credited} of the {sent} bytes pid {pid} sent"
         sensor = SensorState.model_validate(path.sensor().model_dump())
         assert sensor.path == path.name and sensor.kernel == os.uname().release, f"{name}: sensor {sensor}"
         assert sensor.degraded == (path.name != "ebpf"), f"{name}: degraded is {sensor.degraded}"

@@ -77,4 +77,4 @@ def test_each_path_keeps_the_promises(name: str) -> None:
     out = WHERE[name]()
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["ok"] and result["credited"] == 1 << 20
+    assert result["ok"] and result["credited"] >= 1 << 20

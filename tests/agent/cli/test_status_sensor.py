@@ -34,6 +34,16 @@ def test_a_whole_sensor_exits_0(tmp_path: Path) -> None:
     assert out.returncode == 0 and json.loads(out.stdout)["sensor"]["path"] == "ebpf"
 
 
+def test_the_fallback_chosen_on_purpose_is_degraded_but_exits_0(tmp_path: Path) -> None:
+    chosen = {"path": "nfqueue", "degraded": True, "features": {"nfqueue": {"on": True}}}
+    (tmp_path / "health.json").write_text(json.dumps({"sensor": chosen}))
+    out = _status(tmp_path, "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["sensor"]["degraded"] is True
+    lost = {"path": "ebpf", "degraded": True, "features": {"dns_names": {"on": False, "reason": "ww_ingress: ..."}}}
+    (tmp_path / "health.json").write_text(json.dumps({"sensor": lost}))
+    assert _status(tmp_path).returncode == 4
+
+
 def test_top_says_when_the_sensor_is_degraded_and_what_is_unexplained() -> None:
     from weightwarden.agent.cli.topview import TopState
 

@@ -1,8 +1,8 @@
 """weightwarden-agent: the command line.
 
 Exit codes: 0 success; 1 a runtime failure or invalid policy (stated on stderr);
-2 bad usage; 3 (status) drift or rules missing; 4 (status) the kernel sensor is degraded (a capability
-is off, or attribution runs on the fallback).
+2 bad usage; 3 (status) drift or rules missing; 4 (status) the kernel sensor lost something it should have
+(a capability off, or eBPF refused and attribution on the fallback).
 """
 
 from __future__ import annotations
@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="policy in force, kernel rules, counters, drift and the sensor",
                             epilog="exit codes: 0 in force and matching, 3 drift or rules missing, 4 the kernel "
-                                   "sensor is degraded (a capability off, or the fallback path), 1 error")
+                                   "sensor lost something (a capability off, or eBPF refused and the fallback in "
+                                   "use), 1 error")
     _state_args(status)
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
@@ -356,8 +357,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_FAIL
     if report["drift"]:
         return EXIT_DRIFT
-    sensor = report.get("sensor")
-    return EXIT_DEGRADED if isinstance(sensor, dict) and sensor.get("degraded") else EXIT_OK
+    return EXIT_DEGRADED if sensor_lost_something(report.get("sensor")) else EXIT_OK
+
+
+def sensor_lost_something(sensor: object) -> bool:
+    """Whether the sensor lacks what the agent asked of it: a capability off on the eBPF path, or eBPF
+    refused and the fallback in use. An agent run on the fallback on purpose (--attribution nfqueue) is
+    degraded for the collector (one namespace only) but has lost nothing it asked for."""
+    if not isinstance(sensor, dict) or not sensor.get("degraded"):
+        return False
+    features = sensor.get("features")
+    declined = isinstance(features, dict) and any(name.endswith("_path") for name in features)  # Sampler.sensor
+    return sensor.get("path") in ("ebpf", "none") or declined
 
 
 def cmd_sensor_probe(args: argparse.Namespace) -> int:

@@ -416,10 +416,17 @@ class Agent:
     async def _sensor_loop(self) -> None:
         """The sensor's own events as they come: tampering (checked twice a second in the kernel loader),
         packet sockets, unexplained egress."""
+        seen = self.sensor_state()
         while not self.stop.is_set():
             if self.sampler is not None:
                 for event in self.sampler.take_events():
                     self.emit(event)
+                now = self.sensor_state()
+                if now != seen:
+                    # status reads health.json: a sensor that changed is said there now, not at the next heartbeat
+                    seen = now
+                    await asyncio.to_thread(atomic_write, self.cfg.state_dir / "health.json",
+                                            {**self.health(), "ts": time.time()})
             await wait_for_stop(self.stop, 0.25)
 
     def sensor_state(self) -> dict[str, Any]:

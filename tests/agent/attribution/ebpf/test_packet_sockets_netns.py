@@ -25,12 +25,6 @@ pytestmark = pytest.mark.privileged
 
 FRAME = 1000
 PORT = 8100
-SEND = """import os, socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
-s.sendall(b"u" * int(sys.argv[3]))
-s.close()
-print(os.getpid(), flush=True)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +147,8 @@ def test_frames_nobody_was_credited_with_are_unexplained_egress(lab: Lab, tmp_pa
                                                                 senders: tuple[Path, Path]) -> None:
     agent = _agent(lab, tmp_path, "{action: alert}", env={ENV_REFUSE: "ww_packet"})  # as if the sensor were blind
     try:
-        up = int(lab.run_ctr(sys.executable, "-c", SEND, lab.out_addr, str(PORT), str(4 << 20)).stdout.split()[0])
+        up = int(lab.run_ctr(sys.executable, "-m", "tests.helpers.upload", lab.out_addr, str(PORT),
+                             str(4 << 20)).stdout.split()[0])
         assert wait_for(lambda: _credited(agent, up) >= 4 << 20, 10)  # an upload the sensor sees: explained
         assert not [e for e in agent.events if e["type"] == "unexplained_egress"]
         sender = Sender(lab, senders[0], 8000, bypass=True)

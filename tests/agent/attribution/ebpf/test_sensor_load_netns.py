@@ -31,12 +31,6 @@ pytestmark = pytest.mark.privileged
 EXPECTED = {p for c in CAPABILITIES if c.expected for p in c.programs}
 VERIFIER_WORDS = re.compile(r"invalid mem access .*\(at .* @ weightwarden\.bpf\.c:\d+\)")
 PORT, SIZE = 8094, 3 << 20
-SEND = """import os, socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
-s.sendall(b"w" * int(sys.argv[3]))
-s.close()
-print(os.getpid(), flush=True)
-"""
 POLICY = "apiVersion: weightwarden/v1\nkind: EgressPolicy\nmetadata: {name: sensor}\nspec: {interval: 1s}\n"
 
 
@@ -88,9 +82,10 @@ def _agent(lab: Lab, tmp_path: Path, refuse: str, *args: str) -> DaemonRun:
                      allow_degraded=True)
 
 
-def _upload(lab: Lab) -> int:
-    res = lab.run_ctr(sys.executable, "-c", SEND, lab.out_addr, str(PORT), str(SIZE))
-    return int(res.stdout.split()[0])
+def _upload(lab: Lab) -> tuple[int, int]:
+    """(pid, bytes the kernel sent: SIZE and any retransmissions)."""
+    out = lab.run_ctr(sys.executable, "-m", "tests.helpers.upload", lab.out_addr, str(PORT), str(SIZE)).stdout.split()
+    return int(out[0]), int(out[2])
 
 
 def _credited(agent: DaemonRun, pid: int) -> int:
@@ -110,9 +105,9 @@ def test_an_agent_with_one_program_refused_keeps_the_rest_and_says_which(lab: La
                                                            "accepted_flags", "packet_sockets"))
         beat = agent.wait_event("heartbeat", timeout=15)["data"]
         assert beat["sensor"]["features"]["dns_names"]["on"] is False
-        pid = _upload(lab)  # what is left still counts, exactly
-        assert wait_for(lambda: _credited(agent, pid) >= SIZE, 15), _credited(agent, pid)
-        assert _credited(agent, pid) == SIZE
+        pid, sent = _upload(lab)  # what is left still counts, exactly
+        assert wait_for(lambda: _credited(agent, pid) >= sent, 15), (_credited(agent, pid), sent)
+        assert _credited(agent, pid) == sent
         sample = next(e["data"] for e in reversed(agent.events) if e["type"] == "egress_sample")
         assert sample["sensor"]["degraded"] is True and sample["attribution"] == "ebpf"
         assert wait_for(lambda: (tmp_path / "state" / "health.json").exists(), 10)

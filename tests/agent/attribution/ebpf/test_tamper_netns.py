@@ -29,12 +29,6 @@ from weightwarden.agent.attribution.ebpf.loader import loader_path
 pytestmark = pytest.mark.privileged
 
 PORT, SIZE = 8098, 2 << 20
-SEND = """import os, socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
-s.sendall(b"t" * int(sys.argv[3]))
-s.close()
-print(os.getpid(), flush=True)
-"""
 POLICY = "apiVersion: weightwarden/v1\nkind: EgressPolicy\nmetadata: {name: tamper}\nspec: {interval: 1s}\n"
 
 
@@ -86,13 +80,14 @@ def _tampered(agent: DaemonRun, after: int, since: float, timeout: float = 5.0) 
 
 
 def _upload_is_credited(lab: Lab, agent: DaemonRun) -> None:
-    pid = int(lab.run_ctr(sys.executable, "-c", SEND, lab.out_addr, str(PORT), str(SIZE)).stdout.split()[0])
+    out = lab.run_ctr(sys.executable, "-m", "tests.helpers.upload", lab.out_addr, str(PORT), str(SIZE)).stdout.split()
+    pid, sent = int(out[0]), int(out[2])  # sent: SIZE and any retransmissions, as the kernel sent them
 
     def credited() -> dict[str, Any]:
         return per_pid([e["data"] for e in agent.events if e["type"] == "egress_sample"]).get(pid, {})
 
-    assert wait_for(lambda: credited().get("tx_bytes", 0) >= SIZE, 10), credited()
-    assert credited()["tx_bytes"] == SIZE
+    assert wait_for(lambda: credited().get("tx_bytes", 0) >= sent, 10), (credited(), sent)
+    assert credited()["tx_bytes"] == sent
 
 
 def test_link_detach_is_noticed_within_2s_and_undone(lab: Lab, agent: tuple[DaemonRun, Path]) -> None:
