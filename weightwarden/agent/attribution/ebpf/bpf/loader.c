@@ -536,10 +536,31 @@ static void note(const char *fmt, ...)
 	}
 }
 
+/* Whether programs of a type may call a helper: a three-instruction program that calls it is refused
+ * with one of these words when they may not (later arguments errors mean they may). libbpf 1.1's
+ * libbpf_probe_bpf_helper() knows only the first two and says yes on 6.12, which refuses. */
+static int helper_allowed(enum bpf_prog_type type, enum bpf_func_id id)
+{
+	struct bpf_insn insns[] = {
+		{ .code = BPF_JMP | BPF_CALL, .imm = id },
+		{ .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 1 },
+		{ .code = BPF_JMP | BPF_EXIT },
+	};
+	char log[4096] = "";
+	LIBBPF_OPTS(bpf_prog_load_opts, opts, .log_buf = log, .log_size = sizeof(log), .log_level = 1);
+	int fd = bpf_prog_load(type, NULL, "GPL", insns, sizeof(insns) / sizeof(insns[0]), &opts);
+	if (fd >= 0) {
+		close(fd);
+		return 1;
+	}
+	return !strstr(log, "unknown func ") && !strstr(log, "invalid func ") && !strstr(log, "cannot use helper ");
+}
+
 static struct weightwarden_bpf *load(int scope_root, __u32 epoch)
 {
 	__u32 mask = refuse_mask();
 	__u64 direct = direct_xmit_address();
+	__u32 task_storage = (__u32)helper_allowed(BPF_PROG_TYPE_CGROUP_SOCK, BPF_FUNC_task_storage_get);
 	int reset = 0;
 	for (int attempt = 0; attempt <= WW_P_COUNT + 1; attempt++) {
 		struct weightwarden_bpf *skel = weightwarden_bpf__open();
@@ -549,6 +570,7 @@ static struct weightwarden_bpf *load(int scope_root, __u32 epoch)
 		skel->rodata->my_epoch = epoch;
 		skel->rodata->refuse = mask;
 		skel->rodata->direct_xmit_addr = direct;
+		skel->rodata->sock_create_task_storage = task_storage;
 		for (int p = 0; p < WW_P_COUNT; p++)
 			bpf_program__set_autoload(prog_of(skel, p), !st[p].off);
 		if (pin_dir[0]) {
