@@ -2,7 +2,8 @@
 PACKET_QDISC_BYPASS, are credited to their process in the kernel (bytes and interface) within 2%, and
 raise raw_socket; with raw_sockets.action kill the sender is stopped from the send path and the bytes
 that escaped are reported; an allowlisted program raises nothing alarming; and frames nobody could be
-credited with (the packet-socket program refused) are unexplained egress on the interface they left by.
+credited with (the packet-socket program refused) are unexplained egress on the interface they left by, as is
+a TCP upload no program sees (what detached programs leave).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.agent_run import DaemonRun, per_pid
-from tests.helpers.containers import Lab, lab_fixture
+from tests.helpers.containers import REPO, Lab, lab_fixture
 from tests.helpers.netns import wait_for
 from tests.helpers.sensor import HostNs, build_rawsend, in_host, link_counters, uplink
 from weightwarden.agent.attribution.ebpf.loader import ENV_REFUSE, loader_path
@@ -165,3 +166,29 @@ def test_frames_nobody_was_credited_with_are_unexplained_egress(lab: Lab, tmp_pa
         assert _credited(agent, sender.pid) == 0
     finally:
         assert agent.stop() == 0
+
+
+def test_an_upload_no_program_sees_is_unexplained_egress(lab: Lab, tmp_path: Path) -> None:
+    """What detached programs leave behind: a TCP upload by a process outside the cgroup the programs are
+    attached to is credited to nobody, and the interface it left by says so (the collector's host-level
+    rule counts unexplained bytes after a weights read)."""
+    agent = _agent(lab, tmp_path, "{action: alert}")
+    outside = lab.root.parent / f"{lab.root.name}-outside"  # a sibling of the scope: no program of ours runs there
+    try:
+        out = subprocess.run(in_host(lab, outside, sys.executable, "-m", "tests.helpers.upload", lab.out_addr,
+                                     str(PORT), str(8 << 20)), capture_output=True, text=True, check=True,
+                             cwd=str(REPO)).stdout.split()
+        pid, sent = int(out[0]), int(out[2])
+
+        def unexplained() -> int:
+            return sum(e["data"]["unexplained_tx_bytes"] for e in agent.events if e["type"] == "unexplained_egress"
+                       and e["data"]["interface"] == uplink(lab))
+
+        assert wait_for(lambda: unexplained() >= 0.9 * sent, 10), (unexplained(), sent)
+        event = next(e["data"] for e in agent.events if e["type"] == "unexplained_egress")
+        assert event["sensor"]["degraded"] is False  # a whole sensor, and still bytes nobody was credited with
+        assert _credited(agent, pid) == 0
+    finally:
+        assert agent.stop() == 0
+        if outside.exists():
+            outside.rmdir()
