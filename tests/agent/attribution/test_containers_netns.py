@@ -83,7 +83,10 @@ def test_container_upload_credited_to_its_process_and_container(lab: Lab, agent:
     iperf = {pid: p for pid, p in pids.items() if p["name"] == "iperf3"}
     assert len(iperf) == 1, pids
     proc = next(iter(iperf.values()))
-    assert abs(proc["tx_bytes"] - sent) / sent < 0.01, (proc["tx_bytes"], sent)
+    assert abs(proc["tx_bytes"] - sent) / sent < 0.01, (proc["tx_bytes"], sent, {
+        pid: (p["name"], p["tx_bytes"]) for pid, p in pids.items()}, [
+        (i["name"], i.get("attributed_tx_bytes"), i.get("unexplained_tx_bytes")) for s in samples
+        for i in s.get("interfaces", ())], [s.get("sensor") for s in samples][-1:])
     assert proc["cgroup"] == lab.pod_rel
     assert proc["container"] == {"cgroup": lab.pod_rel, "runtime": "containerd", "id": CTR_ID, "pod_uid": POD_UID,
                                  "unit": f"cri-containerd-{CTR_ID}.scope"}

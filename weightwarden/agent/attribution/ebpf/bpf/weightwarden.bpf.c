@@ -167,8 +167,9 @@ struct {
 	__uint(max_entries, 1 << 20);
 } events SEC(".maps");
 
-/* Processes already announced to user space (tgid -> start), so it can read /proc
- * for a new sender while it still lives, once per process. */
+/* Processes already announced to user space (tgid -> start and executable, mixed), so it can read /proc
+ * for a new sender while it still lives, once per program it runs: an exec keeps the pid and the start
+ * time (runc's init becomes the container's first program), and must be described again. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 32768);
@@ -239,11 +240,11 @@ static __always_inline int in_scope(void)
 static __always_inline void announce(const struct ww_owner *o)
 {
 	__u32 tgid = o->tgid;
+	__u64 mark = o->start_ns ^ (o->exe_ino * 0x9E3779B97F4A7C15ULL) ^ ((__u64)o->exe_dev << 32);
 	__u64 *seen = bpf_map_lookup_elem(&announced, &tgid);
-	if (seen && *seen == o->start_ns)
+	if (seen && *seen == mark)
 		return;
-	__u64 start = o->start_ns;
-	bpf_map_update_elem(&announced, &tgid, &start, BPF_ANY);
+	bpf_map_update_elem(&announced, &tgid, &mark, BPF_ANY);
 	struct ww_owner_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		struct ww_lost *l = lost_slot(gen);
