@@ -43,11 +43,15 @@ def recent_flows(conn: Connection, host: str, pid: int, received_since: float) -
                  {"h": host, "p": pid, "r": received_since})
 
 
-def alerts_updated_since(conn: Connection, since: float) -> list[tuple[str, str]]:
-    """(key, host) of detection verdicts written at or after ``since`` (the collectors' clock)."""
+def alerts_updated_since(conn: Connection, since: float, rules: list[str]) -> list[tuple[str, str]]:
+    """(key, host) of the verdicts of ``rules`` (their names: the keys' first part) written at or after
+    ``since`` (the collectors' clock)."""
+    if not rules:
+        return []
+    params: dict[str, Any] = {"s": since, **{f"r{i}": f"{r}:%" for i, r in enumerate(rules)}}
+    likes = " OR ".join(f"key LIKE :r{i}" for i in range(len(rules)))
     return [(r[0], r[1]) for r in conn.execute(text(
-        "SELECT key, host FROM alerts WHERE updated_at >= :s AND "
-        "(key LIKE 'exfiltration:%' OR key LIKE 'host_exfiltration:%' OR key LIKE 'slow:%')"), {"s": since})]
+        f"SELECT key, host FROM alerts WHERE updated_at >= :s AND ({likes}) ORDER BY key"), params)]
 
 
 def hosts_with_reads(conn: Connection, hosts: list[str], since: float) -> set[str]:
@@ -119,6 +123,49 @@ def pipe_writers(conn: Connection, host: str, inode: str, since: float) -> list[
                        "ORDER BY first_ts, pid, path, kind", {"h": host, "s": since, "p": f"%|{inode}:w|%"})
 
 
+def pipe_stages_writing(conn: Connection, host: str, inode: str, since: float) -> list[dict[str, Any]]:
+    """Processes seen holding the write end of pipe ``inode`` that read a pipe themselves (pipeline
+    stages, as samples report them), one row per process, with every pipe end it held."""
+    return _rows(conn, "SELECT pid, start_time, max(name) AS name, max(exe) AS exe, max(pipes) AS pipes, "
+                       "min(first_ts) AS first_ts, max(ts) AS ts FROM pipe_ends WHERE host=:h AND inode=:i "
+                       "AND side='w' AND ts>=:s GROUP BY pid, start_time ORDER BY pid, start_time",
+                 {"h": host, "i": inode, "s": since})
+
+
+def pipe_readers(conn: Connection, host: str, inode: str, since: float) -> list[int]:
+    """Pids seen holding the read end of pipe ``inode``."""
+    rows = conn.execute(text("SELECT DISTINCT pid FROM pipe_ends WHERE host=:h AND inode=:i AND side='r' AND ts>=:s"),
+                        {"h": host, "i": inode, "s": since}).scalars()
+    return sorted(int(p) for p in rows)
+
+
+def pipes_written_by(conn: Connection, host: str, pid: int, since: float) -> list[str]:
+    """Pipes ``pid`` holds the write end of: as a weights reader, or as a reported pipeline stage."""
+    found = {str(i) for i in conn.execute(text(
+        "SELECT DISTINCT inode FROM pipe_ends WHERE host=:h AND pid=:p AND side='w' AND ts>=:s"),
+        {"h": host, "p": pid, "s": since}).scalars()}
+    for key in conn.execute(text("SELECT DISTINCT pipes FROM weight_reads WHERE host=:h AND pid=:p AND ts>=:s "
+                                 "AND pipes IS NOT NULL"), {"h": host, "p": pid, "s": since}).scalars():
+        found.update(part[:-2] for part in str(key).split("|") if part.endswith(":w"))
+    return sorted(found)
+
+
+def add_pipe_ends(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        received = time.time()
+        conn.execute(text(
+            "INSERT INTO pipe_ends(host, inode, side, pid, start_time, name, exe, pipes, first_ts, ts, event_id, "
+            "received_at) VALUES (:host, :inode, :side, :pid, :start_time, :name, :exe, :pipes, :first_ts, :ts, "
+            ":event_id, :received_at)"), [{"received_at": received, **r} for r in rows])
+
+
+def recent_stages(conn: Connection, received_since: float) -> list[tuple[str, int, float]]:
+    """Processes whose pipe ends (as stages or readers) arrived lately, with their earliest first time."""
+    return [(r[0], int(r[1]), float(r[2])) for r in conn.execute(text(
+        "SELECT host, pid, min(first_ts) FROM pipe_ends WHERE received_at>=:r GROUP BY host, pid ORDER BY 1, 2"),
+        {"r": received_since})]
+
+
 def relays_into(conn: Connection, host: str, pid: int, since: float) -> list[dict[str, Any]]:
     """Local hand-overs to ``pid`` (any start_time) that ended at or after ``since``."""
     return _rows(conn, "SELECT * FROM relays WHERE host=:h AND dst_pid=:p AND ts>=:s AND bytes>0 "
@@ -165,7 +212,8 @@ def recent_units(conn: Connection, received_since: float, link_window_s: float) 
         {"r": received_since})]
     destinations = [(r[0], r[1], float(r[2]), float(r[3]), float(r[4])) for r in conn.execute(text(
         f"SELECT host, address, min(ts), max(ts), max(received_at) FROM egress WHERE received_at>=:r AND {OUTWARD} "
-        "AND COALESCE(accepted, 0) = 0 AND address NOT IN ('(other)', '(unowned)') GROUP BY host, address"),
+        "AND COALESCE(accepted, 0) = 0 AND address NOT IN ('(other)', '(unowned)', '(unexplained)') "
+        "GROUP BY host, address"),
         {"r": received_since})]
     return sorted(set(senders)), sorted(reads), sorted(destinations)
 
@@ -311,3 +359,158 @@ def withdraw(conn: Connection, keys: list[str], now: float | None = None) -> int
             alert_changed(conn, key, now or time.time())
             n += int(conn.execute(text("DELETE FROM alerts WHERE key=:k"), {"k": key}).rowcount)
     return n
+
+
+def set_auto_state(conn: Connection, key: str, open_: bool, why: str, now: float,
+                   reopen_after: float | None = None) -> bool:
+    """Open or resolve an alert as the facts say (an agent back, a sensor whole again). Resolving leaves
+    an alert a person already resolved alone; reopening undoes only the collector's own resolution, or a
+    person's made before ``reopen_after`` (a new episode began since). True if the state changed."""
+    if open_:
+        res = conn.execute(text(
+            "UPDATE alerts SET state='open', resolved_by=NULL, resolved_at=NULL, updated_at=:t WHERE key=:k "
+            "AND state='resolved' AND (resolved_by LIKE 'collector:%' OR resolved_at < :after)"),
+            {"k": key, "t": now, "after": reopen_after if reopen_after is not None else -1.0})
+    else:
+        res = conn.execute(text("UPDATE alerts SET state='resolved', resolved_by=:w, resolved_at=:t, updated_at=:t "
+                                "WHERE key=:k AND state <> 'resolved'"), {"k": key, "t": now, "w": f"collector: {why}"})
+    if res.rowcount:
+        alert_changed(conn, key, now)
+    return bool(res.rowcount)
+
+
+def alert_row(conn: Connection, key: str) -> dict[str, Any] | None:
+    row = conn.execute(text("SELECT * FROM alerts WHERE key=:k"), {"k": key}).mappings().first()
+    return dict(row) if row else None
+
+
+# -- the sensor's state ------------------------------------------------------------------------------
+
+
+def record_sensor(conn: Connection, host: str, state: str, ts: float, whole: bool) -> None:
+    """One report of the sensor's state (JSON) at ``ts`` (the agent's clock): the latest wins, and the
+    latest whole and latest degraded times are kept, so the verdict does not depend on arrival order."""
+    conn.execute(text(
+        "INSERT INTO sensors(host, state, state_at, whole_at, degraded_at, degraded) VALUES "
+        "(:h, :s, :t, :w, :d, :ds) ON CONFLICT (host) DO UPDATE SET "
+        "state = CASE WHEN sensors.state_at IS NULL OR excluded.state_at >= sensors.state_at THEN excluded.state "
+        "  ELSE sensors.state END, "
+        "state_at = CASE WHEN sensors.state_at IS NULL OR excluded.state_at >= sensors.state_at "
+        "  THEN excluded.state_at ELSE sensors.state_at END, "
+        "whole_at = CASE WHEN sensors.whole_at IS NULL OR excluded.whole_at > sensors.whole_at THEN excluded.whole_at "
+        "  ELSE sensors.whole_at END, "
+        "degraded = CASE WHEN excluded.degraded_at IS NOT NULL AND (sensors.degraded_at IS NULL OR "
+        "  excluded.degraded_at >= sensors.degraded_at) THEN excluded.degraded ELSE sensors.degraded END, "
+        "degraded_at = CASE WHEN sensors.degraded_at IS NULL OR excluded.degraded_at > sensors.degraded_at "
+        "  THEN excluded.degraded_at ELSE sensors.degraded_at END"),
+        {"h": host, "s": state, "t": ts, "w": ts if whole else None, "d": None if whole else ts,
+         "ds": None if whole else state})
+
+
+def sensor_of(conn: Connection, host: str) -> dict[str, Any] | None:
+    row = conn.execute(text("SELECT * FROM sensors WHERE host=:h"), {"h": host}).mappings().first()
+    return dict(row) if row else None
+
+
+def blind_spans(conn: Connection, host: str, lo: float, hi: float) -> list[tuple[float, float]]:
+    """Spans the sensor may have missed bytes in (it was tampered with) overlapping [lo, hi)."""
+    return [(float(r[0]), float(r[1])) for r in conn.execute(text(
+        "SELECT first_ts, ts FROM blind_spans WHERE host=:h AND ts>=:lo AND first_ts<:hi ORDER BY 1, 2"),
+        {"h": host, "lo": lo, "hi": hi})]
+
+
+def add_blind_span(conn: Connection, host: str, first: float, last: float, event_id: str) -> None:
+    conn.execute(text("INSERT INTO blind_spans(host, first_ts, ts, event_id, received_at) VALUES "
+                      "(:h, :f, :t, :e, :r)"), {"h": host, "f": first, "t": last, "e": event_id, "r": time.time()})
+
+
+# -- the agent's lifecycle -----------------------------------------------------------------------------
+
+LIFECYCLE = ("started_at", "stopped_at", "stop_reason", "lost_conn", "lost_at", "silent_from", "beat_at", "beat_gap")
+
+
+def lifecycle_of(conn: Connection, host: str) -> dict[str, Any]:
+    row = conn.execute(text("SELECT * FROM lifecycle WHERE host=:h"), {"h": host}).mappings().first()
+    return dict(row) if row else {"host": host, **{c: None for c in LIFECYCLE}}
+
+
+def note_lifecycle(conn: Connection, host: str, **latest: Any) -> None:
+    """Keep the latest of each lifecycle time (by the agent's clock, except ``lost_at`` and ``silent_from``,
+    the collector's); ``stop_reason`` goes with ``stopped_at``; ``silent_from`` is replaced, ``beat_gap``
+    replaced unless None."""
+    cols = [c for c in LIFECYCLE if c in latest]
+    if not cols:
+        return
+    newer = {c: f"{c} = CASE WHEN lifecycle.{c} IS NULL OR excluded.{c} > lifecycle.{c} THEN excluded.{c} "
+                f"ELSE lifecycle.{c} END" for c in ("started_at", "stopped_at", "lost_conn", "lost_at", "beat_at")}
+    newer["stop_reason"] = ("stop_reason = CASE WHEN lifecycle.stopped_at IS NULL OR excluded.stopped_at >= "
+                            "lifecycle.stopped_at THEN excluded.stop_reason ELSE lifecycle.stop_reason END")
+    newer["silent_from"] = "silent_from = excluded.silent_from"  # None: not silent (the agent is back)
+    newer["beat_gap"] = "beat_gap = coalesce(excluded.beat_gap, lifecycle.beat_gap)"
+    sets = [newer[c] for c in cols if c != "stop_reason"] + ([newer["stop_reason"]] if "stop_reason" in cols else [])
+    if "stop_reason" in cols and "stopped_at" not in cols:
+        raise ValueError("stop_reason goes with stopped_at")
+    conn.execute(text(f"INSERT INTO lifecycle(host, {', '.join(cols)}) VALUES (:host, {', '.join(':' + c for c in cols)}) "
+                      f"ON CONFLICT (host) DO UPDATE SET {', '.join(sets)}"), {"host": host, **latest})
+
+
+# -- raw sockets, relinked weights ---------------------------------------------------------------------
+
+
+def add_raw_socket(conn: Connection, row: dict[str, Any]) -> None:
+    conn.execute(text(
+        "INSERT INTO raw_sockets(host, pid, start_time, name, exe, uid, container, ppid, pipes, cmd_hash, family, "
+        "interface, bypass, allowed, tx_bytes, tx_packets, action, killed, escaped_bytes, first_ts, ts, event_id, "
+        "received_at) VALUES (:host, :pid, :start_time, :name, :exe, :uid, :container, :ppid, :pipes, :cmd_hash, "
+        ":family, :interface, :bypass, :allowed, :tx_bytes, :tx_packets, :action, :killed, :escaped_bytes, "
+        ":first_ts, :ts, :event_id, :received_at)"), {"received_at": time.time(), **row})
+
+
+def raw_sockets_of(conn: Connection, host: str, pid: int) -> list[dict[str, Any]]:
+    return _rows(conn, "SELECT * FROM raw_sockets WHERE host=:h AND pid=:p ORDER BY ts, event_id",
+                 {"h": host, "p": pid})
+
+
+def raw_socket_pids(conn: Connection, host: str, pids: list[int]) -> list[int]:
+    """Which of ``pids`` have packet sockets that sent on ``host`` (the raw-socket rule judges them again
+    when what they read changes)."""
+    if not pids:
+        return []
+    params = {f"p{i}": p for i, p in enumerate(pids)}
+    return sorted(int(p) for p in conn.execute(text(
+        f"SELECT DISTINCT pid FROM raw_sockets WHERE host=:h AND pid IN ({', '.join(':' + k for k in params)})"),
+        {"h": host, **params}).scalars())
+
+
+def add_relink(conn: Connection, row: dict[str, Any]) -> None:
+    conn.execute(text(
+        "INSERT INTO relinks(host, inode, dev, how, from_path, to_path, outside_tree, size, pid, start_time, name, "
+        "exe, uid, ts, event_id, received_at) VALUES (:host, :inode, :dev, :how, :from_path, :to_path, "
+        ":outside_tree, :size, :pid, :start_time, :name, :exe, :uid, :ts, :event_id, :received_at)"),
+        {"received_at": time.time(), **row})
+
+
+def relinks_of(conn: Connection, host: str, inode: str) -> list[dict[str, Any]]:
+    return _rows(conn, "SELECT * FROM relinks WHERE host=:h AND inode=:i ORDER BY ts, event_id",
+                 {"h": host, "i": inode})
+
+
+def relinked_inodes(conn: Connection, host: str) -> list[str]:
+    return [str(i) for i in conn.execute(text("SELECT DISTINCT inode FROM relinks WHERE host=:h ORDER BY 1"),
+                                         {"h": host}).scalars()]
+
+
+def reads_of_inode(conn: Connection, host: str, inode: str, since: float) -> list[dict[str, Any]]:
+    """Weight reads (not copies) of the file with this inode that went on at or after ``since``."""
+    return _rows(conn, "SELECT * FROM weight_reads WHERE host=:h AND inode=:i AND ts>=:s AND kind <> 'copy' "
+                       "ORDER BY first_ts, pid, path, kind", {"h": host, "i": inode, "s": since})
+
+
+def alerts_of(conn: Connection, host: str, prefix: str) -> list[dict[str, Any]]:
+    """A host's alerts whose key starts with ``prefix``, with their evidence parsed."""
+    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    out = _rows(conn, "SELECT * FROM alerts WHERE host=:h AND key LIKE :p ESCAPE '\\' ORDER BY key",
+                {"h": host, "p": pattern})
+    for a in out:
+        a["evidence"] = json.loads(a["evidence"])
+    return out
