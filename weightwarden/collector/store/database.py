@@ -372,7 +372,8 @@ class Store:
 
     def count(self, table: str) -> int:
         assert table in {"events", "dead_letters", "alerts", "egress", "egress_raw", "egress_minute", "weight_reads", "hosts",
-                         "history", "processes", "relays"}
+                         "history", "processes", "relays", "pipe_ends", "raw_sockets", "relinks", "blind_spans",
+                         "sensors", "lifecycle"}
         with self.tx() as conn:
             return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() or 0)
 

@@ -297,9 +297,10 @@ def set_weights_total(conn: Connection, host: str, total: int, ts: float) -> boo
 def put_alert(conn: Connection, a: dict[str, Any], now: float) -> bool:
     """Write a detection's verdict as it stands on the stored facts: the alert becomes exactly this
     draft (severity may go down as well as up). Nothing is written when nothing changed, so
-    re-evaluating the same facts neither bumps the count nor reopens a resolved alert."""
+    re-evaluating the same facts neither bumps the count nor reopens a resolved alert; a changed
+    verdict reopens it, unless the draft says its state is the rule's to set (``reopen`` false)."""
     params = {**a, "evidence": json.dumps(a["evidence"], default=str, sort_keys=True),
-              "rank": SEVERITY_RANK[a["severity"]], "now": now}
+              "rank": SEVERITY_RANK[a["severity"]], "now": now, "reopen": 1 if a.get("reopen", True) else 0}
     res = conn.execute(text(
         "INSERT INTO alerts(key, id, host, kind, severity, severity_rank, state, title, explanation, evidence, "
         "first_ts, last_ts, created_at, updated_at, count) VALUES (:key, :id, :host, :kind, :severity, :rank, 'open', "
@@ -308,7 +309,7 @@ def put_alert(conn: Connection, a: dict[str, Any], now: float) -> bool:
         "severity_rank = excluded.severity_rank, title = excluded.title, explanation = excluded.explanation, "
         "evidence = excluded.evidence, first_ts = excluded.first_ts, last_ts = excluded.last_ts, "
         "updated_at = excluded.updated_at, count = alerts.count + 1, "
-        "state = CASE WHEN alerts.state = 'resolved' THEN 'open' ELSE alerts.state END "
+        "state = CASE WHEN alerts.state = 'resolved' AND :reopen = 1 THEN 'open' ELSE alerts.state END "
         "WHERE alerts.evidence <> excluded.evidence OR alerts.severity <> excluded.severity "
         "OR alerts.kind <> excluded.kind OR alerts.explanation <> excluded.explanation "
         "OR alerts.title <> excluded.title"), params)
@@ -426,7 +427,8 @@ def add_blind_span(conn: Connection, host: str, first: float, last: float, event
 
 # -- the agent's lifecycle -----------------------------------------------------------------------------
 
-LIFECYCLE = ("started_at", "stopped_at", "stop_reason", "lost_conn", "lost_at", "silent_from", "beat_at", "beat_gap")
+LIFECYCLE = ("started_at", "stopped_at", "stop_reason", "lost_conn", "lost_at", "lost_seen", "silent_from", "beat_at",
+             "beat_gap")
 
 
 def lifecycle_of(conn: Connection, host: str) -> dict[str, Any]:
@@ -445,7 +447,8 @@ def note_lifecycle(conn: Connection, host: str, **latest: Any) -> None:
                 f"ELSE lifecycle.{c} END" for c in ("started_at", "stopped_at", "lost_conn", "lost_at", "beat_at")}
     newer["stop_reason"] = ("stop_reason = CASE WHEN lifecycle.stopped_at IS NULL OR excluded.stopped_at >= "
                             "lifecycle.stopped_at THEN excluded.stop_reason ELSE lifecycle.stop_reason END")
-    newer["silent_from"] = "silent_from = excluded.silent_from"  # None: not silent (the agent is back)
+    newer["silent_from"] = "silent_from = excluded.silent_from"
+    newer["lost_seen"] = "lost_seen = excluded.lost_seen"  # goes with the latest will (the caller checks)
     newer["beat_gap"] = "beat_gap = coalesce(excluded.beat_gap, lifecycle.beat_gap)"
     sets = [newer[c] for c in cols if c != "stop_reason"] + ([newer["stop_reason"]] if "stop_reason" in cols else [])
     if "stop_reason" in cols and "stopped_at" not in cols:

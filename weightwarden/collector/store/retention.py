@@ -36,7 +36,7 @@ MIN_RAW_EGRESS_S = 600.0  # an agent replays what it sent in the last 30 s: ids 
 class Retention:
     events_s: float = 30 * 86400.0  # events (but egress samples), weight reads, contacts, processes, dead letters
     raw_egress_s: float = 3600.0  # raw egress rows and egress_sample events
-    egress_s: float = 8 * 86400.0  # per-minute egress and local relays: at least as long as detections look back
+    egress_s: float = 8 * 86400.0  # per-minute egress, relays, pipe ends...: at least as long as detections look back
     dead_letter_rows: int = DEAD_LETTER_MAX_ROWS
     dead_letter_bytes: int = DEAD_LETTER_MAX_BYTES
     history_per_host: int = 100_000  # (program, destination) pairs remembered per host
@@ -139,9 +139,11 @@ def run(store: Store, ret: Retention, now: float | None = None) -> dict[str, int
     row = "rowid" if store.dialect == "sqlite" else "ctid"
     out["egress_minute"] = _delete_batched(store, "egress_minute", row, "received_at < :c OR received_at IS NULL AND "
                                            "ts < :c", {"c": minute_cut})
-    # Local hand-overs (one row per sample and peer) matter only as long as detections look back.
-    out["relays"] = _delete_batched(store, "relays", row, "received_at < :c OR received_at IS NULL AND ts < :c",
-                                    {"c": minute_cut})
+    # Local hand-overs (one row per sample and peer), pipe ends, packet sockets, relinks and blind spans
+    # matter only as long as detections look back.
+    for table in ("relays", "pipe_ends", "raw_sockets", "relinks", "blind_spans"):
+        out[table] = _delete_batched(store, table, row, "received_at < :c OR received_at IS NULL AND ts < :c",
+                                     {"c": minute_cut})
     with store.tx() as conn:
         for table, where in (("weight_reads", "received_at < :c OR received_at IS NULL AND ts < :c"),
                              ("history", "last_seen < :c"), ("processes", "last_seen < :c"),

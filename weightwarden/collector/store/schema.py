@@ -216,10 +216,12 @@ MIGRATIONS: list[list[str]] = [
         # and last degraded (the degraded state itself), so the alert follows the facts in any order.
         """CREATE TABLE sensors (host TEXT PRIMARY KEY, state TEXT, state_at DOUBLE PRECISION,
              whole_at DOUBLE PRECISION, degraded_at DOUBLE PRECISION, degraded TEXT)""",
-        # The agent's lifecycle by its own clock: the latest start, clean stop, and Last-Will (by connection).
+        # The agent's lifecycle: its latest start, clean stop and heartbeat (its clock); its latest Last-Will (by
+        # the connection it belonged to), when that arrived and when the agent was last heard from before it, and
+        # when the collector found it silent (the collector's clock); its heartbeat interval.
         """CREATE TABLE lifecycle (host TEXT PRIMARY KEY, started_at DOUBLE PRECISION, stopped_at DOUBLE PRECISION,
-             stop_reason TEXT, lost_conn DOUBLE PRECISION, lost_at DOUBLE PRECISION, silent_from DOUBLE PRECISION,
-             beat_at DOUBLE PRECISION, beat_gap DOUBLE PRECISION)""",
+             stop_reason TEXT, lost_conn DOUBLE PRECISION, lost_at DOUBLE PRECISION, lost_seen DOUBLE PRECISION,
+             silent_from DOUBLE PRECISION, beat_at DOUBLE PRECISION, beat_gap DOUBLE PRECISION)""",
         # Packet sockets that sent (raw_socket events), weight files given new names (weights_relinked),
         # and spans the sensor may have been blind in (sensor_tampered).
         """CREATE TABLE raw_sockets (host TEXT NOT NULL, pid BIGINT NOT NULL, start_time DOUBLE PRECISION,

@@ -35,24 +35,49 @@ def _gt(a: float | None, b: float | None) -> bool:
     return a is not None and b is not None and a > b
 
 
-def verdict(lc: Row, last_seen: float | None, now: float, threshold: float) -> tuple[str, str, float] | None:
-    """(severity, why, since) while the agent is down; None when it is up (or was never down)."""
-    started, stopped, conn, lost_at = lc.get("started_at"), lc.get("stopped_at"), lc.get("lost_conn"), lc.get("lost_at")
-    beat, silent = lc.get("beat_at"), lc.get("silent_from")
-    will_down = conn is not None and not _gt(started, conn) and not (beat is not None and lost_at is not None
-                                                                      and beat >= lost_at)
-    stop_down = stopped is not None and not _gt(max(started or -1.0, beat or -1.0), stopped)
+def episode(lc: Row) -> tuple[str, str, float, float] | None:
+    """The latest time the agent went away, from its lifecycle facts: (severity, why, since, key time).
+
+    A Last-Will belongs to the connection that began at ``lost_conn``: a clean stop announced after
+    that makes it part of the stop (low); otherwise the agent crashed or was cut off (high), and it went
+    silent when it was last heard from. Silence the sweep found is high too, unless the agent's last
+    word was a clean stop. The latest of these is the episode the alert describes."""
+    stopped, conn, silent, beat = lc.get("stopped_at"), lc.get("lost_conn"), lc.get("silent_from"), lc.get("beat_at")
+    found: list[tuple[float, str, str, float]] = []
+    if conn is not None and not (stopped is not None and stopped >= conn):
+        seen = lc.get("lost_seen")
+        found.append((float(conn), "high", "lost", float(seen if seen is not None else conn)))
+    if stopped is not None:
+        found.append((float(stopped), "low", "stopped", float(stopped)))
+    if silent is not None and not (stopped is not None and (beat is None or stopped >= beat)):
+        found.append((float(silent), "high", "silent", float(silent)))
+    if not found:
+        return None
+    at, severity, why, since = max(found, key=lambda e: (e[0], e[1] == "low"))
+    return severity, why, since, at
+
+
+def still_down(lc: Row, why: str, last_seen: float | None, now: float, threshold: float) -> bool:
+    """Is the agent still away? Back: a start after the episode, or (same run, reconnected) a heartbeat
+    sent after the will arrived or after it went silent, or messages flowing again."""
+    started, beat = lc.get("started_at"), lc.get("beat_at")
+    if why == "lost":
+        return not _gt(started, lc.get("lost_conn")) and not (beat is not None and lc.get("lost_at") is not None
+                                                              and beat >= lc["lost_at"])
+    if why == "stopped":
+        return not _gt(max(started or -1.0, beat or -1.0), lc.get("stopped_at"))
+    silent = lc.get("silent_from")
     talking = last_seen is not None and silent is not None and last_seen > silent and now - last_seen < threshold
-    silence_down = silent is not None and not _gt(beat, silent) and not _gt(started, silent) and not talking
-    clean = stopped is not None and conn is not None and stopped >= conn
-    if will_down and not clean and conn is not None:
-        return "high", "lost", float(silent if silent is not None else conn)
-    if silence_down and not stop_down and silent is not None:
-        return "high", "silent", float(silent)
-    since = stopped if stopped is not None else conn
-    if (stop_down or will_down) and since is not None:
-        return "low", "stopped", float(since)
-    return None
+    return not _gt(beat, silent) and not _gt(started, silent) and not talking
+
+
+def verdict(lc: Row, last_seen: float | None, now: float, threshold: float) -> tuple[str, str, float, bool] | None:
+    """(severity, why, since, down) of the latest episode; None if the agent never went away."""
+    ep = episode(lc)
+    if ep is None:
+        return None
+    severity, why, since, _at = ep
+    return severity, why, since, still_down(lc, why, last_seen, now, threshold)
 
 
 class AgentSilentRule(Rule[str]):
@@ -92,7 +117,7 @@ class AgentSilentRule(Rule[str]):
                 # When it went silent: the last time anything was heard from it (not when the will arrived).
                 seen = h.get("last_seen")
                 q.note_lifecycle(conn, ev.host, lost_conn=d.connected_at, lost_at=now,
-                                 silent_from=float(seen) if seen is not None and seen < now else d.connected_at)
+                                 lost_seen=float(seen) if seen is not None else d.connected_at)
         elif isinstance(d, AgentStopping):
             q.note_lifecycle(conn, ev.host, stopped_at=ev.ts, stop_reason=d.reason)
         elif isinstance(d, AgentStarted):
@@ -139,8 +164,8 @@ class AgentSilentRule(Rule[str]):
     def sweep_host(self, ctx: Context, conn: Connection, host: Row, now: float) -> None:
         limit = self.threshold(host.get("beat_gap"), ctx.lag_s)
         seen = host.get("last_seen")
-        down = verdict(host, seen, now, limit)
-        if down is None and seen is not None and now - float(seen) > limit:
+        found = verdict(host, seen, now, limit)
+        if (found is None or not found[3]) and seen is not None and now - float(seen) > limit:
             q.note_lifecycle(conn, host["host"], silent_from=float(seen))
             host = {**host, "silent_from": float(seen)}
         self.settle(ctx, conn, host, now)
@@ -150,21 +175,27 @@ class AgentSilentRule(Rule[str]):
         host = h["host"]
         key = AlertKey(self.name, host)
         limit = self.threshold(h.get("beat_gap"), ctx.lag_s)
-        down = verdict(h, h.get("last_seen"), now, limit)
-        if down is None:
+        found = verdict(h, h.get("last_seen"), now, limit)
+        if found is None:
+            return  # never went away
+        severity, why, since, down = found
+        # The latest episode described (also once it is over: the same facts, the same alert, in any
+        # order), then opened or resolved as the facts say.
+        draft = self.draft(host, severity, why, since, h)
+        draft.reopen = False
+        ctx.put(conn, draft, now)
+        if down:
+            self._down.add(host)
+            if h.get("status") != why:
+                ctx.store.update_host(conn, host, status=why, lost_at=since)
+            ctx.resolve(conn, key, "", now, open_=True, reopen_after=since)
+        else:
             self._down.discard(host)
             if h.get("status") in ("lost", "silent", "stopped"):
                 ctx.store.update_host(conn, host, status="online")
             ctx.resolve(conn, key, "the agent is back", now)
-            return
-        severity, why, since = down
-        self._down.add(host)
-        if h.get("status") != why:
-            ctx.store.update_host(conn, host, status=why, lost_at=h.get("lost_at") or now)
-        ctx.put(conn, self.draft(host, severity, why, since, h, now), now)
-        ctx.resolve(conn, key, "", now, open_=True)
 
-    def draft(self, host: str, severity: str, why: str, since: float, h: Row, now: float) -> Draft:
+    def draft(self, host: str, severity: str, why: str, since: float, h: Row) -> Draft:
         evidence: dict[str, Any] = {"last_seen": since, "reason": why, "process": None, "files": [],
                                     "destinations": [], "events": []}
         if why == "stopped":
