@@ -52,11 +52,12 @@ def proc_fields(pid: int, exe: str, ppid: int = 1, start: float | None = None, e
 
 KERNEL = "6.1.0-18-amd64"
 # What an agent's sensor says about itself (events.SensorState): whole on the eBPF path...
-EBPF = {"path": "ebpf", "kernel": KERNEL, "degraded": False,
-        "features": {"cgroup_skb": {"on": True}, "unix_peers": {"on": True}, "packet_sockets": {"on": True}}}
+FEATURES: dict[str, dict[str, Any]] = {"cgroup_skb": {"on": True}, "unix_peers": {"on": True},
+                                       "packet_sockets": {"on": True}}
+EBPF: dict[str, Any] = {"path": "ebpf", "kernel": KERNEL, "degraded": False, "features": FEATURES}
 # ...a feature of it off (the kernel's reason), and the fallback path.
-EBPF_NO_UNIX = {**EBPF, "degraded": True, "features": {
-    **EBPF["features"], "unix_peers": {"on": False, "reason": "the verifier refused unix_stream_sendmsg: -EACCES"}}}
+EBPF_NO_UNIX: dict[str, Any] = {**EBPF, "degraded": True, "features": {
+    **FEATURES, "unix_peers": {"on": False, "reason": "the verifier refused unix_stream_sendmsg: -EACCES"}}}
 NFQUEUE = {"path": "nfqueue", "kernel": KERNEL, "degraded": True, "detail": "no BTF: the eBPF sensor cannot load",
            "features": {"cgroup_skb": {"on": False, "reason": "no BTF at /sys/kernel/btf/vmlinux"}}}
 
