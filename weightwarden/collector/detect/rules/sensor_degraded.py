@@ -114,8 +114,9 @@ class SensorDegradedRule(Rule[str]):
         draft = Draft(AlertKey(self.name, host), host, "sensor_degraded", severity,
                       f"Sensor degraded on {host}: {'fallback path' if severity == 'high' else 'features off'} "
                       f"(kernel {kernel})", explanation, evidence, since, since)
-        # The latest degraded report describes it; whether it is open is the facts' (judge), not a repeat's.
-        draft.mode, draft.order, draft.reopen = "event", f"{since:017.6f}:sensor", False
+        # The latest degraded report describes it (from the stored facts: written only when it changes);
+        # whether it is open is the facts' too (judge), not a repeat's.
+        draft.reopen = False
         return draft
 
 

@@ -54,16 +54,17 @@ class SequenceGapRule(Rule[str]):
     name = "gap"
     kinds = ("sequence_gap",)
 
-    def sweep_host(self, ctx: Context, conn: Connection, h: Row, now: float) -> None:
+    def sweep_host(self, ctx: Context, conn: Connection, host: Row, now: float) -> None:
         """A collector that meets a host for the first time takes the first sequence number it holds as
         the start: the agent counted before this collector existed, and that history is not missing."""
-        host, contig = h["host"], int(h["seq_contig"] or 0)
+        h = host
+        name, contig = h["host"], int(h["seq_contig"] or 0)
         if contig == 0:
-            first = q.min_seq(conn, host)
+            first = q.min_seq(conn, name)
             if first is None:
                 return
             contig = first - 1
-        runs = q.seq_runs(conn, host, contig)
+        runs = q.seq_runs(conn, name, contig)
         if not runs:
             return
         top = runs[-1][1]
@@ -73,17 +74,17 @@ class SequenceGapRule(Rule[str]):
             if lo > expected:
                 holes.append((expected, lo - 1))
             expected = max(expected, hi + 1)
-        explained = self.explained(ctx, conn, host)
+        explained = self.explained(ctx, conn, name)
         missing = subtract(holes, explained)
         if not missing:
-            ctx.store.update_host(conn, host, seq_contig=top, gap_seen_at=None)
+            ctx.store.update_host(conn, name, seq_contig=top, gap_seen_at=None)
             return
         if h["gap_seen_at"] is None:
             # Give redeliveries (a spool draining after an outage) time to arrive.
-            ctx.store.update_host(conn, host, seq_contig=missing[0][0] - 1, gap_seen_at=now)
+            ctx.store.update_host(conn, name, seq_contig=missing[0][0] - 1, gap_seen_at=now)
         elif now - h["gap_seen_at"] >= self.tune.gap_grace_s:
-            ctx.put(conn, self.draft(conn, host, missing, explained, now), now)
-            ctx.store.update_host(conn, host, seq_contig=top, gap_seen_at=None)
+            ctx.put(conn, self.draft(conn, name, missing, explained, now), now)
+            ctx.store.update_host(conn, name, seq_contig=top, gap_seen_at=None)
 
     @staticmethod
     def explained(ctx: Context, conn: Connection, host: str) -> list[tuple[int, int]]:
