@@ -9,7 +9,7 @@ can make it more than medium.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from sqlalchemy import Connection
 
@@ -46,6 +46,25 @@ class HostRule(Rule[tuple[str, str]]):
 
     def subject(self, key: AlertKey) -> tuple[str, str] | None:
         return (key.host, key.parts[0]) if key.rule == self.name and len(key.parts) == 1 else None
+
+    def on_verdicts(self, ctx: Context, conn: Connection, changed: Sequence[AlertKey],
+                    now: float) -> Iterable[tuple[str, str]]:
+        """A linked verdict that appeared or went changes which senders are left to this rule."""
+        out: set[tuple[str, str]] = set()
+        for key in changed:
+            found = sender_of_key(key)
+            if found is None:
+                continue
+            row = q.alert_row(conn, str(key))
+            if row is not None:
+                lo, hi = float(row["first_ts"]), float(row["last_ts"])
+            else:
+                last = q.last_outward(conn, key.host, found[0])
+                if last is None:
+                    continue
+                lo, hi = last - 2 * self.tune.burst_s, last
+            out |= {(key.host, d) for d in days(lo, hi, self.tune.burst_s)}
+        return sorted(out)
 
     def on_samples(self, ctx: Context, conn: Connection, facts: SampleFacts, now: float) -> Iterable[tuple[str, str] | Look]:
         out: set[tuple[str, str]] = set()
