@@ -218,11 +218,17 @@ def recent_units(conn: Connection, received_since: float, link_window_s: float) 
     return sorted(set(senders)), sorted(reads), sorted(destinations)
 
 
+def _hour(conn: Connection) -> str:
+    """The hour a row's last byte left in (floor: PostgreSQL's CAST rounds, SQLite's truncates; ts >= 0)."""
+    return "CAST(ts / 3600 AS INTEGER)" if conn.dialect.name == "sqlite" else "CAST(floor(ts / 3600) AS BIGINT)"
+
+
 def hourly_to(conn: Connection, host: str, address: str, lo: float, hi: float) -> list[dict[str, Any]]:
     """Outward bytes to one address per hour (by last send) in [lo, hi), with the first and last send."""
-    return _rows(conn, f"SELECT CAST(ts / 3600 AS BIGINT) AS hour, sum(bytes) AS bytes, min(COALESCE(first_ts, ts)) "
+    hour = _hour(conn)
+    return _rows(conn, f"SELECT {hour} AS hour, sum(bytes) AS bytes, min(COALESCE(first_ts, ts)) "
                        f"AS first_ts, max(ts) AS ts FROM egress WHERE host=:h AND address=:a AND ts>=:lo AND ts<:hi "
-                       f"AND {OUTWARD} AND COALESCE(accepted, 0) = 0 GROUP BY CAST(ts / 3600 AS BIGINT) ORDER BY 1",
+                       f"AND {OUTWARD} AND COALESCE(accepted, 0) = 0 GROUP BY {hour} ORDER BY 1",
                  {"h": host, "a": address, "lo": lo, "hi": hi})
 
 
@@ -236,11 +242,11 @@ def hourly_to_many(conn: Connection, pairs: list[tuple[str, str]], lo: float, hi
         for n, (host, address) in enumerate(chunk):
             params[f"h{n}"], params[f"a{n}"] = host, address
             values.append(f"(:h{n}, :a{n})")
-        out += _rows(conn, f"SELECT host, address, CAST(ts / 3600 AS BIGINT) AS hour, sum(bytes) AS bytes, "
+        out += _rows(conn, f"SELECT host, address, {_hour(conn)} AS hour, sum(bytes) AS bytes, "
                            f"min(COALESCE(first_ts, ts)) AS first_ts, max(ts) AS ts FROM egress "
                            f"WHERE (host, address) IN (VALUES {', '.join(values)}) AND ts>=:lo AND ts<:hi "
                            f"AND {OUTWARD} AND COALESCE(accepted, 0) = 0 "
-                           f"GROUP BY host, address, CAST(ts / 3600 AS BIGINT) ORDER BY 1, 2, 3", params)
+                           f"GROUP BY host, address, {_hour(conn)} ORDER BY 1, 2, 3", params)
     return out
 
 
