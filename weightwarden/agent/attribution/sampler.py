@@ -35,7 +35,8 @@ from weightwarden.agent.kernel.features import Feature, cgroup_layout, has_net_a
 from weightwarden.agent.kernel.interfaces import IfCounters, counter_delta, local_addresses, read_interfaces
 from weightwarden.agent.kernel.procmap import ProcessInfo, ProcessTable
 from weightwarden.agent.attribution.report import LOCAL_ONLY_MIN_BYTES, PathInterval, bound_processes, process_entry
-from weightwarden.events import EgressSample
+from weightwarden.agent.attribution.stages import MAX_STAGES, Stages
+from weightwarden.events import MAX_PROCESSES, EgressSample
 
 # Re-exported: the daemon and tests build sample entries with these.
 __all__ = ["DEFAULT_QUEUE", "Sample", "Sampler", "SamplerConfig", "bound_processes", "process_entry"]
@@ -100,6 +101,7 @@ class Sampler:
         self.cfg = config or SamplerConfig()
         self.features: list[Feature] = []
         self.procs = ProcessTable(self.cfg.proc_root)
+        self.stages = Stages(self.procs)
         self.names = NameCache()
         self.path: Path_ | None = None
         self.attribution = "none"
@@ -206,6 +208,13 @@ class Sampler:
             return info
         return hint
 
+    def _stages(self, processes: list[dict[str, Any]], pods: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
+        """Pipeline stages feeding the senders' pipes (attribution/stages.py): listed with tx_bytes 0."""
+        def entry(pid: int, info: ProcessInfo) -> dict[str, Any]:
+            return process_entry(pid, info, {}, [], containers.with_pod_names(containers.parse(info.cgroup), pods))
+
+        return self.stages.find(processes, entry, min(MAX_STAGES, MAX_PROCESSES - len(processes)))
+
     def _report(self, interval: PathInterval) -> Sample:
         now = self.cfg.clock()
         counters = read_interfaces()
@@ -244,6 +253,7 @@ class Sampler:
             attributed += tx
             processes.append(entry)
         processes, other = bound_processes(processes)
+        processes += self._stages(processes, pods)
         extra: dict[str, Any] = {"start_ts": start_ts, "attribution": self.attribution}
         if other:
             extra["other_processes"] = other

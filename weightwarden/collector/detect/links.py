@@ -85,10 +85,16 @@ class Links:
         seen = seen if seen is not None else frozenset({(pid, start)})
         links: list[Link] = []
         own = [r for r in self.store.reads_for(conn, host, [pid], since) if self._same(r, pid, start, lo, hi)]
-        for kind, reads in (("self", [r for r in own if r["kind"] in ("read", "holder")]),
-                            ("staged", [r for r in own if r["kind"] == "staged_read"])):
-            if reads:
-                links.append(Link(kind, who, reads, min(float(r["first_ts"]) for r in reads)))
+        reads = [r for r in own if r["kind"] in ("read", "holder")]
+        if reads:
+            links.append(Link("self", who, reads, min(float(r["first_ts"]) for r in reads)))
+        staged = [r for r in own if r["kind"] == "staged_read"]
+        if staged:
+            # The reader of the weights is the process that wrote the copy, where the agent saw it write.
+            copier = q.copier_of(conn, host, sorted({str(r["path"]) for r in staged}), since)
+            reader = who if copier is None else {"pid": int(copier["pid"]), "start_time": copier.get("start_time"),
+                                                 "name": copier.get("name"), "exe": copier.get("exe")}
+            links.append(Link("staged", reader, staged, min(float(r["first_ts"]) for r in staged)))
         links += self._pipes(conn, host, who, since, depth, seen)
         ppid = who.get("ppid")
         if start is not None and ppid and ppid > 1:

@@ -182,7 +182,9 @@ def link_text(link: Link) -> str:
             "read them itself"
     if link.kind == "staged":
         copies = sorted({x["path"] for x in link.reads})
-        return f"read {', '.join(copies[:3])}, a staged copy of them written by a process that had read them"
+        by = "a process that had read them" if link.reader.get("pid") == link.reads[0].get("pid") else \
+            f"{who}, which had read them"
+        return f"read {', '.join(copies[:3])}, a staged copy of them written by {by}"
     if link.kind == "pipe" and link.chain:
         stages = " <- ".join(f"{h.get('name') or '?'} (pid {h.get('pid')})" for h in reversed(link.chain))
         return (f"reads {link.via}, fed through the pipeline stage{'s' if len(link.chain) > 1 else ''} {stages} "

@@ -117,6 +117,17 @@ def reads_between(conn: Connection, host: str, lo: float, hi: float) -> list[dic
                        "ORDER BY first_ts, pid, path, kind", {"h": host, "lo": lo, "hi": hi})
 
 
+def copier_of(conn: Connection, host: str, paths: list[str], since: float) -> dict[str, Any] | None:
+    """Who wrote a copy of the weights at one of ``paths`` (the earliest copy), if the agent saw it."""
+    if not paths:
+        return None
+    params = {f"p{i}": p for i, p in enumerate(paths)}
+    rows = _rows(conn, f"SELECT pid, start_time, name, exe FROM weight_reads WHERE host=:h AND kind='copy' AND ts>=:s "
+                       f"AND path IN ({', '.join(':' + k for k in params)}) ORDER BY first_ts, pid LIMIT 1",
+                 {"h": host, "s": since, **params})
+    return rows[0] if rows else None
+
+
 def pipe_writers(conn: Connection, host: str, inode: str, since: float) -> list[dict[str, Any]]:
     """Weight reads by processes that hold the write end (only) of pipe ``inode``."""
     return _rows(conn, "SELECT * FROM weight_reads WHERE host=:h AND ts>=:s AND pipes LIKE :p "
