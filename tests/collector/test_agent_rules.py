@@ -394,3 +394,28 @@ def test_every_missing_range_stays_in_the_gap_alert(db: str) -> None:
     pipe.sweep()
     a = one(pipe, "sequence_gap")
     assert a["evidence"]["missing_seq_ranges"] == [[6, 8], [31, 33]] and a["evidence"]["missing"] == 6
+
+
+def test_the_host_page_shows_the_sensors_state(db: str) -> None:
+    from weightwarden.collector.web import queries
+    from weightwarden.collector.web.render import env
+
+    pipe = pipeline(db)
+    s = Stream("gpu-p")
+    beat(s, T0, EBPF_NO_UNIX)
+    feed(pipe, s)
+
+    def rendered() -> str:
+        with pipe.store.tx() as conn:
+            doc = queries.host_detail(conn, "gpu-p")
+        assert doc is not None
+        return env.get_template("host.html").render(h=doc, chart="", series={}, window="1h", ranges=["1h"],
+                                                     now=T0, user=None, csrf=None, may_triage=False, may_admin=False)
+
+    html = rendered()
+    assert "unix_peers" in html and "-EACCES" in html and KERNEL in html and "degraded" in html
+    s2 = Stream("gpu-p", seq_start=s.factory.seq.last)
+    beat(s2, T0 + 5, EBPF)
+    feed(pipe, s2)
+    html = rendered()
+    assert "unix_peers" not in html and "Whole:" in html
