@@ -25,10 +25,15 @@ from weightwarden.collector.detect.rule import Rule
 from weightwarden.collector.detect.rules.sequence_gap import subtract
 from weightwarden.collector.store.database import Store
 from weightwarden.events import (
-    AgentLost, AgentStarted, EgressSample, Event, FileAccess, Heartbeat, PolicyApplied, WeightHolder, WeightsCopy,
+    EVENT_TYPES, AgentLost, AgentStarted, EgressSample, Event, FileAccess, Heartbeat, PolicyApplied, WeightHolder, WeightsCopy,
 )
 
 __all__ = ["Pipeline", "egress_bps", "egress_rows", "load_stream", "subtract"]
+
+READS = {"file_access", "weight_holder", "weights_copy"}  # after these, the host's uploads may be the incident
+BULK = {"egress_sample", "heartbeat", "policy_applied", "policy_rejected"}  # the rest decide alerts alone
+HOT_S = 3600.0  # a host's samples are urgent this long after a weight read arrived (host_window_s)
+HOT_MAX = 100_000
 
 
 class Pipeline(BatchIngest):
@@ -41,6 +46,25 @@ class Pipeline(BatchIngest):
         self.clock = clock
         self._init_caches()
         self.detector = Detector(store, self.tune, clock, errors=self.errors)
+        self._hot: dict[str, float] = {}  # host -> until when its samples are urgent (monotonic)
+
+    # -- the incident lane ----------------------------------------------------
+
+    def urgent(self, topic: str) -> bool:
+        """Whether a message may decide an incident, from its topic alone (weightwarden/v1/HOST/TYPE): it
+        is then stored and judged before the bulk of samples (``Inbox``). Weight reads and the agent's own
+        alarms are; so are samples of a host whose weights were read lately (an upload after the read is
+        the incident); heartbeats and other hosts' samples are bulk. Called in the event loop, per message."""
+        _root, _v, host, kind = (topic.split("/") + ["", "", "", ""])[:4]
+        if kind == "egress_sample":
+            until = self._hot.get(host)
+            return until is not None and until > time.monotonic()
+        if kind in READS:
+            if len(self._hot) > HOT_MAX:
+                self._hot.clear()
+            self._hot[host] = time.monotonic() + HOT_S
+            return True
+        return kind in EVENT_TYPES and kind not in BULK
 
     # -- per event -----------------------------------------------------------
 

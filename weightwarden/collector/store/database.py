@@ -283,7 +283,7 @@ class Store:
     def add_egress_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
         """Egress rows that each carry their host."""
         now = time.time()
-        bulk.insert(conn, "egress_raw", EGRESS_RAW_COLUMNS, [
+        bulk.copy(conn, "egress_raw", EGRESS_RAW_COLUMNS, [
             (r["host"], r["pid"], r.get("ppid"), r.get("exe"), r.get("name"), r.get("uid"), r["address"], r.get("port"),
              r["allowed"], r["bytes"], r["ts"], r.get("rate_bps"), r["event_id"], r.get("pipes"), now,
              r.get("dns_name"), r.get("user_name"), r.get("start_time"), r.get("first_ts"), r.get("protocol"),
