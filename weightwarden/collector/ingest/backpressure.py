@@ -25,6 +25,7 @@ from typing import Any
 
 from weightwarden.collector.ingest.validate import MAX_PAYLOAD
 
+BULK_WAIT_S = 1.0  # the bulk lane waits at most this long behind urgent batches (then they alternate)
 # What a PUBLISH adds to its payload: fixed header, topic (<= ~100 bytes here), packet id, properties.
 MAX_PACKET = MAX_PAYLOAD + 4096
 
@@ -51,6 +52,7 @@ class Inbox:
         self.max_messages, self.max_bytes = max_messages, max_bytes
         self._urgent: deque[Held] = deque()
         self._queue: deque[Held] = deque()
+        self._last_urgent = False
         self._in_hand: deque[Held] = deque()
         self.held = 0  # queued and in hand
         self.held_bytes = 0
@@ -86,7 +88,11 @@ class Inbox:
                 await asyncio.wait_for(self._ready.wait(), timeout)
             except TimeoutError:
                 return []
-        lane = self._urgent if self._urgent else self._queue
+        # The urgent lane first, unless the bulk has waited long and the last batch was urgent too: a fleet
+        # whose every host is "hot" must not starve the heartbeats (a silent agent would be a false alarm).
+        starved = bool(self._queue) and self._last_urgent and time.monotonic() - self._queue[0].at > BULK_WAIT_S
+        lane = self._urgent if self._urgent and not starved else self._queue
+        self._last_urgent = lane is self._urgent
         batch: list[Held] = []
         size = 0
         while lane and len(batch) < max_messages:
