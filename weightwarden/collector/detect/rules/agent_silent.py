@@ -89,6 +89,7 @@ class AgentSilentRule(Rule[str]):
         self._beats: dict[str, deque[float]] = {}  # recent heartbeat times per host: its interval
         self._gap: dict[str, float] = {}
         self._down: set[str] = set()  # hosts this collector last judged down
+        self._settled: dict[str, tuple[str, str, float, bool]] = {}  # host -> the verdict last written by the sweep
 
     def forget(self) -> None:
         self.reset()
@@ -168,7 +169,13 @@ class AgentSilentRule(Rule[str]):
         if (found is None or not found[3]) and seen is not None and now - float(seen) > limit:
             q.note_lifecycle(conn, host["host"], silent_from=float(seen))
             host = {**host, "silent_from": float(seen)}
-        self.settle(ctx, conn, host, now)
+            found = verdict(host, seen, now, limit)
+        # Each sweep looks at every host: write only what changed since this collector last settled it.
+        if found is not None and self._settled.get(host["host"]) != found:
+            self.settle(ctx, conn, host, now)
+            if len(self._settled) > MAX_HOSTS:
+                self._settled.clear()
+            self._settled[host["host"]] = found
 
     def settle(self, ctx: Context, conn: Connection, h: Row, now: float) -> None:
         """Write what the lifecycle facts say: the alert open (and the host's status) or resolved."""
