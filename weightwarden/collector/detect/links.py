@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from weightwarden.collector.detect.common import Tuning, same_process
-from weightwarden.collector.detect.facts import parse_pipes
+from weightwarden.collector.detect.facts import parse_pipes, pipe_key
 from weightwarden.collector.detect.sender import Link
 from weightwarden.collector.store import facts as q
 from weightwarden.collector.store.database import Store
@@ -132,9 +132,11 @@ class Links:
                 ident = (int(stage["pid"]), stage.get("start_time"))
                 if ident in seen or same_process(ident[0], ident[1], pid, start) or ident in writers:
                     continue
-                if len(read_ends(stage.get("pipes"))) > MAX_STAGE_READS:
+                reads = q.stage_reads(conn, host, ident[0], ident[1], since)
+                if len(reads) > MAX_STAGE_READS:
                     continue  # a hub, not a filter
-                up_links = self.of(conn, host, {**stage, "pid": ident[0], "start_time": ident[1], "ppid": None},
+                up_links = self.of(conn, host, {**stage, "pid": ident[0], "start_time": ident[1], "ppid": None,
+                                                "pipes": pipe_key([], {i: "r" for i in reads})},
                                    float(stage["first_ts"]), float(stage["ts"]), since, depth - 1, seen | {ident})
                 for up in up_links:
                     if up.kind == "fork":

@@ -143,6 +143,14 @@ def pipe_stages_writing(conn: Connection, host: str, inode: str, since: float) -
                  {"h": host, "i": inode, "s": since})
 
 
+def stage_reads(conn: Connection, host: str, pid: int, start: float | None, since: float) -> list[str]:
+    """Every pipe one process (pid and start time) was seen reading: all its rows, whichever arrived."""
+    same = "start_time IS NULL" if start is None else "start_time = :st"
+    return sorted(str(i) for i in conn.execute(text(
+        f"SELECT DISTINCT inode FROM pipe_ends WHERE host=:h AND pid=:p AND {same} AND side='r' AND ts>=:s"),
+        {"h": host, "p": pid, "st": start, "s": since}).scalars())
+
+
 def pipe_readers(conn: Connection, host: str, inode: str, since: float) -> list[int]:
     """Pids seen holding the read end of pipe ``inode``."""
     rows = conn.execute(text("SELECT DISTINCT pid FROM pipe_ends WHERE host=:h AND inode=:i AND side='r' AND ts>=:s"),
