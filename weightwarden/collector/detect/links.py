@@ -132,11 +132,11 @@ class Links:
                 ident = (int(stage["pid"]), stage.get("start_time"))
                 if ident in seen or same_process(ident[0], ident[1], pid, start) or ident in writers:
                     continue
-                reads = q.stage_reads(conn, host, ident[0], ident[1], since)
-                if len(reads) > MAX_STAGE_READS:
+                inputs = q.stage_reads(conn, host, ident[0], ident[1], since)
+                if len(inputs) > MAX_STAGE_READS:
                     continue  # a hub, not a filter
                 up_links = self.of(conn, host, {**stage, "pid": ident[0], "start_time": ident[1], "ppid": None,
-                                                "pipes": pipe_key([], {i: "r" for i in reads})},
+                                                "pipes": pipe_key([], {i: "r" for i in inputs})},
                                    float(stage["first_ts"]), float(stage["ts"]), since, depth - 1, seen | {ident})
                 for up in up_links:
                     if up.kind == "fork":
