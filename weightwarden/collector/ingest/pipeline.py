@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from weightwarden.collector.store import agent_facts as a
 from weightwarden.collector.store import facts as q
 from weightwarden.collector.ingest.batching import BatchIngest, egress_bps
 from weightwarden.collector.detect.common import Tuning
@@ -125,7 +126,7 @@ class Pipeline(BatchIngest):
     @staticmethod
     def store_hosts(conn: Connection) -> list[dict[str, Any]]:
         """Every host's row with its agent's lifecycle facts, in one statement."""
-        cols = ", ".join(f"l.{c}" for c in q.LIFECYCLE)
+        cols = ", ".join(f"l.{c}" for c in a.LIFECYCLE)
         return [dict(r) for r in conn.execute(text(
             f"SELECT h.*, {cols} FROM hosts h LEFT JOIN lifecycle l ON l.host = h.host ORDER BY h.host")).mappings()]
 

@@ -22,7 +22,7 @@ from weightwarden.collector.detect.common import Draft, clock
 from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.detect.registry import register
 from weightwarden.collector.detect.rule import Context, Hint, Look, Row, Rule
-from weightwarden.collector.store import facts as q
+from weightwarden.collector.store import agent_facts as a
 from weightwarden.events import AgentLost, AgentStarted, AgentStopping, Event, Heartbeat
 from weightwarden.units import format_duration
 
@@ -112,17 +112,17 @@ class AgentSilentRule(Rule[str]):
     def on_event(self, ctx: Context, conn: Connection, ev: Event, now: float) -> Iterable[str | Look]:
         d = ev.data
         if isinstance(d, AgentLost):
-            lc = q.lifecycle_of(conn, ev.host)
+            lc = a.lifecycle_of(conn, ev.host)
             if lc.get("lost_conn") is None or d.connected_at >= lc["lost_conn"]:
                 h = ctx.store.host(conn, ev.host) or {}
                 # When it went silent: the last time anything was heard from it (not when the will arrived).
                 seen = h.get("last_seen")
-                q.note_lifecycle(conn, ev.host, lost_conn=d.connected_at, lost_at=now,
+                a.note_lifecycle(conn, ev.host, lost_conn=d.connected_at, lost_at=now,
                                  lost_seen=float(seen) if seen is not None else d.connected_at)
         elif isinstance(d, AgentStopping):
-            q.note_lifecycle(conn, ev.host, stopped_at=ev.ts, stop_reason=d.reason)
+            a.note_lifecycle(conn, ev.host, stopped_at=ev.ts, stop_reason=d.reason)
         elif isinstance(d, AgentStarted):
-            q.note_lifecycle(conn, ev.host, started_at=ev.ts)
+            a.note_lifecycle(conn, ev.host, started_at=ev.ts)
         return [ev.host]
 
     def on_heartbeats(self, ctx: Context, conn: Connection, events: list[Event], now: float) -> Iterable[str]:
@@ -160,14 +160,14 @@ class AgentSilentRule(Rule[str]):
     def judge(self, ctx: Context, conn: Connection, subject: str, hint: Hint, now: float) -> None:
         host = str(subject)
         h = ctx.store.host(conn, host) or {"host": host}
-        self.settle(ctx, conn, {**h, **q.lifecycle_of(conn, host)}, now)
+        self.settle(ctx, conn, {**h, **a.lifecycle_of(conn, host)}, now)
 
     def sweep_host(self, ctx: Context, conn: Connection, host: Row, now: float) -> None:
         limit = self.threshold(host.get("beat_gap"), ctx.lag_s)
         seen = host.get("last_seen")
         found = verdict(host, seen, now, limit)
         if (found is None or not found[3]) and seen is not None and now - float(seen) > limit:
-            q.note_lifecycle(conn, host["host"], silent_from=float(seen))
+            a.note_lifecycle(conn, host["host"], silent_from=float(seen))
             host = {**host, "silent_from": float(seen)}
             found = verdict(host, seen, now, limit)
         # Each sweep looks at every host: write only what changed since this collector last settled it.

@@ -19,6 +19,7 @@ from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.detect.registry import register
 from weightwarden.collector.detect.rule import Context, Hint, Lately, Look, Row, Rule, SampleFacts
 from weightwarden.collector.detect.sender import sender_of_key
+from weightwarden.collector.store import agent_facts as a
 from weightwarden.collector.store import facts as q
 from weightwarden.events import Event, SensorTampered
 
@@ -108,7 +109,7 @@ class HostRule(Rule[tuple[str, str]]):
         covered += [found for k in ctx.keys_of(conn, "exfiltration", host) if (found := sender_of_key(k)) is not None]
         flows = [r for r in q.outward_rows(conn, host, lo, hi)
                  if not any(same_process(int(r["pid"]), r.get("start_time"), p, s) for p, s in covered)]
-        draft = host_exfiltration(host, day, reads, flows, self.tune, q.blind_spans(conn, host, lo - 2 * width, hi))
+        draft = host_exfiltration(host, day, reads, flows, self.tune, a.blind_spans(conn, host, lo - 2 * width, hi))
         if draft is None:
             ctx.withdraw(conn, [key], now)
         else:

@@ -21,7 +21,7 @@ from weightwarden.collector.detect.registry import register
 from weightwarden.collector.detect.rule import Context, Hint, Lately, Look, Row, Rule
 from weightwarden.collector.detect.sender import Link, link_text, severity_of, taken_by
 from weightwarden.collector.detect.facts import cmd_hash, container_json, pipe_key
-from weightwarden.collector.store import facts as q
+from weightwarden.collector.store import agent_facts as a
 from weightwarden.events import Event, RawSocket
 from weightwarden.units import format_size
 
@@ -62,7 +62,7 @@ class RawSocketRule(Rule[tuple[str, int]]):
         if not isinstance(d, RawSocket) or d.pid is None:
             return ()
         first = d.first_ts if d.first_ts is not None else ev.ts
-        q.add_raw_socket(conn, {
+        a.add_raw_socket(conn, {
             "host": ev.host, "pid": d.pid, "start_time": d.start_time, "name": d.name, "exe": d.exe, "uid": d.uid,
             "container": container_json(d), "ppid": d.ppid, "pipes": pipe_key(d.pipes, dict(d.pipe_ends)),
             "cmd_hash": cmd_hash(d.cmdline), "family": d.family, "interface": d.interface, "bypass": int(d.bypass),
@@ -73,7 +73,7 @@ class RawSocketRule(Rule[tuple[str, int]]):
 
     def on_reads(self, ctx: Context, conn: Connection, host: str, row: Row, grew: bool,
                  now: float) -> Iterable[tuple[str, int] | Look]:
-        return [(host, p) for p in q.raw_socket_pids(conn, host, [int(row["pid"])])] if grew else []
+        return [(host, p) for p in a.raw_socket_pids(conn, host, [int(row["pid"])])] if grew else []
 
     def on_sweep(self, ctx: Context, conn: Connection, lately: Lately, now: float) -> Iterable[tuple[str, int] | Look]:
         # Raw sockets are rare: any whose host had new facts that could link them is judged again.
@@ -84,7 +84,7 @@ class RawSocketRule(Rule[tuple[str, int]]):
 
     def judge(self, ctx: Context, conn: Connection, subject: tuple[str, int], hint: Hint, now: float) -> None:
         host, pid = subject
-        rows = q.raw_sockets_of(conn, host, pid)
+        rows = a.raw_sockets_of(conn, host, pid)
         weights_total = int((ctx.store.host(conn, host) or {}).get("weights_bytes") or 0)
         produced: set[AlertKey] = set()
         for start, mine in identities(rows):

@@ -20,7 +20,7 @@ from weightwarden.collector.detect.common import Draft, clock
 from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.detect.registry import register
 from weightwarden.collector.detect.rule import Context, Hint, Look, Rule
-from weightwarden.collector.store import facts as q
+from weightwarden.collector.store import agent_facts as a
 from weightwarden.events import AgentStarted, Event, Heartbeat, SensorState
 
 
@@ -57,7 +57,7 @@ class SensorDegradedRule(Rule[str]):
     def on_event(self, ctx: Context, conn: Connection, ev: Event, now: float) -> Iterable[str | Look]:
         d = ev.data
         if isinstance(d, AgentStarted) and d.sensor is not None:
-            q.record_sensor(conn, ev.host, d.sensor.model_dump_json(exclude_none=True), ev.ts, whole(d.sensor))
+            a.record_sensor(conn, ev.host, d.sensor.model_dump_json(exclude_none=True), ev.ts, whole(d.sensor))
             return [ev.host]
         return []
 
@@ -73,7 +73,7 @@ class SensorDegradedRule(Rule[str]):
         if not reports:
             return []
         for host, state, ts, ok in reports:
-            q.record_sensor(conn, host, state, ts, ok)
+            a.record_sensor(conn, host, state, ts, ok)
         hosts = sorted({r[0] for r in reports})
         params = {f"h{i}": h for i, h in enumerate(hosts)}
         # Whole reports matter only to hosts that were ever degraded: theirs may resolve an alert.
@@ -83,7 +83,7 @@ class SensorDegradedRule(Rule[str]):
 
     def judge(self, ctx: Context, conn: Connection, subject: str, hint: Hint, now: float) -> None:
         host = str(subject)
-        row = q.sensor_of(conn, host)
+        row = a.sensor_of(conn, host)
         if row is None or row.get("degraded_at") is None:
             return
         key = AlertKey(self.name, host)

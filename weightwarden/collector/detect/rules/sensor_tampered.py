@@ -13,7 +13,7 @@ from weightwarden.collector.detect.common import Draft, clock
 from weightwarden.collector.detect.event_rule import host_evidence, stamp
 from weightwarden.collector.detect.registry import register
 from weightwarden.collector.detect.rule import Context, Look, Rule
-from weightwarden.collector.store import facts as q
+from weightwarden.collector.store import agent_facts as a
 from weightwarden.events import Event, SensorTampered
 from weightwarden.units import format_duration
 
@@ -28,7 +28,7 @@ class SensorTamperedRule(Rule[str]):
         if not isinstance(d, SensorTampered):
             return ()
         first = min(d.blind_from_ts if d.blind_from_ts is not None else d.detected_ts, d.detected_ts)
-        q.add_blind_span(conn, ev.host, first, d.detected_ts, ev.id)
+        a.add_blind_span(conn, ev.host, first, d.detected_ts, ev.id)
         changes = "; ".join(f"{c.kind.replace('_', ' ')}: {c.name}" + (f" ({c.detail})" if c.detail else "")
                             for c in d.changes[:10]) or "unspecified changes"
         blind = (f"The sensor may have missed bytes for {format_duration(d.detected_ts - first)} (from "

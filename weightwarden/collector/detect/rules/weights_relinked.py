@@ -18,7 +18,7 @@ from weightwarden.collector.detect.common import Draft, clock
 from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.detect.registry import register
 from weightwarden.collector.detect.rule import Context, Hint, Lately, Look, Row, Rule
-from weightwarden.collector.store import facts as q
+from weightwarden.collector.store import agent_facts as af
 from weightwarden.events import Event, WeightsRelinked
 from weightwarden.units import format_size
 
@@ -39,7 +39,7 @@ class WeightsRelinkedRule(Rule[tuple[str, str]]):
         if not isinstance(d, WeightsRelinked):
             return ()
         inode = str(d.inode) if d.inode is not None else ANY_FILE
-        q.add_relink(conn, {"host": ev.host, "inode": inode, "dev": None if d.dev is None else str(d.dev),
+        af.add_relink(conn, {"host": ev.host, "inode": inode, "dev": None if d.dev is None else str(d.dev),
                             "how": d.how, "from_path": d.from_path, "to_path": d.to_path,
                             "outside_tree": int(d.outside_tree), "size": d.size, "pid": d.pid,
                             "start_time": d.start_time, "name": d.name, "exe": d.exe, "uid": d.uid, "ts": ev.ts,
@@ -49,11 +49,11 @@ class WeightsRelinkedRule(Rule[tuple[str, str]]):
     def on_reads(self, ctx: Context, conn: Connection, host: str, row: Row, grew: bool,
                  now: float) -> Iterable[tuple[str, str] | Look]:
         inode = row.get("inode")
-        return [(host, inode)] if inode and q.relinks_of(conn, host, str(inode)) else []
+        return [(host, inode)] if inode and af.relinks_of(conn, host, str(inode)) else []
 
     def on_verdicts(self, ctx: Context, conn: Connection, changed: Sequence[AlertKey],
                     now: float) -> Iterable[tuple[str, str]]:
-        return [(host, inode) for host in sorted({k.host for k in changed}) for inode in q.relinked_inodes(conn, host)]
+        return [(host, inode) for host in sorted({k.host for k in changed}) for inode in af.relinked_inodes(conn, host)]
 
     def on_sweep(self, ctx: Context, conn: Connection, lately: Lately, now: float) -> Iterable[tuple[str, str] | Look]:
         return [(r[0], str(r[1])) for r in conn.execute(text(
@@ -63,14 +63,14 @@ class WeightsRelinkedRule(Rule[tuple[str, str]]):
 
     def judge(self, ctx: Context, conn: Connection, subject: tuple[str, str], hint: Hint, now: float) -> None:
         host, inode = subject
-        relinks = q.relinks_of(conn, host, inode)
+        relinks = af.relinks_of(conn, host, inode)
         if not relinks:
             return
         first = min(float(r["ts"]) for r in relinks)
-        readers = {int(r["pid"]): r for r in (q.reads_of_inode(conn, host, inode, first - 1) if inode != ANY_FILE else [])
+        readers = {int(r["pid"]): r for r in (af.reads_of_inode(conn, host, inode, first - 1) if inode != ANY_FILE else [])
                    if float(r["ts"]) >= first - 1 and r["kind"] in ("read", "staged_read", "holder")}
         sent = []
-        for a in q.alerts_of(conn, host, "exfiltration:"):
+        for a in af.alerts_of(conn, host, "exfiltration:"):
             named = {int(p) for p in a["evidence"].get("readers") or []} | {int(a["evidence"]["process"]["pid"])}
             if named & set(readers):
                 sent.append(a)
