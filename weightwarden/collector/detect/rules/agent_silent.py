@@ -84,6 +84,7 @@ class AgentSilentRule(Rule[str]):
     name = "silent"
     kinds = ("agent_silent",)
     events = (AgentLost, AgentStopping, AgentStarted)
+    renew_lately = True  # collectors judging at once from snapshots converge in the sweep
 
     def reset(self) -> None:
         self._beats: dict[str, deque[float]] = {}  # recent heartbeat times per host: its interval

@@ -50,6 +50,7 @@ class SensorDegradedRule(Rule[str]):
     name = "sensor"
     kinds = ("sensor_degraded",)
     events = (AgentStarted,)
+    renew_lately = True  # collectors judging at once from snapshots converge in the sweep
 
     def subject(self, key: AlertKey) -> str | None:
         return key.host if key.rule == self.name and not key.parts else None

@@ -30,6 +30,7 @@ class WeightsRelinkedRule(Rule[tuple[str, str]]):
     kinds = ("weights_relinked",)
     events = (WeightsRelinked,)
     after = ("exfiltration",)  # high once an exfiltration alert names a reader of the relinked file
+    renew_lately = True  # collectors judging at once from snapshots converge in the sweep
 
     def subject(self, key: AlertKey) -> tuple[str, str] | None:
         return (key.host, key.parts[0]) if key.rule == self.name and len(key.parts) == 1 else None
