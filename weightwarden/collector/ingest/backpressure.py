@@ -25,7 +25,6 @@ from typing import Any
 
 from weightwarden.collector.ingest.validate import MAX_PAYLOAD
 
-BULK_WAIT_S = 1.0  # the bulk lane waits at most this long behind urgent batches (then they alternate)
 # What a PUBLISH adds to its payload: fixed header, topic (<= ~100 bytes here), packet id, properties.
 MAX_PACKET = MAX_PAYLOAD + 4096
 
@@ -45,14 +44,13 @@ class Inbox:
 
     Two lanes: messages that may decide an incident (weight reads, an upload from a host whose
     weights were just read, the agent's own alarms: ``Pipeline.urgent``) are taken before the bulk
-    of samples, in batches of their own, so an alert waits for at most the bulk batch in hand, never
-    for the whole backlog. Each lane keeps its order."""
+    of samples, so an alert waits for at most the batch in hand, never for the whole backlog. Each
+    lane keeps its order."""
 
     def __init__(self, max_messages: int, max_bytes: int) -> None:
         self.max_messages, self.max_bytes = max_messages, max_bytes
         self._urgent: deque[Held] = deque()
         self._queue: deque[Held] = deque()
-        self._last_urgent = False
         self._in_hand: deque[Held] = deque()
         self.held = 0  # queued and in hand
         self.held_bytes = 0
@@ -88,19 +86,18 @@ class Inbox:
                 await asyncio.wait_for(self._ready.wait(), timeout)
             except TimeoutError:
                 return []
-        # The urgent lane first, unless the bulk has waited long and the last batch was urgent too: a fleet
-        # whose every host is "hot" must not starve the heartbeats (a silent agent would be a false alarm).
-        starved = bool(self._queue) and self._last_urgent and time.monotonic() - self._queue[0].at > BULK_WAIT_S
-        lane = self._urgent if self._urgent and not starved else self._queue
-        self._last_urgent = lane is self._urgent
+        # The urgent lane's messages first, then the bulk's to fill the batch: they jump the queue, but
+        # batches stay as large as the backlog makes them (a transaction per urgent message would cost
+        # more than it saves), and the bulk is never starved.
         batch: list[Held] = []
         size = 0
-        while lane and len(batch) < max_messages:
-            nxt = len(lane[0].payload)
-            if batch and size + nxt > max_bytes:
-                break
-            batch.append(lane.popleft())
-            size += nxt
+        for lane in (self._urgent, self._queue):
+            while lane and len(batch) < max_messages:
+                nxt = len(lane[0].payload)
+                if batch and size + nxt > max_bytes:
+                    break
+                batch.append(lane.popleft())
+                size += nxt
         self._in_hand.extend(batch)
         return batch
 
