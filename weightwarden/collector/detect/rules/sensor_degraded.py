@@ -73,7 +73,7 @@ class SensorDegradedRule(Rule[str]):
                     degraded.add(ev.host)
         if not reports:
             return []
-        for host, state, ts, ok in reports:
+        for host, state, ts, ok in sorted(reports):  # in key order: two collectors never wait in a cycle
             a.record_sensor(conn, host, state, ts, ok)
         hosts = sorted({r[0] for r in reports})
         params = {f"h{i}": h for i, h in enumerate(hosts)}
