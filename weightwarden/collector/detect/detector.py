@@ -315,8 +315,5 @@ class Detector:
         self._swept = (wall, now)  # only once it is done: a failed sweep's span is looked at again
         return failed
 
-    def sweep_host(self, conn: Connection, rule: Rule[Any], host: Row, now: float) -> None:
-        rule.sweep_host(self, conn, host, now)
-
 
 __all__ = ["Detector", "Units", "outward"]
