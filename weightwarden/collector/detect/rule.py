@@ -13,7 +13,8 @@ Hooks a rule overrides (all optional but ``name`` and ``kinds``):
 
 - ``on_event``: an event of a type listed in ``events`` arrived (its facts are stored);
 - ``on_samples`` / ``on_reads``: egress rows and relays, or a weight read, were stored;
-- ``on_sweep``: what arrived lately (wall clock), and each host's row (``sweep_host``);
+- ``on_sweep``: what arrived lately (wall clock); every host's row (``sweep_hosts``, then ``sweep_host``
+  for those that need a look of their own);
 - ``judge`` (one subject) or ``judge_many`` (a batch of them, for rules that judge in bulk);
 - ``after``: rules whose verdicts this one reads; ``on_verdicts`` gets their changed keys.
 """
@@ -183,8 +184,13 @@ class Rule(Generic[S]):
     def forget(self) -> None:
         """After a rolled-back transaction: drop whatever caches learnt inside it."""
 
+    def sweep_hosts(self, ctx: Context, conn: Connection, hosts: list[Row], now: float) -> list[Row]:
+        """Every host's row, once per sweep, in one transaction: do what can be done for all at once, and
+        return the hosts that need ``sweep_host`` (default: all)."""
+        return hosts
+
     def sweep_host(self, ctx: Context, conn: Connection, host: Row, now: float) -> None:
-        """Each host's row, once per sweep, in a transaction of its own (silence, gaps)."""
+        """One host's row, in a transaction of its own (silence, gaps)."""
 
     def on_verdicts(self, ctx: Context, conn: Connection, changed: Sequence[AlertKey],
                     now: float) -> Iterable[S]:

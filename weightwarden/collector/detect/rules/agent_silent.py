@@ -163,6 +163,19 @@ class AgentSilentRule(Rule[str]):
         h = ctx.store.host(conn, host) or {"host": host}
         self.settle(ctx, conn, {**h, **a.lifecycle_of(conn, host)}, now)
 
+    def sweep_hosts(self, ctx: Context, conn: Connection, hosts: list[Row], now: float) -> list[Row]:
+        """The hosts whose verdict changed since this collector last wrote it, or that went quiet: a
+        look at their rows, no statement for the others."""
+        out = []
+        for host in hosts:
+            limit = self.threshold(host.get("beat_gap"), ctx.lag_s)
+            seen = host.get("last_seen")
+            found = verdict(host, seen, now, limit)
+            quiet = (found is None or not found[3]) and seen is not None and now - float(seen) > limit
+            if quiet or (found is not None and self._settled.get(host["host"]) != found):
+                out.append(host)
+        return out
+
     def sweep_host(self, ctx: Context, conn: Connection, host: Row, now: float) -> None:
         limit = self.threshold(host.get("beat_gap"), ctx.lag_s)
         seen = host.get("last_seen")
