@@ -16,6 +16,8 @@ needed=(
   clang:clang bpftool:bpftool cc:gcc
   # The file watcher's tests: a real FUSE filesystem, and io_uring reads.
   bindfs:bindfs fio:fio
+  # Real containers in the container tests: podman with runc (crun refuses hybrid cgroup hosts).
+  podman:podman runc:runc
 )
 missing=()
 for pair in "${needed[@]}"; do

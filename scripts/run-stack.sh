@@ -2,16 +2,26 @@
 # ./scripts/run.sh (make run): the whole stack on this machine, with embedded defaults.
 #   - Mosquitto on 127.0.0.1:${WW_MQTT_PORT:-1883} (started here unless one already answers there),
 #   - the collector on SQLite in .run/collector.db,
-#   - the agent with weightwarden/policies/monitor-only.yaml: it measures and reports, it never throttles
+#   - the agent with the demo policy: weightwarden/policies/monitor-only.yaml (it measures and reports, it
+#     never throttles) watching demo weights it makes in .run/demo-weights
 #     (set WW_POLICY=weightwarden/policies/single-gpu-host.yaml to try caps).
-# New alerts are printed here as they appear. Ctrl-C stops all three.
+# New alerts are printed here as they appear; ./scripts/demo-theft.sh steals the demo weights.
+# Ctrl-C stops all three and exits 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUN="$PWD/.run"
+RUN="${WW_RUN_DIR:-$PWD/.run}"
 mkdir -p "$RUN"
 PORT=${WW_MQTT_PORT:-1883}
 DB="sqlite:///$RUN/collector.db"
-POLICY=${WW_POLICY:-policies/monitor-only.yaml}
+# The demo's weights (random bytes, made once) and a policy that watches them: monitor-only plus
+# spec.weights, so reading and uploading them raises an alert (scripts/demo-theft.sh does both).
+WEIGHTS="$RUN/demo-weights"
+mkdir -p "$WEIGHTS"
+[ -s "$WEIGHTS/model-00001-of-00001.safetensors" ] ||
+  head -c 64M /dev/urandom > "$WEIGHTS/model-00001-of-00001.safetensors"
+sed -e 's/^  name: monitor-only$/  name: demo-monitor-only/' weightwarden/policies/monitor-only.yaml > "$RUN/demo-policy.yaml"
+printf '  weights:\n    paths: ["%s/*.safetensors"]\n' "$WEIGHTS" >> "$RUN/demo-policy.yaml"
+POLICY=${WW_POLICY:-$RUN/demo-policy.yaml}
 BIN="$PWD/.venv/bin"
 pids=()
 cleanup() {
@@ -22,7 +32,9 @@ cleanup() {
   "$BIN/weightwarden-agent" enforce clear --state-dir "$RUN/agent" > /dev/null 2>&1 || true
   echo "stopped. Alerts stay in $RUN/collector.db"
 }
-trap cleanup EXIT INT TERM
+# Ctrl-C (or a TERM) is how the demo ends: a clean stop, exit 0. A component that dies is exit 1.
+trap cleanup EXIT
+trap 'cleanup; exit 0' INT TERM
 
 if ! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
   # 'user': started as root, Mosquitto would switch to the mosquitto user, which may not be able
@@ -53,10 +65,17 @@ weightwarden is running: Mosquitto on 127.0.0.1:$PORT, collector on $RUN/collect
   hosts:   $BIN/weightwarden-collector hosts --db $DB
   uploads: $BIN/weightwarden-agent top
   logs:    $RUN/{agent,collector,mosquitto}.log
+  demo:    ./scripts/demo-theft.sh   (reads and uploads the demo weights in $WEIGHTS: an alert appears below)
 BANNER
 seen=""
 while sleep 2; do
-  for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || { echo "a component stopped; see $RUN/*.log" >&2; exit 1; }; done
+  for p in "${pids[@]}"; do
+    kill -0 "$p" 2>/dev/null && continue
+    # Ctrl-C reaches every component too: one that stopped cleanly was asked to, and so are we.
+    code=0; wait "$p" || code=$?
+    [ "$code" = 0 ] && exit 0
+    echo "a component stopped (exit $code); see $RUN/*.log" >&2; exit 1
+  done
   while IFS=$'\t' read -r id line; do
     case " $seen " in *" $id "*) ;; *) seen="$seen $id"; echo "ALERT $line";; esac
   done < <("$BIN/weightwarden-collector" alerts list --json --db "$DB" 2>/dev/null | "$BIN/python" -c '

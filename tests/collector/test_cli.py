@@ -112,7 +112,7 @@ def test_no_traceback_from_the_real_binary(tmp_path: Path) -> None:
 
 
 def test_broker_urls_never_echo_a_password(capsys: pytest.CaptureFixture[str]) -> None:
-    from weightwarden.agent.transport.stdout import SinkURLError, make_sink
+    from weightwarden.agent.transport import SinkURLError, make_sink
     from weightwarden.mqtt import MqttSettings, MqttURLError
 
     for url in ("mqtt://agent:hunter2@broker:99999", "mqtt://agent:hunter2@[::1", "mqtt://agent:hunter2@b?bogus=1",

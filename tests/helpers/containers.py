@@ -7,6 +7,18 @@ made under the unified mount, shaped like a Kubernetes pod's
 (kubepods.slice/.../cri-containerd-<id>.scope), holds the container's
 processes; the agent's programs attach there and nowhere else. Everything is
 removed at teardown, even after a failure.
+
+:class:`Podman` runs real containers in the same lab: podman with runc, rootful, cgroupfs driver
+(no systemd here), storage of its own in a temporary folder. Each container joins a network
+namespace the lab made (``--network ns:``, as a CRI runtime joins the namespace CNI made: podman's
+own networks would change the root namespace's firewall and routes), has its own PID, mount, UTS
+and IPC namespaces, the runtime's cgroup under a kubelet-shaped parent (cgroupfs driver:
+``kubepods/besteffort/pod<uid>/libpod-<id>``) and an overlay of this machine's root as its root
+filesystem (``--rootfs /:O``: no image, no registry; the tools the tests run are there).
+What a runtime cannot do here, and the hand-made labs still cover: the systemd driver's names
+(``cri-containerd-<id>.scope`` in ``kubepods-...slice``; no systemd runs here), and crun, which
+refuses this hybrid cgroup host ("cgroups in hybrid mode not supported, drop all controllers from
+cgroupv2"): runc is used.
 """
 
 from __future__ import annotations
@@ -15,12 +27,13 @@ import itertools
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,6 +201,99 @@ class AgentTop:
             t.join(timeout=2)
         assert self.proc.returncode == 0, "".join(self.stderr)
         return self.samples
+
+
+PODMAN = shutil.which("podman")
+RUNC = shutil.which("runc") or ("/usr/sbin/runc" if os.path.exists("/usr/sbin/runc") else None)
+# This sandbox lacks CAP_SYS_RESOURCE, so podman's default limits (nofile 1048576, nproc max), which
+# runc would raise to, are refused; limits below ours need no privilege.
+ULIMITS = ("--ulimit", "nofile=8192:8192", "--ulimit", "nproc=8192:8192")
+
+
+def podman_missing() -> str | None:
+    if PODMAN is None or RUNC is None:
+        return "needs podman and runc (run scripts/bootstrap.sh)"
+    return None
+
+
+@dataclass
+class Podman:
+    """Real containers in a lab: see the module's docstring."""
+
+    lab: Lab
+    work: Path
+    started: list[str] = field(default_factory=list)
+
+    def base(self) -> list[str]:
+        assert PODMAN is not None and RUNC is not None
+        # --tmpdir too: podman's default (/run/libpod) would outlive the test.
+        return [PODMAN, "--root", str(self.work / "root"), "--runroot", str(self.work / "run"),
+                "--tmpdir", str(self.work / "tmp"), "--cgroup-manager",
+                "cgroupfs", "--events-backend", "none", "--runtime", RUNC, "--log-level", "error"]
+
+    def pod_parent(self, pod_uid: str = POD_UID, qos: str = "besteffort") -> str:
+        """The kubelet's cgroupfs layout for a pod, inside the lab's subtree (the agent's scope)."""
+        unified = find_cgroup2()
+        assert unified is not None
+        return "/" + str((self.lab.root / "kubepods" / qos / f"pod{pod_uid}").relative_to(unified))
+
+    def argv(self, *cmd: str, netns: str | None = None, pod_uid: str = POD_UID, volumes: tuple[str, ...] = (),
+             detach: bool = False, name: str | None = None) -> list[str]:
+        name = name or f"ww-{self.lab.tag}-{len(self.started)}"
+        self.started.append(name)
+        return [*self.base(), "run", "--rm", "--name", name, "--cidfile", str(self.work / f"{name}.cid"),
+                *(["-d"] if detach else []), *ULIMITS,
+                "--network", f"ns:/run/netns/{netns or self.lab.ctr}", "--cgroup-parent", self.pod_parent(pod_uid),
+                "--workdir", str(REPO), "-e", f"PYTHONPATH={REPO}",
+                *[a for v in volumes for a in ("-v", v)], "--rootfs", "/:O", *cmd]
+
+    def run(self, *cmd: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(self.argv(*cmd, **kw), capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "LANG": "C"})
+        if check:
+            assert res.returncode == 0, f"podman run {cmd}: {res.returncode} {res.stderr[-2000:]}"
+        return res
+
+    def start(self, *cmd: str, **kw: Any) -> str:
+        """A detached container; returns its full id."""
+        res = subprocess.run(self.argv(*cmd, detach=True, **kw), capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "LANG": "C"})
+        assert res.returncode == 0, res.stderr[-2000:]
+        return res.stdout.strip().splitlines()[-1]
+
+    def last_id(self) -> str:
+        """The id of the container started last (from its --cidfile: it outlives a --rm container)."""
+        return (self.work / f"{self.started[-1]}.cid").read_text().strip()
+
+    def close(self) -> None:
+        subprocess.run([*self.base(), "rm", "-f", "-a", "-t", "0"], capture_output=True, timeout=120)
+        for line in reversed(Path("/proc/self/mounts").read_text().splitlines()):
+            target = line.split()[1]
+            if target.startswith(str(self.work)):
+                subprocess.run(["umount", "-l", target], capture_output=True)
+        shutil.rmtree(self.work, ignore_errors=True)
+        # runc made the pods' cgroups in every v1 controller too (conmon's beside them): the lab
+        # removes its unified subtree, this the rest.
+        unified = find_cgroup2()
+        rel = self.lab.root.relative_to(unified) if unified else None
+        for controller in Path("/sys/fs/cgroup").iterdir():
+            if rel is not None and controller != Path(str(unified)) and (controller / rel).is_dir():
+                _remove_cgroup_tree(controller / rel)
+
+
+def podman_fixture(lab: Lab, work: Path) -> Generator[Podman, None, None]:
+    missing = podman_missing()
+    if missing:
+        if os.environ.get("WEIGHTWARDEN_REQUIRE_PRIVILEGED") == "1":
+            raise AssertionError(f"WEIGHTWARDEN_REQUIRE_PRIVILEGED=1 but {missing}")
+        import pytest
+
+        pytest.skip(missing)
+    podman = Podman(lab, work)
+    try:
+        yield podman
+    finally:
+        podman.close()
 
 
 def lab_fixture() -> Iterator[Lab]:

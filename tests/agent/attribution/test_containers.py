@@ -32,6 +32,10 @@ CASES = [
     (f"/machine.slice/libpod-{CID}.scope/container", "podman", CID, None, f"libpod-{CID}.scope"),
     (f"/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{CID}.scope", "podman", CID, None,
      f"libpod-{CID}.scope"),
+    # podman with the cgroupfs driver (no systemd: seen from a real podman + runc here), alone and in a pod's slice
+    (f"/libpod_parent/libpod-{CID}", "podman", CID, None, None),
+    (f"/kubepods/besteffort/pod{UID}/libpod-{CID}", "podman", CID, UID, None),
+    (f"/node-cgroup-root/kubepods/besteffort/pod{UID}/libpod-{CID}", "podman", CID, UID, None),
     # Slurm (cgroup/v2 plugin); enroot/pyxis containers run inside the job's step
     ("/system.slice/slurmstepd.scope/job_48213/step_0/user/task_0", "slurm", "48213", None, "slurmstepd.scope"),
     ("/slurm/uid_1000/job_77/step_batch", "slurm", "77", None, None),

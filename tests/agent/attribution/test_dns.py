@@ -2,24 +2,47 @@
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import random
 
 from tests.agent.test_wire_formats import _dns_reply_packet
 from weightwarden.agent.attribution.dns import NameCache, answers
 
 
-def test_every_truncation_and_random_garbage_gives_no_exception() -> None:
+def _well_formed(found: list[tuple[str, str, float]]) -> bool:
+    """(address, name, ttl) triples a destination could carry: a real address, a name, a sane TTL."""
+    for address, name, ttl in found:
+        ipaddress.ip_address(address)  # raises for anything else
+        if not name or len(name) > 253 or not math.isfinite(ttl) or ttl < 0:
+            return False
+    return True
+
+
+def test_the_whole_answer_names_its_address_and_every_truncation_names_nothing() -> None:
     reply = _dns_reply_packet()
+    full = answers(reply)
+    assert full and _well_formed(full), full
     for cut in range(len(reply)):
-        assert isinstance(answers(reply[:cut]), list)
+        assert answers(reply[:cut]) == [], f"a reply cut at {cut} of {len(reply)} bytes named {answers(reply[:cut])}"
+
+
+def test_random_garbage_gives_no_exception_and_nothing_malformed() -> None:
+    reply = _dns_reply_packet()
     rng = random.Random(7)
+    named = 0
     for _ in range(2000):
         blob = bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 300)))
-        assert isinstance(answers(blob), list)
+        found = answers(blob)
+        assert _well_formed(found), found
+        named += len(found)
     # Garbage behind a valid IPv4/UDP/53 header: the parser itself gets it.
     for _ in range(500):
         body = bytes(rng.getrandbits(8) for _ in range(rng.randrange(12, 200)))
-        assert isinstance(answers(reply[:28] + body), list)
+        found = answers(reply[:28] + body)
+        assert _well_formed(found), found
+        named += len(found)
+    assert named == 0, "random bytes named an address"
 
 
 def test_a_query_or_another_port_yields_no_names() -> None:

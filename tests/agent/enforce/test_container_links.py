@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.agent.enforce.test_plan import HEAD, _rules
-from weightwarden.agent.enforce import iptables
+from weightwarden.agent.enforce.backends import iptables
 from weightwarden.agent.enforce.container_links import HostLink, HostView, ProcNet, cgroup_of, resolve
 from weightwarden.agent.enforce.plan import PlanInputs, build
 from weightwarden.agent.policy.loader import parse_policy
@@ -82,7 +82,7 @@ def test_plan_matches_the_veths_by_input_device() -> None:
     # The container cap comes first, the host-wide cap after it: first match wins, as for every cap.
     rules = _rules(plan)
     assert rules.index(cap0[0]) < rules.index(next(r for r in rules if {"counter": "cap-1"} in r))
-    docs = iptables.build(PlanInputs(policy, ["eth0"], container_ifaces=ifaces), plan)
+    docs = iptables.build(plan)
     assert "-d 198.19.0.0/16 -i cali1a" in docs[4].restore or "-i cali1a -d 198.19.0.0/16" in docs[4].restore
     assert "-i cali9z" in docs[4].restore
     # A container that went away leaves the rule: the plan differs, so the enforcer replaces the table.

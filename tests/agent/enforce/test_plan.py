@@ -1,23 +1,24 @@
 """The planner is pure: the kernel state it asks for, checked without root."""
 
 import json
+from typing import Any
 
-from weightwarden.agent.enforce import iptables
-from weightwarden.agent.enforce.plan import TC_MAJOR, PlanInputs, build
+from weightwarden.agent.enforce.backends import iptables, nftables
+from weightwarden.agent.enforce.plan import TC_MAJOR, Plan, PlanInputs, build
 from weightwarden.agent.policy.loader import parse_policy
 from tests.agent.policy.test_policy import CONTRACT
 
 HEAD = "apiVersion: weightwarden/v1\nkind: EgressPolicy\nmetadata: {name: p}\nspec:\n"
 
 
-def _rules(plan: object) -> list[list[dict]]:  # type: ignore[type-arg]
-    return [c["add"]["rule"]["expr"] for c in plan.nft if "rule" in c.get("add", {})]  # type: ignore[attr-defined]
+def _rules(plan: Plan) -> list[list[dict[str, Any]]]:
+    return [c["add"]["rule"]["expr"] for c in nftables.build(plan)["nftables"] if "rule" in c.get("add", {})]
 
 
 def test_contract_plan() -> None:
     plan = build(PlanInputs(parse_policy(CONTRACT).policy, ["eth0"]))
-    doc = json.dumps(plan.nft_document())
-    assert plan.nft[:3] == [{"add": {"table": {"family": "inet", "name": "weightwarden"}}},
+    doc = json.dumps(nftables.build(plan))
+    assert nftables.build(plan)["nftables"][:3] == [{"add": {"table": {"family": "inet", "name": "weightwarden"}}},
                             {"delete": {"table": {"family": "inet", "name": "weightwarden"}}},
                             {"add": {"table": {"family": "inet", "name": "weightwarden"}}}]
     assert '{"prefix": {"addr": "198.18.9.0", "len": 24}}' in doc
@@ -71,14 +72,14 @@ def test_budget_block_adds_a_drop_after_the_allowlist() -> None:
 def test_resolved_hosts_enter_the_allowlist_only_as_addresses() -> None:
     text = HEAD + "  allow: [{host: objstore.internal, ports: [443]}]\n"
     plan = build(PlanInputs(parse_policy(text).policy, ["eth0"], resolved={"objstore.internal": ["198.18.7.7"]}))
-    assert "198.18.7.7" in json.dumps(plan.nft) and "objstore" not in json.dumps(plan.nft)
+    assert "198.18.7.7" in json.dumps(nftables.build(plan)) and "objstore" not in json.dumps(nftables.build(plan))
     unresolved = build(PlanInputs(parse_policy(text).policy, ["eth0"]))
     assert any("did not resolve" in n for n in unresolved.notes)
 
 
 def test_iptables_document() -> None:
     inputs = PlanInputs(parse_policy(CONTRACT).policy, ["eth0"])
-    docs = iptables.build(inputs, build(inputs))
+    docs = iptables.build(build(inputs))
     v4 = docs[4].restore
     assert "-A WEIGHTWARDEN-CAPS -d 198.18.9.0/24 -j RETURN -m comment --comment ww:allowed" in v4
     assert "-j CLASSIFY --set-class 7757:100 -m comment --comment ww:cap-0" in v4

@@ -111,3 +111,35 @@ def test_a_stalled_cmdline_read_gives_unknown_not_a_stall(tmp_path: Path) -> Non
     fd = os.open(fifo, os.O_RDWR)  # a writer appears: the stuck workers finish
     time.sleep(0.1)
     os.close(fd)
+
+
+def test_an_exec_is_read_again_when_the_caller_says_so() -> None:
+    """Same pid, same start time, another program: a container's runc init that execs its first
+    program (seen with podman + runc: every container's process was named runc:[2:INIT])."""
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "import os, sys; sys.stdin.readline(); "
+                              "os.execv('/bin/sleep', ['sleep', '30'])"], stdin=subprocess.PIPE)
+    try:
+        table = ProcessTable()
+        before = table.describe(child.pid)
+        assert before is not None and before.name.startswith("python")
+        assert child.stdin is not None
+        child.stdin.write(b"go\n")
+        child.stdin.flush()
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{child.pid}/comm").read_text().strip() != "sleep" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        cached = table.describe(child.pid)
+        assert cached is not None and cached.name == before.name, "the cache alone cannot see an exec"
+        table.forget(child.pid)
+        after = table.describe(child.pid)
+        assert after is not None and after.name == "sleep" and after.exe.endswith("/sleep")
+        assert after.create_time == before.create_time
+    finally:
+        child.kill()
+        child.wait()
+        if child.stdin is not None:
+            child.stdin.close()

@@ -13,6 +13,7 @@ recognised (systemd and cgroupfs drivers):
     .../kubepods-pod<uid_>.slice/crio-<id>.scope                  cri-o, pod
     /system.slice/containerd.service/kubepods-...-pod<uid_>.slice:cri-containerd:<id>
     /machine.slice/libpod-<id>.scope[/container]                  podman (also rootless, under user@.service)
+    /libpod_parent/libpod-<id>                                    podman, cgroupfs driver (no systemd)
     /system.slice/slurmstepd.scope/job_<n>/step_<s>/user/task_0  slurm (enroot/pyxis run inside the job)
     /slurm/uid_<u>/job_<n>/step_<s>                               slurm (cgroup v1 layout)
     /lxc.payload.<name>                                           lxc
@@ -33,6 +34,7 @@ _SCOPES = (
     (re.compile(rf"^cri-containerd-({_ID})\.scope$"), "containerd"),
     (re.compile(rf"^crio-({_ID})\.scope$"), "cri-o"),
     (re.compile(rf"^libpod-({_ID})\.scope$"), "podman"),
+    (re.compile(rf"^libpod-({_ID})$"), "podman"),  # the cgroupfs driver's name: no .scope
 )
 _COLON = re.compile(rf"^(kubepods[a-z0-9_-]*\.slice):(cri-containerd|crio|docker):({_ID})$")
 _BARE_ID = re.compile(rf"^{_ID}$")
@@ -62,7 +64,9 @@ def parse(cgroup: str | None) -> Container | None:
         if m := _POD_SYSTEMD.match(part):
             pod_uid = m.group(1).replace("_", "-")
             continue
-        if (m := _POD_CGROUPFS.match(part)) and i > 0 and parts[0] == "kubepods":
+        # kubelet's cgroupfs driver: /kubepods/<qos>/pod<uid>, at the root or below a --cgroup-root
+        # (a node in a container: kind, k3s; here, a test's own subtree)
+        if (m := _POD_CGROUPFS.match(part)) and "kubepods" in parts[:i]:
             pod_uid = m.group(1)
             continue
         for pattern, name in _SCOPES:

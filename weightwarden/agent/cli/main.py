@@ -176,7 +176,7 @@ def _load_or_report(path: str) -> object:
 def cmd_run(args: argparse.Namespace) -> int:
     from weightwarden.agent.daemon.agent import Agent, DaemonConfig
     from weightwarden.agent.enforce.kernel import KernelError
-    from weightwarden.agent.transport.stdout import SinkURLError, make_sink
+    from weightwarden.agent.transport import SinkURLError, make_sink
 
     loaded = _load_or_report(args.policy)
     if loaded is None:
@@ -262,14 +262,12 @@ def _plan_inputs(policy: object) -> object:
 
 
 def _print_plan(loaded: object, args: argparse.Namespace) -> int:
-    from weightwarden.agent.enforce import iptables
+    from weightwarden.agent.enforce.backends import documents
     from weightwarden.agent.enforce.plan import build
 
     inputs = _plan_inputs(loaded.policy)  # type: ignore[attr-defined]
     plan = build(inputs)  # type: ignore[arg-type]
-    out = plan.to_json()
-    out["iptables"] = {str(v): d.__dict__ for v, d in iptables.build(inputs, plan).items()}  # type: ignore[arg-type]
-    print(json.dumps(out, indent=2))
+    print(json.dumps({**plan.to_json(), **documents(plan)}, indent=2))
     return EXIT_OK
 
 

@@ -45,7 +45,7 @@ from weightwarden.agent.policy.loader import LoadedPolicy, PolicyError, load_pol
 from weightwarden.agent.policy.match import Flow, allowed_by, allowlist
 from weightwarden.agent.attribution.sampler import Sampler, SamplerConfig
 from weightwarden.agent.policy.source import MqttPolicySource, Offer, Refusal
-from weightwarden.agent.transport.stdout import Sink
+from weightwarden.agent.transport.sink import Sink
 
 HOST_REFRESH_S = 300.0
 STUCK_GRACE_S = 10.0
@@ -172,6 +172,7 @@ class Agent:
         self.files: FileWatcher | None = None
         self.weights_total: dict[str, Any] = {}
         self.metrics = AgentMetrics()
+        self.metrics.stuck_for = self.stuck_for  # /healthz asks what the watchdog asks
         # Bound here, so a port in use is a start-up error ("cannot start"), not a crash later.
         self.metrics_server = MetricsServer(self.metrics, cfg.metrics_listen) if cfg.metrics_listen else None
 

@@ -5,6 +5,10 @@ sample and heartbeat); a stdlib HTTP server in a daemon thread renders them.
 Nothing here calls back into the daemon, so a slow or hostile scraper never
 blocks sampling, enforcement or the sink. CPU and RSS are read from /proc at
 scrape time (psutil, this process only).
+
+The same server answers ``/healthz`` (live: the sample and enforcement loops make progress,
+the test the systemd watchdog uses) and ``/readyz`` (ready: started, policy applied, not
+stopping), for Kubernetes probes; see :meth:`AgentMetrics.live`.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ from __future__ import annotations
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 import psutil
 
-from weightwarden.events import EgressSample, EnforcementDrift, Heartbeat, Payload
+from weightwarden import health
+from weightwarden.events import AgentStarted, AgentStopping, EgressSample, EnforcementDrift, Heartbeat, Payload
 
 
 def _label(value: object) -> str:
@@ -41,6 +47,10 @@ class AgentMetrics:
         self.iface_rx: dict[str, int] = {}
         self.iface_packets: dict[str, int] = {}
         self._process = psutil.Process()
+        # Health: the daemon sets stuck_for (its watchdog's test); started/stopping follow its events.
+        self.stuck_for: Callable[[], float] | None = None
+        self.agent_started = False
+        self.agent_stopping = False
 
     def sample_took(self, seconds: float) -> None:
         with self._lock:
@@ -50,6 +60,7 @@ class AgentMetrics:
 
     def observe_event(self, data: Payload) -> None:
         """Every event the daemon emits passes here (one call in ``Agent.emit``)."""
+        self._observe_lifecycle(data)
         with self._lock:
             self.events[data.TYPE] = self.events.get(data.TYPE, 0) + 1
             if isinstance(data, EgressSample):
@@ -64,6 +75,31 @@ class AgentMetrics:
                 # The heartbeat carries the spool depth and the running total of drops.
                 self.spool_depth = data.spool_depth
                 self.events_dropped = data.events_dropped
+
+    # -- health ---------------------------------------------------------
+
+    def _observe_lifecycle(self, data: Payload) -> None:
+        if isinstance(data, AgentStarted):
+            self.agent_started = True
+        elif isinstance(data, AgentStopping):
+            self.agent_stopping = True
+
+    def live(self) -> health.Probe:
+        """Alive while starting, and afterwards while no sample or enforcement pass is overdue."""
+        if not self.agent_started:
+            return health.Probe(True, "starting", "loading the policy and the sensors")
+        stuck = self.stuck_for() if self.stuck_for is not None else 0.0
+        if stuck > 0:
+            return health.Probe(False, "stuck", f"a sample or enforcement pass is {stuck:g} s overdue")
+        return health.Probe(True, "ok")
+
+    def ready(self) -> health.Probe:
+        if self.agent_stopping:
+            return health.Probe(False, "stopping")
+        if not self.agent_started:
+            return health.Probe(False, "starting", "loading the policy and the sensors")
+        probe = self.live()
+        return probe if not probe.ok else health.Probe(True, "ok")
 
     def render(self) -> str:
         lines: list[str] = []
@@ -113,7 +149,7 @@ class AgentMetrics:
 
 
 class MetricsServer:
-    """GET /metrics on HOST:PORT, served from a daemon thread."""
+    """GET /metrics (and /healthz, /readyz) on HOST:PORT, served from a daemon thread."""
 
     def __init__(self, metrics: AgentMetrics, listen: str) -> None:
         host, sep, port = listen.rpartition(":")
@@ -123,8 +159,10 @@ class MetricsServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                if health.answer(self, owner.live, owner.ready):
+                    return
                 if self.path.split("?", 1)[0] != "/metrics":
-                    self.send_error(404, "only /metrics here")
+                    self.send_error(404, "only /metrics, /healthz and /readyz here")
                     return
                 body = owner.render().encode()
                 self.send_response(200)

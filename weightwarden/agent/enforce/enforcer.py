@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from weightwarden.agent.enforce import backend as backends
+from weightwarden.agent.enforce import backends
 from weightwarden.agent.enforce.kernel import KernelError
 from weightwarden.agent.enforce.plan import Plan, PlanInputs
 from weightwarden.events import write_private
@@ -33,8 +33,10 @@ class ReconcileResult:
     error: str | None = None
 
 
-def plan_digest(plan: Plan) -> str:
-    return hashlib.sha256(json.dumps(plan.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+def plan_digest(plan: Plan, backend: backends.Backend) -> str:
+    """What the backend would write for this plan: a change in its rules is a change of plan."""
+    doc = {"plan": plan.to_json(), "rules": backend.build(plan)}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def atomic_write(path: Path, data: dict[str, Any]) -> None:
@@ -91,11 +93,11 @@ class Enforcer:
         return self.kernel.counters()
 
     def apply(self, inputs: PlanInputs, plan: Plan, policy_meta: dict[str, Any]) -> None:
-        self.kernel.apply(inputs, plan)
+        self.kernel.apply(plan)
         self.record = {
             **policy_meta,
             "backend": self.backend,
-            "plan_digest": plan_digest(plan),
+            "plan_digest": plan_digest(plan, self.kernel),
             "interfaces": plan.interfaces,
             "caps": [s.__dict__ for s in plan.slots],
             "applied_at": time.time(),
@@ -126,7 +128,7 @@ class Enforcer:
     def reconcile(self, inputs: PlanInputs, plan: Plan, policy_meta: dict[str, Any]) -> ReconcileResult:
         """Apply when the plan changed; otherwise repair drift. Never raises for kernel refusals."""
         try:
-            if self.record is None or self.record.get("plan_digest") != plan_digest(plan) \
+            if self.record is None or self.record.get("plan_digest") != plan_digest(plan, self.kernel) \
                     or self.record.get("backend") != self.backend:
                 self.apply(inputs, plan, policy_meta)
                 return ReconcileResult(applied=True)

@@ -13,7 +13,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from weightwarden.agent.enforce.kernel import run
-from weightwarden.agent.enforce.plan import TC_MAJOR
+from weightwarden.agent.enforce.plan import TC_MAJOR, Plan
 
 ROOT = f"{TC_MAJOR:x}:"
 ROOT_HANDLE = TC_MAJOR << 16
@@ -93,6 +93,16 @@ def apply(iface: str, commands: list[list[str]]) -> None:
     for cls in read_interface(iface).get("classes", []):
         if cls["classid"] not in wanted:
             run(["tc", "class", "del", "dev", iface, "classid", cls["classid"]], check=False)
+
+
+def apply_plan(plan: Plan) -> None:
+    """The plan's htb tree on each policy interface (before any rule steers packets into it)."""
+    for iface, commands in plan.tc.items():
+        apply(iface, commands)
+
+
+def read_interfaces(interfaces: list[str]) -> dict[str, dict[str, Any]]:
+    return {i: read_interface(i) for i in interfaces}
 
 
 def interfaces_with_ours() -> list[str]:

@@ -118,8 +118,14 @@ class ProcessTable:
         for inode in [i for i in self._owner_of_inode if i not in live]:
             del self._owner_of_inode[inode]
 
+    def forget(self, pid: int) -> None:
+        """The caller knows the process changed under the same pid and start time (an exec: a
+        container's runc init becomes its first program): the next describe reads it again, and
+        what was cached is not returned even if /proc no longer has it."""
+        self._info.pop(pid, None)
+
     def describe(self, pid: int) -> ProcessInfo | None:
-        """Name, exe, uid, cgroup of a pid; cached, re-read if the pid was reused."""
+        """Name, exe, uid, cgroup of a pid; cached, re-read if the pid was reused (or forgotten)."""
         cached = self._info.get(pid)
         try:
             proc = psutil.Process(pid)

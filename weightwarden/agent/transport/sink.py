@@ -1,6 +1,6 @@
 """What a sink is: the interface the daemon talks to, and the statistics it reports.
 
-Kept apart from the implementations (stdout in sinks.py, MQTT in mqtt_sink.py) so
+Kept apart from the implementations (stdout.py, mqtt.py) so
 neither imports the other.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from weightwarden.events import Event, EventFactory, EventsDropped
 
@@ -23,6 +23,7 @@ class SinkStats:
     replayed: int = 0  # acknowledged events sent again after reconnects, ever
 
 
+@runtime_checkable
 class Sink(Protocol):
     def prepare(self, host: str, state_dir: Path) -> Sequencer:
         """Open durable state; returns where sequence numbers come from."""

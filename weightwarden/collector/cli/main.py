@@ -96,6 +96,9 @@ def register_run(sub: Any) -> None:
     run.add_argument("--client-id", default=None)
     run.add_argument("--tuning", metavar="FILE", default=None,
                      help="detection settings (YAML: ratios, windows, allowed_remote_prefixes); see docs/alerts.md")
+    run.add_argument("--health-listen", metavar="HOST:PORT", default=None,
+                     help="serve /healthz (the collector works) and /readyz (subscribed, database answers) "
+                          "for probes, e.g. 0.0.0.0:9465")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -105,6 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from weightwarden.collector.store.retention import MIN_RAW_EGRESS_S, Retention
     from weightwarden.collector.ingest.service import CollectorService, ServiceConfig
     from weightwarden.collector.store.database import Store
+    from weightwarden.health import split_listen
     from weightwarden.mqtt import MqttSettings, MqttURLError
     from weightwarden.units import parse_duration, parse_size
 
@@ -122,13 +126,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         retention = Retention(events_s=parse_duration(args.retention), raw_egress_s=raw,
                               egress_s=max(parse_duration(args.egress_retention), looks_back))
         queue_bytes = parse_size(args.queue_max_bytes)
+        if args.health_listen:
+            split_listen(args.health_listen, "--health-listen")
     except (MqttURLError, ValueError) as exc:
         print(f"weightwarden-collector: {exc}", file=sys.stderr)
         return 2
     limit_malloc_arenas()  # before any thread: memory stays within the bound the README states
     store = Store(args.db)  # creates and migrates: the only command besides `db upgrade` that does
-    service = CollectorService(ServiceConfig(broker, args.shared_group, retention, client_id=args.client_id,
-                                             queue_max_bytes=queue_bytes), Pipeline(store, tune))
+    try:
+        service = CollectorService(ServiceConfig(broker, args.shared_group, retention, client_id=args.client_id,
+                                                 queue_max_bytes=queue_bytes, health_listen=args.health_listen),
+                                   Pipeline(store, tune))
+    except OSError as exc:  # the health port is taken
+        print(f"weightwarden-collector: --health-listen {args.health_listen}: {exc.strerror}", file=sys.stderr)
+        return 1
     return asyncio.run(service.run())
 
 

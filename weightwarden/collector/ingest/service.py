@@ -39,7 +39,7 @@ from paho.mqtt.packettypes import PacketTypes
 from sqlalchemy import text
 from paho.mqtt.properties import Properties
 
-from weightwarden import logs
+from weightwarden import health, logs
 from weightwarden.asyncutil import wait_for_stop
 from weightwarden.collector import __version__
 from weightwarden.collector.ingest.batching import DatabaseAway
@@ -58,6 +58,7 @@ REPORT_EVERY_S = 5.0
 RETENTION_EVERY_S = 60.0
 SWEEP_PAUSE = 3.0  # after a sweep, wait at least three times as long as it took
 FLUSH_EVERY_S = 1.0
+LIVE_TIMEOUT_S = 5.0  # /healthz: the event loop must run a no-op this soon
 
 
 class SweepLeader:
@@ -111,6 +112,7 @@ class ServiceConfig:
     queue_max_messages: int = 20_000  # also the MQTT Receive Maximum: unacknowledged messages we accept
     batch_max_messages: int = 5_000
     batch_max_bytes: int = 2 << 20
+    health_listen: str | None = None  # HOST:PORT for /healthz and /readyz (--health-listen)
 
 
 class CollectorService:
@@ -130,6 +132,11 @@ class CollectorService:
         self.gate: ReadGate | None = None
         self.ident = cfg.client_id or f"weightwarden-collector-{socket.gethostname()}"
         self.started_at = time.time()
+        # Health (/healthz, /readyz): the loop it runs on, and the database's last failure (None: it answers).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.db_error: str | None = None
+        self.health_server = (health.HealthServer(cfg.health_listen, self.live, self.ready)
+                              if cfg.health_listen else None)  # bound here: a port in use fails the start
         # Rows every collector's every batch would update (counters, hosts): shares of their own, and
         # host rows once a second (_flusher), so collectors sharing a database never queue on them.
         pipeline.counter_part = self.ident
@@ -230,6 +237,7 @@ class CollectorService:
             try:
                 counts = await asyncio.to_thread(self.pipeline.ingest, messages)
             except Exception as exc:  # noqa: BLE001 - the database is away (or a bug): the collector stays
+                self.db_error = str(exc)[:200]
                 if self.stop.is_set() and attempt >= 3:
                     self.log.error("ingest_abandoned_at_stop", error=str(exc), unacknowledged=len(batch))
                     return
@@ -240,6 +248,7 @@ class CollectorService:
                 await wait_for_stop(self.stop, delay)
                 delay = min(delay * 2, 30.0)
                 continue
+            self.db_error = None
             for held in batch:
                 if held.ack is not None:
                     held.ack()  # on the connection it came by; if that is gone, the broker resends it
@@ -319,17 +328,55 @@ class CollectorService:
                 self.log.info("ingest_caught_up", messages_per_s=status["ingest_rate"])
             try:
                 await asyncio.to_thread(self._report, status)
+                self.db_error = None
             except Exception as exc:  # noqa: BLE001 - the database may be away; ingest says so already
+                self.db_error = str(exc)[:200]
                 self.log.debug("report_failed", error=repr(exc)[:300])
 
     def _report(self, status: dict[str, Any]) -> None:
         with self.pipeline.store.tx() as conn:
             self.pipeline.store.report_collector(conn, status)
 
+    # -- health (read from the health server's thread) ------------------------
+
+    def live(self) -> health.Probe:
+        """Alive while the event loop answers: every task (ingest, sweep, MQTT) runs on it."""
+        loop = self._loop
+        if loop is None or self.stop.is_set():
+            return health.Probe(True, "starting" if loop is None else "stopping")
+        try:
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(timeout=LIVE_TIMEOUT_S)
+        except TimeoutError:
+            return health.Probe(False, "stuck", f"the event loop did not answer within {LIVE_TIMEOUT_S:g} s")
+        except RuntimeError as exc:  # the loop is closed
+            return health.Probe(False, "stopped", str(exc))
+        return health.Probe(True, "ok")
+
+    def ready(self) -> health.Probe:
+        """Ready while subscribed to the broker and the database answers."""
+        if self.stop.is_set():
+            return health.Probe(False, "stopping")
+        if not self.connected.is_set():
+            s = self.cfg.broker
+            return health.Probe(False, "disconnected", f"not subscribed at {s.host}:{s.port}")
+        if self.db_error is not None:
+            return health.Probe(False, "database", self.db_error)
+        return health.Probe(True, "ok")
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
         loop.add_signal_handler(signal.SIGINT, self.stop.set)
+        self._loop = loop
+        if self.health_server is not None:
+            self.health_server.start()
+        try:
+            return await self._run_tasks()
+        finally:
+            if self.health_server is not None:
+                self.health_server.close()
+
+    async def _run_tasks(self) -> int:
         async with asyncio.TaskGroup() as tg:
             mqtt = tg.create_task(self._mqtt())
             tg.create_task(self._ingest())

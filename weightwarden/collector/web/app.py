@@ -7,8 +7,12 @@ proxy; handlers run their (synchronous) database work in a thread pool.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
+
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -84,9 +88,27 @@ async def health(_request: Request) -> Response:
     return PlainTextResponse("ok\n")
 
 
+def _database_answers(store: Store) -> str | None:
+    try:
+        with store.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure means: not ready, and why
+        return str(exc).splitlines()[0][:200] if str(exc) else repr(exc)[:200]
+    return None
+
+
+async def ready(request: Request) -> Response:
+    """Ready while the database answers (a load balancer stops sending people to a console that cannot)."""
+    error = await run_in_threadpool(_database_answers, request.app.state.store)
+    body = {"status": "ok", "detail": ""} if error is None else {"status": "database", "detail": error}
+    return Response(json.dumps(body) + "\n", status_code=200 if error is None else 503,
+                    media_type="application/json", headers={"Cache-Control": "no-store"})
+
+
 def create_app(store: Store, settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     routes: list[Any] = [*pages.routes, *api.routes, Route("/metrics", metrics_endpoint), Route("/healthz", health),
+                         Route("/readyz", ready),
                          Mount("/static", app=StaticFiles(directory=str(STATIC)), name="static")]
     app = Starlette(routes=routes)
     app.state.store = store

@@ -87,6 +87,9 @@ class EbpfPath:
             if owner is None:
                 return
             try:
+                # The kernel announces a process again only when it changed (exec, cgroup, credentials,
+                # parent): what /proc said of it before is stale.
+                self.procs.forget(owner.tgid)
                 self.procs.describe(owner.tgid)
             except Exception as exc:  # noqa: BLE001 - one odd process must not stop the others
                 self._log.warning("describe_error", pid=owner.tgid, error=repr(exc))

@@ -424,6 +424,26 @@ static int skip_missing(struct bpf_program *prog, const char *tp, const char *wh
 	return 1;
 }
 
+/* Whether programs of a type may call a helper: a three-instruction program that calls it is refused
+ * with one of these words when they may not (later arguments errors mean they may). libbpf 1.1's
+ * libbpf_probe_bpf_helper() knows only the first two and says yes on 6.12, which refuses. */
+static int helper_allowed(enum bpf_prog_type type, enum bpf_func_id id)
+{
+	struct bpf_insn insns[] = {
+		{ .code = BPF_JMP | BPF_CALL, .imm = id },
+		{ .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 1 },
+		{ .code = BPF_JMP | BPF_EXIT },
+	};
+	char log[4096] = "";
+	LIBBPF_OPTS(bpf_prog_load_opts, opts, .log_buf = log, .log_size = sizeof(log), .log_level = 1);
+	int fd = bpf_prog_load(type, NULL, "GPL", insns, sizeof(insns) / sizeof(insns[0]), &opts);
+	if (fd >= 0) {
+		close(fd);
+		return 1;
+	}
+	return !strstr(log, "unknown func ") && !strstr(log, "invalid func ") && !strstr(log, "cannot use helper ");
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 2) {
@@ -455,6 +475,7 @@ int main(int argc, char **argv)
 		     notes, sizeof(notes));
 	skip_missing(skel->progs.ww_recv, "sock_recv_length", "unix-socket relays are named from /proc only", vmlinux,
 		     notes, sizeof(notes));
+	skel->rodata->sock_create_task_storage = helper_allowed(BPF_PROG_TYPE_CGROUP_SOCK, BPF_FUNC_task_storage_get);
 	if (weightwarden_bpf__load(skel))
 		fail("loading the BPF programs: %s %s", strerror(errno), libbpf_msgs);
 	if (probe) {

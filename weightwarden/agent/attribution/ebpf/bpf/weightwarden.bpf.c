@@ -41,6 +41,10 @@ __u32 merge_ready = 0;                  /* the loader knows the host's own addre
 __u32 local_epoch = 0;                  /* +1 each time the loader changes local_addrs */
 volatile const __u32 scope_is_root = 0; /* the scope is the whole hierarchy: every task is in it */
 volatile const __u64 dns_per_sec = 500; /* per CPU; a flood of answers costs names, never bytes */
+/* Whether cgroup/sock_create may use task storage: 6.1 and 6.12 refuse bpf_task_storage_get in cgroup
+ * socket programs (tests/kernels/), 6.18 allows it. The loader probes the kernel; the verifier never
+ * looks at the branch a constant rules out, so the one object loads on both. */
+volatile const __u32 sock_create_task_storage = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -201,8 +205,8 @@ struct {
 	__type(value, struct proc_owner);
 } procs SEC(".maps");
 
-/* The current process as the owner (process context only). */
-static __always_inline void fill_owner(struct ww_owner *o)
+/* The current process as the owner (process context only); cached per process where `cached`. */
+static __always_inline void fill_owner_cached(struct ww_owner *o, int cached)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
 	struct task_struct *leader = t->group_leader;
@@ -210,7 +214,7 @@ static __always_inline void fill_owner(struct ww_owner *o)
 	__u32 uid = (__u32)bpf_get_current_uid_gid();
 	__u64 mm = (__u64)t->mm;
 	__u64 parent = (__u64)t->real_parent;
-	struct proc_owner *p = bpf_task_storage_get(&procs, leader, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	struct proc_owner *p = cached ? bpf_task_storage_get(&procs, leader, 0, BPF_LOCAL_STORAGE_GET_F_CREATE) : 0;
 	struct proc_owner fresh = {};
 	int stale = !p || !p->tgid || p->mm != mm || p->parent != parent || p->cgroup_id != cgroup_id || p->uid != uid;
 	if (stale) {
@@ -240,6 +244,11 @@ static __always_inline void fill_owner(struct ww_owner *o)
 		announce(o);
 }
 
+static __always_inline void fill_owner(struct ww_owner *o)
+{
+	fill_owner_cached(o, 1);
+}
+
 /* A socket opened by a process under the scope cgroup (cgroup programs see only those). */
 SEC("cgroup/sock_create")
 int ww_sock_create(struct bpf_sock *ctx)
@@ -249,7 +258,7 @@ int ww_sock_create(struct bpf_sock *ctx)
 	struct ww_owner *o = bpf_sk_storage_get(&owners, ctx, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (o) {
 		o->netns = bpf_get_netns_cookie(ctx);
-		fill_owner(o);
+		fill_owner_cached(o, sock_create_task_storage);
 	}
 	return 1;
 }

@@ -1,4 +1,5 @@
-"""The iptables backend, for hosts without nft: same caps, via iptables-restore.
+"""The iptables backend, for hosts without nft: the same plan through iptables-restore, built here
+(pure) beside its applier.
 
 Rules live in our own chain WEIGHTWARDEN-CAPS in the mangle table, jumped to
 from POSTROUTING for each policy interface, and are loaded with
@@ -16,11 +17,13 @@ from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
+from weightwarden.agent.enforce import tc
 from weightwarden.agent.enforce.kernel import run
-from weightwarden.agent.enforce.plan import ALLOWED_COUNTER, BUDGET_COUNTER, EGRESS_COUNTER, Plan, PlanInputs
-from weightwarden.agent.policy.match import Features, Net, compile_policy
+from weightwarden.agent.enforce.plan import ALLOWED_COUNTER, BUDGET_COUNTER, EGRESS_COUNTER, Plan
+from weightwarden.agent.policy.match import Net
 
 CHAIN = "WEIGHTWARDEN-CAPS"
 TOOLS = {4: ("iptables-restore", "iptables-save", "iptables"), 6: ("ip6tables-restore", "ip6tables-save", "ip6tables")}
@@ -34,32 +37,30 @@ class Document:
     jumps: list[list[str]]  # POSTROUTING jump rules, as argv tails
 
 
+Documents = dict[int, Document]  # per IP version
+
+
 def available() -> bool:
     return shutil.which("iptables-restore") is not None
 
 
-def build(inputs: PlanInputs, plan: Plan) -> dict[int, Document]:
+def build(plan: Plan) -> Documents:
     """iptables-restore documents per IP version. Pure; the match is the plan's (policy.match)."""
-    compiled = compile_policy(inputs.policy, inputs.resolved, Features(cgroupv2_paths=inputs.cgroupv2_paths),
-                              inputs.container_ifaces)
-    docs: dict[int, Document] = {}
+    docs: Documents = {}
     for version in (4, 6):
         rules: list[str] = []
 
         def add(parts: list[str], tag: str, rules: list[str] = rules) -> None:
             rules.append(" ".join(["-A", CHAIN, *parts, "-m", "comment", "--comment", f"ww:{tag}"]))
 
-        for net in compiled.allow:
+        for net in plan.compiled.allow:
             if net.network.version == version:
                 for cond in _dest_conds(net):
                     add([*cond, "-j", "RETURN"], ALLOWED_COUNTER)
         add([], EGRESS_COUNTER)
-        if inputs.blocked_budgets:
+        if plan.blocked_budgets:
             add(["-j", "DROP"], BUDGET_COUNTER)
-        for cc, slot in reversed(list(zip(compiled.caps, plan.slots, strict=True))):
-            if not cc.enforced:
-                continue  # left out, never widened (selectors.py)
-            sel = cc.selector
+        for sel, slot in reversed(plan.enforced()):  # refused caps are left out, never widened (selectors.py)
             conds: list[list[str]] = [[]]
             if sel.uids:
                 conds = [["-m", "owner", "--uid-owner", str(uid)] for uid in sel.uids]
@@ -76,7 +77,7 @@ def build(inputs: PlanInputs, plan: Plan) -> dict[int, Document]:
             for cond in conds:
                 add(cond + target, slot.counter)
         restore = "\n".join(["*mangle", f":{CHAIN} - [0:0]", f"-F {CHAIN}", *rules, "COMMIT", ""])
-        jumps = [["-A", "POSTROUTING", "-o", iface, "-j", CHAIN] for iface in inputs.interfaces]
+        jumps = [["-A", "POSTROUTING", "-o", iface, "-j", CHAIN] for iface in plan.interfaces]
         docs[version] = Document(restore, jumps)
     return docs
 
@@ -94,7 +95,7 @@ def _delete_jumps(tool: str) -> None:
             run([tool, "-w", "-t", "mangle", "-D", *line.split()[1:]], check=False)
 
 
-def apply(docs: dict[int, Document]) -> None:
+def apply(docs: Documents) -> None:
     for version, doc in docs.items():
         restore, _save, tool = TOOLS[version]
         if shutil.which(restore) is None:
@@ -140,3 +141,31 @@ def clear() -> bool:
             found = True
             run([tool, "-w", "-t", "mangle", "-X", CHAIN], check=False)
     return found
+
+
+class IptablesBackend:
+    name = "iptables"
+
+    @staticmethod
+    def available() -> bool:
+        return available()
+
+    def build(self, plan: Plan) -> dict[str, Any]:
+        return {str(version): asdict(doc) for version, doc in build(plan).items()}
+
+    def apply(self, plan: Plan) -> None:
+        tc.apply_plan(plan)  # classes exist before any packet is steered into them
+        apply(build(plan))
+
+    def state(self, interfaces: list[str]) -> dict[str, Any]:
+        return {"backend": self.name, "rules": read_state(), "tc": tc.read_interfaces(interfaces)}
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        return counters()
+
+    def clear_rules(self) -> bool:
+        """Only the rules (``enforce clear`` removes the shared tc trees once, after every backend's rules)."""
+        return clear()
+
+    def clear(self) -> dict[str, Any]:
+        return {"iptables": clear(), "tc": tc.clear()}
