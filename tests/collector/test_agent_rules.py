@@ -374,6 +374,29 @@ def test_silent_after_three_of_its_own_heartbeat_intervals(db: str) -> None:
     assert one(pipe, "agent_silent")["state"] == "resolved"
 
 
+@pytest.mark.parametrize(("fixed", "quiet", "loud"), [(8.0, 7.0, 9.0), (30.0, 29.0, 31.0)])
+def test_a_fixed_silent_after_overrides_the_learned_interval(db: str, fixed: float, quiet: float,
+                                                             loud: float) -> None:
+    """``collector run --silent-after`` (Tuning.silent_after_s): the time is the operator's, shorter or
+    longer than three of the agent's own 5 s heartbeat intervals (15 s)."""
+    s = Stream("gpu-k")
+    s.started(T0)
+    for i in range(6):
+        beat(s, T0 + 5 * i)
+    clock = Clock(T0 + 26)
+    pipe = Pipeline(store(db), Tuning(silent_after_s=fixed), clock=clock)
+    feed(pipe, s, batch=2)
+    with pipe.store.tx() as conn:
+        conn.execute(text("UPDATE hosts SET last_seen = :t WHERE host = 'gpu-k'"), {"t": T0 + 25})
+    clock.now = T0 + 25 + quiet
+    pipe.sweep()
+    assert alerts(pipe, "agent_silent") == []
+    clock.now = T0 + 25 + loud
+    pipe.sweep()
+    a = one(pipe, "agent_silent")
+    assert (a["severity"], a["first_ts"]) == ("high", T0 + 25)
+
+
 # -- sequence_gap keeps every range ---------------------------------------------------------------------------
 
 
