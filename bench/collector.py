@@ -28,6 +28,7 @@ import argparse
 import math
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -354,6 +355,7 @@ def main() -> int:
         broker.stop()
         if pg is not None:
             pg.stop()
+        shutil.rmtree(work, ignore_errors=True)  # hundreds of MB of databases and broker store per run
     print(f"\nSaturation ({args.hosts} hosts' egress samples, heartbeats and one incident a second; "
           f"{os.cpu_count()} CPUs, shared with the broker, the database and the publisher)\n")
     print("  drained: a backlog published first, then drained by collectors started together")
