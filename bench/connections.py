@@ -141,9 +141,23 @@ def median_of(values: list[float]) -> float | None:
     return ordered[len(ordered) // 2] if ordered else None
 
 
-def proc_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds of the agent and its children (the eBPF loader merges and drains)."""
+    import psutil
+
+    try:
+        children = [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        children = []
+    return _cpu(pid) + sum(_cpu(c) for c in children)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -222,6 +236,9 @@ def measure(mode: str, kind: str, n: int) -> Result:
         share = None
         gap = None
         if agent:
+            degraded = {str(s.get("sensor", {}).get("detail")) for s in samples if s.get("sensor", {}).get("degraded")}
+            if degraded:  # a run on a sensor that lost a program is not the eBPF path measured
+                print(f"  {mode}: the sensor was degraded: {'; '.join(sorted(degraded))}", file=sys.stderr)
             pids = {r["pid"] for r in results}
             credited = sum(p["tx_bytes"] for s in samples for p in s["processes"] if p["pid"] in pids)
             share = credited / (total * PAYLOAD)

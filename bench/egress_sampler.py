@@ -6,8 +6,8 @@ A to B, with --namespaces (50) more network namespaces present, each holding ope
 sockets (a listener and established loopback connections), three times: watched by
 `weightwarden-agent top --json --interval 1` on the eBPF path (programs on a cgroup
 made for the run, which holds the senders), on the NFQUEUE path, and by
-`nethogs -t`. For each: CPU seconds per second, peak RSS, and bytes credited to
-iperf3 vs what iperf3 reports it sent.
+`nethogs -t`. For each: CPU seconds per second (the agent with its eBPF loader), peak RSS,
+and bytes credited to iperf3 vs what iperf3 reports it sent.
 
 Run as root: python bench/egress_sampler.py [--seconds 15] [--idle 2000] [--namespaces 50]
 """
@@ -40,11 +40,23 @@ time.sleep(3600)
 """
 
 
+def _cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_cost(pid: int) -> tuple[float, int]:
-    """(cpu seconds, peak RSS bytes) of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    """(cpu seconds, peak RSS bytes) of a process and its children (the eBPF loader is one), from /proc."""
+    import psutil
+
+    try:
+        children = [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        children = []
+    cpu = _cpu(pid) + sum(_cpu(c) for c in children)
     hwm = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

@@ -1,23 +1,27 @@
 #!/usr/bin/env python3
-"""Cost of watching the weights: a multi-GB weight file streamed with and without the watcher,
-and small files written elsewhere (every filesystem has a close-write mark) with and without it.
+"""Cost of watching the weights, measured against the watcher off in the same run.
 
-Reports the reader's throughput (dd, 1 MiB blocks, page cache warm: the
-highest event rate the watcher can see), the watcher thread's CPU, and how
-many events the read produced after coalescing; then the time a process
-takes to write and close 20,000 files of 4 KiB (the close-write events of a
-busy host, none of them from a weights reader). Root (fanotify).
+1. A reader of a 2 GiB weight file (dd to /dev/null, page cache warm: the highest read rate the
+   sensor can see), at 1 MiB and 64 KiB blocks: no watcher; the watcher with reads measured from
+   /proc (fanotify notifications only); the watcher with reads counted in the kernel (eBPF).
+   Rounds are interleaved so a change in the machine's load hits every setting alike; the best
+   run of each setting is compared (the least disturbed), and the median too.
+2. Processes that never touch the weights: a reader of another 2 GiB file at 64 KiB blocks, and a
+   process writing and closing 20,000 files of 4 KiB (every filesystem has a close-write mark).
+3. Open latency of a weight file (open, read 4 KiB, close) with the agent running, stopped
+   (SIGSTOP) and absent (killed): the agent is a process of its own here, as in production.
 
-Run: python bench/files.py [--gib 2]
+Root (fanotify, eBPF). Run: python bench/files.py [--gib 2] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import queue
 import re
 import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,18 +31,43 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import psutil  # noqa: E402
-
 from weightwarden import logs  # noqa: E402
 from weightwarden.agent.files.patterns import WeightPaths  # noqa: E402
 from weightwarden.agent.files.watcher import FileWatcher  # noqa: E402
-from weightwarden.events import FileAccess  # noqa: E402
+
+SETTINGS = ("none", "proc", "ebpf")  # no watcher; notifications and /proc only; kernel counts
 
 
 def dd(path: Path, bs: str) -> float:
     out = subprocess.run(["dd", f"if={path}", "of=/dev/null", f"bs={bs}"], capture_output=True, text=True).stderr
     m = re.search(r"copied, ([\d.]+) s", out)
     return path.stat().st_size / float(m.group(1)) if m else 0.0
+
+
+def watcher(weights: Path, setting: str) -> FileWatcher | None:
+    if setting == "none":
+        return None
+    w = FileWatcher(WeightPaths([f"{weights}/*.safetensors"]), sensor="off" if setting == "proc" else "ebpf")
+    w.start()
+    assert w.reads == ("kernel" if setting == "ebpf" else "proc"), w.detail
+    return w
+
+
+def readers(big: Path, other: Path, weights: Path, rounds: int) -> dict[tuple[str, str, str], list[float]]:
+    """(file, block, setting) -> throughputs, one per round (best of 3 dd runs each)."""
+    out: dict[tuple[str, str, str], list[float]] = {}
+    for rnd in range(rounds):
+        order = SETTINGS if rnd % 2 == 0 else SETTINGS[::-1]
+        for setting in order:
+            w = watcher(weights, setting)
+            try:
+                for bs in ("1M", "64K"):
+                    out.setdefault(("weight", bs, setting), []).append(max(dd(big, bs) for _ in range(3)))
+                out.setdefault(("other", "64K", setting), []).append(max(dd(other, "64K") for _ in range(3)))
+            finally:
+                if w is not None:
+                    w.close()
+    return out
 
 
 WRITER = """
@@ -63,66 +92,101 @@ def writes() -> float:
     return float(out)
 
 
+AGENT = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from weightwarden.agent.files.patterns import WeightPaths
+from weightwarden.agent.files.watcher import FileWatcher
+w = FileWatcher(WeightPaths([sys.argv[2] + "/*.safetensors"]), sensor="auto")
+w.start()
+print(w.reads, flush=True)
+while True:
+    while not w.out.empty():
+        w.out.get()
+    time.sleep(0.05)
+"""
+
+
+def opens(path: Path, n: int = 2000) -> list[float]:
+    """Seconds each open + read 4 KiB + close of a weight file took."""
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fd = os.open(path, os.O_RDONLY)
+        os.read(fd, 4096)
+        os.close(fd)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def latency(small: Path, weights: Path) -> dict[str, list[float]]:
+    agent = subprocess.Popen([sys.executable, "-c", AGENT, str(REPO), str(weights)], stdout=subprocess.PIPE, text=True)
+    assert agent.stdout is not None
+    reads = agent.stdout.readline().strip()
+    out = {f"running ({reads})": opens(small)}
+    os.kill(agent.pid, signal.SIGSTOP)
+    try:
+        out["stopped (SIGSTOP)"] = opens(small)
+    finally:
+        os.kill(agent.pid, signal.SIGCONT)
+    agent.kill()
+    agent.wait()
+    out["absent (killed)"] = opens(small)
+    return out
+
+
+def pct(a: float, b: float) -> str:
+    return f"{(1 - a / b) * 100:+.2f}%"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gib", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     logs.configure()
     tmp = Path(tempfile.mkdtemp(dir="/var/tmp"))
-    weights = tmp / "models"
+    weights, elsewhere = tmp / "models", tmp / "data"
     weights.mkdir()
-    big = weights / "model.safetensors"
-    subprocess.run(["dd", "if=/dev/zero", f"of={big}", "bs=1M", f"count={args.gib * 1024}"], capture_output=True,
-                   check=True)
+    elsewhere.mkdir()
+    big, other, small = weights / "model.safetensors", elsewhere / "dataset.bin", weights / "small.safetensors"
+    for path in (big, other):
+        subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={args.gib * 1024}"], capture_output=True,
+                       check=True)
+    small.write_bytes(os.urandom(4096))
     try:
-        rows = []
-        for bs in ("1M", "64K"):
-            dd(big, bs)  # warm the page cache
-            bare = max(dd(big, bs) for _ in range(3))
-            watcher = FileWatcher(WeightPaths([f"{weights}/*.safetensors"]))
-            watcher.start()
-            thread = next(t for t in psutil.Process().threads() if t.id == watcher._thread.native_id)  # type: ignore[union-attr]
-            cpu0 = thread.user_time + thread.system_time
-            t0 = time.monotonic()
-            watched = max(dd(big, bs) for _ in range(3))
-            time.sleep(1.5)
-            elapsed = time.monotonic() - t0
-            thread = next(t for t in psutil.Process().threads() if t.id == watcher._thread.native_id)  # type: ignore[union-attr]
-            cpu = thread.user_time + thread.system_time - cpu0
-            watcher.close()
-            events = []
-            while True:
-                try:
-                    events.append(watcher.out.get_nowait())
-                except queue.Empty:
-                    break
-            finals = [e for e in events if isinstance(e, FileAccess) and e.final]
-            reads = sum(e.reads for e in finals)
-            total = sum(e.bytes_read for e in finals)
-            rows.append((bs, bare, watched, cpu, elapsed, len(events), reads, total))
-        print(f"\n{args.gib} GiB weight file read 3 times with dd, page cache warm\n")
-        print(f"{'block':>6} {'bare GB/s':>10} {'watched GB/s':>13} {'cost':>7} {'watcher CPU s':>14} "
-              f"{'events':>7} {'bytes reported':>15}")
-        for bs, bare, watched, cpu, elapsed, n, _reads, total in rows:
-            print(f"{bs:>6} {bare / 1e9:>10.2f} {watched / 1e9:>13.2f} {(1 - watched / bare) * 100:>6.1f}% "
-                  f"{cpu:>8.2f} ({cpu / elapsed * 100:.0f}%) {n:>7} {total:>15,}")
-        print(f"(3 reads of {big.stat().st_size:,} bytes = {3 * big.stat().st_size:,} expected)")
+        for path in (big, other):
+            dd(path, "1M")  # warm the page cache
+        got = readers(big, other, weights, args.rounds)
+        print(f"\n{args.gib} GiB file read with dd to /dev/null, page cache warm; best of 3 per round, "
+              f"{args.rounds} rounds interleaved\n")
+        print(f"{'file':>8} {'block':>6} {'reads via':>9} {'best GB/s':>10} {'cost':>8} {'median GB/s':>12} {'cost':>8}")
+        for (kind, bs, setting), runs in got.items():
+            base = got[(kind, bs, "none")]
+            best, med = max(runs), statistics.median(runs)
+            print(f"{kind:>8} {bs:>6} {setting:>9} {best / 1e9:>10.2f} {pct(best, max(base)):>8} {med / 1e9:>12.2f} "
+                  f"{pct(med, statistics.median(base)):>8}")
+        print("(cost: how much slower than with no watcher; 'other' is a file that is not a weight)")
         bare_runs, watched_runs = [], []
-        for _ in range(3):  # interleaved, so a change in the machine's load hits both alike
+        for _ in range(3):  # interleaved
             bare_runs.append(writes())
-            watcher = FileWatcher(WeightPaths([f"{weights}/*.safetensors"]))
-            watcher.start()
+            w = watcher(weights, "ebpf")
             time.sleep(0.3)
             watched_runs.append(writes())
-            watcher.close()
+            assert w is not None
+            w.close()
         bare_w, watched_w = min(bare_runs), min(watched_runs)
         print(f"\n20,000 files of 4 KiB written and closed on tmpfs (best of 3, interleaved): {bare_w:.2f} s bare, "
-              f"{watched_w:.2f} s watched ({(watched_w / bare_w - 1) * 100:+.1f}%; {(watched_w - bare_w) / 20000 * 1e6:.1f} "
-              "us per file)")
+              f"{watched_w:.2f} s watched ({(watched_w / bare_w - 1) * 100:+.1f}%; "
+              f"{(watched_w - bare_w) / 20000 * 1e6:.1f} us per file)")
+        print("\nopen + read 4 KiB + close of a weight file, 2,000 times, with the agent (a process of its own):\n")
+        print(f"{'agent':>28} {'median us':>10} {'p99 us':>8} {'max ms':>8}")
+        for state, times in latency(small, weights).items():
+            times.sort()
+            print(f"{state:>28} {statistics.median(times) * 1e6:>10.1f} {times[int(len(times) * 0.99)] * 1e6:>8.1f} "
+                  f"{times[-1] * 1e3:>8.2f}")
     finally:
-        big.unlink()
-        os.rmdir(weights)
-        os.rmdir(tmp)
+        shutil.rmtree(tmp)
     return 0
 
 

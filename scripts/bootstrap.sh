@@ -68,3 +68,4 @@ if ! weightwarden/agent/attribution/ebpf/bpf/build.sh; then
   echo "bootstrap: the eBPF loader could not be built; the agent will use NFQUEUE attribution" \
        "(this network namespace only)" >&2
 fi
+weightwarden/agent/files/ebpf/bpf/build.sh || echo "bootstrap: the file-read sensor could not be built; reads of the weights will be measured from /proc" >&2

@@ -24,7 +24,8 @@ echo "ci-wheel: $(basename "$sdist"), $(basename "$wheel") ($(du -k "$wheel" | c
 # The sdist carries what the wheel's native build needs.
 listing=$(tar -tzf "$sdist")
 for f in setup.py weightwarden/agent/attribution/ebpf/bpf/build.sh weightwarden/agent/attribution/ebpf/bpf/loader.c \
-         weightwarden/agent/attribution/ebpf/bpf/weightwarden.bpf.c; do
+         weightwarden/agent/attribution/ebpf/bpf/weightwarden.bpf.c weightwarden/agent/files/ebpf/bpf/build.sh \
+         weightwarden/agent/files/ebpf/bpf/loader.c weightwarden/agent/files/ebpf/bpf/files.bpf.c; do
   grep -q "/$f\$" <<< "$listing" || { echo "ci-wheel: $f is not in the sdist" >&2; exit 1; }
 done
 

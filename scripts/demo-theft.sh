@@ -43,11 +43,12 @@ for _ in $(seq 60); do
   sleep 1
   if "$BIN/weightwarden-collector" alerts list --json --db "$DB" | "$BIN/python" -c '
 import json, sys
+from weightwarden.textsafe import visible  # a title names processes: their control characters shown as escapes
 alerts = json.load(sys.stdin)
 new = [a for a in alerts if a["kind"] in ("exfiltration", "staged_exfiltration", "host_exfiltration")
        and float(a["last_ts"] or 0) >= float(sys.argv[1]) - 5]
 for a in new[:1]:
-    print("demo-theft: ALERT " + a["severity"].upper() + "  " + a["title"])
+    print("demo-theft: ALERT " + a["severity"].upper() + "  " + visible(a["title"]))
 sys.exit(0 if new else 1)' "$start"; then
     exit 0
   fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # ./scripts/run.sh (make run): the whole stack on this machine, with embedded defaults.
-#   - Mosquitto on 127.0.0.1:${WW_MQTT_PORT:-1883} (started here unless one already answers there),
+#   - Mosquitto on 127.0.0.1:${WW_MQTT_PORT:-1883} (started here unless one already answers there), with
+#     a generated password per account and client ids bound to them (scripts/demo-broker.sh),
 #   - the collector on SQLite in .run/collector.db,
 #   - the agent with the demo policy: weightwarden/policies/monitor-only.yaml (it measures and reports, it
 #     never throttles) watching demo weights it makes in .run/demo-weights
@@ -36,26 +37,21 @@ cleanup() {
 trap cleanup EXIT
 trap 'cleanup; exit 0' INT TERM
 
+# The broker: loopback only, a generated password per account, client ids bound to the accounts
+# (scripts/demo-broker.sh; docs/events.md says why). The agent's account is its host id.
+AGENT_ID=$("$BIN/python" -c 'from weightwarden.events import default_host_id; print(default_host_id())')
+"$PWD/scripts/demo-broker.sh" "$RUN" "$PORT" "$AGENT_ID"
 if ! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-  # 'user': started as root, Mosquitto would switch to the mosquitto user, which may not be able
-  # to write in $RUN; it would then save no sessions, and a restart would drop queued events.
-  cat > "$RUN/mosquitto.conf" <<CONF
-listener $PORT 127.0.0.1
-allow_anonymous true
-user $(id -un)
-persistence true
-persistence_location $RUN/
-autosave_interval 10
-max_queued_messages 1000000
-max_packet_size 1052672
-CONF
   "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -c "$RUN/mosquitto.conf" > "$RUN/mosquitto.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+else
+  echo "a broker already answers on 127.0.0.1:$PORT: using it as it is (not the demo's own, which binds client ids to generated passwords)" >&2
 fi
-"$BIN/weightwarden-collector" run --broker "mqtt://127.0.0.1:$PORT" --db "$DB" 2> "$RUN/collector.log" &
+"$BIN/weightwarden-collector" run --broker "mqtt://weightwarden-collector@127.0.0.1:$PORT?password_file=$RUN/broker/collector.pw" \
+  --db "$DB" 2> "$RUN/collector.log" &
 pids+=($!)
-"$BIN/weightwarden-agent" run --policy "$POLICY" --sink "mqtt://127.0.0.1:$PORT" --state-dir "$RUN/agent" \
+"$BIN/weightwarden-agent" run --policy "$POLICY" --sink "mqtt://$AGENT_ID@127.0.0.1:$PORT?password_file=$RUN/broker/agent.pw" --state-dir "$RUN/agent" \
   --heartbeat-interval 10 > /dev/null 2> "$RUN/agent.log" &
 pids+=($!)
 
@@ -80,6 +76,7 @@ while sleep 2; do
     case " $seen " in *" $id "*) ;; *) seen="$seen $id"; echo "ALERT $line";; esac
   done < <("$BIN/weightwarden-collector" alerts list --json --db "$DB" 2>/dev/null | "$BIN/python" -c '
 import json, sys
+from weightwarden.textsafe import visible  # a title names processes: their control characters shown as escapes
 for a in json.load(sys.stdin):
-    print(a["id"] + "\t" + a["severity"].upper() + "  " + a["host"] + "  " + a["title"])' || true)
+    print(a["id"] + "\t" + a["severity"].upper() + "  " + visible(a["host"]) + "  " + visible(a["title"]))' || true)
 done

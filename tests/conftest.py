@@ -16,6 +16,8 @@ REQUIRE_PRIVILEGED = os.environ.get("WEIGHTWARDEN_REQUIRE_PRIVILEGED") == "1"
 # Agents started by tests measure their own network namespace (the fallback path): eBPF attribution
 # would watch this machine's whole cgroup hierarchy. Its tests give it a cgroup of their own.
 os.environ.setdefault("WEIGHTWARDEN_ATTRIBUTION", "nfqueue")
+# Nor do they pin programs in the host's bpf filesystem: a test that pins gives a bpffs of its own.
+os.environ.setdefault("WEIGHTWARDEN_BPF_PIN_DIR", "none")
 PRIVILEGED_TOOLS = ("ip", "iptables", "iperf3", "curl")
 
 
@@ -58,7 +60,7 @@ def netns_pair() -> Iterator[NetnsPair]:
 
 
 @pytest.fixture
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Broker"]:
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     from tests.helpers.broker import Broker
 
     if shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto"):

@@ -442,7 +442,7 @@ class FileAccess(ProcessFields, FileIdentity, Payload):
     # containers has one path); ``host_path`` repeats it when the process reached the file through another
     # mount namespace (a container), and ``view_path`` is then the path as that process saw it, when known.
     host_path: Text | None = None  # the file's path in the host's mount namespace, when it differs
-    how: Name | None = None  # how the bytes were measured: rchar, taskstats, position, estimate, mmap, io_uring
+    how: Name | None = None  # how the bytes were measured: kernel (eBPF), rchar, taskstats, position, estimate, mmap, io_uring
     view_path: Text | None = None
     # The process maps this file (at the last look): it holds the weights (an inference server) rather
     # than streaming them through read(); resident_bytes is how much of the mapping it touched.

@@ -61,10 +61,10 @@ EOF
 printf 'weightwarden (%s) unstable; urgency=medium\n\n  * Built from the weightwarden repository by packaging/deb/build-deb.sh.\n\n -- weightwarden <weightwarden@localhost>  %s\n' \
   "$version" "$(date -R)" | gzip -9n > "$root/usr/share/doc/weightwarden/changelog.Debian.gz"
 
-# The eBPF loader's shared libraries, named by the packages that ship them (none if it is static).
-loader="$site/weightwarden/agent/attribution/ebpf/bpf/build/weightwarden-bpf"
+# The eBPF loaders' shared libraries, named by the packages that ship them (none if they are static).
+loaders="$site/weightwarden/agent/attribution/ebpf/bpf/build/weightwarden-bpf $site/weightwarden/agent/files/ebpf/bpf/build/weightwarden-files-bpf"
 libdeps=""
-for lib in $(ldd "$loader" 2>/dev/null | awk '/=> \//{print $3}'); do
+for lib in $(for l in $loaders; do ldd "$l" 2>/dev/null; done | awk '/=> \//{print $3}' | sort -u); do
   pkg=$(dpkg -S "$lib" 2>/dev/null || dpkg -S "$(realpath "$lib")" 2>/dev/null || dpkg -S "${lib#/usr}" 2>/dev/null ||
         dpkg -S "/usr$lib" 2>/dev/null || true)
   pkg=${pkg%%:*}

@@ -65,7 +65,7 @@ def classes(host: str = "gpu-evil", now: float | None = None) -> list[Hostile]:
     def proc(field: str, value: Any) -> Callable[[dict[str, Any]], None]:
         return lambda e: e["data"]["processes"][0].__setitem__(field, value)
 
-    out = [
+    return [
         # -- the poison inputs
         Hostile("deep array", ht, b"[" * 2000, "rejected_json"),
         Hostile("deep object", ht, b'{"a":' * 5000, "rejected_json"),
@@ -123,7 +123,6 @@ def classes(host: str = "gpu-evil", now: float | None = None) -> list[Hostile]:
         Hostile("just over 1 MiB", ht, _edit(hb, lambda e: e["data"].__setitem__("policy", "x" * MAX_PAYLOAD)),
                 "rejected_size"),
     ]
-    return out
 
 
 def variant(h: Hostile, n: int) -> Hostile:

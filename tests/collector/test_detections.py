@@ -17,6 +17,7 @@ import pytest
 from weightwarden.collector.detect.common import Tuning
 from weightwarden.collector.ingest.pipeline import Pipeline
 from weightwarden.collector.store.database import Store
+from weightwarden.collector.store.retention import purge
 from tests.collector.scenarios import MB, T0, WEIGHTS, Stream, started_at
 
 
@@ -283,6 +284,10 @@ def test_slow_exfiltration_under_the_cap_for_hours(pipe: Pipeline) -> None:
 @pytest.mark.parametrize(("type_", "data", "kind", "severity"), [
     ("canary_read", {"pid": 7, "path": "/srv/models/.canary", "severity": "critical", "name": "cat",
                      "exe": "/usr/bin/cat", "uid": 0}, "canary_read", "critical"),
+    ("weights_relinked", {"pid": 8, "name": "ln", "exe": "/usr/bin/ln", "uid": 1000, "how": "hardlink",
+                          "from_path": WEIGHTS, "to_path": "/tmp/x/notes.bin", "outside_tree": True,
+                          "inode": 1311770, "dev": 2049, "names": [WEIGHTS, "/tmp/x/notes.bin"], "size": 256 * MB},
+     "weights_relinked", "medium"),
     ("cap_hit", {"cap": "host-default", "action": "shape", "rate_bps": 20_000_000, "observed_bps": 19_900_000,
                  "bytes": 2_500_000}, "cap_hit", "low"),
     ("budget_exhausted", {"budget": "daily", "limit_bytes": 50 * 10**9, "window_s": 86400, "action": "block",
@@ -301,6 +306,23 @@ def test_single_event_detections(pipe: Pipeline, type_: str, data: dict[str, Any
     [alert] = run(pipe, s)
     assert (alert["kind"], alert["severity"], alert["count"]) == (kind, severity, 2)
     assert alert["explanation"] and alert["evidence"]["events"]
+
+
+def test_a_relinked_weight_read_and_sent_is_high(pipe: Pipeline) -> None:
+    """A hard link made elsewhere is medium by itself; read through it (the agent reports the read under the
+    weights path, with the new name among ``names``) and uploaded, it is an exfiltration."""
+    link = "/tmp/x/notes.bin"
+    s = Stream()
+    s.started(T0)
+    s.add("weights_relinked", T0 + 0.5, pid=99, name="ln", exe="/usr/bin/ln", uid=1000, how="hardlink",
+          from_path=WEIGHTS, to_path=link, outside_tree=True, names=[WEIGHTS, link], size=256 * MB)
+    s.read(T0 + 1, pid=100, nbytes=256 * MB)
+    s.send(T0 + 5, pid=100, nbytes=200 * MB)
+    alerts = {a["kind"]: a for a in run(pipe, s)}
+    assert alerts["weights_relinked"]["severity"] == "medium"
+    assert alerts["weights_relinked"]["evidence"]["files"] == [WEIGHTS, link]
+    assert alerts["exfiltration"]["severity"] in ("high", "critical")
+    assert alerts["exfiltration"]["evidence"]["files"] == [WEIGHTS]
 
 
 def test_redelivered_events_are_stored_once(pipe: Pipeline) -> None:
@@ -335,9 +357,9 @@ def test_retention_purges_events_stored_longer_than_the_horizon(pipe: Pipeline) 
     s.add("heartbeat", T0)
     run(pipe, s)
     stored = time.time()
-    assert pipe.store.purge(30 * 86400, now=stored + 86400)["events"] == 0
+    assert purge(pipe.store, 30 * 86400, now=stored + 86400)["events"] == 0
     assert pipe.store.count("events") == 2
-    assert pipe.store.purge(30 * 86400, now=stored + 31 * 86400)["events"] == 2
+    assert purge(pipe.store, 30 * 86400, now=stored + 31 * 86400)["events"] == 2
     assert pipe.store.count("events") == 0
 
 

@@ -86,10 +86,14 @@ class DaemonRun:
     """``weightwarden-agent run --sink stdout`` in namespace ``a``, its events collected live."""
 
     def __init__(self, pair: NetnsPair, policy: Path, state_dir: Path, *args: str,
-                 wrapper: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+                 wrapper: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 allow_degraded: bool = False) -> None:
         """``wrapper``: argv the agent runs under (e.g. tests.helpers.sandbox for a unit's sandbox);
-        ``env``: extra environment (NOTIFY_SOCKET, WATCHDOG_USEC...)."""
+        ``env``: extra environment (NOTIFY_SOCKET, WATCHDOG_USEC...). An agent asked for eBPF must run on a
+        whole eBPF sensor (a test fails if it fell back, or a program was left out), unless ``allow_degraded``."""
         self.pair = pair
+        self.expect_ebpf = any(a == "--attribution" and b == "ebpf" for a, b in zip(args, args[1:], strict=False))
+        self.allow_degraded = allow_degraded
         self.proc = pair.popen(
             pair.a, *wrapper, sys.executable, "-m", "weightwarden.agent", "run", "--policy", str(policy),
             "--state-dir", str(state_dir), "--sink", "stdout", "--host-id", "test-host", "--attribution", "nfqueue", *args,
@@ -109,13 +113,26 @@ class DaemonRun:
         ok = wait_for(lambda: find() is not None or self.proc.poll() is not None, timeout)
         found = find()
         assert ok and found is not None, f"no {type_} event; stderr: {''.join(self.stderr[-20:])}"
+        self.check_sensor()
         return found
+
+    def check_sensor(self) -> None:
+        """An agent asked for eBPF that runs on the fallback, or without one of its programs, fails the test
+        (never a silent pass on a kernel that refused part of the object)."""
+        if not self.expect_ebpf or self.allow_degraded:
+            return
+        for ev in self.events:
+            if ev["type"] == "agent_started":
+                sensor = ev["data"].get("sensor") or {}
+                assert sensor.get("path") == "ebpf" and not sensor.get("degraded"), \
+                    f"the eBPF sensor is not whole: {sensor}"
 
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait(timeout=10)
 
     def stop(self, timeout: float = 20) -> int:
+        self.check_sensor()
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=timeout)
         for t in self._threads:

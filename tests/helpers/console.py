@@ -126,12 +126,18 @@ def _up(client: Client) -> bool:
 
 def login(client: Client, name: str, password: str) -> int:
     """Log in through the form as a browser would (the login form's CSRF cookie included); the status."""
+    return login_response(client, name, password)[0]
+
+
+def login_response(client: Client, name: str, password: str) -> tuple[int, dict[str, str], bytes]:
+    """:func:`login`, with the response's headers (lower-case names) and body."""
     status, _h, body = client.request("GET", "/login")
     assert status == 200
     marker = b'name="login_csrf" value="'
     token = body.split(marker, 1)[1].split(b'"', 1)[0].decode()
-    return client.request("POST", "/login", form={"login_csrf": token, "name": name, "password": password,
-                                                  "next": "/"})[0]
+    status, headers, body = client.request("POST", "/login", form={"login_csrf": token, "name": name,
+                                                                   "password": password, "next": "/"})
+    return status, {k.lower(): v for k, v in headers.items()}, body
 
 
 def page_csrf(client: Client, path: str) -> str:

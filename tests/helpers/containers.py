@@ -160,13 +160,15 @@ def make_lab() -> Lab:
 
 
 class AgentTop:
-    """``weightwarden-agent top --json`` in the lab's host namespace, watching the lab's cgroup."""
+    """``weightwarden-agent top --json`` in the lab's host namespace, watching the lab's cgroup. Every sample
+    must come from a whole eBPF sensor (no program left out), unless ``allow_degraded``."""
 
-    def __init__(self, lab: Lab, *args: str) -> None:
+    def __init__(self, lab: Lab, *args: str, allow_degraded: bool = False, env: dict[str, str] | None = None) -> None:
+        self.allow_degraded = allow_degraded
         self.proc = subprocess.Popen(
             ["nsenter", f"--net=/run/netns/{lab.host}", sys.executable, "-m", "weightwarden.agent", "top", "--json",
              "--attribution", "ebpf", "--bpf-cgroup", str(lab.root), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO))
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO), env={**os.environ, **(env or {})})
         lab.procs.append(self.proc)
         self.stderr: list[str] = []
         self.samples: list[dict[str, Any]] = []
@@ -200,6 +202,11 @@ class AgentTop:
         for t in self._threads:
             t.join(timeout=2)
         assert self.proc.returncode == 0, "".join(self.stderr)
+        if not self.allow_degraded:
+            for sample in self.samples:
+                sensor = sample.get("sensor") or {}
+                assert sensor.get("path") == "ebpf" and not sensor.get("degraded"), \
+                    f"the eBPF sensor is not whole: {sensor}"
         return self.samples
 
 

@@ -42,6 +42,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from weightwarden.agent.attribution.ebpf.sensor import CAPABILITIES
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 BPF = REPO / "weightwarden" / "agent" / "attribution" / "ebpf" / "bpf"
@@ -85,7 +87,7 @@ class Result:
         v = self.verdict or {}
         out = []
         for p in self.programs:
-            if status(p) == "REFUSED" and p["program"] not in self.kernel.may_refuse:
+            if status(p) == "REFUSED" and p["program"] not in self.kernel.may_refuse and not optional(str(p["program"])):
                 out.append(f"{p['program']} refused: {verifier_reason(str(p['log']), str(p['error']))}")
         if v.get("probe_tool"):
             out.append(f"ww-probe: {v['probe_tool']}")
@@ -394,19 +396,17 @@ def verifier_reason(log: str, error: str) -> str:
     return " | ".join(lines[-2:])[:400] or error
 
 
-# What each program gives the sensor (by section: stable across renames); a program not loaded loses it.
-FEATURES = {
-    "cgroup/sock_create": "owners at socket creation",
-    "sockops": "accepted-connection flags",
-    "tp_btf/sock_send_length": "writer credit, unix relays",
-    "cgroup_skb/egress": "bytes per process and destination",
-    "cgroup_skb/ingress": "DNS names",
-    "tp_btf/sock_recv_length": "readers (unix relays, forked workers)",
-}
-
-
 def lost(r: Result) -> list[str]:
-    return [FEATURES.get(str(p["section"]), str(p["program"])) for p in r.programs if status(p) != "loaded"]
+    """The sensor's capabilities this kernel loses (the agent's own table: what it reports as off)."""
+    down = {str(p["program"]) for p in r.programs if status(p) != "loaded"}
+    return [c.name for c in CAPABILITIES if down & set(c.programs)]
+
+
+def optional(program: str) -> bool:
+    """A program only optional capabilities need (AF_XDP bytes, the bpf LSM): any kernel may refuse it, and the
+    agent reports the capability off rather than itself degraded."""
+    caps = [c for c in CAPABILITIES if program in c.programs]
+    return bool(caps) and not any(c.expected for c in caps)
 
 
 def loader_reason(text: str) -> str:

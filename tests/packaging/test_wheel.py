@@ -21,6 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = Path(__file__).resolve().parent / "smoke.py"
 BPF = "weightwarden/agent/attribution/ebpf/bpf"
+FILES_BPF = "weightwarden/agent/files/ebpf/bpf"
 SOURCE_ONLY = {".c", ".h", ".sh"}  # shipped too, but checked by name below
 
 
@@ -44,9 +45,10 @@ def copy_tree(dest: Path) -> None:
     for rel in tracked_files():
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, dest / rel)
-    built = REPO / BPF / "build"
-    if built.is_dir():
-        shutil.copytree(built, dest / BPF / "build", copy_function=shutil.copy2)
+    for bpf in (BPF, FILES_BPF):
+        built = REPO / bpf / "build"
+        if built.is_dir():
+            shutil.copytree(built, dest / bpf / "build", copy_function=shutil.copy2)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +85,8 @@ def test_every_module_and_data_file_of_the_package_is_in_the_wheel(built: Built)
     assert any(f.endswith("collector/detect/detector.py") for f in built.names), "the module the first wheel lost"
     extra = sorted(n for n in built.names if not n.startswith(("weightwarden/", "weightwarden-")))
     assert not extra, f"outside the package: {extra}"
-    leftovers = sorted(n for n in built.names if "/build/" in n and not n.endswith(("weightwarden-bpf", ".bpf.o")))
+    shipped = ("weightwarden-bpf", "weightwarden-files-bpf", ".bpf.o")
+    leftovers = sorted(n for n in built.names if "/build/" in n and not n.endswith(shipped))
     assert not leftovers, f"build intermediates shipped: {leftovers}"
 
 
@@ -94,6 +97,18 @@ def test_the_sensor_is_built_into_the_wheel_where_the_agent_looks(built: Built) 
     head = (built.unpacked / loader).read_bytes()[:4]
     assert head == b"\x7fELF"
     assert (built.unpacked / obj).read_bytes()[:4] == b"\x7fELF"
+
+
+def test_the_file_read_sensor_is_built_into_the_wheel_where_the_agent_looks(built: Built) -> None:
+    from weightwarden.agent.files.ebpf.loader import BUILT
+
+    loader = f"{FILES_BPF}/build/weightwarden-files-bpf"
+    assert BUILT.as_posix().endswith(loader), BUILT
+    assert loader in built.names
+    assert built.modes[loader] & 0o111, "pip installs it executable only if the wheel says so"
+    assert (built.unpacked / loader).read_bytes()[:4] == b"\x7fELF"
+    for src in ("build.sh", "files.bpf.c", "loader.c", "wf.h"):
+        assert f"{FILES_BPF}/{src}" in built.names
 
 
 def smoke(built: Built, *args: str) -> subprocess.CompletedProcess[str]:

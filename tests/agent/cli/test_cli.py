@@ -85,3 +85,16 @@ def test_run_refuses_a_cap_the_kernel_cannot_enforce(tmp_path: Path) -> None:
     assert f"{policy}:" in out.stderr and "'executables' cannot be enforced" in out.stderr, out.stderr
     policy.write_text(CONTRACT)
     assert _agent("run", "--policy", str(policy), "--dry-run").returncode == 0
+
+
+def test_flushed_resolve_rules_are_found_missing() -> None:
+    plan = resolve_rules.plan(5, ("iptables",))
+    whole = ("*mangle\n-A INPUT -j WEIGHTWARDEN-DNS\n-A OUTPUT -j WEIGHTWARDEN-RESOLVE\n"
+             "-A WEIGHTWARDEN-DNS -p udp -m udp --sport 53 -j NFLOG\n"
+             "-A WEIGHTWARDEN-RESOLVE ! -o lo -p tcp -j NFQUEUE --queue-num 5 --queue-bypass\nCOMMIT\n")
+    assert resolve_rules.missing(plan, lambda tool: whole) == []
+    flushed = whole.replace("-A WEIGHTWARDEN-RESOLVE ! -o lo -p tcp -j NFQUEUE --queue-num 5 --queue-bypass\n", "")
+    assert resolve_rules.missing(plan, lambda tool: flushed) == ["iptables OUTPUT -> WEIGHTWARDEN-RESOLVE"]
+    no_jump = whole.replace("-A INPUT -j WEIGHTWARDEN-DNS\n", "")
+    assert resolve_rules.missing(plan, lambda tool: no_jump) == ["iptables INPUT -> WEIGHTWARDEN-DNS"]
+    assert resolve_rules.missing(plan, lambda tool: "") == []  # unreadable: nothing claimed

@@ -1,5 +1,6 @@
 """Reads rchar does not count (splice, io_uring), mappings made before the agent started, and what a
-holder's file_access carries. Real processes reading real files."""
+holder's file_access carries. Real processes reading real files, with reads counted in the kernel
+(``ebpf``) and, where the kernel sensor is off, from /proc (``off``)."""
 
 from __future__ import annotations
 
@@ -28,16 +29,22 @@ def weight(tmp_path: Path) -> Path:
     return path
 
 
-def start(weight: Path, tmp_path: Path) -> tuple[FileWatcher, Collected]:
-    w = FileWatcher(WeightPaths([f"{weight.parent}/*.safetensors"]), state_dir=tmp_path / "state")
+def start(weight: Path, tmp_path: Path, sensor: str = "ebpf") -> tuple[FileWatcher, Collected]:
+    w = FileWatcher(WeightPaths([f"{weight.parent}/*.safetensors"]), state_dir=tmp_path / "state", sensor=sensor)
     w.start()
     assert w.mode == "fanotify", w.detail
+    assert w.reads == ("kernel" if sensor == "ebpf" else "proc"), w.detail
     return w, Collected(w)
 
 
+@pytest.fixture(params=["ebpf", "off"])
+def sensor(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def watch(weight: Path, tmp_path: Path) -> Iterator[Collected]:
-    w, c = start(weight, tmp_path)
+def watch(weight: Path, tmp_path: Path, sensor: str) -> Iterator[Collected]:
+    w, c = start(weight, tmp_path, sensor)
     yield c
     c.stop()
     w.close()
@@ -60,20 +67,28 @@ os.close(fd)
 """
 
 
-def test_splice_reads_are_never_zero(watch: Collected, weight: Path) -> None:
+def test_splice_reads_are_never_zero(watch: Collected, weight: Path, sensor: str) -> None:
     proc = subprocess.Popen([sys.executable, "-c", SPLICE, str(weight), str(SIZE)], stdin=subprocess.DEVNULL)
     assert proc.wait(timeout=30) == 0
     rec = watch.wait("file_access", path=str(weight), final=True, pid=proc.pid)
-    # Half was seen as the file offset; the rest went after our last look: the whole file, estimated.
-    assert rec["how"] == "position" and rec["bytes_estimated"] is True and rec["bytes_read"] == SIZE, rec
+    if sensor == "ebpf":
+        # The kernel saw every splice from the page cache: exact.
+        assert rec["how"] == "kernel" and rec["bytes_estimated"] is False and rec["bytes_read"] == SIZE, rec
+    else:
+        # Half was seen as the file offset; the rest went after our last look: the whole file, estimated.
+        assert rec["how"] == "position" and rec["bytes_estimated"] is True and rec["bytes_read"] == SIZE, rec
 
 
-def test_io_uring_reads_are_estimated(watch: Collected, weight: Path) -> None:
+def test_io_uring_reads_are_measured_or_estimated(watch: Collected, weight: Path, sensor: str) -> None:
     fio = subprocess.run(["fio", "--name=r", f"--filename={weight}", "--rw=read", "--bs=1M", "--ioengine=io_uring",
                           f"--size={SIZE}", "--output=/dev/null"], stdin=subprocess.DEVNULL, check=True)
     assert fio.returncode == 0
     rec = watch.wait("file_access", path=str(weight), final=True, where=lambda d: d["name"] == "fio")
-    assert rec["how"] == "io_uring" and rec["bytes_estimated"] is True and rec["bytes_read"] == SIZE, rec
+    if sensor == "ebpf":
+        # io_uring's buffered reads go through the page cache like any other: counted, not guessed.
+        assert rec["how"] == "kernel" and rec["bytes_estimated"] is False and rec["bytes_read"] == SIZE, rec
+    else:
+        assert rec["how"] == "io_uring" and rec["bytes_estimated"] is True and rec["bytes_read"] == SIZE, rec
 
 
 HOLDER = """
@@ -139,4 +154,4 @@ def test_file_access_of_a_holder_says_it_maps_the_file(watch: Collected, weight:
     subprocess.run(["cat", str(weight)], stdout=subprocess.DEVNULL, check=True)
     rec = watch.wait("file_access", final=True, where=lambda d: d["exe"] == "/usr/bin/cat")
     assert rec["mapped_bytes"] is None and rec["bytes_read"] >= SIZE - 1024
-    assert rec["how"] in ("rchar", "taskstats") and rec["bytes_estimated"] is False
+    assert rec["how"] in ("rchar", "taskstats", "kernel") and rec["bytes_estimated"] is False

@@ -149,7 +149,11 @@ def test_many_small_reads_stay_bounded(watch: Collected, weights: Path) -> None:
     records = watch.of("file_access", path=path)
     assert opens > 12_000, "about 1,000 open+read+close per second"
     final = [r for r in records if r["final"]]  # progress records of a session are cumulative
-    assert sum(r["opens"] for r in final) == opens, "every open is counted"
+    # Every byte is counted (in the kernel, or from rchar), though fanotify merges the notifications
+    # of opens it has not handed over yet: opens are counted as the agent saw them.
+    print([(r["final"], r["bytes_read"], r["opens"], r["how"]) for r in records])
+    assert sum(r["bytes_read"] for r in final) == opens * 4096, "every read is counted"
+    assert 0 < sum(r["opens"] for r in final) <= opens
     assert len(records) <= 20, f"{len(records)} events for {opens} opens"  # progress every 5 s, not per open
     assert cpu < 0.5, f"watcher used {cpu:.0%} of a core"  # a guard; measured ~20% here
     print(f"\n{opens} opens in 15 s -> {len(records)} events, watcher CPU {cpu:.1%}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,9 @@ from typing import Any
 import pytest
 
 from tests.collector.scenarios import MB, Stream
-from tests.helpers.console import PASSWORDS, Client, ConsoleServer, add_users, cli, login, make_cert, page_csrf
+from tests.helpers.console import (
+    PASSWORDS, Client, ConsoleServer, add_users, cli, login, login_response, make_cert, page_csrf,
+)
 from weightwarden.collector.ingest.pipeline import Pipeline
 from weightwarden.collector.store.database import Store
 
@@ -128,21 +131,36 @@ def test_form_posts_without_csrf_are_refused(console: dict[str, Any]) -> None:
     assert [(a["user"], a["action"], a["comment"]) for a in audit] == [("analyst", "comment", "from the console")]
 
 
-def test_twenty_wrong_passwords_lock_the_account(console: dict[str, Any]) -> None:
+def test_wrong_passwords_back_off_the_same_for_any_name(console: dict[str, Any]) -> None:
+    """Five wrong passwords, then every attempt waits (5 s, doubling), the right password too; a name
+    that does not exist is answered the same way; `users unlock` ends the wait. No lock anyone can set."""
     db = console["db"]
     cli("users", "add", "mallory-target", "--role", "viewer", "--db", db, stdin="right-password\n")
     c = Client(console["base"])
-    for _ in range(19):
+    for _ in range(4):
         assert login(c, "mallory-target", "wrong-password") == 401
-    assert login(c, "mallory-target", "right-password") == 303  # 19 wrong, then right: fine, and the count resets
-    for _ in range(19):
-        assert login(c, "mallory-target", "wrong-password") == 401
-    assert login(c, "mallory-target", "wrong-password") == 423  # the 20th
-    assert login(c, "mallory-target", "right-password") == 423  # locked, even with the right password
-    locked = [u for u in json.loads(cli("users", "list", "--json", "--db", db).stdout) if u["name"] == "mallory-target"]
-    assert locked[0]["locked_until"] > time.time() + 600
+    assert login(c, "mallory-target", "right-password") == 303  # 4 wrong, then right: fine, and the count resets
+    answers = {}
+    for name in ("mallory-target", "no-such-user"):
+        for _ in range(5):
+            assert login(c, name, "wrong-password") == 401
+        status, headers, body = login_response(c, name, "right-password")
+        answers[name] = (status, re.sub(rb"\d+", b"N", body.split(b'id="login-error"', 1)[-1].split(b"</", 1)[0]))
+        assert status == 429 and int(headers["retry-after"]) >= 1, (name, status)
+    # The refusal says nothing about whether the account exists.
+    assert answers["mallory-target"] == answers["no-such-user"], answers
+    listed = [u for u in json.loads(cli("users", "list", "--json", "--db", db).stdout) if u["name"] == "mallory-target"]
+    assert listed[0]["locked_until"] > time.time()
     cli("users", "unlock", "mallory-target", "--db", db)
     assert login(c, "mallory-target", "right-password") == 303
+    # All of it is in the audit trail: who, what, from where.
+    status, trail = c.json("GET", "/api/v1/audit?user=mallory-target&limit=50", console["tokens"]["admin"])
+    assert status == 200
+    actions = [e["action"] for e in trail]
+    assert actions.count("login_failed") == 9 and actions.count("login") == 2 and "login_backoff" in actions
+    assert all(e["source"] == "127.0.0.1" and e["via"] == "console" for e in trail if e["action"].startswith("login"))
+    assert any(e["action"] == "user_unlock" for e in c.json("GET", "/api/v1/audit?action=user_unlock",
+                                                             console["tokens"]["admin"])[1])
 
 
 def test_metrics_need_no_token_and_count_alerts(console: dict[str, Any]) -> None:

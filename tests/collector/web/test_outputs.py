@@ -22,6 +22,8 @@ from tests.helpers.receivers import Hanging, SyslogListener, WebhookListener, pa
 from weightwarden.collector.web import triage
 from weightwarden.collector.outputs import outbox
 from weightwarden.collector.outputs.dispatch import Dispatcher
+from weightwarden.collector.outputs.receivers import configure
+from weightwarden.collector.outputs.vault import SecretBox
 from weightwarden.collector.ingest.pipeline import Pipeline
 from weightwarden.collector.store.database import Store
 
@@ -66,15 +68,20 @@ async def _scenario(tmp_path: Path, broker: Broker) -> None:
     cert, key = make_cert(tmp_path)
     udp, tcp, tls = SyslogListener("udp"), SyslogListener("tcp"), SyslogListener("tcp", (cert, key))
     hook, hanging = WebhookListener(SECRET), Hanging()
-    store = Store(f"sqlite:///{tmp_path}/collector.db")
+    db = f"sqlite:///{tmp_path}/collector.db"
+    store = Store(db)
+    box = SecretBox.for_db(db)
+    local = {"allow_local": True}  # the receivers listen on loopback: as `outputs add --allow-local` allows
     with store.tx() as conn:
         now = time.time()
-        outbox.add_output(conn, "udp", f"syslog+udp://127.0.0.1:{udp.port}", {}, now)
-        outbox.add_output(conn, "tcp", f"syslog+tcp://127.0.0.1:{tcp.port}", {}, now)
-        outbox.add_output(conn, "tls", f"syslog+tls://127.0.0.1:{tls.port}", {"format": "cef", "ca": str(cert)}, now)
-        outbox.add_output(conn, "hook", f"http://127.0.0.1:{hook.port}/alerts", {"secret": SECRET}, now)
-        outbox.add_output(conn, "hangs", f"http://127.0.0.1:{hanging.port}/alerts", {}, now)
-        outbox.add_output(conn, "mqtt", broker.url, {}, now)
+        for name, url, options in (
+                ("udp", f"syslog+udp://127.0.0.1:{udp.port}", local),
+                ("tcp", f"syslog+tcp://127.0.0.1:{tcp.port}", local),
+                ("tls", f"syslog+tls://127.0.0.1:{tls.port}", {**local, "format": "cef", "ca_pem": cert.read_text()}),
+                ("hook", f"http://127.0.0.1:{hook.port}/alerts", {**local, "secret": SECRET}),
+                ("hangs", f"http://127.0.0.1:{hanging.port}/alerts", local),
+                ("mqtt", broker.url, local)):
+            outbox.add_output(conn, configure(name, url, options, box, local_ok=True), now)
     mqtt_seen: list[tuple[str, dict[str, Any]]] = []
 
     async def subscribe(ready: asyncio.Event) -> None:

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from weightwarden.collector.outputs import outbox
+from weightwarden.collector.outputs.base import OutputSpec
 from weightwarden.collector.outputs.message import attack, cef, syslog_line
+from weightwarden.collector.store import notifications
 from weightwarden.collector.store.database import Store
 from weightwarden.collector.store.facts import put_alert
 from weightwarden.collector.web.chart import egress_svg
@@ -31,7 +33,7 @@ def test_attack_tags_fit_the_kind_and_port() -> None:
 def test_cef_escapes_its_separators() -> None:
     text = cef(note(title="a|b"))
     assert text.startswith("CEF:0|weightwarden|collector|")
-    assert "|a\\|b|8|" in text and "msg=read x\\=y then sent" in text
+    assert "|a\\|b|8|" in text and "msg=read x\\=y\\nthen sent" in text  # a line break as CEF writes one
     assert "suser=bob" in text and "dhost=up.example" in text and "dvchost=gpu|1" in text
 
 
@@ -54,13 +56,13 @@ def test_outbox_records_each_transition_once(tmp_path: Path) -> None:
     draft = {"key": "k1", "id": "i1", "host": "h", "kind": "exfiltration", "severity": "high", "title": "t",
              "explanation": "e", "evidence": {}, "first_ts": 1.0, "last_ts": 2.0}
     with store.tx() as conn:
-        outbox.add_output(conn, "r", "syslog+udp://127.0.0.1:9", {}, 0.0)
+        outbox.add_output(conn, OutputSpec("r", "syslog+udp://127.0.0.1:9", {"allow_local": True}), 0.0)
         put_alert(conn, draft, 10.0)
         assert not put_alert(conn, draft, 11.0)  # the same verdict: nothing written, nothing new
         put_alert(conn, {**draft, "severity": "critical"}, 12.0)
         put_alert(conn, {**draft, "severity": "high"}, 13.0)  # lowered by the facts: an escalation only goes up
         # A second collector that saw the same change records nothing more.
-        assert outbox.alert_changed(conn, "k1", 14.0) is None
+        assert notifications.alert_changed(conn, "k1", 14.0) is None
         Store.set_state(conn, "i1", "resolved", "x", 15.0)
         put_alert(conn, {**draft, "explanation": "more facts"}, 16.0)  # reopened by a new verdict
         rows = conn.exec_driver_sql("SELECT transition, epoch FROM alert_notifications ORDER BY seq").all()

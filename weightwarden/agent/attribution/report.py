@@ -72,6 +72,27 @@ class Account:
         return sum(p.tx_bytes for p in self.peers.values())
 
 
+@dataclass(frozen=True, slots=True)
+class RawUse:
+    """One packet socket (AF_PACKET, AF_XDP) as one process sent on it in one interval, from the kernel."""
+
+    pid: int
+    ino: int  # the socket's inode
+    family: str  # packet, xdp
+    socket_type: str  # raw, dgram, other
+    protocol: int  # the ethertype bound (0: none)
+    interface: str | None  # its device, when it is bound and in the agent's network namespace
+    ifindex: int | None
+    bypass: bool  # PACKET_QDISC_BYPASS (AF_XDP always): no qdisc, netfilter or cgroup program saw the frames
+    bytes: int  # raw: whole frames; dgram: without the link-layer header
+    packets: int
+    killed: bool = False  # the policy's kill was sent from the send path
+    denied: bool = False  # refused before anything left (bpf LSM)
+    allowed: bool = False  # its executable is allowlisted (as the kernel read it)
+    first_ts: float | None = None
+    last_ts: float | None = None
+
+
 @dataclass
 class PathInterval:
     """What an attribution path measured in one interval."""
@@ -80,6 +101,11 @@ class PathInterval:
     hints: dict[int, ProcessInfo] = field(default_factory=dict)  # the kernel's view of a sender, if /proc is gone
     unowned: int = 0
     lost: int = 0
+    raw: list[RawUse] = field(default_factory=list)
+    # IP and transport header bytes of the packets the path saw leave, and how many: the overhead per packet
+    # that interface counters include and payload does not (0 packets: the path does not know).
+    header_bytes: int = 0
+    header_packets: int = 0
 
 
 def _destination(addr: str, port: int, d: DestStats) -> dict[str, Any]:

@@ -21,22 +21,30 @@ interfaces, process descriptions and containers, DNS names, bounds.
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from weightwarden import logs
-from weightwarden.agent.attribution import containers
-from weightwarden.agent.kernel.cgroupfs import find_cgroup2, pod_names
+from weightwarden.agent.attribution import containers, paths
 from weightwarden.agent.attribution.dns import NameCache
 from weightwarden.agent.attribution.ebpf.loader import BpfError
-from weightwarden.agent.kernel.features import Feature, cgroup_layout, has_net_admin
-from weightwarden.agent.kernel.interfaces import IfCounters, counter_delta, local_addresses, read_interfaces
-from weightwarden.agent.kernel.procmap import ProcessInfo, ProcessTable
+from weightwarden.agent.attribution.egress import EgressExplainer, Explained, IfaceInterval, unexplained_events
+from weightwarden.agent.attribution.paths import AttributionPath, PathContext, PathUnavailable, RawPolicy
+from weightwarden.agent.attribution.rawsockets import RawSockets
 from weightwarden.agent.attribution.report import LOCAL_ONLY_MIN_BYTES, PathInterval, bound_processes, process_entry
 from weightwarden.agent.attribution.stages import MAX_STAGES, Stages
-from weightwarden.events import MAX_PROCESSES, EgressSample
+from weightwarden.agent.kernel.cgroupfs import pod_names
+from weightwarden.agent.kernel.features import Feature, cgroup_layout, has_net_admin
+from weightwarden.agent.kernel.interfaces import (
+    IfCounters, counter_delta, local_addresses, read_interfaces, read_packet_sockets,
+)
+from weightwarden.agent.kernel.procmap import ProcessInfo, ProcessTable
+from weightwarden.events import MAX_PROCESSES, EgressSample, Payload, SensorFeature, SensorState
 
 # Re-exported: the daemon and tests build sample entries with these.
 __all__ = ["DEFAULT_QUEUE", "Sample", "Sampler", "SamplerConfig", "bound_processes", "process_entry"]
@@ -44,14 +52,8 @@ __all__ = ["DEFAULT_QUEUE", "Sample", "Sampler", "SamplerConfig", "bound_process
 DEFAULT_QUEUE = 4242
 LOOPBACK_PREFIXES = ("lo",)
 POD_NAMES_REFRESH_S = 30.0
-
-
-class Path_(Protocol):
-    name: str
-
-    def collect(self) -> PathInterval: ...
-
-    def close(self) -> None: ...
+RAW_POLICY_REFRESH = 10  # samples between two looks at the allowlisted executables (upgrades replace them)
+MAX_PENDING_EVENTS = 10_000  # sensor events nobody took (top does not publish them): the oldest go first
 
 
 @dataclass
@@ -62,8 +64,9 @@ class SamplerConfig:
     sys_root: str = "/sys"
     clock: Callable[[], float] = time.time
     manage_rules: bool = True
-    attribution: str = "auto"  # auto (ebpf, else nfqueue), ebpf, nfqueue
+    attribution: str = "auto"  # auto (ebpf, else nfqueue), or a registered path's name
     bpf_cgroup: str | None = None  # the cgroup the eBPF programs attach to (default: the v2 root)
+    bpf_pin_dir: str | None = None  # pin the eBPF programs there, so they outlive the agent (None: do not)
 
 
 @dataclass
@@ -96,6 +99,24 @@ class Sample:
         }
 
 
+def kernel_dev(st_dev: int) -> int:
+    """A file's device as the kernel's programs see it (MKDEV: major << 20 | minor), from stat's st_dev."""
+    return os.major(st_dev) << 20 | os.minor(st_dev)
+
+
+def resolve_raw_policy(kill: bool, allow: list[str]) -> RawPolicy:
+    """raw_sockets as the kernel needs it: each allowlisted executable by (dev, inode); a path that does
+    not exist here allows nothing (and policy check says so)."""
+    files = []
+    for path in allow:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        files.append((kernel_dev(st.st_dev), st.st_ino))
+    return RawPolicy(kill, tuple(allow), tuple(files))
+
+
 class Sampler:
     def __init__(self, config: SamplerConfig | None = None) -> None:
         self.cfg = config or SamplerConfig()
@@ -103,15 +124,21 @@ class Sampler:
         self.procs = ProcessTable(self.cfg.proc_root)
         self.stages = Stages(self.procs)
         self.names = NameCache()
-        self.path: Path_ | None = None
+        self.path: AttributionPath | None = None
         self.attribution = "none"
         self.lost_events = 0
+        self.explainer = EgressExplainer(self.cfg.proc_root)
+        self.raw = RawSockets()
+        self._raw_allow: tuple[bool, tuple[str, ...]] = (False, ())
         self._last_if: dict[str, IfCounters] = {}
         self._last_ts = 0.0
         self._local = local_addresses()
         self._samples = 0
         self._pods: dict[str, tuple[str, str]] = {}
         self._pods_at = -1e9
+        self._declined: dict[str, str] = {}  # path name -> why it could not start (a fallback was used)
+        self._events: list[Payload] = []
+        self._events_lock = threading.Lock()  # sample() runs on a worker thread, take_events() on the loop
         self._log = logs.get("agent.sampler")
 
     # -- lifecycle -------------------------------------------------------
@@ -124,50 +151,35 @@ class Sampler:
                         "connections that open and close between samples and UDP are not attributed")
             )
         self.features.append(cgroup_layout(self.cfg.proc_root))
-        if self.cfg.attribution in ("auto", "ebpf") and admin:
-            self._start_ebpf()
+        ctx = PathContext(self.procs, self.names, lambda: self._local, admin=admin, proc_root=self.cfg.proc_root,
+                          queue_num=self.cfg.queue_num, manage_rules=self.cfg.manage_rules,
+                          resolve_with_nfqueue=self.cfg.resolve_with_nfqueue, bpf_cgroup=self.cfg.bpf_cgroup,
+                          bpf_pin_dir=self.cfg.bpf_pin_dir)
+        order = ["ebpf", "nfqueue"] if self.cfg.attribution == "auto" else [self.cfg.attribution]
+        for name in order:
+            path: AttributionPath | None = None
+            try:
+                path = paths.create(name, ctx)
+                self.features.extend(path.start())
+            except PathUnavailable as exc:
+                if path is not None:
+                    path.close()
+                self._declined[name] = str(exc)
+                fallback = " falling back to NFQUEUE owner lookup in this network namespace only" \
+                    if name == "ebpf" and "nfqueue" in order else ""
+                self.features.append(Feature(name, False, f"{name} attribution unavailable ({exc});{fallback}"))
+                continue
+            self.path, self.attribution = path, path.name
+            break
         if self.path is None:
-            if self.cfg.attribution == "ebpf":
-                raise OSError(f"eBPF attribution unavailable: {self.features[-1].detail}")
-            self._start_nfqueue(admin)
+            raise OSError(f"{self.cfg.attribution} attribution unavailable: {self.features[-1].detail}")
         self._last_if = read_interfaces()
         self._last_ts = self.cfg.clock()
-
-    def _start_ebpf(self) -> None:
-        from weightwarden.agent.attribution.ebpf.path import EbpfPath
-
-        root = find_cgroup2(self.cfg.proc_root)
-        target = self.cfg.bpf_cgroup or root
-        if target is None:
-            self.features.append(Feature("ebpf", False, "no cgroup v2 hierarchy is mounted: eBPF attribution off, "
-                                         "measuring this network namespace only"))
-            return
-        path = EbpfPath(target, root, self.procs, self.names, lambda: self._local)
-        try:
-            info = path.start()
-        except BpfError as exc:
-            path.close()
-            self.features.append(Feature("ebpf", False, f"eBPF attribution unavailable ({exc}); falling back to "
-                                         "NFQUEUE owner lookup in this network namespace only"))
-            return
-        raw_notes = info.get("notes")
-        notes = "; ".join(str(n) for n in raw_notes if n) if isinstance(raw_notes, list) else ""
-        self.features.append(Feature("ebpf", True, f"eBPF attribution on cgroup {target}: every process in every "
-                                     "network namespace, owners resolved in the kernel" + (f" ({notes})" if notes else "")))
-        self.path, self.attribution = path, "ebpf"
-
-    def _start_nfqueue(self, admin: bool) -> None:
-        from weightwarden.agent.attribution.nfqueue.path import NfqueuePath
-
-        path = NfqueuePath(self.procs, self.names, self.cfg.queue_num, self.cfg.manage_rules,
-                           self.cfg.resolve_with_nfqueue)
-        path.start(admin)
-        self.features.extend(path.features)
-        self.path, self.attribution = path, path.name
 
     def close(self) -> None:
         if self.path is not None:
             self.path.close()
+        self.explainer.close()
 
     def __enter__(self) -> Sampler:
         self.start()
@@ -176,22 +188,76 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- the sensor, its events, the raw_sockets policy -------------------------
+
+    def sensor(self) -> SensorState:
+        if self.path is None:
+            return SensorState(path="none", kernel=os.uname().release, degraded=True,
+                               detail="attribution could not start")
+        state = self.path.sensor()
+        if not self._declined:
+            return state
+        # On a fallback: the path that could not start, and the kernel's reason, are part of what was lost.
+        feats = {f"{name}_path": SensorFeature(on=False, reason=paths.short_reason(why))
+                 for name, why in self._declined.items()}
+        return state.model_copy(update={"features": {**feats, **state.features}, "degraded": True})
+
+    def _queue(self, events: Sequence[Payload]) -> None:
+        with self._events_lock:
+            self._events.extend(events)
+            if len(self._events) > MAX_PENDING_EVENTS:
+                del self._events[:len(self._events) - MAX_PENDING_EVENTS]
+
+    def take_events(self) -> list[Payload]:
+        """Events since the last call: the path's (tampering) and the sampler's (raw sockets, unexplained egress)."""
+        with self._events_lock:
+            out, self._events = self._events, []
+        if self.path is not None:
+            out = self.path.events() + out
+        return out
+
+    def set_raw_policy(self, kill: bool, allow: list[str]) -> None:
+        """raw_sockets of the policy in force: the kill action and the allowlisted executables."""
+        self._raw_allow = (kill, tuple(allow))
+        self._apply_raw_policy()
+
+    def _apply_raw_policy(self) -> None:
+        policy = resolve_raw_policy(self._raw_allow[0], list(self._raw_allow[1]))
+        self.raw.policy = policy
+        if self.path is not None:
+            self.path.set_raw_policy(policy)
+
     # -- sampling --------------------------------------------------------
 
     def sample(self) -> Sample:
         if self._samples % 10 == 0:
             self._local.clear()
             self._local.update(local_addresses())
+        if self._samples % RAW_POLICY_REFRESH == 0 and self._samples:
+            self._apply_raw_policy()
         self._samples += 1
         assert self.path is not None, "start() first"
         try:
             interval = self.path.collect()
         except BpfError as exc:
-            # The loader died: the kernel detached its programs. Say so in every sample from now on.
+            # The loader died and another could not be started: say so in every sample from now on.
             self._log.error("attribution_lost", error=str(exc))
             self.lost_events += 1
             interval = PathInterval()
         return self._report(interval)
+
+    def _raw_events(self, interval: PathInterval) -> None:
+        def ifname(index: int) -> str | None:
+            try:
+                return socket.if_indextoname(index)
+            except OSError:
+                return None
+
+        hints = interval.hints
+        found = self.raw.update(interval.raw, read_packet_sockets(self.cfg.proc_root), ifname, self.procs.owners,
+                                lambda pid: self._info(pid, hints.get(pid)))
+        if found:
+            self._queue(found)
 
     def _pod_names(self) -> dict[str, tuple[str, str]]:
         now = time.monotonic()
@@ -235,6 +301,9 @@ class Sampler:
             entry["tx_rate_bps"] = round(entry["tx_bytes"] * 8 / elapsed, 1)
         self._last_if = counters
         self._last_ts = now
+        sensor = self.sensor()
+        self._explain(interval, ifaces, start_ts, now, sensor)
+        self._raw_events(interval)
 
         processes = []
         attributed = 0
@@ -254,7 +323,8 @@ class Sampler:
             processes.append(entry)
         processes, other = bound_processes(processes)
         processes += self._stages(processes, pods)
-        extra: dict[str, Any] = {"start_ts": start_ts, "attribution": self.attribution}
+        extra: dict[str, Any] = {"start_ts": start_ts, "attribution": self.attribution,
+                                 "sensor": sensor.model_dump(mode="json", exclude_none=True)}
         if other:
             extra["other_processes"] = other
         return Sample(
@@ -268,3 +338,24 @@ class Sampler:
             lost_events=self.lost_events + interval.lost,
             extra=extra,
         )
+
+    def _explain(self, interval: PathInterval, ifaces: list[dict[str, Any]], start_ts: float, now: float,
+                 sensor: SensorState) -> None:
+        """Each interface's bytes as attributed, overhead and unexplained; an event for a large unexplained part."""
+        measured = [IfaceInterval(i["name"], i["tx_bytes"], i["tx_packets"]) for i in ifaces]
+        try:
+            explained: dict[str, Explained] = self.explainer.explain(interval, measured)
+        except OSError as exc:
+            self._log.warning("egress_unexplained_unknown", error=str(exc))
+            return
+        for entry in ifaces:
+            e = explained.get(entry["name"])
+            if e is None:
+                continue
+            entry["attributed_tx_bytes"] = e.attributed
+            entry["overhead_tx_bytes"] = e.overhead
+            if e.unexplained is not None:
+                entry["unexplained_tx_bytes"] = e.unexplained
+        found = unexplained_events(explained, measured, start_ts, now, sensor)
+        if found:
+            self._queue(found)

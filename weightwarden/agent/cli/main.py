@@ -1,7 +1,8 @@
 """weightwarden-agent: the command line.
 
 Exit codes: 0 success; 1 a runtime failure or invalid policy (stated on stderr);
-2 bad usage; 3 (status) drift or rules missing.
+2 bad usage; 3 (status) drift or rules missing; 4 (status) the kernel sensor lost something it should have
+(a capability off, or eBPF refused and attribution on the fallback).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from weightwarden.units import parse_size
 from weightwarden.agent.attribution.sampler import DEFAULT_QUEUE, Sampler, SamplerConfig
 from weightwarden.agent.cli.topview import TopState
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DRIFT = 0, 1, 2, 3
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DRIFT, EXIT_DEGRADED = 0, 1, 2, 3, 4
+PIN_DIR = "/sys/fs/bpf/weightwarden"
+ENV_PIN_DIR = "WEIGHTWARDEN_BPF_PIN_DIR"
 
 RUN_EXAMPLES = """examples:
   weightwarden-agent run --policy weightwarden/policies/monitor-only.yaml --sink stdout
@@ -84,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="do not hold new flows to name their owner (short-lived senders may go unattributed)")
     top.add_argument("--queue-num", type=int, default=DEFAULT_QUEUE, help="NFQUEUE number (default %(default)s)")
     _attribution_args(top)
+    top.add_argument("--bpf-pin-dir", metavar="DIR", default="none",
+                     help="pin the eBPF programs and maps in DIR (a bpf filesystem) so another run takes them over "
+                          "(default: none, nothing outlives top)")
     top.add_argument("--dry-run", action="store_true", help="print the kernel rules top would add, and exit")
     top.add_argument("--limit", type=_positive(int), default=20, help="rows in the table")
     top.set_defaults(func=cmd_top)
@@ -115,13 +121,32 @@ def build_parser() -> argparse.ArgumentParser:
                      help="broker for --policy-source mqtt (default: the --sink broker)")
     run.add_argument("--metrics-listen", metavar="HOST:PORT", default=None,
                      help="serve the agent's own metrics (Prometheus text) at http://HOST:PORT/metrics")
+    run.add_argument("--bpf-pin-dir", metavar="DIR", default=_default_pin_dir(),
+                     help="pin the eBPF programs and maps in DIR (a bpf filesystem), so they keep counting while the "
+                          "agent restarts or is upgraded and the next agent takes them over; 'none': do not pin "
+                          f"(default: ${ENV_PIN_DIR} or {PIN_DIR}; 'weightwarden-agent sensor uninstall' removes them)")
     run.set_defaults(func=cmd_run)
 
-    status = sub.add_parser("status", help="policy in force, kernel rules, counters and drift",
-                            epilog="exit codes: 0 in force and matching, 3 drift or rules missing, 1 error")
+    status = sub.add_parser("status", help="policy in force, kernel rules, counters, drift and the sensor",
+                            epilog="exit codes: 0 in force and matching, 3 drift or rules missing, 4 the kernel "
+                                   "sensor lost something (a capability off, or eBPF refused and the fallback in "
+                                   "use), 1 error")
     _state_args(status)
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    sensor = sub.add_parser("sensor", help="the eBPF sensor: which programs this kernel accepts; remove its pins",
+                            epilog="examples:\n  weightwarden-agent sensor probe --json\n"
+                                   "  weightwarden-agent sensor uninstall      remove the pinned programs (stop the agent first)",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    ssub = sensor.add_subparsers(dest="sensor_command", required=True)
+    sprobe = ssub.add_parser("probe", help="load the programs (nothing attached) and say which this kernel refuses, "
+                                           "with the verifier's words; exit 1 if the essential ones cannot load")
+    sprobe.add_argument("--json", action="store_true")
+    sprobe.set_defaults(func=cmd_sensor_probe)
+    uninstall = ssub.add_parser("uninstall", help="remove the pinned programs, links and maps (the programs detach)")
+    uninstall.add_argument("--bpf-pin-dir", metavar="DIR", default=_default_pin_dir())
+    uninstall.set_defaults(func=cmd_sensor_uninstall)
 
     enf = sub.add_parser("enforce", help="apply a policy once, or clear every rule and qdisc we made")
     esub = enf.add_subparsers(dest="enforce_command", required=True)
@@ -146,6 +171,14 @@ def _attribution_args(p: argparse.ArgumentParser) -> None:
                         "$WEIGHTWARDEN_ATTRIBUTION or auto)")
     p.add_argument("--bpf-cgroup", metavar="DIR", default=None,
                    help="cgroup v2 directory the eBPF programs watch (default: the whole hierarchy)")
+
+
+def _default_pin_dir() -> str:
+    return os.environ.get(ENV_PIN_DIR) or PIN_DIR
+
+
+def _pin_dir(value: str) -> str | None:
+    return None if value in ("", "none") else value
 
 
 def _state_args(p: argparse.ArgumentParser) -> None:
@@ -197,7 +230,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                        backend=args.backend, sample_interval=args.sample_interval, nfqueue=not args.no_nfqueue,
                        queue_num=args.queue_num, heartbeat_interval=args.heartbeat_interval,
                        attribution=args.attribution, bpf_cgroup=args.bpf_cgroup,
-                       metrics_listen=args.metrics_listen)
+                       metrics_listen=args.metrics_listen, bpf_pin_dir=_pin_dir(args.bpf_pin_dir))
     central = _central_source(args, cfg)
     if central is None:
         return EXIT_USAGE
@@ -321,7 +354,48 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(json.dumps(report) if args.json else status.render(report))
     if report.get("error"):
         return EXIT_FAIL
-    return EXIT_DRIFT if report["drift"] else EXIT_OK
+    if report["drift"]:
+        return EXIT_DRIFT
+    return EXIT_DEGRADED if sensor_lost_something(report.get("sensor")) else EXIT_OK
+
+
+def sensor_lost_something(sensor: object) -> bool:
+    """Whether the sensor lacks what the agent asked of it: a capability off on the eBPF path, or eBPF
+    refused and the fallback in use. An agent run on the fallback on purpose (--attribution nfqueue) is
+    degraded for the collector (one namespace only) but has lost nothing it asked for."""
+    if not isinstance(sensor, dict) or not sensor.get("degraded"):
+        return False
+    features = sensor.get("features")
+    declined = isinstance(features, dict) and any(name.endswith("_path") for name in features)  # Sampler.sensor
+    return sensor.get("path") in ("ebpf", "none") or declined
+
+
+def cmd_sensor_probe(args: argparse.Namespace) -> int:
+    from weightwarden.agent.attribution.ebpf.loader import probe_programs
+
+    found = probe_programs()
+    if args.json:
+        print(json.dumps({"error": found.error, "programs": {name: {"on": p.on, **({"reason": p.reason} if p.reason
+                                                                                 else {})}
+                                                              for name, p in found.programs.items()}}))
+    elif found.error:
+        print(f"the eBPF sensor cannot load here: {found.error}")
+    else:
+        for name, p in found.programs.items():
+            print(f"{name:<16} {'loads' if p.on else 'refused: ' + (p.reason or '?')}")
+    return EXIT_FAIL if found.error else EXIT_OK
+
+
+def cmd_sensor_uninstall(args: argparse.Namespace) -> int:
+    from weightwarden.agent.attribution.ebpf.loader import unpin
+
+    pin_dir = _pin_dir(args.bpf_pin_dir)
+    if pin_dir is None:
+        print("weightwarden-agent: --bpf-pin-dir none: nothing to remove", file=sys.stderr)
+        return EXIT_USAGE
+    done, text = unpin(pin_dir)
+    print(text, file=sys.stdout if done else sys.stderr)
+    return EXIT_OK if done else EXIT_FAIL
 
 
 def cmd_top(args: argparse.Namespace) -> int:
@@ -337,7 +411,8 @@ def cmd_top(args: argparse.Namespace) -> int:
         return EXIT_OK
     log = logs.get("agent.top")
     cfg = SamplerConfig(resolve_with_nfqueue=not args.no_nfqueue, queue_num=args.queue_num,
-                        attribution=args.attribution, bpf_cgroup=args.bpf_cgroup)
+                        attribution=args.attribution, bpf_cgroup=args.bpf_cgroup,
+                        bpf_pin_dir=_pin_dir(args.bpf_pin_dir))
     stop = {"now": False}
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -354,6 +429,8 @@ def cmd_top(args: argparse.Namespace) -> int:
     for feature in sampler.features:
         # Said once, at start: what works, and what is missing and why.
         (log.info if feature.ok else log.warning)("feature", name=feature.name, ok=feature.ok, detail=feature.detail)
+    sensor = sampler.sensor()
+    (log.warning if sensor.degraded else log.info)("sensor", **sensor.model_dump(mode="json", exclude_none=True))
     log.info("attribution", path=sampler.attribution)
     view = TopState()
     done = 0
@@ -364,6 +441,10 @@ def cmd_top(args: argparse.Namespace) -> int:
             deadline += args.interval
             time.sleep(max(0.0, deadline - time.monotonic()))
             sample = sampler.sample().to_json()
+            for event in sampler.take_events():
+                # top publishes nothing: what the sensor raised (tampering, packet sockets, unexplained bytes)
+                # is said on stderr.
+                log.warning(event.TYPE, **event.model_dump(mode="json", exclude_none=True))
             done += 1
             if args.json:
                 print(json.dumps(sample), flush=True)

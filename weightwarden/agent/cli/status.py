@@ -19,6 +19,9 @@ def collect(state_dir: Path, backend: str = "auto") -> dict[str, Any]:
         return {"state_dir": str(state_dir), "error": str(exc), "in_force": False, "drift": []}
     rec = enforcer.record
     out: dict[str, Any] = {"state_dir": str(state_dir), "backend": enforcer.backend, "in_force": rec is not None}
+    health = read_json(state_dir / "health.json") or {}
+    # The kernel sensor as the agent last reported it: the path, each capability on or off and why.
+    out["sensor"] = health.get("sensor")
     if rec is None:
         out.update({"policy": None, "drift": [], "counters": {}, "classes": {}})
         if enforcer.previous_kernel is not None:
@@ -38,19 +41,32 @@ def collect(state_dir: Path, backend: str = "auto") -> dict[str, Any]:
         "classes": {i: tc.class_stats(i) for i in rec.get("tc_interfaces", [])},
         "budgets": read_json(state_dir / "budgets.json") or {},
     })
-    out["agent"] = read_json(state_dir / "health.json") or {}
+    out["agent"] = health
     return out
+
+
+def render_sensor(sensor: dict[str, Any] | None) -> list[str]:
+    if not isinstance(sensor, dict):
+        return []
+    state = "DEGRADED" if sensor.get("degraded") else "whole"
+    lines = [f"sensor      {sensor.get('path')} on {sensor.get('kernel') or '?'}: {state}"]
+    for name, f in sorted((sensor.get("features") or {}).items()):
+        if isinstance(f, dict) and not f.get("on"):
+            lines.append(f"            off: {name}: {f.get('reason') or ''}")
+    return lines
 
 
 def render(status: dict[str, Any]) -> str:
     if status.get("error"):
         return f"error: {status['error']}"
+    sensor = render_sensor(status.get("sensor"))
     if not status["in_force"]:
         before = status.get("previous_kernel")
         if before:
-            return (f"No policy in force (state in {status['state_dir']}): policy {before.get('policy')} was applied "
-                    "before this boot or in another network namespace; the agent applies it again when it starts.")
-        return f"No policy in force (state in {status['state_dir']})."
+            return "\n".join([f"No policy in force (state in {status['state_dir']}): policy {before.get('policy')} was "
+                              "applied before this boot or in another network namespace; the agent applies it again "
+                              "when it starts.", *sensor])
+        return "\n".join([f"No policy in force (state in {status['state_dir']}).", *sensor])
     lines = [
         f"policy      {status['policy']} ({status['policy_digest']}) from {status.get('policy_path')}",
         f"applied     {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(status['applied_at']))} "
@@ -67,6 +83,7 @@ def render(status: dict[str, Any]) -> str:
         if weights:
             lines.insert(4, f"weights     {weights.get('files', 0)} files, {format_size(weights.get('total_bytes', 0))} "
                             f"under {', '.join(weights.get('paths', []))}")
+    lines[3:3] = sensor
     counters = status["counters"]
     for cap in status["caps"]:
         matched = counters.get(cap["counter"], {}).get("bytes", 0)

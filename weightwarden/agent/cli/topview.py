@@ -38,10 +38,16 @@ class TopState:
             f"{i['name']}: {human_rate(i['tx_bytes'] * 8 / interval)}" for i in sample["interfaces"]
         )
         lines.append(f"weightwarden top  ({interval:.1f}s)   {iface}")
+        unexplained = sum(i.get("unexplained_tx_bytes") or 0 for i in sample["interfaces"])
         lines.append(
             f"attributed {human_bytes(sample['attributed_tx_bytes'])}  "
             f"unattributed {human_bytes(sample['unattributed_tx_bytes'])}"
+            + (f"  UNEXPLAINED {human_bytes(unexplained)}" if unexplained else "")
         )
+        sensor = sample.get("sensor") or {}
+        if sensor.get("degraded"):
+            off = sorted(name for name, f in (sensor.get("features") or {}).items() if not f.get("on"))
+            lines.append(f"sensor DEGRADED ({sensor.get('path')}): off: {', '.join(off) or '?'}")
         lines.append("")
         lines.append(f"{'PID':>7}  {'USER':<10} {'PROGRAM':<28} {'DESTINATION':<28} {'RATE':>14} {'TOTAL':>11}")
         for proc in sample["processes"][:limit]:

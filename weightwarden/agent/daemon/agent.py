@@ -65,6 +65,7 @@ class DaemonConfig:
     attribution: str = "auto"
     bpf_cgroup: str | None = None
     metrics_listen: str | None = None  # HOST:PORT for /metrics (weightwarden/agent/daemon/metrics.py)
+    bpf_pin_dir: str | None = None  # eBPF programs pinned there keep counting while the agent restarts
 
 
 def resolve_interfaces(patterns: list[str]) -> list[str]:
@@ -261,6 +262,13 @@ class Agent:
         self._resolved_at = 0.0
         if self.files is not None:
             self.files.update(weight_paths(loaded))
+        self._apply_raw_policy()
+
+    def _apply_raw_policy(self) -> None:
+        """raw_sockets of the policy in force, to the sensor (in the kernel where it can act)."""
+        if self.sampler is not None:
+            raw = self.loaded.policy.spec.raw_sockets
+            self.sampler.set_raw_policy(raw.action == "kill", list(raw.allow))
 
     def status_line(self) -> str:
         """One line for systemctl status: the policy in force and what is watched."""
@@ -406,6 +414,28 @@ class Agent:
             while not self.files.out.empty():
                 self.emit(self.files.out.get_nowait())
 
+    async def _sensor_loop(self) -> None:
+        """The sensor's own events as they come: tampering (checked twice a second in the kernel loader),
+        packet sockets, unexplained egress."""
+        seen = self.sensor_state()
+        while not self.stop.is_set():
+            if self.sampler is not None:
+                for event in self.sampler.take_events():
+                    self.emit(event)
+                now = self.sensor_state()
+                if now != seen:
+                    # status reads health.json: a sensor that changed is said there now, not at the next heartbeat
+                    seen = now
+                    await asyncio.to_thread(atomic_write, self.cfg.state_dir / "health.json",
+                                            {**self.health(), "ts": time.time()})
+            await wait_for_stop(self.stop, 0.25)
+
+    def sensor_state(self) -> dict[str, Any]:
+        if self.sampler is None:
+            return {"path": "none", "kernel": os.uname().release, "degraded": True,
+                    "detail": "attribution could not start (see agent_started's features)"}
+        return self.sampler.sensor().model_dump(mode="json", exclude_none=True)
+
     async def _files_loop(self) -> None:
         while not self.stop.is_set():
             self._drain_files()
@@ -469,6 +499,7 @@ class Agent:
             "backend": self.enforcer.backend,
             "rules_in_force": bool(rec),
             "attribution": self.sampler.attribution if self.sampler is not None else "none",
+            "sensor": self.sensor_state(),
             "caps": len(rec.get("caps", [])),
             "budgets": self.budgets.usage(time.time()),
             "weights": self.weights_total or None,
@@ -493,10 +524,12 @@ class Agent:
             self.log.error("spool_recovered", moved_to=recovery.moved_to, reason=recovery.reason)
             self.emit(recovery)
         sampler = Sampler(SamplerConfig(resolve_with_nfqueue=self.cfg.nfqueue, queue_num=self.cfg.queue_num,
-                                        attribution=self.cfg.attribution, bpf_cgroup=self.cfg.bpf_cgroup))
+                                        attribution=self.cfg.attribution, bpf_cgroup=self.cfg.bpf_cgroup,
+                                        bpf_pin_dir=self.cfg.bpf_pin_dir))
         try:
             await asyncio.to_thread(sampler.start)
             self.sampler = sampler
+            await asyncio.to_thread(self._apply_raw_policy)
         except OSError as exc:
             self.log.error("sampler_unavailable", error=str(exc))
         features = {f.name: {"ok": f.ok, "detail": f.detail} for f in sampler.features}
@@ -509,12 +542,16 @@ class Agent:
             self.files = FileWatcher(weight_paths(self.loaded), state_dir=self.cfg.state_dir)
             await asyncio.to_thread(self.files.start)
             features["file_watch"] = {"ok": self.files.mode == "fanotify", "detail": self.files.detail}
+            # Reads of the weights counted in the kernel (eBPF), or measured from /proc where it cannot.
+            features["file_reads"] = {"ok": self.files.reads == "kernel", "detail": self.files.reads_detail}
             await asyncio.to_thread(self._measure_weights)
         for name, feature in features.items():
             (self.log.info if feature["ok"] else self.log.warning)("feature", name=name, detail=feature["detail"])
+        sensor = self.sensor_state()
+        (self.log.warning if sensor.get("degraded") else self.log.info)("sensor", **sensor)
         self.emit(AgentStarted.model_validate({"pid": os.getpid(), **self._policy_meta(), "features": features,
                                                "weights": self.weights_total or None, "version": __version__,
-                                               "attribution": sampler.attribution}))
+                                               "attribution": sampler.attribution, "sensor": sensor}))
         await asyncio.to_thread(self.enforce_once, 0.0)
         sdnotify.notify("READY=1")
         sdnotify.notify(f"STATUS={self.status_line()}")
@@ -522,7 +559,7 @@ class Agent:
             async with asyncio.TaskGroup() as tg:
                 sink_task = tg.create_task(self._sink_loop())
                 workers = [tg.create_task(self._enforce_loop()), tg.create_task(self._sample_loop()),
-                           tg.create_task(self._heartbeat_loop())]
+                           tg.create_task(self._heartbeat_loop()), tg.create_task(self._sensor_loop())]
                 if self.files is not None:
                     workers.append(tg.create_task(self._files_loop()))
                 if self.policy_source is not None:
@@ -535,6 +572,9 @@ class Agent:
                 sdnotify.notify("STOPPING=1")
                 for task in workers:
                     await task
+                if self.sampler is not None:
+                    for event in self.sampler.take_events():
+                        self.emit(event)
                 await self._close_files()
                 # Caps stay in force: stopping the agent never opens the gate.
                 self.emit(AgentStopping(reason="signal", rules_left_in_force=True))

@@ -22,7 +22,9 @@ from typing import Any
 import psutil
 
 from weightwarden import health
-from weightwarden.events import AgentStarted, AgentStopping, EgressSample, EnforcementDrift, Heartbeat, Payload
+from weightwarden.events import (
+    AgentStarted, AgentStopping, EgressSample, EnforcementDrift, Heartbeat, Payload, SensorState, SensorTampered,
+)
 
 
 def _label(value: object) -> str:
@@ -46,6 +48,9 @@ class AgentMetrics:
         self.iface_tx: dict[str, int] = {}
         self.iface_rx: dict[str, int] = {}
         self.iface_packets: dict[str, int] = {}
+        self.iface_unexplained: dict[str, int] = {}
+        self.sensor: SensorState | None = None
+        self.tampered = 0
         self._process = psutil.Process()
         # Health: the daemon sets stuck_for (its watchdog's test); started/stopping follow its events.
         self.stuck_for: Callable[[], float] | None = None
@@ -63,12 +68,18 @@ class AgentMetrics:
         self._observe_lifecycle(data)
         with self._lock:
             self.events[data.TYPE] = self.events.get(data.TYPE, 0) + 1
+            if isinstance(data, (EgressSample, Heartbeat, AgentStarted)) and data.sensor is not None:
+                self.sensor = data.sensor
             if isinstance(data, EgressSample):
                 self.lost_kernel_events += data.lost_events
                 for i in data.interfaces:
                     self.iface_tx[i.name] = self.iface_tx.get(i.name, 0) + i.tx_bytes
                     self.iface_rx[i.name] = self.iface_rx.get(i.name, 0) + i.rx_bytes
                     self.iface_packets[i.name] = self.iface_packets.get(i.name, 0) + i.tx_packets
+                    if i.unexplained_tx_bytes is not None:
+                        self.iface_unexplained[i.name] = self.iface_unexplained.get(i.name, 0) + i.unexplained_tx_bytes
+            elif isinstance(data, SensorTampered):
+                self.tampered += 1
             elif isinstance(data, EnforcementDrift):
                 self.drift += 1
             elif isinstance(data, Heartbeat):
@@ -145,6 +156,18 @@ class AgentMetrics:
                    [({"interface": i}, n) for i, n in sorted(self.iface_rx.items())])
             family("weightwarden_agent_interface_transmit_packets_total", "counter", "Packets sent per interface.",
                    [({"interface": i}, n) for i, n in sorted(self.iface_packets.items())])
+            family("weightwarden_agent_interface_unexplained_transmit_bytes_total", "counter",
+                   "Bytes sent per interface that neither a process nor protocol overhead explains.",
+                   [({"interface": i}, n) for i, n in sorted(self.iface_unexplained.items())])
+            sensor = self.sensor
+            family("weightwarden_agent_sensor_degraded", "gauge", "1 when a capability of the kernel sensor is off or "
+                   "attribution runs on the fallback path (labels: the path, the kernel).",
+                   [({"path": sensor.path, "kernel": sensor.kernel or ""}, float(sensor.degraded))] if sensor else [])
+            family("weightwarden_agent_sensor_feature", "gauge", "1 when a capability of the kernel sensor is on.",
+                   [({"feature": name}, float(f.on)) for name, f in sorted(sensor.features.items())] if sensor else [])
+            family("weightwarden_agent_sensor_tampered_total", "counter",
+                   "Times the sensor found its programs, links, maps or rules changed behind its back.",
+                   [({}, self.tampered)])
         return "\n".join(lines) + "\n"
 
 

@@ -18,6 +18,8 @@ def run(argv: list[str], stdin: str | None = None, check: bool = True) -> subpro
         res = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=ENV, check=False, timeout=60)
     except FileNotFoundError:
         raise KernelError(f"{argv[0]} is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise KernelError(f"{' '.join(argv[:6])}: no answer in 60 s (a wedged netlink or xtables lock)") from None
     if check and res.returncode != 0:
         raise KernelError(f"{' '.join(argv[:6])}{' ...' if len(argv) > 6 else ''}: {res.stderr.strip()}")
     return res

@@ -1,7 +1,10 @@
 """Turn a stream of open/read/close notifications into a few records. Pure logic.
 
-One session per (pid, path). Bytes read come from the process's rchar counter:
-its value when the open was held (permission event) and when the file closed.
+One session per (pid, path), ``path`` being the file's weights path whatever name it was opened
+by. Where the kernel counts reads (``kernel``: the eBPF sensor's bytes for this process and
+file since the session began), that is the number, with ``how`` "kernel". Otherwise bytes come
+from the process's rchar counter: its value when the open was first seen (less what the
+reader's descriptor had already read by then) and when the file closed.
 A session is reported once it has been closed and quiet for ``settle``
 seconds (so 1,000 open/read/close cycles a second become one record a
 second), and every ``progress_every`` seconds while the file stays open (so a
@@ -18,6 +21,7 @@ the number came from.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,8 +49,17 @@ class Session:
     position: int = 0  # the largest file offset seen on the reader's descriptors
     io_uring: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # host_path, staged_copy_of...: copied into records
+    kernel: int | None = None  # bytes the kernel counted in this session (None: not counted there)
+    kernel_calls: int = 0
+    scan_path: str = ""  # the name its descriptors show in /proc/PID/fd (the name it was opened by)
+    file_key: Any = None  # what the file is known by (the watcher's (device, inode))
 
     def bytes_so_far(self) -> int:
+        if self.kernel:
+            # Counted in the kernel; an offset further on is a read the page cache did not see
+            # (O_DIRECT). A mapping process's offset says nothing of what it read.
+            position = 0 if "mapped_bytes" in self.extra else self.position
+            return max(self.kernel, position)
         pending = 0
         if self.open_now and self.cycle_start is not None and self.rchar_now is not None:
             pending = max(0, self.rchar_now - self.cycle_start)
@@ -57,21 +70,31 @@ class Session:
     def record(self, final: bool) -> dict[str, Any]:
         counted = self.bytes_so_far()
         how = self.how
-        if self.position > self.bytes_read and self.position >= counted and not self.estimated \
+        estimated = self.estimated
+        if self.kernel:
+            how = "mmap" if self.how == "mmap" else "position" if counted > self.kernel else "kernel"
+            estimated = False
+        elif self.position > self.bytes_read and self.position >= counted and not self.estimated \
                 and "mapped_bytes" not in self.extra:
             how = "position"
         return {
             "pid": self.pid, "path": self.path, "size": self.size, **self.proc, **self.extra,
-            "bytes_read": counted, "opens": self.opens, "reads": self.reads, "closes": self.closes,
-            "close_write": self.writes, "first_ts": self.first_ts, "last_ts": self.last_ts,
-            "still_open": self.open_now > 0, "final": final, "bytes_estimated": self.estimated,
+            "bytes_read": counted, "opens": self.opens, "reads": max(self.reads, self.kernel_calls),
+            "closes": self.closes, "close_write": self.writes, "first_ts": self.first_ts, "last_ts": self.last_ts,
+            "still_open": self.open_now > 0, "final": final, "bytes_estimated": estimated,
             "how": how if self.pid is not None else "inotify",
         }
 
 
 class Coalescer:
-    def __init__(self, settle: float = 1.0, progress_every: float = 5.0, max_sessions: int = 10_000) -> None:
+    def __init__(self, settle: float = 1.0, progress_every: float = 5.0, max_sessions: int = 10_000,
+                 quiet: float = 3.0,
+                 enrich: Callable[[Session, dict[str, Any]], None] | None = None,
+                 on_final: Callable[[Session], None] | None = None) -> None:
+        self.enrich = enrich  # adds what the file is known by (its names) to each record
+        self.on_final = on_final  # a session's last record is made
         self.settle = settle
+        self.quiet = quiet  # a session known only from the kernel's counts ends once they stop this long
         self.progress_every = progress_every
         self.max_sessions = max_sessions
         self.sessions: dict[tuple[int | None, str], Session] = {}
@@ -92,11 +115,13 @@ class Coalescer:
         return s
 
     def opened(self, ts: float, pid: int | None, path: str, size: int, rchar: int | None,
-               proc: dict[str, Any] | None = None) -> None:
+               proc: dict[str, Any] | None = None, position: int | None = None) -> None:
+        """An open, seen at ``ts`` with the opener's rchar then; ``position``: what its
+        descriptor had read already (a notification arrives after the open, maybe after reads)."""
         s = self._session(ts, pid, path, size, proc or {})
         s.opens += 1
         if s.open_now == 0:
-            s.cycle_start = rchar
+            s.cycle_start = rchar - min(position or 0, rchar) if rchar is not None else None
         s.open_now += 1
         s.rchar_now = rchar
 
@@ -128,6 +153,11 @@ class Coalescer:
                     s.bytes_read += max(0, rchar - s.cycle_start)
                     if how and not s.estimated:
                         s.how = how
+                elif rchar is not None and how == "taskstats" and not s.estimated:
+                    # Gone before its counters were read at the open: everything it read in its
+                    # life is the most it can have read of the file (a `cat` reads little else).
+                    s.bytes_read += rchar
+                    s.how = how
                 elif estimate_whole_file:
                     # The reader vanished before its counters could be read: assume the
                     # worst a security tool should assume, and say it is an estimate.
@@ -156,18 +186,43 @@ class Coalescer:
     def open_pids(self) -> set[int]:
         return {s.pid for s in self.sessions.values() if s.open_now and s.pid is not None}
 
-    def due(self, now: float) -> list[dict[str, Any]]:
+    def counted(self, ts: float, pid: int, path: str, size: int, kernel: int, calls: int,
+                proc: dict[str, Any] | None = None) -> Session:
+        """What the kernel counted for this process and file since the session began: made if
+        the open was never seen (the notification was lost, or the read began before we ran)."""
+        s = self.sessions.get((pid, path))
+        if s is None:
+            s = self._session(ts, pid, path, size, proc or {})
+        if (kernel != s.kernel or calls != s.kernel_calls) and not s.opens:
+            s.last_ts = max(s.last_ts, ts)  # no open was seen, so no close will be: still reading
+        s.kernel, s.kernel_calls = kernel, calls
+        return s
+
+    def due(self, now: float, counted_at: float | None = None) -> list[dict[str, Any]]:
+        """Records to send now. ``counted_at``: when the kernel's counts were last read (a session
+        that closed after that is not final until they have been read again)."""
         out = []
         for key, s in list(self.sessions.items()):
-            if s.open_now == 0 and now - s.last_ts >= self.settle:
-                out.append(s.record(final=True))
+            if counted_at is not None and s.open_now == 0 and s.last_ts > counted_at:
+                continue
+            if s.open_now == 0 and now - s.last_ts >= (self.settle if s.opens else max(self.settle, self.quiet)):
+                out.append(self._record(s, final=True))
                 del self.sessions[key]
-            elif s.open_now and now - max(s.reported_at, s.first_ts) >= self.progress_every:
+            elif (s.open_now or (s.kernel and not s.opens)) and now - max(s.reported_at, s.first_ts) >= self.progress_every:
+                # Still open, or still read by a process whose open was never seen.
                 s.reported_at = now
-                out.append(s.record(final=False))
+                out.append(self._record(s, final=False))
         return out
 
+    def _record(self, s: Session, final: bool) -> dict[str, Any]:
+        rec = s.record(final)
+        if self.enrich is not None:
+            self.enrich(s, rec)
+        if final and self.on_final is not None:
+            self.on_final(s)
+        return rec
+
     def flush(self) -> list[dict[str, Any]]:
-        out = [s.record(final=s.open_now == 0) for s in self.sessions.values()]
+        out = [self._record(s, final=s.open_now == 0) for s in self.sessions.values()]
         self.sessions.clear()
         return out

@@ -11,6 +11,7 @@ written file is then watched as weights (``staged.StagedCopies``).
 
 from __future__ import annotations
 
+import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,6 @@ from weightwarden.events import WeightsCopy
 
 COPY_MIN_BYTES = 256 * 1024
 MAX_READERS = 50_000
-STAGED_MASK = fan.FAN_OPEN_PERM | fan.FAN_CLOSE_NOWRITE | fan.FAN_CLOSE_WRITE
 
 
 @dataclass
@@ -61,16 +61,20 @@ class PendingWrite:
 class CopyTracker:
     def __init__(self, coalescer: Coalescer, hostpaths: HostPaths, staged: StagedCopies,
                  fstype_of: Callable[[tuple[int, int]], str | None], is_weight: Callable[[str], bool],
-                 emit: Callable[[type[WeightsCopy], dict[str, Any]], None]) -> None:
+                 emit: Callable[[type[WeightsCopy], dict[str, Any]], None],
+                 is_weight_inode: Callable[[tuple[int, int], int], bool] = lambda _dev, _ino: False) -> None:
         self.coalescer = coalescer
         self.hostpaths = hostpaths
         self.staged = staged
         self.fstype_of = fstype_of
         self.is_weight = is_weight
         self.emit = emit
+        self.is_weight_inode = is_weight_inode
         self.readers: dict[int, Reader] = {}
         self.holders: dict[int, int] = {}  # pid -> resident bytes last reported (-1: not yet)
-        self.content: fan.Fanotify | None = None
+        # Watch a new copy as weights (the watcher marks its inode and tells the kernel), given the
+        # fd it was written through: an inode mark follows the copy through renames and namespaces.
+        self.on_staged: Callable[[int, StagedCopy], None] = lambda _fd, _copy: None
         self.pending: dict[int, list[PendingWrite]] = {}  # writer gone: waiting for its exit record
         self.outputs: dict[str, int] = {}  # a file a reader had open -> that reader
 
@@ -139,6 +143,12 @@ class CopyTracker:
 
     # -- writes ----------------------------------------------------------------
 
+    @staticmethod
+    def large(fd: int) -> bool:
+        """Whether a written file is big enough to be a copy (a regular file of COPY_MIN_BYTES or more)."""
+        st = kernel.fstat(fd)
+        return st is not None and st.size >= COPY_MIN_BYTES and stat.S_ISREG(st.mode)
+
     def on_write(self, ev: fan.FanEvent, writer: int, now: float, alive: bool) -> None:
         """A close-after-write anywhere on the host of a file a reader wrote (``writer``: the closer, or
         the reader whose inherited descriptor it was). ``ev.fd`` stays the caller's to close."""
@@ -148,6 +158,8 @@ class CopyTracker:
         dev = st.dev
         if self.staged.get(dev, st.ino) is not None:
             return  # a staged copy written again: already watched
+        if self.is_weight_inode(dev, st.ino):
+            return  # a weight file itself being written, under whatever name
         own_view = self.hostpaths.ours(st.mnt_id)
         view = fan.fd_path(ev.fd) or ""
         host = view if own_view else self.hostpaths.resolve(ev.fd, st)
@@ -170,13 +182,8 @@ class CopyTracker:
             self.pending.setdefault(writer, []).append(item)
 
     def _watch(self, fd: int, copy: StagedCopy) -> None:
-        """Watch the copy as weights: an inode mark follows it through renames and namespaces."""
-        if self.content is not None:
-            try:
-                self.content.mark(f"/proc/self/fd/{fd}", STAGED_MASK)
-            except OSError:
-                pass
         self.staged.add(copy)
+        self.on_staged(fd, copy)
 
     def settle(self, pid: int) -> None:
         for item in self.pending.pop(pid, []):
@@ -208,7 +215,9 @@ class CopyTracker:
             copy.sources, copy.writer = sources, {k: proc.get(k) for k in ("pid", "name", "exe")}
             self.staged.dirty = True
         source_size = sum(sizes.get(p, 0) for p in sizes)
+        dev, ino = item.key
         self.emit(WeightsCopy, {
+            "inode": ino, "dev": os.makedev(*dev), "names": [item.destination],
             "pid": pid, **proc, "sources": sources[:1000], "source_bytes_read": read,
             "destination": item.destination, "destination_size": item.size, "path": item.destination,
             "derivative": item.size != source_size, "remote": item.remote, "view_path": item.view_path,

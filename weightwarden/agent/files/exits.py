@@ -35,9 +35,14 @@ TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK = 4
 TASKSTATS_TYPE_PID = 1
 TASKSTATS_TYPE_STATS = 3
 TASKSTATS_TYPE_AGGR_PID = 4
-# Offsets in struct taskstats (linux/taskstats.h), stable since version 4.
+# Offsets in struct taskstats (linux/taskstats.h), stable since version 4 (the executable: version 13).
+COMM = 80
+UID = 120
+PPID = 132
 READ_CHAR = 216
 WRITE_CHAR = 224
+EXE_DEV = 384
+EXE_INODE = 392
 
 _GENL = struct.Struct("=BBH")
 _U64 = struct.Struct("=Q")
@@ -49,6 +54,10 @@ class ExitRecord:
     read_char: int
     write_char: int
     ts: float
+    comm: str = ""
+    uid: int | None = None
+    ppid: int | None = None
+    exe: tuple[int, int] | None = None  # (st_dev, inode) of its executable (kernels since 5.19)
 
 
 def host_netns_listener() -> ExitListener:
@@ -130,8 +139,14 @@ class ExitListener:
             pid_raw, stats = inner.get(TASKSTATS_TYPE_PID), inner.get(TASKSTATS_TYPE_STATS)
             if pid_raw is None or stats is None or len(stats) < WRITE_CHAR + 8:
                 continue
+            exe = None
+            if len(stats) >= EXE_INODE + 8:
+                exe = (_U64.unpack_from(stats, EXE_DEV)[0], _U64.unpack_from(stats, EXE_INODE)[0])
+            comm = bytes(stats[COMM:COMM + 32]).split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
             out.append(ExitRecord(struct.unpack("=I", pid_raw[:4])[0], _U64.unpack_from(stats, READ_CHAR)[0],
-                                  _U64.unpack_from(stats, WRITE_CHAR)[0], now))
+                                  _U64.unpack_from(stats, WRITE_CHAR)[0], now, comm,
+                                  struct.unpack_from("=I", stats, UID)[0], struct.unpack_from("=I", stats, PPID)[0],
+                                  exe if exe and exe[1] else None))
         return out
 
     def close(self) -> None:

@@ -1,7 +1,8 @@
-"""A small ctypes binding to fanotify(7): init, mark, read events, answer permissions.
+"""A small ctypes binding to fanotify(7): init, mark, read events (with an fd, or with a file id).
 
-No maintained Python binding covers permission events and filesystem marks,
-and the API is four calls; ctypes keeps it dependency-free.
+Notification groups only: the agent never answers for an open, so nothing on the host ever
+waits for it. No maintained Python binding covers filesystem marks and file-id events, and the
+API is three calls; ctypes keeps it dependency-free.
 """
 
 from __future__ import annotations
@@ -16,19 +17,21 @@ from dataclasses import dataclass
 from weightwarden.events import safe_text
 
 FAN_CLASS_NOTIF = 0x0
-FAN_CLASS_CONTENT = 0x4
 FAN_CLOEXEC = 0x1
 FAN_NONBLOCK = 0x2
 FAN_UNLIMITED_QUEUE = 0x10
 
+FAN_REPORT_FID = 0x200
+
 FAN_ACCESS = 0x1
 FAN_MODIFY = 0x2
+FAN_ATTRIB = 0x4
 FAN_CLOSE_WRITE = 0x8
 FAN_CLOSE_NOWRITE = 0x10
 FAN_OPEN = 0x20
+FAN_DELETE_SELF = 0x400
+FAN_MOVE_SELF = 0x800
 FAN_Q_OVERFLOW = 0x4000
-FAN_OPEN_PERM = 0x10000
-FAN_ACCESS_PERM = 0x20000
 FAN_ONDIR = 0x40000000
 FAN_EVENT_ON_CHILD = 0x08000000
 
@@ -37,12 +40,14 @@ FAN_MARK_REMOVE = 0x2
 FAN_MARK_MOUNT = 0x10
 FAN_MARK_FILESYSTEM = 0x100
 
-FAN_ALLOW = 0x1
 FAN_NOFD = -1
 AT_FDCWD = -100
+FAN_EVENT_INFO_TYPE_FID = 1
 
 _META = struct.Struct("=IBBHQii")
-_RESPONSE = struct.Struct("=iI")
+_INFO = struct.Struct("=BBH")  # struct fanotify_event_info_header
+_FSID = 8
+_HANDLE = struct.Struct("=Ii")  # struct file_handle: handle_bytes, handle_type
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
@@ -66,11 +71,20 @@ def fd_path(fd: int) -> str | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class FidEvent:
+    mask: int
+    pid: int
+    handle: bytes  # struct file_handle (as kernel.file_handle returns it); b"" on overflow
+
+
 class Fanotify:
-    def __init__(self, content: bool, unlimited_queue: bool = False) -> None:
-        flags = (FAN_CLASS_CONTENT if content else FAN_CLASS_NOTIF) | FAN_CLOEXEC | FAN_NONBLOCK
+    def __init__(self, unlimited_queue: bool = False, report_fid: bool = False) -> None:
+        flags = FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK
         if unlimited_queue:
             flags |= FAN_UNLIMITED_QUEUE
+        if report_fid:
+            flags |= FAN_REPORT_FID
         fd = _libc.fanotify_init(flags, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
         if fd < 0:
             err = ctypes.get_errno()
@@ -86,16 +100,19 @@ class Fanotify:
             err = ctypes.get_errno()
             raise OSError(err, f"fanotify_mark {path}: {os.strerror(err)}")
 
-    def read(self) -> list[FanEvent]:
-        """Events waiting now. The caller must close ``fd`` (and answer permission events)."""
+    def _read(self) -> bytes:
         try:
-            buf = os.read(self.fd, 1 << 16)
+            return os.read(self.fd, 1 << 16)
         except BlockingIOError:
-            return []
+            return b""
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EINTR):
-                return []
+                return b""
             raise
+
+    def read(self) -> list[FanEvent]:
+        """Events waiting now. The caller must close ``fd``."""
+        buf = self._read()
         out = []
         off = 0
         while off + _META.size <= len(buf):
@@ -104,12 +121,28 @@ class Fanotify:
             off += length or _META.size
         return out
 
-    def allow(self, fd: int) -> None:
-        try:
-            os.write(self.fd, _RESPONSE.pack(fd, FAN_ALLOW))
-        except OSError:
-            pass  # the group is closing: the kernel allows pending events itself
+    def read_fid(self) -> list[FidEvent]:
+        """Events of a FAN_REPORT_FID group: the file named by its handle, no fd."""
+        buf = self._read()
+        out = []
+        off = 0
+        while off + _META.size <= len(buf):
+            length, _ver, _res, mlen, mask, _fd, pid = _META.unpack_from(buf, off)
+            handle = b""
+            info = off + (mlen or _META.size)
+            end = off + (length or _META.size)
+            while info + _INFO.size <= end:
+                kind, _pad, ilen = _INFO.unpack_from(buf, info)
+                if ilen == 0:
+                    break
+                at = info + _INFO.size + _FSID
+                if kind == FAN_EVENT_INFO_TYPE_FID and at + _HANDLE.size <= end:
+                    nbytes = _HANDLE.unpack_from(buf, at)[0]
+                    handle = bytes(buf[at:at + _HANDLE.size + nbytes])
+                info += ilen
+            out.append(FidEvent(mask, pid, handle))
+            off = end
+        return out
 
     def close(self) -> None:
-        # Closing the group answers every pending permission event with ALLOW.
         os.close(self.fd)

@@ -4,57 +4,37 @@ smaps takes the target's mmap lock, so a process that arranged to stall
 (memory on a hung FUSE file) would stall whoever reads it: reads go through
 ``offload.Offloader``. Processes that mapped weights before the agent
 started are found once at start (/proc/PID/maps of every process). A
-mapping is matched by path or by inode: through a container's mount
-namespace a weight file shows the container's path.
+mapping is matched by inode (``inodes.WeightInodes``) or by path: through a
+container's mount namespace, or after a rename, a weight file shows another path.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
 from weightwarden.agent.files.coalesce import Coalescer
 from weightwarden.agent.files.copies import CopyTracker
-from weightwarden.agent.files.mounts import dev_of
+from weightwarden.agent.files.inodes import WeightFile
 from weightwarden.agent.files.offload import Offloader
 from weightwarden.agent.files.procio import Mapping, WeightTest, mapped_weights, maps_weights, start_time
 from weightwarden.events import WeightHolder
-
-MAX_INODES = 100_000
 
 
 class HolderScan:
     def __init__(self, copies: CopyTracker, offload: Offloader, is_weight: WeightTest,
                  emit: Callable[[type[WeightHolder], dict[str, Any]], None],
-                 describe: Callable[[int], dict[str, Any]], proc_root: str = "/proc") -> None:
+                 describe: Callable[[int], dict[str, Any]], proc_root: str = "/proc",
+                 known: Callable[[tuple[int, int], int], WeightFile | None] = lambda _dev, _ino: None) -> None:
         self.copies = copies
         self.offload = offload
         self.is_weight = is_weight
         self.emit = emit
         self.describe = describe
         self.proc_root = proc_root
-        self.inodes: set[tuple[tuple[int, int], int]] = set()
+        self.known = known  # (dev, inode) -> the weight file it is (its weights path, its names)
         self._asked: set[int] = set()
-
-    def remember_inode(self, key: tuple[tuple[int, int], int]) -> None:
-        if len(self.inodes) < MAX_INODES:
-            self.inodes.add(key)
-
-    def index(self, roots: list[str], budget_s: float = 2.0) -> None:
-        """Inodes of the weight files, so a mapping seen under a container's path still matches."""
-        deadline = time.monotonic() + budget_s
-        for root in roots:
-            for d, _dirs, names in os.walk(root):
-                for n in names:
-                    try:
-                        st = os.stat(os.path.join(d, n), follow_symlinks=False)
-                    except OSError:
-                        continue
-                    self.remember_inode((dev_of(st), st.st_ino))
-                if time.monotonic() > deadline or len(self.inodes) >= MAX_INODES:
-                    return
 
     def scan_all(self, own_pid: int) -> None:
         """Processes that mapped weights before we started (the maps of every process, once)."""
@@ -93,9 +73,12 @@ class HolderScan:
             return
         reader = self.copies.reader(pid, self.describe(pid)) if pid not in self.copies.readers \
             else self.copies.readers[pid]
+        files = [(m, self.known(m.dev, m.ino)) for m in maps]
+        maps = [Mapping(wf.path if wf else m.path, m.mapped_bytes, m.resident_bytes, m.dev, m.ino) for m, wf in files]
         for m in maps:
             reader.sizes.setdefault(m.path, m.mapped_bytes)  # what it holds is what its copies come from
         by_path = {m.path: m for m in maps}
+        by_path.update({m.path: maps[i] for i, (m, _wf) in enumerate(files)})  # as the process saw it
         for (spid, path), sess in coalescer.sessions.items():
             held = by_path.get(path) or by_path.get(sess.extra.get("view_path") or "")
             if spid == pid and held is not None:
@@ -106,8 +89,11 @@ class HolderScan:
         last = self.copies.holders.get(pid, -1)
         if last < 0 or resident > 1.25 * max(last, 1):
             self.copies.holders[pid] = resident
-            data: dict[str, Any] = {"pid": pid, **self.describe(pid), "path": maps[0].path,
-                                    "files": [m.__dict__ for m in maps],
+            first = files[0][1]
+            data: dict[str, Any] = {"pid": pid, **self.describe(pid), **(first.identity() if first else {}),
+                                    "path": maps[0].path,
+                                    "files": [{"path": m.path, "mapped_bytes": m.mapped_bytes,
+                                               "resident_bytes": m.resident_bytes} for m in maps],
                                     "mapped_bytes": sum(m.mapped_bytes for m in maps), "resident_bytes": resident,
                                     "bytes_read": resident}
             self.emit(WeightHolder, data)

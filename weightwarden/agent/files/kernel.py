@@ -15,6 +15,7 @@ import os
 import struct
 from dataclasses import dataclass
 
+AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
 AT_STATX_DONT_SYNC = 0x4000
 STATX_BASIC_STATS = 0x7FF
@@ -46,6 +47,7 @@ class Stat:
     size: int
     mode: int
     mnt_id: int | None
+    nlink: int = 1
 
 
 def fstat(fd: int) -> Stat | None:
@@ -55,10 +57,11 @@ def fstat(fd: int) -> Stat | None:
     if _libc.statx(fd, b"", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_BASIC_STATS | STATX_MNT_ID, buf) < 0:
         return None
     mask, mode = struct.unpack_from("=I", buf, 0)[0], struct.unpack_from("=H", buf, 28)[0]
+    nlink = struct.unpack_from("=I", buf, 16)[0]
     ino, size = struct.unpack_from("=QQ", buf, 32)
     major, minor = struct.unpack_from("=II", buf, 136)
     mnt = int(struct.unpack_from("=Q", buf, _STATX_MNT_ID_OFFSET)[0]) if mask & STATX_MNT_ID else None
-    return Stat((int(major), int(minor)), int(ino), int(size), int(mode), mnt)
+    return Stat((int(major), int(minor)), int(ino), int(size), int(mode), mnt, int(nlink))
 
 
 def mount_id(fd: int) -> int | None:
@@ -81,6 +84,36 @@ def file_handle(fd: int) -> bytes | None:
         return None
     size = _HANDLE_HEAD.unpack_from(buf, 0)[0]
     return bytes(buf.raw[:_HANDLE_HEAD.size + size])
+
+
+def path_handle(path: str) -> bytes | None:
+    """The handle of the file a path names (a symlink itself, not its target)."""
+    buf = ctypes.create_string_buffer(_HANDLE_HEAD.size + MAX_HANDLE_SZ)
+    _HANDLE_HEAD.pack_into(buf, 0, MAX_HANDLE_SZ, 0)
+    mnt = ctypes.c_int(0)
+    if _libc.name_to_handle_at(AT_FDCWD, path.encode("utf-8", "surrogateescape"), buf, ctypes.byref(mnt), 0) < 0:
+        return None
+    size = _HANDLE_HEAD.unpack_from(buf, 0)[0]
+    return bytes(buf.raw[:_HANDLE_HEAD.size + size])
+
+
+FILEID_KERNFS = 0xFE
+
+
+def cgroup_path(root_fd: int, cgroup_id: int) -> str | None:
+    """A cgroup v2 directory's path below the hierarchy ``root_fd`` is open on, from its id (the
+    kernel's cgroup id is its kernfs node id, and cgroupfs opens it by that as a file handle)."""
+    handle = _HANDLE_HEAD.pack(8, FILEID_KERNFS) + struct.pack("=Q", cgroup_id)
+    try:
+        fd = open_handle(root_fd, handle)
+    except OSError:
+        return None
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def open_handle(mount_fd: int, handle: bytes, flags: int = os.O_PATH) -> int:

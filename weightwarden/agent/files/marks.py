@@ -1,4 +1,5 @@
-"""Marking the weight paths, at a cost that does not grow with time.
+"""Marking the weight paths, at a cost that does not grow with time. Notifications only: no
+mark here ever makes an open wait for the agent.
 
 - A root that is a whole filesystem (``/``, a mount point) gets one
   filesystem mark per filesystem at and under it: nothing to walk, ever, and
@@ -7,6 +8,9 @@
   its files, in every mount namespace) and an inotify watch, so a directory
   created or moved in later is marked (with its subtree) as soon as its
   creation is read, not by a periodic walk.
+- Every weight file known by inode (``inodes.WeightInodes``) gets an inode mark of its own, so
+  it is seen under any name: a hard link in another directory, after a move out of the tree,
+  through /proc/PID/fd/N or open_by_handle_at.
 - Pseudo filesystems (proc, sysfs, cgroup...) are never walked or marked.
 Roots that do not exist yet are looked for at each ``sync`` (a stat each).
 """
@@ -14,24 +18,32 @@ Roots that do not exist yet are looked for at each ``sync`` (a stat each).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from weightwarden import logs
 from weightwarden.agent.files import fanotify as fan
 from weightwarden.agent.files.inotify import Inotify
 from weightwarden.agent.files.mounts import PSEUDO_FS, MountTable, dev_of
 
-DIR_MASK = fan.FAN_OPEN_PERM | fan.FAN_CLOSE_NOWRITE | fan.FAN_CLOSE_WRITE | fan.FAN_EVENT_ON_CHILD
-FS_MASK = fan.FAN_OPEN_PERM | fan.FAN_CLOSE_NOWRITE | fan.FAN_CLOSE_WRITE
+FILE_MASK = fan.FAN_OPEN | fan.FAN_CLOSE_NOWRITE | fan.FAN_CLOSE_WRITE
+DIR_MASK = FILE_MASK | fan.FAN_EVENT_ON_CHILD
+FS_MASK = FILE_MASK
+# A file-id group sees what happens to a weight's inode itself: it is deleted (forgotten, so that
+# its inode number, free again, is not taken for a weight), or moved.
+FID_FILE_MASK = fan.FAN_DELETE_SELF | fan.FAN_MOVE_SELF
+FID_DIR_MASK = fan.FAN_DELETE_SELF | fan.FAN_MOVE_SELF | fan.FAN_ONDIR
 NEW_DIR = Inotify.IN_CREATE | Inotify.IN_MOVED_TO
 
 
 class WeightMarks:
     def __init__(self, content: fan.Fanotify | None, inotify: Inotify, table: MountTable,
-                 watch_mask: int = NEW_DIR) -> None:
+                 watch_mask: int = NEW_DIR,
+                 on_found: Callable[[str, os.stat_result, str], None] | None = None) -> None:
         self.content = content
         self.inotify = inotify
         self.table = table
         self.watch_mask = watch_mask
+        self.on_found = on_found  # (path, stat, "file" | "dir" | "fs") of every entry a walk meets, every filesystem marked
         self.log = logs.get("agent.files")
         self.dirs: set[str] = set()
         self.filesystems: set[tuple[int, int]] = set()
@@ -82,10 +94,13 @@ class WeightMarks:
                 continue
             assert self.content is not None
             try:
-                if dev_of(os.stat(m.mountpoint)) != m.dev:
+                st = os.stat(m.mountpoint)
+                if dev_of(st) != m.dev:
                     continue  # hidden under another mount: that one is in the table too
                 self.content.mark(m.mountpoint, FS_MASK, fan.FAN_MARK_FILESYSTEM)
                 self.filesystems.add(m.dev)
+                if self.on_found is not None:
+                    self.on_found(m.mountpoint, st, "fs")
             except OSError as exc:
                 self.log.warning("file_mark_failed", path=m.mountpoint, fstype=m.fstype, error=str(exc))
 
@@ -100,6 +115,11 @@ class WeightMarks:
             d = stack.pop()
             if d not in self.dirs:
                 self.mark_dir(d)
+                if self.on_found is not None:
+                    try:
+                        self.on_found(d, os.stat(d, follow_symlinks=False), "dir")
+                    except OSError:
+                        pass
             try:
                 entries = list(os.scandir(d))
             except OSError:
@@ -107,6 +127,8 @@ class WeightMarks:
             for entry in entries:
                 try:
                     if not entry.is_dir(follow_symlinks=False):
+                        if self.on_found is not None and entry.is_file(follow_symlinks=False):
+                            self.on_found(entry.path, entry.stat(follow_symlinks=False), "file")
                         continue
                     st = entry.stat(follow_symlinks=False)
                 except OSError:
@@ -123,6 +145,17 @@ class WeightMarks:
                 self.content.mark(path, DIR_MASK)
             self.inotify.watch(path, self.watch_mask)
             self.dirs.add(path)
+        except OSError as exc:
+            self.log.warning("file_mark_failed", path=path, error=str(exc))
+
+    def mark_file(self, path: str, fid: fan.Fanotify | None, is_dir: bool = False) -> None:
+        """An inode mark on one weight file (a directory's own mark is made by the walk), and
+        its file-id mark. ``path`` may be /proc/self/fd/N: the inode it names is marked."""
+        try:
+            if self.content is not None and not is_dir:
+                self.content.mark(path, FILE_MASK)
+            if fid is not None:
+                fid.mark(path, FID_DIR_MASK if is_dir else FID_FILE_MASK)
         except OSError as exc:
             self.log.warning("file_mark_failed", path=path, error=str(exc))
 

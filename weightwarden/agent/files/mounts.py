@@ -179,6 +179,29 @@ class HostPaths:
                 return path
         return None
 
+    def locate(self, dev: tuple[int, int], handle: bytes) -> str | None:
+        """Where a file is now, found by its handle through any mount of its filesystem the agent
+        has (a deleted file, or one on a filesystem the agent cannot see, is None)."""
+        if remote_type(self.table.fstype(dev) or "") is not None:
+            return None  # a stalled network or FUSE server would hang us
+        for m in sorted(self.table.by_dev.get(dev) or [], key=lambda m: (m.root != "/", len(m.root))):
+            mfd = self._mount_fd(m)
+            if mfd is None:
+                continue
+            try:
+                opened = kernel.open_handle(mfd, handle)
+            except OSError:
+                continue
+            try:
+                path = os.readlink(f"/proc/self/fd/{opened}")
+            except OSError:
+                continue
+            finally:
+                os.close(opened)
+            if not path.endswith(" (deleted)"):
+                return path
+        return None
+
     def _mount_fd(self, m: Mount) -> int | None:
         fd = self._mount_fds.get(m.dev)
         if fd is None:

@@ -67,6 +67,25 @@ def start_time(pid: int, proc_root: str = "/proc") -> float | None:
         return None
 
 
+def start_ticks(pid: int, proc_root: str = "/proc") -> int | None:
+    """When the process started, in clock ticks since boot (the kernel's own number), or None."""
+    try:
+        stat = Path(proc_root, str(pid), "stat").read_text(errors="replace")
+        return int(stat[stat.rfind(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def boot_time(proc_root: str = "/proc") -> float:
+    """When the machine booted (Unix seconds), as /proc/stat says."""
+    return _boot_time(proc_root)
+
+
+def ticks_of(boot_ns: int) -> int:
+    """A start time in boot-time ns (as the kernel keeps it) in clock ticks, as /proc prints it."""
+    return boot_ns // (1_000_000_000 // _TICKS)
+
+
 def identity(pid: int, proc_root: str = "/proc") -> dict[str, Any] | None:
     """Name, ppid, uid, exe, cgroup and start time, from files that never touch the process's memory.
 
@@ -82,6 +101,8 @@ def identity(pid: int, proc_root: str = "/proc") -> dict[str, Any] | None:
     for line in status.splitlines():
         key, _, value = line.partition(":")
         fields[key] = value.strip()
+    if fields.get("State", "").startswith(("Z", "X")):
+        return None  # exited: what /proc still shows of it is empty (no executable, zeroed counters)
     try:
         uid = int(fields.get("Uid", "").split()[0])
         ppid = int(fields.get("PPid", "0"))
@@ -160,6 +181,8 @@ class Mapping:
     path: str
     mapped_bytes: int
     resident_bytes: int
+    dev: tuple[int, int] = (0, 0)
+    ino: int = 0
 
 
 def _map_header(line: str) -> tuple[int, int, tuple[int, int], int, str] | None:
@@ -190,7 +213,7 @@ def mapped_weights(pid: int, is_weight: WeightTest, proc_root: str = "/proc") ->
             current = None
             start, end, dev, inode, path = header
             if path.startswith("/") and inode and is_weight(path, dev, inode):
-                current = found.setdefault(path, Mapping(path, 0, 0))
+                current = found.setdefault(path, Mapping(path, 0, 0, dev, inode))
                 current.mapped_bytes += end - start
         elif current is not None and line.startswith("Rss:"):
             current.resident_bytes += int(line.split()[1]) * 1024

@@ -84,6 +84,15 @@ def explain(policy: Policy, size: int, n_interfaces: int = 1) -> dict[str, Any]:
     for th in spec.thresholds:
         lines.append(f"Threshold {th.name!r}: a process sending over {format_size(th.bytes)} within "
                      f"{format_duration(th.window)} raises a {th.severity} event.")
+    raw = spec.raw_sockets
+    allowed = f" except {', '.join(raw.allow)}" if raw.allow else ""
+    if raw.action == "kill":
+        lines.append(f"Packet sockets (AF_PACKET, AF_XDP): every sender{allowed} is killed in the kernel when it sends "
+                     "(before anything leaves where the bpf LSM is enabled; otherwise its first send leaves), and "
+                     "reported (raw_socket).")
+    else:
+        lines.append(f"Packet sockets (AF_PACKET, AF_XDP): every one in use is reported (raw_socket), credited to its "
+                     f"process; senders{allowed} raise an alert. Their frames skip caps when they bypass the qdisc.")
     if spec.weights.paths:
         lines.append(f"Weights watched: {', '.join(spec.weights.paths)}.")
     if spec.weights.canaries:

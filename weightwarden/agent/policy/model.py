@@ -209,6 +209,29 @@ def _watchable(path: str) -> None:
                              "weights are never there")
 
 
+class RawSockets(Strict):
+    """Packet sockets (AF_PACKET, AF_XDP): frames that skip the transport layer and, with qdisc bypass, every
+    cap. Each one in use raises a raw_socket event; senders whose executable is not in ``allow`` are
+    alerted on, or killed in the kernel."""
+
+    action: Literal["alert", "kill"] = Field(
+        default="alert", description="for packet-socket senders not allowed: alert (a raw_socket event, the default) "
+        "or kill (SIGKILL from the kernel's send path; where the bpf LSM is enabled, before anything leaves)")
+    allow: list[str] = Field(default_factory=list, description="absolute paths of the programs allowed to send on "
+                             "packet sockets: DHCP clients, LLDP daemons, tcpdump run by an admin",
+                             examples=[["/usr/sbin/dhclient", "/usr/sbin/lldpd"]])
+
+    @field_validator("allow")
+    @classmethod
+    def _abs(cls, v: list[str]) -> list[str]:
+        for path in v:
+            if not path.startswith("/") or "\0" in path or "\n" in path:
+                raise ValueError(f"raw_sockets.allow takes absolute paths of executables: {path!r}")
+        if len(v) > 1000:
+            raise ValueError("at most 1000 allowlisted executables")
+        return v
+
+
 class Spec(Strict):
     interfaces: list[str] = Field(default_factory=list, description="interface names or prefixes with *, e.g. "
                                   "eth*, ens*; default: every non-loopback interface")
@@ -219,6 +242,8 @@ class Spec(Strict):
     thresholds: list[Threshold] = Field(default_factory=list)
     weights: Weights = Field(default_factory=Weights)
     interval: Duration = Field(default=5.0, description="seconds between reconciliations (0.5s to 1h)")
+    raw_sockets: RawSockets = Field(default_factory=RawSockets, description="packet sockets (AF_PACKET, AF_XDP): "
+                                    "who may send on them, and what happens to the others")
 
     @field_validator("interval")
     @classmethod

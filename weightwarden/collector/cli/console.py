@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -17,8 +18,10 @@ EXAMPLES = """examples:
   weightwarden-collector users add alice --role analyst --db sqlite:////var/lib/weightwarden/collector.db < pw.txt
   weightwarden-collector tokens create alice --label siem --db ...        # the token is the last word printed
   weightwarden-collector serve --db ... --listen 0.0.0.0:8443 --tls-cert cert.pem --tls-key key.pem
-  weightwarden-collector outputs add siem syslog+tls://siem.example:6514?format=cef --db ...
+  weightwarden-collector outputs add siem syslog+tls://siem.example:6514?format=cef --ca siem-ca.pem --audit --db ...
   weightwarden-collector outputs add soar https://soar.example/hooks/ww --secret-file hmac.key --db ...
+  weightwarden-collector outputs add relay syslog+udp://127.0.0.1:514 --allow-local --db ...
+  weightwarden-collector outputs migrate --db ...     # outputs stored by an older collector (docs/outputs.md)
 """
 
 
@@ -87,11 +90,22 @@ def add_commands(sub: Any, db_arg: Callable[[argparse.ArgumentParser], None]) ->
     outputs = sub.add_parser("outputs", help="where alert notifications go: syslog, webhook, MQTT", epilog=EXAMPLES,
                              formatter_class=fmt)
     osub = outputs.add_subparsers(dest="outputs_command", required=True)
-    oadd = osub.add_parser("add", help="add (or replace) an output")
+    oadd = osub.add_parser("add", help="add (or replace) an output; its secrets are stored encrypted, shown never")
     oadd.add_argument("name")
-    oadd.add_argument("url", help="syslog+udp|tcp|tls://HOST:PORT[?format=cef], http(s)://..., mqtt(s)://HOST:PORT")
+    oadd.add_argument("url", help="syslog+udp|tcp|tls://HOST:PORT[?format=cef], http(s)://[USER@]HOST/..., "
+                                  "mqtt(s)://[USER@]HOST:PORT")
     oadd.add_argument("--secret-file", help="webhook: file holding the HMAC-SHA256 key")
-    oadd.add_argument("--ca", help="TLS: CA file to check the receiver with")
+    oadd.add_argument("--password-file", help="webhook (HTTP Basic) or MQTT: file holding the output's own password "
+                                              "(or user:password@ in the URL)")
+    oadd.add_argument("--ca", help="TLS: CA certificate file to check the receiver with (its contents are stored)")
+    oadd.add_argument("--cert", help="TLS: client certificate file (with --key)")
+    oadd.add_argument("--key", help="TLS: the client certificate's private key file (stored encrypted)")
+    oadd.add_argument("--format", choices=("json", "cef"), help="syslog: the message body (default json)")
+    oadd.add_argument("--audit", action="store_true",
+                      help="also send the audit trail (logins, administration, alert actions)")
+    oadd.add_argument("--allow-local", action="store_true",
+                      help="let it reach loopback, link-local, metadata or this host's own addresses (only here, on "
+                           "the collector host; never over the API)")
     db_arg(oadd)
     oadd.set_defaults(func=cmd_outputs_add)
     olist = osub.add_parser("list", help="outputs and their deliveries")
@@ -102,12 +116,21 @@ def add_commands(sub: Any, db_arg: Callable[[argparse.ArgumentParser], None]) ->
     orm.add_argument("name")
     db_arg(orm)
     orm.set_defaults(func=cmd_outputs_remove)
+    omig = osub.add_parser("migrate", help="outputs an older collector stored (files named, secrets in clear): "
+                                           "without --apply, what would be read and done; with it, done")
+    omig.add_argument("--apply", action="append", default=[], metavar="NAME",
+                      help="migrate this output (repeatable): the files it names are read now, by you")
+    omig.add_argument("--allow-local", action="append", default=[], metavar="NAME",
+                      help="this output may keep a loopback/link-local destination (repeatable)")
+    db_arg(omig)
+    omig.add_argument("--json", action="store_true")
+    omig.set_defaults(func=cmd_outputs_migrate)
 
 
 def _store(url: str) -> Any:
     # An existing database with this binary's schema, never created or migrated here (the
     # collector's `run` and `db upgrade` do that); a problem is one line and exit 1.
-    from weightwarden.collector.cli.main import open_store
+    from weightwarden.collector.cli.opening import open_store
 
     return open_store(url, write=True)
 
@@ -169,10 +192,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_users_add(args: argparse.Namespace) -> int:
     from weightwarden.collector.web.auth import AuthError, add_user
 
+    from weightwarden.collector.store.audit import record
+
     password = _read_password()
+    now = time.time()
     try:
         with _store(args.db).tx() as conn:
-            add_user(conn, args.name, args.role, password, time.time())
+            add_user(conn, args.name, args.role, password, now)
+            record(conn, user=_operator(), action="user_add", target=args.name, detail=f"role {args.role}",
+                   via="cli", source="cli", now=now)
     except AuthError as exc:
         return _fail(str(exc), 2 if "password" in str(exc) or "name" in str(exc) else 1)
     print(f"user {args.name} added ({args.role})")
@@ -182,10 +210,16 @@ def cmd_users_add(args: argparse.Namespace) -> int:
 def cmd_users_passwd(args: argparse.Namespace) -> int:
     from weightwarden.collector.web.auth import AuthError, set_password
 
+    from weightwarden.collector.store.audit import record
+
     password = _read_password()
+    now = time.time()
     try:
         with _store(args.db).tx() as conn:
             found = set_password(conn, args.name, password)
+            if found:
+                record(conn, user=_operator(), action="user_password", target=args.name, via="cli", source="cli",
+                       now=now)
     except AuthError as exc:
         return _fail(str(exc), 2)
     if not found:
@@ -197,9 +231,13 @@ def cmd_users_passwd(args: argparse.Namespace) -> int:
 def cmd_users_role(args: argparse.Namespace) -> int:
     from weightwarden.collector.web.auth import set_role
 
+    from weightwarden.collector.store.audit import record
+
     with _store(args.db).tx() as conn:
         if not set_role(conn, args.name, args.role):
             return _fail(f"no user {args.name!r}")
+        record(conn, user=_operator(), action="user_role", target=args.name, detail=f"role {args.role}", via="cli",
+               source="cli", now=time.time())
     print(f"{args.name} is now {args.role}")
     return 0
 
@@ -207,8 +245,13 @@ def cmd_users_role(args: argparse.Namespace) -> int:
 def cmd_users_simple(args: argparse.Namespace) -> int:
     from weightwarden.collector.web.auth import remove_user, unlock
 
+    from weightwarden.collector.store.audit import record
+
     with _store(args.db).tx() as conn:
         found = unlock(conn, args.name) if args.verb == "unlock" else remove_user(conn, args.name, time.time())
+        if found:
+            record(conn, user=_operator(), action=f"user_{args.verb}", target=args.name, via="cli", source="cli",
+                   now=time.time())
     if not found:
         return _fail(f"no user {args.name!r}")
     print(f"{args.name} {'unlocked' if args.verb == 'unlock' else 'removed'}")
@@ -242,9 +285,14 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
         expires = now + parse_duration(args.expires) if args.expires else None
     except ValueError as exc:
         return _fail(str(exc), 2)
+    from weightwarden.collector.store.audit import record
+
     try:
         with _store(args.db).tx() as conn:
             token_id, token = create_token(conn, args.name, args.label, expires, now)
+            record(conn, user=_operator(), action="token_create", target=token_id,
+                   detail=f"for {args.name}" + (f", label {args.label}" if args.label else ""), via="cli",
+                   source="cli", now=now)
     except AuthError as exc:
         return _fail(str(exc))
     # The token is shown this once and is the last word of the output (scripts take it from there).
@@ -269,9 +317,12 @@ def cmd_tokens_list(args: argparse.Namespace) -> int:
 def cmd_tokens_revoke(args: argparse.Namespace) -> int:
     from weightwarden.collector.web.auth import revoke_token
 
+    from weightwarden.collector.store.audit import record
+
     with _store(args.db).tx() as conn:
         if not revoke_token(conn, args.id, time.time()):
             return _fail(f"no active token {args.id!r}")
+        record(conn, user=_operator(), action="token_revoke", target=args.id, via="cli", source="cli", now=time.time())
     print(f"token {args.id} revoked")
     return 0
 
@@ -279,51 +330,117 @@ def cmd_tokens_revoke(args: argparse.Namespace) -> int:
 # -- outputs --------------------------------------------------------------------------------
 
 
+def _read(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip() if what in ("secret", "password") else fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {what} file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
 def cmd_outputs_add(args: argparse.Namespace) -> int:
-    from weightwarden.collector.web.auth import AuthError, check_name
+    from weightwarden.collector.outputs.base import OutputConfigError
     from weightwarden.collector.outputs.outbox import add_output
-    from weightwarden.collector.outputs.receivers import OutputConfigError, check
+    from weightwarden.collector.outputs.receivers import configure
+    from weightwarden.collector.outputs.vault import SecretBox
+    from weightwarden.collector.store.audit import record
+    from weightwarden.collector.web.auth import AuthError, check_name
 
     options: dict[str, Any] = {}
     try:
         check_name(args.name)
-        if args.secret_file:
-            with open(args.secret_file) as fh:
-                options["secret"] = fh.read().strip()
-        if args.ca:
-            options["ca"] = args.ca
-        options = check(args.url, options)
-    except (AuthError, OutputConfigError) as exc:
+        for flag, option, what in ((args.secret_file, "secret", "secret"), (args.password_file, "password", "password"),
+                                   (args.ca, "ca_pem", "CA"), (args.cert, "cert_pem", "certificate"),
+                                   (args.key, "key_pem", "key")):
+            if flag:
+                options[option] = _read(flag, what)
+        if args.format:
+            options["format"] = args.format
+        if args.allow_local:
+            options["allow_local"] = True
+        store = _store(args.db)
+        spec = configure(args.name, args.url, options, SecretBox.for_db(args.db), local_ok=True, audit=args.audit)
+    except (AuthError, OutputConfigError, ValueError) as exc:
         return _fail(str(exc), 2)
-    except OSError as exc:
-        return _fail(f"cannot read {args.secret_file}: {exc.strerror}", 2)
-    with _store(args.db).tx() as conn:
-        add_output(conn, args.name, args.url, options, time.time())
-    print(f"output {args.name} -> {args.url} (notifications from now on)")
+    now = time.time()
+    with store.tx() as conn:
+        add_output(conn, spec, now)
+        record(conn, user=_operator(), action="output_add", target=args.name, via="cli", source="cli", now=now,
+               detail=f"{spec.shown()['url']}{' (may reach this host)' if spec.allow_local else ''}"
+                      f"{' (with the audit trail)' if spec.audit else ''}")
+    print(f"output {args.name} -> {spec.shown()['url']} (notifications from now on"
+          f"{'; secrets stored encrypted: ' + ', '.join(sorted(spec.secrets)) if spec.secrets else ''})")
     return 0
+
+
+def _operator() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid {os.getuid()}"
 
 
 def cmd_outputs_list(args: argparse.Namespace) -> int:
     from weightwarden.collector.outputs.outbox import delivery_counts, outputs
+    from weightwarden.textsafe import visible
 
     with _store(args.db).tx() as conn:
-        rows, counts = outputs(conn), delivery_counts(conn)
-    for o in rows:
-        o["options"] = {k: ("***" if k == "secret" else v) for k, v in o["options"].items()}
-        o["deliveries"] = {c["state"]: c["count"] for c in counts if c["output"] == o["name"]}
+        stored, counts = outputs(conn), delivery_counts(conn)
+    rows: list[dict[str, Any]] = []
+    for o in stored:
+        shown = o.shown()
+        shown["deliveries"] = {c["state"]: c["count"] for c in counts if c["output"] == o.name}
+        rows.append(shown)
     if args.json:
         print(json.dumps(rows))
         return 0
-    for o in rows:
-        print(f"{o['name']:<16} {o['url']:<50} {json.dumps(o['deliveries'])}")
+    for row in rows:
+        note = "  (stored by an older collector: outputs migrate)" if row["legacy"] else ""
+        print(f"{visible(row['name']):<16} {visible(row['url']):<50} {json.dumps(row['deliveries'])}{note}")
     return 0
 
 
 def cmd_outputs_remove(args: argparse.Namespace) -> int:
     from weightwarden.collector.outputs.outbox import remove_output
+    from weightwarden.collector.store.audit import record
 
+    now = time.time()
     with _store(args.db).tx() as conn:
         if not remove_output(conn, args.name):
             return _fail(f"no output {args.name!r}")
+        record(conn, user=_operator(), action="output_remove", target=args.name, via="cli", source="cli", now=now)
     print(f"output {args.name} removed")
     return 0
+
+
+def cmd_outputs_migrate(args: argparse.Namespace) -> int:
+    """Plan (what each legacy output names), or, with --apply NAME, rewrite those outputs."""
+    from weightwarden.collector.outputs.migrate import migrate, plan
+    from weightwarden.collector.outputs.vault import SecretBox
+    from weightwarden.textsafe import visible
+
+    store = _store(args.db)
+    if not args.apply:
+        steps = plan(store)
+        if args.json:
+            print(json.dumps(steps))
+            return 0
+        if not steps:
+            print("nothing to migrate")
+        for step in steps:
+            reads = ", ".join(f"{k} from {visible(v)}" for k, v in step["reads"].items()) or "no file"
+            print(f"{visible(step['name'])}: {visible(step['url'])}; would read {reads}"
+                  + "".join(f"; {n}" for n in step["notes"]))
+        if steps:
+            print("check each file is what the output should use, then: outputs migrate --apply NAME ...")
+        return 0
+    results = migrate(store, SecretBox.for_db(args.db), set(args.apply), set(args.allow_local), _operator(),
+                      time.time())
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for r in results:
+            print(f"{visible(r['name'])}: {r['result']}")
+    return 1 if any(not r["ok"] for r in results) else 0

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from weightwarden import logs
 from weightwarden.collector import __version__
+from weightwarden.textsafe import visible
 
 if TYPE_CHECKING:
     from weightwarden.collector.store.database import Store
@@ -53,11 +54,10 @@ def _db_arg(p: argparse.ArgumentParser) -> None:
 
 
 def open_store(url: str, *, write: bool = False) -> Store:
-    """An existing database with this binary's schema: read-only unless ``write`` (never migrated,
-    never created here; `run` and `db upgrade` do that)."""
-    from weightwarden.collector.store.database import Store
+    """See :func:`opening.open_store` (imported late: `--help` does not load SQLAlchemy)."""
+    from weightwarden.collector.cli.opening import open_store as open_
 
-    return Store(url, read_only=not write, migrate=False)
+    return open_(url, write=write)
 
 
 def _sub(sub: Any, name: str, help_: str, func: Callable[[argparse.Namespace], int],
@@ -93,7 +93,9 @@ def register_run(sub: Any) -> None:
     run.add_argument("--silent-after", default=None,
                      help="alert when an agent is quiet this long (default: three of its own heartbeat intervals, "
                           "15s until they are known)")
-    run.add_argument("--client-id", default=None)
+    run.add_argument("--client-id", default=None,
+                     help="the broker session's client id (default: weightwarden-collector-HOSTNAME- and 16 random "
+                          "hex digits, made once and kept in the database: not guessable)")
     run.add_argument("--tuning", metavar="FILE", default=None,
                      help="detection settings (YAML: ratios, windows, allowed_remote_prefixes); see docs/alerts.md")
     run.add_argument("--health-listen", metavar="HOST:PORT", default=None,
@@ -175,10 +177,12 @@ def cmd_alerts_list(args: argparse.Namespace) -> int:
     if not alerts:
         print("No alerts.")
         return 0
+    # What the hosts chose (process names, paths) is shown with its control characters as escapes
+    # (\x1b, \u202e): nothing an agent sends can steer this terminal. --json is ASCII-escaped JSON.
     print(f"{'ID':<17} {'SEVERITY':<9} {'STATE':<13} {'HOST':<16} {'LAST':<20} TITLE")
     for a in alerts:
-        print(f"{a['id']:<17} {a['severity']:<9} {a['state']:<13} {a['host'][:16]:<16} {_when(a['last_ts']):<20} "
-              f"{a['title']}")
+        print(f"{a['id']:<17} {a['severity']:<9} {a['state']:<13} {visible(a['host'][:16]):<16} "
+              f"{_when(a['last_ts']):<20} {visible(a['title'])}")
     return 0
 
 
@@ -195,22 +199,23 @@ def cmd_alerts_show(args: argparse.Namespace) -> int:
         print(json.dumps(alert, default=str))
         return 0
     ev = alert["evidence"]
-    lines = [f"{alert['severity'].upper()}  {alert['title']}", f"id {alert['id']}  key {alert['key']}  "
+    lines = [f"{alert['severity'].upper()}  {visible(alert['title'])}", f"id {alert['id']}  key {visible(alert['key'])}  "
              f"state {alert['state']}  seen {alert['count']}x  {_when(alert['first_ts'])} .. {_when(alert['last_ts'])}",
-             "", alert["explanation"], ""]
+             "", visible(alert["explanation"], keep_lines=True), ""]
     if ev.get("process"):
-        lines.append(f"process      {ev['process']}")
+        lines.append(f"process      {visible(ev['process'])}")
     for key in ("files", "destinations", "bytes_read", "bytes_sent", "projected_seconds_for_rest"):
         if ev.get(key) not in (None, []):
-            lines.append(f"{key:<12} {ev[key]}")
+            lines.append(f"{key:<12} {visible(ev[key])}")
     for item in ev.get("timeline", [])[:30]:
-        lines.append(f"  {_when(item['ts'])}  {item['what']}")
+        lines.append(f"  {_when(item['ts'])}  {visible(item['what'])}")
     if alert.get("acked_by"):
-        lines.append(f"acknowledged by {alert['acked_by']} at {_when(alert['acked_at'])}")
+        lines.append(f"acknowledged by {visible(alert['acked_by'])} at {_when(alert['acked_at'])}")
     if alert.get("resolved_by"):
-        lines.append(f"resolved by {alert['resolved_by']} at {_when(alert['resolved_at'])}")
+        lines.append(f"resolved by {visible(alert['resolved_by'])} at {_when(alert['resolved_at'])}")
     for a in alert["audit"]:
-        lines.append(f"  {_when(a['ts'])}  {a['user']} {a['action']}{': ' + a['comment'] if a['comment'] else ''}")
+        comment = ": " + visible(a["comment"]) if a["comment"] else ""
+        lines.append(f"  {_when(a['ts'])}  {visible(a['user'])} {a['action']}{comment}")
     print("\n".join(lines))
     return 0
 
@@ -222,7 +227,7 @@ def cmd_alerts_state(args: argparse.Namespace) -> int:
     try:
         with store.tx() as conn:  # audited like the console's ack, with --by as the user
             act(conn, args.alert, "ack" if args.state == "acknowledged" else "resolve", args.by, time.time(),
-                comment=args.comment, via="cli")
+                comment=args.comment, via="cli", source="cli")
     except TriageError as exc:
         raise Fail(str(exc)) from None
     alert = store.alert(args.alert)
@@ -253,7 +258,8 @@ def cmd_hosts(args: argparse.Namespace) -> int:
         policy = h["policy"] or "-"
         if h.get("policy_version") is not None:
             policy += f" v{h['policy_version']}"  # a signed central policy, and its version
-        print(f"{h['host'][:20]:<20} {h['status'] or '?':<8} {_when(h['last_seen']):<20} {policy[:28]:<28} "
+        print(f"{visible(h['host'][:20]):<20} {h['status'] or '?':<8} {_when(h['last_seen']):<20} "
+              f"{visible(policy[:28]):<28} "
               f"{'yes' if h['rules_in_force'] else 'no':<6} {format_rate(h['egress_bps'] or 0):>12} "
               f"{format_size(h['weights_bytes'] or 0):>9}")
     return 0
@@ -291,8 +297,10 @@ def register_db(sub: Any) -> None:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from weightwarden.collector.store.database import private_files
     from weightwarden.collector.store.schema import make_engine, migrate
 
+    private_files(args.db, create=True)  # 0600 before SQLite first writes it
     before, after = migrate(make_engine(args.db, read_only=False, create=True), args.db)
     print(json.dumps({"before": before, "after": after}) if args.json else
           f"schema version {before} -> {after}" if before != after else f"schema is up to date (version {after})")

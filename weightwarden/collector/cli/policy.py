@@ -173,7 +173,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     count = 0
     first: float | None = None
     try:
-        from weightwarden.collector.cli.main import open_store
+        from weightwarden.collector.cli.opening import open_store
 
         for event in open_store(args.db).export_events(args.host, since, until, types):
             sys.stdout.write(json.dumps(event) + "\n")

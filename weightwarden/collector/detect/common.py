@@ -111,6 +111,7 @@ class Draft:
     last_ts: float
     reopen: bool = True
     mode: str = "facts"
+    count: int | None = None  # how often the incident happened, when the facts say (else: each change counts)
     order: str = ""
     id: str = field(init=False)
 

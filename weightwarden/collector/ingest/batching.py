@@ -35,7 +35,7 @@ from weightwarden.collector.store import bulk
 from weightwarden.collector.ingest.bounded import BoundedDict
 from weightwarden.collector.detect.common import Tuning
 from weightwarden.collector.detect.detector import Detector, Units
-from weightwarden.collector.ingest.validate import Rejection, validate
+from weightwarden.collector.ingest.validate import Rejection, count_backdated, validate
 from weightwarden.collector.store.database import Store
 from weightwarden.events import (
     EgressSample, Event, Heartbeat, ProcessFields, ThresholdCrossed,
@@ -197,6 +197,7 @@ class BatchIngest:
         """The facts of stored events, then what they touch judged again. Samples are written
         together (the detector's few statements); other events one by one, each in a savepoint (a
         correlation that fails is counted, the event kept). Database errors go up: the batch is retried."""
+        codes["backdated"] += count_backdated(fresh, now)  # flagged, stored, judged (validate.BACKDATED_S)
         samples = [ev for ev in fresh if isinstance(ev.data, EgressSample)]
         others = sorted((ev for ev in fresh if not isinstance(ev.data, EgressSample)), key=lambda e: (e.ts, e.seq))
         heartbeats = [ev for ev in others if isinstance(ev.data, Heartbeat)]

@@ -14,11 +14,22 @@ over every collector in the group.
 
 Messages are acknowledged (PUBACK) only once their batch is committed: a
 collector that crashes, or whose database is away, leaves them with the broker,
-which sends them again to the same session (a stable client id, default
-``weightwarden-collector-<hostname>``) when the collector is back. Redelivered
-events keep their id and are stored once. A message that cannot be stored is
-a dead letter, committed and acknowledged like the rest: only the database
-being away holds a batch back.
+which sends them again to the same session (a stable client id) when the
+collector is back. Redelivered events keep their id and are stored once. A
+message that cannot be stored is a dead letter, committed and acknowledged like
+the rest: only the database being away holds a batch back.
+
+The session's client id is not guessable: ``weightwarden-collector-<hostname>-``
+and 16 random hex digits, made on the first run and kept in the database, so it
+survives restarts (``--client-id`` chooses one instead). Another client that
+connects with it takes the session over, and with it the messages queued for
+this collector: that is a security event, not a reconnect. The collector raises
+a ``collector_session_taken_over`` alert (and logs it) when the broker says so
+(MQTT v5 reason 0x8E), or when the broker closed the connection while it kept
+running (its ``$SYS/broker/uptime`` went on: Mosquitto 2.0 closes a taken-over
+session without a reason). The shipped broker configurations bind client ids
+to credentials, so only the collector's own credentials can do it
+(docs/events.md).
 """
 
 from __future__ import annotations
@@ -27,7 +38,10 @@ import asyncio
 import functools
 import itertools
 import os
+import hashlib
 import random
+import re
+import secrets
 import signal
 import socket
 import time
@@ -52,6 +66,9 @@ from weightwarden.collector.store.retention import run as run_retention
 from weightwarden.mqtt import MqttSettings
 
 TOPIC = "weightwarden/v1/#"
+UPTIME_TOPIC = "$SYS/broker/uptime"  # Mosquitto's, every sys_interval (10 s): did the broker restart?
+UPTIME_SLACK_S = 25.0  # two sys_intervals and a margin: a restart resets uptime by more than that
+TAKEN_OVER = 0x8E  # MQTT v5 DISCONNECT reason: "Session taken over"
 SESSION_EXPIRY_S = 300
 BEHIND_S = 5.0  # a message waiting longer than this in the collector: it is behind, and says so
 REPORT_EVERY_S = 5.0
@@ -59,6 +76,25 @@ RETENTION_EVERY_S = 60.0
 SWEEP_PAUSE = 3.0  # after a sweep, wait at least three times as long as it took
 FLUSH_EVERY_S = 1.0
 LIVE_TIMEOUT_S = 5.0  # /healthz: the event loop must run a no-op this soon
+
+
+@dataclass
+class _Closed:
+    """A connection the broker ended itself: when, the broker's uptime then, how often it publishes it."""
+
+    at: float
+    uptime: tuple[float, float]
+    interval: float | None
+    unreachable: bool = False  # a reconnect failed since: the broker (or the network) was down
+
+
+def _reason(exc: BaseException) -> int | None:
+    """The MQTT v5 reason code of a disconnection, when the broker gave one."""
+    rc = getattr(exc, "rc", None)
+    try:
+        return int(getattr(rc, "value", rc)) if rc is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 class SweepLeader:
@@ -101,6 +137,21 @@ class SweepLeader:
             self.conn = None
 
 
+def client_id(store: Any, hostname: str) -> str:
+    """This host's collector session id: made once (random, not guessable), then kept in the database."""
+    from sqlalchemy import text as sql
+
+    key = f"collector_client_id:{hostname}"
+    with store.tx() as conn:
+        found = conn.execute(sql("SELECT value FROM meta WHERE key = :k"), {"k": key}).scalar()
+        if found:
+            return str(found)
+        made = f"weightwarden-collector-{hostname[:40]}-{secrets.token_hex(8)}"
+        conn.execute(sql("INSERT INTO meta(key, value) VALUES (:k, :v) ON CONFLICT (key) DO NOTHING"),
+                     {"k": key, "v": made})
+        return str(conn.execute(sql("SELECT value FROM meta WHERE key = :k"), {"k": key}).scalar())
+
+
 @dataclass
 class ServiceConfig:
     broker: MqttSettings
@@ -130,8 +181,18 @@ class CollectorService:
         self.connected = asyncio.Event()
         self._ingest_done = asyncio.Event()
         self.gate: ReadGate | None = None
-        self.ident = cfg.client_id or f"weightwarden-collector-{socket.gethostname()}"
+        hostname = socket.gethostname()
+        self.ident = cfg.client_id or client_id(pipeline.store, hostname)
+        # What stats, /metrics and logs call this collector: never the secret part of its session id.
+        self.name = cfg.client_id or f"weightwarden-collector-{hostname}"
         self.started_at = time.time()
+        # The broker's uptime as last seen (seconds, our monotonic clock then), and whether the broker
+        # ended the last connection itself (end of stream, not a timeout or a reset).
+        self.uptime: tuple[float, float] | None = None
+        self.uptime_seen = asyncio.Event()
+        self.sys_interval: float | None = None
+        self.closed_by_broker = False
+        self.takeovers = 0
         # Health (/healthz, /readyz): the loop it runs on, and the database's last failure (None: it answers).
         self._loop: asyncio.AbstractEventLoop | None = None
         self.db_error: str | None = None
@@ -139,7 +200,7 @@ class CollectorService:
                               if cfg.health_listen else None)  # bound here: a port in use fails the start
         # Rows every collector's every batch would update (counters, hosts): shares of their own, and
         # host rows once a second (_flusher), so collectors sharing a database never queue on them.
-        pipeline.counter_part = self.ident
+        pipeline.counter_part = self.name
         pipeline.defer_hosts = True
 
     def topic(self) -> str:
@@ -164,7 +225,9 @@ class CollectorService:
     async def _mqtt(self) -> None:
         backoff = 0.5
         loop = asyncio.get_running_loop()
+        suspect: _Closed | None = None  # the broker ended our last connection itself, without a reason
         while not self.stop.is_set():
+            connected = False
             try:
                 client = self._client()
                 paho_client = client._client
@@ -174,13 +237,20 @@ class CollectorService:
                 paho_client.manual_ack_set(True)
                 self.gate = gate = ReadGate(client, loop)
                 paho_client.on_message = functools.partial(self._on_message, gate)
+                self._watch_end_of_stream(paho_client)
                 self.inbox.on_room = gate.resume
+                self.uptime_seen.clear()
                 async with client:
+                    connected = True
                     await client.subscribe(self.topic(), qos=1)
+                    await client.subscribe(UPTIME_TOPIC, qos=0)
                     s = self.cfg.broker
                     self.log.info("collector_subscribed", topic=self.topic(), broker=f"{s.host}:{s.port}")
                     self.connected.set()
                     backoff = 0.5
+                    if suspect is not None and not suspect.unreachable:
+                        await self._judge_silent_close(suspect)
+                    suspect = None
                     stop = asyncio.ensure_future(self.stop.wait())
                     waiters: list[asyncio.Future[Any]] = [client._disconnected, stop]
                     try:
@@ -189,12 +259,89 @@ class CollectorService:
                         stop.cancel()
                     if client._disconnected.done():
                         exc = client._disconnected.exception()
-                        raise aiomqtt.MqttError(f"disconnected: {exc}" if exc else "disconnected")
+                        raise exc if isinstance(exc, aiomqtt.MqttError) else aiomqtt.MqttError(
+                            f"disconnected: {exc}" if exc else "disconnected")
             except aiomqtt.MqttError as exc:
                 self.connected.clear()
-                self.log.warning("collector_disconnected", error=str(exc))
+                if self.stop.is_set():
+                    return
+                if not connected:
+                    if suspect is not None:
+                        suspect.unreachable = True  # down for a while: a restart or the network, not a takeover
+                elif _reason(exc) == TAKEN_OVER:
+                    await self._taken_over("the broker said so (MQTT v5 reason 0x8E, session taken over)")
+                elif self.closed_by_broker and self.uptime is not None:
+                    suspect = _Closed(time.monotonic(), self.uptime, self.sys_interval)
+                self.log.warning("collector_disconnected", error=str(exc), closed_by_broker=self.closed_by_broker)
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 30.0)
+
+    def _watch_end_of_stream(self, paho_client: Any) -> None:
+        """Note when the broker closes the connection itself (a read returns end of stream), as opposed
+        to a timeout or a reset: paho reports all of them alike."""
+        self.closed_by_broker = False
+        recv = paho_client._sock_recv
+
+        def watched(size: int) -> bytes:
+            data: bytes = recv(size)
+            if not data:
+                self.closed_by_broker = True
+            return data
+        paho_client._sock_recv = watched
+
+    async def _judge_silent_close(self, closed: _Closed) -> None:
+        """The broker ended our connection without a reason and took us back at the first attempt. If it
+        kept running meanwhile (its uptime went on), it closed us on purpose, and what Mosquitto closes
+        that way is a session another client took over."""
+        try:
+            await asyncio.wait_for(self.uptime_seen.wait(), 5.0)
+        except TimeoutError:
+            self.log.warning("collector_disconnected_by_broker", reason=f"the broker's {UPTIME_TOPIC} is not "
+                             "readable: a takeover cannot be told from a restart (allow this collector to read it)")
+            return
+        assert self.uptime is not None
+        up_before, seen_before = closed.uptime
+        up_now, seen_now = self.uptime
+        # The uptime we read is the broker's last publication: up to one interval old. A restart sets it
+        # back to 0, which no interval of staleness hides once the broker was up for longer than that.
+        slack = (closed.interval or 10.0) + 1.0
+        if up_before < slack + 2:
+            self.log.warning("collector_disconnected_by_broker", reason="the broker had just started: a takeover "
+                             "cannot be told from a restart")
+            return
+        if up_now >= up_before + (seen_now - seen_before) - slack:
+            await self._taken_over(f"the broker closed the connection and took it back at once while it kept "
+                                   f"running (up {up_before:.0f} s before, {up_now:.0f} s "
+                                   f"{seen_now - closed.at:.1f} s later): Mosquitto does that to a session another "
+                                   "client takes over")
+
+    async def _taken_over(self, how: str) -> None:
+        self.takeovers += 1
+        s = self.cfg.broker
+        self.log.error("collector_session_taken_over", collector=self.name, broker=f"{s.host}:{s.port}", how=how,
+                       times=self.takeovers)
+        try:
+            await asyncio.to_thread(self._raise_takeover_alert, how)
+        except Exception as exc:  # noqa: BLE001 - the log line above stands; the database may be away
+            self.log.error("collector_alert_failed", error=repr(exc)[:300])
+
+    def _raise_takeover_alert(self, how: str) -> None:
+        s = self.cfg.broker
+        host = f"collector@{socket.gethostname()}"
+        digest = hashlib.sha256(self.ident.encode()).hexdigest()[:8]
+        now = time.time()
+        with self.pipeline.store.tx() as conn:
+            self.pipeline.store.collector_alert(
+                conn, f"collector_session_taken_over:{self.name}", host, "collector_session_taken_over", "high",
+                f"Collector {self.name}'s broker session was taken over",
+                f"Another client connected to the broker at {s.host}:{s.port} with this collector's client id "
+                f"(the one ending in a hash {digest}) and took its session over: {how}. The messages the broker "
+                "held for this collector may have gone to that client or been dropped: expect sequence gaps from "
+                "the agents, and look in the broker's log for the address that connected with this id. Only "
+                "this collector's broker credentials can do this where the broker binds client ids to them "
+                "(docs/events.md); elsewhere, anyone who learns the id can.",
+                {"collector": self.name, "broker": f"{s.host}:{s.port}", "how": how, "times": self.takeovers},
+                now)
 
     def _on_message(self, gate: ReadGate, client: Any, _userdata: Any, message: Any) -> None:
         """paho's on_message, in the event loop's reader callback: into the inbox, and stop reading
@@ -204,6 +351,18 @@ class CollectorService:
             topic = message.topic
         except UnicodeDecodeError:  # the broker should refuse such a topic; it is a dead letter here
             topic = message._topic.decode("utf-8", "backslashreplace")
+        if topic == UPTIME_TOPIC:
+            m = re.match(rb"\s*(\d+)", bytes(message.payload))
+            if m:
+                up = float(m.group(1))
+                if self.uptime is not None and self.uptime_seen.is_set() and up > self.uptime[0]:
+                    step = up - self.uptime[0]  # the broker's sys_interval, as seen on this connection
+                    self.sys_interval = step if self.sys_interval is None else min(self.sys_interval, step)
+                self.uptime = (up, time.monotonic())
+                self.uptime_seen.set()
+            if ack is not None:
+                ack()
+            return
         if topic.startswith(ALERT_TOPIC + "/"):
             if ack is not None:
                 ack()  # alert notifications (ours or another collector's), not agent events
@@ -302,7 +461,7 @@ class CollectorService:
 
     def status(self, rate: float) -> dict[str, Any]:
         """The collector_status row (metrics.py renders it): backlog in messages, bytes and seconds."""
-        return {"client_id": self.ident, "hostname": socket.gethostname(), "pid": os.getpid(),
+        return {"client_id": self.name, "hostname": socket.gethostname(), "pid": os.getpid(),
                 "version": __version__, "started_at": self.started_at, "updated_at": time.time(),
                 "received": self.received, "stored": self.stored, "backlog": self.inbox.held,
                 "backlog_bytes": self.inbox.held_bytes, "backlog_s": round(self.inbox.oldest_age(), 3),
@@ -386,7 +545,7 @@ class CollectorService:
             # This collector's backlog and rate, for `stats`, /metrics and the console; and the alert
             # outputs (syslog, webhook, MQTT): beside ingest, never in it.
             tg.create_task(self._reporter())
-            tg.create_task(Dispatcher(self.pipeline.store, self.ident).run(self.stop))
+            tg.create_task(Dispatcher(self.pipeline.store, self.name).run(self.stop))
             await self.stop.wait()
             mqtt.cancel()
         return 0

@@ -13,9 +13,16 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from weightwarden.collector.store.database import BACKDATED_S, backdated_by
 from weightwarden.events import Event, parse_event_json
 
 MAX_PAYLOAD = 1 << 20
+# An event dated more than BACKDATED_S before it arrived is backdated: a spool delivered after a long
+# outage, a clock set back, or someone hiding an event in the past. It is stored and judged like any
+# other, and flagged: counted (``backdated`` in stats and /metrics), and its alert says so
+# (``backdated`` in the API and `alerts list --json`, a badge in the console). Alerts sort by when the
+# collector raised them, and retention counts from when an event was stored, so a backdated event
+# neither sinks out of sight nor is purged on arrival.
 TOPIC = re.compile(r"^weightwarden/v1/([A-Za-z0-9][A-Za-z0-9_.-]{0,62})/([a-z_]{1,40})$")
 
 
@@ -50,4 +57,8 @@ def validate(topic: str, payload: bytes) -> Event | Rejection:
     return event
 
 
-__all__ = ["MAX_PAYLOAD", "Rejection", "validate"]
+def count_backdated(events: list[Event], now: float) -> int:
+    return sum(1 for ev in events if backdated_by(ev.ts, now))
+
+
+__all__ = ["BACKDATED_S", "MAX_PAYLOAD", "Rejection", "backdated_by", "count_backdated", "validate"]

@@ -16,7 +16,9 @@ from typing import Any
 from weightwarden import logs
 from weightwarden.asyncutil import wait_for_stop
 from weightwarden.collector.outputs import outbox
-from weightwarden.collector.outputs.receivers import DeliveryError, OutputConfigError, Receiver, make_receiver
+from weightwarden.collector.outputs.base import DeliveryError, OutputConfigError, Receiver
+from weightwarden.collector.outputs.receivers import make_receiver
+from weightwarden.collector.outputs.vault import SecretBox, SecretsError
 from weightwarden.collector.store.database import Store
 
 POLL_S = 0.5
@@ -25,8 +27,10 @@ SEND_TIMEOUT_S = 15.0
 
 
 class Dispatcher:
-    def __init__(self, store: Store, worker: str, poll_s: float = POLL_S) -> None:
+    def __init__(self, store: Store, worker: str, poll_s: float = POLL_S, box: SecretBox | None = None) -> None:
         self.store = store
+        self.box = box or SecretBox.for_db(store.url)
+        self.reported: set[str] = set()  # unusable outputs already logged (by config digest): once each
         self.worker = worker
         self.poll_s = poll_s
         self.log = logs.get("collector.outputs")
@@ -58,24 +62,30 @@ class Dispatcher:
             await asyncio.gather(*(t for _d, t in self.tasks.values()), return_exceptions=True)
             self.executor.shutdown(wait=False, cancel_futures=True)
 
-    def _reconcile(self, configured: list[dict[str, Any]], stop: asyncio.Event) -> None:
-        wanted = {o["name"]: o for o in configured if o["enabled"]}
+    def _reconcile(self, configured: list[outbox.StoredOutput], stop: asyncio.Event) -> None:
+        wanted = {o.name: o for o in configured if o.enabled}
         for name in list(self.tasks):
             digest, task = self.tasks[name]
             o = wanted.get(name)
-            if o is None or repr((o["url"], o["options"])) != digest or task.done():
+            if o is None or repr(o.spec) != digest or task.done():
                 task.cancel()
                 del self.tasks[name]
         for name, o in wanted.items():
             if name in self.tasks:
                 continue
+            digest = repr(o.spec)
             try:
-                receiver = make_receiver(name, o["url"], o["options"], self.executor)
-            except (OutputConfigError, OSError, ValueError) as exc:
-                self.log.error("output_unusable", output=name, error=str(exc))
+                if o.legacy:
+                    raise OutputConfigError(f"output {name!r} was stored by an older collector (secrets in clear or "
+                                            "files named): run `weightwarden-collector outputs migrate` "
+                                            "(docs/outputs.md)")
+                receiver = make_receiver(o.spec, self.box, self.executor)
+            except (OutputConfigError, SecretsError, OSError, ValueError) as exc:
+                if digest not in self.reported:
+                    self.reported.add(digest)
+                    self.log.error("output_unusable", output=name, error=str(exc))
                 continue
-            self.tasks[name] = (repr((o["url"], o["options"])),
-                                asyncio.create_task(self._deliver(receiver, stop), name=f"output-{name}"))
+            self.tasks[name] = (digest, asyncio.create_task(self._deliver(receiver, stop), name=f"output-{name}"))
 
     async def _deliver(self, receiver: Receiver, stop: asyncio.Event) -> None:
         backoff = 1.0

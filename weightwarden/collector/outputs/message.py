@@ -1,7 +1,14 @@
 """What a receiver gets for one notification: a JSON document, an RFC 5424 syslog line (plain or CEF body).
 
-Pure functions of the notification (``{"seq", "id", "transition", "alert"}``);
-the transports in this package only move the bytes.
+Pure functions of the notification (``{"seq", "id", "transition", "alert"}``, or
+``{"seq", "id", "transition": "audit", "audit"}`` for an audit entry); the
+transports in this package only move the bytes.
+
+Text from the hosts (process names, paths, users) is escaped by each format's
+own rules, after control and layout characters are made visible
+(:mod:`weightwarden.textsafe`): a carriage return or line feed in a process
+name can neither end a CEF record nor start a forged one. JSON bodies are
+ASCII-escaped by the encoder.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import time
 from typing import Any
 
 from weightwarden.collector import __version__
+from weightwarden.textsafe import visible
 
 # MITRE ATT&CK, where a kind of alert fits a technique (TA0010 is the Exfiltration tactic).
 EXFIL_KINDS = {"exfiltration", "staged_exfiltration", "chunked_exfiltration", "slow_exfiltration"}
@@ -42,8 +50,16 @@ def attack(alert: dict[str, Any]) -> list[dict[str, str]]:
              "TA0009" if t == "T1074" else "TA0005"} for t, n in out]
 
 
+def is_audit(note: dict[str, Any]) -> bool:
+    return note.get("transition") == "audit"
+
+
 def document(note: dict[str, Any]) -> dict[str, Any]:
-    """The JSON body of webhooks and MQTT messages (schema ``weightwarden/v1/alert-notification``)."""
+    """The JSON body of webhooks and MQTT messages (schema ``weightwarden/v1/alert-notification``, or
+    ``weightwarden/v1/audit-event`` for an entry of the audit trail)."""
+    if is_audit(note):
+        return {"schema": "weightwarden/v1/audit-event", "notification_id": note["id"], "transition": "audit",
+                "audit": note["audit"], "sent_at": time.time()}
     alert = note["alert"]
     return {
         "schema": "weightwarden/v1/alert-notification",
@@ -56,20 +72,57 @@ def document(note: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _sd_escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+def _sd_escape(value: object) -> str:
+    """An RFC 5424 PARAM-VALUE: '"', '\\' and ']' escaped (section 6.3.3), controls made visible."""
+    return visible(value).replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
 
-def _cef_header(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+def _cef_header(value: object) -> str:
+    """A CEF header field: '\\' and '|' escaped; no line breaks (they are shown as escapes)."""
+    return visible(value).replace("\\", "\\\\").replace("|", "\\|")
 
 
-def _cef_ext(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("=", "\\=").replace("\r", " ").replace("\n", " ")
+def _cef_ext(value: object) -> str:
+    """A CEF extension value: '\\' and '=' escaped, line breaks as the format's \\n, other controls shown
+    as escapes: the record stays one line whatever the value holds."""
+    text = visible(str(value).replace("\r\n", "\n").replace("\r", "\n"), keep_lines=True).replace("\t", " ")
+    return text.replace("\\", "\\\\").replace("=", "\\=").replace("\n", "\\n")
+
+
+AUDIT_CEF = {"ok": 3, "failed": 6, "refused": 7}
+
+
+def cef_audit(note: dict[str, Any]) -> str:
+    """An audit entry as CEF: who (suser), from where (src), what (act), how it went (outcome)."""
+    e = note["audit"]
+    ext: dict[str, Any] = {"rt": int(float(e.get("ts") or time.time()) * 1000), "externalId": note["id"],
+                           "suser": e.get("user"), "act": e.get("action"), "outcome": e.get("outcome"),
+                           "cs4Label": "target", "cs4": e.get("target"), "cs5Label": "via", "cs5": e.get("via"),
+                           "msg": (e.get("detail") or e.get("comment") or "")[:1000]}
+    source = str(e.get("source") or "")
+    ext["src" if _is_ip(source) else "cs6"] = source or None
+    if "cs6" in ext:
+        ext["cs6Label"] = "source"
+    body = " ".join(f"{k}={_cef_ext(v)}" for k, v in ext.items() if v not in (None, ""))
+    title = f"{e.get('user')} {e.get('action')} {e.get('target') or ''}".strip()
+    return (f"CEF:0|weightwarden|collector|{__version__}|{_cef_header('audit:' + str(e.get('action')))}|"
+            f"{_cef_header(title)}|{AUDIT_CEF.get(str(e.get('outcome')), 5)}|{body}")
+
+
+def _is_ip(value: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def cef(note: dict[str, Any]) -> str:
     """ArcSight CEF:0, the body many SIEMs parse without a custom parser."""
+    if is_audit(note):
+        return cef_audit(note)
     a = note["alert"]
     ev = a.get("evidence") or {}
     proc = ev.get("process") or {}
@@ -92,22 +145,36 @@ def cef(note: dict[str, Any]) -> str:
             ext["dhost"] = dests[0]["name"]
     if ev.get("bytes_sent") is not None:
         ext["out"] = ev["bytes_sent"]
-    body = " ".join(f"{k}={_cef_ext(str(v))}" for k, v in ext.items() if v not in (None, ""))
+    body = " ".join(f"{k}={_cef_ext(v)}" for k, v in ext.items() if v not in (None, ""))
     return (f"CEF:0|weightwarden|collector|{__version__}|{_cef_header(a.get('kind', ''))}|"
             f"{_cef_header(a.get('title', ''))}|{SEVERITY_CEF.get(a.get('severity', ''), 5)}|{body}")
 
 
-def syslog_line(note: dict[str, Any], hostname: str, body: str = "json", procid: str = "-") -> bytes:
-    """One RFC 5424 message: structured data names the alert; the body is JSON or CEF."""
+def _structured(note: dict[str, Any]) -> tuple[int, str]:
+    """(PRI, the structured data element) of a notification."""
+    if is_audit(note):
+        e = note["audit"]
+        severity = 5 if e.get("outcome") == "ok" else 4  # notice, warning
+        sd = (f'[{SD_ID} notification="{_sd_escape(note["id"])}" audit="{_sd_escape(e.get("id"))}" '
+              f'action="{_sd_escape(e.get("action"))}" user="{_sd_escape(e.get("user"))}" '
+              f'outcome="{_sd_escape(e.get("outcome"))}" source="{_sd_escape(e.get("source") or "-")}"]')
+        return FACILITY_LOCAL0 * 8 + severity, sd
     a = note["alert"]
-    pri = FACILITY_LOCAL0 * 8 + SEVERITY_SYSLOG.get(a.get("severity", ""), 4)
-    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
     techniques = ",".join(t["technique"] for t in attack(a))
-    sd = (f'[{SD_ID} notification="{_sd_escape(note["id"])}" alert="{_sd_escape(str(a.get("id")))}" '
-          f'transition="{note["transition"]}" kind="{_sd_escape(str(a.get("kind")))}" '
-          f'severity="{_sd_escape(str(a.get("severity")))}" host="{_sd_escape(str(a.get("host")))}" '
+    sd = (f'[{SD_ID} notification="{_sd_escape(note["id"])}" alert="{_sd_escape(a.get("id"))}" '
+          f'transition="{_sd_escape(note["transition"])}" kind="{_sd_escape(a.get("kind"))}" '
+          f'severity="{_sd_escape(a.get("severity"))}" host="{_sd_escape(a.get("host"))}" '
           f'attack="{techniques}"]')
+    return FACILITY_LOCAL0 * 8 + SEVERITY_SYSLOG.get(a.get("severity", ""), 4), sd
+
+
+def syslog_line(note: dict[str, Any], hostname: str, body: str = "json", procid: str = "-") -> bytes:
+    """One RFC 5424 message: structured data names the alert (or the audit entry); the body is JSON or CEF."""
+    pri, sd = _structured(note)
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
     msg = cef(note) if body == "cef" else json.dumps(document(note), default=str, separators=(",", ":"))
-    head = f"<{pri}>1 {ts} {hostname[:255] or '-'} weightwarden-collector {procid[:128]} {note['transition']} {sd} "
+    # HOSTNAME, APP-NAME, PROCID and MSGID are PRINTUSASCII without spaces (RFC 5424 section 6).
+    host = "".join(c for c in hostname if 33 <= ord(c) <= 126)[:255] or "-"
+    head = f"<{pri}>1 {ts} {host} weightwarden-collector {procid[:128]} {note['transition']} {sd} "
     # BOM: RFC 5424 marks a UTF-8 MSG so.
     return head.encode() + b"\xef\xbb\xbf" + msg.encode()

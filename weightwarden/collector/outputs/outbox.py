@@ -1,83 +1,62 @@
-"""The alert outbox: one notification per state change, one delivery per receiver, all in the database.
+"""The outbox's reading side, and the outputs' configuration: which receivers there are, and what they are owed.
 
-An alert's state changes (opened, escalated, resolved, reopened) are recorded
-in the same transaction as the change itself, so a rolled-back batch notifies
-nobody and a committed one cannot be forgotten by a crash. Each notification
-has a deterministic id (alert key, epoch, transition, severity); collectors
-that see the same change insert it once (``ON CONFLICT DO NOTHING``). Each
-receiver gets its own delivery row, claimed with a lease, so several
-dispatchers share the work without sending twice, and a receiver that is down
-holds back only its own rows.
+Notifications are written by the store (:mod:`weightwarden.collector.store.notifications`), in
+the transaction of the change they announce; each receiver gets its own delivery row, claimed here
+with a lease, so several dispatchers share the work without sending twice, and a receiver that is
+down holds back only its own rows.
 
-No import of the store here: the store calls :func:`alert_changed`.
+An output is stored as :class:`~base.OutputSpec`: its URL (no password in it), plain options, sealed
+secrets (``{"v": 2, "options": ..., "secrets": ...}`` in ``alert_outputs.options``). A row written by
+an older collector (flat options: secrets in clear, files named) is read as ``legacy`` and not used
+until ``weightwarden-collector outputs migrate`` rewrites it (docs/outputs.md).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, text
 
+from weightwarden.collector.outputs.base import OutputSpec
+from weightwarden.mqtt import redact
+
 LEASE_S = 60.0
 MAX_ATTEMPTS = 15  # backoff doubles from 2 s, capped at 10 min: about 1.5 hours of retries
-TRANSITIONS = ("open", "escalate", "resolve")
+STORED_VERSION = 2
 
 
-def alert_changed(conn: Connection, key_or_id: str, now: float) -> str | None:
-    """Record a notification if the alert's state differs from what was last notified.
+@dataclass(frozen=True)
+class StoredOutput:
+    """An output as read back: its spec, whether it is enabled, whether an older collector wrote it."""
 
-    Returns the transition recorded (``open``, ``escalate``, ``resolve``) or None.
-    The last notification of an alert is its notified state: an open alert whose last
-    notification is a resolve (or none) has been opened; a higher severity than last
-    notified is an escalation; a resolved alert last notified open has been resolved.
-    """
-    row = conn.execute(text("SELECT * FROM alerts WHERE key = :k OR id = :k"), {"k": key_or_id}).mappings().first()
-    if row is None:
-        return None
-    last = conn.execute(text("SELECT transition, epoch, severity_rank FROM alert_notifications WHERE alert_key = :k "
-                             "ORDER BY seq DESC LIMIT 1"), {"k": row["key"]}).mappings().first()
-    epoch = int(last["epoch"]) if last else 0
-    rank = int(row["severity_rank"])
-    transition: str | None = None
-    if row["state"] == "resolved":
-        if last is not None and last["transition"] != "resolve":
-            transition = "resolve"
-    elif last is None:
-        transition = "open"
-    elif last["transition"] == "resolve":
-        transition, epoch = "open", epoch + 1
-    elif rank > int(last["severity_rank"]):
-        transition = "escalate"
-    if transition is None:
-        return None
-    dedup = f"{row['key']}|{epoch}|{transition}|{rank if transition == 'escalate' else ''}"
-    nid = hashlib.sha256(dedup.encode()).hexdigest()[:24]
-    alert = dict(row)
-    alert.pop("severity_rank", None)
-    alert["evidence"] = json.loads(alert["evidence"])
-    payload = json.dumps({"transition": transition, "epoch": epoch, "alert": alert}, default=str)
-    seq = conn.execute(text(
-        "INSERT INTO alert_notifications(id, alert_key, alert_id, host, transition, epoch, severity_rank, payload, "
-        "created_at) VALUES (:id, :k, :aid, :h, :t, :e, :r, :p, :now) ON CONFLICT (id) DO NOTHING RETURNING seq"),
-        {"id": nid, "k": row["key"], "aid": row["id"], "h": row["host"], "t": transition, "e": epoch, "r": rank,
-         "p": payload, "now": now}).scalar()
-    if seq is None:
-        return None  # another collector recorded this very change
-    conn.execute(text("INSERT INTO alert_deliveries(notification_seq, output, state, attempts, next_at) "
-                      "SELECT :s, name, 'pending', 0, :now FROM alert_outputs WHERE enabled = 1"),
-                 {"s": seq, "now": now})
-    return transition
+    spec: OutputSpec
+    enabled: bool
+    legacy: bool
+    created_at: float
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def shown(self) -> dict[str, Any]:
+        out = self.spec.shown()
+        if self.legacy:
+            # An older row may hold a secret in clear: show the option names only.
+            out["options"] = {k: ("***" if k in ("secret", "password") else v) for k, v in self.spec.options.items()}
+        return {**out, "enabled": self.enabled, "legacy": self.legacy, "created_at": self.created_at}
 
 
 # -- receivers' configuration ----------------------------------------------------
 
 
-def add_output(conn: Connection, name: str, url: str, options: dict[str, Any], now: float) -> None:
-    conn.execute(text("INSERT INTO alert_outputs(name, url, options, enabled, created_at) VALUES (:n, :u, :o, 1, :t) "
-                      "ON CONFLICT (name) DO UPDATE SET url = excluded.url, options = excluded.options, enabled = 1"),
-                 {"n": name, "u": url, "o": json.dumps(options), "t": now})
+def add_output(conn: Connection, spec: OutputSpec, now: float) -> None:
+    stored = json.dumps({"v": STORED_VERSION, "options": dict(spec.options), "secrets": dict(spec.secrets)})
+    conn.execute(text("INSERT INTO alert_outputs(name, url, options, enabled, created_at, audit) "
+                      "VALUES (:n, :u, :o, 1, :t, :a) ON CONFLICT (name) DO UPDATE SET url = excluded.url, "
+                      "options = excluded.options, enabled = 1, audit = excluded.audit"),
+                 {"n": spec.name, "u": spec.url, "o": stored, "t": now, "a": int(spec.audit)})
 
 
 def remove_output(conn: Connection, name: str) -> bool:
@@ -85,9 +64,24 @@ def remove_output(conn: Connection, name: str) -> bool:
     return bool(conn.execute(text("DELETE FROM alert_outputs WHERE name = :n"), {"n": name}).rowcount)
 
 
-def outputs(conn: Connection) -> list[dict[str, Any]]:
-    rows = conn.execute(text("SELECT name, url, options, enabled, created_at FROM alert_outputs ORDER BY name")).mappings()
-    return [{**dict(r), "options": json.loads(r["options"]), "enabled": bool(r["enabled"])} for r in rows]
+def _stored(row: Any) -> StoredOutput:
+    doc = json.loads(row["options"])
+    legacy = not (isinstance(doc, dict) and doc.get("v") == STORED_VERSION)
+    options, secrets = (doc, {}) if legacy else (doc.get("options") or {}, doc.get("secrets") or {})
+    spec = OutputSpec(row["name"], row["url"], options, secrets, bool(row["audit"]))
+    return StoredOutput(spec, bool(row["enabled"]), legacy, float(row["created_at"]))
+
+
+def outputs(conn: Connection) -> list[StoredOutput]:
+    rows = conn.execute(text("SELECT name, url, options, enabled, created_at, audit FROM alert_outputs "
+                             "ORDER BY name")).mappings()
+    return [_stored(r) for r in rows]
+
+
+def output(conn: Connection, name: str) -> StoredOutput | None:
+    row = conn.execute(text("SELECT name, url, options, enabled, created_at, audit FROM alert_outputs "
+                            "WHERE name = :n"), {"n": name}).mappings().first()
+    return _stored(row) if row else None
 
 
 def delivery_counts(conn: Connection) -> list[dict[str, Any]]:
@@ -140,5 +134,5 @@ def failed(conn: Connection, output: str, seq: int, worker: str, error: str, att
     conn.execute(text("UPDATE alert_deliveries SET state = :st, attempts = attempts + 1, next_at = :n, "
                       "claimed_until = NULL, last_error = :e WHERE notification_seq = :s AND output = :o "
                       "AND claimed_by = :w"),
-                 {"st": state, "n": now + delay, "e": error[:500], "s": seq, "o": output, "w": worker})
+                 {"st": state, "n": now + delay, "e": redact(error)[:500], "s": seq, "o": output, "w": worker})
     return state

@@ -1,231 +1,138 @@
-"""Receivers: where alert notifications go. One small interface, three transports.
+"""The registry of receiver kinds: an output URL's scheme names its kind; a kind is one module.
 
 URLs (``weightwarden-collector outputs add NAME URL``):
-  syslog+udp://HOST:514      RFC 5424, one datagram per message
+  syslog+udp://HOST:514      RFC 5424, one datagram per message              (outputs/syslog.py)
   syslog+tcp://HOST:601      RFC 5424 with octet-counting framing (RFC 6587)
-  syslog+tls://HOST:6514     the same over TLS (RFC 5425); ?ca=FILE&cert=FILE&key=FILE
-  ... &format=cef            a CEF body instead of JSON
-  https://HOST/PATH          webhook: JSON POST signed with HMAC-SHA256 (secret option)
-  mqtt[s]://HOST:PORT        publish on weightwarden/v1/alerts/<host>, QoS 1
+  syslog+tls://HOST:6514     the same over TLS (RFC 5425)
+  ... ?format=cef            a CEF body instead of JSON
+  https://HOST/PATH          webhook: JSON POST signed with HMAC-SHA256       (outputs/webhook.py)
+  mqtt[s]://HOST:PORT        publish on weightwarden/v1/alerts/<host>, QoS 1  (outputs/mqtt.py)
+
+Adding a kind: a module that builds a :class:`~base.Kind` (``KIND``), named in ``BUILT_IN`` below; the
+conformance test then runs it like the others (and fails until it has a harness). Kinds import only
+the layer below them (base, destination, tls, message), never this registry: no cycle.
+
+:func:`configure` is the one way an output is made, from the CLI, the API or the admin page: it checks
+the URL and options (no local file, no password in the URL, no destination on this host unless the CLI
+said ``--allow-local``), and seals the secrets. :func:`make_receiver` opens them again, in ``run`` only.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import hmac
-import http.client
-import json
-import os
-import socket
-import ssl
-import time
+from collections.abc import Mapping
 from concurrent.futures import Executor
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from weightwarden.collector.outputs.message import document, syslog_line
+from weightwarden.collector.outputs import mqtt, syslog, webhook
+from weightwarden.collector.outputs.base import (
+    FILE_OPTIONS, DeliveryError, Kind, OutputConfigError, OutputSpec, Receiver,
+)
+from weightwarden.collector.outputs.destination import DestinationRefused, check_literal
+from weightwarden.collector.outputs.tls import check_pem
+from weightwarden.collector.outputs.vault import SecretBox, SecretsError
+from weightwarden.mqtt import redact
 
-ALERT_TOPIC = "weightwarden/v1/alerts"
-TIMEOUT_S = 10.0
-
-
-class DeliveryError(Exception):
-    """The receiver did not take the notification; the outbox retries it later."""
-
-
-class OutputConfigError(ValueError):
-    """An output URL or option that cannot work; the message says which."""
-
-
-class Receiver(Protocol):
-    name: str
-
-    async def send(self, note: dict[str, Any]) -> None: ...
-
-    async def close(self) -> None: ...
+KINDS: dict[str, Kind] = {}  # by name
+_BY_SCHEME: dict[str, Kind] = {}
+ALERT_TOPIC = mqtt.ALERT_TOPIC
 
 
-def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=options.get("ca") or None)
-    if options.get("cert"):
-        ctx.load_cert_chain(options["cert"], options.get("key") or None)
-    return ctx
+def register(kind: Kind) -> Kind:
+    for scheme in kind.schemes:
+        if scheme in _BY_SCHEME:
+            raise ValueError(f"scheme {scheme!r} is already {_BY_SCHEME[scheme].name}'s")
+    KINDS[kind.name] = kind
+    for scheme in kind.schemes:
+        _BY_SCHEME[scheme] = kind
+    return kind
 
 
-class SyslogReceiver:
-    def __init__(self, name: str, transport: str, host: str, port: int, options: dict[str, Any]) -> None:
-        self.name, self.transport, self.host, self.port = name, transport, host, port
-        self.body = options.get("format", "json")
-        self.hostname = options.get("hostname") or socket.gethostname()
-        self.tls = _tls_context(options) if transport == "tls" else None
-        self.writer: asyncio.StreamWriter | None = None
-        self.udp: socket.socket | None = None
-
-    async def send(self, note: dict[str, Any]) -> None:
-        line = syslog_line(note, self.hostname, self.body, str(os.getpid()))
-        try:
-            if self.transport == "udp":
-                if self.udp is None:
-                    family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-                    self.udp = socket.socket(family, socket.SOCK_DGRAM)
-                    self.udp.setblocking(False)
-                await asyncio.get_running_loop().sock_sendto(self.udp, line, (self.host, self.port))
-                return
-            writer = self.writer
-            if writer is None or writer.is_closing():
-                writer = self.writer = await self._connect()
-            writer.write(f"{len(line)} ".encode() + line)
-            await asyncio.wait_for(writer.drain(), TIMEOUT_S)
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            await self.close()
-            raise DeliveryError(f"syslog {self.transport} {self.host}:{self.port}: {exc!r}") from None
-
-    async def _connect(self) -> asyncio.StreamWriter:
-        _reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port, ssl=self.tls), TIMEOUT_S)
-        return writer
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            try:
-                await asyncio.wait_for(self.writer.wait_closed(), 2)
-            except (OSError, TimeoutError, ssl.SSLError):
-                pass
-            self.writer = None
-        if self.udp is not None:
-            self.udp.close()
-            self.udp = None
+def kind_of(url: str) -> Kind:
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    kind = _BY_SCHEME.get(scheme)
+    if kind is None:
+        raise OutputConfigError(f"{redact(url)!r}: use " + ", ".join(f"{s}://" for s in sorted(_BY_SCHEME)))
+    return kind
 
 
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """``sha256=HEX`` of HMAC-SHA256 over ``TIMESTAMP.BODY``: receivers check it and the timestamp's age."""
-    return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+def refuse_files(url: str, options: Mapping[str, Any]) -> None:
+    """Options that name a file on the collector host are refused: an output must not read it."""
+    query = parse_qs(urlsplit(url).query)
+    for key, instead in FILE_OPTIONS.items():
+        if key in options or key in query:
+            raise OutputConfigError(f"{redact(url)!r}: {key}= names a file on the collector host, which an output "
+                                    f"may not read; give {instead}")
 
 
-class WebhookReceiver:
-    def __init__(self, name: str, url: str, options: dict[str, Any], executor: Executor) -> None:
-        self.name, self.url, self.executor = name, url, executor
-        self.secret = str(options.get("secret") or "")
-        self.parts = urlsplit(url)
-        self.tls = _tls_context(options) if self.parts.scheme == "https" else None
+def configure(name: str, url: str, options: Mapping[str, Any], box: SecretBox, *, local_ok: bool = False,
+              audit: bool = False) -> OutputSpec:
+    """Check an output and seal its secrets; the result is what is stored.
 
-    def _post(self, body: bytes, headers: dict[str, str]) -> int:
-        host = self.parts.hostname or ""
-        conn: http.client.HTTPConnection
-        if self.tls is not None:
-            conn = http.client.HTTPSConnection(host, self.parts.port or 443, timeout=TIMEOUT_S, context=self.tls)
-        else:
-            conn = http.client.HTTPConnection(host, self.parts.port or 80, timeout=TIMEOUT_S)
-        try:
-            path = (self.parts.path or "/") + (f"?{self.parts.query}" if self.parts.query else "")
-            conn.request("POST", path, body=body, headers=headers)
-            resp = conn.getresponse()
-            resp.read(65536)
-            return resp.status
-        finally:
-            conn.close()
-
-    async def send(self, note: dict[str, Any]) -> None:
-        body = json.dumps(document(note), default=str, separators=(",", ":")).encode()
-        ts = str(int(time.time()))
-        headers = {"Content-Type": "application/json", "User-Agent": "weightwarden-collector",
-                   "X-Weightwarden-Delivery": note["id"], "X-Weightwarden-Event": note["transition"],
-                   "X-Weightwarden-Timestamp": ts}
-        if self.secret:
-            headers["X-Weightwarden-Signature"] = sign(self.secret, ts, body)
-        try:
-            status = await asyncio.get_running_loop().run_in_executor(self.executor, self._post, body, headers)
-        except (OSError, http.client.HTTPException) as exc:
-            raise DeliveryError(f"webhook {self.parts.netloc}: {exc!r}") from None
-        if not 200 <= status < 300:
-            raise DeliveryError(f"webhook {self.parts.netloc}: HTTP {status}")
-
-    async def close(self) -> None:
-        return None
-
-
-class MqttReceiver:
-    def __init__(self, name: str, url: str) -> None:
-        from weightwarden.mqtt import MqttSettings, MqttURLError
-
-        self.name = name
-        try:
-            self.settings = MqttSettings.from_url(url)
-        except MqttURLError as exc:
-            raise OutputConfigError(str(exc)) from None
-        self.client: Any = None
-
-    async def send(self, note: dict[str, Any]) -> None:
-        import aiomqtt
-
-        s = self.settings
-        body = json.dumps(document(note), default=str, separators=(",", ":"))
-        try:
-            if self.client is None:
-                client = aiomqtt.Client(s.host, s.port, username=s.username, password=s.password,
-                                        identifier=s.client_id, protocol=aiomqtt.ProtocolVersion.V5,
-                                        keepalive=s.keepalive, tls_context=s.ssl_context() if s.tls else None,
-                                        timeout=TIMEOUT_S)
-                await client.__aenter__()
-                self.client = client
-            await self.client.publish(f"{ALERT_TOPIC}/{note['alert']['host']}", body, qos=1, timeout=TIMEOUT_S)
-        except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
-            await self.close()
-            raise DeliveryError(f"mqtt {s.host}:{s.port}: {exc!r}") from None
-
-    async def close(self) -> None:
-        if self.client is not None:
-            client, self.client = self.client, None
-            try:
-                await client.__aexit__(None, None, None)
-            except Exception:  # noqa: BLE001 - a broken connection is dropped either way
-                pass
-
-
-SYSLOG_KEYS = {"format", "ca", "cert", "key", "hostname"}
-WEBHOOK_KEYS = {"secret", "ca", "cert", "key"}
-
-
-def check(url: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Validate an output before it is stored; returns the options, or raises OutputConfigError."""
-    parts = urlsplit(url)
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    if parts.scheme.startswith("syslog+"):
-        options = {**query, **options}
-        unknown = set(options) - SYSLOG_KEYS
-        if parts.scheme[7:] not in ("udp", "tcp", "tls"):
-            raise OutputConfigError(f"{url!r}: syslog transport must be syslog+udp, syslog+tcp or syslog+tls")
-        if options.get("format", "json") not in ("json", "cef"):
-            raise OutputConfigError(f"{url!r}: format must be json or cef")
-    elif parts.scheme in ("http", "https"):
-        unknown = set(options) - WEBHOOK_KEYS
-    elif parts.scheme in ("mqtt", "mqtts"):
-        MqttReceiver("check", url)
-        unknown = set()
-    else:
-        raise OutputConfigError(f"{url!r}: use syslog+udp://, syslog+tcp://, syslog+tls://, http(s):// or mqtt(s)://")
+    ``local_ok``: the caller is the CLI on the collector host, which may set ``allow_local``; the
+    API and the admin page may not (an admin on the network must not aim the collector at itself)."""
+    if not isinstance(url, str) or not url:
+        raise OutputConfigError("an output needs a URL")
+    if not isinstance(options, Mapping):
+        raise OutputConfigError("options must be an object")
+    kind = kind_of(url)
+    refuse_files(url, options)
+    stored_url, opts = kind.check(url, dict(options))
+    unknown = set(opts) - set(kind.options)
     if unknown:
-        raise OutputConfigError(f"{url!r}: unknown option(s) {', '.join(sorted(unknown))}")
-    if not parts.hostname:
-        raise OutputConfigError(f"{url!r}: no host")
+        raise OutputConfigError(f"{redact(url)!r}: unknown option(s) {', '.join(sorted(unknown))}; "
+                                f"{kind.name} takes {', '.join(sorted(kind.options))}")
+    if opts.get("allow_local") not in (None, False, True):
+        raise OutputConfigError("allow_local is true or false")
+    if opts.get("allow_local") and not local_ok:
+        raise OutputConfigError("allow_local can only be set by `weightwarden-collector outputs add --allow-local` "
+                                "on the collector host, not over the network")
+    if not opts.get("allow_local"):
+        opts.pop("allow_local", None)
+    for key, marker in (("ca_pem", "-----BEGIN CERTIFICATE-----"), ("cert_pem", "-----BEGIN CERTIFICATE-----"),
+                        ("key_pem", "PRIVATE KEY-----")):
+        if opts.get(key):
+            check_pem(opts[key], key, marker)
+    if bool(opts.get("cert_pem")) != bool(opts.get("key_pem")):
+        raise OutputConfigError("a client certificate needs both cert_pem and key_pem")
+    host = urlsplit(stored_url).hostname or ""
     try:
-        _port = parts.port
-    except ValueError:
-        raise OutputConfigError(f"{url!r}: bad port") from None
-    for key in ("ca", "cert", "key"):
-        if options.get(key) and not os.access(options[key], os.R_OK):
-            raise OutputConfigError(f"{url!r}: cannot read {key} file {options[key]}")
-    return options
+        check_literal(host, bool(opts.get("allow_local")))
+    except DestinationRefused as exc:
+        raise OutputConfigError(f"{redact(url)!r}: {exc}") from None
+    plain = {k: v for k, v in opts.items() if k not in kind.secret_options and v not in (None, "")}
+    sealed: dict[str, str] = {}
+    for key in kind.secret_options:
+        value = opts.get(key)
+        if value in (None, ""):
+            continue
+        if not isinstance(value, str):
+            raise OutputConfigError(f"{key} must be text")
+        try:
+            sealed[key] = box.seal(value, name, key)
+        except SecretsError as exc:
+            raise OutputConfigError(str(exc)) from None
+    return OutputSpec(name, stored_url, plain, sealed, audit)
 
 
-def make_receiver(name: str, url: str, options: dict[str, Any], executor: Executor) -> Receiver:
-    options = check(url, options)
-    parts = urlsplit(url)
-    if parts.scheme.startswith("syslog+"):
-        transport = parts.scheme[7:]
-        default = {"udp": 514, "tcp": 601, "tls": 6514}[transport]
-        return SyslogReceiver(name, transport, parts.hostname or "", parts.port or default, options)
-    if parts.scheme in ("http", "https"):
-        return WebhookReceiver(name, url, options, executor)
-    return MqttReceiver(name, url)
+def open_secrets(spec: OutputSpec, box: SecretBox) -> dict[str, str]:
+    return {key: box.open(value, spec.name, key) for key, value in spec.secrets.items()}
+
+
+def make_receiver(spec: OutputSpec, box: SecretBox, executor: Executor) -> Receiver:
+    """The receiver of a stored output (raises OutputConfigError or SecretsError when it cannot be used)."""
+    kind = kind_of(spec.url)
+    refuse_files(spec.url, spec.options)
+    unknown = set(spec.options) - set(kind.options)
+    if unknown:
+        raise OutputConfigError(f"output {spec.name!r} has option(s) this collector does not take: "
+                                f"{', '.join(sorted(unknown))} (re-add it: docs/outputs.md)")
+    return kind.factory(spec, open_secrets(spec, box), executor)
+
+
+BUILT_IN = (syslog.KIND, webhook.KIND, mqtt.KIND)
+for _kind in BUILT_IN:
+    register(_kind)
+
+__all__ = ["ALERT_TOPIC", "BUILT_IN", "KINDS", "DeliveryError", "OutputConfigError", "Receiver", "configure", "kind_of",
+           "make_receiver", "open_secrets", "register"]

@@ -16,6 +16,7 @@ Schema and migrations: :mod:`schema`; retention: :mod:`retention`.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,8 +28,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from weightwarden.collector.store import bulk
 from weightwarden.collector.store import schema
-from weightwarden.collector.outputs.outbox import alert_changed
-from weightwarden.collector.store.schema import StoreError, normalize_url, safe_url
+from weightwarden.collector.store.notifications import alert_changed
+from weightwarden.collector.store.schema import StoreError, normalize_url, safe_url, sqlite_path
 from weightwarden.events import Event
 
 SEVERITY_RANK = {"low": 1, "medium": 2, "high": 3, "critical": 4}
@@ -50,6 +51,7 @@ EGRESS_RAW_COLUMNS = (("host", T), ("pid", BIG), ("ppid", BIG), ("exe", T), ("na
 HISTORY_COLUMNS = (("host", T), ("exe", T), ("address", T), ("first_seen", DBL), ("last_seen", DBL))
 _NEWER_READ = ("(excluded.ts > weight_reads.ts OR (excluded.ts = weight_reads.ts AND (excluded.bytes > weight_reads.bytes "
                "OR (excluded.bytes = weight_reads.bytes AND excluded.event_id > weight_reads.event_id))))")
+BACKDATED_S = 86400.0  # an event dated longer than this before it arrived is backdated (ingest/validate.py)
 DEAD_LETTER_MAX_ROWS = 10_000
 DEAD_LETTER_MAX_BYTES = 8 << 20
 
@@ -62,6 +64,8 @@ class Store:
     def __init__(self, url: str, *, read_only: bool = False, migrate: bool = True) -> None:
         self.url = url
         self.read_only = read_only
+        if not read_only:
+            private_files(url, create=migrate)
         self.engine: Engine = schema.make_engine(url, read_only=read_only, create=migrate and not read_only)
         self.dialect = self.engine.dialect.name
         if migrate and not read_only:
@@ -324,6 +328,41 @@ class Store:
     # -- alerts ------------------------------------------------------------
 
     @staticmethod
+    def upsert_alert(conn: Connection, a: dict[str, Any], now: float) -> None:
+        params = {**a, "evidence": json.dumps(a["evidence"], default=str), "rank": SEVERITY_RANK[a["severity"]],
+                  "now": now}
+        conn.execute(text(
+            "INSERT INTO alerts(key, id, host, kind, severity, severity_rank, state, title, explanation, evidence, "
+            "first_ts, last_ts, created_at, updated_at, count) VALUES (:key, :id, :host, :kind, :severity, :rank, 'open', "
+            ":title, :explanation, :evidence, :first_ts, :last_ts, :now, :now, 1) "
+            "ON CONFLICT (key) DO UPDATE SET "
+            "severity = CASE WHEN alerts.severity_rank >= excluded.severity_rank THEN alerts.severity "
+            "  ELSE excluded.severity END, "
+            "severity_rank = CASE WHEN alerts.severity_rank >= excluded.severity_rank THEN alerts.severity_rank "
+            "  ELSE excluded.severity_rank END, "
+            "title = excluded.title, explanation = excluded.explanation, evidence = excluded.evidence, "
+            "last_ts = CASE WHEN alerts.last_ts > excluded.last_ts THEN alerts.last_ts ELSE excluded.last_ts END, "
+            "updated_at = excluded.updated_at, count = alerts.count + 1, "
+            # A resolved incident that happens again is open again.
+            "state = CASE WHEN alerts.state = 'resolved' AND :reopen = 1 THEN 'open' ELSE alerts.state END"),
+            {**params, "reopen": 1 if a.get("reopen", True) else 0})
+        alert_changed(conn, a["key"], now)  # opened, escalated or reopened: notify the outputs
+
+    @staticmethod
+    def collector_alert(conn: Connection, key: str, host: str, kind: str, severity: str, title: str, explanation: str,
+                        evidence: dict[str, Any], now: float) -> str:
+        """An alert the collector raises about itself (its broker session taken over): repeats count up
+        one alert, a resolved one opens again. Returns its id."""
+        import hashlib
+
+        alert_id = hashlib.sha256(key.encode()).hexdigest()[:16]
+        Store.upsert_alert(conn, {"key": key, "id": alert_id, "host": host, "kind": kind, "severity": severity,
+                                  "title": title, "explanation": explanation,
+                                  "evidence": {"process": None, "files": [], "destinations": [], **evidence},
+                                  "first_ts": now, "last_ts": now}, now)
+        return alert_id
+
+    @staticmethod
     def set_state(conn: Connection, key_or_id: str, state: str, who: str, now: float) -> int:
         col = "acked" if state == "acknowledged" else "resolved"
         res = conn.execute(text(f"UPDATE alerts SET state=:s, {col}_by=:w, {col}_at=:t, updated_at=:t "
@@ -352,7 +391,8 @@ class Store:
         if min_severity:
             sql += " AND severity_rank >= :rank"
             params["rank"] = SEVERITY_RANK[min_severity]
-        sql += " ORDER BY severity_rank DESC, last_ts DESC"
+        # By when the collector raised them: an agent's clock (or a backdated event) does not move an alert down.
+        sql += " ORDER BY severity_rank DESC, raised_at DESC"
         with self.tx() as conn:
             return [_alert(dict(r)) for r in conn.execute(text(sql), params).mappings()]
 
@@ -362,13 +402,6 @@ class Store:
         return _alert(dict(row)) if row else None
 
     # -- housekeeping --------------------------------------------------------
-
-    def purge(self, horizon_s: float, now: float | None = None) -> dict[str, int]:
-        """Everything older than ``horizon_s`` (events, reads, egress in either form, dead letters),
-        in short batches. The collector's own schedule is :func:`retention.run`."""
-        from weightwarden.collector.store.retention import Retention, run
-
-        return run(self, Retention(events_s=horizon_s, raw_egress_s=horizon_s, egress_s=horizon_s), now)
 
     def count(self, table: str) -> int:
         assert table in {"events", "dead_letters", "alerts", "egress", "egress_raw", "egress_minute", "weight_reads", "hosts",
@@ -394,6 +427,29 @@ class Store:
             return [dict(r) for r in conn.execute(text("SELECT * FROM collector_status ORDER BY client_id")).mappings()]
 
 
+def private_files(url: str, create: bool) -> None:
+    """A SQLite database and its -wal and -shm files readable by their owner only (0600): they hold password
+    hashes, token hashes and sealed output secrets. SQLite gives -wal and -shm the database file's mode,
+    so the database is made 0600 before SQLite first opens it; files an older collector left 0644 are
+    narrowed. Outside systemd's UMask the process's umask would decide otherwise."""
+    path = sqlite_path(url)
+    if path is None:
+        return
+    if create and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        f = path.with_name(path.name + suffix)
+        try:
+            if f.exists() and f.stat().st_mode & 0o077:
+                os.chmod(f, 0o600)
+        except OSError:
+            pass  # not ours to change (another user's file): SQLite will say if it cannot open it
+
+
 def _printable(value: str | bytes, limit: int) -> str:
     """Text any database takes: invalid UTF-8 and NULs escaped, then cut to ``limit``."""
     if isinstance(value, bytes):
@@ -403,10 +459,19 @@ def _printable(value: str | bytes, limit: int) -> str:
     return value.replace("\x00", "\\x00")[:limit]
 
 
+def backdated_by(ts: float, received_at: float) -> float:
+    """How far before its arrival an event is dated, when that makes it backdated; 0 otherwise."""
+    lag = received_at - ts
+    return lag if lag > BACKDATED_S else 0.0
+
+
 def _alert(row: dict[str, Any]) -> dict[str, Any]:
     row["evidence"] = json.loads(row["evidence"])
     row.pop("severity_rank", None)
+    # Flagged: the newest event it rests on is dated long before the collector raised it.
+    raised = row.get("raised_at") or row.get("created_at") or 0
+    row["backdated"] = backdated_by(float(row.get("last_ts") or 0), float(raised)) or None
     return row
 
 
-__all__ = ["SEVERITY_RANK", "Store", "StoreError", "normalize_url", "safe_url"]
+__all__ = ["BACKDATED_S", "SEVERITY_RANK", "Store", "backdated_by", "StoreError", "normalize_url", "private_files", "safe_url"]

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from weightwarden.collector.outputs.outbox import alert_changed
+from weightwarden.collector.store.notifications import alert_changed
 from weightwarden.collector.store.database import SEVERITY_RANK
 
 
@@ -323,17 +323,19 @@ def put_alert(conn: Connection, a: dict[str, Any], now: float) -> bool:
     """Write a detection's verdict as it stands on the stored facts: the alert becomes exactly this
     draft (severity may go down as well as up). Nothing is written when nothing changed, so
     re-evaluating the same facts neither bumps the count nor reopens a resolved alert; a changed
-    verdict reopens it, unless the draft says its state is the rule's to set (``reopen`` false)."""
+    verdict reopens it, unless the draft says its state is the rule's to set (``reopen`` false). A draft
+    that knows how often its incident happened (``count``, from the facts) sets the count instead."""
     params = {**a, "evidence": json.dumps(a["evidence"], default=str, sort_keys=True),
-              "rank": SEVERITY_RANK[a["severity"]], "now": now, "reopen": 1 if a.get("reopen", True) else 0}
+              "rank": SEVERITY_RANK[a["severity"]], "now": now, "reopen": 1 if a.get("reopen", True) else 0,
+              "count": a.get("count")}
     res = conn.execute(text(
         "INSERT INTO alerts(key, id, host, kind, severity, severity_rank, state, title, explanation, evidence, "
         "first_ts, last_ts, created_at, updated_at, count) VALUES (:key, :id, :host, :kind, :severity, :rank, 'open', "
-        ":title, :explanation, :evidence, :first_ts, :last_ts, :now, :now, 1) "
+        ":title, :explanation, :evidence, :first_ts, :last_ts, :now, :now, COALESCE(CAST(:count AS BIGINT), 1)) "
         "ON CONFLICT (key) DO UPDATE SET kind = excluded.kind, severity = excluded.severity, "
         "severity_rank = excluded.severity_rank, title = excluded.title, explanation = excluded.explanation, "
         "evidence = excluded.evidence, first_ts = excluded.first_ts, last_ts = excluded.last_ts, "
-        "updated_at = excluded.updated_at, count = alerts.count + 1, "
+        "updated_at = excluded.updated_at, count = COALESCE(CAST(:count AS BIGINT), alerts.count + 1), "
         "state = CASE WHEN alerts.state = 'resolved' AND :reopen = 1 THEN 'open' ELSE alerts.state END "
         "WHERE alerts.evidence <> excluded.evidence OR alerts.severity <> excluded.severity "
         "OR alerts.kind <> excluded.kind OR alerts.explanation <> excluded.explanation "

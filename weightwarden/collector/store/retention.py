@@ -163,3 +163,9 @@ def run(store: Store, ret: Retention, now: float | None = None) -> dict[str, int
         out["alert_notifications"] = int(conn.execute(text(f"DELETE FROM alert_notifications WHERE seq IN ({superseded})"),
                                                       {"c": old_cut}).rowcount or 0)
     return out
+
+
+def purge(store: Store, horizon_s: float, now: float | None = None) -> dict[str, int]:
+    """Everything older than ``horizon_s`` (events, reads, egress in either form, dead letters), in short
+    batches: one horizon for all, for tests and one-off clean-ups (the collector's own schedule is :func:`run`)."""
+    return run(store, Retention(events_s=horizon_s, raw_egress_s=horizon_s, egress_s=horizon_s), now)

@@ -21,7 +21,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 EGRESS_COLUMNS_V5 = ("host", "pid", "ppid", "exe", "name", "uid", "address", "port", "allowed", "bytes", "ts",
                      "rate_bps", "event_id", "pipes", "received_at", "dns_name", "user_name", "start_time", "first_ts",
                      "protocol", "accepted", "container", "cmd_hash", "exact")
-# 7: ``complete``: 1 when the sample's attribution was whole (eBPF path, sensor not degraded, no unowned or
+# 8: ``complete``: 1 when the sample's attribution was whole (eBPF path, sensor not degraded, no unowned or
 # unexplained bytes), 0 when not, NULL from an agent that does not say.
 EGRESS_COLUMNS = (*EGRESS_COLUMNS_V5, "complete")
 # One per-minute row per (host, minute, process, destination).
@@ -194,7 +194,32 @@ MIGRATIONS: list[list[str]] = [
         # late, or a clock set back, must not be purged as it arrives, before anything judged it)
         "CREATE INDEX events_received ON events(received_at)",
     ],
-    [  # 7 (detection): the sensor's state, the agents' lifecycle, pipeline stages, and the new agent events' facts
+    [  # 7 (security): alerts sorted by when the collector raised them; one append-only audit trail of
+        # every authentication and administration action; login limits shared by every `serve`; outputs
+        # that export the audit trail
+        "ALTER TABLE alerts ADD COLUMN raised_at DOUBLE PRECISION",
+        "UPDATE alerts SET raised_at = created_at",
+        "CREATE INDEX alerts_rank_raised ON alerts(severity_rank, raised_at)",
+        "CREATE INDEX alerts_state_rank_raised ON alerts(state, severity_rank, raised_at)",
+        "CREATE INDEX alerts_host_rank_raised ON alerts(host, severity_rank, raised_at)",
+        "CREATE INDEX alerts_updated ON alerts(updated_at)",
+        # Who did what, from where, with what outcome (alert actions keep alert_key/alert_id).
+        "ALTER TABLE audit ADD COLUMN source TEXT",
+        "ALTER TABLE audit ADD COLUMN target TEXT",
+        "ALTER TABLE audit ADD COLUMN outcome TEXT",
+        "UPDATE audit SET outcome = 'ok', target = alert_id",
+        "CREATE INDEX audit_ts ON audit(ts)",
+        "CREATE INDEX audit_user ON audit(user_name, id)",
+        # Append-only: the record of who did what is never rewritten or deleted, not even by a bug.
+        "{audit_guard_1}",
+        "{audit_guard_2}",
+        # Failed logins per user, per (user, address) and per address: counted atomically, in the database.
+        """CREATE TABLE login_limits (key TEXT PRIMARY KEY, failures INTEGER NOT NULL DEFAULT 0,
+             blocked_until DOUBLE PRECISION, updated_at DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX login_limits_updated ON login_limits(updated_at)",
+        "ALTER TABLE alert_outputs ADD COLUMN audit INTEGER NOT NULL DEFAULT 0",
+    ],
+    [  # 8 (detection): the sensor's state, the agents' lifecycle, pipeline stages, and the new agent events' facts
         # Whether a sample's attribution was whole (eBPF, sensor not degraded, nothing unowned or unexplained).
         "ALTER TABLE egress_raw ADD COLUMN complete INTEGER",
         "ALTER TABLE egress_minute ADD COLUMN complete INTEGER",
@@ -244,6 +269,22 @@ MIGRATIONS: list[list[str]] = [
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+# Where SQLite and PostgreSQL need different words (triggers), a migration names the statement
+# ("{audit_guard_1}") and each dialect says it here.
+DIALECT_SQL: dict[str, dict[str, str]] = {
+    "sqlite": {
+        "audit_guard_1": "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit "
+                         "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END",
+        "audit_guard_2": "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit "
+                         "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END",
+    },
+    "postgresql": {
+        "audit_guard_1": "CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+                         "'BEGIN RAISE EXCEPTION ''the audit trail is append-only''; END'",
+        "audit_guard_2": "CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit "
+                         "FOR EACH ROW EXECUTE FUNCTION audit_append_only()",
+    },
+}
 
 
 class StoreError(Exception):
@@ -376,7 +417,7 @@ def migrate(engine: Engine, url: str) -> tuple[int, int]:
                 if number <= before:
                     continue
                 for stmt in statements:
-                    conn.execute(text(stmt.format(serial=serial)))
+                    conn.execute(text(stmt.format(serial=serial, **DIALECT_SQL[engine.dialect.name])))
                 conn.execute(text("INSERT INTO schema_version(version) VALUES (:v)"), {"v": number})
     except DBAPIError as exc:
         raise connect_error(url, exc) from None

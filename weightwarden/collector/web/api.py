@@ -14,12 +14,12 @@ from typing import Any
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from weightwarden.collector.web import auth
-from weightwarden.collector.web import triage
 from weightwarden.collector.outputs import outbox
-from weightwarden.collector.outputs.receivers import check as check_output
-from weightwarden.collector.web import queries, settings_store
-from weightwarden.collector.web.guard import BadRequest, Ctx, guarded
+from weightwarden.collector.outputs.receivers import configure
+from weightwarden.collector.outputs.vault import SecretBox
+from weightwarden.collector.store import audit
+from weightwarden.collector.web import auth, queries, settings_store, triage
+from weightwarden.collector.web.guard import BadRequest, Ctx, finite, guarded, text_field
 from weightwarden.units import parse_duration
 
 
@@ -43,27 +43,36 @@ def parse_time(value: str | None, now: float) -> float | None:
         return None
     value = value.strip()
     try:
-        return float(value)
-    except ValueError:
-        pass
+        return finite(float(value), f"time {value!r}")
+    except ValueError as exc:
+        if isinstance(exc, BadRequest):
+            raise
     for fmt in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"):
         try:
             return float(calendar.timegm(time.strptime(value.rstrip("Z"), fmt)))
         except ValueError:
             continue
     try:
-        return now - parse_duration(value)
-    except ValueError:
+        return finite(now - parse_duration(value), f"time {value!r}")
+    except (ValueError, OverflowError) as exc:
+        if isinstance(exc, BadRequest):
+            raise
         raise BadRequest(f"time {value!r}: Unix seconds, YYYY-MM-DDTHH:MM (UTC) or a duration such as 24h") from None
 
 
+MAX_INT = 10**12  # beyond any real offset or count; SQLite's integers stop at 2^63
+
+
 def _int(value: str | None, default: int, what: str) -> int:
-    if value in (None, ""):
+    if value is None or value == "":
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise BadRequest(f"{what} must be a whole number") from None
+    if not -MAX_INT <= number <= MAX_INT:
+        raise BadRequest(f"{what} must be at most {MAX_INT}")
+    return number
 
 
 def alert_filter(args: dict[str, str], now: float, default_limit: int = 100) -> queries.AlertFilter:
@@ -101,11 +110,12 @@ def alert_action(ctx: Ctx) -> Response:
     body = ctx.json()
     action = ctx.request.path_params["action"]
     ref = ctx.request.path_params["id"]
+    comment, assignee = text_field(body, "comment"), text_field(body, "assignee", limit=200)
     with ctx.store.tx() as conn:
         if triage.find(conn, ref) is None:
             return not_found(f"alert {ref!r}")
-        record = triage.act(conn, ref, action, ctx.user.name, ctx.now, comment=body.get("comment"),
-                            assignee=body.get("assignee"), via=f"api:{ctx.user.via}")
+        record = triage.act(conn, ref, action, ctx.user.name, ctx.now, comment=comment, assignee=assignee,
+                            via=ctx.via, source=ctx.address)
         doc = queries.alert_detail(conn, ref)
     return json_response({"done": record, "alert": doc})
 
@@ -151,10 +161,12 @@ def users(ctx: Ctx) -> Response:
     with ctx.store.tx() as conn:
         if ctx.request.method == "POST":
             body = ctx.json()
-            auth.add_user(conn, str(body.get("name", "")), str(body.get("role", "")), str(body.get("password", "")),
-                          ctx.now)
-            return json_response({"created": body.get("name")}, 201)
-        return json_response(auth.users(conn))
+            name = text_field(body, "name", required=True, limit=200) or ""
+            role = text_field(body, "role", required=True, limit=50) or ""
+            auth.add_user(conn, name, role, text_field(body, "password", required=True) or "", ctx.now)
+            ctx.audit(conn, "user_add", name, f"role {role}")
+            return json_response({"created": name}, 201)
+        return json_response(auth.users(conn, ctx.now))
 
 
 @guarded("admin")
@@ -164,16 +176,23 @@ def user(ctx: Ctx) -> Response:
         if ctx.request.method == "DELETE":
             if name == ctx.user.name:
                 raise BadRequest("you cannot remove yourself")
-            return json_response({"removed": name}) if auth.remove_user(conn, name, ctx.now) else not_found(f"user {name!r}")
+            if not auth.remove_user(conn, name, ctx.now):
+                return not_found(f"user {name!r}")
+            ctx.audit(conn, "user_remove", name)
+            return json_response({"removed": name})
         body = ctx.json()
-        if not any(u["name"] == name for u in auth.users(conn)):
+        role, password = text_field(body, "role", limit=50), text_field(body, "password")
+        if not any(u["name"] == name for u in auth.users(conn, ctx.now)):
             return not_found(f"user {name!r}")
-        if body.get("role"):
-            auth.set_role(conn, name, str(body["role"]))
-        if body.get("password"):
-            auth.set_password(conn, name, str(body["password"]))
+        if role:
+            auth.set_role(conn, name, role)
+            ctx.audit(conn, "user_role", name, f"role {role}")
+        if password:
+            auth.set_password(conn, name, password)
+            ctx.audit(conn, "user_password", name)
         if body.get("unlock"):
             auth.unlock(conn, name)
+            ctx.audit(conn, "user_unlock", name)
         return json_response({"updated": name})
 
 
@@ -182,9 +201,14 @@ def api_tokens(ctx: Ctx) -> Response:
     with ctx.store.tx() as conn:
         if ctx.request.method == "POST":
             body = ctx.json()
-            expires = body.get("expires")
-            token_id, token = auth.create_token(conn, str(body.get("user", "")), body.get("label"),
-                                                ctx.now + parse_duration(expires) if expires else None, ctx.now)
+            who = text_field(body, "user", required=True, limit=200) or ""
+            label, expires = text_field(body, "label", limit=200), text_field(body, "expires", limit=50)
+            try:
+                until = finite(ctx.now + parse_duration(expires), "expires") if expires else None
+            except (ValueError, OverflowError) as exc:
+                raise BadRequest(f"expires: {exc}") from None
+            token_id, token = auth.create_token(conn, who, label, until, ctx.now)
+            ctx.audit(conn, "token_create", token_id, f"for {who}" + (f", label {label}" if label else ""))
             return json_response({"id": token_id, "token": token}, 201)
         return json_response(auth.tokens(conn))
 
@@ -193,14 +217,13 @@ def api_tokens(ctx: Ctx) -> Response:
 def api_token(ctx: Ctx) -> Response:
     tid = ctx.request.path_params["id"]
     with ctx.store.tx() as conn:
-        return json_response({"revoked": tid}) if auth.revoke_token(conn, tid, ctx.now) else not_found(f"token {tid!r}")
+        if not auth.revoke_token(conn, tid, ctx.now):
+            return not_found(f"token {tid!r}")
+        ctx.audit(conn, "token_revoke", tid)
+        return json_response({"revoked": tid})
 
 
-# -- outputs and settings (admin) --------------------------------------------------------
-
-
-def redact(o: dict[str, Any]) -> dict[str, Any]:
-    return {**o, "options": {k: ("***" if k == "secret" else v) for k, v in o["options"].items()}}
+# -- outputs, settings and the audit trail (admin) --------------------------------------------
 
 
 @guarded("admin")
@@ -208,12 +231,17 @@ def outputs(ctx: Ctx) -> Response:
     with ctx.store.tx() as conn:
         if ctx.request.method == "POST":
             body = ctx.json()
-            name, url = str(body.get("name", "")), str(body.get("url", ""))
+            name = text_field(body, "name", required=True, limit=200) or ""
+            url = text_field(body, "url", required=True) or ""
+            options = body.get("options") or {}
+            if not isinstance(options, dict):
+                raise BadRequest("'options' must be an object")
             auth.check_name(name)
-            options = check_output(url, dict(body.get("options") or {}))
-            outbox.add_output(conn, name, url, options, ctx.now)
+            spec = configure(name, url, options, SecretBox.for_db(ctx.store.url), audit=body.get("audit") is True)
+            outbox.add_output(conn, spec, ctx.now)
+            ctx.audit(conn, "output_add", name, spec.shown()["url"])
             return json_response({"created": name}, 201)
-        return json_response({"outputs": [redact(o) for o in outbox.outputs(conn)],
+        return json_response({"outputs": [o.shown() for o in outbox.outputs(conn)],
                               "deliveries": outbox.delivery_counts(conn)})
 
 
@@ -221,15 +249,34 @@ def outputs(ctx: Ctx) -> Response:
 def output(ctx: Ctx) -> Response:
     name = ctx.request.path_params["name"]
     with ctx.store.tx() as conn:
-        return json_response({"removed": name}) if outbox.remove_output(conn, name) else not_found(f"output {name!r}")
+        if not outbox.remove_output(conn, name):
+            return not_found(f"output {name!r}")
+        ctx.audit(conn, "output_remove", name)
+        return json_response({"removed": name})
 
 
 @guarded("admin")
 def settings(ctx: Ctx) -> Response:
     with ctx.store.tx() as conn:
         if ctx.request.method == "PUT":
-            settings_store.update(conn, ctx.json())
+            changes = ctx.json()
+            before = settings_store.read(conn)
+            settings_store.update(conn, changes)
+            ctx.audit(conn, "settings_change", None, settings_store.describe(before, changes))
         return json_response(settings_store.read(conn))
+
+
+@guarded("admin")
+def audit_trail(ctx: Ctx) -> Response:
+    """``GET /api/v1/audit?since=&until=&user=&action=&limit=100&offset=0``: newest first."""
+    args = ctx.args()
+    limit, offset = _int(args.get("limit"), 100, "limit"), _int(args.get("offset"), 0, "offset")
+    if not 1 <= limit <= queries.MAX_LIMIT or offset < 0:
+        raise BadRequest(f"limit must be 1..{queries.MAX_LIMIT} and offset >= 0")
+    f = audit.AuditFilter(since=parse_time(args.get("since"), ctx.now), until=parse_time(args.get("until"), ctx.now),
+                          user=args.get("user") or None, action=args.get("action") or None, limit=limit, offset=offset)
+    with ctx.store.tx() as conn:
+        return json_response(audit.entries(conn, f))
 
 
 @guarded("read")
@@ -254,4 +301,5 @@ routes = [
     Route("/api/v1/outputs", outputs, methods=["GET", "POST"]),
     Route("/api/v1/outputs/{name}", output, methods=["DELETE"]),
     Route("/api/v1/settings", settings, methods=["GET", "PUT"]),
+    Route("/api/v1/audit", audit_trail),
 ]

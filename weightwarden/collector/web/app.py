@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from weightwarden.collector.web import metrics
 from weightwarden.collector.store.database import Store
 from weightwarden.collector.web import api, pages, settings_store
-from weightwarden.collector.web.guard import Ctx, LoginThrottle, Settings, authenticate, guarded
+from weightwarden.collector.web.guard import Ctx, Settings, authenticate, guarded
 from weightwarden.collector.web.render import STATIC
 
 # Everything from this server, nothing from anywhere else: the console works air-gapped, and
@@ -113,7 +113,6 @@ def create_app(store: Store, settings: Settings | None = None) -> Starlette:
     app = Starlette(routes=routes)
     app.state.store = store
     app.state.live = LiveSettings(store, settings)
-    app.state.throttle = LoginThrottle(settings.per_address_failures, settings.per_address_window_s)
     app.add_middleware(SecurityHeaders, tls=settings.tls)
     return app
 

@@ -1,10 +1,16 @@
 """Users, roles, passwords, API tokens and console sessions, kept in the collector's database.
 
 Passwords are hashed with argon2id (memory-hard; argon2-cffi's defaults follow
-RFC 9106's second recommended set). Tokens and session ids are 256-bit random
-values: only their SHA-256 is stored, so a copy of the database opens nothing.
-Twenty wrong passwords in a row lock an account for LOCK_S, and a locked
-account's password is not even checked (no oracle, no CPU to burn).
+RFC 9106's second recommended set: 64 MiB a hash). Tokens and session ids are
+256-bit random values: only their SHA-256 is stored, so a copy of the database
+opens nothing.
+
+Wrong passwords make the account (and the address) back off, counted in the
+database before each password is checked (:mod:`limits`); an attempt made while
+backing off is refused without checking its password. At most ``HASH_SLOTS``
+passwords are hashed at once in a process, so unauthenticated requests cannot
+make it use more than ``HASH_SLOTS`` x 64 MiB for hashing, however many arrive.
+Every login, failure and backoff is written to the audit trail.
 """
 
 from __future__ import annotations
@@ -13,29 +19,55 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import Connection, text
 
+from weightwarden.collector.store import audit
+from weightwarden.collector.web import limits
+
+if TYPE_CHECKING:
+    from weightwarden.collector.store.database import Store
+
 ROLES = ("viewer", "analyst", "admin")
 # What each role may do; each role has everything of the ones before it.
 PERMISSIONS = {"viewer": {"read"}, "analyst": {"read", "triage"}, "admin": {"read", "triage", "admin"}}
-MAX_FAILED = 20
-LOCK_S = 900.0
 MIN_PASSWORD = 8
+MAX_PASSWORD = 1024  # argon2 takes any length; a megabyte "password" is only a way to burn CPU
+HASH_SLOTS = 2  # passwords hashed at once per process (each takes 64 MiB for ~0.1 s)
+HASH_WAIT_S = 20.0  # a login waits this long for a slot, then is told to try again
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 TOKEN_PREFIX = "wwt"
 
 _hasher = PasswordHasher()
 # Verified against when the user does not exist, so an unknown name costs what a wrong password costs.
 _DUMMY = _hasher.hash(secrets.token_hex(16))
+_slots = threading.BoundedSemaphore(HASH_SLOTS)
 
 
 class AuthError(ValueError):
     """A user or token request that cannot be done; the message says why."""
+
+
+class Busy(AuthError):
+    """Every hashing slot stayed taken for HASH_WAIT_S: try again (503)."""
+
+
+@contextmanager
+def hashing() -> Iterator[None]:
+    """One of HASH_SLOTS, for one argon2 computation (a login's check, a new password's hash)."""
+    if not _slots.acquire(timeout=HASH_WAIT_S):
+        raise Busy("the server is busy checking passwords: try again in a moment")
+    try:
+        yield
+    finally:
+        _slots.release()
 
 
 @dataclass(frozen=True)
@@ -52,7 +84,7 @@ class Principal:
 @dataclass(frozen=True)
 class LoginResult:
     principal: Principal | None
-    locked_until: float | None = None
+    refused_for: float = 0.0  # > 0: backing off; the password was not checked
     reason: str = ""
 
 
@@ -75,7 +107,10 @@ def check_role(role: str) -> str:
 def hash_password(password: str) -> str:
     if len(password) < MIN_PASSWORD:
         raise AuthError(f"password too short: at least {MIN_PASSWORD} characters")
-    return _hasher.hash(password)
+    if len(password) > MAX_PASSWORD:
+        raise AuthError(f"password too long: at most {MAX_PASSWORD} characters")
+    with hashing():
+        return _hasher.hash(password)
 
 
 # -- users -------------------------------------------------------------------
@@ -95,6 +130,7 @@ def set_password(conn: Connection, name: str, password: str) -> bool:
                             "WHERE name = :n"), {"h": hash_password(password), "n": name})
     if res.rowcount:
         end_sessions(conn, name)
+        limits.clear_user(conn, name)
     return bool(res.rowcount)
 
 
@@ -104,6 +140,8 @@ def set_role(conn: Connection, name: str, role: str) -> bool:
 
 
 def unlock(conn: Connection, name: str) -> bool:
+    """End the account's backoff (and any lock an older collector set)."""
+    limits.clear_user(conn, name)
     return bool(conn.execute(text("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE name = :n"),
                              {"n": name}).rowcount)
 
@@ -115,42 +153,80 @@ def remove_user(conn: Connection, name: str, now: float) -> bool:
     return bool(conn.execute(text("DELETE FROM users WHERE name = :n"), {"n": name}).rowcount)
 
 
-def users(conn: Connection) -> list[dict[str, Any]]:
-    rows = conn.execute(text("SELECT name, role, created_at, failed_logins, locked_until, last_login FROM users "
-                             "ORDER BY name")).mappings()
-    return [dict(r) for r in rows]
+def users(conn: Connection, now: float | None = None) -> list[dict[str, Any]]:
+    """Users; ``locked_until``: until when logins to the account back off (from some address, or all)."""
+    import time
+
+    now = time.time() if now is None else now
+    rows = [dict(r) for r in conn.execute(text("SELECT name, role, created_at, last_login FROM users "
+                                               "ORDER BY name")).mappings()]
+    waits: dict[str, tuple[int, float | None]] = {}
+    for key, failures, blocked in conn.execute(text(
+            "SELECT key, failures, blocked_until FROM login_limits WHERE key LIKE 'user:%' OR key LIKE 'pair:%'")):
+        name = str(key)[5:] if str(key).startswith("user:") else str(key)[5:].rsplit("|", 1)[0]
+        count, until = waits.get(name, (0, None))
+        if str(key).startswith("user:"):
+            count = int(failures)
+        if blocked is not None and float(blocked) > now:
+            until = max(until or 0.0, float(blocked))
+        waits[name] = (count, until)
+    for r in rows:
+        r["failed_logins"], r["locked_until"] = waits.get(r["name"], (0, None))
+    return rows
 
 
-def login(conn: Connection, name: str, password: str, now: float) -> LoginResult:
-    row = conn.execute(text("SELECT name, role, password_hash, failed_logins, locked_until FROM users WHERE name = :n"),
-                       {"n": name}).mappings().first()
-    if row is None:
-        try:
-            _hasher.verify(_DUMMY, password)
-        except VerificationError:
-            pass
-        return LoginResult(None, reason="unknown user or wrong password")
-    if row["locked_until"] is not None and row["locked_until"] > now:
-        return LoginResult(None, locked_until=float(row["locked_until"]),
-                           reason="too many wrong passwords: the account is locked for a while")
+def login(store: Store, name: str, password: str, address: str, now: float, via: str = "console") -> LoginResult:
+    """Check a password, within the limits; every outcome but a refusal is audited.
+
+    Three short transactions: take a place in the counts (and read the account), check the password
+    holding no database lock (it takes ~0.1 s), then record the outcome."""
+    name = name[:200]
+    with store.tx() as conn:
+        reservation = limits.reserve(conn, name, address, now)
+        row = None if reservation.refused_for else conn.execute(text(
+            "SELECT name, role, password_hash FROM users WHERE name = :n"), {"n": name}).mappings().first()
+        if secrets.randbelow(100) == 0:
+            limits.sweep(conn, now)
+    if reservation.refused_for:
+        return LoginResult(None, refused_for=reservation.refused_for,
+                           reason="too many failed logins for this name or from this address: try again later")
+    ok = False
     try:
-        _hasher.verify(row["password_hash"], password)
+        with hashing():
+            if row is None or len(password) > MAX_PASSWORD:
+                _hasher.verify(_DUMMY, password[:MAX_PASSWORD])
+            else:
+                ok = _hasher.verify(row["password_hash"], password)
     except (VerifyMismatchError, InvalidHashError, VerificationError):
-        failed = int(row["failed_logins"] or 0) + 1
-        locked = now + LOCK_S if failed >= MAX_FAILED else None
-        conn.execute(text("UPDATE users SET failed_logins = :f, locked_until = :l WHERE name = :n"),
-                     {"f": 0 if locked else failed, "l": locked, "n": name})
-        if locked:
-            return LoginResult(None, locked_until=locked,
-                               reason="too many wrong passwords: the account is locked for a while")
-        return LoginResult(None, reason="unknown user or wrong password")
-    fields: dict[str, Any] = {"n": name, "t": now}
-    rehash = ""
-    if _hasher.check_needs_rehash(row["password_hash"]):
-        rehash, fields["h"] = ", password_hash = :h", _hasher.hash(password)
-    conn.execute(text(f"UPDATE users SET failed_logins = 0, locked_until = NULL, last_login = :t{rehash} "
-                      "WHERE name = :n"), fields)
-    return LoginResult(Principal(row["name"], row["role"], "password"))
+        ok = False
+    new_hash = None
+    if ok and row is not None and _hasher.check_needs_rehash(row["password_hash"]):
+        with hashing():
+            new_hash = _hasher.hash(password)
+    with store.tx() as conn:
+        if ok and row is not None:
+            limits.succeeded(conn, reservation, now)
+            conn.execute(text("UPDATE users SET last_login = :t" + (", password_hash = :h" if new_hash else "") +
+                              " WHERE name = :n"), {"t": now, "n": name, "h": new_hash})
+            audit.record(conn, user=name, action="login", via=via, source=address, now=now)
+            return LoginResult(Principal(row["name"], row["role"], "password"))
+        audit.record(conn, user=name, action="login_failed", via=via, source=address, outcome="failed", now=now,
+                     detail=None if row is not None else "no such user")
+        if reservation.started_backoff:
+            audit.record(conn, user=name, action="login_backoff", via=via, source=address, outcome="refused",
+                         now=now, detail="further attempts for this name or from this address wait (5 s, doubling)")
+    return LoginResult(None, reason="unknown user or wrong password")
+
+
+def token_refused(store: Store, address: str, now: float, via: str) -> float:
+    """A Bearer token that opens nothing: counted against the address (and audited, while it is not backing
+    off). Returns how long the address backs off (0: it does not)."""
+    key = limits.keys("", address)["addr"]
+    with store.tx() as conn:
+        reservation = limits.reserve_keys(conn, {"addr": key}, now)
+        if not reservation.refused_for:
+            audit.record(conn, user="?", action="token_refused", via=via, source=address, outcome="failed", now=now)
+    return reservation.refused_for
 
 
 # -- API tokens ------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Who is asking, and may they: Bearer tokens and console sessions, roles, CSRF, login throttling.
+"""Who is asking, and may they: Bearer tokens and console sessions, roles, CSRF; bad input is a 400.
 
 Every endpoint is wrapped by :func:`guarded`. The wrapper reads the body on
 the event loop, then does all database work in a thread (SQLAlchemy is
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,8 +26,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from weightwarden.collector.web import auth
+from weightwarden import logs
+from weightwarden.collector.store import audit
 from weightwarden.collector.store.database import Store
+from weightwarden.collector.web import auth
 
 COOKIE = "ww_session"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -39,8 +42,6 @@ class Settings:
     session_idle_s: float = 30 * 60.0
     tls: bool = False
     metrics_requires_token: bool = False
-    per_address_failures: int = 50  # failed logins per address per window, across all accounts
-    per_address_window_s: float = 300.0
 
 
 @dataclass
@@ -58,9 +59,9 @@ class Ctx:
         if not self.body:
             return {}
         try:
-            doc = json.loads(self.body)
-        except ValueError:
-            raise BadRequest("the body is not JSON") from None
+            doc = json.loads(self.body, parse_constant=_no_constant)
+        except (ValueError, RecursionError):
+            raise BadRequest("the body is not JSON (NaN and Infinity are not JSON either)") from None
         if not isinstance(doc, dict):
             raise BadRequest("the body must be a JSON object")
         return doc
@@ -76,16 +77,58 @@ class Ctx:
         assert self.principal is not None
         return self.principal
 
+    @property
+    def address(self) -> str:
+        return client_address(self.request)
+
+    @property
+    def via(self) -> str:
+        """How the request came: console (a page), api:token or api:session."""
+        if self.request.url.path.startswith("/api/"):
+            return f"api:{self.principal.via if self.principal else 'anonymous'}"
+        return "console"
+
+    def audit(self, conn: Any, action: str, target: str | None = None, detail: str | None = None,
+              outcome: str = "ok") -> None:
+        """Record what this request's user did, from where and how."""
+        audit.record(conn, user=self.user.name, action=action, target=target, detail=detail, outcome=outcome,
+                     via=self.via, source=self.address, now=self.now)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def text_field(body: dict[str, Any], key: str, *, required: bool = False, limit: int = 4000) -> str | None:
+    """A string field of a JSON body: absent or null is None (or an error if required); anything else
+    that is not a string is an error naming the field."""
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise BadRequest(f"{key!r} is required")
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{key!r} must be a string")
+    if len(value) > limit:
+        raise BadRequest(f"{key!r} is too long (at most {limit} characters)")
+    return value
+
+
+def finite(value: float, what: str) -> float:
+    if not math.isfinite(value):
+        raise BadRequest(f"{what} must be a finite number")
+    return value
+
 
 class BadRequest(ValueError):
     """A request that cannot be served as sent (400); the message says why."""
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from weightwarden.collector.outputs.receivers import OutputConfigError
-    from weightwarden.collector.web.triage import TriageError
+    from weightwarden.collector.outputs.base import OutputConfigError
     from weightwarden.collector.web.queries import QueryError
     from weightwarden.collector.web.settings_store import SettingsError
+    from weightwarden.collector.web.triage import TriageError
 
     return (BadRequest, auth.AuthError, TriageError, QueryError, OutputConfigError, SettingsError)
 
@@ -97,15 +140,23 @@ def _client(request: Request) -> str:
     return request.client.host if request.client else "?"
 
 
+class TooMany(Exception):
+    """Too many refused credentials from this address: it backs off (429)."""
+
+
 def authenticate(request: Request, store: Store, settings: Settings, now: float) -> auth.Principal | None:
+    """The principal of a Bearer token or a session cookie. A Bearer token that opens nothing is counted
+    against the address and audited; while the address backs off, such requests are refused (TooMany)."""
     header = request.headers.get("authorization", "")
     with store.tx() as conn:
         if header.lower().startswith("bearer "):
-            return auth.token_principal(conn, header[7:].strip(), now)
-        sid = request.cookies.get(COOKIE)
-        if sid:
-            return auth.session_principal(conn, sid, settings.session_idle_s, now)
-    return None
+            principal = auth.token_principal(conn, header[7:].strip(), now)
+        else:
+            sid = request.cookies.get(COOKIE)
+            return auth.session_principal(conn, sid, settings.session_idle_s, now) if sid else None
+    if principal is None and auth.token_refused(store, _client(request), now, "api:token") > 0:
+        raise TooMany("too many refused tokens from this address: wait and try again")
+    return principal
 
 
 def csrf_ok(ctx: Ctx) -> bool:
@@ -155,7 +206,10 @@ def guarded(permission: str | None, page: bool = False,
             def run() -> Response:
                 settings: Settings = request.app.state.live.get()
                 now = time.time()
-                principal = authenticate(request, store, settings, now)
+                try:
+                    principal = authenticate(request, store, settings, now)
+                except TooMany as exc:
+                    return _refuse(page, 429, str(exc), request)
                 ctx = Ctx(request, store, settings, principal, body, now)
                 if permission is not None:
                     if principal is None:
@@ -168,30 +222,18 @@ def guarded(permission: str | None, page: bool = False,
                     return _refuse(page, 403, "missing or wrong CSRF token: reload the page and try again", request)
                 try:
                     return handler(ctx)
+                except auth.Busy as exc:
+                    return _refuse(page, 503, str(exc), request)
                 except USER_ERRORS as exc:
                     return _refuse(page, 400, str(exc), request)
+                except Exception as exc:  # noqa: BLE001 - a bug: said plainly, logged, never a traceback to the client
+                    logs.get("collector.serve").error("request_failed", path=request.url.path,
+                                                      error=f"{type(exc).__name__}: {exc}"[:300])
+                    return _refuse(page, 500, "internal error (logged)", request)
             return await run_in_threadpool(run)
         endpoint.__name__ = handler.__name__
         return endpoint
     return wrap
-
-
-class LoginThrottle:
-    """Failed logins per client address in a sliding window (the per-account lock lives in the database)."""
-
-    def __init__(self, limit: int, window_s: float) -> None:
-        self.limit, self.window_s = limit, window_s
-        self.failures: dict[str, list[float]] = {}
-
-    def blocked(self, address: str, now: float) -> bool:
-        recent = [t for t in self.failures.get(address, []) if now - t < self.window_s]
-        self.failures[address] = recent
-        if len(self.failures) > 10_000:  # bound memory under a spray from many addresses
-            self.failures = {a: ts for a, ts in self.failures.items() if ts}
-        return len(recent) >= self.limit
-
-    def failed(self, address: str, now: float) -> None:
-        self.failures.setdefault(address, []).append(now)
 
 
 def client_address(request: Request) -> str:

@@ -20,12 +20,15 @@ from sqlalchemy import text
 from weightwarden import logs
 from weightwarden.asyncutil import wait_for_stop
 from weightwarden.collector.store.database import Store
+from weightwarden.textsafe import visible
 
 STATUS_EVERY_S = 5.0
 
 
 def _label(value: object) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    # Label values come from agents (host names are checked, but not everything is): the exposition
+    # format escapes backslash, newline and quote; other controls are made visible.
+    return visible(value).replace("\\", "\\\\").replace('"', '\\"')
 
 
 class _Text:
@@ -66,6 +69,9 @@ def render(store: Store, now: float | None = None) -> str:
             out.sample("weightwarden_dead_letters_total", value, reason=name[len("rejected_"):])
     out.family("weightwarden_correlation_errors_total", "counter", "Events stored whose correlation failed.")
     out.sample("weightwarden_correlation_errors_total", counters.get("correlation_errors", 0))
+    out.family("weightwarden_events_backdated_total", "counter",
+               "Events stored that were dated more than a day before they arrived.")
+    out.sample("weightwarden_events_backdated_total", counters.get("backdated", 0))
     # Text format: each family's samples follow its own header, so one family at a time.
     for family, help_, column in (
             ("weightwarden_collector_ingest_rate", "Messages per second ingested by each collector.", 5),

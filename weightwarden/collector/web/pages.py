@@ -6,29 +6,30 @@ the console works without script; console.js only adds conveniences.
 
 from __future__ import annotations
 
+import math
 import secrets
-import time
 from typing import Any
 from urllib.parse import urlencode
 
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from weightwarden.collector.web import auth
-from weightwarden.collector.web import triage
 from weightwarden.collector.outputs import outbox
-from weightwarden.collector.outputs.receivers import check as check_output
+from weightwarden.collector.outputs.receivers import configure
+from weightwarden.collector.outputs.vault import SecretBox
+from weightwarden.collector.store import audit
 from weightwarden.collector.store.database import SEVERITY_RANK
-from weightwarden.collector.web import queries, settings_store
-from weightwarden.collector.web.api import alert_filter, parse_time, redact
+from weightwarden.collector.web import auth, queries, settings_store, triage
+from weightwarden.collector.web.api import alert_filter, parse_time
 from weightwarden.collector.web.chart import egress_svg
-from weightwarden.collector.web.guard import COOKIE, Ctx, client_address, guarded
+from weightwarden.collector.web.guard import COOKIE, Ctx, guarded
 from weightwarden.collector.web.render import page, svg
+from weightwarden.units import format_duration
 
 LOGIN_COOKIE = "ww_login"
 KINDS = ["exfiltration", "staged_exfiltration", "chunked_exfiltration", "slow_exfiltration", "canary_read", "cap_hit",
          "budget_exhausted", "enforcement_drift", "enforcement_error", "threshold_crossed", "agent_silent",
-         "sequence_gap", "events_dropped"]
+         "sequence_gap", "events_dropped", "collector_session_taken_over", "backdated_events", "weights_relinked"]
 RANGES = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400}
 
 
@@ -52,7 +53,6 @@ def _safe_next(value: str | None) -> str:
 
 @guarded(None, page=True, session_csrf=False)
 def login(ctx: Ctx) -> Response:
-    throttle = ctx.request.app.state.throttle
     nxt = _safe_next(ctx.args().get("next"))
     if ctx.request.method == "GET":
         token = secrets.token_urlsafe(18)
@@ -62,7 +62,6 @@ def login(ctx: Ctx) -> Response:
     form = ctx.form()
     nxt = _safe_next(form.get("next"))
     sent, expected = form.get("login_csrf", ""), ctx.request.cookies.get(LOGIN_COOKIE, "")
-    address = client_address(ctx.request)
 
     def again(message: str, status: int) -> Response:
         token = secrets.token_urlsafe(18)
@@ -73,16 +72,19 @@ def login(ctx: Ctx) -> Response:
 
     if not sent or not secrets.compare_digest(sent, expected):
         return again("The login form expired or came from elsewhere: try again.", 403)
-    if throttle.blocked(address, ctx.now):
-        return again("Too many failed logins from your address: wait a few minutes.", 429)
+    try:
+        result = auth.login(ctx.store, form.get("name", ""), form.get("password", ""), ctx.address, ctx.now)
+    except auth.Busy as exc:
+        return again(f"{exc}.", 503)
+    if result.principal is None:
+        if result.refused_for:
+            # The same words whether the account exists or not, and for any account from this address.
+            resp = again(f"Too many failed logins for this name or from your address: try again in "
+                         f"{format_duration(float(max(1, math.ceil(result.refused_for))))}.", 429)
+            resp.headers["Retry-After"] = str(max(1, math.ceil(result.refused_for)))
+            return resp
+        return again("Unknown user or wrong password.", 401)
     with ctx.store.tx() as conn:
-        result = auth.login(conn, form.get("name", ""), form.get("password", ""), ctx.now)
-        if result.principal is None:
-            throttle.failed(address, ctx.now)
-            if result.locked_until:
-                until = time.strftime("%H:%M UTC", time.gmtime(result.locked_until))
-                return again(f"This account is locked after too many wrong passwords, until {until}.", 423)
-            return again("Unknown user or wrong password.", 401)
         sid, _csrf = auth.create_session(conn, result.principal.name, ctx.settings.session_ttl_s, ctx.now)
     resp = _redirect(nxt)
     resp.set_cookie(COOKIE, sid, httponly=True, samesite="strict", secure=ctx.settings.tls,
@@ -97,6 +99,7 @@ def logout(ctx: Ctx) -> Response:
     if sid:
         with ctx.store.tx() as conn:
             auth.end_session(conn, sid)
+            ctx.audit(conn, "logout")
     resp = _redirect("/login")
     resp.delete_cookie(COOKIE, path="/")
     return resp
@@ -141,7 +144,7 @@ def alert_post(ctx: Ctx) -> Response:
         if triage.find(conn, ref) is None:
             return page("error.html", status=404, status_code=404, message=f"No alert {ref!r}.", user=ctx.user)
         triage.act(conn, ref, action, ctx.user.name, ctx.now, comment=form.get("comment"),
-                   assignee=form.get("assignee"), via="console")
+                   assignee=form.get("assignee"), via="console", source=ctx.address)
     return _redirect(f"/alerts/{ref}?done={action}")
 
 
@@ -175,51 +178,65 @@ def host_page(ctx: Ctx) -> Response:
 # -- admin ----------------------------------------------------------------------------------
 
 
+def _admin(ctx: Ctx, conn: Any, new_token: str | None = None) -> Response:
+    return page("admin.html", **_base(ctx, users=auth.users(conn, ctx.now), tokens=auth.tokens(conn),
+                                      outputs=[o.shown() for o in outbox.outputs(conn)],
+                                      deliveries=outbox.delivery_counts(conn), settings=settings_store.read(conn),
+                                      roles=auth.ROLES, new_token=new_token, now=ctx.now, error=None,
+                                      audit=audit.entries(conn, audit.AuditFilter(limit=100))))
+
+
 @guarded("admin", page=True)
 def admin_page(ctx: Ctx) -> Response:
     with ctx.store.tx() as conn:
-        return page("admin.html", **_base(ctx, users=auth.users(conn), tokens=auth.tokens(conn),
-                                          outputs=[redact(o) for o in outbox.outputs(conn)],
-                                          deliveries=outbox.delivery_counts(conn), settings=settings_store.read(conn),
-                                          roles=auth.ROLES, new_token=None, now=ctx.now, error=None))
+        return _admin(ctx, conn)
 
 
 @guarded("admin", page=True)
 def admin_post(ctx: Ctx) -> Response:
     what = ctx.request.path_params["what"]
     form = ctx.form()
+    name = form.get("name", "")
     new_token = None
     with ctx.store.tx() as conn:
         if what == "user-add":
-            auth.add_user(conn, form.get("name", ""), form.get("role", ""), form.get("password", ""), ctx.now)
-        elif what == "user-remove" and form.get("name") != ctx.user.name:
-            auth.remove_user(conn, form.get("name", ""), ctx.now)
+            auth.add_user(conn, name, form.get("role", ""), form.get("password", ""), ctx.now)
+            ctx.audit(conn, "user_add", name, f"role {form.get('role')}")
+        elif what == "user-remove" and name != ctx.user.name:
+            if auth.remove_user(conn, name, ctx.now):
+                ctx.audit(conn, "user_remove", name)
         elif what == "user-unlock":
-            auth.unlock(conn, form.get("name", ""))
+            if auth.unlock(conn, name):
+                ctx.audit(conn, "user_unlock", name)
         elif what == "user-role":
-            auth.set_role(conn, form.get("name", ""), form.get("role", ""))
+            if auth.set_role(conn, name, form.get("role", "")):
+                ctx.audit(conn, "user_role", name, f"role {form.get('role')}")
         elif what == "token-create":
-            _tid, new_token = auth.create_token(conn, form.get("user", ""), form.get("label") or None, None, ctx.now)
+            tid, new_token = auth.create_token(conn, form.get("user", ""), form.get("label") or None, None, ctx.now)
+            ctx.audit(conn, "token_create", tid, f"for {form.get('user')}")
         elif what == "token-revoke":
-            auth.revoke_token(conn, form.get("id", ""), ctx.now)
+            if auth.revoke_token(conn, form.get("id", ""), ctx.now):
+                ctx.audit(conn, "token_revoke", form.get("id", ""))
         elif what == "output-add":
-            options = {k: v for k, v in (("format", form.get("format")), ("secret", form.get("secret"))) if v}
-            auth.check_name(form.get("name", ""))
-            outbox.add_output(conn, form.get("name", ""), form.get("url", ""),
-                              check_output(form.get("url", ""), options), ctx.now)
+            options = {k: v for k, v in (("format", form.get("format")), ("secret", form.get("secret")),
+                                         ("ca_pem", form.get("ca_pem"))) if v}
+            auth.check_name(name)
+            spec = configure(name, form.get("url", ""), options, SecretBox.for_db(ctx.store.url),
+                             audit=form.get("audit") == "on")
+            outbox.add_output(conn, spec, ctx.now)
+            ctx.audit(conn, "output_add", name, spec.shown()["url"])
         elif what == "output-remove":
-            outbox.remove_output(conn, form.get("name", ""))
+            if outbox.remove_output(conn, name):
+                ctx.audit(conn, "output_remove", name)
         elif what == "settings":
             idle = form.get("session_idle_minutes") or "30"
-            settings_store.update(conn, {"metrics_requires_token": form.get("metrics_requires_token") == "on",
-                                         "session_idle_minutes": int(idle) if idle.isdigit() else idle})
+            changes = {"metrics_requires_token": form.get("metrics_requires_token") == "on",
+                       "session_idle_minutes": int(idle) if idle.isdigit() and len(idle) < 6 else idle}
+            before = settings_store.read(conn)
+            settings_store.update(conn, changes)
+            ctx.audit(conn, "settings_change", None, settings_store.describe(before, changes))
         if new_token is not None:
-            # Shown once, on this response only.
-            return page("admin.html", **_base(ctx, users=auth.users(conn), tokens=auth.tokens(conn),
-                                              outputs=[redact(o) for o in outbox.outputs(conn)],
-                                              deliveries=outbox.delivery_counts(conn),
-                                              settings=settings_store.read(conn), roles=auth.ROLES,
-                                              new_token=new_token, now=ctx.now, error=None))
+            return _admin(ctx, conn, new_token)  # shown once, on this response only
     return _redirect("/admin")
 
 

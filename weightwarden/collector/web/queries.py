@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from weightwarden.collector.store.database import SEVERITY_RANK
+from weightwarden.collector.store.database import SEVERITY_RANK, backdated_by
 from weightwarden.collector.web.triage import audit
 
 STATES = ("open", "acknowledged", "resolved")
@@ -55,11 +55,14 @@ def _alert_row(row: dict[str, Any]) -> dict[str, Any]:
     row = dict(row)
     row["evidence"] = json.loads(row["evidence"])
     row.pop("severity_rank", None)
+    # Flagged: the newest event it rests on is dated long before the collector raised it.
+    raised = row.get("raised_at") or row.get("created_at") or 0
+    row["backdated"] = backdated_by(float(row.get("last_ts") or 0), float(raised)) or None
     return row
 
 
 def list_alerts(conn: Connection, f: AlertFilter) -> list[dict[str, Any]]:
-    """Alerts as ``alerts list --json`` gives them, most severe and most recent first."""
+    """Alerts as ``alerts list --json`` gives them, most severe first, then most recently raised."""
     where: list[str] = ["1=1"]
     params: dict[str, Any] = {"lim": f.limit, "off": f.offset}
     if f.states:
@@ -73,11 +76,13 @@ def list_alerts(conn: Connection, f: AlertFilter) -> list[dict[str, Any]]:
         if value:
             where.append(f"{col} = :{col}")
             params[col] = value
+    # The window is the collector's: when an alert was raised and last changed, not the times its
+    # agent wrote on the events (a backdated event must not hide its alert from "since 24h").
     if f.since is not None:
-        where.append("last_ts >= :since")
+        where.append("updated_at >= :since")
         params["since"] = f.since
     if f.until is not None:
-        where.append("first_ts <= :until")
+        where.append("created_at <= :until")
         params["until"] = f.until
     if f.q:
         # Case-insensitive on both databases; '%' and '_' typed by the user are matched literally.
@@ -88,7 +93,7 @@ def list_alerts(conn: Connection, f: AlertFilter) -> list[dict[str, Any]]:
                      "OR lower(host) LIKE :q ESCAPE '\\')")
         params.update(q=needle, qexact=f.q)
     sql = (f"SELECT * FROM alerts WHERE {' AND '.join(where)} "
-           "ORDER BY severity_rank DESC, last_ts DESC LIMIT :lim OFFSET :off")
+           "ORDER BY severity_rank DESC, raised_at DESC LIMIT :lim OFFSET :off")
     return [_alert_row(dict(r)) for r in conn.execute(text(sql), params).mappings()]
 
 
@@ -185,7 +190,7 @@ def host_detail(conn: Connection, host: str) -> dict[str, Any] | None:
                                     "AND kind = 'enforcement_drift' ORDER BY last_ts DESC LIMIT 1"),
                                {"h": host}).mappings().first()
     open_alerts = conn.execute(text("SELECT id, kind, severity, state, title, last_ts FROM alerts WHERE host = :h "
-                                    "AND state != 'resolved' ORDER BY severity_rank DESC, last_ts DESC LIMIT 50"),
+                                    "AND state != 'resolved' ORDER BY severity_rank DESC, raised_at DESC LIMIT 50"),
                                {"h": host}).mappings()
     sensor = conn.execute(text("SELECT state, state_at, whole_at, degraded_at FROM sensors WHERE host = :h"),
                           {"h": host}).mappings().first()

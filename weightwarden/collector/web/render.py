@@ -1,4 +1,11 @@
-"""HTML from Jinja2 templates (autoescaped), and the filters the templates use."""
+"""HTML from Jinja2 templates (autoescaped), and the filters the templates use.
+
+Every value a template prints goes through :func:`_finalize` before it is escaped: text from the
+hosts (process names, command lines, paths, users) cannot reorder what is shown (U+202E turns
+"pid 6230" into "0326") or hide in invisible characters: controls and layout characters are shown
+as escapes (``\x1b``, ``\u202e``). ``| untrusted`` also isolates a value's direction (``<bdi>``),
+so right-to-left text in a name cannot pull its neighbours along. The stored evidence is untouched.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from markupsafe import Markup
+from markupsafe import Markup, escape
 from starlette.responses import HTMLResponse
 
+from weightwarden.textsafe import visible
 from weightwarden.units import format_duration, format_rate, format_size
 
 HERE = Path(__file__).parent
@@ -42,9 +50,23 @@ def _duration(n: Any) -> str:
     return "unknown" if n is None else format_duration(float(n))
 
 
+def _finalize(value: Any) -> Any:
+    if isinstance(value, Markup) or not isinstance(value, str):
+        return value
+    return visible(value, keep_lines=True)
+
+
+def _untrusted(value: Any) -> Markup:
+    """Text from a host, shown inert: controls visible, its direction isolated from what surrounds it."""
+    if value is None or value == "":
+        return Markup("")
+    text = value if isinstance(value, str) else str(value)
+    return Markup('<bdi class="untrusted">') + escape(visible(text, keep_lines=True)) + Markup("</bdi>")
+
+
 env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html"]),
-                  trim_blocks=True, lstrip_blocks=True)
-env.filters.update(when=_when, ago=_ago, size=_size, rate=_rate, duration=_duration)
+                  trim_blocks=True, lstrip_blocks=True, finalize=_finalize)
+env.filters.update(when=_when, ago=_ago, size=_size, rate=_rate, duration=_duration, untrusted=_untrusted)
 
 
 def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:

@@ -35,6 +35,13 @@ def read(conn: Connection) -> dict[str, Any]:
     return out
 
 
+def describe(before: dict[str, Any], changes: dict[str, Any]) -> str:
+    """What changed, for the audit trail: ``name: old -> new`` for each setting that did."""
+    said = [f"{n}: {json.dumps(before.get(n))} -> {json.dumps(v)}" for n, v in sorted(changes.items())
+            if before.get(n) != v]
+    return "; ".join(said) or "nothing changed"
+
+
 def update(conn: Connection, changes: dict[str, Any]) -> None:
     checked = {name: _check(name, value) for name, value in changes.items()}
     for name, value in checked.items():

@@ -10,8 +10,9 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from weightwarden.collector.outputs.outbox import alert_changed
+from weightwarden.collector.store import audit as trail
 from weightwarden.collector.store.database import Store
+from weightwarden.collector.store.notifications import alert_changed
 
 ACTIONS = ("ack", "resolve", "assign", "comment", "reopen")
 STATE_OF = {"ack": "acknowledged", "resolve": "resolved"}
@@ -29,7 +30,7 @@ def find(conn: Connection, ref: str) -> dict[str, Any] | None:
 
 
 def act(conn: Connection, ref: str, action: str, user: str, now: float, comment: str | None = None,
-        assignee: str | None = None, via: str = "api") -> dict[str, Any]:
+        assignee: str | None = None, via: str = "api", source: str | None = None) -> dict[str, Any]:
     """Apply one action to alert ``ref`` (id or key) and audit it; returns the audit record."""
     if action not in ACTIONS:
         raise TriageError(f"unknown action {action!r}: one of {', '.join(ACTIONS)}")
@@ -54,14 +55,13 @@ def act(conn: Connection, ref: str, action: str, user: str, now: float, comment:
         detail = f"assigned to {assignee}" if assignee else "unassigned"
     elif comment is None:
         raise TriageError("a comment needs text")
-    record = {"alert_key": alert["key"], "alert_id": alert["id"], "user": user, "action": action,
-              "comment": comment, "detail": detail, "via": via, "ts": now}
-    conn.execute(text("INSERT INTO audit(alert_key, alert_id, user_name, action, comment, detail, via, ts) "
-                      "VALUES (:alert_key, :alert_id, :user, :action, :comment, :detail, :via, :ts)"), record)
-    return record
+    entry = trail.record(conn, user=user, action=action, now=now, via=via, source=source, target=alert["id"],
+                         detail=detail, comment=comment, alert_key=alert["key"], alert_id=alert["id"])
+    return {"alert_key": alert["key"], "alert_id": alert["id"], "user": user, "action": action,
+            "comment": entry["comment"], "detail": detail, "via": via, "ts": now, "source": source, "id": entry["id"]}
 
 
 def audit(conn: Connection, alert_id: str) -> list[dict[str, Any]]:
-    rows = conn.execute(text("SELECT user_name AS user, action, comment, detail, via, ts FROM audit "
-                             "WHERE alert_id = :a ORDER BY id"), {"a": alert_id}).mappings()
-    return [dict(r) for r in rows]
+    """An alert's trail, oldest first: {user, action, comment, detail, via, ts, source}."""
+    return [{"user": e["user"], "action": e["action"], "comment": e["comment"], "detail": e["detail"],
+             "via": e["via"], "ts": e["ts"], "source": e["source"]} for e in trail.of_alert(conn, alert_id)]

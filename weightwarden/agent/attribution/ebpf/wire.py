@@ -11,10 +11,13 @@ import socket
 import struct
 from dataclasses import dataclass
 
-T_READY, T_ERROR, T_FLOWS, T_UNIX, T_LOST, T_END, T_OWNER, T_DNS = range(1, 9)
+T_READY, T_ERROR, T_FLOWS, T_UNIX, T_LOST, T_END, T_OWNER, T_DNS, T_RAW, T_TAMPER, T_TOTALS = range(1, 12)
 
 OWNED, ACCEPTED = 1, 2  # ww_owner.flags
 F_LOCAL, F_RAW, F_DECIDED, F_ONHOST = 1, 2, 4, 8  # ww_flow.flags
+RAW_BYPASS, RAW_KILLED, RAW_DENIED, RAW_ALLOWED, RAW_BOUND = 1, 2, 4, 8, 16  # ww_raw.flags
+AF_PACKET, AF_XDP = 17, 44
+SOCK_DGRAM, SOCK_RAW = 2, 3
 
 FRAME = struct.Struct("<II")
 OWNER = struct.Struct("<IIIIQQQQIIQ16s")  # struct ww_owner
@@ -23,8 +26,12 @@ FLOW_TAIL = struct.Struct("<16sHHIQQQQ")  # struct ww_flow after its owner
 UNIX_KEY = struct.Struct("<IIQQ")  # struct ww_unix_key
 UNIX_TAIL = struct.Struct("<QQQ")  # struct ww_unix after its owner
 LOST = struct.Struct("<QQQQ")
+RAW_KEY = struct.Struct("<QII")  # struct ww_raw_key
+RAW_TAIL = struct.Struct("<QIHHHHIQQQQ")  # struct ww_raw after its owner
+TOTALS = struct.Struct("<QQQQ")  # struct ww_totals
 FLOW_SIZE = FLOW_KEY.size + OWNER.size + FLOW_TAIL.size
 UNIX_SIZE = UNIX_KEY.size + OWNER.size + UNIX_TAIL.size + OWNER.size
+RAW_SIZE = RAW_KEY.size + OWNER.size + RAW_TAIL.size
 
 PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_ICMP: "icmp", 58: "icmp"}
 
@@ -93,6 +100,46 @@ class UnixSend:
     first_ns: int
     last_ns: int
     peer: Owner  # the reader of the receiving socket, if it had read by the last send (else tgid 0)
+
+
+@dataclass(frozen=True, slots=True)
+class RawSend:
+    """What one process sent on one packet socket (AF_PACKET, AF_XDP) within one interval."""
+
+    cookie: int
+    owner: Owner
+    ino: int  # the socket's inode
+    ifindex: int  # in the socket's own network namespace (owner.netns); 0: not bound
+    family: int  # AF_PACKET or AF_XDP
+    sock_type: int  # SOCK_RAW, SOCK_DGRAM
+    protocol: int  # the ethertype bound, host order
+    flags: int  # RAW_*
+    bytes: int  # SOCK_RAW: whole frames; SOCK_DGRAM: without the link-layer header
+    packets: int  # sends (one frame each, except through a TX ring)
+    first_ns: int
+    last_ns: int
+
+    @property
+    def bypass(self) -> bool:
+        return bool(self.flags & RAW_BYPASS)
+
+    @property
+    def killed(self) -> bool:
+        return bool(self.flags & RAW_KILLED)
+
+    @property
+    def allowed(self) -> bool:
+        return bool(self.flags & RAW_ALLOWED)
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """What the programs added in one generation: ``counted`` is checked by the loader; the header
+    bytes and packets give the protocol overhead per packet leaving."""
+
+    counted: int = 0
+    hdr_bytes: int = 0
+    hdr_packets: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,3 +212,22 @@ def parse_lost(payload: bytes) -> Lost:
     if len(payload) < LOST.size:
         return Lost()
     return Lost(*LOST.unpack_from(payload, 0))
+
+
+def parse_raw(payload: bytes) -> list[RawSend]:
+    out: list[RawSend] = []
+    for off in range(0, len(payload) - RAW_SIZE + 1, RAW_SIZE):
+        cookie, tgid, _pad = RAW_KEY.unpack_from(payload, off)
+        owner = _owner(OWNER.unpack_from(payload, off + RAW_KEY.size))
+        ino, ifindex, family, sock_type, protocol, _pad2, flags, nbytes, packets, first, last = RAW_TAIL.unpack_from(
+            payload, off + RAW_KEY.size + OWNER.size)
+        out.append(RawSend(cookie, owner, ino, ifindex, family, sock_type, protocol, flags, nbytes, packets, first,
+                           last))
+    return out
+
+
+def parse_totals(payload: bytes) -> Totals:
+    if len(payload) < TOTALS.size:
+        return Totals()
+    counted, hdr_bytes, hdr_packets, _pad = TOTALS.unpack_from(payload, 0)
+    return Totals(counted, hdr_bytes, hdr_packets)

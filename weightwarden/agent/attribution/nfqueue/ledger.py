@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Hashable
+from collections.abc import Hashable
 
 Dest = tuple[str, int]
 

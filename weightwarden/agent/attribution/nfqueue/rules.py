@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from weightwarden.agent.enforce.kernel import KernelError, run
 
 CHAIN = "WEIGHTWARDEN-RESOLVE"
 DNS_CHAIN = "WEIGHTWARDEN-DNS"
 TABLE = "mangle"
-ENV = {"LANG": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,11 @@ def available_tools() -> tuple[str, ...]:
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, env=ENV, check=False)
+    """The enforcer's runner (bounded wait, C locale); a missing or wedged tool is a failed command here."""
+    try:
+        return run(argv, check=False)
+    except KernelError as e:
+        return subprocess.CompletedProcess(argv, 127, "", str(e))
 
 
 def saved(tool: str) -> str:
@@ -87,6 +93,24 @@ def remove(rule_plan: RulePlan) -> None:
             _run(argv)
     for tool in sorted({argv[0] for argv in rule_plan.remove}):
         drop_table_if_empty(tool)
+
+
+def missing(rule_plan: RulePlan, read: Callable[[str], str] | None = None) -> list[str]:
+    """Which of the plan's chains lack their rules in the kernel now (each tool's table read back with
+    ``read``, default ``iptables-save``): the jump from OUTPUT or INPUT, or the chain's own rules. [] when
+    all are there, or nothing can be read."""
+    out = []
+    for tool in sorted({argv[0] for argv in rule_plan.install}):
+        text = (read or saved)(tool)
+        if not text:
+            continue
+        lines = text.splitlines()
+        for hook, chain in (("OUTPUT", CHAIN), ("INPUT", DNS_CHAIN)):
+            jump = f"-A {hook} -j {chain}" in lines
+            own = any(line.startswith(f"-A {chain} ") for line in lines)
+            if not (jump and own):
+                out.append(f"{tool} {hook} -> {chain}")
+    return out
 
 
 BUILTIN_CHAINS = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}

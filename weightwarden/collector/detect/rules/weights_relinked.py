@@ -98,12 +98,14 @@ class WeightsRelinkedRule(Rule[tuple[str, str]]):
             f"{', outside the weights tree' if outside else ''}. A name nobody watches is how weights are hidden from "
             f"a watcher of paths; the agent still knows the file by its inode.{then}")
         evidence = {"rule": "relinked", "process": {k: relinks[-1].get(k) for k in ("name", "pid", "exe", "uid")},
-                    "files": sources, "new_names": names, "how": hows, "inode": key.parts[0],
+                    "files": sources + [n for n in names if n not in sources], "new_names": names, "how": hows,
+                    "inode": key.parts[0],
                     "readers": sorted(readers), "sent_by": sorted(str(a["key"]) for a in sent),
                     "destinations": [d for a in sent for d in (a["evidence"].get("destinations") or [])][:20],
                     "bytes": size, "events": sorted({str(r["event_id"]) for r in relinks})[:50]}
         return Draft(key, host, "weights_relinked", severity, f"Weights given a new name on {host}: {names[0]}",
-                     explanation, evidence, first, max(float(r["ts"]) for r in relinks))
+                     explanation, evidence, first, max(float(r["ts"]) for r in relinks),
+                     count=len({str(r["event_id"]) for r in relinks}))  # each relink reported, once
 
 
 RULE = register(WeightsRelinkedRule())

@@ -17,6 +17,16 @@
  * The tracepoint program sees every task; it acts only for tasks under the
  * cgroup the loader was given (`scope`), as the cgroup programs do. (fentry and
  * kprobes would do too, but kernels that forbid them exist: this one does.)
+ *
+ * Only ww_egress and ww_sock_create are essential. Every other program is optional: the loader
+ * loads it if the verifier accepts it and says which capability is gone if not. Where kernels
+ * differ in a field or type, CO-RE checks (bpf_core_field_exists, bpf_core_type_exists,
+ * bpf_core_enum_value_exists) pick the code path when the object is loaded.
+ *
+ * Packet sockets (AF_PACKET, AF_XDP) skip the transport layer, and with PACKET_QDISC_BYPASS every
+ * qdisc, netfilter hook and cgroup program too (dev_direct_xmit is their whole path): ww_packet
+ * credits them from the send itself (sock_send_length fires for every family), and may kill a
+ * sender the policy does not allow.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -30,17 +40,41 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define AF_UNIX 1
 #define AF_INET 2
 #define AF_INET6 10
+#define AF_PACKET 17
+#define AF_XDP 44
+#define SIGKILL 9
+#define EPERM 1
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 #define SOCK_RAW 3
 #define LOOPBACK_IFINDEX 1
 #define PROTO_ICMPV6 58
 
+/* .bss, pinned with the maps: an agent restarted later carries on with the same generation. */
 __u32 gen = 0;                          /* written by the loader: +1 each drain, the map is gen & 1 */
 __u32 merge_ready = 0;                  /* the loader knows the host's own addresses (local_addrs) */
 __u32 local_epoch = 0;                  /* +1 each time the loader changes local_addrs */
+__u32 active = 0;                       /* which load's tracepoint programs count (see my_epoch) */
+__u32 raw_action = WW_RAW_ALERT;        /* raw_sockets.action for senders not allowlisted */
 volatile const __u32 scope_is_root = 0; /* the scope is the whole hierarchy: every task is in it */
 volatile const __u64 dns_per_sec = 500; /* per CPU; a flood of answers costs names, never bytes */
+/* A restarted loader attaches its tracepoint programs beside the old ones, then sets `active` to its
+ * own epoch: from that store on only the new ones count, so nothing is counted twice or missed. */
+volatile const __u32 my_epoch = 1;
+/* Test hook (WEIGHTWARDEN_BPF_REFUSE): a program whose bit is set carries an access the verifier
+ * refuses, so a real refusal, with the verifier's own words, can be produced on any kernel. The
+ * value is known when the object is verified (read-only data), so with the bit clear the branch is
+ * dead code and costs nothing. */
+volatile const __u32 refuse = 0;
+/* Kernels before PACKET_SOCK_QDISC_BYPASS became a flag keep po->xmit: this is packet_direct_xmit's
+ * address there (from /proc/kallsyms), or 0. */
+volatile const __u64 direct_xmit_addr = 0;
+
+#define WW_REFUSE(bit) \
+	do { \
+		if (refuse & (1u << (bit))) \
+			asm volatile("r1 = 0; r0 = *(u64 *)(r1 + 0);" ::: "r0", "r1"); \
+	} while (0)
 /* Whether cgroup/sock_create may use task storage: 6.1 and 6.12 refuse bpf_task_storage_get in cgroup
  * socket programs (tests/kernels/), 6.18 allows it. The loader probes the kernel; the verifier never
  * looks at the branch a constant rules out, so the one object loads on both. */
@@ -81,6 +115,32 @@ struct {
 	__type(key, __u32);
 	__type(value, struct ww_lost);
 } lost SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct ww_totals);
+} totals SEC(".maps");
+
+#define RAW_MAP(name) \
+	struct { \
+		__uint(type, BPF_MAP_TYPE_HASH); \
+		__uint(max_entries, WW_RAW_MAX); \
+		__uint(map_flags, BPF_F_NO_PREALLOC); \
+		__type(key, struct ww_raw_key); \
+		__type(value, struct ww_raw); \
+	} name SEC(".maps")
+RAW_MAP(raw0);
+RAW_MAP(raw1);
+
+/* Executables allowed to send on packet sockets (raw_sockets.allow), by file. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct ww_exe_key);
+	__type(value, __u8);
+} raw_allow SEC(".maps");
 
 /* The host's own addresses, as the agent sees them: flows to them stay on the host. */
 struct {
@@ -156,6 +216,21 @@ static __always_inline struct ww_lost *lost_slot(__u32 g)
 	return bpf_map_lookup_elem(&lost, &k);
 }
 
+static __always_inline struct ww_totals *totals_slot(__u32 g)
+{
+	__u32 k = g & 1;
+	return bpf_map_lookup_elem(&totals, &k);
+}
+
+/* Atomic although per CPU: a softirq's program may interrupt a process context's on the same CPU,
+ * and the drain compares this sum with the entries to the byte. */
+static __always_inline void counted(__u32 g, __u64 bytes)
+{
+	struct ww_totals *t = totals_slot(g);
+	if (t)
+		__sync_fetch_and_add(&t->counted, bytes);
+}
+
 static __always_inline int in_scope(void)
 {
 	return scope_is_root || bpf_current_task_under_cgroup(&scope, 0) == 1;
@@ -216,11 +291,15 @@ static __always_inline void fill_owner_cached(struct ww_owner *o, int cached)
 	__u64 parent = (__u64)t->real_parent;
 	struct proc_owner *p = cached ? bpf_task_storage_get(&procs, leader, 0, BPF_LOCAL_STORAGE_GET_F_CREATE) : 0;
 	struct proc_owner fresh = {};
-	int stale = !p || !p->tgid || p->mm != mm || p->parent != parent || p->cgroup_id != cgroup_id || p->uid != uid;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	/* tgid too: an entry rewritten from user space (bpf_map_update_elem with a pidfd) must not name
+	 * another process for long */
+	int stale = !p || p->tgid != tgid || p->mm != mm || p->parent != parent || p->cgroup_id != cgroup_id
+		    || p->uid != uid;
 	if (stale) {
 		if (!p)
 			p = &fresh; /* an exiting leader has no storage: described in full each time */
-		p->tgid = bpf_get_current_pid_tgid() >> 32;
+		p->tgid = tgid;
 		p->uid = uid;
 		p->ppid = BPF_CORE_READ(t, real_parent, tgid);
 		p->start_ns = BPF_CORE_READ(leader, start_boottime);
@@ -253,6 +332,7 @@ static __always_inline void fill_owner(struct ww_owner *o)
 SEC("cgroup/sock_create")
 int ww_sock_create(struct bpf_sock *ctx)
 {
+	WW_REFUSE(WW_P_SOCK_CREATE);
 	if (ctx->family != AF_INET && ctx->family != AF_INET6)
 		return 1;
 	struct ww_owner *o = bpf_sk_storage_get(&owners, ctx, 0, BPF_SK_STORAGE_GET_F_CREATE);
@@ -268,6 +348,7 @@ int ww_sock_create(struct bpf_sock *ctx)
 SEC("sockops")
 int ww_sockops(struct bpf_sock_ops *skops)
 {
+	WW_REFUSE(WW_P_SOCKOPS);
 	if (skops->op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
 		return 1;
 	struct bpf_sock *sk = skops->sk;
@@ -288,13 +369,28 @@ static __always_inline __u64 sock_ino(struct sock *sk)
 	return sa ? BPF_CORE_READ(sa, vfs_inode.i_ino) : 0;
 }
 
+/* struct net's cookie is a field from 5.14; older kernels leave the socket's namespace unnamed here
+ * (cgroup/sock_create names it with the helper for every inet socket anyway). */
+struct net___ww {
+	__u64 net_cookie;
+} __attribute__((preserve_access_index));
+
+static __always_inline __u64 net_cookie(struct sock *sk)
+{
+	if (!bpf_core_field_exists(struct net___ww, net_cookie))
+		return 0;
+	struct net___ww *net = (struct net___ww *)BPF_CORE_READ(sk, __sk_common.skc_net.net);
+	return net ? BPF_CORE_READ(net, net_cookie) : 0;
+}
+
 /* Every completed write to a socket (send, write, sendfile and splice, io_uring), in the
  * writer's context: inet sockets are credited to the process that writes them (a socket
  * passed on or inherited follows its writer); unix sockets are counted as local transfers. */
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(ww_send, struct sock *sk, int ret, int flags)
 {
-	if (!sk || ret <= 0 || !in_scope())
+	WW_REFUSE(WW_P_SEND);
+	if (!sk || ret <= 0 || active != my_epoch || !in_scope())
 		return 0;
 	__u16 family = sk->__sk_common.skc_family;
 	if (family == AF_UNIX) {
@@ -310,7 +406,7 @@ int BPF_PROG(ww_send, struct sock *sk, int ret, int flags)
 	if ((o->flags & WW_OWNED) && o->tgid == tgid)
 		return 0;
 	if (!o->netns)
-		o->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, net_cookie);
+		o->netns = net_cookie(sk);
 	fill_owner(o);
 	return 0;
 }
@@ -471,8 +567,10 @@ static __always_inline __u32 merge_key(struct pkt *p, struct ww_owner *o, __u32 
 }
 
 static __always_inline void account(void *map, struct pkt *p, struct ww_owner *o, __u16 flags,
-				    __u64 payload, __u64 now, __u32 g, __u32 sockets)
+				    __u64 payload, __u64 now, __u32 g, __u32 sockets, struct ww_totals *t)
 {
+	if (t)
+		__sync_fetch_and_add(&t->counted, payload);
 	struct ww_flow *f = bpf_map_lookup_elem(map, &p->key);
 	if (!f) {
 		struct ww_flow init = {};
@@ -494,10 +592,10 @@ static __always_inline void account(void *map, struct pkt *p, struct ww_owner *o
 			return;
 		f = bpf_map_lookup_elem(map, &p->key); /* another CPU made it first, or the map is full */
 		if (!f) {
-			/* map full: counted, never silently dropped */
+			/* map full: counted, never silently dropped (atomically: the loader checks the sum) */
 			struct ww_lost *l = lost_slot(g);
 			if (l) {
-				l->bytes += payload;
+				__sync_fetch_and_add(&l->bytes, payload);
 				l->packets++;
 			}
 			return;
@@ -515,6 +613,7 @@ static __always_inline void account(void *map, struct pkt *p, struct ww_owner *o
 SEC("cgroup_skb/egress")
 int ww_egress(struct __sk_buff *skb)
 {
+	WW_REFUSE(WW_P_EGRESS);
 	struct bpf_sock *sk = skb->sk;
 	if (!sk)
 		return 1;
@@ -528,8 +627,15 @@ int ww_egress(struct __sk_buff *skb)
 	__u64 head = p.hdr + p.l4;
 	__u64 payload = len > head ? len - head : 0;
 	__u16 flags = 0;
-	if (skb->ifindex == LOOPBACK_IFINDEX)
+	__u32 g = gen;
+	struct ww_totals *t = totals_slot(g);
+	if (skb->ifindex == LOOPBACK_IFINDEX) {
 		flags |= WW_F_LOCAL;
+	} else if (t) {
+		/* Headers of every packet that leaves, bare ACKs included: what protocol overhead explains. */
+		t->hdr_bytes += len < head ? len : head;
+		t->hdr_packets++;
+	}
 	if (sk->type == SOCK_RAW)
 		flags |= WW_F_RAW;
 	/* Bare ACKs of downloads say nothing about egress; on loopback they name the peer. */
@@ -537,7 +643,6 @@ int ww_egress(struct __sk_buff *skb)
 		return 1;
 	struct ww_owner *o = bpf_sk_storage_get(&owners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	__u64 now = bpf_ktime_get_ns();
-	__u32 g = gen;
 	__u32 sockets = 1;
 	int tcp = p.key.proto == IPPROTO_TCP && !flags && merge_ready;
 	if (tcp && merges(&p, o)) {
@@ -549,9 +654,9 @@ int ww_egress(struct __sk_buff *skb)
 		p.key.cookie = bpf_get_socket_cookie(skb);
 	}
 	if (g & 1)
-		account(&flows1, &p, o, flags, payload, now, g, sockets);
+		account(&flows1, &p, o, flags, payload, now, g, sockets, t);
 	else
-		account(&flows0, &p, o, flags, payload, now, g, sockets);
+		account(&flows0, &p, o, flags, payload, now, g, sockets, t);
 	return 1;
 }
 
@@ -559,6 +664,7 @@ int ww_egress(struct __sk_buff *skb)
 SEC("cgroup_skb/ingress")
 int ww_ingress(struct __sk_buff *skb)
 {
+	WW_REFUSE(WW_P_INGRESS);
 	struct pkt p = {};
 	if (parse(skb, &p) || p.key.proto != IPPROTO_UDP || p.sport != 53)
 		return 1;
@@ -619,6 +725,7 @@ static __always_inline void unix_account(struct sock *sk, int sent)
 	key.start_ns = BPF_CORE_READ(t, group_leader, start_boottime);
 	__u64 now = bpf_ktime_get_ns();
 	__u32 g = gen;
+	counted(g, sent);
 	struct ww_unix *v;
 	if (g & 1)
 		v = bpf_map_lookup_elem(&unix1, &key);
@@ -638,7 +745,7 @@ static __always_inline void unix_account(struct sock *sk, int sent)
 		if (!v) {
 			struct ww_lost *l = lost_slot(g);
 			if (l)
-				l->bytes += sent;
+				__sync_fetch_and_add(&l->bytes, (__u64)sent);
 			return;
 		}
 	}
@@ -653,7 +760,8 @@ static __always_inline void unix_account(struct sock *sk, int sent)
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(ww_recv, struct sock *sk, int ret, int flags)
 {
-	if (!sk || ret <= 0 || !in_scope())
+	WW_REFUSE(WW_P_RECV);
+	if (!sk || ret <= 0 || active != my_epoch || !in_scope())
 		return 0;
 	__u16 family = sk->__sk_common.skc_family;
 	if (family != AF_UNIX && family != AF_INET && family != AF_INET6)
@@ -670,4 +778,167 @@ int BPF_PROG(ww_recv, struct sock *sk, int ret, int flags)
 			bpf_map_update_elem(&unix_readers, &ino, o, BPF_ANY);
 	}
 	return 0;
+}
+
+/* -- packet sockets ------------------------------------------------------------------------------ */
+
+/* The fields read from a packet socket, by name (CO-RE): ifindex and num (the bound ethertype) on
+ * every kernel; PACKET_QDISC_BYPASS is a bit of `flags` from 6.4 on, and `xmit == packet_direct_xmit`
+ * before. */
+struct packet_sock___ww {
+	int ifindex;
+	__be16 num;
+	unsigned long flags;
+} __attribute__((preserve_access_index));
+
+struct packet_sock___old {
+	int (*xmit)(struct sk_buff *skb);
+} __attribute__((preserve_access_index));
+
+enum packet_sock_flags___ww {
+	PACKET_SOCK_QDISC_BYPASS___ww = 6,
+};
+
+struct xdp_sock___ww {
+	struct net_device *dev;
+} __attribute__((preserve_access_index));
+
+static __always_inline int packet_bypass(struct sock *sk)
+{
+	if (bpf_core_enum_value_exists(enum packet_sock_flags___ww, PACKET_SOCK_QDISC_BYPASS___ww)) {
+		struct packet_sock___ww *po = (void *)sk;
+		unsigned long bits = BPF_CORE_READ(po, flags);
+		__u32 bit = bpf_core_enum_value(enum packet_sock_flags___ww, PACKET_SOCK_QDISC_BYPASS___ww);
+		return (bits >> (bit & 63)) & 1;
+	}
+	if (bpf_core_field_exists(struct packet_sock___old, xmit) && direct_xmit_addr) {
+		struct packet_sock___old *po = (void *)sk;
+		return (__u64)BPF_CORE_READ(po, xmit) == direct_xmit_addr;
+	}
+	return 0;
+}
+
+/* The executable of the current process, read now (not from the cached owner: a sender must not
+ * pass for an allowlisted program by rewriting its task-storage entry). */
+static __always_inline int exe_allowed(void)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct ww_exe_key k = {};
+	k.ino = BPF_CORE_READ(t, mm, exe_file, f_inode, i_ino);
+	k.dev = BPF_CORE_READ(t, mm, exe_file, f_inode, i_sb, s_dev);
+	return k.ino && bpf_map_lookup_elem(&raw_allow, &k) != 0;
+}
+
+/* `cookie`: the socket's cookie where the program holds a trusted socket (ww_packet); programs that reach
+ * the socket through a pointer walk (ww_xdp, ww_lsm) may not hand it to a helper, and key it by inode. */
+static __always_inline void raw_account(struct sock *sk, __u64 cookie, __u16 family, __u64 bytes, __u32 flags)
+{
+	struct ww_raw_key key = {};
+	key.cookie = cookie;
+	key.tgid = bpf_get_current_pid_tgid() >> 32;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 g = gen;
+	counted(g, bytes);
+	void *map = g & 1 ? (void *)&raw1 : (void *)&raw0;
+	struct ww_raw *r = bpf_map_lookup_elem(map, &key);
+	if (!r) {
+		struct ww_raw init = {};
+		fill_owner(&init.owner);
+		init.owner.netns = net_cookie(sk);
+		init.ino = sock_ino(sk);
+		init.family = family;
+		init.type = BPF_CORE_READ(sk, sk_type);
+		if (family == AF_PACKET && bpf_core_type_exists(struct packet_sock___ww)) {
+			struct packet_sock___ww *po = (void *)sk;
+			init.ifindex = BPF_CORE_READ(po, ifindex);
+			init.protocol = bpf_ntohs(BPF_CORE_READ(po, num));
+		} else if (family == AF_XDP && bpf_core_type_exists(struct xdp_sock___ww)) {
+			struct xdp_sock___ww *xs = (void *)sk;
+			init.ifindex = BPF_CORE_READ(xs, dev, ifindex);
+		}
+		if (init.ifindex)
+			init.flags |= WW_RAW_BOUND;
+		init.first_ns = now;
+		bpf_map_update_elem(map, &key, &init, BPF_NOEXIST);
+		r = bpf_map_lookup_elem(map, &key);
+		if (!r) {
+			struct ww_lost *l = lost_slot(g);
+			if (l) {
+				__sync_fetch_and_add(&l->bytes, bytes);
+				l->packets++;
+			}
+			return;
+		}
+	}
+	__sync_fetch_and_add(&r->bytes, bytes);
+	__sync_fetch_and_add(&r->packets, 1);
+	r->last_ns = now;
+	if ((r->flags & flags) != flags)
+		r->flags |= flags; /* bits are only ever set: a race re-sets one at the next send */
+}
+
+/* Each send on a packet socket, in the sender's context, after the device took it: credited to the
+ * process with the frame bytes and the interface, and a sender the policy says to kill is sent
+ * SIGKILL here, so it stops at the end of this send (what it sent so far is what escaped). */
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(ww_packet, struct sock *sk, int ret, int flags)
+{
+	WW_REFUSE(WW_P_PACKET);
+	if (!sk || active != my_epoch)
+		return 0;
+	__u16 family = sk->__sk_common.skc_family;
+	if (family != AF_PACKET && family != AF_XDP)
+		return 0;
+	if (!in_scope())
+		return 0;
+	/* AF_XDP's sendmsg only kicks the TX ring and returns 0: its frames are counted by ww_xdp where
+	 * the kernel allows fentry; the socket is still seen here. */
+	if (ret < 0 || (ret == 0 && family != AF_XDP))
+		return 0;
+	__u32 how = family == AF_XDP || (family == AF_PACKET && packet_bypass(sk)) ? WW_RAW_BYPASS : 0;
+	if (exe_allowed()) {
+		how |= WW_RAW_ALLOWED;
+	} else if (raw_action == WW_RAW_KILL) {
+		bpf_send_signal(SIGKILL);
+		how |= WW_RAW_KILLED;
+	}
+	raw_account(sk, bpf_get_socket_cookie(sk), family, family == AF_XDP ? 0 : (__u64)ret, how);
+	return 0;
+}
+
+#define WW_INO_KEY (1ULL << 63) /* a raw entry keyed by the socket's inode, not its cookie */
+
+/* AF_XDP in copy mode (and PACKET_QDISC_BYPASS) hand each frame to __dev_direct_xmit: where fentry
+ * is allowed, AF_XDP frames are counted here, before they leave. Optional: kernels that forbid
+ * fentry (this one does) leave AF_XDP bytes to the interface's unexplained count. */
+SEC("fentry/__dev_direct_xmit")
+int BPF_PROG(ww_xdp, struct sk_buff *skb, __u16 queue_id)
+{
+	WW_REFUSE(WW_P_XDP);
+	if (active != my_epoch)
+		return 0;
+	struct sock *sk = BPF_CORE_READ(skb, sk);
+	if (!sk || BPF_CORE_READ(sk, __sk_common.skc_family) != AF_XDP || !in_scope())
+		return 0;
+	raw_account(sk, WW_INO_KEY | sock_ino(sk), AF_XDP, BPF_CORE_READ(skb, len), WW_RAW_BYPASS);
+	return 0;
+}
+
+/* Where the bpf LSM is enabled, a packet-socket send the policy kills is refused before anything
+ * leaves; elsewhere ww_packet's signal stops the sender after its first send. */
+SEC("lsm/socket_sendmsg")
+int BPF_PROG(ww_lsm, struct socket *sock, struct msghdr *msg, int size, int prev)
+{
+	WW_REFUSE(WW_P_LSM);
+	if (prev || raw_action != WW_RAW_KILL || active != my_epoch)
+		return prev;
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return 0;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if ((family != AF_PACKET && family != AF_XDP) || !in_scope() || exe_allowed())
+		return 0;
+	bpf_send_signal(SIGKILL);
+	raw_account(sk, WW_INO_KEY | sock_ino(sk), family, 0, WW_RAW_KILLED | WW_RAW_DENIED);
+	return -EPERM;
 }

@@ -22,6 +22,30 @@
 #define WW_EV_OWNER 1
 #define WW_EV_DNS 2
 
+#define WW_RAW_MAX 4096        /* packet-socket (socket, writer) pairs per generation */
+#define WW_RAW_BYPASS 1        /* PACKET_QDISC_BYPASS (AF_XDP always): no qdisc, netfilter or cgroup program */
+#define WW_RAW_KILLED 2        /* the policy says kill: SIGKILL sent from the send path */
+#define WW_RAW_DENIED 4        /* refused before it sent (bpf LSM): nothing left */
+#define WW_RAW_ALLOWED 8       /* its executable is allowlisted */
+#define WW_RAW_BOUND 16        /* ifindex is the device the socket is bound to (else unknown: 0) */
+
+#define WW_RAW_ALERT 0         /* raw_action: what happens to a packet-socket sender not allowlisted */
+#define WW_RAW_KILL 1
+
+/* The programs, by bit (the loader's table and the test hook that makes the verifier refuse one). */
+enum ww_prog {
+	WW_P_EGRESS = 0,
+	WW_P_SOCK_CREATE,
+	WW_P_SOCKOPS,
+	WW_P_INGRESS,
+	WW_P_SEND,
+	WW_P_RECV,
+	WW_P_PACKET,
+	WW_P_XDP,
+	WW_P_LSM,
+	WW_P_COUNT,
+};
+
 struct ww_owner {
 	__u32 tgid;
 	__u32 ppid;
@@ -78,6 +102,44 @@ struct ww_local_key {
 	__u8 pad[3];
 	__u8 addr[16];
 };                           /* 20 bytes */
+
+/* One packet socket as one process wrote to it (AF_PACKET, AF_XDP). */
+struct ww_raw_key {
+	__u64 cookie;        /* socket cookie */
+	__u32 tgid;
+	__u32 pad;
+};                           /* 16 bytes */
+
+struct ww_raw {
+	struct ww_owner owner;
+	__u64 ino;           /* the socket's inode (as /proc/PID/fd and /proc/net/packet name it) */
+	__u32 ifindex;       /* in the socket's network namespace (owner.netns) */
+	__u16 family;        /* 17 AF_PACKET, 44 AF_XDP */
+	__u16 type;          /* SOCK_RAW 3, SOCK_DGRAM 2 */
+	__u16 protocol;      /* ethertype bound, host order */
+	__u16 pad;
+	__u32 flags;         /* WW_RAW_* */
+	__u64 bytes;         /* what the sends handed to the device (SOCK_RAW: whole frames) */
+	__u64 packets;       /* sends (one frame each, except through a TX ring) */
+	__u64 first_ns;
+	__u64 last_ns;
+};                           /* 136 bytes */
+
+/* What the programs added in one generation, summed over CPUs: the entries drained must add up to it
+ * (a map rewritten behind the loader's back does not), and the header bytes give the overhead per packet. */
+struct ww_totals {
+	__u64 counted;       /* bytes added to flows, unix and raw entries, or to lost */
+	__u64 hdr_bytes;     /* IP and transport header bytes of every packet cgroup_skb/egress saw */
+	__u64 hdr_packets;
+	__u64 pad;
+};                           /* 32 bytes */
+
+/* An allowlisted executable (raw_sockets.allow), as the kernel names files. */
+struct ww_exe_key {
+	__u64 ino;
+	__u32 dev;           /* the kernel's dev_t: major << 20 | minor */
+	__u32 pad;
+};                           /* 16 bytes */
 
 struct ww_lost {
 	__u64 bytes;         /* payload not recorded because a map was full */

@@ -1,15 +1,17 @@
-"""Permission events answered the moment they are read, by a thread that waits on nothing else.
+"""Open and close notifications of the weights, read the moment they arrive, by a thread that
+waits on nothing else.
 
-The opener of a weight file waits in open() until we answer. This thread
-reads the opener's I/O counters (the baseline for "bytes read since this
-open"; /proc/PID/io reads kernel counters, never the process's memory), its
-identity (same kind of files), lets a worker try its command line for at most
-``PREFETCH_S`` (a ``cat`` is gone a millisecond after the answer; a process
-whose memory hangs the read costs one such wait, then is skipped), and
-answers; everything slower (paths, process descriptions, mappings)
-happens afterwards on the watcher's thread. It never opens a file: with a
-whole filesystem marked, its own opens would be permission events that only
-it can answer. Its own process's events are allowed without a look.
+Nothing here answers anything: the weights are watched with plain notifications (no
+permission events), so an open never waits for the agent, whether it runs, is stopped
+(SIGSTOP) or is gone. What this thread adds is speed: it reads the opener's I/O counters and
+identity (kernel state, never its memory) as soon as the event is read, while a short-lived
+reader (`cat`) is most likely still alive, and hands everything slower (paths, descriptions,
+mappings) to the watcher's thread. Where reads are not counted in the kernel, it also takes the
+offset of the opener's descriptor on the file: bytes it read before we looked, so that the
+baseline of "bytes read since the open" is its rchar less that offset.
+
+It never opens a file itself (O_PATH handles do not count), and its own process's events are
+dropped without a look.
 """
 
 from __future__ import annotations
@@ -25,31 +27,32 @@ from typing import Any
 
 from weightwarden.agent.files import fanotify as fan
 from weightwarden.agent.files import kernel
-from weightwarden.agent.files.procio import identity, io_counters
+from weightwarden.agent.files.procio import identity, io_counters, scan_fds
 
 MAX_BACKLOG = 20_000  # events (each holds an open fd) waiting for the watcher thread
-
-
 IDENTITY_TTL_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
-class Answered:
+class Snapshot:
     event: fan.FanEvent
     rchar: int | None  # the process's rchar when the event was read (None: gone, or our own)
     ts: float
-    proc: dict[str, Any] | None  # who the opener is, read while it waits (it may be gone a moment later)
+    proc: dict[str, Any] | None  # who the opener is, read at once (it may be gone a moment later)
     mnt_ns: str | None = None  # its mount namespace ("mnt:[4026531841]")
+    position: int | None = None  # its descriptors' offset on the file when we looked (opens only)
+    io_uring: bool = False  # it has an io_uring instance (its reads through it bypass rchar)
 
 
-class Answerer:
+class Snapshotter:
     def __init__(self, group: fan.Fanotify, own_pid: int, proc_root: str = "/proc",
-                 prefetch: Callable[[int], None] | None = None) -> None:
+                 on_open: Callable[[int], None] | None = None, positions: bool = False) -> None:
         self.group = group
-        self.prefetch = prefetch  # a bounded wait for what only the process's memory says (its argv)
+        self.on_open = on_open  # a new opener: describe it (command line) while it lives, in a worker
+        self.positions = positions  # read descriptor offsets too (reads not counted in the kernel)
         self.own_pid = own_pid
         self.proc_root = proc_root
-        self.backlog: deque[Answered] = deque()
+        self.backlog: deque[Snapshot] = deque()
         self._who: dict[int, tuple[float, dict[str, Any] | None, str | None]] = {}  # pid -> (when, identity, ns)
         self.dropped = 0
         self.overflows = 0
@@ -57,7 +60,7 @@ class Answerer:
         self._stop = threading.Event()
         self._idle = threading.Event()  # clear while a batch is between read() and the backlog
         self._idle.set()
-        self._thread = threading.Thread(target=self._run, name="file-watcher-answer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="file-watcher-snapshot", daemon=True)
 
     def fileno(self) -> int:
         return self._wake_r
@@ -66,11 +69,11 @@ class Answerer:
         self._thread.start()
 
     def settled(self, timeout: float = 0.05) -> None:
-        """Wait until a batch being answered is in the backlog. A process can open, write and exit
-        between our answer and the backlog: its close-write must not be judged before its open is known."""
+        """Wait until a batch being read is in the backlog. A process can open, write and exit
+        between our read and the backlog: its close-write must not be judged before its open is known."""
         self._idle.wait(timeout)
 
-    def take(self) -> list[Answered]:
+    def take(self) -> list[Snapshot]:
         kernel.drain(self._wake_r)
         out = []
         while self.backlog:
@@ -85,25 +88,14 @@ class Answerer:
                 continue
             self._idle.clear()
             try:
-                self._answer()
+                self._read()
             finally:
                 self._idle.set()
 
-    def _answer(self) -> None:
+    def _read(self) -> None:
         batch = self.group.read()
         now = time.time()
         for ev in batch:
-            rchar, proc, ns = None, None, None
-            if ev.pid != self.own_pid and ev.fd >= 0:
-                io = io_counters(ev.pid, self.proc_root)
-                rchar = io.rchar if io else None
-                if ev.mask & fan.FAN_OPEN_PERM:
-                    known = ev.pid in self._who and now - self._who[ev.pid][0] < IDENTITY_TTL_S
-                    proc, ns = self._identity(ev.pid, now)
-                    if not known and self.prefetch is not None:
-                        self.prefetch(ev.pid)
-            if ev.mask & fan.FAN_OPEN_PERM:
-                self.group.allow(ev.fd)  # always: we observe, we never deny
             if ev.mask & fan.FAN_Q_OVERFLOW:
                 self.overflows += 1
                 continue
@@ -113,12 +105,34 @@ class Answerer:
                 if ev.fd >= 0:
                     os.close(ev.fd)
                 continue
-            self.backlog.append(Answered(ev, rchar, now, proc, ns))
+            rchar, proc, ns, position, ring = None, None, None, None, False
+            if ev.fd >= 0:
+                io = io_counters(ev.pid, self.proc_root)
+                rchar = io.rchar if io else None
+                if ev.mask & fan.FAN_OPEN:
+                    known = ev.pid in self._who and now - self._who[ev.pid][0] < IDENTITY_TTL_S
+                    proc, ns = self._identity(ev.pid, now)
+                    if proc is None:
+                        rchar = None  # gone (a zombie's counters read as zeros): its exit record says
+                    if self.positions and rchar is not None:
+                        position, ring = self._position(ev)
+                    if not known and self.on_open is not None:
+                        self.on_open(ev.pid)
+            self.backlog.append(Snapshot(ev, rchar, now, proc, ns, position, ring))
         if batch:
             try:
                 os.write(self._wake_w, b"x")
             except BlockingIOError:
                 pass
+
+    def _position(self, ev: fan.FanEvent) -> tuple[int | None, bool]:
+        """The largest offset of the opener's descriptors on this file (matched by the link text), and
+        whether it has an io_uring instance."""
+        view = fan.fd_path(ev.fd)
+        scan = scan_fds(ev.pid, view, self.proc_root) if view else None
+        if scan is None:
+            return None, False
+        return (max(f.position for f in scan.files) if scan.files else None), scan.io_uring
 
     def _identity(self, pid: int, now: float) -> tuple[dict[str, Any] | None, str | None]:
         """Name, exe, uid, cgroup (kernel state only, never the opener's memory), cached a few seconds
