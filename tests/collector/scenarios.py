@@ -50,11 +50,24 @@ def proc_fields(pid: int, exe: str, ppid: int = 1, start: float | None = None, e
     return out
 
 
+KERNEL = "6.1.0-18-amd64"
+# What an agent's sensor says about itself (events.SensorState): whole on the eBPF path...
+FEATURES: dict[str, dict[str, Any]] = {"cgroup_skb": {"on": True}, "unix_peers": {"on": True},
+                                       "packet_sockets": {"on": True}}
+EBPF: dict[str, Any] = {"path": "ebpf", "kernel": KERNEL, "degraded": False, "features": FEATURES}
+# ...a feature of it off (the kernel's reason), and the fallback path.
+EBPF_NO_UNIX: dict[str, Any] = {**EBPF, "degraded": True, "features": {
+    **FEATURES, "unix_peers": {"on": False, "reason": "the verifier refused unix_stream_sendmsg: -EACCES"}}}
+NFQUEUE = {"path": "nfqueue", "kernel": KERNEL, "degraded": True, "detail": "no BTF: the eBPF sensor cannot load",
+           "features": {"cgroup_skb": {"on": False, "reason": "no BTF at /sys/kernel/btf/vmlinux"}}}
+
+
 @dataclass
 class Stream:
     host: str = "gpu-1"
     events: list[dict[str, Any]] = field(default_factory=list)
     seq_start: int = 0
+    sensor: dict[str, Any] | None = None  # the sensor state every sample carries (None: an agent that does not say)
 
     def __post_init__(self) -> None:
         self.factory = EventFactory(self.host, _Seq(self.seq_start))
@@ -114,7 +127,8 @@ class Stream:
              accepted: bool | None = None, protocol: str | None = None, interval: float = 1.0,
              dests: list[dict[str, Any]] | None = None, peers: list[dict[str, Any]] | None = None,
              container: dict[str, Any] | None = None, cmdline: list[str] | None = None,
-             other: dict[str, int] | None = None, span: tuple[float, float] | None = None) -> None:
+             other: dict[str, int] | None = None, span: tuple[float, float] | None = None,
+             stages: list[dict[str, Any]] | None = None) -> None:
         """One sample ending at ``ts``: ``pid`` sent ``nbytes`` to ``address`` (or to ``dests``), and
         handed bytes to local ``peers``. ``span``: the destination's own first and last send."""
         proc = proc_fields(pid, exe, ppid, start, ends, container, cmdline, pipes)
@@ -131,10 +145,19 @@ class Stream:
         proc.update(tx_bytes=total, destinations=dests, local_peers=peers or [])
         if other:
             proc["other_destinations"] = other
+        self.sample(ts, [proc], interval=interval, stages=stages)
+
+    def sample(self, ts: float, processes: list[dict[str, Any]], interval: float = 1.0, unowned: int = 0,
+               stages: list[dict[str, Any]] | None = None) -> None:
+        """One egress sample of these processes (and pipeline ``stages``: processes that send nothing
+        themselves, named by the agent because they feed a sender's pipe)."""
+        procs = [*processes, *({**st, "tx_bytes": 0, "destinations": []} for st in stages or [])]
+        total = sum(p["tx_bytes"] for p in processes) + unowned
+        extra = {"sensor": self.sensor} if self.sensor is not None else {}
         self.add("egress_sample", ts, ts=ts, start_ts=ts - interval, interval_s=interval, layer="transport-payload",
                  interfaces=[{"name": "eth0", "tx_bytes": total, "rx_bytes": 0, "tx_packets": 1, "tx_rate_bps": 0}],
-                 processes=[proc], attributed_tx_bytes=total, unattributed_tx_bytes=0, unowned_flow_tx_bytes=0,
-                 lost_events=0)
+                 processes=procs, attributed_tx_bytes=total - unowned, unattributed_tx_bytes=unowned,
+                 unowned_flow_tx_bytes=unowned, lost_events=0, **extra)
 
     def hand(self, ts: float, pid: int, to_pid: int, nbytes: int, exe: str = "/usr/bin/python3.11",
              to_exe: str = "/usr/bin/socat", via: str = "unix", interval: float = 1.0,

@@ -376,3 +376,57 @@ def test_tuning_file_is_checked(tmp_path: Path) -> None:
         bad.write_text(text_)
         with pytest.raises(ValueError, match=problem):
             load_tuning(str(bad))
+
+
+def stage(pid: int, exe: str, ends: dict[int, str], ppid: int = 1) -> dict[str, Any]:
+    """A pipeline stage as the agent names it in a sample: a process that sends nothing itself."""
+    from tests.collector.scenarios import proc_fields
+
+    return proc_fields(pid, exe, ppid, ends=ends)
+
+
+def test_a_pipeline_of_stages_links_the_last_to_the_reader(pipe: Pipeline) -> None:
+    s = Stream()
+    # python c.py | base64 | curl -T -: python writes 501, base64 reads it and writes 502, curl reads 502.
+    s.read(T0 + 1, pid=200, nbytes=256 * MB, exe="/usr/bin/python3.11", ppid=50, ends={501: "w", 7: "w"})
+    for i in range(4):
+        s.send(T0 + 5 + i, pid=202, nbytes=60 * MB, exe="/usr/bin/curl", ppid=50, ends={502: "r", 7: "w"},
+               stages=[stage(201, "/usr/bin/base64", {501: "r", 502: "w", 7: "w"}, ppid=50)])
+    [alert] = run(pipe, s)
+    assert (alert["kind"], alert["severity"]) == ("exfiltration", "critical")
+    ev = alert["evidence"]
+    assert ev["process"]["name"] == "curl" and ev["readers"] == [200]
+    assert ev["links"][0]["kind"] == "pipe" and ev["links"][0]["via"] == "pipe 502"
+    assert ev["links"][0]["relays"] == [{"name": "base64", "pid": 201}]
+    assert "base64 (pid 201)" in alert["explanation"] and "python3.11 (pid 200)" in alert["explanation"]
+
+
+def test_a_stage_named_after_the_upload_still_links_it(pipe: Pipeline) -> None:
+    s = Stream()
+    s.read(T0 + 1, pid=200, nbytes=256 * MB, ends={501: "w"})
+    s.upload(T0 + 4, 202, 200 * MB, 4, exe="/usr/bin/curl", ends={502: "r"})
+    late = Stream(seq_start=100)  # the sample that names the stage arrives last
+    late.send(T0 + 3, pid=203, nbytes=0, exe="/usr/bin/true", stages=[stage(201, "/usr/bin/gzip", {501: "r", 502: "w"})])
+    run(pipe, s)
+    assert kinds(pipe.store.alerts()) == {"host_exfiltration": "high"}
+    [alert] = run(pipe, late)
+    assert alert["kind"] == "exfiltration" and alert["evidence"]["readers"] == [200]
+
+
+def test_a_hub_reading_many_pipes_links_nothing(pipe: Pipeline) -> None:
+    s = Stream()
+    # A container shim reads its containers' stdout pipes (one of them a weights reader's) and writes
+    # another container's stdin: what one child wrote is not what the other reads.
+    s.read(T0 + 1, pid=200, nbytes=256 * MB, ends={601: "w"})
+    shim = stage(100, "/usr/bin/containerd-shim-runc-v2", {601: "r", 602: "r", 603: "w"})
+    s.upload(T0 + 4, 300, 200 * MB, 4, exe="/usr/bin/aws", ends={603: "r", 602: "w"}, stages=[shim])
+    assert "exfiltration" not in kinds(run(pipe, s))
+
+
+def test_a_named_pipe_links_like_a_pipe(pipe: Pipeline) -> None:
+    s = Stream()
+    fifo = 1311999  # the FIFO's inode: cat > /tmp/f writes it, curl -T /tmp/f reads it
+    s.read(T0 + 1, pid=200, nbytes=256 * MB, exe="/usr/bin/cat", ends={fifo: "w"})
+    s.upload(T0 + 2, 201, 256 * MB, 4, exe="/usr/bin/curl", ends={fifo: "r"})
+    [alert] = run(pipe, s)
+    assert alert["kind"] == "exfiltration" and alert["evidence"]["links"][0]["via"] == f"pipe {fifo}"

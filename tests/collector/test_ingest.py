@@ -153,3 +153,34 @@ def test_ids_are_not_reused_across_hosts(tmp_path: Path) -> None:
     assert pipe.ingest(a.messages())["stored"] == 1
     assert pipe.ingest([("weightwarden/v1/gpu-b/heartbeat", json.dumps(forged).encode())])["duplicates"] == 1
     assert uuid.UUID(ev["id"])
+
+
+def test_what_may_decide_an_incident_takes_the_urgent_lane(tmp_path: Path) -> None:
+    import asyncio
+
+    from weightwarden.collector.ingest.backpressure import Held, Inbox
+
+    pipe = Pipeline(Store(f"sqlite:///{tmp_path}/c.db"))
+    topic = "weightwarden/v1/{}/{}".format
+    assert not pipe.urgent(topic("gpu-1", "egress_sample")) and not pipe.urgent(topic("gpu-1", "heartbeat"))
+    assert pipe.urgent(topic("gpu-1", "canary_read")) and pipe.urgent(topic("gpu-1", "agent_lost"))
+    assert pipe.urgent(topic("gpu-1", "file_access")), "a weight read"
+    assert pipe.urgent(topic("gpu-1", "egress_sample")), "an upload after it may be the incident"
+    assert not pipe.urgent(topic("gpu-2", "egress_sample")) and not pipe.urgent("garbage")
+
+    async def lanes() -> list[list[str]]:
+        inbox = Inbox(100, 1 << 20)
+        for i in range(5):
+            inbox.put(Held(f"bulk{i}", b"x", None))
+        inbox.put(Held("read", b"x", None), urgent=True)
+        inbox.put(Held("upload", b"x", None), urgent=True)
+        assert len(inbox) == 7
+        out = []
+        while len(inbox):
+            batch = await inbox.take(3, 1 << 20, 0.1)
+            inbox.release(batch)
+            out.append([h.topic for h in batch])
+        return out
+
+    # The urgent first, the bulk filling the batch behind them (batches stay large; the bulk is never starved).
+    assert asyncio.run(lanes()) == [["read", "upload", "bulk0"], ["bulk1", "bulk2", "bulk3"], ["bulk4"]]

@@ -50,7 +50,8 @@ def test_folded_egress_keeps_what_detection_reads(tmp_path: Path) -> None:
     assert server["accepted"] == 1 and server["exact"] == 0
     # Judged again from the folded rows alone: the same verdicts.
     with store.tx() as conn:
-        pipe.detector.evaluate_sender(conn, "gpu-1", 400, T0 + 700)
+        exfiltration = pipe.detector.by_name["exfiltration"]
+        exfiltration.judge(pipe.detector, conn, ("gpu-1", 400), None, T0 + 700)
     assert _verdicts(store) == before
 
 

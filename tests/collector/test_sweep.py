@@ -177,3 +177,28 @@ def test_a_stale_verdict_written_during_a_long_pause_is_judged_again(pipe: Pipel
     pipe.clock.now = T0 + 40  # type: ignore[attr-defined]  # 25 s after the stale write: past a fixed window
     pipe.sweep()
     assert pipe.store.alert(alert["key"])["severity"] == "critical"  # type: ignore[index]
+
+
+def test_a_fleet_with_nothing_to_say_costs_the_sweep_a_few_statements(pipe: Pipeline) -> None:
+    """The sweep visits every host every second: healthy ones (no hole, heard from lately) are settled
+    for the whole fleet at once, not with transactions of their own."""
+    from sqlalchemy import event
+
+    streams = [Stream(f"gpu-{i:03d}") for i in range(200)]
+    for s in streams:
+        for i in range(3):
+            s.add("heartbeat", T0 + i)
+    pipe.ingest([m for s in streams for m in s.messages()])
+    pipe.sweep()  # the first meeting: each host's sequence start is found on its own
+    for s in streams:
+        s.events.clear()
+        s.add("heartbeat", T0 + 5)
+    pipe.ingest([m for s in streams for m in s.messages()])
+    statements: list[str] = []
+    event.listen(pipe.store.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    pipe.clock.now = T0 + 11  # type: ignore[attr-defined]
+    pipe.sweep()
+    assert len(statements) < 60, len(statements)
+    with pipe.store.tx() as conn:
+        assert conn.execute(text("SELECT min(seq_contig) FROM hosts")).scalar() == 4, "every host moved on"
+    assert not [a for a in pipe.store.alerts() if a["kind"] in ("sequence_gap", "agent_silent")]

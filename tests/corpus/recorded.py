@@ -11,7 +11,7 @@ routes today's agent already reports end to end. The table of which is which is 
 from __future__ import annotations
 
 from weightwarden.events import MAX_DESTINATIONS
-from tests.collector.scenarios import MB, T0, WEIGHTS, Stream, started_at
+from tests.collector.scenarios import EBPF, MB, T0, WEIGHTS, Stream, proc_fields, started_at
 from tests.corpus.model import Expect, Scenario
 
 GB = 1000 * MB
@@ -212,6 +212,101 @@ def unowned() -> list[Stream]:
     return [s]
 
 
+def _stage(pid: int, exe: str, ends: dict[int, str], ppid: int = 1) -> dict[str, object]:
+    """A pipeline stage as the agent names it in a sample: a process feeding a sender's pipe."""
+    return proc_fields(pid, exe, ppid, ends=ends)
+
+
+def pipeline3(name: str = "t-pipeline", reader: bool = True) -> list[Stream]:
+    """python c.py | base64 | curl -T -: python writes pipe 1801, base64 reads it and writes 1802, curl
+    reads 1802. ``reader``: python read the weights (else it makes unrelated data, and another process
+    reads the weights meanwhile)."""
+    s = _host(name)
+    s.sensor = EBPF
+    if reader:
+        s.read(T, 1801, SIZE, exe="/usr/bin/python3.11", ppid=1800, ends={1801: "w", 9: "w"}, took=5)
+    else:
+        s.read(T, 1809, SIZE, exe="/usr/bin/sha256sum", ppid=1, ends={19: "w"}, took=5)  # a check, elsewhere
+    base64 = _stage(1802, "/usr/bin/base64", {1801: "r", 1802: "w", 9: "w"}, ppid=1800)
+    _steal(s, 1803, SIZE if reader else SIZE // 2, exe="/usr/bin/curl", ppid=1800, ends={1802: "r", 9: "w"},
+           stages=[base64])
+    return [s]
+
+
+def fifo(name: str = "t-fifo", reader: bool = True) -> list[Stream]:
+    """cat w > /tmp/f & curl -T /tmp/f: both ends reach the FIFO's inode (1900123)."""
+    s = _host(name)
+    s.sensor = EBPF
+    if reader:
+        s.read(T, 1901, SIZE, exe="/usr/bin/cat", ends={1900123: "w"}, took=5)
+    else:  # cat of a dataset into the FIFO, while a loader reads the weights on its own
+        s.read(T, 1909, SIZE, exe="/usr/bin/python3.11", took=5)
+    _steal(s, 1902, SIZE if reader else SIZE // 2, exe="/usr/bin/curl", ends={1900123: "r"})
+    return [s]
+
+
+def packet_socket() -> list[Stream]:
+    s = _host("t-packet")
+    s.read(T, 2001, SIZE, exe="/usr/bin/python3.11")
+    s.add("raw_socket", T + 30, **proc_fields(2001, "/usr/bin/python3.11"), family="packet", socket_type="raw",
+          protocol=2048, interface="eth0", ifindex=2, bypass=True, tx_bytes=SIZE, tx_packets=SIZE // 1400,
+          allowed=False, action="alert", first_ts=T + 10, last_ts=T + 30)
+    return [s]
+
+
+def relinked() -> list[Stream]:
+    s = _host("t-relink")
+    s.add("weights_relinked", T, pid=2101, name="ln", exe="/usr/bin/ln", uid=1000, how="hardlink",
+          from_path=WEIGHTS, to_path="/tmp/x/notes.bin", outside_tree=True, inode=4242, dev=2049,
+          names=[WEIGHTS, "/tmp/x/notes.bin"], size=SIZE)
+    s.read(T + 5, 2102, SIZE, exe="/usr/bin/curl")
+    s.events[-1]["data"].update(inode=4242, dev=2049, names=[WEIGHTS, "/tmp/x/notes.bin"])
+    _steal(s, 2102, exe="/usr/bin/curl", at=T + 10)
+    return [s]
+
+
+def unexplained() -> list[Stream]:
+    s = _host("t-unexplained")
+    s.sensor = EBPF
+    s.read(T, 2201, SIZE)
+    for i in range(20):  # hand-built frames: no process, no header explains them
+        s.add("unexplained_egress", T + 11 + i, interface="eth0", unexplained_tx_bytes=100 * MB,
+              tx_bytes=103 * MB, attributed_tx_bytes=0, overhead_tx_bytes=3 * MB, tx_packets=73000,
+              first_ts=T + 10 + i, last_ts=T + 11 + i, sensor=EBPF)
+    return [s]
+
+
+def blinded() -> list[Stream]:
+    s = _host("t-blinded")
+    s.sensor = EBPF
+    s.read(T, 2301, SIZE)
+    _steal(s, 2302, exe="/usr/bin/rclone")  # unlinked, and the sensor was detached meanwhile
+    s.add("sensor_tampered", T + 40, changes=[{"kind": "program_detached", "name": "ww_sock_create"}],
+          reattached=True, detected_ts=T + 40, blind_from_ts=T + 5)
+    return [s]
+
+
+def hub() -> list[Stream]:
+    s = _host("b-hub")
+    s.sensor = EBPF
+    # A container shim reads two containers' stdout (one of them a loader's) and writes another's stdin.
+    s.read(T, 2401, SIZE, ends={2401: "w"}, container=POD)
+    shim = _stage(2400, "/usr/bin/containerd-shim-runc-v2", {2401: "r", 2402: "r", 2403: "w"})
+    s.upload(T + 30, 2404, 300 * MB, 6, exe="/usr/bin/aws", ends={2403: "r", 2402: "w"}, stages=[shim],
+             container=POD)
+    return [s]
+
+
+def script_unrelated_ebpf() -> list[Stream]:
+    s = _host("b-script-ebpf")
+    s.sensor = EBPF
+    # The issue's false alarm, on a sensor that sees everything: read the weights, then upload an
+    # unrelated 800 MB dataset, sharing only stderr with the reader.
+    s.read(T, 2501, SIZE, exe="/usr/bin/python3.11", ppid=2500, ends={2: "w"})
+    s.upload(T + 30, 2502, 800 * MB, 8, exe="/usr/bin/curl", ppid=2500, ends={2: "w"})
+    return [s]
+
+
 # -- benign ---------------------------------------------------------------------------------------
 
 
@@ -398,6 +493,28 @@ SCENARIOS: list[Scenario] = [
            Expect(("slow_exfiltration",), "high", "rsync", None, "198.51.100.7"), stolen_at=T - 1),
     _theft("canary opened", "honey file", canary, Expect(("canary_read",), "critical", "cat", ".canary"),
            stolen_at=T),
+    _theft("python | base64 | curl", "pipeline: a stage between the reader and the sender", pipeline3,
+           Expect(("exfiltration",), "critical", "curl", WEIGHTS, OUT)),
+    _theft("FIFO: cat > f, curl -T f", "named pipe: both ends reach its inode", fifo,
+           Expect(("exfiltration",), "critical", "curl", WEIGHTS, OUT)),
+    _theft("packet socket", "AF_PACKET frames: no transport layer", packet_socket,
+           Expect(("raw_socket",), "critical", "python3.11", WEIGHTS, "(packet socket)"), stolen_at=T + 30),
+    _theft("hard link, read and sent", "the weights under another name", relinked,
+           Expect(("exfiltration",), "critical", "curl", WEIGHTS, OUT),
+           Expect(("weights_relinked",), "high", "ln", WEIGHTS, OUT)),
+    _theft("unexplained egress after a read", "frames no process sent", unexplained,
+           Expect(("host_exfiltration",), "high", None, WEIGHTS, "(unexplained)"),
+           Expect(("unexplained_egress",), "high", None, None, "(unexplained)")),
+    _theft("upload while the sensor was blinded", "sensor tampered with", blinded,
+           Expect(("host_exfiltration",), "high", "rclone", WEIGHTS, OUT),
+           Expect(("sensor_tampered",), "high"), stolen_at=T + 40),
+    _benign("pipeline of unrelated data", "the pipeline's twin: its source read nothing",
+            lambda: pipeline3("b-pipeline", reader=False), ("exfiltration",)),
+    _benign("FIFO of unrelated data", "the FIFO's twin: cat of a dataset", lambda: fifo("b-fifo", reader=False),
+            ("exfiltration",)),
+    _benign("container shim between pods", "a hub reading many pipes is no flow", hub, ("exfiltration",)),
+    _benign("script uploads unrelated data, eBPF", "the issue's false alarm with a whole sensor",
+            script_unrelated_ebpf, ("exfiltration",)),
     _benign("inference serving", "holder answers clients (accepted)", lambda: inference(True)),
     _benign("inference serving, older agent", "replies not marked accepted", lambda: inference(None)),
     _benign("inference serving, 400+ clients", "clients beyond the top destinations", lambda: inference(True, True)),

@@ -27,6 +27,13 @@ class Handler(socketserver.BaseRequestHandler):
             for line in head.split(b"\r\n"):
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":", 1)[1])
+            if b"transfer-encoding: chunked" in head.lower():  # curl -T - or -T FIFO: read to the last chunk
+                tail = body[-5:]
+                while not tail.endswith(b"0\r\n\r\n"):
+                    chunk = conn.recv(1 << 20)
+                    if not chunk:
+                        return
+                    tail = (tail + chunk)[-5:]
             got = len(body)
             while got < length:
                 chunk = conn.recv(1 << 20)

@@ -11,6 +11,7 @@ from weightwarden.collector.outputs.base import OutputSpec
 from weightwarden.collector.outputs.message import attack, cef, syslog_line
 from weightwarden.collector.store import notifications
 from weightwarden.collector.store.database import Store
+from weightwarden.collector.store.facts import put_alert
 from weightwarden.collector.web.chart import egress_svg
 
 
@@ -56,14 +57,14 @@ def test_outbox_records_each_transition_once(tmp_path: Path) -> None:
              "explanation": "e", "evidence": {}, "first_ts": 1.0, "last_ts": 2.0}
     with store.tx() as conn:
         outbox.add_output(conn, OutputSpec("r", "syslog+udp://127.0.0.1:9", {"allow_local": True}), 0.0)
-        Store.upsert_alert(conn, draft, 10.0)
-        Store.upsert_alert(conn, draft, 11.0)  # same severity: nothing new
-        Store.upsert_alert(conn, {**draft, "severity": "critical"}, 12.0)
-        Store.upsert_alert(conn, {**draft, "severity": "high"}, 13.0)  # never lowered, never notified
+        put_alert(conn, draft, 10.0)
+        assert not put_alert(conn, draft, 11.0)  # the same verdict: nothing written, nothing new
+        put_alert(conn, {**draft, "severity": "critical"}, 12.0)
+        put_alert(conn, {**draft, "severity": "high"}, 13.0)  # lowered by the facts: an escalation only goes up
         # A second collector that saw the same change records nothing more.
         assert notifications.alert_changed(conn, "k1", 14.0) is None
         Store.set_state(conn, "i1", "resolved", "x", 15.0)
-        Store.upsert_alert(conn, draft, 16.0)  # reopened
+        put_alert(conn, {**draft, "explanation": "more facts"}, 16.0)  # reopened by a new verdict
         rows = conn.exec_driver_sql("SELECT transition, epoch FROM alert_notifications ORDER BY seq").all()
         deliveries = conn.exec_driver_sql("SELECT count(*) FROM alert_deliveries WHERE output = 'r'").scalar()
     assert [tuple(r) for r in rows] == [("open", 0), ("escalate", 0), ("resolve", 0), ("open", 1)]

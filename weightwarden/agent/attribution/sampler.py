@@ -37,13 +37,14 @@ from weightwarden.agent.attribution.egress import EgressExplainer, Explained, If
 from weightwarden.agent.attribution.paths import AttributionPath, PathContext, PathUnavailable, RawPolicy
 from weightwarden.agent.attribution.rawsockets import RawSockets
 from weightwarden.agent.attribution.report import LOCAL_ONLY_MIN_BYTES, PathInterval, bound_processes, process_entry
+from weightwarden.agent.attribution.stages import MAX_STAGES, Stages
 from weightwarden.agent.kernel.cgroupfs import pod_names
 from weightwarden.agent.kernel.features import Feature, cgroup_layout, has_net_admin
 from weightwarden.agent.kernel.interfaces import (
     IfCounters, counter_delta, local_addresses, read_interfaces, read_packet_sockets,
 )
 from weightwarden.agent.kernel.procmap import ProcessInfo, ProcessTable
-from weightwarden.events import EgressSample, Payload, SensorFeature, SensorState
+from weightwarden.events import MAX_PROCESSES, EgressSample, Payload, SensorFeature, SensorState
 
 # Re-exported: the daemon and tests build sample entries with these.
 __all__ = ["DEFAULT_QUEUE", "Sample", "Sampler", "SamplerConfig", "bound_processes", "process_entry"]
@@ -121,6 +122,7 @@ class Sampler:
         self.cfg = config or SamplerConfig()
         self.features: list[Feature] = []
         self.procs = ProcessTable(self.cfg.proc_root)
+        self.stages = Stages(self.procs)
         self.names = NameCache()
         self.path: AttributionPath | None = None
         self.attribution = "none"
@@ -272,6 +274,13 @@ class Sampler:
             return info
         return hint
 
+    def _stages(self, processes: list[dict[str, Any]], pods: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
+        """Pipeline stages feeding the senders' pipes (attribution/stages.py): listed with tx_bytes 0."""
+        def entry(pid: int, info: ProcessInfo) -> dict[str, Any]:
+            return process_entry(pid, info, {}, [], containers.with_pod_names(containers.parse(info.cgroup), pods))
+
+        return self.stages.find(processes, entry, min(MAX_STAGES, MAX_PROCESSES - len(processes)))
+
     def _report(self, interval: PathInterval) -> Sample:
         now = self.cfg.clock()
         counters = read_interfaces()
@@ -313,6 +322,7 @@ class Sampler:
             attributed += tx
             processes.append(entry)
         processes, other = bound_processes(processes)
+        processes += self._stages(processes, pods)
         extra: dict[str, Any] = {"start_ts": start_ts, "attribution": self.attribution,
                                  "sensor": sensor.model_dump(mode="json", exclude_none=True)}
         if other:

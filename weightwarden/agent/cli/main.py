@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     _state_args(run)
     run.add_argument("--host-id", default=None, help="stable host id (default: the hostname)")
     run.add_argument("--sample-interval", type=_positive(float), default=1.0, metavar="S")
-    run.add_argument("--heartbeat-interval", type=_positive(float), default=30.0, metavar="S")
+    run.add_argument("--heartbeat-interval", type=_positive(float), default=5.0, metavar="S",
+                     help="seconds between heartbeats; the collector finds the agent silent after three (default 5)")
     run.add_argument("--spool-max-bytes", default="256MiB", metavar="SIZE",
                      help="bound on the on-disk event spool (mqtt sinks); oldest samples are dropped, and counted, past it")
     run.add_argument("--no-nfqueue", action="store_true")

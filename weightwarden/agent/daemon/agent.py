@@ -61,7 +61,7 @@ class DaemonConfig:
     sample_interval: float = 1.0
     nfqueue: bool = True
     queue_num: int = 4242
-    heartbeat_interval: float = 30.0
+    heartbeat_interval: float = 5.0  # the collector finds an agent silent after three of these
     attribution: str = "auto"
     bpf_cgroup: str | None = None
     metrics_listen: str | None = None  # HOST:PORT for /metrics (weightwarden/agent/daemon/metrics.py)

@@ -16,11 +16,9 @@ from pathlib import Path
 
 import psutil
 
+from weightwarden.agent.kernel.pipes import pipe_ends
 from weightwarden.agent.kernel.procread import BoundedReader
 from weightwarden.events import MAX_ARGS, MAX_PIPES, safe_text
-
-O_ACCMODE = 3
-_ENDS = {0: "r", 1: "w", 2: "rw"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +57,7 @@ class ProcessTable:
         self.reader = reader or BoundedReader()
         self._owner_of_inode: dict[int, int] = {}
         self._info: dict[int, ProcessInfo] = {}
+        self.fifo_paths: dict[int, str] = {}  # FIFO inode -> the path a holder reached it by (kernel.pipes)
 
     def _pids(self) -> list[int]:
         try:
@@ -160,33 +159,9 @@ class ProcessTable:
         return tuple(inode for inode, _end in self._pipe_ends(pid))
 
     def _pipe_ends(self, pid: int) -> tuple[tuple[int, str], ...]:
-        """Each pipe inode the process holds, and whether it reads, writes, or both (from fdinfo's
+        """Each pipe or FIFO inode the process holds, and whether it reads, writes, or both (from fdinfo's
         access mode): only a writer->reader pair is a data flow, two writers of one log pipe are not."""
-        fd_dir = self.proc_root / str(pid) / "fd"
-        info_dir = self.proc_root / str(pid) / "fdinfo"
-        modes: dict[int, set[str]] = {}
-        try:
-            entries = os.listdir(fd_dir)
-        except OSError:
-            return ()
-        for fd in entries:
-            try:
-                target = os.readlink(fd_dir / fd)
-            except OSError:
-                continue
-            if not target.startswith("pipe:["):
-                continue
-            inode = int(target[6:-1])
-            end = "rw"
-            try:
-                for line in (info_dir / fd).read_text().splitlines():
-                    if line.startswith("flags:"):
-                        end = _ENDS.get(int(line.split()[1], 8) & O_ACCMODE, "rw")
-                        break
-            except (OSError, ValueError, IndexError):
-                pass
-            modes.setdefault(inode, set()).update("rw" if end == "rw" else end)
-        return tuple((inode, "".join(sorted(m))) for inode, m in sorted(modes.items()))
+        return pipe_ends(self.proc_root, pid, self.fifo_paths)
 
     def _cgroup(self, pid: int) -> str | None:
         """The cgroup v2 path ("0::" line); present on unified and hybrid hosts."""
@@ -202,3 +177,5 @@ class ProcessTable:
     def prune(self, keep: set[int]) -> None:
         for pid in [p for p in list(self._info) if p not in keep]:
             self._info.pop(pid, None)
+        if len(self.fifo_paths) > 10_000:
+            self.fifo_paths.clear()

@@ -90,7 +90,9 @@ def register_run(sub: Any) -> None:
                           "(default %(default)s)")
     run.add_argument("--queue-max-bytes", default="32MiB",
                      help="messages held in memory before reading from the broker pauses (default %(default)s)")
-    run.add_argument("--silent-after", default="90s", help="alert when an agent is quiet this long")
+    run.add_argument("--silent-after", default=None,
+                     help="alert when an agent is quiet this long (default: three of its own heartbeat intervals, "
+                          "15s until they are known)")
     run.add_argument("--client-id", default=None,
                      help="the broker session's client id (default: weightwarden-collector-HOSTNAME- and 16 random "
                           "hex digits, made once and kept in the database: not guessable)")
@@ -115,7 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         broker = MqttSettings.from_url(args.broker)
         tune = load_tuning(args.tuning) if args.tuning else Tuning()
-        tune.silent_after_s = parse_duration(args.silent_after)
+        if args.silent_after is not None:
+            tune.silent_after_s = parse_duration(args.silent_after)
         raw = parse_duration(args.raw_egress_retention)
         if raw < MIN_RAW_EGRESS_S:
             raise ValueError(f"--raw-egress-retention must be at least {MIN_RAW_EGRESS_S:.0f}s (agents replay "

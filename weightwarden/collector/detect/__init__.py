@@ -1,10 +1,14 @@
 """Detection: from stored facts to alerts.
 
-- ``common``: tuning, the alert draft, how bytes are counted (pure)
+- ``detector``: the engine: store the facts an event carries, ask the rules what they touch, judge
+  each touched subject again from every stored fact, the sweep
+- ``rule``, ``registry``, ``keys``: the interface every rule implements, the registry that finds
+  them (one module each in ``rules/``), alert keys as typed values
+- ``rules/``: the rules (exfiltration, host-level, slow, the agent's one-event alerts, the agent's
+  lifecycle and sequence, the sensor's state and tampering, raw sockets, unexplained egress, relinks)
+- ``links``: what links a process to the weights (reads, copies, pipes and pipeline stages, relays, forks)
+- ``sender``, ``host``, ``slow``: the linked, host-level and slow verdicts, pure
+- ``event_rule``: rules one event decides, as data
 - ``facts``: events -> the rows detection stores (pure)
-- ``sender``: a process that had the weights sends them (linked: read, pipe, relay, fork, staged copy)
-- ``host``: weights read, then a comparable volume left, whoever sent it (host-level, chunked)
-- ``slow``: a trickle to one destination that adds up over hours
-- ``single``: what one event decides (canary, caps, drift, network-storage copy...) and host health
-- ``flow``: the database side: record facts, find what they touch, re-judge it, the sweep
+- ``common``: tuning, the alert draft, how bytes are counted (pure)
 """

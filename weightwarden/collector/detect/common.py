@@ -15,12 +15,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from weightwarden.collector.detect.keys import AlertKey
+
 LEVELS = ["low", "medium", "high", "critical"]
 # How a read was measured when its byte count says nothing (io_uring, splice, an mmap made
 # before the agent started): the process may have read the whole file.
 UNMEASURED = {"io_uring", "splice", "estimate", "mmap"}
 # Pseudo-destinations for bytes the agent could not attribute to one place.
-OTHER, UNOWNED = "(other)", "(unowned)"
+OTHER, UNOWNED, UNEXPLAINED = "(other)", "(unowned)", "(unexplained)"
+NOWHERE = (OTHER, UNOWNED, UNEXPLAINED)  # not one destination: never a slow trickle's, never a first contact
 
 
 @dataclass
@@ -46,8 +49,13 @@ class Tuning:
     slow_high_ratio: float = 0.25  # ... high
     relay_depth: int = 3  # reader -> relay -> relay -> sender at most
     allowed_remote_prefixes: tuple[str, ...] = ()  # network storage that is meant to hold weights
-    silent_after_s: float = 90.0
+    # An agent is silent after this long without a word (0: silent_intervals of its own heartbeat interval,
+    # silent_default_s until the collector has seen two heartbeats).
+    silent_after_s: float = 0.0
+    silent_intervals: float = 3.0
+    silent_default_s: float = 15.0
     gap_grace_s: float = 10.0
+    unexplained_min_bytes: int = 64 << 20  # unexplained egress this large in a window is an alert of its own
 
     def looks_back_s(self) -> float:
         """How far back any rule reads stored egress, reads and relays: retention keeps at least this."""
@@ -92,7 +100,7 @@ class Draft:
     the alert (they were computed from every stored fact); "event" drafts come from one event
     and the latest event by its own time (``order``) wins."""
 
-    key: str
+    key: AlertKey
     host: str
     kind: str
     severity: str
@@ -103,14 +111,19 @@ class Draft:
     last_ts: float
     reopen: bool = True
     mode: str = "facts"
+    count: int | None = None  # how often the incident happened, when the facts say (else: each change counts)
     order: str = ""
     id: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.id = hashlib.sha256(self.key.encode()).hexdigest()[:16]
+        if self.key.host != self.host:
+            raise ValueError(f"alert key {self.key} is not for host {self.host!r}")
+        self.id = hashlib.sha256(str(self.key).encode()).hexdigest()[:16]
 
     def to_row(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("mode", "order")}
+        row = {k: v for k, v in self.__dict__.items() if k not in ("mode", "order")}
+        row["key"] = str(self.key)
+        return row
 
 
 def bump(severity: str, steps: int = 1) -> str:

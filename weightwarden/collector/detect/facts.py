@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
-from weightwarden.collector.detect.common import OTHER, UNOWNED
-from weightwarden.events import Event, EgressSample, FileAccess, ProcessFields, WeightHolder, WeightsCopy
+from weightwarden.collector.detect.common import OTHER, UNEXPLAINED, UNOWNED
+from weightwarden.events import (
+    EgressSample, Event, FileAccess, ProcessFields, SensorState, UnexplainedEgress, WeightHolder, WeightsCopy,
+)
 
 
-def pipe_key(pipes: list[int], ends: dict[str, str] | None = None) -> str | None:
+
+def pipe_key(pipes: list[int], ends: Mapping[str, str] | None = None) -> str | None:
     """Pipe inodes with the end held, as '|12:r|34:w|56|' (no suffix: end unknown), so one LIKE
     finds the writers of a pipe. An older agent sends no ends: its pipes link nothing."""
     ends = ends or {}
@@ -44,11 +48,28 @@ def container_json(p: ProcessFields) -> str | None:
     return json.dumps(p.container.model_dump(exclude_none=True), sort_keys=True) if p.container else None
 
 
+def sensor_whole(sensor: SensorState | None) -> bool:
+    """The sensor sees every byte and its owner: the eBPF path, with nothing it should have off."""
+    return sensor is not None and sensor.path == "ebpf" and not sensor.degraded
+
+
+def complete(data: EgressSample) -> int | None:
+    """1 when the sample's sensor was whole (the eBPF path, nothing degraded), 0 when it was not, None
+    from an agent that does not say. Bytes it could not name a process for are rows of their own (pid 0)."""
+    if data.sensor is None:
+        return None
+    return int(sensor_whole(data.sensor))
+
+
 def egress_rows(ev: Event) -> list[dict[str, Any]]:
-    """An egress sample's rows, one per process and destination (the model has range-checked every value)."""
+    """An egress sample's rows, one per process and destination (the model has range-checked every value);
+    an unexplained_egress event's bytes as one row no process is named for."""
     data = ev.data
+    if isinstance(data, UnexplainedEgress):
+        return unexplained_rows(ev, data)
     if not isinstance(data, EgressSample):
         return []
+    whole = complete(data)
     interval = max(data.interval_s, 1e-3)
     start = data.start_ts if data.start_ts is not None else data.ts - interval
     rows: list[dict[str, Any]] = []
@@ -61,7 +82,7 @@ def egress_rows(ev: Event) -> list[dict[str, Any]]:
             "rate_bps": nbytes * 8 / interval, "event_id": ev.id, "protocol": None, "accepted": None, "exact": 0,
             "pipes": pipe_key(proc.pipes, dict(proc.pipe_ends)) if proc else None,
             "container": container_json(proc) if proc else None, "cmd_hash": cmd_hash(proc.cmdline) if proc else None,
-            "user_name": proc.user if proc else None, "dns_name": None, **extra})
+            "user_name": proc.user if proc else None, "dns_name": None, "complete": whole, **extra})
 
     for proc in data.processes:
         exe = proc.exe or ""
@@ -85,6 +106,41 @@ def egress_rows(ev: Event) -> list[dict[str, Any]]:
     return rows
 
 
+def unexplained_rows(ev: Event, d: UnexplainedEgress) -> list[dict[str, Any]]:
+    """Bytes that left an interface with no owner and no header to explain them (raw frames, a blinded
+    sensor): counted by the host-level rule like unowned flows."""
+    if not d.unexplained_tx_bytes:
+        return []
+    seconds = max(d.last_ts - d.first_ts, 1e-3)
+    return [{"pid": 0, "ppid": None, "exe": UNEXPLAINED, "name": d.interface, "uid": None, "start_time": None,
+             "address": UNEXPLAINED, "port": 0, "allowed": 0, "bytes": d.unexplained_tx_bytes, "ts": d.last_ts,
+             "first_ts": min(d.first_ts, d.last_ts), "rate_bps": d.unexplained_tx_bytes * 8 / seconds,
+             "event_id": ev.id, "protocol": None, "accepted": None, "exact": 1, "pipes": None, "container": None,
+             "cmd_hash": None, "user_name": None, "dns_name": None,
+             "complete": None if d.sensor is None else int(sensor_whole(d.sensor))}]
+
+
+def pipe_rows(ev: Event) -> list[dict[str, Any]]:
+    """For each process in a sample that reads a pipe (a sender fed by a pipe, a pipeline stage), one row
+    per pipe end it holds: who reads what, through any number of stages (an agent names the writers of
+    a sender's pipes as processes of their own in the sample)."""
+    data = ev.data
+    if not isinstance(data, EgressSample):
+        return []
+    start = data.start_ts if data.start_ts is not None else data.ts - max(data.interval_s, 1e-3)
+    out: list[dict[str, Any]] = []
+    for p in data.processes:
+        ends = dict(p.pipe_ends)
+        if "r" not in ends.values():
+            continue
+        key = pipe_key(p.pipes, ends)
+        for inode, side in sorted(ends.items()):
+            if side in ("r", "w"):
+                out.append({"inode": inode, "side": side, "pid": p.pid, "start_time": p.start_time, "name": p.name,
+                            "exe": p.exe, "pipes": key, "first_ts": start, "ts": data.ts, "event_id": ev.id})
+    return out
+
+
 def relay_rows(ev: Event) -> list[dict[str, Any]]:
     """One row per process and local peer it handed bytes to in the sample's interval (a peer the
     agent could not name links nothing: the host-level rule still sees what leaves)."""
@@ -103,7 +159,8 @@ def weight_row(ev: Event, d: FileAccess | WeightHolder | WeightsCopy) -> dict[st
     base: dict[str, Any] = {
         "pid": d.pid if d.pid is not None else -1, "ppid": d.ppid, "exe": d.exe, "name": d.name, "uid": d.uid,
         "event_id": ev.id, "staged_of": None, "pipes": pipe_key(d.pipes, dict(d.pipe_ends)),
-        "start_time": d.start_time, "container": container_json(d), "cmd_hash": cmd_hash(d.cmdline)}
+        "start_time": d.start_time, "container": container_json(d), "cmd_hash": cmd_hash(d.cmdline),
+        "inode": None if d.inode is None else str(d.inode), "dev": None if d.dev is None else str(d.dev)}
     if isinstance(d, FileAccess):
         staged = d.staged_copy_of
         how = d.how or ("estimate" if d.bytes_estimated else None)

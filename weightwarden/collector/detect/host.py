@@ -20,6 +20,7 @@ from typing import Any
 from weightwarden.collector.detect.common import (
     Draft, Tuning, bucket, bytes_after, day_start, destinations, file_key, rank, read_volume, sources,
 )
+from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.detect.sender import counted_windows
 from weightwarden.units import format_duration, format_size
 
@@ -44,10 +45,24 @@ def _taken(reads: list[dict[str, Any]], lo: float, hi: float, window: float) -> 
     return sum(files.values()), used
 
 
+def _sensor_whole(inside: list[tuple[dict[str, Any], float]], blind: list[tuple[float, float]], lo: float,
+                  hi: float) -> bool:
+    """Did the sensor see everything in this window? Every row from a sample whose sensor was whole (the
+    eBPF path, nothing degraded), and no span in which it may have been blind (tampered with) overlapping."""
+    if any(b_lo < hi and b_hi >= lo for b_lo, b_hi in blind):
+        return False
+    return all(r.get("complete") == 1 for r, _n in inside)
+
+
+def _level(ratio: float, tune: Tuning) -> str | None:
+    return "high" if ratio >= tune.host_high_ratio else "medium" if ratio >= tune.host_medium_ratio else None
+
+
 def host_exfiltration(host: str, day: str, reads: list[dict[str, Any]], flows: list[dict[str, Any]],
-                      tune: Tuning) -> Draft | None:
+                      tune: Tuning, blind: list[tuple[float, float]] | None = None) -> Draft | None:
     """``reads``: reads (not holdings or copies) on the host around the day; ``flows``: outward rows
-    of senders no linked rule covers."""
+    of senders no linked rule covers; ``blind``: spans the sensor may have missed bytes in."""
+    blind = blind or []
     width, window = tune.burst_s, tune.host_window_s
     day0 = day_start(day)
     first_k, last_k = bucket(day0, width), bucket(day0 + 86400, width)
@@ -62,7 +77,7 @@ def host_exfiltration(host: str, day: str, reads: list[dict[str, Any]], flows: l
 
     windows = counted_windows(rows, taken_at, tune, 0)
     amount = {k: sent for k, sent, _taken, _loud in windows}
-    best: tuple[int, float, int, str, str, int, list[str]] | None = None
+    best: tuple[int, float, int, str, str, int, list[str], bool] | None = None
     for k, sent, taken, loud in windows:
         if not first_k <= k < last_k or sent < tune.min_sent_bytes or taken < tune.min_read_bytes:
             continue
@@ -80,18 +95,24 @@ def host_exfiltration(host: str, day: str, reads: list[dict[str, Any]], flows: l
         _exe, (pids, top_bytes) = max(by_exe.items(), key=lambda kv: (kv[1][1], kv[0]))
         chunked = len(pids) >= tune.chunk_min_processes and top_bytes * 2 >= sent
         if chunked:
-            sev = ("critical" if ratio >= tune.chunk_critical_ratio else "high" if ratio >= tune.host_high_ratio
-                   else "medium" if ratio >= tune.host_medium_ratio else None)
+            sev = "critical" if ratio >= tune.chunk_critical_ratio else _level(ratio, tune)
         else:
-            sev = "high" if ratio >= tune.host_high_ratio else "medium" if ratio >= tune.host_medium_ratio else None
+            sev = _level(ratio, tune)
         if sev is None:
             continue
+        whole = _sensor_whole(inside, blind, k * width, (k + 2) * width)
+        if whole and rank(sev) > rank("medium"):
+            # The sensor saw everything: bytes of named processes none of which is linked to the reader are
+            # evidence of nothing, at most medium. High is for bytes nobody could be named for (unowned,
+            # unexplained) reaching the weights' size by themselves.
+            unnamed = sum(n for r, n in inside if int(r["pid"]) <= 0)
+            sev = max(("medium", _level(unnamed / max(taken, 1), tune) or "medium"), key=rank)
         kind = "chunked_exfiltration" if chunked else "host_exfiltration"
         if best is None or (rank(sev), ratio) > (rank(best[3]), best[1]):
-            best = (k, ratio, int(round(sent)), sev, kind, taken, loud)
+            best = (k, ratio, int(round(sent)), sev, kind, taken, loud, whole)
     if best is None:
         return None
-    k, ratio, sent, severity, kind, taken, loud = best
+    k, ratio, sent, severity, kind, taken, loud, whole = best
     lo, hi = k * width, (k + 2) * width
     inside = [(r, n) for r, n in rows if k <= bucket(float(r["ts"]), width) <= k + 1
               and (r.get("accepted") != 1 or r["address"] in loud)]
@@ -125,6 +146,12 @@ def host_exfiltration(host: str, day: str, reads: list[dict[str, Any]], flows: l
         + ("; splitting an upload into many short-lived processes is a way to stay under per-process limits."
            if kind == "chunked_exfiltration" else "; it cannot say the bytes were the weights, only that their "
            "volume matches. Look at who sent them.")
+        + ((" The sensor saw everything in this window (the eBPF path, nothing degraded), and bytes of named "
+            "processes that nothing links to the reader are evidence of nothing by their volume alone: "
+            + ("those stay medium; what makes this high is the bytes no process could be named for."
+               if rank(severity) > rank("medium") else "it stays medium.")) if whole else
+           " The sensor may not have seen everything in this window (on its fallback path, degraded, tampered "
+           "with, or an agent that does not say), so the volume may be the weights.")
     )
     evidence = {
         "rule": "host-level",
@@ -139,10 +166,19 @@ def host_exfiltration(host: str, day: str, reads: list[dict[str, Any]], flows: l
         "ratio": round(ratio, 4),
         "window": {"start": lo, "end": hi},
         "destinations": dests,
+        "sensor_whole": whole,
         "events": sorted({str(r["event_id"]) for r in used if r.get("event_id")}
                          | {str(r["event_id"]) for r, _ in inside})[:50],
     }
     title = (f"{len(top_exe[1])} {top_exe[0].rsplit('/', 1)[-1]} processes uploaded {format_size(sent)} in chunks "
              f"from {host}" if kind == "chunked_exfiltration" else
              f"{format_size(sent)} left {host} soon after its weights were read")
-    return Draft(f"host_exfiltration:{host}:{day}", host, kind, severity, title, explanation, evidence, first, last)
+    return Draft(day_key(host, day), host, kind, severity, title, explanation, evidence, first, last)
+
+
+RULE_NAME = "host_exfiltration"
+
+
+def day_key(host: str, day: str) -> AlertKey:
+    """host_exfiltration:HOST:DAY: one alert per host and UTC day (the day the window starts in)."""
+    return AlertKey(RULE_NAME, host, (day,))

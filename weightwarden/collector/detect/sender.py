@@ -29,6 +29,7 @@ from weightwarden.collector.detect.common import (
     OTHER, Draft, Tuning, bucket, bump, clock, destinations, file_key, pair_sums, proc_text, projected_seconds, rank,
     read_volume, sources, bytes_after,
 )
+from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.units import format_duration, format_rate, format_size
 
 
@@ -181,9 +182,15 @@ def link_text(link: Link) -> str:
             "read them itself"
     if link.kind == "staged":
         copies = sorted({x["path"] for x in link.reads})
-        return f"read {', '.join(copies[:3])}, a staged copy of them written by a process that had read them"
+        by = "a process that had read them" if link.reader.get("pid") == link.reads[0].get("pid") else \
+            f"{who}, which had read them"
+        return f"read {', '.join(copies[:3])}, a staged copy of them written by {by}"
+    if link.kind == "pipe" and link.chain:
+        stages = " <- ".join(f"{h.get('name') or '?'} (pid {h.get('pid')})" for h in reversed(link.chain))
+        return (f"reads {link.via}, fed through the pipeline stage{'s' if len(link.chain) > 1 else ''} {stages} "
+                f"from what {who} wrote after reading them")
     if link.kind == "pipe":
-        return f"reads pipe {link.via}, which {who} writes after reading them"
+        return f"reads {link.via}, which {who} writes after reading them"
     if link.kind == "fork":
         return f"is a fork of {who}, which had read them (same program and command line, started after the read)"
     hops = " -> ".join(f"{h.get('name') or '?'} (pid {h.get('pid')})" for h in link.chain)
@@ -270,6 +277,23 @@ def exfiltration(host: str, sender: dict[str, Any], flows: list[dict[str, Any]],
     }
     title = (f"{'Staged copy of weights' if staged else 'Weights'} uploaded by {sender.get('name') or '?'} "
              f"(pid {sender['pid']}) on {host} to {dests[0]['address']}")
-    key = f"exfiltration:{host}:{sender['pid']}" + (
-        f":{float(sender['start_time']):.2f}" if sender.get("start_time") is not None else "")
-    return Draft(key, host, kind, severity, title, explanation, evidence, t0, last)
+    return Draft(sender_key(host, int(sender["pid"]), sender.get("start_time")), host, kind, severity, title,
+                 explanation, evidence, t0, last)
+
+
+RULE_NAME = "exfiltration"
+
+
+def sender_key(host: str, pid: int, start: float | None) -> AlertKey:
+    """exfiltration:HOST:PID[:START]: one sender process (a pid alone when its start is unknown)."""
+    return AlertKey(RULE_NAME, host, (str(pid),) if start is None else (str(pid), f"{float(start):.2f}"))
+
+
+def sender_of_key(key: AlertKey) -> tuple[int, float | None] | None:
+    """The (pid, start) an exfiltration key names."""
+    if key.rule != RULE_NAME or not key.parts or not key.parts[0].isdigit():
+        return None
+    try:
+        return int(key.parts[0]), float(key.parts[1]) if len(key.parts) > 1 else None
+    except ValueError:
+        return None

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from weightwarden.collector.detect.common import Draft, Tuning, day_start, projected_seconds
+from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.units import format_duration, format_rate, format_size
 
 
@@ -73,6 +74,20 @@ def slow(host: str, address: str, day: str, win: SlowWindow, senders: list[dict[
                 "projected_seconds_for_rest": eta, "files": [],
                 "events": sorted({str(s["event_id"]) for s in senders if s.get("event_id")})}
     severity = "high" if win.sent >= tune.slow_high_ratio * weights_total else "medium"
-    return Draft(f"slow:{host}:{address}:{day}", host, "slow_exfiltration", severity,
+    return Draft(slow_key(host, address, day), host, "slow_exfiltration", severity,
                  f"Slow upload of {format_size(win.sent)} from {host} to {address} over {format_duration(span)}",
                  explanation, evidence, win.first, win.last)
+
+
+RULE_NAME = "slow"
+
+
+def slow_key(host: str, address: str, day: str) -> AlertKey:
+    """slow:HOST:ADDRESS:DAY (an IPv6 address holds ':' itself: the day is the last part)."""
+    return AlertKey(RULE_NAME, host, (*address.split(":"), day))
+
+
+def slow_of_key(key: AlertKey) -> tuple[str, str, str] | None:
+    if key.rule != RULE_NAME or len(key.parts) < 2:
+        return None
+    return key.host, ":".join(key.parts[:-1]), key.parts[-1]

@@ -40,10 +40,16 @@ class Held:
 class Inbox:
     """Messages received and not yet stored, bounded in count and bytes. Owner: the service; paho's
     message callback puts (in the event loop), the ingest task takes batches and releases each once
-    it is stored, which calls ``on_room`` (the gate's resume) when a full inbox has room again."""
+    it is stored, which calls ``on_room`` (the gate's resume) when a full inbox has room again.
+
+    Two lanes: messages that may decide an incident (weight reads, an upload from a host whose
+    weights were just read, the agent's own alarms: ``Pipeline.urgent``) are taken before the bulk
+    of samples, so an alert waits for at most the batch in hand, never for the whole backlog. Each
+    lane keeps its order."""
 
     def __init__(self, max_messages: int, max_bytes: int) -> None:
         self.max_messages, self.max_bytes = max_messages, max_bytes
+        self._urgent: deque[Held] = deque()
         self._queue: deque[Held] = deque()
         self._in_hand: deque[Held] = deque()
         self.held = 0  # queued and in hand
@@ -54,14 +60,14 @@ class Inbox:
         self.on_room: Callable[[], None] | None = None  # called when a full inbox has room again
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._urgent)
 
     @property
     def full(self) -> bool:
         return self.held >= self.max_messages or self.held_bytes >= self.max_bytes
 
-    def put(self, item: Held) -> None:
-        self._queue.append(item)
+    def put(self, item: Held, urgent: bool = False) -> None:
+        (self._urgent if urgent else self._queue).append(item)
         self.held += 1
         self.held_bytes += len(item.payload)
         self._ready.set()
@@ -72,21 +78,26 @@ class Inbox:
         await self._room.wait()
 
     async def take(self, max_messages: int, max_bytes: int, timeout: float) -> list[Held]:
-        """Everything queued, up to the limits (at least one message): batches grow with the backlog."""
-        if not self._queue:
+        """Everything queued, up to the limits (at least one message): batches grow with the backlog.
+        The urgent lane's messages first, alone."""
+        if not self._queue and not self._urgent:
             self._ready.clear()
             try:
                 await asyncio.wait_for(self._ready.wait(), timeout)
             except TimeoutError:
                 return []
+        # The urgent lane's messages first, then the bulk's to fill the batch: they jump the queue, but
+        # batches stay as large as the backlog makes them (a transaction per urgent message would cost
+        # more than it saves), and the bulk is never starved.
         batch: list[Held] = []
         size = 0
-        while self._queue and len(batch) < max_messages:
-            nxt = len(self._queue[0].payload)
-            if batch and size + nxt > max_bytes:
-                break
-            batch.append(self._queue.popleft())
-            size += nxt
+        for lane in (self._urgent, self._queue):
+            while lane and len(batch) < max_messages:
+                nxt = len(lane[0].payload)
+                if batch and size + nxt > max_bytes:
+                    break
+                batch.append(lane.popleft())
+                size += nxt
         self._in_hand.extend(batch)
         return batch
 
@@ -105,7 +116,7 @@ class Inbox:
 
     def oldest_age(self) -> float:
         """Seconds the oldest message held has waited: how far behind the collector is."""
-        oldest = [q[0].at for q in (self._in_hand, self._queue) if q]
+        oldest = [q[0].at for q in (self._in_hand, self._queue, self._urgent) if q]
         return time.monotonic() - min(oldest) if oldest else 0.0
 
 

@@ -200,6 +200,7 @@ class BatchIngest:
         codes["backdated"] += count_backdated(fresh, now)  # flagged, stored, judged (validate.BACKDATED_S)
         samples = [ev for ev in fresh if isinstance(ev.data, EgressSample)]
         others = sorted((ev for ev in fresh if not isinstance(ev.data, EgressSample)), key=lambda e: (e.ts, e.seq))
+        heartbeats = [ev for ev in others if isinstance(ev.data, Heartbeat)]
         beats, others = self._plain_heartbeats(conn, others)
         hosts: list[dict[str, Any]] = []
         for ev in samples:
@@ -207,6 +208,7 @@ class BatchIngest:
             hosts.append({"host": ev.host, "seq": ev.seq, "ts": ev.ts, "egress_bps": egress_bps(ev.data)})
         hosts += beats
         units = self.detector.record_samples(conn, samples)
+        units.add(self.detector.on_heartbeats(conn, heartbeats, now))
         for ev in others:
             try:
                 with conn.begin_nested():
@@ -230,9 +232,10 @@ class BatchIngest:
             self.store.touch_hosts(conn, host_rows, now)
 
     def _plain_heartbeats(self, conn: Connection, events: list[Event]) -> tuple[list[dict[str, Any]], list[Event]]:
-        """Heartbeats of hosts that are online only update the host's row, exactly as ``apply`` would
-        (its fields, the host online): one statement for the batch. A heartbeat from a host marked
-        lost or silent goes through ``apply``, which also resolves the agent_silent alert."""
+        """Heartbeats of known hosts only update the host's row, exactly as ``apply`` would (its fields,
+        the host online): one statement for the batch; the rules see them all at once
+        (``Detector.on_heartbeats``: an agent back, the sensor's state). A heartbeat that changes the
+        host's weights size goes through ``apply``, which judges again the verdicts that quote it."""
         beats = [ev for ev in events if isinstance(ev.data, Heartbeat)]
         if not beats:
             return [], events
@@ -242,7 +245,7 @@ class BatchIngest:
 
         def plain(ev: Event) -> bool:
             d = ev.data
-            if not isinstance(d, Heartbeat) or ev.host not in known or known[ev.host][0] in ("lost", "silent"):
+            if not isinstance(d, Heartbeat) or ev.host not in known:
                 return False
             # A new weights total re-judges the host's verdicts that quote it: that is apply's work.
             return d.weights is None or not d.weights.total_bytes or d.weights.total_bytes == known[ev.host][1]

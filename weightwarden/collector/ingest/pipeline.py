@@ -14,21 +14,27 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
+from weightwarden.collector.store import agent_facts as a
 from weightwarden.collector.store import facts as q
 from weightwarden.collector.ingest.batching import BatchIngest, egress_bps
-from weightwarden.collector.detect.common import Draft, Tuning
+from weightwarden.collector.detect.common import Tuning
 from weightwarden.collector.detect.facts import egress_rows
 from weightwarden.collector.detect.detector import Detector, Units
-from weightwarden.collector.detect.single import from_event, gap, silent
+from weightwarden.collector.detect.rule import Rule
+from weightwarden.collector.detect.rules.sequence_gap import subtract
 from weightwarden.collector.store.database import Store
 from weightwarden.events import (
-    AgentLost, AgentStarted, AgentStopping, EgressSample, Event, EventsDropped, FileAccess, Heartbeat, PolicyApplied,
-    WeightHolder, WeightsCopy,
+    EVENT_TYPES, AgentLost, AgentStarted, EgressSample, Event, FileAccess, Heartbeat, PolicyApplied, WeightHolder, WeightsCopy,
 )
 
-__all__ = ["Pipeline", "egress_bps", "egress_rows", "load_stream"]
+__all__ = ["Pipeline", "egress_bps", "egress_rows", "load_stream", "subtract"]
+
+READS = {"file_access", "weight_holder", "weights_copy"}  # after these, the host's uploads may be the incident
+BULK = {"egress_sample", "heartbeat", "policy_applied", "policy_rejected"}  # the rest decide alerts alone
+HOT_S = 3600.0  # a host's samples are urgent this long after a weight read arrived (host_window_s)
+HOT_MAX = 100_000
 
 
 class Pipeline(BatchIngest):
@@ -41,20 +47,37 @@ class Pipeline(BatchIngest):
         self.clock = clock
         self._init_caches()
         self.detector = Detector(store, self.tune, clock, errors=self.errors)
+        self._hot: dict[str, float] = {}  # host -> until when its samples are urgent (monotonic)
 
-    def upsert(self, conn: Connection, draft: Draft | None, now: float) -> None:
-        self.detector.put(conn, draft, now)
+    # -- the incident lane ----------------------------------------------------
+
+    def urgent(self, topic: str) -> bool:
+        """Whether a message may decide an incident, from its topic alone (weightwarden/v1/HOST/TYPE): it
+        is then stored and judged before the bulk of samples (``Inbox``). Weight reads and the agent's own
+        alarms are; so are samples of a host whose weights were read lately (an upload after the read is
+        the incident); heartbeats and other hosts' samples are bulk. Called in the event loop, per message."""
+        _root, _v, host, kind = (topic.split("/") + ["", "", "", ""])[:4]
+        if kind == "egress_sample":
+            until = self._hot.get(host)
+            return until is not None and until > time.monotonic()
+        if kind in READS:
+            if len(self._hot) > HOT_MAX:
+                self._hot.clear()
+            self._hot[host] = time.monotonic() + HOT_S
+            return True
+        return kind in EVENT_TYPES and kind not in BULK
 
     # -- per event -----------------------------------------------------------
 
     def apply(self, conn: Connection, ev: Event, now: float) -> Units:
-        """Store one event's facts and raise what it decides alone; returns what its facts touch."""
+        """Store one event's facts; the rules that decide it have their say; returns what its facts touch."""
         host, data, ts = ev.host, ev.data, ev.ts
         if isinstance(data, EgressSample):
             self.store.touch_host(conn, host, ev.seq, ts, now, egress_bps=egress_bps(data))
             return self.detector.record_samples(conn, [ev])
-        self.store.touch_host(conn, host, ev.seq, ts, now)
-        changed = Units()
+        if not isinstance(data, AgentLost):  # the broker's word that the agent is gone, not a word from it
+            self.store.touch_host(conn, host, ev.seq, ts, now)
+        units = Units()
         if isinstance(data, (Heartbeat, AgentStarted, PolicyApplied)):
             fields: dict[str, Any] = {"policy": data.policy, "policy_digest": data.policy_digest}
             if isinstance(data, Heartbeat):
@@ -64,31 +87,21 @@ class Pipeline(BatchIngest):
                 fields.update(backend=data.backend, caps=len(data.caps), rules_in_force=1)
             weights = None if isinstance(data, PolicyApplied) else data.weights
             if weights is not None and weights.total_bytes and q.set_weights_total(conn, host, weights.total_bytes, ts):
-                changed = self.detector.weights_changed(conn, host)
-            host_row = self.store.host(conn, host) or {}
-            if host_row.get("status") in ("lost", "silent") and ts >= (host_row.get("lost_at") or 0):
-                self.store.resolve_kind(conn, host, "agent_silent", "collector: the agent is back", now)
-            fields["status"] = "online"
+                units.add(self.detector.weights_changed(conn, host))
             self.store.update_host(conn, host, **{k: v for k, v in fields.items() if v is not None})
             if isinstance(data, PolicyApplied):
                 # None is meaningful here: a host back on its local file has no central version.
                 self.store.update_host(conn, host, policy_version=data.version, policy_source=data.source or "file")
-        elif isinstance(data, AgentStopping):
-            self.store.update_host(conn, host, status="stopped")
-        elif isinstance(data, AgentLost):
-            self.store.update_host(conn, host, status="lost", lost_at=now)
-            self.upsert(conn, from_event(ev), now)
         elif isinstance(data, (FileAccess, WeightHolder, WeightsCopy)):
-            return self.detector.record_weights(conn, ev, data, now)
-        else:
-            self.upsert(conn, from_event(ev), now)
-        return changed
+            units.add(self.detector.record_weights(conn, ev, data, now))
+        units.add(self.detector.on_event(conn, ev, now))
+        return units
 
     # -- periodic --------------------------------------------------------------
 
     def sweep(self) -> None:
-        """A second look at what arrived lately, then each host on its own: silent agents and
-        unexplained sequence gaps. One host's odd state never stops the sweep for the others."""
+        """A second look at what arrived lately, then each host on its own (silent agents, unexplained
+        sequence gaps: the rules' ``sweep_host``). One host's odd state never stops the sweep for the others."""
         now = self.clock()
         try:
             failed = self.detector.sweep(now)
@@ -97,85 +110,34 @@ class Pipeline(BatchIngest):
             self.detector.note_error(f"sweep re-evaluation: {exc!r}")
         with self.store.tx() as conn:
             hosts = self.store_hosts(conn)
-        for h in hosts:
-            for check in (self._silent, self._gaps):
+        checks = [r for r in self.detector.rules if type(r).sweep_host is not Rule.sweep_host]
+        for rule in checks:
+            # Every host at once first (most need nothing: a few statements for the fleet), then each host
+            # that does, in a transaction of its own.
+            try:
+                with self.store.tx() as conn:
+                    needy = rule.sweep_hosts(self.detector, conn, hosts, now)
+            except Exception as exc:  # noqa: BLE001 - then each host on its own
+                failed += 1
+                self.detector.note_error(f"sweep {rule.name} (all hosts): {exc!r}")
+                needy = hosts
+            for h in needy:
                 try:
                     with self.store.tx() as conn:
-                        check(conn, h, now)
+                        rule.sweep_host(self.detector, conn, h, now)
                 except Exception as exc:  # noqa: BLE001 - logged and counted; the other hosts and checks go on
                     failed += 1
-                    self.detector.note_error(f"sweep {check.__name__} {h.get('host')!r}: {exc!r}")
+                    self.detector.note_error(f"sweep {rule.name} {h.get('host')!r}: {exc!r}")
         if failed:
             with self.store.tx() as conn:
                 self.store.bump(conn, "sweep_errors", failed)
 
     @staticmethod
     def store_hosts(conn: Connection) -> list[dict[str, Any]]:
-        from sqlalchemy import text
-
-        return [dict(r) for r in conn.execute(text("SELECT * FROM hosts ORDER BY host")).mappings()]
-
-    def _silent(self, conn: Connection, h: dict[str, Any], now: float) -> None:
-        if h["status"] == "online" and now - (h["last_seen"] or now) > self.tune.silent_after_s:
-            self.store.update_host(conn, h["host"], status="silent", lost_at=now)
-            self.upsert(conn, silent(h["host"], h["last_seen"], now), now)
-
-    def _gaps(self, conn: Connection, h: dict[str, Any], now: float) -> None:
-        """Sequence numbers that never arrived and no events_dropped explains, as ranges (never expanded).
-
-        A collector that meets a host for the first time takes the first sequence number it
-        holds as the start: the agent counted before this collector existed, and that
-        history is not missing."""
-        host, contig = h["host"], int(h["seq_contig"] or 0)
-        if contig == 0:
-            first = q.min_seq(conn, host)
-            if first is None:
-                return
-            contig = first - 1
-        runs = q.seq_runs(conn, host, contig)
-        if not runs:
-            return
-        top = runs[-1][1]
-        holes: list[tuple[int, int]] = []
-        expected = contig + 1
-        for lo, hi in runs:
-            if lo > expected:
-                holes.append((expected, lo - 1))
-            expected = max(expected, hi + 1)
-        explained: list[tuple[int, int]] = []
-        for dropped in self.store.events_of(conn, host, EventsDropped.TYPE, 0):
-            for pair in dropped["data"].get("seq_ranges") or []:
-                if isinstance(pair, list) and len(pair) == 2:
-                    explained.append((int(pair[0]), int(pair[1])))
-        missing = subtract(holes, explained)
-        if not missing:
-            self.store.update_host(conn, host, seq_contig=top, gap_seen_at=None)
-            return
-        if h["gap_seen_at"] is None:
-            # Give redeliveries (a spool draining after an outage) time to arrive.
-            self.store.update_host(conn, host, seq_contig=missing[0][0] - 1, gap_seen_at=now)
-        elif now - h["gap_seen_at"] >= self.tune.gap_grace_s:
-            self.upsert(conn, gap(host, missing, sum(hi - lo + 1 for lo, hi in missing), now), now)
-            self.store.update_host(conn, host, seq_contig=top, gap_seen_at=None)
-
-
-def subtract(ranges: list[tuple[int, int]], minus: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Inclusive integer ranges less other ranges, without expanding either."""
-    out = []
-    cuts = sorted(minus)
-    for lo, hi in ranges:
-        cur = lo
-        for clo, chi in cuts:
-            if chi < cur or clo > hi:
-                continue
-            if clo > cur:
-                out.append((cur, clo - 1))
-            cur = max(cur, chi + 1)
-            if cur > hi:
-                break
-        if cur <= hi:
-            out.append((cur, hi))
-    return out
+        """Every host's row with its agent's lifecycle facts, in one statement."""
+        cols = ", ".join(f"l.{c}" for c in a.LIFECYCLE)
+        return [dict(r) for r in conn.execute(text(
+            f"SELECT h.*, {cols} FROM hosts h LEFT JOIN lifecycle l ON l.host = h.host ORDER BY h.host")).mappings()]
 
 
 def load_stream(path: str) -> list[tuple[str, bytes]]:

@@ -367,7 +367,7 @@ class CollectorService:
             if ack is not None:
                 ack()  # alert notifications (ours or another collector's), not agent events
             return
-        self.inbox.put(Held(topic, bytes(message.payload), ack))
+        self.inbox.put(Held(topic, bytes(message.payload), ack), self.pipeline.urgent(topic))
         self.received += 1
         if self.inbox.full:
             gate.pause()

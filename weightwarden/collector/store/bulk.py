@@ -49,3 +49,19 @@ def in_list(conn: Connection, values: Sequence[Any]) -> tuple[str, dict[str, Any
     if conn.dialect.name == "postgresql":
         return "= ANY(:values)", {"values": list(values)}
     return "IN (SELECT value FROM json_each(:values))", {"values": json.dumps(list(values))}
+
+
+def copy(conn: Connection, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]) -> None:
+    """Append ``rows`` to ``table`` (no conflict handling): PostgreSQL's COPY, which takes rows in its
+    own wire format with no statement to plan or JSON to unpack (the bulk of samples: raw egress rows);
+    elsewhere :func:`insert`. In the connection's transaction either way."""
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql":
+        insert(conn, table, columns, rows)
+        return
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    with driver.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(c for c, _ in columns)}) FROM STDIN") as out:
+        for row in rows:
+            out.write_row(row)

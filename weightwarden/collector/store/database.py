@@ -47,7 +47,7 @@ EGRESS_RAW_COLUMNS = (("host", T), ("pid", BIG), ("ppid", BIG), ("exe", T), ("na
                       ("port", INT), ("allowed", INT), ("bytes", BIG), ("ts", DBL), ("rate_bps", DBL),
                       ("event_id", T), ("pipes", T), ("received_at", DBL), ("dns_name", T), ("user_name", T),
                       ("start_time", DBL), ("first_ts", DBL), ("protocol", T), ("accepted", INT), ("container", T),
-                      ("cmd_hash", T), ("exact", INT))
+                      ("cmd_hash", T), ("exact", INT), ("complete", INT))
 HISTORY_COLUMNS = (("host", T), ("exe", T), ("address", T), ("first_seen", DBL), ("last_seen", DBL))
 _NEWER_READ = ("(excluded.ts > weight_reads.ts OR (excluded.ts = weight_reads.ts AND (excluded.bytes > weight_reads.bytes "
                "OR (excluded.bytes = weight_reads.bytes AND excluded.event_id > weight_reads.event_id))))")
@@ -266,32 +266,33 @@ class Store:
     def add_read(conn: Connection, host: str, r: dict[str, Any]) -> None:
         conn.execute(text(
             "INSERT INTO weight_reads(host, pid, ppid, exe, name, uid, path, kind, bytes, first_ts, ts, staged_of, "
-            "event_id, pipes, start_time, size, how, container, cmd_hash, remote, derivative, received_at) "
+            "event_id, pipes, start_time, size, how, container, cmd_hash, remote, derivative, received_at, inode, dev) "
             "VALUES (:host, :pid, :ppid, :exe, :name, :uid, :path, :kind, :bytes, :first_ts, :ts, "
             ":staged_of, :event_id, :pipes, :start_time, :size, :how, :container, :cmd_hash, :remote, :derivative, "
-            ":received_at) "
+            ":received_at, :inode, :dev) "
             "ON CONFLICT (host, pid, path, kind, first_ts) DO UPDATE SET "
             # Reports of one read session (progress, then final): the latest report by its own time
             # describes it, whatever order they arrived in.
             + ", ".join(f"{c} = CASE WHEN {_NEWER_READ} THEN excluded.{c} ELSE weight_reads.{c} END"
                         for c in ("event_id", "pipes", "how", "container", "cmd_hash", "staged_of", "ppid", "exe",
-                                  "name", "uid", "start_time", "remote", "derivative"))
+                                  "name", "uid", "start_time", "remote", "derivative", "inode", "dev"))
             + ", bytes = CASE WHEN weight_reads.bytes > excluded.bytes THEN weight_reads.bytes ELSE excluded.bytes END, "
             "size = CASE WHEN weight_reads.size > excluded.size THEN weight_reads.size ELSE excluded.size END, "
             "received_at = excluded.received_at, "
             "ts = CASE WHEN weight_reads.ts > excluded.ts THEN weight_reads.ts ELSE excluded.ts END"),
             {"start_time": None, "size": None, "how": None, "container": None, "cmd_hash": None, "remote": None,
-             "derivative": 0, "received_at": time.time(), "host": host, **r})
+             "derivative": 0, "received_at": time.time(), "inode": None, "dev": None, "host": host, **r})
 
     @staticmethod
     def add_egress_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
         """Egress rows that each carry their host."""
         now = time.time()
-        bulk.insert(conn, "egress_raw", EGRESS_RAW_COLUMNS, [
+        bulk.copy(conn, "egress_raw", EGRESS_RAW_COLUMNS, [
             (r["host"], r["pid"], r.get("ppid"), r.get("exe"), r.get("name"), r.get("uid"), r["address"], r.get("port"),
              r["allowed"], r["bytes"], r["ts"], r.get("rate_bps"), r["event_id"], r.get("pipes"), now,
              r.get("dns_name"), r.get("user_name"), r.get("start_time"), r.get("first_ts"), r.get("protocol"),
-             r.get("accepted"), r.get("container"), r.get("cmd_hash"), r.get("exact") or 0) for r in rows])
+             r.get("accepted"), r.get("container"), r.get("cmd_hash"), r.get("exact") or 0, r.get("complete"))
+            for r in rows])
 
     @staticmethod
     def touch_contacts(conn: Connection, rows: list[tuple[str, str, str, float, float]]) -> None:
@@ -404,7 +405,8 @@ class Store:
 
     def count(self, table: str) -> int:
         assert table in {"events", "dead_letters", "alerts", "egress", "egress_raw", "egress_minute", "weight_reads", "hosts",
-                         "history", "processes", "relays"}
+                         "history", "processes", "relays", "pipe_ends", "raw_sockets", "relinks", "blind_spans",
+                         "sensors", "lifecycle"}
         with self.tx() as conn:
             return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() or 0)
 

@@ -43,11 +43,15 @@ def recent_flows(conn: Connection, host: str, pid: int, received_since: float) -
                  {"h": host, "p": pid, "r": received_since})
 
 
-def alerts_updated_since(conn: Connection, since: float) -> list[tuple[str, str]]:
-    """(key, host) of detection verdicts written at or after ``since`` (the collectors' clock)."""
+def alerts_updated_since(conn: Connection, since: float, rules: list[str]) -> list[tuple[str, str]]:
+    """(key, host) of the verdicts of ``rules`` (their names: the keys' first part) written at or after
+    ``since`` (the collectors' clock)."""
+    if not rules:
+        return []
+    params: dict[str, Any] = {"s": since, **{f"r{i}": f"{r}:%" for i, r in enumerate(rules)}}
+    likes = " OR ".join(f"key LIKE :r{i}" for i in range(len(rules)))
     return [(r[0], r[1]) for r in conn.execute(text(
-        "SELECT key, host FROM alerts WHERE updated_at >= :s AND "
-        "(key LIKE 'exfiltration:%' OR key LIKE 'host_exfiltration:%' OR key LIKE 'slow:%')"), {"s": since})]
+        f"SELECT key, host FROM alerts WHERE updated_at >= :s AND ({likes}) ORDER BY key"), params)]
 
 
 def hosts_with_reads(conn: Connection, hosts: list[str], since: float) -> set[str]:
@@ -113,10 +117,72 @@ def reads_between(conn: Connection, host: str, lo: float, hi: float) -> list[dic
                        "ORDER BY first_ts, pid, path, kind", {"h": host, "lo": lo, "hi": hi})
 
 
+def copier_of(conn: Connection, host: str, paths: list[str], since: float) -> dict[str, Any] | None:
+    """Who wrote a copy of the weights at one of ``paths`` (the earliest copy), if the agent saw it."""
+    if not paths:
+        return None
+    params = {f"p{i}": p for i, p in enumerate(paths)}
+    rows = _rows(conn, f"SELECT pid, start_time, name, exe FROM weight_reads WHERE host=:h AND kind='copy' AND ts>=:s "
+                       f"AND path IN ({', '.join(':' + k for k in params)}) ORDER BY first_ts, pid LIMIT 1",
+                 {"h": host, "s": since, **params})
+    return rows[0] if rows else None
+
+
 def pipe_writers(conn: Connection, host: str, inode: str, since: float) -> list[dict[str, Any]]:
     """Weight reads by processes that hold the write end (only) of pipe ``inode``."""
     return _rows(conn, "SELECT * FROM weight_reads WHERE host=:h AND ts>=:s AND pipes LIKE :p "
                        "ORDER BY first_ts, pid, path, kind", {"h": host, "s": since, "p": f"%|{inode}:w|%"})
+
+
+def pipe_stages_writing(conn: Connection, host: str, inode: str, since: float) -> list[dict[str, Any]]:
+    """Processes seen holding the write end of pipe ``inode`` that read a pipe themselves (pipeline
+    stages, as samples report them), one row per process, with every pipe end it held."""
+    return _rows(conn, "SELECT pid, start_time, max(name) AS name, max(exe) AS exe, max(pipes) AS pipes, "
+                       "min(first_ts) AS first_ts, max(ts) AS ts FROM pipe_ends WHERE host=:h AND inode=:i "
+                       "AND side='w' AND ts>=:s GROUP BY pid, start_time ORDER BY pid, start_time",
+                 {"h": host, "i": inode, "s": since})
+
+
+def stage_reads(conn: Connection, host: str, pid: int, start: float | None, since: float) -> list[str]:
+    """Every pipe one process (pid and start time) was seen reading: all its rows, whichever arrived."""
+    same = "start_time IS NULL" if start is None else "start_time = :st"
+    return sorted(str(i) for i in conn.execute(text(
+        f"SELECT DISTINCT inode FROM pipe_ends WHERE host=:h AND pid=:p AND {same} AND side='r' AND ts>=:s"),
+        {"h": host, "p": pid, "st": start, "s": since}).scalars())
+
+
+def pipe_readers(conn: Connection, host: str, inode: str, since: float) -> list[int]:
+    """Pids seen holding the read end of pipe ``inode``."""
+    rows = conn.execute(text("SELECT DISTINCT pid FROM pipe_ends WHERE host=:h AND inode=:i AND side='r' AND ts>=:s"),
+                        {"h": host, "i": inode, "s": since}).scalars()
+    return sorted(int(p) for p in rows)
+
+
+def pipes_written_by(conn: Connection, host: str, pid: int, since: float) -> list[str]:
+    """Pipes ``pid`` holds the write end of: as a weights reader, or as a reported pipeline stage."""
+    found = {str(i) for i in conn.execute(text(
+        "SELECT DISTINCT inode FROM pipe_ends WHERE host=:h AND pid=:p AND side='w' AND ts>=:s"),
+        {"h": host, "p": pid, "s": since}).scalars()}
+    for key in conn.execute(text("SELECT DISTINCT pipes FROM weight_reads WHERE host=:h AND pid=:p AND ts>=:s "
+                                 "AND pipes IS NOT NULL"), {"h": host, "p": pid, "s": since}).scalars():
+        found.update(part[:-2] for part in str(key).split("|") if part.endswith(":w"))
+    return sorted(found)
+
+
+def add_pipe_ends(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        received = time.time()
+        conn.execute(text(
+            "INSERT INTO pipe_ends(host, inode, side, pid, start_time, name, exe, pipes, first_ts, ts, event_id, "
+            "received_at) VALUES (:host, :inode, :side, :pid, :start_time, :name, :exe, :pipes, :first_ts, :ts, "
+            ":event_id, :received_at)"), [{"received_at": received, **r} for r in rows])
+
+
+def recent_stages(conn: Connection, received_since: float) -> list[tuple[str, int, float]]:
+    """Processes whose pipe ends (as stages or readers) arrived lately, with their earliest first time."""
+    return [(r[0], int(r[1]), float(r[2])) for r in conn.execute(text(
+        "SELECT host, pid, min(first_ts) FROM pipe_ends WHERE received_at>=:r GROUP BY host, pid ORDER BY 1, 2"),
+        {"r": received_since})]
 
 
 def relays_into(conn: Connection, host: str, pid: int, since: float) -> list[dict[str, Any]]:
@@ -165,16 +231,23 @@ def recent_units(conn: Connection, received_since: float, link_window_s: float) 
         {"r": received_since})]
     destinations = [(r[0], r[1], float(r[2]), float(r[3]), float(r[4])) for r in conn.execute(text(
         f"SELECT host, address, min(ts), max(ts), max(received_at) FROM egress WHERE received_at>=:r AND {OUTWARD} "
-        "AND COALESCE(accepted, 0) = 0 AND address NOT IN ('(other)', '(unowned)') GROUP BY host, address"),
+        "AND COALESCE(accepted, 0) = 0 AND address NOT IN ('(other)', '(unowned)', '(unexplained)') "
+        "GROUP BY host, address"),
         {"r": received_since})]
     return sorted(set(senders)), sorted(reads), sorted(destinations)
 
 
+def _hour(conn: Connection) -> str:
+    """The hour a row's last byte left in (floor: PostgreSQL's CAST rounds, SQLite's truncates; ts >= 0)."""
+    return "CAST(ts / 3600 AS INTEGER)" if conn.dialect.name == "sqlite" else "CAST(floor(ts / 3600) AS BIGINT)"
+
+
 def hourly_to(conn: Connection, host: str, address: str, lo: float, hi: float) -> list[dict[str, Any]]:
     """Outward bytes to one address per hour (by last send) in [lo, hi), with the first and last send."""
-    return _rows(conn, f"SELECT CAST(ts / 3600 AS BIGINT) AS hour, sum(bytes) AS bytes, min(COALESCE(first_ts, ts)) "
+    hour = _hour(conn)
+    return _rows(conn, f"SELECT {hour} AS hour, sum(bytes) AS bytes, min(COALESCE(first_ts, ts)) "
                        f"AS first_ts, max(ts) AS ts FROM egress WHERE host=:h AND address=:a AND ts>=:lo AND ts<:hi "
-                       f"AND {OUTWARD} AND COALESCE(accepted, 0) = 0 GROUP BY CAST(ts / 3600 AS BIGINT) ORDER BY 1",
+                       f"AND {OUTWARD} AND COALESCE(accepted, 0) = 0 GROUP BY {hour} ORDER BY 1",
                  {"h": host, "a": address, "lo": lo, "hi": hi})
 
 
@@ -188,11 +261,11 @@ def hourly_to_many(conn: Connection, pairs: list[tuple[str, str]], lo: float, hi
         for n, (host, address) in enumerate(chunk):
             params[f"h{n}"], params[f"a{n}"] = host, address
             values.append(f"(:h{n}, :a{n})")
-        out += _rows(conn, f"SELECT host, address, CAST(ts / 3600 AS BIGINT) AS hour, sum(bytes) AS bytes, "
+        out += _rows(conn, f"SELECT host, address, {_hour(conn)} AS hour, sum(bytes) AS bytes, "
                            f"min(COALESCE(first_ts, ts)) AS first_ts, max(ts) AS ts FROM egress "
                            f"WHERE (host, address) IN (VALUES {', '.join(values)}) AND ts>=:lo AND ts<:hi "
                            f"AND {OUTWARD} AND COALESCE(accepted, 0) = 0 "
-                           f"GROUP BY host, address, CAST(ts / 3600 AS BIGINT) ORDER BY 1, 2, 3", params)
+                           f"GROUP BY host, address, {_hour(conn)} ORDER BY 1, 2, 3", params)
     return out
 
 
@@ -249,18 +322,21 @@ def set_weights_total(conn: Connection, host: str, total: int, ts: float) -> boo
 def put_alert(conn: Connection, a: dict[str, Any], now: float) -> bool:
     """Write a detection's verdict as it stands on the stored facts: the alert becomes exactly this
     draft (severity may go down as well as up). Nothing is written when nothing changed, so
-    re-evaluating the same facts neither bumps the count nor reopens a resolved alert."""
+    re-evaluating the same facts neither bumps the count nor reopens a resolved alert; a changed
+    verdict reopens it, unless the draft says its state is the rule's to set (``reopen`` false). A draft
+    that knows how often its incident happened (``count``, from the facts) sets the count instead."""
     params = {**a, "evidence": json.dumps(a["evidence"], default=str, sort_keys=True),
-              "rank": SEVERITY_RANK[a["severity"]], "now": now}
+              "rank": SEVERITY_RANK[a["severity"]], "now": now, "reopen": 1 if a.get("reopen", True) else 0,
+              "count": a.get("count")}
     res = conn.execute(text(
         "INSERT INTO alerts(key, id, host, kind, severity, severity_rank, state, title, explanation, evidence, "
         "first_ts, last_ts, created_at, updated_at, count) VALUES (:key, :id, :host, :kind, :severity, :rank, 'open', "
-        ":title, :explanation, :evidence, :first_ts, :last_ts, :now, :now, 1) "
+        ":title, :explanation, :evidence, :first_ts, :last_ts, :now, :now, COALESCE(CAST(:count AS BIGINT), 1)) "
         "ON CONFLICT (key) DO UPDATE SET kind = excluded.kind, severity = excluded.severity, "
         "severity_rank = excluded.severity_rank, title = excluded.title, explanation = excluded.explanation, "
         "evidence = excluded.evidence, first_ts = excluded.first_ts, last_ts = excluded.last_ts, "
-        "updated_at = excluded.updated_at, count = alerts.count + 1, "
-        "state = CASE WHEN alerts.state = 'resolved' THEN 'open' ELSE alerts.state END "
+        "updated_at = excluded.updated_at, count = COALESCE(CAST(:count AS BIGINT), alerts.count + 1), "
+        "state = CASE WHEN alerts.state = 'resolved' AND :reopen = 1 THEN 'open' ELSE alerts.state END "
         "WHERE alerts.evidence <> excluded.evidence OR alerts.severity <> excluded.severity "
         "OR alerts.kind <> excluded.kind OR alerts.explanation <> excluded.explanation "
         "OR alerts.title <> excluded.title"), params)
@@ -311,3 +387,26 @@ def withdraw(conn: Connection, keys: list[str], now: float | None = None) -> int
             alert_changed(conn, key, now or time.time())
             n += int(conn.execute(text("DELETE FROM alerts WHERE key=:k"), {"k": key}).rowcount)
     return n
+
+
+def set_auto_state(conn: Connection, key: str, open_: bool, why: str, now: float,
+                   reopen_after: float | None = None) -> bool:
+    """Open or resolve an alert as the facts say (an agent back, a sensor whole again). Resolving leaves
+    an alert a person already resolved alone; reopening undoes only the collector's own resolution, or a
+    person's made before ``reopen_after`` (a new episode began since). True if the state changed."""
+    if open_:
+        res = conn.execute(text(
+            "UPDATE alerts SET state='open', resolved_by=NULL, resolved_at=NULL, updated_at=:t WHERE key=:k "
+            "AND state='resolved' AND (resolved_by LIKE 'collector:%' OR resolved_at < :after)"),
+            {"k": key, "t": now, "after": reopen_after if reopen_after is not None else -1.0})
+    else:
+        res = conn.execute(text("UPDATE alerts SET state='resolved', resolved_by=:w, resolved_at=:t, updated_at=:t "
+                                "WHERE key=:k AND state <> 'resolved'"), {"k": key, "t": now, "w": f"collector: {why}"})
+    if res.rowcount:
+        alert_changed(conn, key, now)
+    return bool(res.rowcount)
+
+
+def alert_row(conn: Connection, key: str) -> dict[str, Any] | None:
+    row = conn.execute(text("SELECT * FROM alerts WHERE key=:k"), {"k": key}).mappings().first()
+    return dict(row) if row else None

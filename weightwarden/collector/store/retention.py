@@ -36,7 +36,7 @@ MIN_RAW_EGRESS_S = 600.0  # an agent replays what it sent in the last 30 s: ids 
 class Retention:
     events_s: float = 30 * 86400.0  # events (but egress samples), weight reads, contacts, processes, dead letters
     raw_egress_s: float = 3600.0  # raw egress rows and egress_sample events
-    egress_s: float = 8 * 86400.0  # per-minute egress and local relays: at least as long as detections look back
+    egress_s: float = 8 * 86400.0  # per-minute egress, relays, pipe ends...: at least as long as detections look back
     dead_letter_rows: int = DEAD_LETTER_MAX_ROWS
     dead_letter_bytes: int = DEAD_LETTER_MAX_BYTES
     history_per_host: int = 100_000  # (program, destination) pairs remembered per host
@@ -63,13 +63,14 @@ def fold_egress(store: Store, before: float) -> int:
             conn.execute(text(
                 "INSERT INTO egress_minute(host, minute, pid, exe, address, port, ppid, name, uid, allowed, bytes, ts, "
                 "rate_bps, event_id, pipes, received_at, dns_name, user_name, start_time, first_ts, protocol, accepted, "
-                "container, cmd_hash, exact, samples) "
+                "container, cmd_hash, exact, complete, samples) "
                 f"SELECT host, {minute}, pid, coalesce(exe, ''), address, coalesce(port, 0), max(ppid), max(name), "
                 "max(uid), min(allowed), sum(bytes), max(ts), max(rate_bps), max(event_id), max(pipes), "
                 "max(received_at), max(dns_name), max(user_name), max(start_time), min(coalesce(first_ts, ts)), "
                 # Accepted (replies to clients) only if every folded row said so (unknown is not); exact likewise.
                 "max(protocol), min(coalesce(accepted, 0)), max(container), max(cmd_hash), min(coalesce(exact, 0)), "
-                "count(*) FROM egress_raw WHERE received_at < :u "
+                # Whole attribution only if every folded row says so (unknown is not).
+                "min(coalesce(complete, 0)), count(*) FROM egress_raw WHERE received_at < :u "
                 f"GROUP BY host, {minute}, pid, coalesce(exe, ''), address, coalesce(port, 0) "
                 "ON CONFLICT (host, minute, pid, exe, address, port) DO UPDATE SET "
                 "bytes = egress_minute.bytes + excluded.bytes, samples = egress_minute.samples + excluded.samples, "
@@ -91,7 +92,9 @@ def fold_egress(store: Store, before: float) -> int:
                 "  ELSE excluded.accepted END, "
                 "container = coalesce(excluded.container, egress_minute.container), "
                 "cmd_hash = coalesce(excluded.cmd_hash, egress_minute.cmd_hash), "
-                "exact = CASE WHEN egress_minute.exact < excluded.exact THEN egress_minute.exact ELSE excluded.exact END"),
+                "exact = CASE WHEN egress_minute.exact < excluded.exact THEN egress_minute.exact ELSE excluded.exact END, "
+                "complete = CASE WHEN coalesce(egress_minute.complete, 0) < excluded.complete "
+                "  THEN coalesce(egress_minute.complete, 0) ELSE excluded.complete END"),
                 {"u": upto})
             folded += int(conn.execute(text("DELETE FROM egress_raw WHERE received_at < :u"), {"u": upto}).rowcount or 0)
 
@@ -136,9 +139,11 @@ def run(store: Store, ret: Retention, now: float | None = None) -> dict[str, int
     row = "rowid" if store.dialect == "sqlite" else "ctid"
     out["egress_minute"] = _delete_batched(store, "egress_minute", row, "received_at < :c OR received_at IS NULL AND "
                                            "ts < :c", {"c": minute_cut})
-    # Local hand-overs (one row per sample and peer) matter only as long as detections look back.
-    out["relays"] = _delete_batched(store, "relays", row, "received_at < :c OR received_at IS NULL AND ts < :c",
-                                    {"c": minute_cut})
+    # Local hand-overs (one row per sample and peer), pipe ends, packet sockets, relinks and blind spans
+    # matter only as long as detections look back.
+    for table in ("relays", "pipe_ends", "raw_sockets", "relinks", "blind_spans"):
+        out[table] = _delete_batched(store, table, row, "received_at < :c OR received_at IS NULL AND ts < :c",
+                                     {"c": minute_cut})
     with store.tx() as conn:
         for table, where in (("weight_reads", "received_at < :c OR received_at IS NULL AND ts < :c"),
                              ("history", "last_seen < :c"), ("processes", "last_seen < :c"),

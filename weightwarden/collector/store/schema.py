@@ -18,15 +18,18 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 # The columns of the ``egress`` view: raw rows and per-minute rows alike. A migration that adds an
 # egress column adds it to both tables and recreates the view (DROP VIEW egress; egress_view()).
-EGRESS_COLUMNS = ("host", "pid", "ppid", "exe", "name", "uid", "address", "port", "allowed", "bytes", "ts", "rate_bps",
-                  "event_id", "pipes", "received_at", "dns_name", "user_name", "start_time", "first_ts", "protocol",
-                  "accepted", "container", "cmd_hash", "exact")
+EGRESS_COLUMNS_V5 = ("host", "pid", "ppid", "exe", "name", "uid", "address", "port", "allowed", "bytes", "ts",
+                     "rate_bps", "event_id", "pipes", "received_at", "dns_name", "user_name", "start_time", "first_ts",
+                     "protocol", "accepted", "container", "cmd_hash", "exact")
+# 8: ``complete``: 1 when the sample's attribution was whole (eBPF path, sensor not degraded, no unowned or
+# unexplained bytes), 0 when not, NULL from an agent that does not say.
+EGRESS_COLUMNS = (*EGRESS_COLUMNS_V5, "complete")
 # One per-minute row per (host, minute, process, destination).
 MINUTE_KEY = ("host", "minute", "pid", "exe", "address", "port")
 
 
-def egress_view() -> str:
-    cols = ", ".join(EGRESS_COLUMNS)
+def egress_view(columns: tuple[str, ...] = EGRESS_COLUMNS) -> str:
+    cols = ", ".join(columns)
     return f"CREATE VIEW egress AS SELECT {cols} FROM egress_raw UNION ALL SELECT {cols} FROM egress_minute"
 
 
@@ -158,7 +161,7 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX egress_minute_host_pid ON egress_minute(host, pid)",
         "CREATE INDEX egress_minute_received ON egress_minute(received_at)",
         "CREATE INDEX egress_minute_minute ON egress_minute(minute)",
-        egress_view(),
+        egress_view(EGRESS_COLUMNS_V5),
         # One row per process: its user and command line, which every sample would otherwise repeat.
         """CREATE TABLE processes (host TEXT NOT NULL, pid BIGINT NOT NULL, exe TEXT NOT NULL, ppid BIGINT,
              name TEXT, uid BIGINT, user_name TEXT, cmdline TEXT, cgroup TEXT, container TEXT,
@@ -215,6 +218,54 @@ MIGRATIONS: list[list[str]] = [
              blocked_until DOUBLE PRECISION, updated_at DOUBLE PRECISION NOT NULL)""",
         "CREATE INDEX login_limits_updated ON login_limits(updated_at)",
         "ALTER TABLE alert_outputs ADD COLUMN audit INTEGER NOT NULL DEFAULT 0",
+    ],
+    [  # 8 (detection): the sensor's state, the agents' lifecycle, pipeline stages, and the new agent events' facts
+        # Whether a sample's attribution was whole (eBPF, sensor not degraded, nothing unowned or unexplained).
+        "ALTER TABLE egress_raw ADD COLUMN complete INTEGER",
+        "ALTER TABLE egress_minute ADD COLUMN complete INTEGER",
+        "DROP VIEW egress",
+        egress_view(),
+        # A weight file's identity: a later read of a relinked file is known by its inode.
+        "ALTER TABLE weight_reads ADD COLUMN inode TEXT",
+        "ALTER TABLE weight_reads ADD COLUMN dev TEXT",
+        "CREATE INDEX weight_reads_inode ON weight_reads(host, inode)",
+        # One row per process and pipe end it holds, for processes that read a pipe (senders, pipeline
+        # stages): who reads what a weights reader writes, through any number of stages.
+        """CREATE TABLE pipe_ends (host TEXT NOT NULL, inode TEXT NOT NULL, side TEXT NOT NULL, pid BIGINT NOT NULL,
+             start_time DOUBLE PRECISION, name TEXT, exe TEXT, pipes TEXT, first_ts DOUBLE PRECISION NOT NULL,
+             ts DOUBLE PRECISION NOT NULL, event_id TEXT NOT NULL, received_at DOUBLE PRECISION)""",
+        "CREATE INDEX pipe_ends_inode ON pipe_ends(host, inode, side)",
+        "CREATE INDEX pipe_ends_pid ON pipe_ends(host, pid)",
+        "CREATE INDEX pipe_ends_received ON pipe_ends(received_at)",
+        # The sensor's state per host, as of the latest report by the agent's clock; when it was last whole
+        # and last degraded (the degraded state itself), so the alert follows the facts in any order.
+        """CREATE TABLE sensors (host TEXT PRIMARY KEY, state TEXT, state_at DOUBLE PRECISION,
+             whole_at DOUBLE PRECISION, degraded_at DOUBLE PRECISION, degraded TEXT)""",
+        # The agent's lifecycle: its latest start, clean stop and heartbeat (its clock); its latest Last-Will (by
+        # the connection it belonged to), when that arrived and when the agent was last heard from before it, and
+        # when the collector found it silent (the collector's clock); its heartbeat interval.
+        """CREATE TABLE lifecycle (host TEXT PRIMARY KEY, started_at DOUBLE PRECISION, stopped_at DOUBLE PRECISION,
+             stop_reason TEXT, lost_conn DOUBLE PRECISION, lost_at DOUBLE PRECISION, lost_seen DOUBLE PRECISION,
+             silent_from DOUBLE PRECISION, beat_at DOUBLE PRECISION, beat_gap DOUBLE PRECISION)""",
+        # Packet sockets that sent (raw_socket events), weight files given new names (weights_relinked),
+        # and spans the sensor may have been blind in (sensor_tampered).
+        """CREATE TABLE raw_sockets (host TEXT NOT NULL, pid BIGINT NOT NULL, start_time DOUBLE PRECISION,
+             name TEXT, exe TEXT, uid BIGINT, container TEXT, ppid BIGINT, pipes TEXT, cmd_hash TEXT,
+             family TEXT NOT NULL, interface TEXT, bypass INTEGER, allowed INTEGER NOT NULL,
+             tx_bytes BIGINT NOT NULL, tx_packets BIGINT, action TEXT, killed INTEGER, escaped_bytes BIGINT,
+             first_ts DOUBLE PRECISION NOT NULL, ts DOUBLE PRECISION NOT NULL, event_id TEXT NOT NULL,
+             received_at DOUBLE PRECISION)""",
+        "CREATE INDEX raw_sockets_pid ON raw_sockets(host, pid)",
+        "CREATE INDEX raw_sockets_received ON raw_sockets(received_at)",
+        """CREATE TABLE relinks (host TEXT NOT NULL, inode TEXT NOT NULL, dev TEXT, how TEXT NOT NULL,
+             from_path TEXT NOT NULL, to_path TEXT NOT NULL, outside_tree INTEGER NOT NULL, size BIGINT,
+             pid BIGINT, start_time DOUBLE PRECISION, name TEXT, exe TEXT, uid BIGINT, ts DOUBLE PRECISION NOT NULL,
+             event_id TEXT NOT NULL, received_at DOUBLE PRECISION)""",
+        "CREATE INDEX relinks_inode ON relinks(host, inode)",
+        "CREATE INDEX relinks_received ON relinks(received_at)",
+        """CREATE TABLE blind_spans (host TEXT NOT NULL, first_ts DOUBLE PRECISION NOT NULL,
+             ts DOUBLE PRECISION NOT NULL, event_id TEXT NOT NULL, received_at DOUBLE PRECISION)""",
+        "CREATE INDEX blind_spans_host ON blind_spans(host, ts)",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

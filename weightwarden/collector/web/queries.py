@@ -192,12 +192,24 @@ def host_detail(conn: Connection, host: str) -> dict[str, Any] | None:
     open_alerts = conn.execute(text("SELECT id, kind, severity, state, title, last_ts FROM alerts WHERE host = :h "
                                     "AND state != 'resolved' ORDER BY severity_rank DESC, raised_at DESC LIMIT 50"),
                                {"h": host}).mappings()
-    return {**dict(row), "heartbeat": _latest(conn, host, "heartbeat"),
+    sensor = conn.execute(text("SELECT state, state_at, whole_at, degraded_at FROM sensors WHERE host = :h"),
+                          {"h": host}).mappings().first()
+    return {**dict(row), "sensor": _sensor(dict(sensor)) if sensor else None, "heartbeat": _latest(conn, host, "heartbeat"),
             "policy_applied": _latest(conn, host, "policy_applied"),
             "agent_started": _latest(conn, host, "agent_started"),
             "drift": {"last_event": _latest(conn, host, "enforcement_drift"),
                       "alert": dict(drift_alert) if drift_alert else None},
             "open_alerts": [dict(a) for a in open_alerts]}
+
+
+def _sensor(row: dict[str, Any]) -> dict[str, Any]:
+    """The sensor's state as its latest report says (path, kernel, features off with the kernel's reasons)."""
+    state = json.loads(row["state"]) if row.get("state") else {}
+    off = [{"name": name, "reason": f.get("reason")} for name, f in sorted((state.get("features") or {}).items())
+           if not f.get("on")]
+    whole = state.get("path") == "ebpf" and not state.get("degraded") and not off
+    return {"path": state.get("path"), "kernel": state.get("kernel"), "degraded": bool(state.get("degraded")),
+            "detail": state.get("detail"), "off": off, "whole": whole, "at": row.get("state_at")}
 
 
 def egress_series(conn: Connection, host: str, since: float, until: float, buckets: int = 60,

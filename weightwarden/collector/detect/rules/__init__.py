@@ -1,0 +1,1 @@
+"""The detection rules, one module each: each registers itself (detect.registry), so adding a rule is one new file here."""

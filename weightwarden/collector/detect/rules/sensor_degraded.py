@@ -1,0 +1,124 @@
+"""``sensor_degraded``: the agent's sensor cannot see everything on this kernel.
+
+From the ``sensor`` state heartbeats and ``agent_started`` carry: high when attribution runs on the
+fallback path (or not at all: flows then go unowned or unattributed, and a sender's bytes may never
+be named), medium when a feature of the eBPF sensor is off (the kernel's reason is quoted). Resolved
+when the sensor is whole again. The latest report by the agent's clock decides, whatever the
+arrival order: the store keeps the latest whole and the latest degraded report (``sensors``); the
+alert is open while the latest degraded report is newer than the latest whole one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from weightwarden.collector.detect.common import Draft, clock
+from weightwarden.collector.detect.keys import AlertKey
+from weightwarden.collector.detect.registry import register
+from weightwarden.collector.detect.rule import Context, Hint, Look, Rule
+from weightwarden.collector.store import agent_facts as a
+from weightwarden.events import AgentStarted, Event, Heartbeat, SensorState
+
+
+def whole(s: SensorState) -> bool:
+    """Nothing to say: the eBPF path, nothing degraded, every feature on."""
+    return s.path == "ebpf" and not s.degraded and all(f.on for f in s.features.values())
+
+
+def severity_of(s: dict[str, Any]) -> str:
+    return "medium" if s.get("path") == "ebpf" else "high"
+
+
+def lost(s: dict[str, Any]) -> list[str]:
+    """What the host's detection lacks, in words: each feature off with the kernel's reason."""
+    out = [f"{name} ({f.get('reason') or 'off'})" for name, f in sorted((s.get("features") or {}).items())
+           if not f.get("on")]
+    path = s.get("path")
+    if path == "none":
+        out.insert(0, "attribution (no path runs: senders are not named)")
+    elif path != "ebpf":
+        out.insert(0, f"eBPF attribution (on the {path} fallback: this network namespace only, flows opened in "
+                      f"bursts may go unowned, no unix-socket hand-overs)")
+    return out
+
+
+class SensorDegradedRule(Rule[str]):
+    name = "sensor"
+    kinds = ("sensor_degraded",)
+    events = (AgentStarted,)
+    renew_lately = True  # collectors judging at once from snapshots converge in the sweep
+
+    def subject(self, key: AlertKey) -> str | None:
+        return key.host if key.rule == self.name and not key.parts else None
+
+    def on_event(self, ctx: Context, conn: Connection, ev: Event, now: float) -> Iterable[str | Look]:
+        d = ev.data
+        if isinstance(d, AgentStarted) and d.sensor is not None:
+            a.record_sensor(conn, ev.host, d.sensor.model_dump_json(exclude_none=True), ev.ts, whole(d.sensor))
+            return [ev.host]
+        return []
+
+    def on_heartbeats(self, ctx: Context, conn: Connection, events: list[Event], now: float) -> Iterable[str]:
+        reports: list[tuple[str, str, float, bool]] = []
+        degraded: set[str] = set()
+        for ev in events:
+            if isinstance(ev.data, Heartbeat) and ev.data.sensor is not None:
+                ok = whole(ev.data.sensor)
+                reports.append((ev.host, ev.data.sensor.model_dump_json(exclude_none=True), ev.ts, ok))
+                if not ok:
+                    degraded.add(ev.host)
+        if not reports:
+            return []
+        for host, state, ts, ok in sorted(reports):  # in key order: two collectors never wait in a cycle
+            a.record_sensor(conn, host, state, ts, ok)
+        hosts = sorted({r[0] for r in reports})
+        params = {f"h{i}": h for i, h in enumerate(hosts)}
+        # Whole reports matter only to hosts that were ever degraded: theirs may resolve an alert.
+        ever = set(conn.execute(text(f"SELECT host FROM sensors WHERE degraded_at IS NOT NULL AND host IN "
+                                     f"({', '.join(':' + k for k in params)})"), params).scalars())
+        return sorted(degraded | ever)
+
+    def judge(self, ctx: Context, conn: Connection, subject: str, hint: Hint, now: float) -> None:
+        host = str(subject)
+        row = a.sensor_of(conn, host)
+        if row is None or row.get("degraded_at") is None:
+            return
+        key = AlertKey(self.name, host)
+        s = json.loads(row["degraded"])
+        since = float(row["degraded_at"])
+        ctx.put(conn, self.draft(host, s, since), now)
+        open_ = row.get("whole_at") is None or float(row["whole_at"]) < since
+        if open_:
+            ctx.resolve(conn, key, "", now, open_=True, reopen_after=since)
+        else:
+            ctx.resolve(conn, key, f"the sensor is whole again (since {clock(float(row['whole_at']))})", now)
+
+    def draft(self, host: str, s: dict[str, Any], since: float) -> Draft:
+        kernel = s.get("kernel") or "an unknown kernel"
+        missing = lost(s)
+        severity = severity_of(s)
+        what = "; ".join(missing) if missing else (s.get("detail") or "the agent says it is degraded")
+        explanation = (
+            f"The sensor on {host} (kernel {kernel}) cannot see everything: {what}. "
+            + ("Attribution is not on the eBPF path, so uploads may go without an owner and relays unseen: the "
+               "host-level rule stays high here, and linked verdicts may miss a link. "
+               if severity == "high" else
+               "Attribution is on the eBPF path, but what these features give detection is missing. ")
+            + (f"{s['detail']}. " if s.get("detail") else "")
+            + f"Reported at {clock(since)}; resolved when the agent reports the sensor whole again.")
+        evidence = {"sensor": s, "kernel": s.get("kernel"), "path": s.get("path"), "lost": missing,
+                    "process": None, "files": [], "destinations": [], "events": []}
+        draft = Draft(AlertKey(self.name, host), host, "sensor_degraded", severity,
+                      f"Sensor degraded on {host}: {'fallback path' if severity == 'high' else 'features off'} "
+                      f"(kernel {kernel})", explanation, evidence, since, since)
+        # The latest degraded report describes it (from the stored facts: written only when it changes);
+        # whether it is open is the facts' too (judge), not a repeat's.
+        draft.reopen = False
+        return draft
+
+
+RULE = register(SensorDegradedRule())
