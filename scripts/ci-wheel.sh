@@ -25,7 +25,8 @@ echo "ci-wheel: $(basename "$sdist"), $(basename "$wheel") ($(du -k "$wheel" | c
 listing=$(tar -tzf "$sdist")
 for f in setup.py weightwarden/agent/attribution/ebpf/bpf/build.sh weightwarden/agent/attribution/ebpf/bpf/loader.c \
          weightwarden/agent/attribution/ebpf/bpf/weightwarden.bpf.c weightwarden/agent/files/ebpf/bpf/build.sh \
-         weightwarden/agent/files/ebpf/bpf/loader.c weightwarden/agent/files/ebpf/bpf/files.bpf.c; do
+         weightwarden/agent/files/ebpf/bpf/loader.c weightwarden/agent/files/ebpf/bpf/files.bpf.c \
+         weightwarden/agent/ebpf/bpf/build-sensor.sh; do
   grep -q "/$f\$" <<< "$listing" || { echo "ci-wheel: $f is not in the sdist" >&2; exit 1; }
 done
 

@@ -5,6 +5,7 @@
 # Output: weightwarden/agent/attribution/ebpf/bpf/build/weightwarden-bpf (the skeleton embeds the object;
 # build/weightwarden.bpf.o is kept for tests/kernels/). Rebuilds only when a source or an option changes.
 # Needs clang, bpftool, libbpf-dev and a C compiler (scripts/bootstrap.sh installs them).
+# The build itself is both sensors' build_sensor (weightwarden/agent/ebpf/bpf/build-sensor.sh).
 #
 # Options (environment):
 #   WW_VMLINUX_H=host   take the kernel's types from this machine's /sys/kernel/btf/vmlinux instead
@@ -13,49 +14,5 @@
 #                       one binary that runs on any x86-64 Linux, whatever its libbpf
 set -euo pipefail
 cd "$(dirname "$0")"
-out=build
-bin=$out/weightwarden-bpf
-case "$(uname -m)" in
-  x86_64) arch=x86 ;; aarch64) arch=arm64 ;; ppc64le) arch=powerpc ;; s390x) arch=s390 ;; riscv64) arch=riscv ;;
-  *) arch="$(uname -m)" ;;
-esac
-types="${WW_VMLINUX_H:-generic}"
-case "$types" in
-  generic)
-    if [ -e "vmlinux_$arch.h" ]; then
-      header="vmlinux_$arch.h"
-    else
-      echo "build.sh: no generic vmlinux_$arch.h for this architecture: using this kernel's BTF" >&2
-      types=host
-    fi ;;
-  host) ;;
-  *) echo "build.sh: WW_VMLINUX_H must be 'generic' or 'host', not '$types'" >&2; exit 2 ;;
-esac
-static="${WW_STATIC:-0}"
-case "$static" in 0|1) ;; *) echo "build.sh: WW_STATIC must be 0 or 1, not '$static'" >&2; exit 2 ;; esac
-config="types=$types static=$static"
-
-fresh=1
-[ -x "$bin" ] && [ "$(cat "$out/.config" 2>/dev/null)" = "$config" ] || fresh=0
-for src in weightwarden.bpf.c loader.c ww.h build.sh ${header:+"$header"}; do
-  [ "$fresh" = 1 ] && [ "$bin" -nt "$src" ] || fresh=0
-done
-[ "$fresh" = 1 ] && exit 0
-
-mkdir -p "$out"
-if [ "$types" = host ]; then
-  [ -r /sys/kernel/btf/vmlinux ] || { echo "build.sh: no /sys/kernel/btf/vmlinux (kernel without BTF)" >&2; exit 1; }
-  bpftool btf dump file /sys/kernel/btf/vmlinux format c > "$out/vmlinux.h.tmp"
-else
-  cp "$header" "$out/vmlinux.h.tmp"
-fi
-mv "$out/vmlinux.h.tmp" "$out/vmlinux.h"
-clang -g -O2 -Wall -target bpf -D__TARGET_ARCH_"$arch" -I"$out" -I. -c weightwarden.bpf.c -o "$out/weightwarden.bpf.o"
-bpftool gen skeleton "$out/weightwarden.bpf.o" name weightwarden_bpf > "$out/weightwarden.skel.h"
-if [ "$static" = 1 ]; then
-  cc -O2 -Wall -Wextra -I"$out" -I. loader.c -o "$bin.tmp" -static -lbpf -lelf -lz
-else
-  cc -O2 -Wall -Wextra -I"$out" -I. loader.c -o "$bin.tmp" -lbpf
-fi
-mv "$bin.tmp" "$bin"
-echo "$config" > "$out/.config"
+. ../../../ebpf/bpf/build-sensor.sh
+build_sensor weightwarden weightwarden-bpf . ww.h
