@@ -58,8 +58,11 @@ EBPF: dict[str, Any] = {"path": "ebpf", "kernel": KERNEL, "degraded": False, "fe
 # ...a feature of it off (the kernel's reason), and the fallback path.
 EBPF_NO_UNIX: dict[str, Any] = {**EBPF, "degraded": True, "features": {
     **FEATURES, "unix_peers": {"on": False, "reason": "the verifier refused unix_stream_sendmsg: -EACCES"}}}
+# The agent names the path it could not start as a feature "<path>_path" off (Sampler.sensor).
 NFQUEUE = {"path": "nfqueue", "kernel": KERNEL, "degraded": True, "detail": "no BTF: the eBPF sensor cannot load",
-           "features": {"cgroup_skb": {"on": False, "reason": "no BTF at /sys/kernel/btf/vmlinux"}}}
+           "features": {"ebpf_path": {"on": False, "reason": "no BTF at /sys/kernel/btf/vmlinux"}}}
+# ...and the fallback an operator chose (--attribution nfqueue): nothing was refused.
+NFQUEUE_CHOSEN = {"path": "nfqueue", "kernel": KERNEL, "degraded": True, "features": {}}
 
 
 @dataclass

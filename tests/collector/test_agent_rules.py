@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.collector.scenarios import EBPF, EBPF_NO_UNIX, KERNEL, MB, NFQUEUE, NFQUEUE_CHOSEN, T0, WEIGHTS, Stream
+from tests.collector.test_detections import Clock
 from weightwarden.collector.detect.common import Tuning
 from weightwarden.collector.ingest.pipeline import Pipeline
 from weightwarden.collector.store.database import Store, normalize_url
-from tests.collector.scenarios import EBPF, EBPF_NO_UNIX, KERNEL, MB, NFQUEUE, T0, WEIGHTS, Stream
-from tests.collector.test_detections import Clock
 
 GB = 1000 * MB
 
@@ -110,6 +110,21 @@ def test_a_feature_off_is_medium_the_fallback_high_and_whole_again_resolves(db: 
     feed(pipe, s3)
     a = one(pipe, "sensor_degraded")
     assert a["state"] == "resolved" and "whole again" in a["resolved_by"]
+
+
+def test_a_fallback_the_operator_chose_is_low_and_says_so(db: str) -> None:
+    """--attribution nfqueue on purpose: a known limit of the host, not an incident (no high on normal serving)."""
+    pipe = pipeline(db)
+    s = Stream("gpu-c")
+    beat(s, T0, NFQUEUE_CHOSEN)
+    feed(pipe, s)
+    a = one(pipe, "sensor_degraded")
+    assert (a["severity"], a["state"]) == ("low", "open")
+    assert "configured fallback" in a["title"] and "configured for this fallback" in a["explanation"]
+    s2 = Stream("gpu-c", seq_start=s.factory.seq.last)
+    beat(s2, T0 + 5, NFQUEUE)  # then eBPF is refused on the next start: the same alert, now high
+    feed(pipe, s2)
+    assert one(pipe, "sensor_degraded")["severity"] == "high"
 
 
 def test_the_sensors_verdict_does_not_depend_on_arrival_order(db: str) -> None:

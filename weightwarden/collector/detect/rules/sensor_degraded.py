@@ -29,8 +29,31 @@ def whole(s: SensorState) -> bool:
     return s.path == "ebpf" and not s.degraded and all(f.on for f in s.features.values())
 
 
+def forced(s: dict[str, Any]) -> bool:
+    """Off the eBPF path because a path was refused (the agent names each as a ``<path>_path`` feature off),
+    not because the operator chose the fallback (``--attribution nfqueue``)."""
+    feats = s.get("features") or {}
+    return any(name.endswith("_path") and not (f or {}).get("on") for name, f in feats.items())
+
+
 def severity_of(s: dict[str, Any]) -> str:
-    return "medium" if s.get("path") == "ebpf" else "high"
+    """medium: a feature of the eBPF sensor is off; high: no path, or the fallback because eBPF was refused;
+    low: the fallback the operator configured (a known limit of this host, said once, not an incident)."""
+    path = s.get("path")
+    if path == "ebpf":
+        return "medium"
+    if path == "none" or forced(s):
+        return "high"
+    return "low"
+
+
+def state_words(s: dict[str, Any], severity: str) -> str:
+    path = s.get("path")
+    if path == "ebpf":
+        return "features off"
+    if path == "none":
+        return "no attribution path"
+    return "configured fallback path" if severity == "low" else "fallback path"
 
 
 def lost(s: dict[str, Any]) -> list[str]:
@@ -104,16 +127,17 @@ class SensorDegradedRule(Rule[str]):
         what = "; ".join(missing) if missing else (s.get("detail") or "the agent says it is degraded")
         explanation = (
             f"The sensor on {host} (kernel {kernel}) cannot see everything: {what}. "
-            + ("Attribution is not on the eBPF path, so uploads may go without an owner and relays unseen: the "
-               "host-level rule stays high here, and linked verdicts may miss a link. "
-               if severity == "high" else
-               "Attribution is on the eBPF path, but what these features give detection is missing. ")
+            + ("Attribution is on the eBPF path, but what these features give detection is missing. "
+               if s.get("path") == "ebpf" else
+               ("The agent was configured for this fallback. " if severity == "low" else "")
+               + "Attribution is not on the eBPF path, so uploads may go without an owner and relays unseen: the "
+               "host-level rule stays high here, and linked verdicts may miss a link. ")
             + (f"{s['detail']}. " if s.get("detail") else "")
             + f"Reported at {clock(since)}; resolved when the agent reports the sensor whole again.")
         evidence = {"sensor": s, "kernel": s.get("kernel"), "path": s.get("path"), "lost": missing,
                     "process": None, "files": [], "destinations": [], "events": []}
         draft = Draft(AlertKey(self.name, host), host, "sensor_degraded", severity,
-                      f"Sensor degraded on {host}: {'fallback path' if severity == 'high' else 'features off'} "
+                      f"Sensor degraded on {host}: {state_words(s, severity)} "
                       f"(kernel {kernel})", explanation, evidence, since, since)
         # The latest degraded report describes it (from the stored facts: written only when it changes);
         # whether it is open is the facts' too (judge), not a repeat's.
