@@ -149,7 +149,8 @@ def test_a_stalled_fuse_page_stalls_nothing(watch: Collected, weight: Path, tmp_
             time.sleep(0.1)
             cats = watch.of("file_access", path=str(weight), exe="/usr/bin/cat")
         assert sum(c["opens"] for c in cats if c["final"]) == 5
-        assert all(c["cmdline"] == ["cat", str(weight)] for c in cats), "a fresh worker described the others"
+        assert all(c["cmdline"] == ["cat", str(weight)] for c in cats), ("a fresh worker described the others",
+                                                                   [(c["pid"], c["cmdline"], c.get("how")) for c in cats])
         assert "stuck" in watch.watcher.health_detail()
     finally:
         released.set()
