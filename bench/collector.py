@@ -25,8 +25,8 @@ Run: python bench/collector.py [--hosts 2000] [--backlog 30000] [--seconds 45] [
 from __future__ import annotations
 
 import argparse
-import math
 import json
+import math
 import os
 import shutil
 import statistics
@@ -41,12 +41,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import paho.mqtt.client as mqtt  # noqa: E402
 import psutil  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from tests.collector.scenarios import MB, Stream  # noqa: E402
-import paho.mqtt.client as mqtt  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E402
 from tests.helpers.broker import Broker  # noqa: E402
 from tests.helpers.postgres import Postgres, binaries  # noqa: E402
 from weightwarden.collector.store.schema import normalize_url  # noqa: E402

@@ -33,10 +33,10 @@ os.environ.setdefault("WEIGHTWARDEN_ATTRIBUTION", "nfqueue")
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E402
 
-from weightwarden.events import EgressSample, EventFactory  # noqa: E402
-from weightwarden.agent.transport.mqtt import MqttSettings, MqttSink  # noqa: E402
 from tests.helpers.broker import Broker  # noqa: E402
 from tests.helpers.netns import make_pair  # noqa: E402
+from weightwarden.agent.transport.mqtt import MqttSettings, MqttSink  # noqa: E402
+from weightwarden.events import EgressSample, EventFactory  # noqa: E402
 
 SAMPLE = {
     "ts": 0.0, "interval_s": 1.0, "layer": "transport-payload",

@@ -3,9 +3,7 @@
 import socket
 import struct
 
-from weightwarden.agent.kernel import conntrack
-from weightwarden.agent.kernel import nfqueue
-from weightwarden.agent.kernel import sockdiag
+from weightwarden.agent.kernel import conntrack, nfqueue, sockdiag
 from weightwarden.agent.kernel.netlink import attr, nested, parse_attrs
 
 

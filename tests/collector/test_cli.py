@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from weightwarden.collector.cli.main import main
-from weightwarden.collector.store.schema import DEFAULT_DB, SCHEMA_VERSION, migrate, make_engine
 from weightwarden.collector.store.database import Store
+from weightwarden.collector.store.schema import DEFAULT_DB, SCHEMA_VERSION, make_engine, migrate
 
 REPO = Path(__file__).resolve().parents[2]
 READ_COMMANDS = (["alerts", "list"], ["alerts", "show", "x"], ["hosts"], ["stats"], ["db", "version"])
@@ -56,8 +56,9 @@ def test_read_commands_do_not_migrate_and_upgrade_does(tmp_path: Path, capsys: p
     url = f"sqlite:///{db}"
     engine = make_engine(url, read_only=False, create=True)
     with engine.begin() as conn:  # a database as the first release left it
-        from weightwarden.collector.store.schema import MIGRATIONS
         from sqlalchemy import text
+
+        from weightwarden.collector.store.schema import MIGRATIONS
 
         conn.execute(text("CREATE TABLE schema_version (version INTEGER NOT NULL)"))
         for stmt in MIGRATIONS[0]:

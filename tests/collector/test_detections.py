@@ -8,17 +8,16 @@ serving, relays, and verdicts that follow the facts.
 from __future__ import annotations
 
 import time
-
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.collector.scenarios import MB, T0, WEIGHTS, Stream, started_at
 from weightwarden.collector.detect.common import Tuning
 from weightwarden.collector.ingest.pipeline import Pipeline
 from weightwarden.collector.store.database import Store
 from weightwarden.collector.store.retention import purge
-from tests.collector.scenarios import MB, T0, WEIGHTS, Stream, started_at
 
 
 class Clock:

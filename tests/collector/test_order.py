@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from weightwarden.collector.ingest.pipeline import Pipeline
-from weightwarden.collector.store.database import Store, normalize_url
 from tests.collector.scenarios import EBPF, EBPF_NO_UNIX, MB, NFQUEUE, T0, Stream
 from tests.collector.test_detections import Clock
 from tests.corpus import recorded
 from tests.corpus.replay import message
+from weightwarden.collector.ingest.pipeline import Pipeline
+from weightwarden.collector.store.database import Store, normalize_url
 
 WALL_CLOCK_KINDS = {"agent_silent", "sequence_gap"}  # about when the collector looked, not about the facts
 

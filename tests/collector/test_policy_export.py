@@ -8,12 +8,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tests.agent.policy.test_policy import CONTRACT
+from tests.helpers.events import heartbeat, sample
 from weightwarden.agent.transport.mqtt import MemorySequencer
 from weightwarden.collector.ingest.pipeline import Pipeline
 from weightwarden.collector.store.database import Store
 from weightwarden.events import EventFactory, Payload, PolicyApplied
-from tests.agent.policy.test_policy import CONTRACT
-from tests.helpers.events import heartbeat, sample
 
 T0 = 1_795_000_000.0
 

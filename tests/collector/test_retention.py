@@ -7,12 +7,12 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from weightwarden.collector.detect.common import Tuning
-from weightwarden.collector.ingest.pipeline import Pipeline
-from weightwarden.collector.store.retention import Retention, fold_egress, run
-from weightwarden.collector.store.database import Store
 from tests.collector.scenarios import MB, T0, Stream
 from tests.collector.test_detections import Clock
+from weightwarden.collector.detect.common import Tuning
+from weightwarden.collector.ingest.pipeline import Pipeline
+from weightwarden.collector.store.database import Store
+from weightwarden.collector.store.retention import Retention, fold_egress, run
 
 
 def _verdicts(store: Store) -> list[tuple[str, str, str]]:

@@ -21,6 +21,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, text
 
+from tests.collector.scenarios import NFQUEUE, T0, Stream
+from tests.collector.test_detections import Clock
+from tests.corpus.recorded import SCENARIOS
+from tests.corpus.replay import message
 from weightwarden.collector.detect import registry
 from weightwarden.collector.detect.common import Draft
 from weightwarden.collector.detect.keys import AlertKey
@@ -28,10 +32,6 @@ from weightwarden.collector.detect.rule import Context, Hint, Look, Rule
 from weightwarden.collector.ingest.pipeline import Pipeline
 from weightwarden.collector.store.database import Store
 from weightwarden.events import PAYLOADS, CapHit, Event
-from tests.collector.scenarios import NFQUEUE, T0, Stream
-from tests.collector.test_detections import Clock
-from tests.corpus.recorded import SCENARIOS
-from tests.corpus.replay import message
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = registry.rules()

@@ -22,13 +22,13 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from weightwarden.collector.store.database import Store, normalize_url
 from tests.collector.test_order import WALL_CLOCK_KINDS, replay, story
 from tests.collector.test_service import collector, publisher, stats
 from tests.corpus.replay import message
 from tests.helpers.broker import Broker
 from tests.helpers.netns import wait_for
 from tests.helpers.postgres import Postgres, binaries
+from weightwarden.collector.store.database import Store, normalize_url
 
 pytestmark = pytest.mark.privileged  # runs postgres as its own user: needs root
 

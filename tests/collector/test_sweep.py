@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from tests.collector.scenarios import T0, Stream
+from tests.collector.test_detections import Clock, run
 from weightwarden.collector.detect.common import Tuning
 from weightwarden.collector.ingest.pipeline import Pipeline, subtract
 from weightwarden.collector.store.database import Store
-from tests.collector.scenarios import T0, Stream
-from tests.collector.test_detections import Clock, run
 
 
 @pytest.fixture

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weightwarden.collector.ingest.pipeline import Pipeline
-from weightwarden.collector.store.database import Store
 from tests.corpus.model import Expect, Scenario, Verdict, first_match, judge
 from tests.corpus.replay import message
 from tests.helpers.agent_run import DaemonRun
 from tests.helpers.netns import NetnsPair, wait_for
+from weightwarden.collector.ingest.pipeline import Pipeline
+from weightwarden.collector.store.database import Store
 
 REPO = Path(__file__).resolve().parents[2]
 SHARD = 4 * 2**20  # two shards: 8 MiB of "weights"

@@ -10,9 +10,9 @@ routes today's agent already reports end to end. The table of which is which is 
 
 from __future__ import annotations
 
-from weightwarden.events import MAX_DESTINATIONS
 from tests.collector.scenarios import EBPF, MB, T0, WEIGHTS, Stream, proc_fields, started_at
 from tests.corpus.model import Expect, Scenario
+from weightwarden.events import MAX_DESTINATIONS
 
 GB = 1000 * MB
 SIZE = 2 * GB  # the model on every recorded host

@@ -12,10 +12,10 @@ import json
 import time
 from typing import Any
 
+from tests.corpus.model import Scenario, Verdict, first_match, judge
 from weightwarden.collector.detect.common import Tuning
 from weightwarden.collector.ingest.pipeline import Pipeline
 from weightwarden.collector.store.database import Store
-from tests.corpus.model import Scenario, Verdict, first_match, judge
 
 
 class SimClock:

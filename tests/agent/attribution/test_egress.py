@@ -4,8 +4,15 @@ packet socket's device, overhead from the packet count, the rest unexplained; an
 from __future__ import annotations
 
 from weightwarden.agent.attribution.egress import (
-    DEFAULT_L3L4_HEADER, LINK_HEADER, UNEXPLAINED_MIN_BYTES, Credited, IfaceInterval, credit, explain,
-    header_per_packet, unexplained_events,
+    DEFAULT_L3L4_HEADER,
+    LINK_HEADER,
+    UNEXPLAINED_MIN_BYTES,
+    Credited,
+    IfaceInterval,
+    credit,
+    explain,
+    header_per_packet,
+    unexplained_events,
 )
 from weightwarden.agent.attribution.report import Account, PathInterval, RawUse
 from weightwarden.agent.kernel.interfaces import RouteTable

@@ -1,7 +1,7 @@
 import json
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 from weightwarden.agent.attribution.nfqueue import rules as resolve_rules
 

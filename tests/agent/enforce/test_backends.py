@@ -11,11 +11,11 @@ import textwrap
 
 import pytest
 
+from tests.helpers.netns import NetnsPair
 from weightwarden.agent.enforce.backends import KERNEL_BACKENDS, REGISTRY, choose
 from weightwarden.agent.enforce.kernel import KernelError
 from weightwarden.agent.enforce.plan import Plan, PlanInputs, build
 from weightwarden.agent.policy.loader import parse_policy
-from tests.helpers.netns import NetnsPair
 
 POLICY = """apiVersion: weightwarden/v1
 kind: EgressPolicy

@@ -3,10 +3,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from weightwarden.agent.enforce.budget import BudgetBook, RollingWindow, ThresholdWatch
 from tests.helpers.events import heartbeat
-from weightwarden.events import EventFactory, Sequencer, parse_event
+from weightwarden.agent.enforce.budget import BudgetBook, RollingWindow, ThresholdWatch
 from weightwarden.agent.policy.loader import parse_policy
+from weightwarden.events import EventFactory, Sequencer, parse_event
 
 HEAD = "apiVersion: weightwarden/v1\nkind: EgressPolicy\nmetadata: {name: b}\nspec:\n"
 

@@ -15,8 +15,18 @@ from pathlib import Path
 import pytest
 
 from tests.agent.enforce.test_container_caps_netns import (
-    CAP, Agent, Box, add_box, caps_chain, class_bytes, ctr_iface, goodput, out_iface, remove_box)
-from tests.helpers.containers import Lab, Podman, make_lab, podman_missing, podman_fixture
+    CAP,
+    Agent,
+    Box,
+    add_box,
+    caps_chain,
+    class_bytes,
+    ctr_iface,
+    goodput,
+    out_iface,
+    remove_box,
+)
+from tests.helpers.containers import Lab, Podman, make_lab, podman_fixture, podman_missing
 from tests.helpers.netns import sh, wait_for
 
 pytestmark = pytest.mark.privileged

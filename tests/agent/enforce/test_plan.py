@@ -3,10 +3,10 @@
 import json
 from typing import Any
 
+from tests.agent.policy.test_policy import CONTRACT
 from weightwarden.agent.enforce.backends import iptables, nftables
 from weightwarden.agent.enforce.plan import TC_MAJOR, Plan, PlanInputs, build
 from weightwarden.agent.policy.loader import parse_policy
-from tests.agent.policy.test_policy import CONTRACT
 
 HEAD = "apiVersion: weightwarden/v1\nkind: EgressPolicy\nmetadata: {name: p}\nspec:\n"
 

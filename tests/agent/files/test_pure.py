@@ -10,9 +10,9 @@ from pathlib import Path
 from weightwarden.agent.files.coalesce import Coalescer
 from weightwarden.agent.files.mounts import new_superblocks, parse_mountinfo, remote_type
 from weightwarden.agent.files.offload import Offloader
-from weightwarden.agent.files.staged import StagedCopies, StagedCopy
 from weightwarden.agent.files.patterns import WeightPaths, base_dir
 from weightwarden.agent.files.procio import mapped_weights
+from weightwarden.agent.files.staged import StagedCopies, StagedCopy
 
 
 def test_patterns() -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.agent.files.collect import Collected
 from weightwarden.agent.files.patterns import WeightPaths
 from weightwarden.agent.files.watcher import FileWatcher
-from tests.agent.files.collect import Collected
 
 pytestmark = pytest.mark.privileged
 SIZE = 256 * 2**20

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from weightwarden.policysign import generate_key, load_private_key, sign, topic
 from tests.helpers.agent_run import DaemonRun
 from tests.helpers.broker import Broker
 from tests.helpers.netns import NetnsPair, wait_for
+from weightwarden.policysign import generate_key, load_private_key, sign, topic
 
 pytestmark = pytest.mark.privileged
 

@@ -1,6 +1,6 @@
+from tests.agent.policy.test_policy import CONTRACT
 from weightwarden.agent.policy.explain import explain
 from weightwarden.agent.policy.loader import parse_policy
-from tests.agent.policy.test_policy import CONTRACT
 
 HEAD = "apiVersion: weightwarden/v1\nkind: EgressPolicy\nmetadata: {name: e}\nspec:\n"
 

@@ -8,11 +8,19 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.agent.policy.test_policy import CONTRACT
 from weightwarden.agent.policy.source import Offer, PolicyGate, Refusal
 from weightwarden.policysign import (
-    EnvelopeError, generate_key, key_id, load_private_key, load_public_key, parse, sign, topic, verify,
+    EnvelopeError,
+    generate_key,
+    key_id,
+    load_private_key,
+    load_public_key,
+    parse,
+    sign,
+    topic,
+    verify,
 )
-from tests.agent.policy.test_policy import CONTRACT
 
 K1, K2, ROGUE = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
 TRUSTED = {key_id(k.public_key()): k.public_key() for k in (K1, K2)}

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from weightwarden.agent.policy.loader import PolicyError, load_policy, stamp
 from tests.agent.policy.test_policy import CONTRACT
+from weightwarden.agent.policy.loader import PolicyError, load_policy, stamp
 
 
 @pytest.fixture

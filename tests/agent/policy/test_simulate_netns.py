@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from weightwarden.agent.policy.loader import parse_policy
-from weightwarden.agent.policy.simulate import simulate
 from tests.helpers.agent_run import REPO, TopRun
 from tests.helpers.netns import NetnsPair
+from weightwarden.agent.policy.loader import parse_policy
+from weightwarden.agent.policy.simulate import simulate
 
 pytestmark = pytest.mark.privileged
 

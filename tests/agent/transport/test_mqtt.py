@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.events import heartbeat, make, sample
-from weightwarden.events import EventFactory, EventsDropped, Sequencer
-from weightwarden.agent.transport.mqtt import MqttSettings, MqttSink
-from weightwarden.mqtt import MqttURLError
-from weightwarden.agent.transport.spool import Spool
 from tests.helpers.broker import Broker
+from tests.helpers.events import heartbeat, make, sample
 from tests.helpers.netns import wait_for
 from tests.helpers.subscriber import Subscriber
+from weightwarden.agent.transport.mqtt import MqttSettings, MqttSink
+from weightwarden.agent.transport.spool import Spool
+from weightwarden.events import EventFactory, EventsDropped, Sequencer
+from weightwarden.mqtt import MqttURLError
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -13,7 +13,15 @@ import pytest
 
 from tests.collector.scenarios import MB, Stream
 from tests.helpers.console import (
-    PASSWORDS, Client, ConsoleServer, add_users, cli, login, login_response, make_cert, page_csrf,
+    PASSWORDS,
+    Client,
+    ConsoleServer,
+    add_users,
+    cli,
+    login,
+    login_response,
+    make_cert,
+    page_csrf,
 )
 from weightwarden.collector.ingest.pipeline import Pipeline
 from weightwarden.collector.store.database import Store

@@ -19,13 +19,13 @@ from tests.collector.scenarios import MB, Stream
 from tests.helpers.broker import Broker
 from tests.helpers.console import make_cert
 from tests.helpers.receivers import Hanging, SyslogListener, WebhookListener, parse_5424
-from weightwarden.collector.web import triage
+from weightwarden.collector.ingest.pipeline import Pipeline
 from weightwarden.collector.outputs import outbox
 from weightwarden.collector.outputs.dispatch import Dispatcher
 from weightwarden.collector.outputs.receivers import configure
 from weightwarden.collector.outputs.vault import SecretBox
-from weightwarden.collector.ingest.pipeline import Pipeline
 from weightwarden.collector.store.database import Store
+from weightwarden.collector.web import triage
 
 HOST = "gpu-out"
 SECRET = "webhook-secret-for-tests"

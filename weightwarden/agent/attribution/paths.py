@@ -25,7 +25,6 @@ from weightwarden.agent.kernel.features import Feature
 from weightwarden.agent.kernel.procmap import ProcessTable
 from weightwarden.events import Payload, SensorState
 
-
 REASON_MAX = 400
 
 

@@ -41,7 +41,11 @@ from weightwarden.agent.attribution.stages import MAX_STAGES, Stages
 from weightwarden.agent.kernel.cgroupfs import pod_names
 from weightwarden.agent.kernel.features import Feature, cgroup_layout, has_net_admin
 from weightwarden.agent.kernel.interfaces import (
-    IfCounters, counter_delta, local_addresses, read_interfaces, read_packet_sockets,
+    IfCounters,
+    counter_delta,
+    local_addresses,
+    read_interfaces,
+    read_packet_sockets,
 )
 from weightwarden.agent.kernel.procmap import ProcessInfo, ProcessTable
 from weightwarden.events import MAX_PROCESSES, EgressSample, Payload, SensorFeature, SensorState

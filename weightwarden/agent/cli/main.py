@@ -8,26 +8,25 @@ Exit codes: 0 success; 1 a runtime failure or invalid policy (stated on stderr);
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-
-import asyncio
 from pathlib import Path
 
 from weightwarden import logs
 from weightwarden.agent import __version__
 from weightwarden.agent.attribution.nfqueue import rules as resolve_rules
-from weightwarden.events import default_host_id
+from weightwarden.agent.attribution.sampler import DEFAULT_QUEUE, Sampler, SamplerConfig
+from weightwarden.agent.cli.topview import TopState
 from weightwarden.agent.daemon.paths import default_state_dir, private_dir
 from weightwarden.agent.policy import commands as policy_commands
 from weightwarden.agent.policy.loader import PolicyError, load_policy
+from weightwarden.events import default_host_id
 from weightwarden.units import parse_size
-from weightwarden.agent.attribution.sampler import DEFAULT_QUEUE, Sampler, SamplerConfig
-from weightwarden.agent.cli.topview import TopState
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DRIFT, EXIT_DEGRADED = 0, 1, 2, 3, 4
 PIN_DIR = "/sys/fs/bpf/weightwarden"

@@ -20,32 +20,43 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from pydantic import ValidationError
 
 from weightwarden import __version__, logs
+from weightwarden.agent.attribution.sampler import Sampler, SamplerConfig
 from weightwarden.agent.daemon import sdnotify
-from weightwarden.asyncutil import wait_for_stop
+from weightwarden.agent.daemon.metrics import AgentMetrics, MetricsServer
 from weightwarden.agent.enforce.budget import BudgetBook, ThresholdWatch
 from weightwarden.agent.enforce.container_links import Resolution, resolve_host
 from weightwarden.agent.enforce.enforcer import Enforcer, atomic_write, read_json
 from weightwarden.agent.enforce.plan import Plan, PlanInputs, build
-from pydantic import ValidationError
-
-from weightwarden.events import (
-    AgentStarted, AgentStopping, BudgetExhausted, CapHit, EgressSample, EnforcementDrift, EnforcementError,
-    Event, EventFactory, Heartbeat, Payload, PolicyApplied, PolicyRejected, ProcessEgress,
-    ThresholdCrossed,
-)
+from weightwarden.agent.enforce.selectors import detect as detect_support
 from weightwarden.agent.files.patterns import WeightPaths
 from weightwarden.agent.files.watcher import FileWatcher
 from weightwarden.agent.kernel.interfaces import counter_delta
-from weightwarden.agent.daemon.metrics import AgentMetrics, MetricsServer
-from weightwarden.agent.enforce.selectors import detect as detect_support
 from weightwarden.agent.policy.lint import unenforceable
 from weightwarden.agent.policy.loader import LoadedPolicy, PolicyError, load_policy, stamp
 from weightwarden.agent.policy.match import Flow, allowed_by, allowlist
-from weightwarden.agent.attribution.sampler import Sampler, SamplerConfig
 from weightwarden.agent.policy.source import MqttPolicySource, Offer, Refusal
 from weightwarden.agent.transport.sink import Sink
+from weightwarden.asyncutil import wait_for_stop
+from weightwarden.events import (
+    AgentStarted,
+    AgentStopping,
+    BudgetExhausted,
+    CapHit,
+    EgressSample,
+    EnforcementDrift,
+    EnforcementError,
+    Event,
+    EventFactory,
+    Heartbeat,
+    Payload,
+    PolicyApplied,
+    PolicyRejected,
+    ProcessEgress,
+    ThresholdCrossed,
+)
 
 HOST_REFRESH_S = 300.0
 STUCK_GRACE_S = 10.0

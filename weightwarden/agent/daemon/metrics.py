@@ -15,15 +15,22 @@ from __future__ import annotations
 
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import psutil
 
 from weightwarden import health
 from weightwarden.events import (
-    AgentStarted, AgentStopping, EgressSample, EnforcementDrift, Heartbeat, Payload, SensorState, SensorTampered,
+    AgentStarted,
+    AgentStopping,
+    EgressSample,
+    EnforcementDrift,
+    Heartbeat,
+    Payload,
+    SensorState,
+    SensorTampered,
 )
 
 

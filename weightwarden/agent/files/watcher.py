@@ -44,6 +44,7 @@ from weightwarden.agent.files import fanotify as fan
 from weightwarden.agent.files import kernel
 from weightwarden.agent.files.coalesce import Coalescer, Session
 from weightwarden.agent.files.copies import CopyTracker
+from weightwarden.agent.files.counting import KernelCounting
 from weightwarden.agent.files.ebpf import wire
 from weightwarden.agent.files.ebpf.reads import FileBpfError
 from weightwarden.agent.files.holders import HolderScan
@@ -54,7 +55,6 @@ from weightwarden.agent.files.mounts import HostPaths, MountTable, dev_of, mount
 from weightwarden.agent.files.offload import Offloader
 from weightwarden.agent.files.patterns import WeightPaths
 from weightwarden.agent.files.procio import boot_time, io_counters, scan_fds, start_time
-from weightwarden.agent.files.counting import KernelCounting
 from weightwarden.agent.files.relinks import Relinks
 from weightwarden.agent.files.snapshot import Snapshot, Snapshotter
 from weightwarden.agent.files.staged import StagedCopies, StagedCopy

@@ -14,7 +14,12 @@ from collections.abc import Callable
 
 from weightwarden.agent.files import fanotify as fan
 from weightwarden.agent.files.mounts import (
-    MountTable, Superblock, dev_of, mount_namespaces, new_superblocks, read_mountinfo,
+    MountTable,
+    Superblock,
+    dev_of,
+    mount_namespaces,
+    new_superblocks,
+    read_mountinfo,
 )
 from weightwarden.agent.files.offload import Offloader
 

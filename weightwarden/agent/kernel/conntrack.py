@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from weightwarden.agent.kernel.netlink import NETLINK_NETFILTER, NetlinkError, NetlinkSocket, nested, attr, parse_attrs
+from weightwarden.agent.kernel.netlink import NETLINK_NETFILTER, NetlinkError, NetlinkSocket, attr, nested, parse_attrs
 
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW = 0

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from weightwarden.agent.kernel.netlink import NLATTR, NETLINK_SOCK_DIAG, NLA_TYPE_MASK, NetlinkError, NetlinkSocket, parse_attrs
+from weightwarden.agent.kernel.netlink import NETLINK_SOCK_DIAG, NLA_TYPE_MASK, NLATTR, NetlinkError, NetlinkSocket, parse_attrs
 
 SOCK_DIAG_BY_FAMILY = 20
 SOCK_DESTROY = 21

@@ -11,9 +11,9 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable
 
+from weightwarden.agent.enforce.selectors import KernelSupport, refusals
 from weightwarden.agent.files.patterns import GLOB_CHARS, base_dir
 from weightwarden.agent.policy.loader import LoadedPolicy, Problem
-from weightwarden.agent.enforce.selectors import KernelSupport, refusals
 from weightwarden.agent.policy.match import compile_policy
 
 # Whole system trees: legal, but the watcher marks and rescans all of them every 2 s.

@@ -19,9 +19,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from weightwarden.agent.attribution.containers import parse as container_of
 from weightwarden.agent.enforce.container_links import matches as container_matches
 from weightwarden.agent.enforce.selectors import KernelSupport, refused_caps
-from weightwarden.agent.attribution.containers import parse as container_of
 from weightwarden.agent.policy.model import Cap, ContainerMatch, Destination, Policy
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from weightwarden.agent.enforce.budget import BudgetBook, ThresholdWatch
-from weightwarden.agent.policy.match import Compiled, Features, Flow, Verdict, classify, compile_policy
 from weightwarden.agent.policy.explain import describe_dest
+from weightwarden.agent.policy.match import Compiled, Features, Flow, Verdict, classify, compile_policy
 from weightwarden.agent.policy.model import Policy
 
 CAP_HIT_FRACTION = 0.9  # the daemon's rule (daemon.Agent._account)

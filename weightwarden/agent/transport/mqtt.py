@@ -31,8 +31,8 @@ import aiomqtt
 
 from weightwarden import logs
 from weightwarden.agent.transport.sink import SinkStats
-from weightwarden.events import AgentLost, AgentLostEvent, Event, EventFactory, EventsDropped
 from weightwarden.agent.transport.spool import Spool
+from weightwarden.events import AgentLost, AgentLostEvent, Event, EventFactory, EventsDropped
 from weightwarden.mqtt import TOPIC_ROOT, MqttSettings
 
 __all__ = ["BATCH", "MemorySequencer", "MqttSettings", "MqttSink", "TOPIC_ROOT"]

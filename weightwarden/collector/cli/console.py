@@ -190,9 +190,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_users_add(args: argparse.Namespace) -> int:
-    from weightwarden.collector.web.auth import AuthError, add_user
-
     from weightwarden.collector.store.audit import record
+    from weightwarden.collector.web.auth import AuthError, add_user
 
     password = _read_password()
     now = time.time()
@@ -208,9 +207,8 @@ def cmd_users_add(args: argparse.Namespace) -> int:
 
 
 def cmd_users_passwd(args: argparse.Namespace) -> int:
-    from weightwarden.collector.web.auth import AuthError, set_password
-
     from weightwarden.collector.store.audit import record
+    from weightwarden.collector.web.auth import AuthError, set_password
 
     password = _read_password()
     now = time.time()
@@ -229,9 +227,8 @@ def cmd_users_passwd(args: argparse.Namespace) -> int:
 
 
 def cmd_users_role(args: argparse.Namespace) -> int:
-    from weightwarden.collector.web.auth import set_role
-
     from weightwarden.collector.store.audit import record
+    from weightwarden.collector.web.auth import set_role
 
     with _store(args.db).tx() as conn:
         if not set_role(conn, args.name, args.role):
@@ -243,9 +240,8 @@ def cmd_users_role(args: argparse.Namespace) -> int:
 
 
 def cmd_users_simple(args: argparse.Namespace) -> int:
-    from weightwarden.collector.web.auth import remove_user, unlock
-
     from weightwarden.collector.store.audit import record
+    from weightwarden.collector.web.auth import remove_user, unlock
 
     with _store(args.db).tx() as conn:
         found = unlock(conn, args.name) if args.verb == "unlock" else remove_user(conn, args.name, time.time())
@@ -315,9 +311,8 @@ def cmd_tokens_list(args: argparse.Namespace) -> int:
 
 
 def cmd_tokens_revoke(args: argparse.Namespace) -> int:
-    from weightwarden.collector.web.auth import revoke_token
-
     from weightwarden.collector.store.audit import record
+    from weightwarden.collector.web.auth import revoke_token
 
     with _store(args.db).tx() as conn:
         if not revoke_token(conn, args.id, time.time()):

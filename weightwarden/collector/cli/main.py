@@ -105,11 +105,11 @@ def register_run(sub: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from weightwarden.collector.detect.common import Tuning, load_tuning
-    from weightwarden.collector.ingest.pipeline import Pipeline
     from weightwarden.collector.ingest.bounded import limit_malloc_arenas
-    from weightwarden.collector.store.retention import MIN_RAW_EGRESS_S, Retention
+    from weightwarden.collector.ingest.pipeline import Pipeline
     from weightwarden.collector.ingest.service import CollectorService, ServiceConfig
     from weightwarden.collector.store.database import Store
+    from weightwarden.collector.store.retention import MIN_RAW_EGRESS_S, Retention
     from weightwarden.health import split_listen
     from weightwarden.mqtt import MqttSettings, MqttURLError
     from weightwarden.units import parse_duration, parse_size

@@ -16,9 +16,15 @@ from typing import Any
 
 from weightwarden.collector.detect.common import OTHER, UNEXPLAINED, UNOWNED
 from weightwarden.events import (
-    EgressSample, Event, FileAccess, ProcessFields, SensorState, UnexplainedEgress, WeightHolder, WeightsCopy,
+    EgressSample,
+    Event,
+    FileAccess,
+    ProcessFields,
+    SensorState,
+    UnexplainedEgress,
+    WeightHolder,
+    WeightsCopy,
 )
-
 
 
 def pipe_key(pipes: list[int], ends: Mapping[str, str] | None = None) -> str | None:

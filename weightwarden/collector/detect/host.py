@@ -18,7 +18,16 @@ from __future__ import annotations
 from typing import Any
 
 from weightwarden.collector.detect.common import (
-    Draft, Tuning, bucket, bytes_after, day_start, destinations, file_key, rank, read_volume, sources,
+    Draft,
+    Tuning,
+    bucket,
+    bytes_after,
+    day_start,
+    destinations,
+    file_key,
+    rank,
+    read_volume,
+    sources,
 )
 from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.detect.sender import counted_windows

@@ -26,8 +26,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from weightwarden.collector.detect.common import (
-    OTHER, Draft, Tuning, bucket, bump, clock, destinations, file_key, pair_sums, proc_text, projected_seconds, rank,
-    read_volume, sources, bytes_after,
+    OTHER,
+    Draft,
+    Tuning,
+    bucket,
+    bump,
+    bytes_after,
+    clock,
+    destinations,
+    file_key,
+    pair_sums,
+    proc_text,
+    projected_seconds,
+    rank,
+    read_volume,
+    sources,
 )
 from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.units import format_duration, format_rate, format_size

@@ -31,14 +31,18 @@ from typing import Any
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from weightwarden.collector.store import bulk
-from weightwarden.collector.ingest.bounded import BoundedDict
 from weightwarden.collector.detect.common import Tuning
 from weightwarden.collector.detect.detector import Detector, Units
+from weightwarden.collector.ingest.bounded import BoundedDict
 from weightwarden.collector.ingest.validate import Rejection, count_backdated, validate
+from weightwarden.collector.store import bulk
 from weightwarden.collector.store.database import Store
 from weightwarden.events import (
-    EgressSample, Event, Heartbeat, ProcessFields, ThresholdCrossed,
+    EgressSample,
+    Event,
+    Heartbeat,
+    ProcessFields,
+    ThresholdCrossed,
 )
 
 REFRESH_S = 3600.0  # a known process is written again this often (its last_seen, for retention)

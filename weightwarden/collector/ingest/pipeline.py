@@ -16,17 +16,26 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from weightwarden.collector.store import agent_facts as a
-from weightwarden.collector.store import facts as q
-from weightwarden.collector.ingest.batching import BatchIngest, egress_bps
 from weightwarden.collector.detect.common import Tuning
-from weightwarden.collector.detect.facts import egress_rows
 from weightwarden.collector.detect.detector import Detector, Units
+from weightwarden.collector.detect.facts import egress_rows
 from weightwarden.collector.detect.rule import Rule
 from weightwarden.collector.detect.rules.sequence_gap import subtract
+from weightwarden.collector.ingest.batching import BatchIngest, egress_bps
+from weightwarden.collector.store import agent_facts as a
+from weightwarden.collector.store import facts as q
 from weightwarden.collector.store.database import Store
 from weightwarden.events import (
-    EVENT_TYPES, AgentLost, AgentStarted, EgressSample, Event, FileAccess, Heartbeat, PolicyApplied, WeightHolder, WeightsCopy,
+    EVENT_TYPES,
+    AgentLost,
+    AgentStarted,
+    EgressSample,
+    Event,
+    FileAccess,
+    Heartbeat,
+    PolicyApplied,
+    WeightHolder,
+    WeightsCopy,
 )
 
 __all__ = ["Pipeline", "egress_bps", "egress_rows", "load_stream", "subtract"]

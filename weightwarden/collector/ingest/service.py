@@ -36,9 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import itertools
 import os
-import hashlib
 import random
 import re
 import secrets
@@ -50,17 +50,17 @@ from typing import Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
-from sqlalchemy import text
 from paho.mqtt.properties import Properties
+from sqlalchemy import text
 
 from weightwarden import health, logs
 from weightwarden.asyncutil import wait_for_stop
 from weightwarden.collector import __version__
-from weightwarden.collector.ingest.batching import DatabaseAway
 from weightwarden.collector.ingest.backpressure import MAX_PACKET, Held, Inbox, ReadGate
+from weightwarden.collector.ingest.batching import DatabaseAway
+from weightwarden.collector.ingest.pipeline import Pipeline
 from weightwarden.collector.outputs.dispatch import Dispatcher
 from weightwarden.collector.outputs.receivers import ALERT_TOPIC
-from weightwarden.collector.ingest.pipeline import Pipeline
 from weightwarden.collector.store.retention import Retention
 from weightwarden.collector.store.retention import run as run_retention
 from weightwarden.mqtt import MqttSettings

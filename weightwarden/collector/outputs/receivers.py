@@ -26,7 +26,12 @@ from urllib.parse import parse_qs, urlsplit
 
 from weightwarden.collector.outputs import mqtt, syslog, webhook
 from weightwarden.collector.outputs.base import (
-    FILE_OPTIONS, DeliveryError, Kind, OutputConfigError, OutputSpec, Receiver,
+    FILE_OPTIONS,
+    DeliveryError,
+    Kind,
+    OutputConfigError,
+    OutputSpec,
+    Receiver,
 )
 from weightwarden.collector.outputs.destination import DestinationRefused, check_literal
 from weightwarden.collector.outputs.tls import check_pem

@@ -12,7 +12,6 @@ from sqlalchemy import Connection, text
 
 from weightwarden.collector.store.facts import _rows
 
-
 # -- the sensor's state ------------------------------------------------------------------------------
 
 

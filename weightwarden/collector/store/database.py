@@ -26,8 +26,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from weightwarden.collector.store import bulk
-from weightwarden.collector.store import schema
+from weightwarden.collector.store import bulk, schema
 from weightwarden.collector.store.notifications import alert_changed
 from weightwarden.collector.store.schema import StoreError, normalize_url, safe_url, sqlite_path
 from weightwarden.events import Event

@@ -12,9 +12,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from weightwarden.collector.store.notifications import alert_changed
 from weightwarden.collector.store.database import SEVERITY_RANK
-
+from weightwarden.collector.store.notifications import alert_changed
 
 # Bytes that may carry data off the host: not allowlisted, or DNS, which carries names wherever it goes
 # (a tunnel through an allowlisted resolver is still a tunnel).

@@ -12,18 +12,16 @@ import time
 from typing import Any
 
 from sqlalchemy import text
-from starlette.concurrency import run_in_threadpool
-
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from weightwarden.collector.web import metrics
 from weightwarden.collector.store.database import Store
-from weightwarden.collector.web import api, pages, settings_store
+from weightwarden.collector.web import api, metrics, pages, settings_store
 from weightwarden.collector.web.guard import Ctx, Settings, authenticate, guarded
 from weightwarden.collector.web.render import STATIC
 

@@ -8,8 +8,8 @@ credited, so each byte is credited once, to the owner known at that time.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
 from collections.abc import Hashable
+from dataclasses import dataclass, field
 
 Dest = tuple[str, int]
 

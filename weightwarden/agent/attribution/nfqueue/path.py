@@ -24,18 +24,18 @@ import time
 from collections.abc import Callable, Hashable, Iterable
 from typing import TypeVar
 
-from weightwarden.agent.kernel import conntrack as ct_mod
-from weightwarden.agent.attribution.nfqueue import rules as resolve_rules
+from weightwarden.agent.attribution import paths
 from weightwarden.agent.attribution.dns import NameCache
+from weightwarden.agent.attribution.nfqueue import rules as resolve_rules
+from weightwarden.agent.attribution.nfqueue.ledger import Ledger
+from weightwarden.agent.attribution.nfqueue.owners import OwnerResolver
+from weightwarden.agent.attribution.report import Account, PathInterval
+from weightwarden.agent.kernel import conntrack as ct_mod
 from weightwarden.agent.kernel.features import Feature
 from weightwarden.agent.kernel.interfaces import is_egress_destination, local_addresses
-from weightwarden.agent.attribution.nfqueue.ledger import Ledger
 from weightwarden.agent.kernel.nflog import NfLog
 from weightwarden.agent.kernel.nfqueue import FlowTuple, NfQueue
-from weightwarden.agent.attribution.nfqueue.owners import OwnerResolver
 from weightwarden.agent.kernel.procmap import ProcessTable
-from weightwarden.agent.attribution import paths
-from weightwarden.agent.attribution.report import Account, PathInterval
 from weightwarden.agent.kernel.sockdiag import TCP_LISTEN, DestroyListener, SockDiag, SockRecord
 from weightwarden.events import Payload, SensorFeature, SensorState, SensorTampered, TamperChange
 

@@ -9,7 +9,14 @@ from weightwarden.collector.detect.common import Draft, clock
 from weightwarden.collector.detect.event_rule import EventRule, host_evidence, who, who_text
 from weightwarden.collector.detect.registry import register
 from weightwarden.events import (
-    BudgetExhausted, CanaryRead, CapHit, EnforcementDrift, EnforcementError, Event, EventsDropped, ThresholdCrossed,
+    BudgetExhausted,
+    CanaryRead,
+    CapHit,
+    EnforcementDrift,
+    EnforcementError,
+    Event,
+    EventsDropped,
+    ThresholdCrossed,
 )
 from weightwarden.units import format_duration, format_rate, format_size
 

@@ -15,12 +15,12 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from weightwarden.collector.detect.common import Draft, Tuning, proc_text, rank
+from weightwarden.collector.detect.facts import cmd_hash, container_json, pipe_key
 from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.detect.links import identities, sender_of
 from weightwarden.collector.detect.registry import register
 from weightwarden.collector.detect.rule import Context, Hint, Lately, Look, Row, Rule
 from weightwarden.collector.detect.sender import Link, link_text, severity_of, taken_by
-from weightwarden.collector.detect.facts import cmd_hash, container_json, pipe_key
 from weightwarden.collector.store import agent_facts as a
 from weightwarden.events import Event, RawSocket
 from weightwarden.units import format_size
