@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.agent.files.collect import Collected
+from tests.helpers.flaky import load_sensitive
 from weightwarden.agent.files.mounts import read_mountinfo
 from weightwarden.agent.files.patterns import WeightPaths
 from weightwarden.agent.files.watcher import FileWatcher
@@ -109,6 +110,7 @@ sys.stdin.readline()
 """
 
 
+@load_sensitive  # a fast reader described late under load
 def test_a_stalled_fuse_page_stalls_nothing(watch: Collected, weight: Path, tmp_path: Path,
                                             fuse: tuple[Path, Path, subprocess.Popen[bytes]]) -> None:
     src, mnt, daemon = fuse

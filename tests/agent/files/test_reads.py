@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent.files.collect import Collected
+from tests.helpers.flaky import load_sensitive
 from weightwarden.agent.files.patterns import WeightPaths
 from weightwarden.agent.files.watcher import FileWatcher
 
@@ -79,6 +80,7 @@ def test_splice_reads_are_never_zero(watch: Collected, weight: Path, sensor: str
         assert rec["how"] == "position" and rec["bytes_estimated"] is True and rec["bytes_read"] == SIZE, rec
 
 
+@load_sensitive  # the agent describes a fast exiter late under load
 def test_io_uring_reads_are_measured_or_estimated(watch: Collected, weight: Path, sensor: str) -> None:
     fio = subprocess.run(["fio", "--name=r", f"--filename={weight}", "--rw=read", "--bs=1M", "--ioengine=io_uring",
                           f"--size={SIZE}", "--output=/dev/null"], stdin=subprocess.DEVNULL, check=True)
@@ -140,6 +142,7 @@ time.sleep(30)
 """
 
 
+@load_sensitive  # the agent describes a fast exiter late under load
 def test_file_access_of_a_holder_says_it_maps_the_file(watch: Collected, weight: Path) -> None:
     loader = subprocess.Popen([sys.executable, "-c", LOADER, str(weight)], stdin=subprocess.DEVNULL)
     try:
