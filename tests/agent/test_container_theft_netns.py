@@ -26,7 +26,6 @@ from tests.corpus.replay import message
 from tests.helpers.agent_run import DaemonRun
 from tests.helpers.containers import CTR_ID, POD_UID, Lab, lab_fixture
 from tests.helpers.netns import wait_for
-from weightwarden.agent.attribution.ebpf.loader import loader_path
 from weightwarden.collector.ingest.pipeline import Pipeline
 from weightwarden.collector.store.database import Store
 
@@ -69,8 +68,6 @@ class _HostNs:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    if not loader_path().exists():
-        pytest.fail(f"the eBPF loader is not built ({loader_path()}): run scripts/bootstrap.sh")
     yield from lab_fixture()
 
 
@@ -84,9 +81,7 @@ def test_a_container_that_reads_and_uploads_the_weights_is_named_in_the_alert(la
         policy = tmp_path / "policy.yaml"
         policy.write_text(f"apiVersion: weightwarden/v1\nkind: EgressPolicy\nmetadata: {{name: pods}}\n"
                           f"spec:\n  interval: 1s\n  weights:\n    paths: [\"{models}/*.safetensors\"]\n")
-        sink = lab.popen(lab.out, sys.executable, "-m", "tests.helpers.sink", lab.out_addr, str(PORT), str(PORT + 1),
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert sink.stdout is not None and sink.stdout.readline().strip() == b"ready"
+        lab.sink(PORT, PORT + 1)
         agent = DaemonRun(_HostNs(lab), policy, tmp_path / "state", "--attribution", "ebpf",  # type: ignore[arg-type]
                           "--bpf-cgroup", str(lab.root), "--heartbeat-interval", "2")
         agent.wait_event("agent_started", timeout=30)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -22,7 +21,6 @@ from tests.corpus.replay import message
 from tests.helpers.agent_run import DaemonRun
 from tests.helpers.containers import POD_UID, Lab, Podman, lab_fixture, podman_fixture
 from tests.helpers.netns import wait_for
-from weightwarden.agent.attribution.ebpf.loader import loader_path
 from weightwarden.collector.ingest.pipeline import Pipeline
 from weightwarden.collector.store.database import Store
 
@@ -31,8 +29,6 @@ pytestmark = pytest.mark.privileged
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    if not loader_path().exists():
-        pytest.fail(f"the eBPF loader is not built ({loader_path()}): run scripts/bootstrap.sh")
     yield from lab_fixture()
 
 
@@ -50,9 +46,7 @@ def test_a_real_container_that_uploads_its_weights_volume_is_named_in_the_alert(
         policy = tmp_path / "policy.yaml"
         policy.write_text(f"apiVersion: weightwarden/v1\nkind: EgressPolicy\nmetadata: {{name: pods}}\n"
                           f"spec:\n  interval: 1s\n  weights:\n    paths: [\"{models}/*.safetensors\"]\n")
-        sink = lab.popen(lab.out, sys.executable, "-m", "tests.helpers.sink", lab.out_addr, str(PORT), str(PORT + 1),
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert sink.stdout is not None and sink.stdout.readline().strip() == b"ready"
+        lab.sink(PORT, PORT + 1)
         agent = DaemonRun(_HostNs(lab), policy, tmp_path / "state", "--attribution", "ebpf",  # type: ignore[arg-type]
                           "--bpf-cgroup", str(lab.root), "--heartbeat-interval", "2")
         agent.wait_event("agent_started", timeout=30)

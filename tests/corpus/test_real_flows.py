@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -34,9 +33,8 @@ import pytest
 
 from tests.corpus.replay import message
 from tests.helpers.agent_run import DaemonRun
-from tests.helpers.containers import POD_UID, Lab, make_lab
+from tests.helpers.containers import POD_UID, Lab, make_lab, require_loader
 from tests.helpers.netns import wait_for
-from weightwarden.agent.attribution.ebpf.loader import loader_path
 from weightwarden.collector.ingest.pipeline import Pipeline
 from weightwarden.collector.store.database import Store
 
@@ -133,8 +131,7 @@ class Flows:
 
 @pytest.fixture(scope="module")
 def flows(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flows]:
-    if not loader_path().exists():
-        pytest.fail(f"the eBPF loader is not built ({loader_path()}): run scripts/bootstrap.sh")
+    require_loader()
     lab = make_lab()
     models = Path(tempfile.mkdtemp(prefix="ww-flows-", dir="/srv" if os.path.isdir("/srv") else None))
     made_pods = not PODS.exists()
@@ -149,9 +146,7 @@ def flows(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flows]:
         policy = work / "policy.yaml"
         policy.write_text(f"apiVersion: weightwarden/v1\nkind: EgressPolicy\nmetadata: {{name: flows}}\n"
                           f"spec:\n  interval: 1s\n  weights:\n    paths: [\"{models}/*.safetensors\"]\n")
-        sink = lab.popen(lab.out, sys.executable, "-m", "tests.helpers.sink", lab.out_addr, str(PORT), str(PORT + 1),
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert sink.stdout is not None and sink.stdout.readline().strip() == b"ready"
+        lab.sink(PORT, PORT + 1)
         agent = DaemonRun(_HostNs(lab), policy, work / "state", "--attribution", "ebpf",  # type: ignore[arg-type]
                           "--bpf-cgroup", str(lab.root), "--heartbeat-interval", "2")
         agent.wait_event("agent_started", timeout=30)

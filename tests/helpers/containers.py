@@ -38,7 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.helpers.netns import sh, stop_all, wait_for
+from weightwarden.agent.attribution.ebpf.loader import loader_path
 from weightwarden.agent.kernel.cgroupfs import find_cgroup2
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,6 +88,13 @@ class Lab:
     def popen(self, ns: str, *argv: str, **kw: Any) -> subprocess.Popen[bytes]:
         proc: subprocess.Popen[bytes] = subprocess.Popen(["ip", "netns", "exec", ns, *argv], cwd=str(REPO), **kw)
         self.procs.append(proc)
+        return proc
+
+    def sink(self, tcp_port: int, udp_port: int, quiet: bool = True) -> subprocess.Popen[bytes]:
+        """tests/helpers/sink.py on the outside address, answering once it listens (stopped with the lab)."""
+        proc = self.popen(self.out, sys.executable, "-m", "tests.helpers.sink", self.out_addr, str(tcp_port),
+                          str(udp_port), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if quiet else None)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
         return proc
 
     def subgroup(self, name: str) -> Path:
@@ -303,7 +313,14 @@ def podman_fixture(lab: Lab, work: Path) -> Generator[Podman, None, None]:
         podman.close()
 
 
+def require_loader() -> None:
+    """The lab's tests run on the eBPF path: a loader that was not built is a failed set-up, never a skip."""
+    if not loader_path().exists():
+        pytest.fail(f"the eBPF loader is not built ({loader_path()}): run scripts/bootstrap.sh")
+
+
 def lab_fixture() -> Iterator[Lab]:
+    require_loader()
     lab = make_lab()
     try:
         yield lab

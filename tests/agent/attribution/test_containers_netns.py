@@ -22,7 +22,6 @@ import pytest
 from tests.helpers.containers import CTR_ID, POD_UID, AgentTop, Lab, lab_fixture
 from tests.helpers.flaky import load_sensitive
 from tests.helpers.netns import wait_for
-from weightwarden.agent.attribution.ebpf.loader import loader_path
 from weightwarden.events import EgressSample
 
 pytestmark = pytest.mark.privileged
@@ -32,16 +31,12 @@ TCP_PORT, UDP_PORT, IPERF_PORT = 8080, 9000, 5201
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    if not loader_path().exists():
-        pytest.fail(f"the eBPF loader is not built ({loader_path()}): run scripts/bootstrap.sh")
     yield from lab_fixture()
 
 
 @pytest.fixture(scope="module")
 def agent(lab: Lab) -> Iterator[AgentTop]:
-    sink = lab.popen(lab.out, sys.executable, "-m", "tests.helpers.sink", lab.out_addr, str(TCP_PORT), str(UDP_PORT),
-                     stdout=subprocess.PIPE)
-    assert sink.stdout is not None and sink.stdout.readline().strip() == b"ready"
+    lab.sink(TCP_PORT, UDP_PORT, quiet=False)
     top = AgentTop(lab, "--interval", "1")
     top.wait_ready()
     yield top

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,12 @@ from tests.agent.attribution.test_containers_netns import IPERF_PORT, TCP_PORT, 
 from tests.helpers.containers import POD_UID, AgentTop, Lab, Podman, lab_fixture, podman_fixture
 from tests.helpers.flaky import load_sensitive
 from tests.helpers.netns import wait_for
-from weightwarden.agent.attribution.ebpf.loader import loader_path
 
 pytestmark = pytest.mark.privileged
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    if not loader_path().exists():
-        pytest.fail(f"the eBPF loader is not built ({loader_path()}): run scripts/bootstrap.sh")
     yield from lab_fixture()
 
 
@@ -39,9 +35,7 @@ def podman(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podma
 
 @pytest.fixture(scope="module")
 def agent(lab: Lab, podman: Podman) -> Iterator[AgentTop]:
-    sink = lab.popen(lab.out, sys.executable, "-m", "tests.helpers.sink", lab.out_addr, str(TCP_PORT), str(UDP_PORT),
-                     stdout=subprocess.PIPE)
-    assert sink.stdout is not None and sink.stdout.readline().strip() == b"ready"
+    lab.sink(TCP_PORT, UDP_PORT, quiet=False)
     top = AgentTop(lab, "--interval", "1")
     top.wait_ready()
     yield top

@@ -17,7 +17,7 @@ import pytest
 
 from tests.helpers.containers import Lab, lab_fixture
 from tests.helpers.netns import wait_for
-from weightwarden.agent.attribution.ebpf.loader import BpfLoader, Drain, loader_path
+from weightwarden.agent.attribution.ebpf.loader import BpfLoader, Drain
 from weightwarden.agent.attribution.ebpf.wire import Flow
 
 pytestmark = pytest.mark.privileged
@@ -47,8 +47,6 @@ UDP_EXPECTED = SOCKETS * 100 + SOCKETS * (SOCKETS - 1) // 2
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    if not loader_path().exists():
-        pytest.fail(f"the eBPF loader is not built ({loader_path()}): run scripts/bootstrap.sh")
     yield from lab_fixture()
 
 

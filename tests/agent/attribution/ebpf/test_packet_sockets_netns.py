@@ -20,7 +20,7 @@ from tests.helpers.agent_run import DaemonRun, per_pid
 from tests.helpers.containers import REPO, Lab, lab_fixture
 from tests.helpers.netns import wait_for
 from tests.helpers.sensor import HostNs, build_rawsend, in_host, link_counters, uplink
-from weightwarden.agent.attribution.ebpf.loader import ENV_REFUSE, loader_path
+from weightwarden.agent.attribution.ebpf.loader import ENV_REFUSE
 
 pytestmark = pytest.mark.privileged
 
@@ -30,8 +30,6 @@ PORT = 8100
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    if not loader_path().exists():
-        pytest.fail(f"the eBPF loader is not built ({loader_path()}): run scripts/bootstrap.sh")
     yield from lab_fixture()
 
 
@@ -44,9 +42,7 @@ def senders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module", autouse=True)
 def sink(lab: Lab) -> None:
-    proc = lab.popen(lab.out, sys.executable, "-m", "tests.helpers.sink", lab.out_addr, str(PORT), str(PORT + 1),
-                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+    lab.sink(PORT, PORT + 1)
 
 
 def _agent(lab: Lab, tmp_path: Path, raw: str, env: dict[str, str] | None = None) -> DaemonRun:

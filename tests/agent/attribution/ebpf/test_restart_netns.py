@@ -19,7 +19,6 @@ from tests.helpers.agent_run import DaemonRun, per_pid
 from tests.helpers.containers import Lab, lab_fixture
 from tests.helpers.netns import wait_for
 from tests.helpers.sensor import HostNs, bpffs, cgroup_programs
-from weightwarden.agent.attribution.ebpf.loader import loader_path
 
 pytestmark = pytest.mark.privileged
 
@@ -30,16 +29,12 @@ POLICY = "apiVersion: weightwarden/v1\nkind: EgressPolicy\nmetadata: {name: rest
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    if not loader_path().exists():
-        pytest.fail(f"the eBPF loader is not built ({loader_path()}): run scripts/bootstrap.sh")
     yield from lab_fixture()
 
 
 @pytest.fixture(scope="module", autouse=True)
 def sink(lab: Lab) -> None:
-    proc = lab.popen(lab.out, sys.executable, "-m", "tests.helpers.sink", lab.out_addr, str(PORT), str(PORT + 1),
-                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+    lab.sink(PORT, PORT + 1)
 
 
 def _agent(lab: Lab, tmp_path: Path, pin: str) -> DaemonRun:
