@@ -58,6 +58,9 @@ EBPF: dict[str, Any] = {"path": "ebpf", "kernel": KERNEL, "degraded": False, "fe
 # ...a feature of it off (the kernel's reason), and the fallback path.
 EBPF_NO_UNIX: dict[str, Any] = {**EBPF, "degraded": True, "features": {
     **FEATURES, "unix_peers": {"on": False, "reason": "the verifier refused unix_stream_sendmsg: -EACCES"}}}
+# ...an optional capability off (this kernel has no bpf LSM): reported, not degraded (the agent's verdict).
+EBPF_NO_LSM: dict[str, Any] = {**EBPF, "features": {
+    **FEATURES, "packet_kill_before_send": {"on": False, "reason": "ww_lsm: Operation not permitted"}}}
 # The agent names the path it could not start as a feature "<path>_path" off (Sampler.sensor).
 NFQUEUE = {"path": "nfqueue", "kernel": KERNEL, "degraded": True, "detail": "no BTF: the eBPF sensor cannot load",
            "features": {"ebpf_path": {"on": False, "reason": "no BTF at /sys/kernel/btf/vmlinux"}}}

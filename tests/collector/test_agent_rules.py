@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.collector.scenarios import EBPF, EBPF_NO_UNIX, KERNEL, MB, NFQUEUE, NFQUEUE_CHOSEN, T0, WEIGHTS, Stream
+from tests.collector.scenarios import EBPF, EBPF_NO_LSM, EBPF_NO_UNIX, KERNEL, MB, NFQUEUE, NFQUEUE_CHOSEN, T0, WEIGHTS, Stream
 from tests.collector.test_detections import Clock
 from weightwarden.collector.detect.common import Tuning
 from weightwarden.collector.ingest.pipeline import Pipeline
@@ -110,6 +110,16 @@ def test_a_feature_off_is_medium_the_fallback_high_and_whole_again_resolves(db: 
     feed(pipe, s3)
     a = one(pipe, "sensor_degraded")
     assert a["state"] == "resolved" and "whole again" in a["resolved_by"]
+
+
+def test_an_optional_feature_off_is_not_degraded(db: str) -> None:
+    """What the agent reports off without calling itself degraded (AF_XDP bytes, the bpf LSM) raises nothing."""
+    pipe = pipeline(db)
+    s = Stream("gpu-o")
+    beat(s, T0, EBPF_NO_LSM)
+    beat(s, T0 + 5, EBPF_NO_LSM)
+    feed(pipe, s)
+    assert [a for a in pipe.store.alerts() if a["kind"] == "sensor_degraded"] == []
 
 
 def test_a_fallback_the_operator_chose_is_low_and_says_so(db: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from weightwarden.collector.detect.common import Draft, clock
+from weightwarden.collector.detect.facts import sensor_whole
 from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.detect.registry import register
 from weightwarden.collector.detect.rule import Context, Hint, Look, Rule
@@ -25,8 +26,10 @@ from weightwarden.events import AgentStarted, Event, Heartbeat, SensorState
 
 
 def whole(s: SensorState) -> bool:
-    """Nothing to say: the eBPF path, nothing degraded, every feature on."""
-    return s.path == "ebpf" and not s.degraded and all(f.on for f in s.features.values())
+    """Nothing to say: the eBPF path, nothing degraded. The agent decides what degrades it (an optional
+    capability the kernel was not built for, AF_XDP bytes or the bpf LSM, is reported off without it), and
+    the host-level rule reads the same verdict (facts.sensor_whole)."""
+    return sensor_whole(s)
 
 
 def forced(s: dict[str, Any]) -> bool:
