@@ -34,6 +34,7 @@ import pytest
 from tests.corpus.replay import message
 from tests.helpers.agent_run import DaemonRun
 from tests.helpers.containers import POD_UID, Lab, make_lab, require_loader
+from tests.helpers.flaky import load_sensitive
 from tests.helpers.netns import wait_for
 from weightwarden.collector.ingest.pipeline import Pipeline
 from weightwarden.collector.store.database import Store
@@ -243,6 +244,7 @@ def test_a_three_stage_pipeline(flows: Flows, tmp_path: Path) -> None:
     quiet(judge(flows, [reader, twin], tmp_path / "b.db", False))
 
 
+@load_sensitive  # the unix relay ended unlinked (host_exfiltration medium only) once in four runs: open, issue 22
 @pytest.mark.parametrize("via", ["unix", "tcp"])
 def test_a_relay(flows: Flows, tmp_path: Path, via: str) -> None:
     where = str(flows.work / f"r-{via}.sock") if via == "unix" else "18090"
