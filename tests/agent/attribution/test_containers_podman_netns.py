@@ -75,6 +75,7 @@ def test_a_real_containers_first_program_is_named_by_what_it_runs(lab: Lab, podm
     assert proc["name"] == "iperf3", proc["name"]
 
 
+@load_sensitive  # a short-lived curl is now and then reported without its container under load: open, issue 19's note
 def test_hundred_short_lived_uploads_from_a_real_container(lab: Lab, podman: Podman, agent: AgentTop,
                                                            tmp_path: Path) -> None:
     blob = tmp_path / "blob"
@@ -83,10 +84,11 @@ def test_hundred_short_lived_uploads_from_a_real_container(lab: Lab, podman: Pod
     podman.run("bash", "-c", f"for i in $(seq 100); do curl -s -H 'Expect:' -o /dev/null -T /data/blob "
                f"http://{lab.out_addr}:{TCP_PORT}/up || exit 1; done", volumes=(f"{tmp_path}:/data:ro",))
     cid = podman.last_id()
-    curls = [p for p in _per_pid(_since(agent, start)).values() if p["name"] == "curl"]
+    by_pid = {pid: p for pid, p in _per_pid(_since(agent, start)).items() if p["name"] == "curl"}
+    curls = list(by_pid.values())
     credited = sum(p["tx_bytes"] for p in curls)
     assert 0.98 * 100 * 200_000 <= credited <= 1.01 * 100 * 200_000, (credited, len(curls))
     assert len(curls) >= 98
     assert all(p["container"] and p["container"]["id"] == cid and p["container"]["runtime"] == "podman"
-               for p in curls), (cid, [(p["pid"], p["container"]) for p in curls
+               for p in curls), (cid, [(pid, p["container"]) for pid, p in by_pid.items()
                                        if not (p["container"] and p["container"]["id"] == cid)][:3])
