@@ -86,7 +86,7 @@ def test_copies_from_other_mount_namespaces_are_seen(watch: Collected, weights: 
     # A private mount namespace writing to a filesystem the host has too (a mount mark would miss it).
     run("unshare", "-m", "--propagation", "private", "cp", src, str(stage / "a.bin"))
     rec = watch.wait("weights_copy", destination=str(stage / "a.bin"))
-    assert rec["sources"] == [src] and rec["exe"] == "/usr/bin/cp" and rec["derivative"] is False
+    assert rec["sources"] == [src] and rec["exe"] == "/usr/bin/cp" and rec["derivative"] is False, __import__("json").dumps(rec)
     assert rec["destination_size"] == 4 * MiB and rec["source_bytes_read"] >= 4 * MiB - 1024
 
     # A container's own tmpfs: a filesystem only its namespace has, found and marked while it runs.
@@ -106,7 +106,7 @@ def test_copies_from_other_mount_namespaces_are_seen(watch: Collected, weights: 
         # The copy is watched as weights: whoever reads it next is known, in its namespace too.
         inside(pid, "cat", str(private / "w.bin"))
         read = watch.wait("file_access", path=str(private / "w.bin"), final=True)
-        assert read["staged_copy_of"] == [src] and read["exe"] == "/usr/bin/cat"
+        assert read["staged_copy_of"] == [src] and read["exe"] == "/usr/bin/cat", __import__("json").dumps(read)
         assert not os.path.exists(private / "w.bin"), "the host cannot see the container's tmpfs"
 
 

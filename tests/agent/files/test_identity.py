@@ -8,6 +8,7 @@ that raises nothing theft-like. Real processes, real files, with reads counted i
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -133,10 +134,16 @@ def test_a_move_inside_the_tree(watch: Collected, weight: Path, sensor: str) -> 
 def test_a_bind_mount_in_a_private_mount_namespace(watch: Collected, weight: Path, tmp_path: Path, sensor: str) -> None:
     view = tmp_path / "view"
     view.mkdir()
-    # unshare and sh exec: the pid that reads is the pid we started.
+    # unshare and sh exec: the pid that reads is the pid we started. A sleeper stays in the namespace,
+    # as a container's init does: the reader is gone before the agent looks, its namespace is not.
+    holder = tmp_path / "holder.pid"
     reader = run("unshare", "-m", "--propagation", "private", "sh", "-c",
-                 f"mount --bind {weight.parent} {view} && exec cat {view}/{weight.name}")
-    rec = watch.wait("file_access", pid=reader, final=True)
+                 f"mount --bind {weight.parent} {view} && {{ sleep 120 & echo $! > {holder}; }}"
+                 f" && exec cat {view}/{weight.name}")
+    try:
+        rec = watch.wait("file_access", pid=reader, final=True)
+    finally:
+        os.kill(int(holder.read_text()), signal.SIGKILL)
     assert rec["host_path"] == str(weight) and rec["view_path"] == f"{view}/{weight.name}", rec
     assert_read_of(rec, weight, weight, sensor)
     if sensor == "ebpf":

@@ -204,7 +204,8 @@ class CopyTracker:
                 sessions[(sess.path, sess.first_ts)] = sess.bytes_so_far()
                 sizes[sess.path] = sess.size
                 estimated = estimated or sess.estimated or sess.io_uring
-                proc = proc or {k: sess.proc.get(k) for k in ("name", "exe", "uid")}
+                # What the reader's record lacks (it exited before it was described), its session may know.
+                proc.update({k: sess.proc.get(k) for k in ("name", "exe", "uid") if not proc.get(k)})
         held = max(self.holders.get(pid, 0), 0)
         read = sum(sessions.values()) + held
         sources = r.weight_files() if r is not None else sorted(sizes)

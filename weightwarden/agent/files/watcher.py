@@ -47,6 +47,7 @@ from weightwarden.agent.files.copies import CopyTracker
 from weightwarden.agent.files.counting import KernelCounting
 from weightwarden.agent.files.ebpf import wire
 from weightwarden.agent.files.ebpf.reads import FileBpfError
+from weightwarden.agent.files.exits import ExitRecord
 from weightwarden.agent.files.holders import HolderScan
 from weightwarden.agent.files.inodes import Kind, WeightFile, WeightInodes
 from weightwarden.agent.files.inotify import Inotify
@@ -68,6 +69,8 @@ REFRESH_S = 1.0
 PRUNE_S = 60.0
 CANARY_REPEAT_S = 10.0
 EXIT_WAIT_S = 2.0
+UNCLAIMED_S = 5.0  # an exit record waits this long for the open or close it may finish
+MAX_UNCLAIMED = 8192
 COUNT_SOON_S = 0.2  # after a close, the kernel's counts are read within this, not at the next refresh
 ENV_SENSOR = "WEIGHTWARDEN_FILE_SENSOR"  # "ebpf" (required), "off" (notifications and /proc only), "auto"
 
@@ -106,6 +109,8 @@ class FileWatcher:
         self.exit_rchar: dict[int, tuple[int, float]] = {}  # pid -> (rchar at exit, when)
         self._pending: dict[int, list[tuple[str, bool, float]]] = {}  # pid -> closes waiting for its exit record
         self._canaries: list[tuple[float, int, WeightFile, dict[str, Any]]] = []  # waiting for the kernel's word
+        self._unclaimed: dict[int, tuple[ExitRecord, float]] = {}  # pid -> an exit record nothing wanted yet
+        self._mount_ids: tuple[float, set[int]] = (-1e9, set())  # every namespace's mount ids, when read
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._content: fan.Fanotify | None = None
@@ -368,6 +373,14 @@ class FileWatcher:
         wf = self.inodes.get(*sess.file_key) if sess.file_key is not None else None
         if wf is not None:
             record.update(wf.identity())
+        retry = record.pop("_view", None)
+        if retry is not None and sess.pid is not None:
+            # The opener was gone before we read its namespace: the kernel named it since, and another
+            # process of that namespace (a container's init) shows the same mount table.
+            seen = self._view(sess.pid, self.who.mnt_ns.get(sess.pid), *retry)
+            if seen is not None:
+                sess.extra["view_path"] = record["view_path"] = seen
+                del sess.extra["_view"]
 
     def _on_snapshots(self, now: float) -> None:
         assert self._snapshot is not None
@@ -381,6 +394,7 @@ class FileWatcher:
             finally:
                 if item.event.fd >= 0:
                     os.close(item.event.fd)
+        self._claim_exits(now)
         if self._snapshot.overflows or self._snapshot.dropped:
             n = self._snapshot.overflows + self._snapshot.dropped
             self._snapshot.overflows = self._snapshot.dropped = 0
@@ -442,7 +456,10 @@ class FileWatcher:
         sess.file_key = wf.key
         sess.scan_path = view
         if not ours:
-            sess.extra.update({"host_path": wf.path, "view_path": self._view(pid, mnt_ns, mnt_id, view, host or view)})
+            seen = self._view(pid, mnt_ns, mnt_id, view, host or view)
+            sess.extra.update({"host_path": wf.path, "view_path": seen})
+            if seen is None and view != (host or view) and mnt_id is not None:
+                sess.extra["_view"] = (mnt_id, view, host or view)  # asked again as the record leaves
         if staged is not None:
             sess.extra["staged_copy_of"] = staged.sources[:100]
 
@@ -457,7 +474,23 @@ class FileWatcher:
             known = self.write_marks.namespaces if self.write_marks is not None else {}
             other = known.get(ns) or mount_namespaces(self.proc_root).get(ns)  # a scan only if it is new
             mounts = read_mountinfo(other, self.proc_root) if other is not None else []
+        if not mounts:
+            # Its namespace unknown too (gone before the agent read /proc): a mount some namespace on the
+            # host has is one a process saw the file through; mount ids are unique on the host.
+            return view if self._attached(mnt_id) else None
         return view if any(m.mnt_id == mnt_id for m in mounts) else None
+
+    def _attached(self, mnt_id: int) -> bool:
+        """Whether a mount is in some mount namespace: every namespace's table, read at most once a second."""
+        stamp, ids = self._mount_ids
+        now = time.monotonic()
+        if mnt_id in ids and now - stamp < 10.0:
+            return True
+        if now - stamp < 1.0:
+            return False
+        ids = {m.mnt_id for pid in mount_namespaces(self.proc_root).values() for m in read_mountinfo(pid, self.proc_root)}
+        self._mount_ids = (now, ids)
+        return mnt_id in ids
 
     def _on_close(self, pid: int, path: str, wrote: bool, rchar: int | None, now: float) -> None:
         self.counting.soon = True
@@ -531,25 +564,49 @@ class FileWatcher:
             # Opens first: an exit record of a reader whose open is still in the backlog is wanted.
             self._snapshot.settled()
             self._on_snapshots(now)
+        # And the kernel's word on who the exited were (made at their first read, long before they exited,
+        # but behind the loader's queue on a busy host): a copy judged at exit names its writer from it.
+        self._on_kernel_events(now)
         for rec in records:
-            pending = self._pending.pop(rec.pid, [])
-            wanted = pending or rec.pid in self.copies.pending or rec.pid in self.coalescer.open_pids() \
-                or self.copies.interesting(rec.pid)
-            if not wanted:
-                continue
-            self.exit_rchar[rec.pid] = (rec.read_char, now)
-            gone = self.who.from_exit(rec.pid, rec.comm, rec.uid, rec.ppid, rec.exe)
-            for (spid, _path), sess in self.coalescer.sessions.items():
-                if spid == rec.pid and not sess.proc.get("exe"):
-                    sess.proc.update({k: v for k, v in gone.items() if v is not None and not sess.proc.get(k)})
-            for path, wrote, _ts in pending:
-                self.coalescer.closed(now, rec.pid, path, rec.read_char, wrote=wrote, how="taskstats")
-            # Files it never closed (killed mid-read) close with it.
-            for (pid, path), sess in list(self.coalescer.sessions.items()):
-                if pid == rec.pid:
-                    while sess.open_now:
-                        self.coalescer.closed(now, pid, path, rec.read_char, how="taskstats")
-            self.copies.settle(rec.pid)
+            wanted = rec.pid in self._pending or rec.pid in self.copies.pending \
+                or rec.pid in self.coalescer.open_pids() or self.copies.interesting(rec.pid)
+            if wanted:
+                self._exited(rec, now)
+            else:
+                # Its open or close may still be in fanotify's queue (a reader that exits at once, on a busy
+                # host): kept a few seconds for it, then forgotten.
+                self._unclaimed[rec.pid] = (rec, now)
+                while len(self._unclaimed) > MAX_UNCLAIMED or \
+                        now - next(iter(self._unclaimed.values()))[1] > UNCLAIMED_S:
+                    del self._unclaimed[next(iter(self._unclaimed))]
+
+    def _claim_exits(self, now: float) -> None:
+        """Exit records that came before the opens and closes they finish."""
+        if not self._unclaimed:
+            return
+        for pid in {*self._pending, *self.coalescer.open_pids()} & self._unclaimed.keys():
+            rec, _seen = self._unclaimed.pop(pid)
+            self._exited(rec, now)
+
+    def _exited(self, rec: ExitRecord, now: float) -> None:
+        """A watched process's exit record: what it read in its life closes its files, and names it."""
+        pending = self._pending.pop(rec.pid, [])
+        self.exit_rchar[rec.pid] = (rec.read_char, now)
+        gone = self.who.from_exit(rec.pid, rec.comm, rec.uid, rec.ppid, rec.exe)
+        named = {k: v for k, v in gone.items() if v is not None}
+        for (spid, _path), sess in self.coalescer.sessions.items():
+            if spid == rec.pid and not sess.proc.get("exe"):
+                sess.proc.update({k: v for k, v in named.items() if not sess.proc.get(k)})
+        if (reader := self.copies.readers.get(rec.pid)) is not None and not reader.proc.get("exe"):
+            reader.proc.update({k: v for k, v in named.items() if not reader.proc.get(k)})
+        for path, wrote, _ts in pending:
+            self.coalescer.closed(now, rec.pid, path, rec.read_char, wrote=wrote, how="taskstats")
+        # Files it never closed (killed mid-read) close with it.
+        for (pid, path), sess in list(self.coalescer.sessions.items()):
+            if pid == rec.pid:
+                while sess.open_now:
+                    self.coalescer.closed(now, pid, path, rec.read_char, how="taskstats")
+        self.copies.settle(rec.pid)
 
     def _on_fid(self, now: float) -> None:
         """What happened to a known inode itself: deleted (forgotten: its number may be reused),

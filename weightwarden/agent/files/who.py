@@ -31,6 +31,7 @@ class Who:
         self.proc_root = proc_root
         self.described: dict[int, dict[str, Any]] = {}  # pid -> command line, pipes, user (from a worker)
         self.seen: OrderedDict[int, dict[str, Any]] = OrderedDict()  # pid -> as the kernel saw it read
+        self.mnt_ns: dict[int, str] = {}  # pid -> its mount namespace as the kernel saw it ("mnt:[N]")
         self._cgroup_root: int | None = None
         self.exes: dict[tuple[int, int], str] = {}  # (st_dev, inode) -> an executable's path, as seen
 
@@ -116,8 +117,9 @@ class Who:
             fields.update({"cgroup": cgroup, "container": container.model_dump() if container else None})
         self.seen[ev.tgid] = fields
         self.seen.move_to_end(ev.tgid)
+        self.mnt_ns[ev.tgid] = f"mnt:[{ev.mnt_ns}]"
         while len(self.seen) > MAX_KNOWN:
-            self.seen.popitem(last=False)
+            self.mnt_ns.pop(self.seen.popitem(last=False)[0], None)
         return fields
 
     def cgroup(self, cgroup_id: int) -> str | None:
