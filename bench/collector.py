@@ -124,6 +124,7 @@ class Bench:
     def __init__(self, broker: Broker, work: Path, pg: Postgres | None) -> None:
         self.broker, self.work, self.pg = broker, work, pg
         self.n = 0
+        self.batch_seconds = 0.5
 
     def fresh_db(self, kind: str) -> str:
         self.n += 1
@@ -145,7 +146,7 @@ class Bench:
         for i in range(n):
             log = self.work / f"{tag}-{i}.log"
             argv = [sys.executable, "-m", "weightwarden.collector", "run", "--broker", self.broker.url, "--db", db,
-                    "--client-id", f"{tag}-{i}"]
+                    "--client-id", f"{tag}-{i}", "--batch-seconds", str(self.batch_seconds)]
             if db.startswith("postgres"):
                 argv += ["--shared-group", tag]
             procs.append((subprocess.Popen(argv, cwd=str(REPO), stdout=subprocess.DEVNULL,
@@ -340,12 +341,15 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=45, help="length of each live run")
     parser.add_argument("--collectors", default="1,2", help="PostgreSQL collector counts to measure")
     parser.add_argument("--json", action="store_true", help="also print the results as one JSON line")
+    parser.add_argument("--batch-seconds", type=float, default=0.5,
+                        help="the collectors' --batch-seconds (60 is the old fixed 5,000-message batches)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ww-bench-"))
     os.chmod(work, 0o755)
     broker = Broker(work / "broker").start()
     pg = Postgres() if os.geteuid() == 0 and binaries() else None
     bench = Bench(broker, work, pg)
+    bench.batch_seconds = args.batch_seconds
     counts = [int(x) for x in args.collectors.split(",")]
     setups = [("SQLite", "sqlite", 1)] + ([("PostgreSQL", "postgresql", n) for n in counts] if pg is not None else [])
     drain: dict[tuple[str, int], dict[str, float]] = {}

@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from tests.collector.hostile import classes, templates
 from tests.collector.scenarios import Stream
+from weightwarden.collector.ingest.backpressure import BatchSizer
 from weightwarden.collector.ingest.bounded import BoundedDict
 from weightwarden.collector.ingest.pipeline import Pipeline
 from weightwarden.collector.store.database import Store
@@ -184,3 +185,23 @@ def test_what_may_decide_an_incident_takes_the_urgent_lane(tmp_path: Path) -> No
 
     # The urgent first, the bulk filling the batch behind them (batches stay large; the bulk is never starved).
     assert asyncio.run(lanes()) == [["read", "upload", "bulk0"], ["bulk1", "bulk2", "bulk3"], ["bulk4"]]
+
+
+def test_batches_are_sized_to_the_time_they_take() -> None:
+    sizer = BatchSizer(target_s=0.5, floor=200, ceiling=5_000)
+    assert sizer.limit() == 5_000  # nothing measured yet: as large as allowed
+    for _ in range(20):
+        sizer.observe(2_000, 2.0)  # 1 ms a message (PostgreSQL on a busy host)
+    assert 450 <= sizer.limit() <= 550
+    for _ in range(30):
+        sizer.observe(500, 0.05)  # 0.1 ms a message: batches grow again
+    assert sizer.limit() >= 4_900
+    for _ in range(30):
+        sizer.observe(1_000, 100.0)  # a stalled database: never under the floor
+    assert sizer.limit() == 200
+    slow = sizer.per_message_s
+    sizer.observe(1, 5.0)  # a lone message's commit moves the average little
+    assert sizer.per_message_s is not None and slow is not None and sizer.per_message_s < slow * 2
+    sizer.observe(0, 1.0)
+    sizer.observe(10, -1.0)  # nonsense is ignored
+    assert sizer.limit() == 200

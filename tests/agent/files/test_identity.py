@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.agent.files.collect import Collected
+from tests.helpers.flaky import load_sensitive
 from weightwarden.agent.files.patterns import WeightPaths
 from weightwarden.agent.files.watcher import FileWatcher
 
@@ -66,6 +67,8 @@ def run(*argv: str) -> int:
     return proc.pid
 
 
+# [off] (the /proc fallback) measures a read from the reader's rchar when the agent gets to its open: on a
+# loaded machine a reader that read everything before then is measured short. The kernel path is exact.
 def assert_read_of(rec: dict[str, Any], weight: Path, name: str | Path, sensor: str) -> None:
     st = weight.stat() if weight.exists() else Path(name).stat()
     assert rec["path"] == str(weight), rec
@@ -84,6 +87,7 @@ def nothing_theft_like(watch: Collected, seconds: float = 2.5) -> None:
     assert not watch.of("weights_copy"), watch.of("weights_copy")
 
 
+@load_sensitive  # [off]: the baseline read late (above assert_read_of)
 def test_a_hard_link_in_another_directory(watch: Collected, weight: Path, tmp_path: Path, sensor: str) -> None:
     link = tmp_path / "elsewhere" / "notes.bin"
     ln = run("ln", str(weight), str(link))
@@ -108,6 +112,7 @@ def test_a_hard_link_read_by_nobody(watch: Collected, weight: Path, tmp_path: Pa
     nothing_theft_like(watch)
 
 
+@load_sensitive  # [off]: the baseline read late (above assert_read_of)
 def test_a_read_after_a_move_out_of_the_tree(watch: Collected, weight: Path, tmp_path: Path, sensor: str) -> None:
     moved = tmp_path / "elsewhere" / "x.bin"
     inode = weight.stat().st_ino
@@ -120,6 +125,7 @@ def test_a_read_after_a_move_out_of_the_tree(watch: Collected, weight: Path, tmp
     assert_read_of(rec, weight, moved, sensor)
 
 
+@load_sensitive  # [off]: the baseline read late (above assert_read_of)
 def test_a_move_inside_the_tree(watch: Collected, weight: Path, sensor: str) -> None:
     renamed = weight.parent / "model-v2.safetensors"
     run("mv", str(weight), str(renamed))
@@ -131,6 +137,7 @@ def test_a_move_inside_the_tree(watch: Collected, weight: Path, sensor: str) -> 
     assert not watch.of("weights_relinked")
 
 
+@load_sensitive  # [off]: the baseline read late (above assert_read_of)
 def test_a_bind_mount_in_a_private_mount_namespace(watch: Collected, weight: Path, tmp_path: Path, sensor: str) -> None:
     view = tmp_path / "view"
     view.mkdir()
@@ -166,6 +173,7 @@ while f.read(1 << 16):
 """
 
 
+@load_sensitive  # [off]: the baseline read late (above assert_read_of)
 def test_a_read_through_proc_self_fd(watch: Collected, weight: Path, sensor: str) -> None:
     reader = read(weight, PROC_FD)
     rec = watch.wait("file_access", pid=reader, final=True)
@@ -197,6 +205,7 @@ while f.read(1 << 16):
 """
 
 
+@load_sensitive  # [off]: the baseline read late (above assert_read_of)
 def test_a_read_through_open_by_handle_at(watch: Collected, weight: Path, sensor: str) -> None:
     reader = read(weight, BY_HANDLE)
     rec = watch.wait("file_access", pid=reader, final=True)

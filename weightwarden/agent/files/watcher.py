@@ -259,6 +259,8 @@ class FileWatcher:
             self.who.described.clear()
         self.who.described[pid] = fields
         patch = {k: v for k, v in fields.items() if k != "start_time"}
+        if not info.cmdline:
+            del patch["cmdline"]  # a zombie's reads empty: what the kernel read of its argv stands
         for (spid, _p), sess in self.coalescer.sessions.items():
             if spid == pid and sess.proc:
                 sess.proc.update(patch)

@@ -90,6 +90,9 @@ def register_run(sub: Any) -> None:
                           "(default %(default)s)")
     run.add_argument("--queue-max-bytes", default="32MiB",
                      help="messages held in memory before reading from the broker pauses (default %(default)s)")
+    run.add_argument("--batch-seconds", type=_positive_seconds, default=0.5,
+                     help="size each stored batch to take about this long at the recent cost per event: an "
+                          "incident's events wait for the batch in hand (default %(default)s)")
     run.add_argument("--silent-after", default=None,
                      help="alert when an agent is quiet this long (default: three of its own heartbeat intervals, "
                           "15s until they are known)")
@@ -137,7 +140,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = Store(args.db)  # creates and migrates: the only command besides `db upgrade` that does
     try:
         service = CollectorService(ServiceConfig(broker, args.shared_group, retention, client_id=args.client_id,
-                                                 queue_max_bytes=queue_bytes, health_listen=args.health_listen),
+                                                 queue_max_bytes=queue_bytes, health_listen=args.health_listen,
+                                                 batch_target_s=args.batch_seconds),
                                    Pipeline(store, tune))
     except OSError as exc:  # the health port is taken
         print(f"weightwarden-collector: --health-listen {args.health_listen}: {exc.strerror}", file=sys.stderr)
@@ -368,3 +372,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SQLAlchemyError as exc:  # the database went away, or refused, mid-command
         print(f"weightwarden-collector: {connect_error(getattr(args, 'db', ''), exc)}", file=sys.stderr)
         return 1
+
+
+def _positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 < seconds <= 60:
+        raise argparse.ArgumentTypeError(f"{value!r}: between 0 and 60 seconds")
+    return seconds

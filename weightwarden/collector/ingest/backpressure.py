@@ -165,3 +165,30 @@ class ReadGate:
             disconnected = self.client._disconnected
             if not disconnected.done():
                 disconnected.set_exception(exc)
+
+
+@dataclass
+class BatchSizer:
+    """How many messages the next batch may take: as many as the database stores in ``target_s`` at
+    the cost per message of recent batches. An incident's messages jump the queue but wait for the
+    batch in hand, so that batch's length bounds their wait; on PostgreSQL a 5,000-message batch
+    takes seconds. Pure: the service reports each stored batch (``observe``)."""
+
+    target_s: float = 0.5
+    floor: int = 200  # batches never smaller: a transaction per few messages would cost more than it saves
+    ceiling: int = 5_000
+    per_message_s: float | None = None  # moving average; None until a batch was stored
+
+    def limit(self) -> int:
+        if self.per_message_s is None or self.per_message_s <= 0:
+            return self.ceiling
+        return max(self.floor, min(self.ceiling, int(self.target_s / self.per_message_s)))
+
+    def observe(self, messages: int, seconds: float) -> None:
+        if messages <= 0 or seconds < 0:
+            return
+        cost = seconds / messages
+        # Batches of a few messages cost mostly their commit: they weigh less in the average.
+        weight = 0.3 * min(1.0, messages / self.floor)
+        self.per_message_s = cost if self.per_message_s is None else \
+            (1 - weight) * self.per_message_s + weight * cost

@@ -56,7 +56,7 @@ from sqlalchemy import text
 from weightwarden import health, logs
 from weightwarden.asyncutil import wait_for_stop
 from weightwarden.collector import __version__
-from weightwarden.collector.ingest.backpressure import MAX_PACKET, Held, Inbox, ReadGate
+from weightwarden.collector.ingest.backpressure import MAX_PACKET, BatchSizer, Held, Inbox, ReadGate
 from weightwarden.collector.ingest.batching import DatabaseAway
 from weightwarden.collector.ingest.pipeline import Pipeline
 from weightwarden.collector.outputs.dispatch import Dispatcher
@@ -163,6 +163,7 @@ class ServiceConfig:
     queue_max_messages: int = 20_000  # also the MQTT Receive Maximum: unacknowledged messages we accept
     batch_max_messages: int = 5_000
     batch_max_bytes: int = 2 << 20
+    batch_target_s: float = 0.5  # batches sized to take about this long (an incident waits for the one in hand)
     health_listen: str | None = None  # HOST:PORT for /healthz and /readyz (--health-listen)
 
 
@@ -172,6 +173,8 @@ class CollectorService:
         self.pipeline = pipeline
         self.log = logs.get("collector")
         self.inbox = Inbox(cfg.queue_max_messages, cfg.queue_max_bytes)
+        self.sizer = BatchSizer(target_s=cfg.batch_target_s, ceiling=cfg.batch_max_messages,
+                                floor=min(BatchSizer.floor, cfg.batch_max_messages))
         self.stop = asyncio.Event()
         self.received = 0
         self.stored = 0
@@ -375,7 +378,7 @@ class CollectorService:
     async def _ingest(self) -> None:
         try:
             while not (self.stop.is_set() and not len(self.inbox)):
-                batch = await self.inbox.take(self.cfg.batch_max_messages, self.cfg.batch_max_bytes, 0.5)
+                batch = await self.inbox.take(self.sizer.limit(), self.cfg.batch_max_bytes, 0.5)
                 if not batch:
                     continue
                 try:
@@ -394,7 +397,9 @@ class CollectorService:
         messages = [(h.topic, h.payload) for h in batch]
         for attempt in itertools.count(1):
             try:
+                began = time.monotonic()
                 counts = await asyncio.to_thread(self.pipeline.ingest, messages)
+                self.sizer.observe(len(messages), time.monotonic() - began)
             except Exception as exc:  # noqa: BLE001 - the database is away (or a bug): the collector stays
                 self.db_error = str(exc)[:200]
                 if self.stop.is_set() and attempt >= 3:
