@@ -18,14 +18,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from weightwarden.agent.attribution.ebpf import wire
+from weightwarden.agent.ebpf.process import LoaderProcess
 
 ENV_LOADER = "WEIGHTWARDEN_BPF_LOADER"
 ENV_REFUSE = "WEIGHTWARDEN_BPF_REFUSE"  # test hook: programs the verifier is made to refuse (comma-separated)
 BUILT = Path(__file__).resolve().parent / "bpf" / "build" / "weightwarden-bpf"
-MAX_FRAME = 64 << 20
 
 
 class BpfError(Exception):
@@ -141,22 +140,17 @@ def raw_command(kill: bool, allowed: list[tuple[int, int]]) -> bytes:
     return f"raw {'kill' if kill else 'alert'} {keys}".rstrip().encode() + b"\n"
 
 
-def _read_exact(stream: IO[bytes], n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        chunk = stream.read(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
+class BpfLoader(LoaderProcess):
+    what = "the eBPF loader"
+    error = BpfError
+    thread_name = "bpf-reader"
 
-
-class BpfLoader:
     def __init__(self, cgroup: str, binary: Path | None = None,
                  on_owner: Callable[[wire.Owner], None] | None = None,
                  on_dns: Callable[[bytes], object] | None = None,
                  on_tamper: Callable[[Tamper], None] | None = None,
                  pin_dir: str | None = None) -> None:
+        super().__init__()
         self.cgroup = cgroup
         self.binary = binary or loader_path()
         self.on_owner = on_owner
@@ -164,93 +158,19 @@ class BpfLoader:
         self.on_tamper = on_tamper
         self.pin_dir = pin_dir
         self.ready: Ready = Ready({})
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._reader: threading.Thread | None = None
         self._drains: queue.Queue[Drain | None] = queue.Queue()
         self._pending = Drain()
-        self._ready: queue.Queue[tuple[int, bytes]] = queue.Queue()
         self._lock = threading.Lock()  # one command (a drain and its answer) at a time
         self._local_sent: frozenset[str] | None = None
         self._raw_sent: bytes | None = None
 
-    # -- lifecycle ---------------------------------------------------------
-
     def start(self, timeout: float = 20.0) -> Ready:
-        if not self.binary.is_file() or not os.access(self.binary, os.X_OK):
-            raise BpfError(f"the eBPF loader is not built ({self.binary}); scripts/bootstrap.sh builds it")
         argv = [str(self.binary)] + (["--pin", self.pin_dir] if self.pin_dir else []) + [self.cgroup]
-        try:
-            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          env=_env())
-        except OSError as exc:
-            raise BpfError(f"cannot run {self.binary}: {exc.strerror}") from None
-        self._reader = threading.Thread(target=self._read, name="bpf-reader", daemon=True)
-        self._reader.start()
-        try:
-            kind, payload = self._ready.get(timeout=timeout)
-        except queue.Empty:
-            self.close()
-            raise BpfError(f"the eBPF loader did not answer within {timeout:.0f} s") from None
-        text = payload.decode("utf-8", "replace").strip()
-        if kind != wire.T_READY:
-            self.close()
-            raise BpfError(text or "the eBPF loader exited before it was ready")
-        self.ready = Ready.parse(text)
+        self.ready = Ready.parse(self._spawn(argv, _env(), timeout))
         return self.ready
 
-    def close(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        try:
-            if proc.stdin is not None:
-                proc.stdin.close()  # EOF: the loader lets go of its links (pinned ones stay) and exits
-        except OSError:
-            pass
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        if self._reader is not None:
-            self._reader.join(timeout=2)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
-
-    @property
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def returncode(self) -> int | None:
-        """The loader's exit status once it has ended (negative: killed by that signal)."""
-        return self._proc.poll() if self._proc is not None else None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    # -- frames --------------------------------------------------------------
-
-    def _read(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        out = self._proc.stdout
-        try:
-            while True:
-                head = _read_exact(out, wire.FRAME.size)
-                if head is None:
-                    break
-                kind, length = wire.FRAME.unpack(head)
-                if length > MAX_FRAME:
-                    break  # not our loader talking: stop listening
-                payload = _read_exact(out, length) if length else b""
-                if payload is None:
-                    break
-                self._dispatch(kind, payload)
-        finally:
-            self._ready.put((wire.T_ERROR, b"the eBPF loader exited"))
-            self._drains.put(None)
+    def _on_exit(self) -> None:
+        self._drains.put(None)
 
     def _dispatch(self, kind: int, payload: bytes) -> None:
         if kind == wire.T_OWNER:
@@ -278,18 +198,6 @@ class BpfLoader:
             tamper = Tamper.parse(payload.decode("utf-8", "replace"))
             if tamper is not None and self.on_tamper is not None:
                 self.on_tamper(tamper)
-        elif kind in (wire.T_READY, wire.T_ERROR):
-            self._ready.put((kind, payload))
-
-    def _send(self, line: bytes) -> None:
-        proc = self._proc
-        if proc is None or proc.stdin is None or proc.poll() is not None:
-            raise BpfError("the eBPF loader is not running")
-        try:
-            proc.stdin.write(line)
-            proc.stdin.flush()
-        except OSError as exc:
-            raise BpfError(f"the eBPF loader stopped listening ({exc.strerror})") from None
 
     def set_raw_policy(self, kill: bool, allowed: list[tuple[int, int]]) -> None:
         """What happens to packet-socket senders whose executable (kernel dev, inode) is not allowed."""

@@ -13,6 +13,7 @@
 #   WW_STATIC=1         link the loader statically (libbpf.a, libelf.a, libz.a from the -dev packages):
 #                       one binary that runs on any x86-64 Linux, whatever its libbpf
 ww_build_common="${BASH_SOURCE[0]}"
+ww_common_dir="$(cd "$(dirname "$ww_build_common")" && pwd)"  # loader_common.h, included by each loader.c
 
 build_sensor() {
   local prog="$1" bin="build/$2" vmlinux_dir="$3"
@@ -40,7 +41,7 @@ build_sensor() {
 
   fresh=1
   [ -x "$bin" ] && [ "$(cat "$out/.config" 2>/dev/null)" = "$config" ] || fresh=0
-  for src in "$prog.bpf.c" loader.c "$@" build.sh "$ww_build_common" ${header:+"$header"}; do
+  for src in "$prog.bpf.c" loader.c "$@" build.sh "$ww_build_common" "$ww_common_dir/loader_common.h" ${header:+"$header"}; do
     [ "$fresh" = 1 ] && [ "$bin" -nt "$src" ] || fresh=0
   done
   [ "$fresh" = 1 ] && return 0
@@ -56,9 +57,9 @@ build_sensor() {
   clang -g -O2 -Wall -target bpf -D__TARGET_ARCH_"$arch" -I"$out" -I. -c "$prog.bpf.c" -o "$out/$prog.bpf.o"
   bpftool gen skeleton "$out/$prog.bpf.o" name "${prog}_bpf" > "$out/$prog.skel.h"
   if [ "$static" = 1 ]; then
-    cc -O2 -Wall -Wextra -I"$out" -I. loader.c -o "$bin.tmp" -static -lbpf -lelf -lz
+    cc -O2 -Wall -Wextra -I"$out" -I. -I"$ww_common_dir" loader.c -o "$bin.tmp" -static -lbpf -lelf -lz
   else
-    cc -O2 -Wall -Wextra -I"$out" -I. loader.c -o "$bin.tmp" -lbpf
+    cc -O2 -Wall -Wextra -I"$out" -I. -I"$ww_common_dir" loader.c -o "$bin.tmp" -lbpf
   fi
   mv "$bin.tmp" "$bin"
   echo "$config" > "$out/.config"

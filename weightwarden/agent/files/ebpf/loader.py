@@ -12,18 +12,16 @@ from __future__ import annotations
 import json
 import os
 import queue
-import subprocess
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
+from weightwarden.agent.ebpf.process import LoaderProcess
 from weightwarden.agent.files.ebpf import wire
 
 ENV_LOADER = "WEIGHTWARDEN_FILES_BPF_LOADER"
 BUILT = Path(__file__).resolve().parent / "bpf" / "build" / "weightwarden-files-bpf"
-MAX_FRAME = 64 << 20
 LINE_MAX = 60_000  # the loader reads lines of up to 1 MiB; smaller lines keep each write short
 
 # Which programs give which capability (bpf/loader.c's progs[]).
@@ -77,54 +75,27 @@ def features_of(info: dict[str, object]) -> dict[str, Feature]:
     return out
 
 
-def _read_exact(stream: IO[bytes], n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        chunk = stream.read(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
+class FileBpf(LoaderProcess):
+    what = "the file-read loader"
+    error = FileBpfError
+    thread_name = "files-bpf-reader"
 
-
-class FileBpf:
     def __init__(self, binary: Path | None = None,
                  on_event: Callable[[wire.Relink | wire.Opener], None] | None = None) -> None:
+        super().__init__()
         self.binary = binary or loader_path()
         self.on_event = on_event  # new names and new readers, as they come (on the reader thread: be quick)
         self.info: dict[str, object] = {}
         self.features: dict[str, Feature] = {}
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._reader: threading.Thread | None = None
         self._replies: queue.Queue[tuple[list[wire.Reader], wire.Lost, int] | None] = queue.Queue()
         self._pending: list[wire.Reader] = []
         self._slots: list[tuple[wire.ReaderKey, int, int]] = []
         self._seen = 0
         self._lost = wire.Lost()
-        self._ready: queue.Queue[tuple[int, bytes]] = queue.Queue()
         self._lock = threading.Lock()  # one request at a time
 
-    # -- lifecycle ---------------------------------------------------------
-
     def start(self, timeout: float = 20.0) -> dict[str, Feature]:
-        if not self.binary.is_file() or not os.access(self.binary, os.X_OK):
-            raise FileBpfError(f"the file-read loader is not built ({self.binary}); scripts/bootstrap.sh builds it")
-        try:
-            self._proc = subprocess.Popen([str(self.binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=subprocess.DEVNULL, env={"LANG": "C"})
-        except OSError as exc:
-            raise FileBpfError(f"cannot run {self.binary}: {exc.strerror}") from None
-        self._reader = threading.Thread(target=self._read, name="files-bpf-reader", daemon=True)
-        self._reader.start()
-        try:
-            kind, payload = self._ready.get(timeout=timeout)
-        except queue.Empty:
-            self.close()
-            raise FileBpfError(f"the file-read loader did not answer within {timeout:.0f} s") from None
-        text = payload.decode("utf-8", "replace").strip()
-        if kind != wire.T_READY:
-            self.close()
-            raise FileBpfError(text or "the file-read loader exited before it was ready")
+        text = self._spawn([str(self.binary)], {"LANG": "C"}, timeout)
         try:
             self.info = json.loads(text)
         except ValueError:
@@ -133,53 +104,8 @@ class FileBpf:
         self.features = features_of(self.info)
         return self.features
 
-    def close(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        try:
-            if proc.stdin is not None:
-                proc.stdin.close()  # EOF: the loader detaches and exits
-        except OSError:
-            pass
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        if self._reader is not None:
-            self._reader.join(timeout=2)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-    @property
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    # -- frames --------------------------------------------------------------
-
-    def _read(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        out = self._proc.stdout
-        try:
-            while True:
-                head = _read_exact(out, wire.FRAME.size)
-                if head is None:
-                    break
-                kind, length = wire.FRAME.unpack(head)
-                if length > MAX_FRAME:
-                    break  # not our loader talking: stop listening
-                payload = _read_exact(out, length) if length else b""
-                if payload is None:
-                    break
-                self._dispatch(kind, payload)
-        finally:
-            self._ready.put((wire.T_ERROR, b"the file-read loader exited"))
-            self._replies.put(None)
+    def _on_exit(self) -> None:
+        self._replies.put(None)
 
     def _dispatch(self, kind: int, payload: bytes) -> None:
         if kind in (wire.T_RELINK, wire.T_OPENER):
@@ -198,21 +124,8 @@ class FileBpf:
             done = wire.merge_pending(self._pending, self._slots)
             self._pending, self._slots = [], []
             self._replies.put((done, self._lost, int.from_bytes(payload[:8], "little")))
-        elif kind in (wire.T_READY, wire.T_ERROR):
-            self._ready.put((kind, payload))
 
     # -- requests ------------------------------------------------------------
-
-    def _send(self, lines: Iterable[bytes]) -> None:
-        proc = self._proc
-        if proc is None or proc.stdin is None or proc.poll() is not None:
-            raise FileBpfError("the file-read loader is not running")
-        try:
-            for line in lines:
-                proc.stdin.write(line)
-            proc.stdin.flush()
-        except OSError as exc:
-            raise FileBpfError(f"the file-read loader stopped listening ({exc.strerror})") from None
 
     def _reply(self, timeout: float) -> tuple[list[wire.Reader], wire.Lost, int]:
         try:
@@ -226,15 +139,15 @@ class FileBpf:
     def add(self, weights: Iterable[Weight]) -> None:
         """Weights the kernel should count (an id it already has is replaced)."""
         with self._lock:
-            self._send(_batched(b"add", (f"{w.id} {wire.kernel_dev(w.dev)} {w.ino} {w.flags}" for w in weights)))
+            self._send(*_batched(b"add", (f"{w.id} {wire.kernel_dev(w.dev)} {w.ino} {w.flags}" for w in weights)))
 
     def remove(self, keys: Iterable[tuple[tuple[int, int], int]]) -> None:
         with self._lock:
-            self._send(_batched(b"del", (f"{wire.kernel_dev(dev)} {ino}" for dev, ino in keys)))
+            self._send(*_batched(b"del", (f"{wire.kernel_dev(dev)} {ino}" for dev, ino in keys)))
 
     def read(self, timeout: float = 5.0) -> Counts:
         with self._lock:
-            self._send([b"read\n"])
+            self._send(b"read\n")
             readers, lost, at = self._reply(timeout)
         return Counts(readers, lost, at)
 
@@ -242,7 +155,7 @@ class FileBpf:
         """The start (boot ns) of process ``tgid`` if it has read a weight file, else 0: known in the
         kernel the moment it read, whatever the agent has been told yet."""
         with self._lock:
-            self._send([f"seen {tgid}\n".encode()])
+            self._send(f"seen {tgid}\n".encode())
             self._reply(timeout)
             return self._seen
 
@@ -254,7 +167,7 @@ class FileBpf:
         out: list[wire.Reader] = []
         with self._lock:
             for line in _batched(b"take", items):
-                self._send([line])
+                self._send(line)
                 out.extend(self._reply(timeout)[0])
         return out
 

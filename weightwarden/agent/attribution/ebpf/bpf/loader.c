@@ -65,6 +65,7 @@
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <linux/types.h>
+#include "loader_common.h"
 #include "ww.h"
 #include "weightwarden.skel.h"
 
@@ -83,48 +84,13 @@ _Static_assert(sizeof(struct ww_totals) == 32, "ww_totals");
 _Static_assert(sizeof(struct ww_exe_key) == 16, "ww_exe_key");
 
 enum {
-	T_READY = 1, T_ERROR = 2, T_FLOWS = 3, T_UNIX = 4, T_LOST = 5, T_END = 6, T_OWNER = 7, T_DNS = 8,
+	T_FLOWS = 3, T_UNIX = 4, T_LOST = 5, T_END = 6, T_OWNER = 7, T_DNS = 8,
 	T_RAW = 9, T_TAMPER = 10, T_TOTALS = 11,
 };
 
 #define BATCH 4096
 #define CHECK_EVERY_NS 500000000ULL /* tamper checks: every half second */
 #define SETTLE_DRAINS 2             /* drains after a start whose sums may hold a predecessor's leftovers */
-
-static int out_fd = 1;
-
-static void write_all(const void *buf, size_t len)
-{
-	const char *p = buf;
-	while (len) {
-		ssize_t n = write(out_fd, p, len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			exit(0); /* the agent is gone: exit (pinned links keep counting; the others go with us) */
-		p += n;
-		len -= (size_t)n;
-	}
-}
-
-static void frame(__u32 type, const void *payload, __u32 len)
-{
-	__u32 hdr[2] = { type, len };
-	write_all(hdr, sizeof(hdr));
-	if (len)
-		write_all(payload, len);
-}
-
-static void fail(const char *fmt, ...)
-{
-	char buf[2048];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
-	frame(T_ERROR, buf, n < 0 ? 0 : (__u32)(n < (int)sizeof(buf) ? n : (int)sizeof(buf) - 1));
-	exit(1);
-}
 
 static __u64 mono_ns(void)
 {
@@ -167,24 +133,7 @@ static void put_str(struct text *t, const char *s)
 	put(t, "\"");
 }
 
-/* -- libbpf's messages, and the verifier's words for a program it refused ------------------------- */
-
-static char libbpf_msgs[1 << 18];
-
-static int on_libbpf_log(enum libbpf_print_level level, const char *fmt, va_list ap)
-{
-	if (level == LIBBPF_DEBUG)
-		return 0;
-	size_t used = strlen(libbpf_msgs);
-	if (used > sizeof(libbpf_msgs) * 3 / 4) { /* keep the tail: the refusal is at the end */
-		size_t keep = sizeof(libbpf_msgs) / 4;
-		memmove(libbpf_msgs, libbpf_msgs + used - keep, keep);
-		libbpf_msgs[keep] = 0;
-		used = keep;
-	}
-	vsnprintf(libbpf_msgs + used, sizeof(libbpf_msgs) - used, fmt, ap);
-	return 0;
-}
+/* -- the verifier's words for a program it refused (libbpf's messages: loader_common.h) ---------- */
 
 struct prog_def {
 	const char *name;

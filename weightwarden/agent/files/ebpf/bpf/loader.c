@@ -41,6 +41,7 @@
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <linux/types.h>
+#include "loader_common.h"
 #include "wf.h"
 #include "files.skel.h"
 
@@ -55,58 +56,11 @@ _Static_assert(sizeof(struct wf_pending) == 40, "wf_pending");
 _Static_assert(sizeof(struct wf_relink) == 4440, "wf_relink");
 _Static_assert(sizeof(struct wf_opener) == 4656, "wf_opener");
 
-enum { T_READY = 1, T_ERROR = 2, T_READERS = 3, T_TAKEN = 4, T_LOST = 5, T_END = 6, T_RELINK = 7, T_PENDING = 8,
+enum { T_READERS = 3, T_TAKEN = 4, T_LOST = 5, T_END = 6, T_RELINK = 7, T_PENDING = 8,
        T_OPENER = 9, T_SEEN = 10 };
 
 #define BATCH 1024
 #define REC (sizeof(struct wf_reader_key) + sizeof(struct wf_reader))
-
-static int out_fd = 1;
-
-static void write_all(const void *buf, size_t len)
-{
-	const char *p = buf;
-	while (len) {
-		ssize_t n = write(out_fd, p, len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			exit(0); /* the agent is gone: exit, and the kernel detaches everything */
-		p += n;
-		len -= (size_t)n;
-	}
-}
-
-static void frame(__u32 type, const void *payload, __u32 len)
-{
-	__u32 hdr[2] = { type, len };
-	write_all(hdr, sizeof(hdr));
-	if (len)
-		write_all(payload, len);
-}
-
-static void fail(const char *fmt, ...)
-{
-	char buf[2048];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
-	frame(T_ERROR, buf, n < 0 ? 0 : (__u32)(n < (int)sizeof(buf) ? n : (int)sizeof(buf) - 1));
-	exit(1);
-}
-
-static char libbpf_msgs[8192];
-
-static int on_libbpf_log(enum libbpf_print_level level, const char *fmt, va_list ap)
-{
-	if (level == LIBBPF_DEBUG)
-		return 0;
-	size_t used = strlen(libbpf_msgs);
-	if (used < sizeof(libbpf_msgs) - 1)
-		vsnprintf(libbpf_msgs + used, sizeof(libbpf_msgs) - used, fmt, ap);
-	return 0;
-}
 
 static int on_event(void *ctx, void *data, size_t size)
 {
