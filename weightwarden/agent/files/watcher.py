@@ -255,12 +255,12 @@ class FileWatcher:
         fields = {"cmdline": list(info.cmdline)[:8], "pipes": list(info.pipes), "pipe_ends": info.pipe_ends_json(),
                   "user": info.user,
                   "start_time": round(info.create_time, 2)}
+        if not info.cmdline:
+            del fields["cmdline"]  # a zombie's reads empty: what the kernel read of its argv stands
         if len(self.who.described) > 50_000:
             self.who.described.clear()
         self.who.described[pid] = fields
         patch = {k: v for k, v in fields.items() if k != "start_time"}
-        if not info.cmdline:
-            del patch["cmdline"]  # a zombie's reads empty: what the kernel read of its argv stands
         for (spid, _p), sess in self.coalescer.sessions.items():
             if spid == pid and sess.proc:
                 sess.proc.update(patch)

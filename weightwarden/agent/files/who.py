@@ -59,8 +59,9 @@ class Who:
         more = self.described.get(pid)
         if more is not None and more.get("start_time") == proc["start_time"]:
             proc.update({k: v for k, v in more.items() if k != "start_time"})
-        elif seen is not None and seen.get("start_time") == proc["start_time"]:
-            proc.setdefault("cmdline", seen.get("cmdline", []))  # not described yet: as it read the weights
+        if not proc.get("cmdline") and seen is not None and seen.get("start_time") == proc["start_time"]:
+            # Not described yet, or gone before it was: as it read the weights.
+            proc["cmdline"] = seen.get("cmdline", [])
         return proc
 
     def learn_exes(self, dirs: tuple[str, ...] = ("/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin")) -> None:
