@@ -11,7 +11,7 @@ from weightwarden.agent.files.coalesce import Coalescer
 from weightwarden.agent.files.mounts import new_superblocks, parse_mountinfo, remote_type
 from weightwarden.agent.files.offload import Offloader
 from weightwarden.agent.files.patterns import WeightPaths, base_dir
-from weightwarden.agent.files.procio import mapped_weights
+from weightwarden.agent.files.procio import mapped_weights, start_of_ns, ticks_of
 from weightwarden.agent.files.staged import StagedCopies, StagedCopy
 
 
@@ -158,3 +158,16 @@ def test_staged_copies_persist_0600_and_forget_deleted_files(tmp_path: Path) -> 
     assert again.copies == {}
     saved.write_text("{not json")
     assert StagedCopies(tmp_path / "state").load() == []  # logged, never a crash
+
+
+def test_a_kernel_start_time_reads_as_proc_prints_it() -> None:
+    # /proc prints whole clock ticks since boot; the kernel keeps ns. 7/10 of a tick past it, rounded to
+    # 0.01 s, would read a tick later than /proc says, and the two would name different processes.
+    ticks = os.sysconf("SC_CLK_TCK")
+    tick_ns = 1_000_000_000 // ticks
+    boot = 1_796_000_000.0
+    for tick in (0, 1, 123_456, 9_999_999):
+        for into in (0, tick_ns * 3 // 10, tick_ns * 7 // 10, tick_ns - 1):
+            ns = tick * tick_ns + into
+            assert ticks_of(ns) == tick
+            assert start_of_ns(ns, boot) == round(tick / ticks + boot, 2), (tick, into)

@@ -86,6 +86,13 @@ def ticks_of(boot_ns: int) -> int:
     return boot_ns // (1_000_000_000 // _TICKS)
 
 
+def start_of_ns(boot_ns: int, boot: float) -> float:
+    """A start time in boot-time ns as :func:`start_time` gives it (whole ticks, then seconds): the two
+    compare equal for one process. Rounding the ns itself differs from /proc's truncated ticks by 0.01 s
+    about half the time, and the kernel's word on a process then matched nothing /proc said of it."""
+    return round(ticks_of(boot_ns) / _TICKS + boot, 2)
+
+
 def identity(pid: int, proc_root: str = "/proc") -> dict[str, Any] | None:
     """Name, ppid, uid, exe, cgroup and start time, from files that never touch the process's memory.
 

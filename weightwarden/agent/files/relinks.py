@@ -23,6 +23,7 @@ from weightwarden.agent.files.ebpf import wire
 from weightwarden.agent.files.inodes import WeightFile, WeightInodes
 from weightwarden.agent.files.mounts import dev_of, mount_namespaces
 from weightwarden.agent.files.patterns import WeightPaths
+from weightwarden.agent.files.procio import start_of_ns
 from weightwarden.events import WeightsRelinked, safe_text
 
 REPEAT_S = 5.0  # one syscall can change an inode's ctime more than once: one report
@@ -90,7 +91,7 @@ class Relinks:
             return  # forgotten meanwhile, or a name made by io_uring: the next open names it
         path, st = visible_path(ev.tgid, ev.mnt_ns, self.own_ns, os.path.normpath(seen), self.proc_root)
         here = st is not None and (dev_of(st), st.st_ino) == wf.key
-        start = round(boot + ev.start_ns / 1e9, 2)
+        start = start_of_ns(ev.start_ns, boot)
         proc = self.who(ev.tgid, start) or {
             "pid": ev.tgid, "name": ev.comm, "uid": ev.uid, "ppid": ev.ppid, "start_time": start}
         proc["pid"] = ev.tgid

@@ -352,6 +352,9 @@ class FileWatcher:
                         self.counting.count(now)
                     except FileBpfError as exc:
                         self._kernel_failed(exc)
+                # The loader sends a reader's opener record (who it is, its argv) before the counts that follow
+                # it, but on the counting queue: taken before a record goes out, never after it.
+                self._on_kernel_events(now)
                 for record in self.coalescer.due(now, self.counting.counted_at if self.counting.sensor else None):
                     self._finished(record)
                 if now >= next_rescan:

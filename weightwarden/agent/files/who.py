@@ -18,7 +18,7 @@ from weightwarden.agent.attribution.containers import parse as container_of
 from weightwarden.agent.files import kernel
 from weightwarden.agent.files.ebpf import wire
 from weightwarden.agent.files.mounts import MountTable
-from weightwarden.agent.files.procio import identity, start_time
+from weightwarden.agent.files.procio import identity, start_of_ns, start_time
 from weightwarden.events import safe_text
 
 MAX_KNOWN = 20_000
@@ -104,7 +104,7 @@ class Who:
 
     def start_of(self, start_ns: int) -> float:
         """A start time in boot-time ns as Unix seconds (ProcessFields.start_time)."""
-        return round(self.boot + start_ns / 1e9, 2)
+        return start_of_ns(start_ns, self.boot)
 
     def from_kernel(self, ev: wire.Opener) -> dict[str, Any]:
         """Remember a process as the kernel saw it; its fields."""
