@@ -17,6 +17,7 @@ import pytest
 
 from tests.helpers.agent_run import REPO, TopRun, interface_total, per_pid
 from tests.helpers.flaky import load_sensitive
+from tests.helpers.iperf import credited_as_sent, left_the_host
 from tests.helpers.netns import NetnsPair, wait_for
 
 pytestmark = pytest.mark.privileged
@@ -30,8 +31,8 @@ def _start_sink(pair: NetnsPair) -> None:
     assert sink.stdout is not None and sink.stdout.readline().strip() == b"ready"
 
 
-# Credited 1.6% short once with the other half of the suite beside it (the NFQUEUE fallback, which fails
-# open when its queue is full, or the last interval lost at stop: not known yet); within 1% alone.
+# 1.6% short of what iperf3 wrote once beside the other half of the suite: under load iperf3's server
+# resets the connection with the client's last MB unread (tests/helpers/iperf.py), now bounded by what left.
 @load_sensitive
 def test_single_200mb_upload_is_attributed_within_one_percent(netns_pair: NetnsPair) -> None:
     pair = netns_pair
@@ -46,6 +47,7 @@ def test_single_200mb_upload_is_attributed_within_one_percent(netns_pair: NetnsP
     assert client.returncode == 0
     report = json.loads(out)
     sent = report["end"]["sum_sent"]["bytes"]
+    low, high = left_the_host(report)
     time.sleep(1.5)
     samples = top.stop()
 
@@ -53,8 +55,8 @@ def test_single_200mb_upload_is_attributed_within_one_percent(netns_pair: NetnsP
     iperf = {pid: p for pid, p in pids.items() if p["exe"].endswith("/iperf3")}
     assert len(iperf) == 1, pids
     credited = next(iter(iperf.values()))["tx_bytes"]
-    # The data stream is `sent`; the control connection adds a few hundred bytes.
-    assert abs(credited - sent) / sent < 0.01, (credited, sent)
+    # The data stream is what left (tests/helpers/iperf.py); the control connection adds a few hundred bytes.
+    assert credited_as_sent(credited, report), (credited, low, high)
     others = sum(p["tx_bytes"] for pid, p in pids.items() if pid not in iperf)
     assert others < 0.01 * sent
     # Reconcile: frames on the wire = payload attributed + headers/unattributed.

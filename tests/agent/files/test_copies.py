@@ -25,6 +25,7 @@ from weightwarden.agent.files.watcher import FileWatcher
 
 pytestmark = pytest.mark.privileged
 MiB = 2**20
+REFRESH_WAIT_S = 1.5
 CGROUP2 = Path("/sys/fs/cgroup/unified") if Path("/sys/fs/cgroup/unified/cgroup.procs").exists() \
     else Path("/sys/fs/cgroup")
 
@@ -77,6 +78,25 @@ def inside(pid: int, *argv: str, cgroup: Path | None = None) -> None:
     if cgroup is not None:
         cmd = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *cmd]
     run(*cmd)
+
+
+def test_a_copy_judged_between_two_counts_carries_what_its_writer_read(
+        watch: Collected, weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel counts reads as they happen; the agent reads the counts once an interval. A `cp` that
+    exits between two reads of them is judged at its exit: on the counts read then, not on none."""
+    import weightwarden.agent.files.counting as counting
+    import weightwarden.agent.files.watcher as watcher
+    assert watch.watcher.reads == "kernel", watch.watcher.reads_detail
+    monkeypatch.setattr(watcher, "REFRESH_S", 60.0)
+    monkeypatch.setattr(counting, "COUNT_SOON_S", 60.0)
+    time.sleep(REFRESH_WAIT_S)  # the refresh already planned passes; the next is a minute away
+    src = str(weights / "model.safetensors")
+    for n in range(4):
+        dst = tmp_path / f"c{n}.bin"
+        # Alone and in a private mount namespace (its opens are described later: the exit may come first).
+        run(*(("unshare", "-m", "--propagation", "private") if n % 2 else ()), "cp", src, str(dst))
+        rec = watch.wait("weights_copy", destination=str(dst))
+        assert rec["sources"] == [src] and rec["source_bytes_read"] >= 4 * MiB - 1024, rec
 
 
 def test_copies_from_other_mount_namespaces_are_seen(watch: Collected, weights: Path, tmp_path: Path) -> None:

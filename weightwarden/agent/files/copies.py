@@ -75,6 +75,8 @@ class CopyTracker:
         # Watch a new copy as weights (the watcher marks its inode and tells the kernel), given the
         # fd it was written through: an inode mark follows the copy through renames and namespaces.
         self.on_staged: Callable[[int, StagedCopy], None] = lambda _fd, _copy: None
+        # Brings the readers' byte counts up to date (the kernel's counters, read on demand) before a copy is judged.
+        self.before_judging: Callable[[], None] = lambda: None
         self.pending: dict[int, list[PendingWrite]] = {}  # writer gone: waiting for its exit record
         self.outputs: dict[str, int] = {}  # a file a reader had open -> that reader
 
@@ -194,6 +196,7 @@ class CopyTracker:
             self.settle(pid)
 
     def evaluate(self, pid: int, item: PendingWrite) -> None:
+        self.before_judging()
         r = self.readers.get(pid)
         sessions = dict(r.sessions) if r is not None else {}
         proc: dict[str, Any] = dict(r.proc) if r is not None else {}

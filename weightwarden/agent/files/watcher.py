@@ -72,6 +72,7 @@ EXIT_WAIT_S = 2.0
 UNCLAIMED_S = 5.0  # an exit record waits this long for the open or close it may finish
 MAX_UNCLAIMED = 8192
 COUNT_SOON_S = 0.2  # after a close, the kernel's counts are read within this, not at the next refresh
+COPY_COUNT_S = 0.05  # copies judged together read the kernel's counts once
 ENV_SENSOR = "WEIGHTWARDEN_FILE_SENSOR"  # "ebpf" (required), "off" (notifications and /proc only), "auto"
 
 
@@ -105,6 +106,8 @@ class FileWatcher:
         self.relinks = Relinks(self.inodes, lambda: self.weights, self._emit, self.who.anyhow, proc_root)
         self.counting = KernelCounting(self.inodes, self.coalescer, self.copies, self.holders, self.staged, self.who,
                                        self._emit, proc_root, clock)
+        self.copies.before_judging = self._count_for_copy
+        self._copy_counted = 0.0
         self._describing: set[int] = set()  # asked, not answered (added by the snapshot thread too)
         self.exit_rchar: dict[int, tuple[int, float]] = {}  # pid -> (rchar at exit, when)
         self._pending: dict[int, list[tuple[str, bool, float]]] = {}  # pid -> closes waiting for its exit record
@@ -559,6 +562,18 @@ class FileWatcher:
         except FileBpfError as exc:
             self._kernel_failed(exc)
             return False
+
+    def _count_for_copy(self) -> None:
+        """A copy is judged by what its writer read. The kernel has counted every read already, but the
+        agent reads those counts once an interval: a `cp` that exits between two would be judged on none."""
+        now = self.clock()
+        if not self.counting.reads or now - self._copy_counted < COPY_COUNT_S:
+            return
+        self._copy_counted = now
+        try:
+            self.counting.count(now)
+        except FileBpfError as exc:
+            self._kernel_failed(exc)
 
     def _on_staged(self, fd: int, copy: StagedCopy) -> None:
         self._register_staged(copy, f"/proc/self/fd/{fd}")
