@@ -587,9 +587,10 @@ class FileWatcher:
         # And the kernel's word on who the exited were (made at their first read, long before they exited,
         # but behind the loader's queue on a busy host): a copy judged at exit names its writer from it.
         self._on_kernel_events(now)
+        open_pids = self.coalescer.open_pids() if records else set()  # once a batch: exits come by thousands
         for rec in records:
             wanted = rec.pid in self._pending or rec.pid in self.copies.pending \
-                or rec.pid in self.coalescer.open_pids() or self.copies.interesting(rec.pid)
+                or rec.pid in open_pids or self.copies.interesting(rec.pid)
             if wanted:
                 self._exited(rec, now)
             else:
@@ -604,7 +605,11 @@ class FileWatcher:
         """Exit records that came before the opens and closes they finish."""
         if not self._unclaimed:
             return
-        for pid in {*self._pending, *self.coalescer.open_pids()} & self._unclaimed.keys():
+        while self._unclaimed and now - next(iter(self._unclaimed.values()))[1] > UNCLAIMED_S:
+            del self._unclaimed[next(iter(self._unclaimed))]  # a quiet host prunes here, not on the next exit
+        if not self._pending and not self.coalescer.sessions:
+            return
+        for pid in (self._pending.keys() | self.coalescer.open_pids()) & self._unclaimed.keys():
             rec, _seen = self._unclaimed.pop(pid)
             self._exited(rec, now)
 
