@@ -12,6 +12,7 @@ from weightwarden.collector.outputs.message import attack, cef, syslog_line
 from weightwarden.collector.store import notifications
 from weightwarden.collector.store.database import Store
 from weightwarden.collector.store.facts import put_alert
+from weightwarden.collector.store.rows import AlertDraftRow
 from weightwarden.collector.web.chart import egress_svg
 
 
@@ -53,7 +54,7 @@ def test_chart_escapes_names_and_draws_caps() -> None:
 
 def test_outbox_records_each_transition_once(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path}/c.db")
-    draft = {"key": "k1", "id": "i1", "host": "h", "kind": "exfiltration", "severity": "high", "title": "t",
+    draft: AlertDraftRow = {"key": "k1", "id": "i1", "host": "h", "kind": "exfiltration", "severity": "high", "title": "t",
              "explanation": "e", "evidence": {}, "first_ts": 1.0, "last_ts": 2.0}
     with store.tx() as conn:
         outbox.add_output(conn, OutputSpec("r", "syslog+udp://127.0.0.1:9", {"allow_local": True}), 0.0)

@@ -29,9 +29,10 @@ from weightwarden.collector.detect.common import NOWHERE, Draft, Tuning
 from weightwarden.collector.detect.facts import egress_rows, pipe_rows, relay_rows, weight_row
 from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.detect.links import Links
-from weightwarden.collector.detect.rule import Lately, Look, Row, Rule, SampleFacts, Units
+from weightwarden.collector.detect.rule import Lately, Look, Rule, SampleFacts, Units
 from weightwarden.collector.store import facts as q
 from weightwarden.collector.store.database import Store
+from weightwarden.collector.store.rows import EgressRow, PipeEndRow, RelayRow
 from weightwarden.events import Event, FileAccess, Heartbeat, UnexplainedEgress, WeightHolder, WeightsCopy
 
 REEVALUATE_S = 10.0  # the sweep re-judges what arrived this recently (wall clock): longer than any batch
@@ -43,7 +44,7 @@ PIPE_REFRESH_S = 3600.0  # a known pipe end is written again this often
 MAX_ERRORS = 100
 
 
-def outward(r: Row) -> bool:
+def outward(r: EgressRow) -> bool:
     """Bytes that may carry data off the host: not allowlisted, or DNS (store.facts.OUTWARD)."""
     return not r["allowed"] or r["port"] == 53
 
@@ -110,27 +111,34 @@ class Detector:
     def record_samples(self, conn: Connection, events: list[Event]) -> Units:
         """Every sample's rows, relays, pipe ends and first contacts, written in a few statements;
         unexplained egress is stored as rows no process is named for."""
-        rows: list[Row] = []
-        relays: list[Row] = []
-        pipes: list[Row] = []
-        for ev in events:
-            rows.extend({"host": ev.host, **r} for r in egress_rows(ev))
-            relays.extend({"host": ev.host, **r} for r in relay_rows(ev))
-            pipes.extend({"host": ev.host, **r} for r in self._new_pipe_ends(ev))
+        rows: list[EgressRow] = []
+        relays: list[RelayRow] = []
+        pipes: list[PipeEndRow] = []
+        for ev in events:  # each row carries its host (the rows are this batch's own)
+            for r in egress_rows(ev):
+                r["host"] = ev.host
+                rows.append(r)
+            for relay in relay_rows(ev):
+                relay["host"] = ev.host
+                relays.append(relay)
+            for end in self._new_pipe_ends(ev):
+                end["host"] = ev.host
+                pipes.append(end)
         self.store.add_egress_rows(conn, rows)
         q.add_relays(conn, relays)
         q.add_pipe_ends(conn, pipes)
         self._first_contacts(conn, rows)
         latest: dict[str, float] = {}
-        for r in [*(r for r in rows if outward(r)), *relays, *pipes]:
-            latest[r["host"]] = max(latest.get(r["host"], 0.0), float(r["ts"]))
+        for host, ts in [*((r["host"], r["ts"]) for r in rows if outward(r)), *((r["host"], r["ts"]) for r in relays),
+                         *((r["host"], r["ts"]) for r in pipes)]:
+            latest[host] = max(latest.get(host, 0.0), float(ts))
         facts = SampleFacts(rows, relays, self.hosts_with_reads(conn, latest), pipes, events)
         units = Units()
         now = self.clock()
         self._ask(conn, units, "on_samples", lambda rule: rule.on_samples(self, conn, facts, now))
         return units
 
-    def _new_pipe_ends(self, ev: Event) -> list[Row]:
+    def _new_pipe_ends(self, ev: Event) -> list[PipeEndRow]:
         """A sample's pipe ends not written lately (a sender reading a pipe is in every sample it sends in)."""
         out = []
         for r in pipe_rows(ev):
@@ -143,7 +151,7 @@ class Detector:
                 out.append(r)
         return out
 
-    def _first_contacts(self, conn: Connection, rows: list[Row]) -> None:
+    def _first_contacts(self, conn: Connection, rows: list[EgressRow]) -> None:
         """(program, destination) pairs: new ones recorded with their first send (an earlier one
         arriving late moves it back: the minimum, not the first to arrive, so the answer does not
         depend on arrival order); known ones' last_seen moved on hourly, so retention keeps pairs in use."""

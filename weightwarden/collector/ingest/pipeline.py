@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import cast
 
 from sqlalchemy import Connection, text
 
@@ -25,6 +25,7 @@ from weightwarden.collector.ingest.batching import BatchIngest, egress_bps
 from weightwarden.collector.store import agent_facts as a
 from weightwarden.collector.store import facts as q
 from weightwarden.collector.store.database import Store
+from weightwarden.collector.store.rows import HostState, SqlValue
 from weightwarden.events import (
     EVENT_TYPES,
     AgentLost,
@@ -88,7 +89,7 @@ class Pipeline(BatchIngest):
             self.store.touch_host(conn, host, ev.seq, ts, now)
         units = Units()
         if isinstance(data, (Heartbeat, AgentStarted, PolicyApplied)):
-            fields: dict[str, Any] = {"policy": data.policy, "policy_digest": data.policy_digest}
+            fields: dict[str, SqlValue] = {"policy": data.policy, "policy_digest": data.policy_digest}
             if isinstance(data, Heartbeat):
                 fields.update(backend=data.backend, rules_in_force=int(data.rules_in_force), caps=data.caps,
                               last_heartbeat=ts)
@@ -142,10 +143,10 @@ class Pipeline(BatchIngest):
                 self.store.bump(conn, "sweep_errors", failed)
 
     @staticmethod
-    def store_hosts(conn: Connection) -> list[dict[str, Any]]:
+    def store_hosts(conn: Connection) -> list[HostState]:
         """Every host's row with its agent's lifecycle facts, in one statement."""
         cols = ", ".join(f"l.{c}" for c in a.LIFECYCLE)
-        return [dict(r) for r in conn.execute(text(
+        return [cast(HostState, dict(r)) for r in conn.execute(text(
             f"SELECT h.*, {cols} FROM hosts h LEFT JOIN lifecycle l ON l.host = h.host ORDER BY h.host")).mappings()]
 
 

@@ -63,6 +63,7 @@ from weightwarden.collector.outputs.dispatch import Dispatcher
 from weightwarden.collector.outputs.receivers import ALERT_TOPIC
 from weightwarden.collector.store.retention import Retention
 from weightwarden.collector.store.retention import run as run_retention
+from weightwarden.collector.store.rows import CollectorStatus
 from weightwarden.mqtt import MqttSettings
 
 TOPIC = "weightwarden/v1/#"
@@ -464,7 +465,7 @@ class CollectorService:
                 self.log.error("retention_failed", error=repr(exc)[:500])
             await wait_for_stop(self.stop, RETENTION_EVERY_S)
 
-    def status(self, rate: float) -> dict[str, Any]:
+    def status(self, rate: float) -> CollectorStatus:
         """The collector_status row (metrics.py renders it): backlog in messages, bytes and seconds."""
         return {"client_id": self.name, "hostname": socket.gethostname(), "pid": os.getpid(),
                 "version": __version__, "started_at": self.started_at, "updated_at": time.time(),
@@ -482,7 +483,7 @@ class CollectorService:
             rate = (self.processed - last_done) / max(now - last_t, 1e-3)
             last_done, last_t = self.processed, now
             status = self.status(rate)
-            if status["backlog_s"] > BEHIND_S or status["paused"]:
+            if (status["backlog_s"] or 0.0) > BEHIND_S or status["paused"]:
                 behind = True
                 self.log.warning("ingest_behind", backlog_s=status["backlog_s"], held=status["backlog"],
                                  held_bytes=status["backlog_bytes"], reading=not status["paused"],
@@ -497,7 +498,7 @@ class CollectorService:
                 self.db_error = str(exc)[:200]
                 self.log.debug("report_failed", error=repr(exc)[:300])
 
-    def _report(self, status: dict[str, Any]) -> None:
+    def _report(self, status: CollectorStatus) -> None:
         with self.pipeline.store.tx() as conn:
             self.pipeline.store.report_collector(conn, status)
 

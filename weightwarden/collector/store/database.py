@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
@@ -28,6 +28,21 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from weightwarden.collector.store import bulk, schema
 from weightwarden.collector.store.notifications import alert_changed
+from weightwarden.collector.store.rows import (
+    AlertDraftRow,
+    CollectorStatus,
+    EgressRow,
+    Evidence,
+    ExportedEvent,
+    HostRow,
+    HostTouch,
+    ProcessInfo,
+    ProcessRow,
+    ReadRow,
+    SqlParams,
+    SqlValue,
+    StoredEvent,
+)
 from weightwarden.collector.store.schema import StoreError, normalize_url, safe_url, sqlite_path
 from weightwarden.events import Event
 
@@ -133,14 +148,14 @@ class Store:
             for e in unique.values()], "ON CONFLICT (id) DO NOTHING")
 
     @staticmethod
-    def touch_hosts(conn: Connection, rows: list[dict[str, Any]], now: float) -> None:
+    def touch_hosts(conn: Connection, rows: list[HostTouch], now: float) -> None:
         """Hosts heard from, all in one statement: rows of {host, seq, egress_bps?} and, from a heartbeat,
         its fields ({policy, policy_digest, backend, rules_in_force, caps, last_heartbeat, weights_bytes}:
         the host is then online). A later row of the same host wins, field by field; None changes nothing."""
-        merged: dict[str, dict[str, Any]] = {}
+        merged: dict[str, dict[str, object]] = {}
         for r in rows:
             m = merged.setdefault(r["host"], {"seq": 0})
-            m["seq"] = max(m["seq"], r["seq"])
+            m["seq"] = max(cast(int, m["seq"]), r["seq"])
             m.update({k: v for k, v in r.items() if v is not None and k not in ("host", "seq")})
         bulk.insert(conn, "hosts", HOST_COLUMNS, [
             (h, now, now, "online", m["seq"], 0, *(m.get(c) for c, _ in HOST_COLUMNS[6:]))
@@ -192,7 +207,7 @@ class Store:
         Store.touch_hosts(conn, [{"host": host, "seq": seq, "egress_bps": egress_bps}], now)
 
     @staticmethod
-    def update_host(conn: Connection, host: str, **fields: Any) -> None:
+    def update_host(conn: Connection, host: str, **fields: SqlValue) -> None:
         allowed = {"status", "policy", "policy_digest", "backend", "rules_in_force", "caps", "egress_bps",
                    "weights_bytes", "last_heartbeat", "heartbeat_interval", "lost_at", "seq_contig", "gap_seen_at",
                    "policy_version", "policy_source"}
@@ -202,13 +217,13 @@ class Store:
                          {"h": host, **{k: fields[k] for k in sets}})
 
     @staticmethod
-    def host(conn: Connection, host: str) -> dict[str, Any] | None:
+    def host(conn: Connection, host: str) -> HostRow | None:
         row = conn.execute(text("SELECT * FROM hosts WHERE host = :h"), {"h": host}).mappings().first()
-        return dict(row) if row else None
+        return cast(HostRow, dict(row)) if row else None
 
-    def export_events(self, host: str, since: float, until: float, types: list[str]) -> Iterator[dict[str, Any]]:
+    def export_events(self, host: str, since: float, until: float, types: list[str]) -> Iterator[ExportedEvent]:
         """A host's events in [since, until] of these types, oldest first, as the agent sent them."""
-        params: dict[str, Any] = {"h": host, "u": until, **{f"t{i}": t for i, t in enumerate(types)}}
+        params: SqlParams = {"h": host, "u": until, **{f"t{i}": t for i, t in enumerate(types)}}
         in_types = ", ".join(f":t{i}" for i in range(len(types)))
         after: tuple[float, str] = (since, "")
         while True:  # in pages, so a day of 1 Hz samples never sits in memory at once
@@ -224,12 +239,12 @@ class Store:
                 return
             after = (rows[-1]["ts"], rows[-1]["id"])
 
-    def hosts(self) -> list[dict[str, Any]]:
+    def hosts(self) -> list[HostRow]:
         with self.tx() as conn:
-            return [dict(r) for r in conn.execute(text("SELECT * FROM hosts ORDER BY host")).mappings()]
+            return [cast(HostRow, dict(r)) for r in conn.execute(text("SELECT * FROM hosts ORDER BY host")).mappings()]
 
     @staticmethod
-    def upsert_processes(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    def upsert_processes(conn: Connection, rows: list[ProcessRow]) -> None:
         """Who each process is (user, command line, container), once per process, not per sample:
         rows of {host, pid, exe, ppid, name, uid, user_name, cmdline, cgroup, container, start_time, ts}."""
         unique = {(r["host"], r["pid"], r["exe"]): r for r in rows}
@@ -247,7 +262,7 @@ class Store:
             "  ELSE excluded.last_seen END")
 
     @staticmethod
-    def process(conn: Connection, host: str, pid: int, exe: str | None = None) -> dict[str, Any] | None:
+    def process(conn: Connection, host: str, pid: int, exe: str | None = None) -> ProcessInfo | None:
         """A process's user, command line (a list) and container, as last reported."""
         sql = "SELECT * FROM processes WHERE host=:h AND pid=:p" + (" AND exe=:e" if exe is not None else "")
         row = conn.execute(text(sql + " ORDER BY last_seen DESC LIMIT 1"), {"h": host, "p": pid, "e": exe}
@@ -257,12 +272,12 @@ class Store:
         out = dict(row)
         out["cmdline"] = json.loads(out["cmdline"]) if out.get("cmdline") else []
         out["container"] = json.loads(out["container"]) if out.get("container") else None
-        return out
+        return cast(ProcessInfo, out)
 
     # -- correlation state --------------------------------------------------
 
     @staticmethod
-    def add_read(conn: Connection, host: str, r: dict[str, Any]) -> None:
+    def add_read(conn: Connection, host: str, r: ReadRow) -> None:
         conn.execute(text(
             "INSERT INTO weight_reads(host, pid, ppid, exe, name, uid, path, kind, bytes, first_ts, ts, staged_of, "
             "event_id, pipes, start_time, size, how, container, cmd_hash, remote, derivative, received_at, inode, dev) "
@@ -283,7 +298,7 @@ class Store:
              "derivative": 0, "received_at": time.time(), "inode": None, "dev": None, "host": host, **r})
 
     @staticmethod
-    def add_egress_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    def add_egress_rows(conn: Connection, rows: list[EgressRow]) -> None:
         """Egress rows that each carry their host."""
         now = time.time()
         bulk.copy(conn, "egress_raw", EGRESS_RAW_COLUMNS, [
@@ -309,17 +324,17 @@ class Store:
                     "  ELSE excluded.last_seen END")
 
     @staticmethod
-    def reads_for(conn: Connection, host: str, pids: list[int], since: float) -> list[dict[str, Any]]:
+    def reads_for(conn: Connection, host: str, pids: list[int], since: float) -> list[ReadRow]:
         if not pids:
             return []
         params = {f"p{i}": p for i, p in enumerate(pids)}
         rows = conn.execute(text(
             f"SELECT * FROM weight_reads WHERE host = :h AND ts >= :since AND pid IN ({', '.join(':' + k for k in params)}) "
             "ORDER BY first_ts"), {"h": host, "since": since, **params}).mappings()
-        return [dict(r) for r in rows]
+        return [cast(ReadRow, dict(r)) for r in rows]
 
     @staticmethod
-    def events_of(conn: Connection, host: str, type_: str, since: float) -> list[dict[str, Any]]:
+    def events_of(conn: Connection, host: str, type_: str, since: float) -> list[StoredEvent]:
         rows = conn.execute(text("SELECT id, seq, ts, data FROM events WHERE host=:h AND type=:t AND ts>=:s ORDER BY seq"),
                             {"h": host, "t": type_, "s": since}).mappings()
         return [{"id": r["id"], "seq": r["seq"], "ts": r["ts"], "data": json.loads(r["data"])} for r in rows]
@@ -327,7 +342,7 @@ class Store:
     # -- alerts ------------------------------------------------------------
 
     @staticmethod
-    def upsert_alert(conn: Connection, a: dict[str, Any], now: float) -> None:
+    def upsert_alert(conn: Connection, a: AlertDraftRow, now: float) -> None:
         params = {**a, "evidence": json.dumps(a["evidence"], default=str), "rank": SEVERITY_RANK[a["severity"]],
                   "now": now}
         conn.execute(text(
@@ -349,7 +364,7 @@ class Store:
 
     @staticmethod
     def collector_alert(conn: Connection, key: str, host: str, kind: str, severity: str, title: str, explanation: str,
-                        evidence: dict[str, Any], now: float) -> str:
+                        evidence: Evidence, now: float) -> str:
         """An alert the collector raises about itself (its broker session taken over): repeats count up
         one alert, a resolved one opens again. Returns its id."""
         import hashlib
@@ -380,7 +395,7 @@ class Store:
     def alerts(self, state: str | None = None, host: str | None = None, min_severity: str | None = None
                ) -> list[dict[str, Any]]:
         sql = "SELECT * FROM alerts WHERE 1=1"
-        params: dict[str, Any] = {}
+        params: SqlParams = {}
         if state:
             sql += " AND state = :state"
             params["state"] = state
@@ -412,7 +427,7 @@ class Store:
     # -- collectors --------------------------------------------------------------
 
     @staticmethod
-    def report_collector(conn: Connection, status: dict[str, Any]) -> None:
+    def report_collector(conn: Connection, status: CollectorStatus) -> None:
         """A running collector's own numbers (backlog, rate), for `stats`, /metrics and the console."""
         cols = ("client_id", "hostname", "pid", "version", "started_at", "updated_at", "received", "stored",
                 "backlog", "backlog_bytes", "backlog_s", "paused", "ingest_rate", "batch")
@@ -421,9 +436,10 @@ class Store:
                           f"{', '.join(f'{c} = excluded.{c}' for c in cols[1:])}"),
                      {c: status.get(c) for c in cols})
 
-    def collectors(self) -> list[dict[str, Any]]:
+    def collectors(self) -> list[CollectorStatus]:
         with self.tx() as conn:
-            return [dict(r) for r in conn.execute(text("SELECT * FROM collector_status ORDER BY client_id")).mappings()]
+            rows = conn.execute(text("SELECT * FROM collector_status ORDER BY client_id")).mappings()
+            return [cast(CollectorStatus, dict(r)) for r in rows]
 
 
 def private_files(url: str, create: bool) -> None:
@@ -465,6 +481,8 @@ def backdated_by(ts: float, received_at: float) -> float:
 
 
 def _alert(row: dict[str, Any]) -> dict[str, Any]:
+    """An alert for the CLI and the tests: its evidence parsed (free-form JSON, read by key), the rank dropped.
+    Kept loosely typed: readers outside the collector dig into the evidence as they please."""
     row["evidence"] = json.loads(row["evidence"])
     row.pop("severity_rank", None)
     # Flagged: the newest event it rests on is dated long before the collector raised it.

@@ -1,0 +1,427 @@
+"""The rows the collector's tables hold, as the code reads and writes them.
+
+Each is a TypedDict: a row stays the plain mapping SQLAlchemy returns and the SQL binds (no copy,
+no conversion), while mypy sees every key. A row built by detection (``detect/facts.py``) lacks
+what the store adds (``host`` where the batch adds it, ``received_at``); a row read back has
+them. Columns an older schema lacked are read back as None: the readers already allow for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NotRequired, Required, TypedDict
+
+from weightwarden.jsontypes import JsonObject
+
+# What SQL binds: one scalar per named parameter.
+SqlValue = str | int | float | bool | bytes | None
+SqlParams = dict[str, SqlValue]
+# An alert's evidence as a rule writes it: stored with json.dumps(default=str), read back as JSON.
+Evidence = Mapping[str, object]
+
+
+class EgressRow(TypedDict):
+    """One process's bytes to one destination in one sample (the ``egress`` view: raw and per-minute)."""
+
+    pid: int
+    ppid: int | None
+    exe: str
+    name: str
+    uid: int | None
+    start_time: float | None
+    address: str
+    port: int
+    allowed: int
+    bytes: int
+    ts: float  # its last byte left then
+    first_ts: float  # ... and its first then
+    rate_bps: float
+    event_id: str
+    protocol: str | None
+    accepted: int | None  # 1: the peer opened the connection (a reply); None: unknown
+    exact: int  # 1: first_ts/ts are this destination's own sends
+    pipes: str | None
+    container: str | None  # JSON
+    cmd_hash: str | None
+    user_name: str | None
+    dns_name: str | None
+    complete: int | None
+    host: NotRequired[str]
+    received_at: NotRequired[float | None]
+
+
+class ReadRow(TypedDict):
+    """A weight read, holding, staged read or copy (``weight_reads``)."""
+
+    pid: int
+    ppid: int | None
+    exe: str | None
+    name: str | None
+    uid: int | None
+    start_time: float | None
+    event_id: str
+    staged_of: str | None  # the copied files, one per line
+    pipes: str | None
+    container: str | None  # JSON
+    cmd_hash: str | None
+    inode: str | None
+    dev: str | None
+    path: str
+    kind: str  # read, staged_read, holder, copy
+    bytes: int
+    size: int | None
+    first_ts: float
+    ts: float
+    how: NotRequired[str | None]
+    remote: NotRequired[str | None]
+    derivative: NotRequired[int]
+    host: NotRequired[str]
+    received_at: NotRequired[float | None]
+
+
+class RelayRow(TypedDict):
+    """Bytes one process handed another on the host in one sample (``relays``)."""
+
+    src_pid: int
+    src_start: float | None
+    src_exe: str | None
+    src_name: str | None
+    dst_pid: int
+    dst_start: float | None
+    dst_exe: str | None
+    dst_name: str | None
+    via: str
+    bytes: int
+    first_ts: float
+    ts: float
+    event_id: str
+    host: NotRequired[str]
+    received_at: NotRequired[float | None]
+
+
+class PipeEndRow(TypedDict):
+    """One pipe end held by a process that reads a pipe (``pipe_ends``)."""
+
+    inode: str
+    side: str  # r or w
+    pid: int
+    start_time: float | None
+    name: str | None
+    exe: str | None
+    pipes: str | None
+    first_ts: float
+    ts: float
+    event_id: str
+    host: NotRequired[str]
+    received_at: NotRequired[float | None]
+
+
+class StageRow(TypedDict):
+    """A process seen writing a pipe, with every pipe end it held (store.facts.pipe_stages_writing)."""
+
+    pid: int
+    start_time: float | None
+    name: str | None
+    exe: str | None
+    pipes: str | None
+    first_ts: float
+    ts: float
+
+
+class CopierRow(TypedDict):
+    pid: int
+    start_time: float | None
+    name: str | None
+    exe: str | None
+
+
+class HourlyRow(TypedDict):
+    """Outward bytes to one address in one hour (by last send)."""
+
+    hour: int
+    bytes: int
+    first_ts: float
+    ts: float
+    host: NotRequired[str]
+    address: NotRequired[str]
+
+
+class SenderTotal(TypedDict):
+    """Who sent to one address in a window, and how much."""
+
+    pid: int
+    exe: str
+    name: str
+    bytes: int
+    event_id: str
+
+
+class HostRow(TypedDict):
+    """A host as the collector knows it (``hosts``)."""
+
+    host: str
+    first_seen: float | None
+    last_seen: float | None
+    status: str | None
+    seq_max: int
+    seq_contig: int
+    gap_seen_at: float | None
+    policy: str | None
+    policy_digest: str | None
+    backend: str | None
+    rules_in_force: int | None
+    caps: int | None
+    egress_bps: float | None
+    weights_bytes: int | None
+    last_heartbeat: float | None
+    heartbeat_interval: float | None
+    lost_at: float | None
+    weights_at: float | None
+    policy_version: int | None
+    policy_source: str | None
+
+
+class HostTouch(TypedDict, total=False):
+    """A host heard from (Store.touch_hosts): its sequence number and, from a sample or a heartbeat,
+    the fields it reports; ``ts`` orders the rows of one batch and is not stored."""
+
+    host: Required[str]
+    seq: Required[int]
+    ts: float
+    egress_bps: float | None
+    policy: str | None
+    policy_digest: str | None
+    backend: str | None
+    rules_in_force: int | None
+    caps: int | None
+    last_heartbeat: float | None
+    weights_bytes: int | None
+
+
+class ProcessRow(TypedDict):
+    """Who a process is, written once per process (``processes``; ``ts`` is when it was seen)."""
+
+    host: str
+    pid: int
+    exe: str
+    ppid: int | None
+    name: str | None
+    uid: int | None
+    user_name: str | None
+    cmdline: str | None  # JSON list
+    cgroup: str | None
+    container: str | None  # JSON
+    start_time: float | None
+    ts: float
+
+
+class ProcessInfo(TypedDict):
+    """A process as the ``processes`` table last described it, its command line and container parsed."""
+
+    host: str
+    pid: int
+    exe: str
+    ppid: int | None
+    name: str | None
+    uid: int | None
+    user_name: str | None
+    cmdline: list[str]
+    cgroup: str | None
+    container: JsonObject | None
+    start_time: float | None
+    first_seen: float
+    last_seen: float
+
+
+class StoredEvent(TypedDict):
+    """An event as stored, its payload parsed (Store.events_of)."""
+
+    id: str
+    seq: int
+    ts: float
+    data: JsonObject
+
+
+class ExportedEvent(StoredEvent):
+    """An event as the agent sent it (Store.export_events)."""
+
+    schema: int
+    host: str
+    type: str
+
+
+class CollectorStatus(TypedDict):
+    """A running collector's own numbers (``collector_status``)."""
+
+    client_id: str
+    hostname: str | None
+    pid: int | None
+    version: str | None
+    started_at: float | None
+    updated_at: float
+    received: int
+    stored: int | None
+    backlog: int
+    backlog_bytes: int | None
+    backlog_s: float | None
+    paused: int | None
+    ingest_rate: float
+    batch: int | None
+
+
+class SensorRow(TypedDict):
+    """The sensor's state per host (``sensors``): ``state`` and ``degraded`` are the SensorState as JSON."""
+
+    host: str
+    state: str | None
+    state_at: float | None
+    whole_at: float | None
+    degraded_at: float | None
+    degraded: str | None
+
+
+class LifecycleRow(TypedDict):
+    """The agent's lifecycle per host (``lifecycle``)."""
+
+    host: str
+    started_at: float | None
+    stopped_at: float | None
+    stop_reason: str | None
+    lost_conn: float | None
+    lost_at: float | None
+    lost_seen: float | None
+    silent_from: float | None
+    beat_at: float | None
+    beat_gap: float | None
+
+
+class HostState(TypedDict, total=False):
+    """A host's row with its agent's lifecycle (the sweep's view; a host never heard from has only its name)."""
+
+    host: Required[str]
+    first_seen: float | None
+    last_seen: float | None
+    status: str | None
+    seq_max: int
+    seq_contig: int
+    gap_seen_at: float | None
+    weights_bytes: int | None
+    started_at: float | None
+    stopped_at: float | None
+    stop_reason: str | None
+    lost_conn: float | None
+    lost_at: float | None
+    lost_seen: float | None
+    silent_from: float | None
+    beat_at: float | None
+    beat_gap: float | None
+
+
+class RawSocketRow(TypedDict):
+    """A packet socket that sent (``raw_sockets``)."""
+
+    pid: int
+    start_time: float | None
+    name: str | None
+    exe: str | None
+    uid: int | None
+    container: str | None
+    ppid: int | None
+    pipes: str | None
+    cmd_hash: str | None
+    family: str
+    interface: str | None
+    bypass: int | None
+    allowed: int
+    tx_bytes: int
+    tx_packets: int | None
+    action: str | None
+    killed: int | None
+    escaped_bytes: int | None
+    first_ts: float
+    ts: float
+    event_id: str
+    host: NotRequired[str]
+    received_at: NotRequired[float | None]
+
+
+class RelinkRow(TypedDict):
+    """A weight file given a new name (``relinks``)."""
+
+    inode: str
+    dev: str | None
+    how: str
+    from_path: str
+    to_path: str
+    outside_tree: int
+    size: int | None
+    pid: int | None
+    start_time: float | None
+    name: str | None
+    exe: str | None
+    uid: int | None
+    ts: float
+    event_id: str
+    host: NotRequired[str]
+    received_at: NotRequired[float | None]
+
+
+class _AlertColumns(TypedDict):
+    key: str
+    id: str
+    host: str
+    kind: str
+    severity: str
+    state: str
+    title: str
+    explanation: str
+    first_ts: float
+    last_ts: float
+    created_at: float
+    updated_at: float
+    count: int
+    acked_by: str | None
+    acked_at: float | None
+    resolved_by: str | None
+    resolved_at: float | None
+    assignee: str | None
+    fact_order: str | None
+    raised_at: float | None
+
+
+class StoredAlert(_AlertColumns):
+    """An alert as the ``alerts`` table holds it: its evidence as JSON text."""
+
+    evidence: str
+    severity_rank: int
+
+
+class AlertRow(_AlertColumns):
+    """A stored alert with its evidence parsed (the store's readers drop the rank and add ``backdated``)."""
+
+    evidence: JsonObject
+    severity_rank: NotRequired[int]
+    backdated: NotRequired[float | None]
+
+
+class AlertDraftRow(TypedDict):
+    """An alert as a detection writes it (common.Draft.to_row)."""
+
+    key: str
+    id: str
+    host: str
+    kind: str
+    severity: str
+    title: str
+    explanation: str
+    evidence: Evidence
+    first_ts: float
+    last_ts: float
+    reopen: NotRequired[bool]
+    count: NotRequired[int | None]
+
+
+__all__ = ["AlertDraftRow", "AlertRow", "CollectorStatus", "CopierRow", "EgressRow", "Evidence", "ExportedEvent",
+           "HostRow", "HostState", "HostTouch", "ProcessInfo", "ProcessRow", "StoredEvent", "HourlyRow", "LifecycleRow",
+           "PipeEndRow", "RawSocketRow", "ReadRow", "RelayRow", "RelinkRow", "SensorRow", "SenderTotal",
+           "SqlParams", "SqlValue", "StageRow", "StoredAlert"]
