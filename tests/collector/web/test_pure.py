@@ -11,8 +11,8 @@ from weightwarden.collector.outputs.base import OutputSpec
 from weightwarden.collector.outputs.message import attack, cef, syslog_line
 from weightwarden.collector.store import notifications
 from weightwarden.collector.store.database import Store
-from weightwarden.collector.store.facts import put_alert
 from weightwarden.collector.store.rows import AlertDraftRow
+from weightwarden.collector.store.verdicts import put_alert
 from weightwarden.collector.web.chart import egress_svg
 
 

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NotRequired, Required, TypedDict
 
 from weightwarden.collector.detect.keys import AlertKey
@@ -71,7 +72,7 @@ def load_tuning(path: str) -> Tuning:
     import yaml
 
     try:
-        with open(path) as fh:
+        with Path(path).open() as fh:
             doc = yaml.safe_load(fh) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ValueError(f"{path}: {exc}") from None

@@ -31,6 +31,7 @@ from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.detect.links import Links
 from weightwarden.collector.detect.rule import Lately, Look, Rule, SampleFacts, Units
 from weightwarden.collector.store import facts as q
+from weightwarden.collector.store import verdicts
 from weightwarden.collector.store.database import Store
 from weightwarden.collector.store.rows import EgressRow, PipeEndRow, RelayRow
 from weightwarden.events import Event, FileAccess, Heartbeat, UnexplainedEgress, WeightHolder, WeightsCopy
@@ -270,16 +271,16 @@ class Detector:
         if draft is None:
             return False
         if draft.mode == "event":
-            q.put_event_alert(conn, draft.to_row(), draft.order, now)
+            verdicts.put_event_alert(conn, draft.to_row(), draft.order, now)
             changed = True
         else:
-            changed = q.put_alert(conn, draft.to_row(), now)
+            changed = verdicts.put_alert(conn, draft.to_row(), now)
         if changed:
             self._changed.append(draft.key)
         return changed
 
     def withdraw(self, conn: Connection, keys: Sequence[AlertKey], now: float) -> int:
-        gone = q.withdraw(conn, [str(k) for k in keys], now)
+        gone = verdicts.withdraw(conn, [str(k) for k in keys], now)
         if gone:
             self._changed.extend(keys)
         return gone
@@ -287,13 +288,13 @@ class Detector:
     def resolve(self, conn: Connection, key: AlertKey, why: str, now: float, open_: bool = False,
                 reopen_after: float | None = None) -> bool:
         """Resolve (or, ``open_``, reopen) an alert as the facts say."""
-        return q.set_auto_state(conn, str(key), open_, why, now, reopen_after)
+        return verdicts.set_auto_state(conn, str(key), open_, why, now, reopen_after)
 
     def keys_of(self, conn: Connection, rule: str, host: str, *parts: str) -> list[AlertKey]:
         """The stored keys of a rule's alerts on a host (whose parts begin with ``parts``)."""
         prefix = str(AlertKey(rule, host, parts))
         out = set()
-        for text_ in q.alert_keys(conn, host, prefix):
+        for text_ in verdicts.alert_keys(conn, host, prefix):
             key = AlertKey.parse(text_, host)
             if key is not None and key.rule == rule and key.parts[:len(parts)] == parts:
                 out.add(key)
@@ -316,7 +317,7 @@ class Detector:
             # that judged from a snapshot missing another's facts, and committed after that other's
             # verdict, must not leave its older view standing. A verdict that holds writes nothing.
             renewing = [r.name for r in self.rules if r.renew_lately]
-            for text_, host in q.alerts_updated_since(conn, lately.since_now, renewing):
+            for text_, host in verdicts.alerts_updated_since(conn, lately.since_now, renewing):
                 key = AlertKey.parse(text_, host)
                 rule = self.by_name.get(key.rule) if key is not None else None
                 subject = rule.subject(key) if rule is not None and key is not None else None

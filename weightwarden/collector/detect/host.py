@@ -112,10 +112,7 @@ def host_exfiltration(host: str, day: str, reads: list[ReadRow], flows: list[Egr
             by_exe[r["exe"] or ""] = (pids | {int(r["pid"])}, total + n)
         _exe, (pids, top_bytes) = max(by_exe.items(), key=lambda kv: (kv[1][1], kv[0]))
         chunked = len(pids) >= tune.chunk_min_processes and top_bytes * 2 >= sent
-        if chunked:
-            sev = "critical" if ratio >= tune.chunk_critical_ratio else _level(ratio, tune)
-        else:
-            sev = _level(ratio, tune)
+        sev = "critical" if chunked and ratio >= tune.chunk_critical_ratio else _level(ratio, tune)
         if sev is None:
             continue
         whole = _sensor_whole(inside, blind, k * width, (k + 2) * width)

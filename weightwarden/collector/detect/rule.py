@@ -32,7 +32,8 @@ from weightwarden.collector.detect.common import Draft, Tuning
 from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.detect.links import Links
 from weightwarden.collector.store.database import Store
-from weightwarden.collector.store.rows import EgressRow, HostState, PipeEndRow, ReadRow, RelayRow
+from weightwarden.collector.store.host_rows import HostState
+from weightwarden.collector.store.rows import EgressRow, PipeEndRow, ReadRow, RelayRow
 from weightwarden.events import Event, Payload
 
 S = TypeVar("S", bound=Hashable)  # what a rule judges: a sender process, a host's day, a host...

@@ -36,7 +36,7 @@ from weightwarden.collector.ingest.bounded import BoundedDict
 from weightwarden.collector.ingest.validate import Rejection, count_backdated, validate
 from weightwarden.collector.store import bulk
 from weightwarden.collector.store.database import Store
-from weightwarden.collector.store.rows import HostTouch, ProcessRow
+from weightwarden.collector.store.host_rows import HostTouch, ProcessRow
 from weightwarden.events import (
     EgressSample,
     Event,

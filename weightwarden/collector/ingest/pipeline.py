@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import cast
 
 from sqlalchemy import Connection, text
@@ -25,7 +26,8 @@ from weightwarden.collector.ingest.batching import BatchIngest, egress_bps
 from weightwarden.collector.store import agent_facts as a
 from weightwarden.collector.store import facts as q
 from weightwarden.collector.store.database import Store
-from weightwarden.collector.store.rows import HostState, SqlValue
+from weightwarden.collector.store.host_rows import HostState
+from weightwarden.collector.store.rows import SqlValue
 from weightwarden.events import (
     EVENT_TYPES,
     AgentLost,
@@ -153,7 +155,7 @@ class Pipeline(BatchIngest):
 def load_stream(path: str) -> list[tuple[str, bytes]]:
     """A recorded event stream (JSON lines) as MQTT messages, for tests and replays."""
     out = []
-    with open(path) as fh:
+    with Path(path).open() as fh:
         for line in fh:
             line = line.strip()
             if line and not line.startswith("#"):

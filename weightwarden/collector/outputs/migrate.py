@@ -14,6 +14,7 @@ could have named any file.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -84,7 +85,7 @@ def migrate(store: Store, box: SecretBox, names: set[str], allow_local: set[str]
         url, files, options, notes = _legacy_parts(o)
         try:
             for option, path in files.items():
-                with open(path, encoding="utf-8") as fh:
+                with Path(path).open(encoding="utf-8") as fh:
                     options[option] = fh.read().strip() if option == "password" else fh.read()
             if name in allow_local:
                 options["allow_local"] = True

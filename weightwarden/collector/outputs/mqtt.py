@@ -10,6 +10,7 @@ starts with ``_``). TLS takes ``ca_pem`` and a client certificate.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets as random
 from collections.abc import Mapping
@@ -75,10 +76,8 @@ class MqttReceiver(Receiver):
     async def close(self) -> None:
         if self.client is not None:
             client, self.client = self.client, None
-            try:
+            with contextlib.suppress(Exception):  # a broken connection is dropped either way
                 await client.__aexit__(None, None, None)
-            except Exception:  # noqa: BLE001 - a broken connection is dropped either way
-                pass
 
 
 def check(url: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:

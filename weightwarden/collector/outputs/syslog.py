@@ -10,6 +10,7 @@ in the query or as options; TLS takes ``ca_pem`` and a client certificate
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
@@ -85,10 +86,8 @@ class SyslogReceiver(Receiver):
         if self.writer is not None:
             writer, self.writer = self.writer, None
             writer.close()
-            try:
+            with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
                 await asyncio.wait_for(writer.wait_closed(), 2)
-            except (OSError, TimeoutError, ssl.SSLError):
-                pass
         if self.udp is not None:
             self.udp.close()
             self.udp = None

@@ -11,15 +11,8 @@ from typing import cast
 from sqlalchemy import Connection, text
 
 from weightwarden.collector.store.facts import _rows
-from weightwarden.collector.store.rows import (
-    AlertRow,
-    LifecycleRow,
-    RawSocketRow,
-    ReadRow,
-    RelinkRow,
-    SensorRow,
-    StoredAlert,
-)
+from weightwarden.collector.store.host_rows import LifecycleRow, SensorRow
+from weightwarden.collector.store.rows import AlertRow, RawSocketRow, ReadRow, RelinkRow, StoredAlert
 
 # -- the sensor's state ------------------------------------------------------------------------------
 

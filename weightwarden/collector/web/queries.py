@@ -236,7 +236,7 @@ def egress_series(conn: Connection, host: str, since: float, until: float, bucke
     other = [0.0] * buckets
     for address, _allow, b, nbytes in rows:
         i = min(int(b), buckets - 1)
-        (series[address] if address in series else other)[i] += int(nbytes) * 8 / step
+        series.get(address, other)[i] += int(nbytes) * 8 / step
     out = [{"address": a, "allowed": allowed[a], "bytes": totals[a], "bps": series[a]} for a in keep]
     if any(other):
         out.append({"address": "other", "allowed": False, "bytes": sum(v for a, v in totals.items() if a not in series),

@@ -23,7 +23,7 @@ from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.detect.registry import register
 from weightwarden.collector.detect.rule import Context, Hint, Look, Rule
 from weightwarden.collector.store import agent_facts as a
-from weightwarden.collector.store.rows import HostState, LifecycleRow
+from weightwarden.collector.store.host_rows import HostState, LifecycleRow
 from weightwarden.events import AgentLost, AgentStarted, AgentStopping, Event, Heartbeat
 from weightwarden.jsontypes import JsonObject
 from weightwarden.units import format_duration

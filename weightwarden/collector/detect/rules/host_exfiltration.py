@@ -21,6 +21,7 @@ from weightwarden.collector.detect.rule import Context, Hint, Lately, Look, Rule
 from weightwarden.collector.detect.sender import sender_of_key
 from weightwarden.collector.store import agent_facts as a
 from weightwarden.collector.store import facts as q
+from weightwarden.collector.store import verdicts
 from weightwarden.collector.store.rows import ReadRow
 from weightwarden.events import Event, SensorTampered
 
@@ -57,7 +58,7 @@ class HostRule(Rule[tuple[str, str]]):
             found = sender_of_key(key)
             if found is None:
                 continue
-            row = q.alert_row(conn, str(key))
+            row = verdicts.alert_row(conn, str(key))
             if row is not None:
                 lo, hi = float(row["first_ts"]), float(row["last_ts"])
             else:

@@ -14,9 +14,9 @@ from sqlalchemy import Connection, text
 from weightwarden.collector.detect.common import Draft, json_int, json_list
 from weightwarden.collector.detect.registry import register
 from weightwarden.collector.detect.rule import Context, Rule
-from weightwarden.collector.store import bulk
+from weightwarden.collector.store import bulk, verdicts
 from weightwarden.collector.store import facts as q
-from weightwarden.collector.store.rows import HostState
+from weightwarden.collector.store.host_rows import HostState
 from weightwarden.events import EventsDropped
 
 MAX_RANGES = 1000  # kept in the alert's evidence (the count covers them all)
@@ -121,7 +121,7 @@ class SequenceGapRule(Rule[str]):
               now: float) -> Draft:
         """Every range found missing so far, not only this sweep's (less any an agent explained since)."""
         key = self.key(host)
-        before = q.alert_row(conn, str(key))
+        before = verdicts.alert_row(conn, str(key))
         earlier: list[tuple[int, int]] = []
         if before is not None:
             for pair in json.loads(before["evidence"]).get("missing_seq_ranges") or []:

@@ -18,6 +18,7 @@ from weightwarden.collector.detect.registry import register
 from weightwarden.collector.detect.rule import Context, Hint, Lately, Look, Rule, SampleFacts
 from weightwarden.collector.detect.slow import RULE_NAME, SlowWindow, slow, slow_key, slow_of_key, slow_peak
 from weightwarden.collector.store import facts as q
+from weightwarden.collector.store import verdicts
 from weightwarden.collector.store.rows import HourlyRow
 
 SLOW_EVERY_S = 60.0  # a destination under a steady trickle is re-judged at most this often...
@@ -100,7 +101,7 @@ class SlowRule(Rule[Unit]):
         for row in hourly:
             by_pair.setdefault((row["host"], row["address"]), []).append(row)
         weights = q.weights_of(conn, sorted({h for h, _a, _d in units}))
-        existing = q.existing_keys(conn, [str(slow_key(h, a, d)) for h, a, d in units])
+        existing = verdicts.existing_keys(conn, [str(slow_key(h, a, d)) for h, a, d in units])
         out = []
         for host, address, day in units:
             win = slow_peak(by_pair.get((host, address), []), day, weights.get(host, 0), self.tune)
