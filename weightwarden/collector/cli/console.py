@@ -12,10 +12,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from weightwarden.collector.cli.opening import Subcommands, open_store
 from weightwarden.collector.cli.opening import fail as _fail
-from weightwarden.collector.cli.opening import open_store
 from weightwarden.collector.cli.opening import operator as _operator
 from weightwarden.collector.cli.outputs import (
     cmd_outputs_add,
@@ -38,7 +38,7 @@ EXAMPLES = """examples:
 """
 
 
-def add_commands(sub: Any, db_arg: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_commands(sub: Subcommands, db_arg: Callable[[argparse.ArgumentParser], None]) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     serve = sub.add_parser("serve", help="the security operations console and its JSON API", epilog=EXAMPLES,
                            formatter_class=fmt)

@@ -3,14 +3,18 @@ command module, imported by none of them."""
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 if TYPE_CHECKING:  # the database layer is imported when a command opens it, not to build the parser
     from weightwarden.collector.store.database import Store
 
+
+# What add_subparsers() returns: each command module adds its parsers to it.
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 def open_store(url: str, *, write: bool = False) -> Store:
     """An existing database with this binary's schema: read-only unless ``write`` (never migrated,

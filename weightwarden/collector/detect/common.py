@@ -18,7 +18,7 @@ from typing import NotRequired, Required, TypedDict
 
 from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.store.rows import AlertDraftRow, EgressRow, Evidence, ReadRow
-from weightwarden.jsontypes import JsonObject, JsonValue
+from weightwarden.jsontypes import JsonObject
 
 LEVELS = ["low", "medium", "high", "critical"]
 # How a read was measured when its byte count says nothing (io_uring, splice, an mmap made
@@ -272,22 +272,6 @@ def file_key(r: ReadRow) -> str:
 
 def sources(r: ReadRow) -> list[str]:
     return [s for s in (r.get("staged_of") or "").split("\n") if s]
-
-
-def json_int(value: JsonValue) -> int:
-    """A number read back from stored JSON (evidence, an event's data); anything else is an error naming it."""
-    if isinstance(value, (int, float, str)):
-        return int(value)
-    raise TypeError(f"expected a number, not {value!r}")
-
-
-def json_list(value: JsonValue) -> list[JsonValue]:
-    """A list read back from stored JSON: absent (None) is empty; anything else is an error naming it."""
-    if value is None:
-        return []
-    if isinstance(value, list):
-        return value
-    raise TypeError(f"expected a list, not {value!r}")
 
 
 def same_process(pid_a: int, start_a: float | None, pid_b: int, start_b: float | None) -> bool:

@@ -65,7 +65,7 @@ class Detector:
         # Caches that only skip redundant work; the database stays the truth.
         self._reads: dict[str, tuple[float, bool]] = {}
         self._contacts: dict[tuple[str, str, str], tuple[float, float]] = {}  # (first, last seen)
-        self._pipes: dict[tuple[Any, ...], float] = {}
+        self._pipes: dict[tuple[str, int, float | None, str, str], float] = {}
         self._swept: tuple[float, float] = (math.inf, math.inf)  # (wall, clock) the last sweep began at
         self._changed: list[AlertKey] = []  # verdicts written or withdrawn in this evaluation
         self.lag_s = 0.0  # how far behind its inbox the collector is (the service says): silence waits for it

@@ -21,7 +21,8 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 from weightwarden.collector.outputs import tls as tlsctx
 from weightwarden.collector.outputs.base import DeliveryError, Kind, OutputConfigError, OutputSpec, Receiver
 from weightwarden.collector.outputs.destination import DestinationRefused, connect_pinned, resolve_async
-from weightwarden.collector.outputs.message import document, is_audit
+from weightwarden.collector.outputs.message import Notification, document, is_audit
+from weightwarden.jsontypes import JsonObject
 from weightwarden.mqtt import redact
 
 ALERT_TOPIC = "weightwarden/v1/alerts"
@@ -56,7 +57,7 @@ class MqttReceiver(Receiver):
         await client.__aenter__()
         return client
 
-    async def send(self, note: dict[str, Any]) -> None:
+    async def send(self, note: Notification) -> None:
         import aiomqtt
 
         body = json.dumps(document(note), default=str, separators=(",", ":"))
@@ -80,7 +81,7 @@ class MqttReceiver(Receiver):
                 await client.__aexit__(None, None, None)
 
 
-def check(url: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def check(url: str, options: JsonObject) -> tuple[str, JsonObject]:
     try:
         parts = urlsplit(url)
         _ = parts.port

@@ -16,13 +16,13 @@ import socket
 import ssl
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from weightwarden.collector.outputs import tls as tlsctx
 from weightwarden.collector.outputs.base import DeliveryError, Kind, OutputConfigError, OutputSpec, Receiver
 from weightwarden.collector.outputs.destination import DestinationRefused, Target, resolve_async
-from weightwarden.collector.outputs.message import syslog_line
+from weightwarden.collector.outputs.message import Notification, syslog_line
+from weightwarden.jsontypes import JsonObject
 from weightwarden.mqtt import redact
 
 TIMEOUT_S = 10.0
@@ -43,7 +43,7 @@ class SyslogReceiver(Receiver):
         self.udp: socket.socket | None = None
         self.udp_target: Target | None = None
 
-    async def send(self, note: dict[str, Any]) -> None:
+    async def send(self, note: Notification) -> None:
         line = syslog_line(note, self.hostname, self.body, str(os.getpid()))
         try:
             if self.transport == "udp":
@@ -94,7 +94,7 @@ class SyslogReceiver(Receiver):
             self.udp_target = None
 
 
-def check(url: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def check(url: str, options: JsonObject) -> tuple[str, JsonObject]:
     parts = urlsplit(url)
     transport = parts.scheme.split("+", 1)[1] if "+" in parts.scheme else ""
     if transport not in PORTS:

@@ -205,6 +205,23 @@ class RelinkRow(TypedDict):
     received_at: NotRequired[float | None]
 
 
+class AuditRecord(TypedDict):
+    """One entry of the audit trail (``audit``), as store.audit writes and reads it."""
+
+    id: int
+    ts: float
+    user: str
+    action: str
+    target: str | None
+    source: str | None
+    via: str | None
+    outcome: str
+    detail: str | None
+    comment: str | None
+    alert_key: str | None
+    alert_id: str | None
+
+
 class _AlertColumns(TypedDict):
     key: str
     id: str
@@ -260,6 +277,6 @@ class AlertDraftRow(TypedDict):
     count: NotRequired[int | None]
 
 
-__all__ = ["AlertDraftRow", "AlertRow", "CopierRow", "EgressRow", "Evidence", "HourlyRow", "PipeEndRow",
+__all__ = ["AlertDraftRow", "AlertRow", "AuditRecord", "CopierRow", "EgressRow", "Evidence", "HourlyRow", "PipeEndRow",
            "RawSocketRow", "ReadRow", "RelayRow", "RelinkRow", "SenderTotal", "SqlParams", "SqlValue",
            "StageRow", "StoredAlert"]

@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.pool import ConnectionPoolEntry
 
 # Re-exported: the schema's version and statements are asked of this module.
 from weightwarden.collector.store.migrations import DIALECT_SQL
@@ -101,7 +102,7 @@ def make_engine(url: str, *, read_only: bool, create: bool) -> Engine:
         raise StoreError(f"--db {safe_url(url)!r}: {exc}") from None
     if engine.dialect.name == "sqlite":
         @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        def _pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
             cur = dbapi_conn.cursor()
             if not read_only:
                 cur.execute("PRAGMA journal_mode=WAL")

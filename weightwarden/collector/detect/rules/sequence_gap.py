@@ -11,9 +11,10 @@ import json
 
 from sqlalchemy import Connection, text
 
-from weightwarden.collector.detect.common import Draft, json_int, json_list
+from weightwarden.collector.detect.common import Draft
 from weightwarden.collector.detect.registry import register
 from weightwarden.collector.detect.rule import Context, Rule
+from weightwarden.collector.jsonread import json_int, json_list
 from weightwarden.collector.store import bulk, verdicts
 from weightwarden.collector.store import facts as q
 from weightwarden.collector.store.host_rows import HostState

@@ -14,10 +14,11 @@ from collections.abc import Iterable, Sequence
 
 from sqlalchemy import Connection, text
 
-from weightwarden.collector.detect.common import Draft, clock, json_int, json_list
+from weightwarden.collector.detect.common import Draft, clock
 from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.detect.registry import register
 from weightwarden.collector.detect.rule import Context, Hint, Lately, Look, Rule
+from weightwarden.collector.jsonread import json_int, json_list
 from weightwarden.collector.store import agent_facts as af
 from weightwarden.collector.store.rows import AlertRow, ReadRow, RelinkRow
 from weightwarden.events import Event, WeightsRelinked
