@@ -149,8 +149,8 @@ class Bench:
                     "--client-id", f"{tag}-{i}", "--batch-seconds", str(self.batch_seconds)]
             if db.startswith("postgres"):
                 argv += ["--shared-group", tag]
-            procs.append((subprocess.Popen(argv, cwd=str(REPO), stdout=subprocess.DEVNULL,
-                                           stderr=open(log, "ab")), log))
+            with log.open("ab") as err:  # the collector keeps its own copy of the descriptor
+                procs.append((subprocess.Popen(argv, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=err), log))
         deadline = time.monotonic() + 60
         for _, log in procs:
             while b"collector_subscribed" not in log.read_bytes():
@@ -345,7 +345,7 @@ def main() -> int:
                         help="the collectors' --batch-seconds (60 is the old fixed 5,000-message batches)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ww-bench-"))
-    os.chmod(work, 0o755)
+    work.chmod(0o755)
     broker = Broker(work / "broker").start()
     pg = Postgres() if os.geteuid() == 0 and binaries() else None
     bench = Bench(broker, work, pg)

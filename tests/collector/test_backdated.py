@@ -68,7 +68,7 @@ def test_database_files_are_private(tmp_path: Path) -> None:
             if f.exists():
                 assert f.stat().st_mode & 0o777 == 0o600, (f, oct(f.stat().st_mode))
         # A database an older collector left 0644 is narrowed when opened for writing.
-        os.chmod(db, 0o644)
+        Path(db).chmod(0o644)
         Store(f"sqlite:///{db}")
         assert db.stat().st_mode & 0o777 == 0o600
     finally:

@@ -90,9 +90,8 @@ def test_read_commands_open_read_only(tmp_path: Path) -> None:
     url = f"sqlite:///{db}"
     Store(url).close()
     store = Store(url, read_only=True, migrate=False)
-    with pytest.raises(Exception, match="readonly"):
-        with store.tx() as conn:
-            store.bump(conn, "x")
+    with pytest.raises(Exception, match="readonly"), store.tx() as conn:
+        store.bump(conn, "x")
 
 
 def test_default_database_is_the_units(capsys: pytest.CaptureFixture[str]) -> None:

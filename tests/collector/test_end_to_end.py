@@ -67,7 +67,7 @@ spec:
     broker = Broker(tmp_path / "broker", host=pair.addr_b, port=18850, netns=pair.b).start()
     db = f"sqlite:///{tmp_path}/collector.db"
     try:
-        with open(tmp_path / "collector.log", "wb") as clog, open(tmp_path / "agent.log", "wb") as alog:
+        with (tmp_path / "collector.log").open("wb") as clog, (tmp_path / "agent.log").open("wb") as alog:
             pair.popen(pair.b, sys.executable, "-m", "weightwarden.collector", "run", "--broker", broker.url, "--db", db,
                        cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=clog)
             sink = pair.popen(pair.b, sys.executable, "-m", "tests.helpers.sink", pair.addr_b, "8080", "9000",

@@ -17,12 +17,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from tests.collector.scenarios import Stream
 from weightwarden.collector.ingest.pipeline import Pipeline
-from weightwarden.collector.outputs.message import cef, syslog_line
+from weightwarden.collector.outputs.message import Notification, cef, syslog_line
 from weightwarden.collector.store.database import Store
 from weightwarden.collector.store.notifications import alert_changed
 
@@ -80,7 +81,7 @@ def test_cef_and_syslog_keep_one_record(db: str) -> None:
         row = conn.exec_driver_sql("SELECT key FROM alerts").scalar()
         alert_changed(conn, str(row), time.time())
         payload = conn.exec_driver_sql("SELECT id, payload FROM alert_notifications ORDER BY seq LIMIT 1").one()
-    note = {"id": payload[0], **json.loads(payload[1])}
+    note = cast(Notification, {"seq": 1, "attempts": 0, "id": payload[0], **json.loads(payload[1])})
     text = cef(note)
     assert "\r" not in text and "\n" not in text and not RAW.search(text), repr(text)
     # One record: the seven header fields are the collector's; the fake record is text inside two fields.

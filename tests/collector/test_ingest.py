@@ -132,7 +132,7 @@ def test_names_users_and_command_lines_are_stored(tmp_path: Path) -> None:
         proc = store.process(conn, "gpu-1", 42, "/usr/bin/curl")
     assert tuple(row) == ("drop.example", "mallory")
     assert proc is not None and proc["user_name"] == "mallory" and proc["cmdline"][-1] == "https://drop.example/up"
-    assert proc["container"]["pod_name"] == "trainer-0"
+    assert proc["container"] is not None and proc["container"]["pod_name"] == "trainer-0"
 
 
 def test_replayed_ids_are_duplicates_not_dead_letters(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def collector(broker: Broker, db: str, *extra: str, log: Path | None = None) -> subprocess.Popen[bytes]:
-    with open(log or "/dev/null", "ab") as err:
+    with Path(log or os.devnull).open("ab") as err:
         argv = [sys.executable, "-m", "weightwarden.collector", "run", "--broker", broker.url, "--db", db, *extra]
         return subprocess.Popen(argv,
                                 cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=err)

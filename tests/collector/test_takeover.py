@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from tests.helpers.broker import MOSQUITTO, free_port
 from tests.helpers.netns import wait_for
-from weightwarden.collector.ingest.service import client_id
+from weightwarden.collector.ingest.session import client_id
 from weightwarden.collector.store.database import Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ class Broker:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        with open(self.conf.with_suffix(".log"), "ab") as log:
+        with self.conf.with_suffix(".log").open("ab") as log:
             self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=log)
 
         def up() -> bool:
@@ -91,7 +91,7 @@ def test_a_taken_session_is_an_alert_and_a_restart_is_not(tmp_path: Path) -> Non
     db = f"sqlite:///{tmp_path}/c.db"
     log = tmp_path / "collector.log"
     url = f"mqtt://weightwarden-collector@127.0.0.1:{port}?password_file={tmp_path}/broker/collector.pw"
-    with open(log, "wb") as err:
+    with Path(log).open("wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "weightwarden.collector", "run", "--broker", url, "--db", db],
                                 cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=err)
     clients: list[mqtt.Client] = []

@@ -125,9 +125,8 @@ def test_append_only_kept_by_retention_and_exported(console: dict[str, Any]) -> 
     with store.tx() as conn:
         before = conn.exec_driver_sql("SELECT count(*) FROM audit").scalar()
     for sql in ("UPDATE audit SET user_name = 'nobody'", "DELETE FROM audit"):
-        with pytest.raises(DBAPIError, match="append-only"):
-            with store.tx() as conn:
-                conn.exec_driver_sql(sql)
+        with pytest.raises(DBAPIError, match="append-only"), store.tx() as conn:
+            conn.exec_driver_sql(sql)
     run(store, Retention(events_s=1, raw_egress_s=600, egress_s=1), now=time.time() + 400 * 86400)
     with store.tx() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM audit").scalar() == before

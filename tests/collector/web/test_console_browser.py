@@ -79,7 +79,7 @@ spec:
         # The database first (as an operator would: `db upgrade`), then users, before `run` starts.
         cli("db", "upgrade", "--db", db)
         tokens = add_users(db)
-        with open(tmp_path / "collector.log", "wb") as clog, open(tmp_path / "agent.log", "wb") as alog:
+        with (tmp_path / "collector.log").open("wb") as clog, (tmp_path / "agent.log").open("wb") as alog:
             pair.popen(pair.b, sys.executable, "-m", "weightwarden.collector", "run", "--broker", broker.url, "--db", db,
                        "--client-id", "console-e2e", cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=clog)
             sink = pair.popen(pair.b, sys.executable, "-m", "tests.helpers.sink", pair.addr_b, "8080", "9000",

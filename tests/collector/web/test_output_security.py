@@ -12,7 +12,6 @@ carries no password (a fake broker records it).
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import threading
 import time
@@ -193,7 +192,7 @@ def test_output_files_and_key_are_private(tmp_path: Path) -> None:
     for name in ("c.db", "c.db-wal", "c.db-shm"):
         if (tmp_path / name).exists():
             assert (tmp_path / name).stat().st_mode & 0o077 == 0, name
-    os.chmod(key, 0o644)  # a key others can read is refused, not used
+    Path(key).chmod(0o644)  # a key others can read is refused, not used
     bad = cli("outputs", "add", "hook2", "https://hooks.invalid/x", "--secret-file", "/etc/hostname", "--db", db,
               check=False)
     assert bad.returncode == 2 and "readable by others" in bad.stderr

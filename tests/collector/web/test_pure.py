@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 from weightwarden.collector.outputs import outbox
 from weightwarden.collector.outputs.base import OutputSpec
-from weightwarden.collector.outputs.message import attack, cef, syslog_line
+from weightwarden.collector.outputs.message import Notification, attack, cef, syslog_line
 from weightwarden.collector.store import notifications
 from weightwarden.collector.store.database import Store
-from weightwarden.collector.store.facts import put_alert
+from weightwarden.collector.store.rows import AlertDraftRow
+from weightwarden.collector.store.verdicts import put_alert
 from weightwarden.collector.web.chart import egress_svg
 
 
-def note(kind: str = "exfiltration", port: int = 443, title: str = "t") -> dict[str, Any]:
-    return {"id": "n1", "transition": "open", "alert": {
+def note(kind: str = "exfiltration", port: int = 443, title: str = "t") -> Notification:
+    return {"seq": 1, "id": "n1", "attempts": 0, "transition": "open", "alert": {
         "id": "a1", "host": "gpu|1", "kind": kind, "severity": "high", "state": "open", "title": title,
         "explanation": "read x=y\nthen sent", "last_ts": 1.0,
         "evidence": {"destinations": [{"address": "198.18.0.2", "port": port, "bytes": 5, "name": "up.example"}],
@@ -45,7 +45,8 @@ def test_syslog_line_is_rfc5424() -> None:
 
 
 def test_chart_escapes_names_and_draws_caps() -> None:
-    svg = egress_svg({"host": "<h>", "since": 0.0, "step": 60.0, "caps": [{"name": "<cap>", "rate_bps": 8e6}],
+    svg = egress_svg({"host": "<h>", "since": 0.0, "until": 60.0, "step": 60.0,
+                      "caps": [{"name": "<cap>", "rate_bps": 8e6, "action": None}],
                       "series": [{"address": "<script>", "allowed": False, "bytes": 1, "bps": [1e6, 2e6]}]})
     assert "<script>" not in svg and "&lt;script&gt;" in svg and "&lt;cap&gt;" in svg
     assert svg.count('class="cap"') == 1 and svg.count("<polyline") == 1
@@ -53,7 +54,7 @@ def test_chart_escapes_names_and_draws_caps() -> None:
 
 def test_outbox_records_each_transition_once(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path}/c.db")
-    draft = {"key": "k1", "id": "i1", "host": "h", "kind": "exfiltration", "severity": "high", "title": "t",
+    draft: AlertDraftRow = {"key": "k1", "id": "i1", "host": "h", "kind": "exfiltration", "severity": "high", "title": "t",
              "explanation": "e", "evidence": {}, "first_ts": 1.0, "last_ts": 2.0}
     with store.tx() as conn:
         outbox.add_output(conn, OutputSpec("r", "syslog+udp://127.0.0.1:9", {"allow_local": True}), 0.0)

@@ -28,6 +28,7 @@ from tests.helpers.netns import wait_for
 from tests.helpers.receivers import SyslogListener, WebhookListener, parse_5424
 from tests.helpers.subscriber import Subscriber
 from weightwarden.collector.outputs.base import FILE_OPTIONS, DeliveryError, OutputConfigError, OutputSpec
+from weightwarden.collector.outputs.message import Notification
 from weightwarden.collector.outputs.receivers import KINDS, configure, make_receiver
 from weightwarden.collector.outputs.vault import SecretBox
 
@@ -80,15 +81,15 @@ def _mqtt(tmp: Path) -> Harness:
 HARNESSES: dict[str, Callable[[Path], Harness]] = {"syslog": _syslog, "webhook": _webhook, "mqtt": _mqtt}
 
 
-def note(kind: str = "exfiltration") -> dict[str, Any]:
-    return {"seq": 1, "id": "n-conf-1", "transition": "open", "alert": {
+def note(kind: str = "exfiltration") -> Notification:
+    return {"seq": 1, "id": "n-conf-1", "attempts": 0, "transition": "open", "alert": {
         "id": "a1", "key": "k1", "host": "gpu-conf", "kind": kind, "severity": "high", "state": "open",
         "title": "t", "explanation": "e", "first_ts": 1.0, "last_ts": 2.0, "count": 1, "assignee": None,
         "evidence": {"destinations": [{"address": "198.18.0.9", "port": 443}], "process": {"pid": 1}}}}
 
 
-def audit_note() -> dict[str, Any]:
-    return {"seq": 2, "id": "audit-n-conf-2", "transition": "audit", "audit": {
+def audit_note() -> Notification:
+    return {"seq": 2, "id": "audit-n-conf-2", "attempts": 0, "transition": "audit", "audit": {
         "id": 7, "ts": 3.0, "user": "alice", "action": "output_add", "target": "siem", "source": "198.18.0.1",
         "via": "api:token", "outcome": "ok", "detail": None, "comment": None, "alert_key": None, "alert_id": None}}
 

@@ -8,11 +8,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from weightwarden.collector.cli.opening import Subcommands, open_store
+from weightwarden.collector.cli.opening import fail as _fail
+from weightwarden.collector.cli.opening import operator as _operator
+from weightwarden.collector.cli.outputs import (
+    cmd_outputs_add,
+    cmd_outputs_list,
+    cmd_outputs_migrate,
+    cmd_outputs_remove,
+)
+
+if TYPE_CHECKING:
+    from weightwarden.collector.store.database import Store
 
 EXAMPLES = """examples:
   weightwarden-collector users add alice --role analyst --db sqlite:////var/lib/weightwarden/collector.db < pw.txt
@@ -25,12 +38,7 @@ EXAMPLES = """examples:
 """
 
 
-def _fail(message: str, code: int = 1) -> int:
-    print(f"weightwarden-collector: {message}", file=sys.stderr)
-    return code
-
-
-def add_commands(sub: Any, db_arg: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_commands(sub: Subcommands, db_arg: Callable[[argparse.ArgumentParser], None]) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     serve = sub.add_parser("serve", help="the security operations console and its JSON API", epilog=EXAMPLES,
                            formatter_class=fmt)
@@ -127,11 +135,9 @@ def add_commands(sub: Any, db_arg: Callable[[argparse.ArgumentParser], None]) ->
     omig.set_defaults(func=cmd_outputs_migrate)
 
 
-def _store(url: str) -> Any:
+def _store(url: str) -> Store:
     # An existing database with this binary's schema, never created or migrated here (the
     # collector's `run` and `db upgrade` do that); a problem is one line and exit 1.
-    from weightwarden.collector.cli.opening import open_store
-
     return open_store(url, write=True)
 
 
@@ -163,7 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for path in (args.tls_cert, args.tls_key):
         if path:
             try:
-                open(path, "rb").close()
+                Path(path).open("rb").close()
             except OSError as exc:
                 return _fail(f"cannot read {path}: {exc.strerror}", 2)
     try:
@@ -320,122 +326,3 @@ def cmd_tokens_revoke(args: argparse.Namespace) -> int:
         record(conn, user=_operator(), action="token_revoke", target=args.id, via="cli", source="cli", now=time.time())
     print(f"token {args.id} revoked")
     return 0
-
-
-# -- outputs --------------------------------------------------------------------------------
-
-
-def _read(path: str, what: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read().strip() if what in ("secret", "password") else fh.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read {what} file {path}: {getattr(exc, 'strerror', None) or exc}") from None
-
-
-def cmd_outputs_add(args: argparse.Namespace) -> int:
-    from weightwarden.collector.outputs.base import OutputConfigError
-    from weightwarden.collector.outputs.outbox import add_output
-    from weightwarden.collector.outputs.receivers import configure
-    from weightwarden.collector.outputs.vault import SecretBox
-    from weightwarden.collector.store.audit import record
-    from weightwarden.collector.web.auth import AuthError, check_name
-
-    options: dict[str, Any] = {}
-    try:
-        check_name(args.name)
-        for flag, option, what in ((args.secret_file, "secret", "secret"), (args.password_file, "password", "password"),
-                                   (args.ca, "ca_pem", "CA"), (args.cert, "cert_pem", "certificate"),
-                                   (args.key, "key_pem", "key")):
-            if flag:
-                options[option] = _read(flag, what)
-        if args.format:
-            options["format"] = args.format
-        if args.allow_local:
-            options["allow_local"] = True
-        store = _store(args.db)
-        spec = configure(args.name, args.url, options, SecretBox.for_db(args.db), local_ok=True, audit=args.audit)
-    except (AuthError, OutputConfigError, ValueError) as exc:
-        return _fail(str(exc), 2)
-    now = time.time()
-    with store.tx() as conn:
-        add_output(conn, spec, now)
-        record(conn, user=_operator(), action="output_add", target=args.name, via="cli", source="cli", now=now,
-               detail=f"{spec.shown()['url']}{' (may reach this host)' if spec.allow_local else ''}"
-                      f"{' (with the audit trail)' if spec.audit else ''}")
-    print(f"output {args.name} -> {spec.shown()['url']} (notifications from now on"
-          f"{'; secrets stored encrypted: ' + ', '.join(sorted(spec.secrets)) if spec.secrets else ''})")
-    return 0
-
-
-def _operator() -> str:
-    import getpass
-
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return f"cli:uid {os.getuid()}"
-
-
-def cmd_outputs_list(args: argparse.Namespace) -> int:
-    from weightwarden.collector.outputs.outbox import delivery_counts, outputs
-    from weightwarden.textsafe import visible
-
-    with _store(args.db).tx() as conn:
-        stored, counts = outputs(conn), delivery_counts(conn)
-    rows: list[dict[str, Any]] = []
-    for o in stored:
-        shown = o.shown()
-        shown["deliveries"] = {c["state"]: c["count"] for c in counts if c["output"] == o.name}
-        rows.append(shown)
-    if args.json:
-        print(json.dumps(rows))
-        return 0
-    for row in rows:
-        note = "  (stored by an older collector: outputs migrate)" if row["legacy"] else ""
-        print(f"{visible(row['name']):<16} {visible(row['url']):<50} {json.dumps(row['deliveries'])}{note}")
-    return 0
-
-
-def cmd_outputs_remove(args: argparse.Namespace) -> int:
-    from weightwarden.collector.outputs.outbox import remove_output
-    from weightwarden.collector.store.audit import record
-
-    now = time.time()
-    with _store(args.db).tx() as conn:
-        if not remove_output(conn, args.name):
-            return _fail(f"no output {args.name!r}")
-        record(conn, user=_operator(), action="output_remove", target=args.name, via="cli", source="cli", now=now)
-    print(f"output {args.name} removed")
-    return 0
-
-
-def cmd_outputs_migrate(args: argparse.Namespace) -> int:
-    """Plan (what each legacy output names), or, with --apply NAME, rewrite those outputs."""
-    from weightwarden.collector.outputs.migrate import migrate, plan
-    from weightwarden.collector.outputs.vault import SecretBox
-    from weightwarden.textsafe import visible
-
-    store = _store(args.db)
-    if not args.apply:
-        steps = plan(store)
-        if args.json:
-            print(json.dumps(steps))
-            return 0
-        if not steps:
-            print("nothing to migrate")
-        for step in steps:
-            reads = ", ".join(f"{k} from {visible(v)}" for k, v in step["reads"].items()) or "no file"
-            print(f"{visible(step['name'])}: {visible(step['url'])}; would read {reads}"
-                  + "".join(f"; {n}" for n in step["notes"]))
-        if steps:
-            print("check each file is what the output should use, then: outputs migrate --apply NAME ...")
-        return 0
-    results = migrate(store, SecretBox.for_db(args.db), set(args.apply), set(args.allow_local), _operator(),
-                      time.time())
-    if args.json:
-        print(json.dumps(results))
-    else:
-        for r in results:
-            print(f"{visible(r['name'])}: {r['result']}")
-    return 1 if any(not r["ok"] for r in results) else 0

@@ -17,10 +17,11 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from weightwarden import logs
 from weightwarden.collector import __version__
+from weightwarden.collector.cli.opening import Subcommands
 from weightwarden.textsafe import visible
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def open_store(url: str, *, write: bool = False) -> Store:
     return open_(url, write=write)
 
 
-def _sub(sub: Any, name: str, help_: str, func: Callable[[argparse.Namespace], int],
+def _sub(sub: Subcommands, name: str, help_: str, func: Callable[[argparse.Namespace], int],
          db: bool = True, json_flag: bool = True) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES,
                                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,7 +76,7 @@ def _sub(sub: Any, name: str, help_: str, func: Callable[[argparse.Namespace], i
 # -- run ------------------------------------------------------------------------
 
 
-def register_run(sub: Any) -> None:
+def register_run(sub: Subcommands) -> None:
     run = _sub(sub, "run", "subscribe to the agents' events and raise alerts", cmd_run, json_flag=False)
     run.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
     run.add_argument("--shared-group", default=None,
@@ -152,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 # -- alerts ---------------------------------------------------------------------
 
 
-def register_alerts(sub: Any) -> None:
+def register_alerts(sub: Subcommands) -> None:
     alerts = sub.add_parser("alerts", help="list, show, acknowledge and resolve alerts")
     asub = alerts.add_subparsers(dest="alerts_command", required=True)
     lst = _sub(asub, "list", "alerts, most severe first", cmd_alerts_list)
@@ -243,7 +244,7 @@ def cmd_alerts_state(args: argparse.Namespace) -> int:
 # -- hosts, stats ------------------------------------------------------------------
 
 
-def register_hosts(sub: Any) -> None:
+def register_hosts(sub: Subcommands) -> None:
     _sub(sub, "hosts", "every agent: last seen, policy and rules in force, egress now", cmd_hosts)
 
 
@@ -269,14 +270,14 @@ def cmd_hosts(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_stats(sub: Any) -> None:
+def register_stats(sub: Subcommands) -> None:
     _sub(sub, "stats", "ingest counters (stored, duplicates, rejected by reason) and each collector's backlog",
          cmd_stats)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
     store = open_store(args.db)
-    counts: dict[str, Any] = {**store.counters(), **{t: store.count(t) for t in (
+    counts: dict[str, int] = {**store.counters(), **{t: store.count(t) for t in (
         "events", "dead_letters", "alerts", "hosts", "egress", "egress_minute")}}
     collectors = store.collectors()
     if args.json:
@@ -293,7 +294,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 # -- db ---------------------------------------------------------------------------
 
 
-def register_db(sub: Any) -> None:
+def register_db(sub: Subcommands) -> None:
     db = sub.add_parser("db", help="the database's schema: its version, and upgrading it")
     dsub = db.add_subparsers(dest="db_command", required=True)
     _sub(dsub, "upgrade", "create the database, or migrate it to this collector's schema", cmd_db_upgrade)
@@ -327,19 +328,19 @@ def cmd_db_version(args: argparse.Namespace) -> int:
 
 # -- main ---------------------------------------------------------------------------
 
-def register_console(sub: Any) -> None:
+def register_console(sub: Subcommands) -> None:
     from weightwarden.collector.cli.console import add_commands
 
     add_commands(sub, _db_arg)  # serve, users, tokens, outputs
 
 
-def register_policy(sub: Any) -> None:
+def register_policy(sub: Subcommands) -> None:
     from weightwarden.collector.cli.policy import add_commands
 
     add_commands(sub, _db_arg)  # policy publish/unpublish/keygen, export
 
 
-COMMANDS: list[Callable[[Any], None]] = [register_run, register_alerts, register_hosts, register_stats, register_db,
+COMMANDS: list[Callable[[Subcommands], None]] = [register_run, register_alerts, register_hosts, register_stats, register_db,
                                          register_console, register_policy]
 
 

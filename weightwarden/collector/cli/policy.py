@@ -12,7 +12,8 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+
+from weightwarden.collector.cli.opening import Subcommands
 
 EXAMPLES = """examples:
   weightwarden-collector policy keygen /etc/weightwarden/fleet-2024
@@ -22,7 +23,7 @@ EXAMPLES = """examples:
 """
 
 
-def add_commands(sub: Any, db_arg: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_commands(sub: Subcommands, db_arg: Callable[[argparse.ArgumentParser], None]) -> None:
     _policy_parsers(sub)
     _export_parser(sub, db_arg)
 
@@ -30,7 +31,7 @@ def add_commands(sub: Any, db_arg: Callable[[argparse.ArgumentParser], None]) ->
 # -- policy publish / keygen / unpublish ----------------------------------------------
 
 
-def _policy_parsers(sub: Any) -> None:
+def _policy_parsers(sub: Subcommands) -> None:
     pol = sub.add_parser("policy", help="publish signed policies to host groups; make signing keys",
                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     psub = pol.add_subparsers(dest="policy_command", required=True)
@@ -127,7 +128,7 @@ def cmd_policy_keygen(args: argparse.Namespace) -> int:
 EXPORT_TYPES = ("egress_sample", "heartbeat", "agent_started")
 
 
-def _export_parser(sub: Any, db_arg: Callable[[argparse.ArgumentParser], None]) -> None:
+def _export_parser(sub: Subcommands, db_arg: Callable[[argparse.ArgumentParser], None]) -> None:
     exp = sub.add_parser("export", help="a host's stored events as JSON lines (e.g. for 'weightwarden-agent policy "
                          "simulate')", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     exp.add_argument("--host", required=True)

@@ -9,6 +9,7 @@ it when it connects, and it replaces the group's previous one.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import aiomqtt
 import yaml
@@ -27,7 +28,7 @@ def policy_text(path: str, drop_ins: bool = True) -> tuple[str, str]:
 
     loaded = load_policy(path, drop_ins=drop_ins)
     if len(loaded.files) == 1:
-        with open(path, encoding="utf-8") as fh:
+        with Path(path).open(encoding="utf-8") as fh:
             return fh.read(), loaded.policy.metadata.name
     header = "# merged from: " + ", ".join(loaded.files) + "\n"
     return header + yaml.safe_dump(loaded.data, sort_keys=False, allow_unicode=True), loaded.policy.metadata.name

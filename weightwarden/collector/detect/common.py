@@ -13,9 +13,12 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import NotRequired, Required, TypedDict
 
 from weightwarden.collector.detect.keys import AlertKey
+from weightwarden.collector.store.rows import AlertDraftRow, EgressRow, Evidence, ReadRow
+from weightwarden.jsontypes import JsonObject
 
 LEVELS = ["low", "medium", "high", "critical"]
 # How a read was measured when its byte count says nothing (io_uring, splice, an mmap made
@@ -69,14 +72,14 @@ def load_tuning(path: str) -> Tuning:
     import yaml
 
     try:
-        with open(path) as fh:
+        with Path(path).open() as fh:
             doc = yaml.safe_load(fh) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ValueError(f"{path}: {exc}") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a mapping of detection settings")
     defaults = Tuning()
-    out: dict[str, Any] = {}
+    out: dict[str, float | int | tuple[str, ...]] = {}
     for key, value in doc.items():
         if not isinstance(key, str) or not hasattr(defaults, key):
             raise ValueError(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(vars(defaults)))})")
@@ -91,7 +94,7 @@ def load_tuning(path: str) -> Tuning:
                 isinstance(value, (int, float)) and (value < 0 or value != value)):
             raise ValueError(f"{path}: {key} must be a non-negative {want.__name__}, not {value!r}")
         out[key] = value
-    return Tuning(**out)
+    return Tuning(**out)  # type: ignore[arg-type]  # each value's type was checked against the field's above
 
 
 @dataclass
@@ -106,7 +109,7 @@ class Draft:
     severity: str
     title: str
     explanation: str
-    evidence: dict[str, Any]
+    evidence: Evidence
     first_ts: float
     last_ts: float
     reopen: bool = True
@@ -120,10 +123,10 @@ class Draft:
             raise ValueError(f"alert key {self.key} is not for host {self.host!r}")
         self.id = hashlib.sha256(str(self.key).encode()).hexdigest()[:16]
 
-    def to_row(self) -> dict[str, Any]:
-        row = {k: v for k, v in self.__dict__.items() if k not in ("mode", "order")}
-        row["key"] = str(self.key)
-        return row
+    def to_row(self) -> AlertDraftRow:
+        return {"key": str(self.key), "id": self.id, "host": self.host, "kind": self.kind, "severity": self.severity,
+                "title": self.title, "explanation": self.explanation, "evidence": self.evidence,
+                "first_ts": self.first_ts, "last_ts": self.last_ts, "reopen": self.reopen, "count": self.count}
 
 
 def bump(severity: str, steps: int = 1) -> str:
@@ -146,17 +149,55 @@ def day_start(day: str) -> float:
     return float(calendar.timegm(time.strptime(day, "%Y-%m-%d")))
 
 
-def proc_text(p: dict[str, Any]) -> str:
+class Proc(TypedDict, total=False):
+    """A process as the rules describe it (a sender, a reader, a relay on the way): what its rows say."""
+
+    pid: Required[int]
+    start_time: float | None
+    name: str | None
+    exe: str | None
+    uid: int | None
+    ppid: int | None
+    pipes: str | None
+    cmd_hash: str | None
+    container: JsonObject | None
+
+
+class ProcessEvidence(TypedDict):
+    """A process as an event names it (event_rule.who): the pid may be unknown."""
+
+    name: str | None
+    pid: int | None
+    exe: str | None
+    uid: int | None
+    user: str | None
+    cmdline: list[str]
+    container: JsonObject | None
+
+
+class Destination(TypedDict):
+    """Bytes counted to one address and port, as evidence lists them."""
+
+    address: str
+    port: int
+    bytes: int
+    protocol: NotRequired[str]
+    dns_name: NotRequired[str]
+    accepted: NotRequired[bool]
+
+
+def proc_text(p: Proc | ProcessEvidence) -> str:
     name = p.get("name") or (p.get("exe") or "?").rsplit("/", 1)[-1]
-    where = f", container {container_text(p['container'])}" if p.get("container") else ""
+    container = p.get("container")
+    where = f", container {container_text(container)}" if container else ""
     return f"{name} (pid {p.get('pid')}, uid {p.get('uid')}{where})"
 
 
-def container_text(c: dict[str, Any]) -> str:
+def container_text(c: JsonObject) -> str:
     if c.get("pod_name"):
         return f"pod {c.get('pod_namespace') or '?'}/{c['pod_name']}"
-    ident = (c.get("id") or "")[:12]
-    return f"{c.get('runtime') or 'container'} {ident}".strip() if ident else (c.get("unit") or c.get("cgroup") or "?")
+    ident = str(c.get("id") or "")[:12]
+    return f"{c.get('runtime') or 'container'} {ident}".strip() if ident else str(c.get("unit") or c.get("cgroup") or "?")
 
 
 def projected_seconds(remaining: float, rate_bps: float) -> float | None:
@@ -165,7 +206,7 @@ def projected_seconds(remaining: float, rate_bps: float) -> float | None:
     return remaining * 8 / rate_bps if rate_bps > 0 else None
 
 
-def bytes_after(row: dict[str, Any], t: float, own: bool = False) -> float:
+def bytes_after(row: EgressRow, t: float, own: bool = False) -> float:
     """The part of a row's bytes that left at or after ``t``. A row says its bytes left within
     [first_ts, ts]; one that ended before ``t`` counts nothing, one that began after counts
     whole, and one that spans ``t`` counts in proportion, unless its times are only the
@@ -198,37 +239,38 @@ def pair_sums(items: Iterable[tuple[int, float]]) -> dict[int, float]:
     return out
 
 
-def destinations(rows: Iterable[tuple[dict[str, Any], float]]) -> list[dict[str, Any]]:
+def destinations(rows: Iterable[tuple[EgressRow, float]]) -> list[Destination]:
     """(row, bytes counted) -> one entry per address and port, biggest first."""
-    by: dict[tuple[str, int], dict[str, Any]] = {}
+    by: dict[tuple[str, int], tuple[Destination, float]] = {}
     for row, n in rows:
         key = (row["address"], int(row["port"] or 0))
-        d = by.setdefault(key, {"address": key[0], "port": key[1], "bytes": 0})
-        d["bytes"] += n
-        for extra in ("protocol", "dns_name"):
-            if row.get(extra):
-                d[extra] = row[extra]
+        d, total = by.get(key) or ({"address": key[0], "port": key[1], "bytes": 0}, 0.0)
+        if protocol := row.get("protocol"):
+            d["protocol"] = protocol
+        if dns_name := row.get("dns_name"):
+            d["dns_name"] = dns_name
         if row.get("accepted") == 1:
             d["accepted"] = True
-    out = [{**d, "bytes": int(round(d["bytes"]))} for d in by.values()]
+        by[key] = (d, total + n)
+    out: list[Destination] = [{**d, "bytes": int(round(total))} for d, total in by.values()]
     return sorted(out, key=lambda d: (-d["bytes"], d["address"], d["port"]))
 
 
-def read_volume(r: dict[str, Any]) -> int:
+def read_volume(r: ReadRow) -> int:
     """How much of the weights a read, holding or staged read gave its process."""
     if r["kind"] == "copy":
         return 0
     n, size = int(r["bytes"] or 0), int(r.get("size") or 0)
-    if n == 0 and (r.get("how") in UNMEASURED or r.get("estimated")):
+    if n == 0 and r.get("how") in UNMEASURED:
         n = size
     return min(n, size) if size else n
 
 
-def file_key(r: dict[str, Any]) -> str:
+def file_key(r: ReadRow) -> str:
     return str(r["path"])
 
 
-def sources(r: dict[str, Any]) -> list[str]:
+def sources(r: ReadRow) -> list[str]:
     return [s for s in (r.get("staged_of") or "").split("\n") if s]
 
 

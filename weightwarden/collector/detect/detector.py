@@ -29,9 +29,11 @@ from weightwarden.collector.detect.common import NOWHERE, Draft, Tuning
 from weightwarden.collector.detect.facts import egress_rows, pipe_rows, relay_rows, weight_row
 from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.detect.links import Links
-from weightwarden.collector.detect.rule import Lately, Look, Row, Rule, SampleFacts, Units
+from weightwarden.collector.detect.rule import Lately, Look, Rule, SampleFacts, Units
 from weightwarden.collector.store import facts as q
+from weightwarden.collector.store import verdicts
 from weightwarden.collector.store.database import Store
+from weightwarden.collector.store.rows import EgressRow, PipeEndRow, RelayRow
 from weightwarden.events import Event, FileAccess, Heartbeat, UnexplainedEgress, WeightHolder, WeightsCopy
 
 REEVALUATE_S = 10.0  # the sweep re-judges what arrived this recently (wall clock): longer than any batch
@@ -43,7 +45,7 @@ PIPE_REFRESH_S = 3600.0  # a known pipe end is written again this often
 MAX_ERRORS = 100
 
 
-def outward(r: Row) -> bool:
+def outward(r: EgressRow) -> bool:
     """Bytes that may carry data off the host: not allowlisted, or DNS (store.facts.OUTWARD)."""
     return not r["allowed"] or r["port"] == 53
 
@@ -63,7 +65,7 @@ class Detector:
         # Caches that only skip redundant work; the database stays the truth.
         self._reads: dict[str, tuple[float, bool]] = {}
         self._contacts: dict[tuple[str, str, str], tuple[float, float]] = {}  # (first, last seen)
-        self._pipes: dict[tuple[Any, ...], float] = {}
+        self._pipes: dict[tuple[str, int, float | None, str, str], float] = {}
         self._swept: tuple[float, float] = (math.inf, math.inf)  # (wall, clock) the last sweep began at
         self._changed: list[AlertKey] = []  # verdicts written or withdrawn in this evaluation
         self.lag_s = 0.0  # how far behind its inbox the collector is (the service says): silence waits for it
@@ -110,27 +112,34 @@ class Detector:
     def record_samples(self, conn: Connection, events: list[Event]) -> Units:
         """Every sample's rows, relays, pipe ends and first contacts, written in a few statements;
         unexplained egress is stored as rows no process is named for."""
-        rows: list[Row] = []
-        relays: list[Row] = []
-        pipes: list[Row] = []
-        for ev in events:
-            rows.extend({"host": ev.host, **r} for r in egress_rows(ev))
-            relays.extend({"host": ev.host, **r} for r in relay_rows(ev))
-            pipes.extend({"host": ev.host, **r} for r in self._new_pipe_ends(ev))
+        rows: list[EgressRow] = []
+        relays: list[RelayRow] = []
+        pipes: list[PipeEndRow] = []
+        for ev in events:  # each row carries its host (the rows are this batch's own)
+            for r in egress_rows(ev):
+                r["host"] = ev.host
+                rows.append(r)
+            for relay in relay_rows(ev):
+                relay["host"] = ev.host
+                relays.append(relay)
+            for end in self._new_pipe_ends(ev):
+                end["host"] = ev.host
+                pipes.append(end)
         self.store.add_egress_rows(conn, rows)
         q.add_relays(conn, relays)
         q.add_pipe_ends(conn, pipes)
         self._first_contacts(conn, rows)
         latest: dict[str, float] = {}
-        for r in [*(r for r in rows if outward(r)), *relays, *pipes]:
-            latest[r["host"]] = max(latest.get(r["host"], 0.0), float(r["ts"]))
+        for host, ts in [*((r["host"], r["ts"]) for r in rows if outward(r)), *((r["host"], r["ts"]) for r in relays),
+                         *((r["host"], r["ts"]) for r in pipes)]:
+            latest[host] = max(latest.get(host, 0.0), float(ts))
         facts = SampleFacts(rows, relays, self.hosts_with_reads(conn, latest), pipes, events)
         units = Units()
         now = self.clock()
         self._ask(conn, units, "on_samples", lambda rule: rule.on_samples(self, conn, facts, now))
         return units
 
-    def _new_pipe_ends(self, ev: Event) -> list[Row]:
+    def _new_pipe_ends(self, ev: Event) -> list[PipeEndRow]:
         """A sample's pipe ends not written lately (a sender reading a pipe is in every sample it sends in)."""
         out = []
         for r in pipe_rows(ev):
@@ -143,7 +152,7 @@ class Detector:
                 out.append(r)
         return out
 
-    def _first_contacts(self, conn: Connection, rows: list[Row]) -> None:
+    def _first_contacts(self, conn: Connection, rows: list[EgressRow]) -> None:
         """(program, destination) pairs: new ones recorded with their first send (an earlier one
         arriving late moves it back: the minimum, not the first to arrive, so the answer does not
         depend on arrival order); known ones' last_seen moved on hourly, so retention keeps pairs in use."""
@@ -262,16 +271,16 @@ class Detector:
         if draft is None:
             return False
         if draft.mode == "event":
-            q.put_event_alert(conn, draft.to_row(), draft.order, now)
+            verdicts.put_event_alert(conn, draft.to_row(), draft.order, now)
             changed = True
         else:
-            changed = q.put_alert(conn, draft.to_row(), now)
+            changed = verdicts.put_alert(conn, draft.to_row(), now)
         if changed:
             self._changed.append(draft.key)
         return changed
 
     def withdraw(self, conn: Connection, keys: Sequence[AlertKey], now: float) -> int:
-        gone = q.withdraw(conn, [str(k) for k in keys], now)
+        gone = verdicts.withdraw(conn, [str(k) for k in keys], now)
         if gone:
             self._changed.extend(keys)
         return gone
@@ -279,13 +288,13 @@ class Detector:
     def resolve(self, conn: Connection, key: AlertKey, why: str, now: float, open_: bool = False,
                 reopen_after: float | None = None) -> bool:
         """Resolve (or, ``open_``, reopen) an alert as the facts say."""
-        return q.set_auto_state(conn, str(key), open_, why, now, reopen_after)
+        return verdicts.set_auto_state(conn, str(key), open_, why, now, reopen_after)
 
     def keys_of(self, conn: Connection, rule: str, host: str, *parts: str) -> list[AlertKey]:
         """The stored keys of a rule's alerts on a host (whose parts begin with ``parts``)."""
         prefix = str(AlertKey(rule, host, parts))
         out = set()
-        for text_ in q.alert_keys(conn, host, prefix):
+        for text_ in verdicts.alert_keys(conn, host, prefix):
             key = AlertKey.parse(text_, host)
             if key is not None and key.rule == rule and key.parts[:len(parts)] == parts:
                 out.add(key)
@@ -308,7 +317,7 @@ class Detector:
             # that judged from a snapshot missing another's facts, and committed after that other's
             # verdict, must not leave its older view standing. A verdict that holds writes nothing.
             renewing = [r.name for r in self.rules if r.renew_lately]
-            for text_, host in q.alerts_updated_since(conn, lately.since_now, renewing):
+            for text_, host in verdicts.alerts_updated_since(conn, lately.since_now, renewing):
                 key = AlertKey.parse(text_, host)
                 rule = self.by_name.get(key.rule) if key is not None else None
                 subject = rule.subject(key) if rule is not None and key is not None else None

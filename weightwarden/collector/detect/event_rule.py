@@ -10,13 +10,13 @@ the table of the agent's one-event alerts; a new one is a row there, or a module
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from sqlalchemy import Connection
 
-from weightwarden.collector.detect.common import Draft, Tuning, proc_text
+from weightwarden.collector.detect.common import Draft, ProcessEvidence, Tuning, proc_text
 from weightwarden.collector.detect.rule import Context, Look, Rule
 from weightwarden.events import Event, Payload, ProcessFields
+from weightwarden.jsontypes import JsonObject
 
 Make = Callable[["EventRule", Event], "Draft | None"]
 
@@ -28,13 +28,13 @@ def stamp(draft: Draft, ev: Event) -> Draft:
     return draft
 
 
-def host_evidence(data: Payload, ev: Event) -> dict[str, Any]:
+def host_evidence(data: Payload, ev: Event) -> JsonObject:
     """Evidence of a host-level alert: the event's own data, and no process, file or destination."""
     return {**data.model_dump(mode="json", exclude_none=True), "process": None, "files": [], "destinations": [],
             "events": [ev.id]}
 
 
-def who(p: ProcessFields) -> dict[str, Any]:
+def who(p: ProcessFields) -> ProcessEvidence:
     return {"name": p.name, "pid": p.pid, "exe": p.exe, "uid": p.uid, "user": p.user,
             "cmdline": list(p.cmdline), "container": p.container.model_dump() if p.container else None}
 

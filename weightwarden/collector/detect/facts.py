@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any
 
 from weightwarden.collector.detect.common import OTHER, UNEXPLAINED, UNOWNED
+from weightwarden.collector.store.rows import EgressRow, PipeEndRow, ReadRow, RelayRow
 from weightwarden.events import (
     EgressSample,
     Event,
@@ -67,7 +67,7 @@ def complete(data: EgressSample) -> int | None:
     return int(sensor_whole(data.sensor))
 
 
-def egress_rows(ev: Event) -> list[dict[str, Any]]:
+def egress_rows(ev: Event) -> list[EgressRow]:
     """An egress sample's rows, one per process and destination (the model has range-checked every value);
     an unexplained_egress event's bytes as one row no process is named for."""
     data = ev.data
@@ -78,17 +78,20 @@ def egress_rows(ev: Event) -> list[dict[str, Any]]:
     whole = complete(data)
     interval = max(data.interval_s, 1e-3)
     start = data.start_ts if data.start_ts is not None else data.ts - interval
-    rows: list[dict[str, Any]] = []
+    rows: list[EgressRow] = []
 
-    def row(proc: ProcessFields | None, pid: int, exe: str, address: str, port: int, nbytes: int, **extra: Any) -> None:
+    def row(proc: ProcessFields | None, pid: int, exe: str, address: str, port: int, nbytes: int, *,
+            allowed: int = 0, protocol: str | None = None, accepted: int | None = None, first_ts: float = start,
+            ts: float = data.ts, rate_bps: float | None = None, dns_name: str | None = None, exact: int = 0) -> None:
         rows.append({
             "pid": pid, "ppid": proc.ppid if proc else None, "exe": exe, "name": (proc.name if proc else exe) or "",
             "uid": proc.uid if proc else None, "start_time": proc.start_time if proc else None,
-            "address": address, "port": port, "allowed": 0, "bytes": nbytes, "ts": data.ts, "first_ts": start,
-            "rate_bps": nbytes * 8 / interval, "event_id": ev.id, "protocol": None, "accepted": None, "exact": 0,
+            "address": address, "port": port, "allowed": allowed, "bytes": nbytes, "ts": ts, "first_ts": first_ts,
+            "rate_bps": nbytes * 8 / interval if rate_bps is None else rate_bps, "event_id": ev.id,
+            "protocol": protocol, "accepted": accepted, "exact": exact,
             "pipes": pipe_key(proc.pipes, dict(proc.pipe_ends)) if proc else None,
             "container": container_json(proc) if proc else None, "cmd_hash": cmd_hash(proc.cmdline) if proc else None,
-            "user_name": proc.user if proc else None, "dns_name": None, "complete": whole, **extra})
+            "user_name": proc.user if proc else None, "dns_name": dns_name, "complete": whole})
 
     for proc in data.processes:
         exe = proc.exe or ""
@@ -112,7 +115,7 @@ def egress_rows(ev: Event) -> list[dict[str, Any]]:
     return rows
 
 
-def unexplained_rows(ev: Event, d: UnexplainedEgress) -> list[dict[str, Any]]:
+def unexplained_rows(ev: Event, d: UnexplainedEgress) -> list[EgressRow]:
     """Bytes that left an interface with no owner and no header to explain them (raw frames, a blinded
     sensor): counted by the host-level rule like unowned flows."""
     if not d.unexplained_tx_bytes:
@@ -126,7 +129,7 @@ def unexplained_rows(ev: Event, d: UnexplainedEgress) -> list[dict[str, Any]]:
              "complete": None if d.sensor is None else int(sensor_whole(d.sensor))}]
 
 
-def pipe_rows(ev: Event) -> list[dict[str, Any]]:
+def pipe_rows(ev: Event) -> list[PipeEndRow]:
     """For each process in a sample that reads a pipe (a sender fed by a pipe, a pipeline stage), one row
     per pipe end it holds: who reads what, through any number of stages (an agent names the writers of
     a sender's pipes as processes of their own in the sample)."""
@@ -134,7 +137,7 @@ def pipe_rows(ev: Event) -> list[dict[str, Any]]:
     if not isinstance(data, EgressSample):
         return []
     start = data.start_ts if data.start_ts is not None else data.ts - max(data.interval_s, 1e-3)
-    out: list[dict[str, Any]] = []
+    out: list[PipeEndRow] = []
     for p in data.processes:
         ends = dict(p.pipe_ends)
         if "r" not in ends.values():
@@ -147,7 +150,7 @@ def pipe_rows(ev: Event) -> list[dict[str, Any]]:
     return out
 
 
-def relay_rows(ev: Event) -> list[dict[str, Any]]:
+def relay_rows(ev: Event) -> list[RelayRow]:
     """One row per process and local peer it handed bytes to in the sample's interval (a peer the
     agent could not name links nothing: the host-level rule still sees what leaves)."""
     data = ev.data
@@ -160,24 +163,30 @@ def relay_rows(ev: Event) -> list[dict[str, Any]]:
             for p in data.processes for peer in p.local_peers if peer.tx_bytes > 0 and peer.pid is not None]
 
 
-def weight_row(ev: Event, d: FileAccess | WeightHolder | WeightsCopy) -> dict[str, Any]:
+def weight_row(ev: Event, d: FileAccess | WeightHolder | WeightsCopy) -> ReadRow:
     ts = ev.ts
-    base: dict[str, Any] = {
-        "pid": d.pid if d.pid is not None else -1, "ppid": d.ppid, "exe": d.exe, "name": d.name, "uid": d.uid,
-        "event_id": ev.id, "staged_of": None, "pipes": pipe_key(d.pipes, dict(d.pipe_ends)),
-        "start_time": d.start_time, "container": container_json(d), "cmd_hash": cmd_hash(d.cmdline),
-        "inode": None if d.inode is None else str(d.inode), "dev": None if d.dev is None else str(d.dev)}
+    pid = d.pid if d.pid is not None else -1
+    inode = None if d.inode is None else str(d.inode)
+    dev = None if d.dev is None else str(d.dev)
+    pipes, container, hashed = pipe_key(d.pipes, dict(d.pipe_ends)), container_json(d), cmd_hash(d.cmdline)
     if isinstance(d, FileAccess):
         staged = d.staged_copy_of
         how = d.how or ("estimate" if d.bytes_estimated else None)
-        return {**base, "path": d.host_path or d.path, "kind": "staged_read" if staged else "read",
-                "bytes": d.bytes_read, "size": d.size, "how": how, "first_ts": d.first_ts, "ts": max(d.last_ts, d.first_ts),
-                "staged_of": "\n".join(staged) or None}
+        return {"pid": pid, "ppid": d.ppid, "exe": d.exe, "name": d.name, "uid": d.uid, "event_id": ev.id,
+                "pipes": pipes, "start_time": d.start_time, "container": container, "cmd_hash": hashed,
+                "inode": inode, "dev": dev, "path": d.host_path or d.path, "kind": "staged_read" if staged else "read",
+                "bytes": d.bytes_read, "size": d.size, "how": how, "first_ts": d.first_ts,
+                "ts": max(d.last_ts, d.first_ts), "staged_of": "\n".join(staged) or None}
     if isinstance(d, WeightHolder):
         # Held since the process started, where known; otherwise since the agent saw it.
         since = d.start_time if d.start_time is not None else ts
-        return {**base, "path": d.path, "kind": "holder", "bytes": max(d.mapped_bytes, d.resident_bytes),
-                "size": d.mapped_bytes, "how": "mmap", "first_ts": min(since, ts), "ts": ts}
-    return {**base, "path": d.destination, "kind": "copy", "bytes": d.destination_size, "size": d.destination_size,
-            "first_ts": ts, "ts": ts, "staged_of": "\n".join(d.sources) or None, "remote": d.remote,
-            "derivative": int(d.derivative)}
+        return {"pid": pid, "ppid": d.ppid, "exe": d.exe, "name": d.name, "uid": d.uid, "event_id": ev.id,
+                "staged_of": None, "pipes": pipes, "start_time": d.start_time, "container": container,
+                "cmd_hash": hashed, "inode": inode, "dev": dev, "path": d.path, "kind": "holder",
+                "bytes": max(d.mapped_bytes, d.resident_bytes), "size": d.mapped_bytes, "how": "mmap",
+                "first_ts": min(since, ts), "ts": ts}
+    return {"pid": pid, "ppid": d.ppid, "exe": d.exe, "name": d.name, "uid": d.uid, "event_id": ev.id,
+            "pipes": pipes, "start_time": d.start_time, "container": container, "cmd_hash": hashed,
+            "inode": inode, "dev": dev, "path": d.destination, "kind": "copy", "bytes": d.destination_size,
+            "size": d.destination_size, "first_ts": ts, "ts": ts, "staged_of": "\n".join(d.sources) or None,
+            "remote": d.remote, "derivative": int(d.derivative)}

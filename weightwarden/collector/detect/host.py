@@ -15,7 +15,7 @@ which facts arrived first.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypedDict
 
 from weightwarden.collector.detect.common import (
     Draft,
@@ -31,12 +31,21 @@ from weightwarden.collector.detect.common import (
 )
 from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.detect.sender import counted_windows
+from weightwarden.collector.store.rows import EgressRow, ReadRow
 from weightwarden.units import format_duration, format_size
+
+
+class _Sender(TypedDict):
+    pid: int
+    name: str
+    exe: str
+    bytes: float
+
 
 RULE = "host-level: weights were read on this host and soon after a comparable volume left it"
 
 
-def _soon_after(row: dict[str, Any], reads: list[dict[str, Any]], window: float) -> float | None:
+def _soon_after(row: EgressRow, reads: list[ReadRow], window: float) -> float | None:
     """The earliest start of a read that this row's bytes followed closely, if any."""
     first = float(row.get("first_ts") or row["ts"])
     starts = [float(r["first_ts"]) for r in reads
@@ -44,7 +53,7 @@ def _soon_after(row: dict[str, Any], reads: list[dict[str, Any]], window: float)
     return min(starts) if starts else None
 
 
-def _taken(reads: list[dict[str, Any]], lo: float, hi: float, window: float) -> tuple[int, list[dict[str, Any]]]:
+def _taken(reads: list[ReadRow], lo: float, hi: float, window: float) -> tuple[int, list[ReadRow]]:
     files: dict[str, int] = {}
     used = []
     for r in reads:
@@ -54,7 +63,7 @@ def _taken(reads: list[dict[str, Any]], lo: float, hi: float, window: float) -> 
     return sum(files.values()), used
 
 
-def _sensor_whole(inside: list[tuple[dict[str, Any], float]], blind: list[tuple[float, float]], lo: float,
+def _sensor_whole(inside: list[tuple[EgressRow, float]], blind: list[tuple[float, float]], lo: float,
                   hi: float) -> bool:
     """Did the sensor see everything in this window? Every row from a sample whose sensor was whole (the
     eBPF path, nothing degraded), and no span in which it may have been blind (tampered with) overlapping."""
@@ -67,7 +76,7 @@ def _level(ratio: float, tune: Tuning) -> str | None:
     return "high" if ratio >= tune.host_high_ratio else "medium" if ratio >= tune.host_medium_ratio else None
 
 
-def host_exfiltration(host: str, day: str, reads: list[dict[str, Any]], flows: list[dict[str, Any]],
+def host_exfiltration(host: str, day: str, reads: list[ReadRow], flows: list[EgressRow],
                       tune: Tuning, blind: list[tuple[float, float]] | None = None) -> Draft | None:
     """``reads``: reads (not holdings or copies) on the host around the day; ``flows``: outward rows
     of senders no linked rule covers; ``blind``: spans the sensor may have missed bytes in."""
@@ -103,10 +112,7 @@ def host_exfiltration(host: str, day: str, reads: list[dict[str, Any]], flows: l
             by_exe[r["exe"] or ""] = (pids | {int(r["pid"])}, total + n)
         _exe, (pids, top_bytes) = max(by_exe.items(), key=lambda kv: (kv[1][1], kv[0]))
         chunked = len(pids) >= tune.chunk_min_processes and top_bytes * 2 >= sent
-        if chunked:
-            sev = "critical" if ratio >= tune.chunk_critical_ratio else _level(ratio, tune)
-        else:
-            sev = _level(ratio, tune)
+        sev = "critical" if chunked and ratio >= tune.chunk_critical_ratio else _level(ratio, tune)
         if sev is None:
             continue
         whole = _sensor_whole(inside, blind, k * width, (k + 2) * width)
@@ -127,7 +133,7 @@ def host_exfiltration(host: str, day: str, reads: list[dict[str, Any]], flows: l
               and (r.get("accepted") != 1 or r["address"] in loud)]
     _n, used = _taken(reads, lo, hi, window)
     dests = destinations(inside)
-    senders: dict[tuple[int, str], dict[str, Any]] = {}
+    senders: dict[tuple[int, str], _Sender] = {}
     for r, n in inside:
         s = senders.setdefault((int(r["pid"]), r["exe"] or ""), {"pid": int(r["pid"]), "name": r.get("name"),
                                                                  "exe": r["exe"], "bytes": 0.0})

@@ -14,18 +14,18 @@ hub, and what one child wrote is not what another child reads: it links nothing.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TypeVar
 
 from sqlalchemy import Connection
 
-from weightwarden.collector.detect.common import Tuning, same_process
+from weightwarden.collector.detect.common import Proc, Tuning, same_process
 from weightwarden.collector.detect.facts import parse_pipes, pipe_key
 from weightwarden.collector.detect.sender import Link
 from weightwarden.collector.store import facts as q
 from weightwarden.collector.store.database import Store
+from weightwarden.collector.store.rows import EgressRow, RawSocketRow, ReadRow, RelayRow
 
 Ident = tuple[int, float | None]
-Row = dict[str, Any]
 MAX_STAGE_READS = 1  # a stage reading more pipes than this is a hub (shim, supervisor): no flow through it
 
 
@@ -38,23 +38,25 @@ def write_ends(pipes: str | None) -> list[str]:
     return [inode for inode, end in parse_pipes(pipes) if end == "w"]
 
 
-def sender_of(pid: int, start: float | None, last: dict[str, Any]) -> dict[str, Any]:
+def sender_of(pid: int, start: float | None, last: EgressRow | RawSocketRow) -> Proc:
     """A process as the rules describe it, from its latest row."""
     container = last.get("container")
     return {"pid": pid, "start_time": start, "name": last.get("name"), "exe": last.get("exe"),
             "uid": last.get("uid"), "ppid": last.get("ppid"), "pipes": last.get("pipes"),
-            "cmd_hash": last.get("cmd_hash"),
-            "container": json.loads(container) if isinstance(container, str) and container else container or None}
+            "cmd_hash": last.get("cmd_hash"), "container": json.loads(container) if container else None}
 
 
-def identities(rows: list[Row]) -> list[tuple[float | None, list[Row]]]:
+T = TypeVar("T", EgressRow, RawSocketRow)
+
+
+def identities(rows: list[T]) -> list[tuple[float | None, list[T]]]:
     """A pid's rows split by process (start time). Rows without a start time belong to the process
     that had most recently started when they were sent."""
-    starts = sorted({round(float(r["start_time"]), 2) for r in rows if r.get("start_time") is not None})
-    groups: dict[float | None, list[Row]] = {}
+    starts = sorted({round(float(t), 2) for r in rows if (t := r.get("start_time")) is not None})
+    groups: dict[float | None, list[T]] = {}
     for r in rows:
-        if r.get("start_time") is not None:
-            s: float | None = round(float(r["start_time"]), 2)
+        if (started := r.get("start_time")) is not None:
+            s: float | None = round(float(started), 2)
         elif starts:
             before = [x for x in starts if x <= float(r["ts"])]
             s = before[-1] if before else starts[0]
@@ -69,14 +71,14 @@ class Links:
         self.store = store
         self.tune = tune
 
-    def _same(self, r: dict[str, Any], pid: int, start: float | None, lo: float, hi: float) -> bool:
+    def _same(self, r: ReadRow, pid: int, start: float | None, lo: float, hi: float) -> bool:
         if not same_process(int(r["pid"]), r.get("start_time"), pid, start):
             return False
         if r.get("start_time") is None or start is None:  # pid alone: only close in time
             return float(r["ts"]) >= lo - self.tune.pid_only_s and float(r["first_ts"]) <= hi + self.tune.pid_only_s
         return True
 
-    def of(self, conn: Connection, host: str, who: dict[str, Any], lo: float, hi: float, since: float,
+    def of(self, conn: Connection, host: str, who: Proc, lo: float, hi: float, since: float,
            depth: int | None = None, seen: frozenset[Ident] | None = None) -> list[Link]:
         """Every flow of weights into ``who`` (pid, start_time, ppid, pipes, exe, cmd_hash) whose bytes
         it may have sent within [lo, hi]: facts back to ``since``."""
@@ -100,7 +102,7 @@ class Links:
         if start is not None and ppid and ppid > 1:
             parent = [r for r in self.store.reads_for(conn, host, [int(ppid)], since)
                       if r["kind"] in ("read", "holder") and float(r["first_ts"]) <= start
-                      and (r.get("start_time") is None or float(r["start_time"]) <= start)
+                      and ((started := r.get("start_time")) is None or float(started) <= start)
                       and r.get("exe") == who.get("exe")
                       and (not (r.get("cmd_hash") and who.get("cmd_hash")) or r["cmd_hash"] == who["cmd_hash"])]
             if parent:
@@ -111,20 +113,20 @@ class Links:
             links += self._relays(conn, host, pid, start, since, depth, seen)
         return links
 
-    def _pipes(self, conn: Connection, host: str, who: dict[str, Any], since: float, depth: int,
+    def _pipes(self, conn: Connection, host: str, who: Proc, since: float, depth: int,
                seen: frozenset[Ident]) -> list[Link]:
         """Readers of the weights that write a pipe ``who`` reads; and, ``depth`` permitting, pipeline
         stages that write it, followed up their own links."""
         pid, start = int(who["pid"]), who.get("start_time")
         links: list[Link] = []
         for inode in read_ends(who.get("pipes")):
-            writers: dict[Ident, list[dict[str, Any]]] = {}
+            writers: dict[Ident, list[ReadRow]] = {}
             for r in q.pipe_writers(conn, host, inode, since):
                 ident = (int(r["pid"]), r.get("start_time"))
                 if r["kind"] != "copy" and not same_process(ident[0], ident[1], pid, start):
                     writers.setdefault(ident, []).append(r)
             for (wpid, wstart), reads in sorted(writers.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0.0)):
-                reader = {"pid": wpid, "start_time": wstart, "name": reads[-1]["name"], "exe": reads[-1]["exe"]}
+                reader: Proc = {"pid": wpid, "start_time": wstart, "name": reads[-1]["name"], "exe": reads[-1]["exe"]}
                 links.append(Link("pipe", reader, reads, min(float(r["first_ts"]) for r in reads), via=f"pipe {inode}"))
             if depth <= 0:
                 continue
@@ -135,7 +137,8 @@ class Links:
                 inputs = q.stage_reads(conn, host, ident[0], ident[1], since)
                 if len(inputs) > MAX_STAGE_READS:
                     continue  # a hub, not a filter
-                up_links = self.of(conn, host, {**stage, "pid": ident[0], "start_time": ident[1], "ppid": None,
+                up_links = self.of(conn, host, {"pid": ident[0], "start_time": ident[1], "name": stage["name"],
+                                                "exe": stage["exe"], "ppid": None,
                                                 "pipes": pipe_key([], {i: "r" for i in inputs})},
                                    float(stage["first_ts"]), float(stage["ts"]), since, depth - 1, seen | {ident})
                 for up in up_links:
@@ -148,7 +151,7 @@ class Links:
 
     def _relays(self, conn: Connection, host: str, pid: int, start: float | None, since: float, depth: int,
                 seen: frozenset[Ident]) -> list[Link]:
-        by_src: dict[Ident, list[dict[str, Any]]] = {}
+        by_src: dict[Ident, list[RelayRow]] = {}
         for e in q.relays_into(conn, host, pid, since):
             if same_process(int(e["dst_pid"]), e.get("dst_start"), pid, start):
                 by_src.setdefault((int(e["src_pid"]), e.get("src_start")), []).append(e)
@@ -156,7 +159,7 @@ class Links:
         for (spid, sstart), edges in sorted(by_src.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0.0)):
             if (spid, sstart) in seen or spid == pid:
                 continue
-            src = {"pid": spid, "start_time": sstart, "name": edges[-1]["src_name"], "exe": edges[-1]["src_exe"]}
+            src: Proc = {"pid": spid, "start_time": sstart, "name": edges[-1]["src_name"], "exe": edges[-1]["src_exe"]}
             lo = min(float(e["first_ts"]) for e in edges)
             hi = max(float(e["ts"]) for e in edges)
             for up in self.of(conn, host, src, lo, hi, since, depth - 1, seen | {(spid, sstart)}):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 from sqlalchemy import Connection
 
@@ -32,11 +32,12 @@ from weightwarden.collector.detect.common import Draft, Tuning
 from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.detect.links import Links
 from weightwarden.collector.store.database import Store
+from weightwarden.collector.store.host_rows import HostState
+from weightwarden.collector.store.rows import EgressRow, PipeEndRow, ReadRow, RelayRow
 from weightwarden.events import Event, Payload
 
-Row = dict[str, Any]  # a stored fact as the store returns it (egress, relay, weight read)
 S = TypeVar("S", bound=Hashable)  # what a rule judges: a sender process, a host's day, a host...
-Hint = list[Row] | None  # None: judge the subject in full; rows: look at these new rows first
+Hint = list[EgressRow] | None  # None: judge the subject in full; rows: look at these new egress rows first
 
 
 @dataclass
@@ -74,10 +75,10 @@ class SampleFacts:
     """One batch of stored sample facts (each row carries its host): egress rows (and unexplained
     bytes, as rows no process is named for), hand-overs, pipe ends newly written, and the events."""
 
-    rows: list[Row]
-    relays: list[Row]
+    rows: list[EgressRow]
+    relays: list[RelayRow]
     with_reads: set[str]  # hosts among them with weight reads a link could reach
-    pipes: list[Row] = field(default_factory=list)
+    pipes: list[PipeEndRow] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
 
 
@@ -87,7 +88,7 @@ class Look:
     change its verdict); hooks return it instead of the bare subject."""
 
     subject: Hashable
-    rows: list[Row]
+    rows: list[EgressRow]
 
 
 @dataclass
@@ -170,7 +171,7 @@ class Rule(Generic[S]):
                    ) -> Iterable[S | Look]:
         return ()
 
-    def on_reads(self, ctx: Context, conn: Connection, host: str, row: Row, grew: bool,
+    def on_reads(self, ctx: Context, conn: Connection, host: str, row: ReadRow, grew: bool,
                  now: float) -> Iterable[S | Look]:
         return ()
 
@@ -184,12 +185,12 @@ class Rule(Generic[S]):
     def forget(self) -> None:
         """After a rolled-back transaction: drop whatever caches learnt inside it."""
 
-    def sweep_hosts(self, ctx: Context, conn: Connection, hosts: list[Row], now: float) -> list[Row]:
+    def sweep_hosts(self, ctx: Context, conn: Connection, hosts: list[HostState], now: float) -> list[HostState]:
         """Every host's row, once per sweep, in one transaction: do what can be done for all at once, and
         return the hosts that need ``sweep_host`` (default: all)."""
         return hosts
 
-    def sweep_host(self, ctx: Context, conn: Connection, host: Row, now: float) -> None:
+    def sweep_host(self, ctx: Context, conn: Connection, host: HostState, now: float) -> None:
         """One host's row, in a transaction of its own (silence, gaps)."""
 
     def on_verdicts(self, ctx: Context, conn: Connection, changed: Sequence[AlertKey],
@@ -212,4 +213,4 @@ class Rule(Generic[S]):
         return failed
 
 
-__all__ = ["Context", "Hint", "Lately", "Look", "Row", "Rule", "SampleFacts", "Units"]
+__all__ = ["Context", "Hint", "Lately", "Look", "Rule", "SampleFacts", "Units"]

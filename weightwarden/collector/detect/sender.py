@@ -23,11 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from weightwarden.collector.detect.common import (
     OTHER,
     Draft,
+    Proc,
     Tuning,
     bucket,
     bump,
@@ -43,19 +43,20 @@ from weightwarden.collector.detect.common import (
     sources,
 )
 from weightwarden.collector.detect.keys import AlertKey
+from weightwarden.collector.store.rows import EgressRow, ReadRow
 from weightwarden.units import format_duration, format_rate, format_size
 
 
 @dataclass
 class Link:
     kind: str  # self, staged, pipe, relay, fork
-    reader: dict[str, Any]  # the process that read the weights: pid, name, exe, start_time
-    reads: list[dict[str, Any]]
+    reader: Proc  # the process that read the weights: pid, name, exe, start_time
+    reads: list[ReadRow]
     t0: float  # from when the sender could have had the bytes
     via: str = ""  # the pipe inode, or the relay channel(s)
     # Relays only: per hop, (time, bytes) handed on; the sender is blamed for at most the least of them.
     hops: list[list[tuple[float, int]]] | None = None
-    chain: list[dict[str, Any]] = field(default_factory=list)  # relays between reader and sender
+    chain: list[Proc] = field(default_factory=list)  # relays between reader and sender
 
     def cap(self, t: float) -> float | None:
         if self.hops is None:
@@ -71,8 +72,8 @@ class Window:
     ratio: float
     severity: str
     links: list[Link]
-    rows: list[tuple[dict[str, Any], float]]  # counted rows in the window
-    served: list[tuple[dict[str, Any], float]]  # accepted rows not counted (serving)
+    rows: list[tuple[EgressRow, float]]  # counted rows in the window
+    served: list[tuple[EgressRow, float]]  # accepted rows not counted (serving)
 
 
 def taken_by(links: list[Link], t: float) -> tuple[int, dict[str, int]]:
@@ -98,7 +99,7 @@ def severity_of(ratio: float, tune: Tuning) -> str | None:
     return None
 
 
-def counted_windows(rows: list[tuple[dict[str, Any], float]], taken_at: Any, tune: Tuning,
+def counted_windows(rows: list[tuple[EgressRow, float]], taken_at: Callable[[float], int], tune: Tuning,
                     min_taken: int) -> list[tuple[int, float, int, list[str]]]:
     """(k, bytes that count, what was had, suspicious clients) for each window with any bytes.
 
@@ -124,7 +125,7 @@ def counted_windows(rows: list[tuple[dict[str, Any], float]], taken_at: Any, tun
     return out
 
 
-def peak(rows: list[tuple[dict[str, Any], float]], links: list[Link], tune: Tuning) -> Window | None:
+def peak(rows: list[tuple[EgressRow, float]], links: list[Link], tune: Tuning) -> Window | None:
     """The window with the most severe verdict (then the highest ratio, then the earliest)."""
     width = tune.burst_s
     best: Window | None = None
@@ -154,7 +155,7 @@ def _own(links: list[Link], t0: float) -> bool:
     return any(link.kind in ("self", "staged") and link.t0 == t0 for link in links)
 
 
-def worth_judging(rows: list[dict[str, Any]], links: list[Link], tune: Tuning) -> bool:
+def worth_judging(rows: list[EgressRow], links: list[Link], tune: Tuning) -> bool:
     """A cheap look at some of a sender's rows (those around new facts): could they make any
     verdict? Outward bytes reaching the medium ratio in a window, or an accepted row whose rate,
     kept up for a whole window, would make one client's share too large to be serving (a
@@ -210,7 +211,7 @@ def link_text(link: Link) -> str:
     return f"was handed bytes over {link.via} by {hops or who}, and {who} had read them"
 
 
-def exfiltration(host: str, sender: dict[str, Any], flows: list[dict[str, Any]], links: list[Link],
+def exfiltration(host: str, sender: Proc, flows: list[EgressRow], links: list[Link],
                  contacts: Callable[[list[str]], dict[str, float]], weights_total: int,
                  tune: Tuning) -> Draft | None:
     """The verdict on one sender (one process: pid and start time) from every stored fact about it."""

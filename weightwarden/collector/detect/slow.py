@@ -7,11 +7,13 @@ Replies on connections the peer opened are serving and do not count.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 from weightwarden.collector.detect.common import Draft, Tuning, day_start, projected_seconds
 from weightwarden.collector.detect.keys import AlertKey
+from weightwarden.collector.store.rows import HourlyRow, SenderTotal
 from weightwarden.units import format_duration, format_rate, format_size
 
 
@@ -24,7 +26,14 @@ class SlowWindow:
     last: float
 
 
-def slow_peak(hourly: list[dict[str, Any]], day: str, weights_total: int, tune: Tuning) -> SlowWindow | None:
+class _Sender(TypedDict):
+    pid: int
+    exe: str
+    name: str
+    bytes: int
+
+
+def slow_peak(hourly: list[HourlyRow], day: str, weights_total: int, tune: Tuning) -> SlowWindow | None:
     """``hourly``: rows of (hour, bytes, first_ts, ts) to one destination. The heaviest window
     ending in ``day`` that spans at least ``slow_min_span_s`` and carries at least the floor."""
     hours = {int(h["hour"]): h for h in hourly}
@@ -48,19 +57,19 @@ def slow_peak(hourly: list[dict[str, Any]], day: str, weights_total: int, tune: 
     return best
 
 
-def _who(p: dict[str, Any]) -> str:
+def _who(p: _Sender) -> str:
     return f"{p['name']} (pid {p['pid']})"
 
 
-def slow(host: str, address: str, day: str, win: SlowWindow, senders: list[dict[str, Any]], weights_total: int,
+def slow(host: str, address: str, day: str, win: SlowWindow, senders: list[SenderTotal], weights_total: int,
          tune: Tuning) -> Draft:
     span = win.last - win.first
     rate = win.sent * 8 / max(span, 1.0)
     remaining = max(0, weights_total - win.sent)
     eta = projected_seconds(remaining, rate)
-    procs = [{"pid": int(s["pid"]), "exe": s["exe"], "name": s.get("name") or (s["exe"] or "?").rsplit("/", 1)[-1],
+    procs: list[_Sender] = [{"pid": int(s["pid"]), "exe": s["exe"], "name": s.get("name") or (s["exe"] or "?").rsplit("/", 1)[-1],
               "bytes": int(s["bytes"])} for s in senders]
-    top = procs[0] if procs else {"pid": None, "exe": None, "name": None}
+    top: Mapping[str, object] = procs[0] if procs else {"pid": None, "exe": None, "name": None}
     explanation = (
         f"{host} has sent {format_size(win.sent)} to {address} over {format_duration(span)} (average "
         f"{format_rate(rate)}), slowly enough to stay under rate caps. That is "

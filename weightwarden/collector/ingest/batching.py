@@ -26,7 +26,6 @@ import json
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -37,6 +36,7 @@ from weightwarden.collector.ingest.bounded import BoundedDict
 from weightwarden.collector.ingest.validate import Rejection, count_backdated, validate
 from weightwarden.collector.store import bulk
 from weightwarden.collector.store.database import Store
+from weightwarden.collector.store.host_rows import HostTouch, ProcessRow
 from weightwarden.events import (
     EgressSample,
     Event,
@@ -89,12 +89,12 @@ class BatchIngest:
     defer_hosts: bool = False
 
     def _init_caches(self) -> None:
-        self._batch_hosts: list[dict[str, Any]] = []
-        self._pending_hosts: list[dict[str, Any]] = []
+        self._batch_hosts: list[HostTouch] = []
+        self._pending_hosts: list[HostTouch] = []
         self._pending_lock = threading.Lock()
         self.errors: deque[str] = deque(maxlen=ERRORS_KEPT)
         # A per-collector cache that only skips redundant work; the database stays the truth.
-        self._processes: BoundedDict[tuple[Any, ...], float] = BoundedDict(CACHE_LIMIT)
+        self._processes: BoundedDict[tuple[str, int, str, float | None, str | None, int], float] = BoundedDict(CACHE_LIMIT)
 
     def _forget(self) -> None:
         """After a rollback: what the caches learnt inside it may never have been stored."""
@@ -206,7 +206,7 @@ class BatchIngest:
         others = sorted((ev for ev in fresh if not isinstance(ev.data, EgressSample)), key=lambda e: (e.ts, e.seq))
         heartbeats = [ev for ev in others if isinstance(ev.data, Heartbeat)]
         beats, others = self._plain_heartbeats(conn, others)
-        hosts: list[dict[str, Any]] = []
+        hosts: list[HostTouch] = []
         for ev in samples:
             assert isinstance(ev.data, EgressSample)
             hosts.append({"host": ev.host, "seq": ev.seq, "ts": ev.ts, "egress_bps": egress_bps(ev.data)})
@@ -227,7 +227,11 @@ class BatchIngest:
             codes["correlation_errors"] += failed
         # Host rows other collectors update too, last (their locks are held only until the commit), in
         # one statement in key order (two collectors never wait for each other in a cycle).
-        host_rows = [{k: v for k, v in h.items() if k != "ts"} for h in sorted(hosts, key=lambda r: (r["ts"], r["seq"]))]
+        host_rows: list[HostTouch] = []
+        for h in sorted(hosts, key=lambda r: (r.get("ts", 0.0), r["seq"])):
+            row = h.copy()
+            row.pop("ts", None)
+            host_rows.append(row)
         if self.defer_hosts:
             # The service's mode: every batch would update the same host rows as every other collector's
             # batch; written once a second instead (flush_hosts), they never hold a batch up.
@@ -235,7 +239,7 @@ class BatchIngest:
         else:
             self.store.touch_hosts(conn, host_rows, now)
 
-    def _plain_heartbeats(self, conn: Connection, events: list[Event]) -> tuple[list[dict[str, Any]], list[Event]]:
+    def _plain_heartbeats(self, conn: Connection, events: list[Event]) -> tuple[list[HostTouch], list[Event]]:
         """Heartbeats of known hosts only update the host's row, exactly as ``apply`` would (its fields,
         the host online): one statement for the batch; the rules see them all at once
         (``Detector.on_heartbeats``: an agent back, the sensor's state). A heartbeat that changes the
@@ -254,7 +258,7 @@ class BatchIngest:
             # A new weights total re-judges the host's verdicts that quote it: that is apply's work.
             return d.weights is None or not d.weights.total_bytes or d.weights.total_bytes == known[ev.host][1]
 
-        rows: list[dict[str, Any]] = []
+        rows: list[HostTouch] = []
         rest = [ev for ev in events if not plain(ev)]
         for ev in beats:
             d = ev.data
@@ -285,7 +289,7 @@ class BatchIngest:
 
     def _remember_processes(self, conn: Connection, fresh: list[Event]) -> None:
         """Each process's user, command line and container, written once (and hourly), not per sample."""
-        rows: dict[tuple[str, int, str], dict[str, Any]] = {}
+        rows: dict[tuple[str, int, str], ProcessRow] = {}
         for ev in fresh:
             d = ev.data
             procs: list[ProcessFields] = []

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import cast
 
 from sqlalchemy import Connection, text
 
@@ -25,6 +26,8 @@ from weightwarden.collector.ingest.batching import BatchIngest, egress_bps
 from weightwarden.collector.store import agent_facts as a
 from weightwarden.collector.store import facts as q
 from weightwarden.collector.store.database import Store
+from weightwarden.collector.store.host_rows import HostState
+from weightwarden.collector.store.rows import SqlValue
 from weightwarden.events import (
     EVENT_TYPES,
     AgentLost,
@@ -88,7 +91,7 @@ class Pipeline(BatchIngest):
             self.store.touch_host(conn, host, ev.seq, ts, now)
         units = Units()
         if isinstance(data, (Heartbeat, AgentStarted, PolicyApplied)):
-            fields: dict[str, Any] = {"policy": data.policy, "policy_digest": data.policy_digest}
+            fields: dict[str, SqlValue] = {"policy": data.policy, "policy_digest": data.policy_digest}
             if isinstance(data, Heartbeat):
                 fields.update(backend=data.backend, rules_in_force=int(data.rules_in_force), caps=data.caps,
                               last_heartbeat=ts)
@@ -142,17 +145,17 @@ class Pipeline(BatchIngest):
                 self.store.bump(conn, "sweep_errors", failed)
 
     @staticmethod
-    def store_hosts(conn: Connection) -> list[dict[str, Any]]:
+    def store_hosts(conn: Connection) -> list[HostState]:
         """Every host's row with its agent's lifecycle facts, in one statement."""
         cols = ", ".join(f"l.{c}" for c in a.LIFECYCLE)
-        return [dict(r) for r in conn.execute(text(
+        return [cast(HostState, dict(r)) for r in conn.execute(text(
             f"SELECT h.*, {cols} FROM hosts h LEFT JOIN lifecycle l ON l.host = h.host ORDER BY h.host")).mappings()]
 
 
 def load_stream(path: str) -> list[tuple[str, bytes]]:
     """A recorded event stream (JSON lines) as MQTT messages, for tests and replays."""
     out = []
-    with open(path) as fh:
+    with Path(path).open() as fh:
         for line in fh:
             line = line.strip()
             if line and not line.startswith("#"):

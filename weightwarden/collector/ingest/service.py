@@ -19,29 +19,17 @@ collector is back. Redelivered events keep their id and are stored once. A
 message that cannot be stored is a dead letter, committed and acknowledged like
 the rest: only the database being away holds a batch back.
 
-The session's client id is not guessable: ``weightwarden-collector-<hostname>-``
-and 16 random hex digits, made on the first run and kept in the database, so it
-survives restarts (``--client-id`` chooses one instead). Another client that
-connects with it takes the session over, and with it the messages queued for
-this collector: that is a security event, not a reconnect. The collector raises
-a ``collector_session_taken_over`` alert (and logs it) when the broker says so
-(MQTT v5 reason 0x8E), or when the broker closed the connection while it kept
-running (its ``$SYS/broker/uptime`` went on: Mosquitto 2.0 closes a taken-over
-session without a reason). The shipped broker configurations bind client ids
-to credentials, so only the collector's own credentials can do it
-(docs/events.md).
+The broker session and what a takeover looks like: :mod:`session`; who sweeps: :mod:`leader`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import itertools
 import os
 import random
 import re
-import secrets
 import signal
 import socket
 import time
@@ -49,107 +37,37 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from sqlalchemy import text
 
 from weightwarden import health, logs
 from weightwarden.asyncutil import wait_for_stop
 from weightwarden.collector import __version__
-from weightwarden.collector.ingest.backpressure import MAX_PACKET, BatchSizer, Held, Inbox, ReadGate
+from weightwarden.collector.ingest.backpressure import BatchSizer, Held, Inbox, ReadGate
 from weightwarden.collector.ingest.batching import DatabaseAway
+from weightwarden.collector.ingest.leader import SweepLeader
 from weightwarden.collector.ingest.pipeline import Pipeline
+from weightwarden.collector.ingest.session import (
+    TAKEN_OVER,
+    UPTIME_TOPIC,
+    Closed,
+    TakeoverWatch,
+    client_id,
+    reason,
+    session_client,
+)
 from weightwarden.collector.outputs.dispatch import Dispatcher
 from weightwarden.collector.outputs.receivers import ALERT_TOPIC
+from weightwarden.collector.store.host_rows import CollectorStatus
 from weightwarden.collector.store.retention import Retention
 from weightwarden.collector.store.retention import run as run_retention
 from weightwarden.mqtt import MqttSettings
 
 TOPIC = "weightwarden/v1/#"
-UPTIME_TOPIC = "$SYS/broker/uptime"  # Mosquitto's, every sys_interval (10 s): did the broker restart?
-UPTIME_SLACK_S = 25.0  # two sys_intervals and a margin: a restart resets uptime by more than that
-TAKEN_OVER = 0x8E  # MQTT v5 DISCONNECT reason: "Session taken over"
-SESSION_EXPIRY_S = 300
 BEHIND_S = 5.0  # a message waiting longer than this in the collector: it is behind, and says so
 REPORT_EVERY_S = 5.0
 RETENTION_EVERY_S = 60.0
 SWEEP_PAUSE = 3.0  # after a sweep, wait at least three times as long as it took
 FLUSH_EVERY_S = 1.0
 LIVE_TIMEOUT_S = 5.0  # /healthz: the event loop must run a no-op this soon
-
-
-@dataclass
-class _Closed:
-    """A connection the broker ended itself: when, the broker's uptime then, how often it publishes it."""
-
-    at: float
-    uptime: tuple[float, float]
-    interval: float | None
-    unreachable: bool = False  # a reconnect failed since: the broker (or the network) was down
-
-
-def _reason(exc: BaseException) -> int | None:
-    """The MQTT v5 reason code of a disconnection, when the broker gave one."""
-    rc = getattr(exc, "rc", None)
-    try:
-        return int(getattr(rc, "value", rc)) if rc is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-class SweepLeader:
-    """On PostgreSQL, the collector holding a session advisory lock sweeps; the others wait their
-    turn (the lock frees when its holder's connection does, whatever happened to the process).
-    On SQLite there is one collector: it always sweeps."""
-
-    KEY = 7759
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-        self.conn: Any = None
-        self.held = False
-
-    def acquire(self) -> bool:
-        if self.store.dialect != "postgresql":
-            return True
-        if self.conn is None:
-            self.conn = self.store.engine.connect()
-            self.conn.execution_options(isolation_level="AUTOCOMMIT")
-        try:
-            # Asked every time, so a lock lost with its connection is noticed; taken again while held,
-            # it is given back once (advisory locks count).
-            got = bool(self.conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.KEY}).scalar())
-            if got and self.held:
-                self.conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.KEY})
-            self.held = got
-            return got
-        except Exception:
-            self.release()
-            raise
-
-    def release(self) -> None:
-        self.held = False
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            except Exception:  # noqa: BLE001 - closing is best effort; the lock goes with the connection
-                pass
-            self.conn = None
-
-
-def client_id(store: Any, hostname: str) -> str:
-    """This host's collector session id: made once (random, not guessable), then kept in the database."""
-    from sqlalchemy import text as sql
-
-    key = f"collector_client_id:{hostname}"
-    with store.tx() as conn:
-        found = conn.execute(sql("SELECT value FROM meta WHERE key = :k"), {"k": key}).scalar()
-        if found:
-            return str(found)
-        made = f"weightwarden-collector-{hostname[:40]}-{secrets.token_hex(8)}"
-        conn.execute(sql("INSERT INTO meta(key, value) VALUES (:k, :v) ON CONFLICT (key) DO NOTHING"),
-                     {"k": key, "v": made})
-        return str(conn.execute(sql("SELECT value FROM meta WHERE key = :k"), {"k": key}).scalar())
 
 
 @dataclass
@@ -167,9 +85,10 @@ class ServiceConfig:
     health_listen: str | None = None  # HOST:PORT for /healthz and /readyz (--health-listen)
 
 
-class CollectorService:
+class CollectorService(TakeoverWatch):
     def __init__(self, cfg: ServiceConfig, pipeline: Pipeline) -> None:
         self.cfg = cfg
+        self.broker = cfg.broker
         self.pipeline = pipeline
         self.log = logs.get("collector")
         self.inbox = Inbox(cfg.queue_max_messages, cfg.queue_max_bytes)
@@ -210,25 +129,12 @@ class CollectorService:
         return f"$share/{self.cfg.shared_group}/{TOPIC}" if self.cfg.shared_group else TOPIC
 
     def _client(self) -> aiomqtt.Client:
-        s = self.cfg.broker
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        # A persistent session: if the connection drops, the broker keeps queueing QoS 1 messages
-        # for us and hands them over when we are back.
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
-        # The broker sends nothing bigger than we accept (bigger cannot be stored anyway), and no more
-        # unacknowledged messages than the inbox holds.
-        props.MaximumPacketSize = MAX_PACKET
-        props.ReceiveMaximum = min(65535, self.cfg.queue_max_messages)
-        return aiomqtt.Client(
-            s.host, s.port, username=s.username, password=s.password, identifier=self.ident,
-            protocol=aiomqtt.ProtocolVersion.V5, keepalive=s.keepalive, clean_start=False,
-            properties=props, tls_context=s.ssl_context() if s.tls else None, timeout=10,
-        )
+        return session_client(self.cfg.broker, self.ident, self.cfg.queue_max_messages)
 
     async def _mqtt(self) -> None:
         backoff = 0.5
         loop = asyncio.get_running_loop()
-        suspect: _Closed | None = None  # the broker ended our last connection itself, without a reason
+        suspect: Closed | None = None  # the broker ended our last connection itself, without a reason
         while not self.stop.is_set():
             connected = False
             try:
@@ -271,80 +177,13 @@ class CollectorService:
                 if not connected:
                     if suspect is not None:
                         suspect.unreachable = True  # down for a while: a restart or the network, not a takeover
-                elif _reason(exc) == TAKEN_OVER:
+                elif reason(exc) == TAKEN_OVER:
                     await self._taken_over("the broker said so (MQTT v5 reason 0x8E, session taken over)")
                 elif self.closed_by_broker and self.uptime is not None:
-                    suspect = _Closed(time.monotonic(), self.uptime, self.sys_interval)
+                    suspect = Closed(time.monotonic(), self.uptime, self.sys_interval)
                 self.log.warning("collector_disconnected", error=str(exc), closed_by_broker=self.closed_by_broker)
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 30.0)
-
-    def _watch_end_of_stream(self, paho_client: Any) -> None:
-        """Note when the broker closes the connection itself (a read returns end of stream), as opposed
-        to a timeout or a reset: paho reports all of them alike."""
-        self.closed_by_broker = False
-        recv = paho_client._sock_recv
-
-        def watched(size: int) -> bytes:
-            data: bytes = recv(size)
-            if not data:
-                self.closed_by_broker = True
-            return data
-        paho_client._sock_recv = watched
-
-    async def _judge_silent_close(self, closed: _Closed) -> None:
-        """The broker ended our connection without a reason and took us back at the first attempt. If it
-        kept running meanwhile (its uptime went on), it closed us on purpose, and what Mosquitto closes
-        that way is a session another client took over."""
-        try:
-            await asyncio.wait_for(self.uptime_seen.wait(), 5.0)
-        except TimeoutError:
-            self.log.warning("collector_disconnected_by_broker", reason=f"the broker's {UPTIME_TOPIC} is not "
-                             "readable: a takeover cannot be told from a restart (allow this collector to read it)")
-            return
-        assert self.uptime is not None
-        up_before, seen_before = closed.uptime
-        up_now, seen_now = self.uptime
-        # The uptime we read is the broker's last publication: up to one interval old. A restart sets it
-        # back to 0, which no interval of staleness hides once the broker was up for longer than that.
-        slack = (closed.interval or 10.0) + 1.0
-        if up_before < slack + 2:
-            self.log.warning("collector_disconnected_by_broker", reason="the broker had just started: a takeover "
-                             "cannot be told from a restart")
-            return
-        if up_now >= up_before + (seen_now - seen_before) - slack:
-            await self._taken_over(f"the broker closed the connection and took it back at once while it kept "
-                                   f"running (up {up_before:.0f} s before, {up_now:.0f} s "
-                                   f"{seen_now - closed.at:.1f} s later): Mosquitto does that to a session another "
-                                   "client takes over")
-
-    async def _taken_over(self, how: str) -> None:
-        self.takeovers += 1
-        s = self.cfg.broker
-        self.log.error("collector_session_taken_over", collector=self.name, broker=f"{s.host}:{s.port}", how=how,
-                       times=self.takeovers)
-        try:
-            await asyncio.to_thread(self._raise_takeover_alert, how)
-        except Exception as exc:  # noqa: BLE001 - the log line above stands; the database may be away
-            self.log.error("collector_alert_failed", error=repr(exc)[:300])
-
-    def _raise_takeover_alert(self, how: str) -> None:
-        s = self.cfg.broker
-        host = f"collector@{socket.gethostname()}"
-        digest = hashlib.sha256(self.ident.encode()).hexdigest()[:8]
-        now = time.time()
-        with self.pipeline.store.tx() as conn:
-            self.pipeline.store.collector_alert(
-                conn, f"collector_session_taken_over:{self.name}", host, "collector_session_taken_over", "high",
-                f"Collector {self.name}'s broker session was taken over",
-                f"Another client connected to the broker at {s.host}:{s.port} with this collector's client id "
-                f"(the one ending in a hash {digest}) and took its session over: {how}. The messages the broker "
-                "held for this collector may have gone to that client or been dropped: expect sequence gaps from "
-                "the agents, and look in the broker's log for the address that connected with this id. Only "
-                "this collector's broker credentials can do this where the broker binds client ids to them "
-                "(docs/events.md); elsewhere, anyone who learns the id can.",
-                {"collector": self.name, "broker": f"{s.host}:{s.port}", "how": how, "times": self.takeovers},
-                now)
 
     def _on_message(self, gate: ReadGate, client: Any, _userdata: Any, message: Any) -> None:
         """paho's on_message, in the event loop's reader callback: into the inbox, and stop reading
@@ -464,7 +303,7 @@ class CollectorService:
                 self.log.error("retention_failed", error=repr(exc)[:500])
             await wait_for_stop(self.stop, RETENTION_EVERY_S)
 
-    def status(self, rate: float) -> dict[str, Any]:
+    def status(self, rate: float) -> CollectorStatus:
         """The collector_status row (metrics.py renders it): backlog in messages, bytes and seconds."""
         return {"client_id": self.name, "hostname": socket.gethostname(), "pid": os.getpid(),
                 "version": __version__, "started_at": self.started_at, "updated_at": time.time(),
@@ -482,7 +321,7 @@ class CollectorService:
             rate = (self.processed - last_done) / max(now - last_t, 1e-3)
             last_done, last_t = self.processed, now
             status = self.status(rate)
-            if status["backlog_s"] > BEHIND_S or status["paused"]:
+            if (status["backlog_s"] or 0.0) > BEHIND_S or status["paused"]:
                 behind = True
                 self.log.warning("ingest_behind", backlog_s=status["backlog_s"], held=status["backlog"],
                                  held_bytes=status["backlog_bytes"], reading=not status["paused"],
@@ -497,7 +336,7 @@ class CollectorService:
                 self.db_error = str(exc)[:200]
                 self.log.debug("report_failed", error=repr(exc)[:300])
 
-    def _report(self, status: dict[str, Any]) -> None:
+    def _report(self, status: CollectorStatus) -> None:
         with self.pipeline.store.tx() as conn:
             self.pipeline.store.report_collector(conn, status)
 

@@ -20,9 +20,10 @@ import abc
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+from weightwarden.collector.outputs.message import Notification
+from weightwarden.jsontypes import JsonObject, JsonValue
 from weightwarden.mqtt import redact
 
 # Options every kind takes. ``allow_local`` lets an output reach loopback, link-local, metadata and this
@@ -50,7 +51,7 @@ class OutputSpec:
 
     name: str
     url: str
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, JsonValue] = field(default_factory=dict)
     secrets: Mapping[str, str] = field(default_factory=dict)  # option -> sealed value
     audit: bool = False  # also send the audit trail
 
@@ -62,10 +63,10 @@ class OutputSpec:
     def allow_local(self) -> bool:
         return bool(self.options.get("allow_local"))
 
-    def shown(self) -> dict[str, Any]:
+    def shown(self) -> JsonObject:
         """What the CLI, the API and the admin page show: secrets by name only."""
         return {"name": self.name, "url": redact(self.url), "options": dict(self.options),
-                "secrets": sorted(self.secrets), "audit": self.audit}
+                "secrets": [*sorted(self.secrets)], "audit": self.audit}
 
 
 class Receiver(abc.ABC):
@@ -75,7 +76,7 @@ class Receiver(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    async def send(self, note: dict[str, Any]) -> None: ...
+    async def send(self, note: Notification) -> None: ...
 
     @abc.abstractmethod
     async def close(self) -> None: ...
@@ -96,7 +97,7 @@ class Kind:
     factory: Factory
     # Kind-specific checks of (URL parts, options); returns the URL to store (no password in it) and
     # the options, with anything secret the URL carried moved into the options.
-    check: Callable[[str, dict[str, Any]], tuple[str, dict[str, Any]]]
+    check: Callable[[str, JsonObject], tuple[str, JsonObject]]
     default_port: Callable[[str], int]
 
     @property

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Concatenate, ParamSpec, TypeVar
+
+from sqlalchemy import Connection
 
 from weightwarden import logs
 from weightwarden.asyncutil import wait_for_stop
@@ -20,6 +23,9 @@ from weightwarden.collector.outputs.base import DeliveryError, OutputConfigError
 from weightwarden.collector.outputs.receivers import make_receiver
 from weightwarden.collector.outputs.vault import SecretBox, SecretsError
 from weightwarden.collector.store.database import Store
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 POLL_S = 0.5
 RELOAD_S = 5.0
@@ -39,10 +45,10 @@ class Dispatcher:
         self.sent = 0
         self.failures = 0
 
-    async def _db(self, fn: Any, *args: Any) -> Any:
-        def work() -> Any:
+    async def _db(self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
+        def work() -> R:
             with self.store.tx() as conn:
-                return fn(conn, *args)
+                return fn(conn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self.executor, work)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -127,7 +133,7 @@ class Dispatcher:
             await receiver.close()
 
 
-def _release(conn: Any, output: str, seqs: list[int], worker: str) -> None:
+def _release(conn: Connection, output: str, seqs: list[int], worker: str) -> None:
     from sqlalchemy import text
 
     for seq in seqs:
@@ -136,7 +142,7 @@ def _release(conn: Any, output: str, seqs: list[int], worker: str) -> None:
                      {"s": seq, "o": output, "w": worker})
 
 
-def _renew(conn: Any, output: str, seq: int, worker: str, now: float) -> bool:
+def _renew(conn: Connection, output: str, seq: int, worker: str, now: float) -> bool:
     from sqlalchemy import text
 
     res = conn.execute(text("UPDATE alert_deliveries SET claimed_until = :u WHERE notification_seq = :s "

@@ -14,7 +14,8 @@ could have named any file.
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TypedDict
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from weightwarden.collector.outputs import outbox
@@ -23,12 +24,13 @@ from weightwarden.collector.outputs.receivers import configure, kind_of
 from weightwarden.collector.outputs.vault import SecretBox, SecretsError
 from weightwarden.collector.store.audit import record
 from weightwarden.collector.store.database import Store
+from weightwarden.jsontypes import JsonObject
 from weightwarden.mqtt import redact
 
 FILES = {"ca": "ca_pem", "cert": "cert_pem", "key": "key_pem", "password_file": "password"}
 
 
-def _legacy_parts(o: outbox.StoredOutput) -> tuple[str, dict[str, str], dict[str, Any], list[str]]:
+def _legacy_parts(o: outbox.StoredOutput) -> tuple[str, dict[str, str], JsonObject, list[str]]:
     """(the URL to configure, files to read {option: path}, plain options, notes)."""
     parts = urlsplit(o.spec.url)
     scheme = parts.scheme
@@ -36,7 +38,7 @@ def _legacy_parts(o: outbox.StoredOutput) -> tuple[str, dict[str, str], dict[str
     query = {} if scheme.startswith("http") else \
         {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
     files: dict[str, str] = {}
-    options: dict[str, Any] = {}
+    options: JsonObject = {}
     notes: list[str] = []
     keep_query: dict[str, str] = {}
     for key, value in {**query, **o.spec.options}.items():
@@ -58,11 +60,26 @@ def _legacy_parts(o: outbox.StoredOutput) -> tuple[str, dict[str, str], dict[str
     return url, files, options, notes
 
 
-def plan(store: Store) -> list[dict[str, Any]]:
+class Step(TypedDict):
+    """What migrating one legacy output would do: the URL it keeps, the files it would read, what it drops."""
+
+    name: str
+    url: str
+    reads: dict[str, str]
+    notes: list[str]
+
+
+class Result(TypedDict):
+    name: str
+    ok: bool
+    result: str
+
+
+def plan(store: Store) -> list[Step]:
     """What :func:`migrate` would do to each legacy output; changes nothing."""
     with store.tx() as conn:
         legacy = [o for o in outbox.outputs(conn) if o.legacy]
-    out = []
+    out: list[Step] = []
     for o in legacy:
         url, files, _options, notes = _legacy_parts(o)
         out.append({"name": o.name, "url": redact(url), "reads": files, "notes": notes})
@@ -70,9 +87,9 @@ def plan(store: Store) -> list[dict[str, Any]]:
 
 
 def migrate(store: Store, box: SecretBox, names: set[str], allow_local: set[str], operator: str,
-            now: float) -> list[dict[str, Any]]:
+            now: float) -> list[Result]:
     """Rewrite the named legacy outputs; one result each ({name, ok, result})."""
-    results: list[dict[str, Any]] = []
+    results: list[Result] = []
     with store.tx() as conn:
         legacy = {o.name: o for o in outbox.outputs(conn) if o.legacy}
     for name in sorted(names):
@@ -84,7 +101,7 @@ def migrate(store: Store, box: SecretBox, names: set[str], allow_local: set[str]
         url, files, options, notes = _legacy_parts(o)
         try:
             for option, path in files.items():
-                with open(path, encoding="utf-8") as fh:
+                with Path(path).open(encoding="utf-8") as fh:
                     options[option] = fh.read().strip() if option == "password" else fh.read()
             if name in allow_local:
                 options["allow_local"] = True

@@ -10,6 +10,7 @@ starts with ``_``). TLS takes ``ca_pem`` and a client certificate.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets as random
 from collections.abc import Mapping
@@ -20,7 +21,8 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 from weightwarden.collector.outputs import tls as tlsctx
 from weightwarden.collector.outputs.base import DeliveryError, Kind, OutputConfigError, OutputSpec, Receiver
 from weightwarden.collector.outputs.destination import DestinationRefused, connect_pinned, resolve_async
-from weightwarden.collector.outputs.message import document, is_audit
+from weightwarden.collector.outputs.message import Notification, document, is_audit
+from weightwarden.jsontypes import JsonObject
 from weightwarden.mqtt import redact
 
 ALERT_TOPIC = "weightwarden/v1/alerts"
@@ -55,7 +57,7 @@ class MqttReceiver(Receiver):
         await client.__aenter__()
         return client
 
-    async def send(self, note: dict[str, Any]) -> None:
+    async def send(self, note: Notification) -> None:
         import aiomqtt
 
         body = json.dumps(document(note), default=str, separators=(",", ":"))
@@ -75,13 +77,11 @@ class MqttReceiver(Receiver):
     async def close(self) -> None:
         if self.client is not None:
             client, self.client = self.client, None
-            try:
+            with contextlib.suppress(Exception):  # a broken connection is dropped either way
                 await client.__aexit__(None, None, None)
-            except Exception:  # noqa: BLE001 - a broken connection is dropped either way
-                pass
 
 
-def check(url: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def check(url: str, options: JsonObject) -> tuple[str, JsonObject]:
     try:
         parts = urlsplit(url)
         _ = parts.port

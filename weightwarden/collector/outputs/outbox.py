@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict, cast
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, RowMapping, text
 
 from weightwarden.collector.outputs.base import OutputSpec
+from weightwarden.collector.outputs.message import Notification
+from weightwarden.jsontypes import JsonObject
 from weightwarden.mqtt import redact
 
 LEASE_S = 60.0
@@ -40,7 +42,7 @@ class StoredOutput:
     def name(self) -> str:
         return self.spec.name
 
-    def shown(self) -> dict[str, Any]:
+    def shown(self) -> JsonObject:
         out = self.spec.shown()
         if self.legacy:
             # An older row may hold a secret in clear: show the option names only.
@@ -64,7 +66,7 @@ def remove_output(conn: Connection, name: str) -> bool:
     return bool(conn.execute(text("DELETE FROM alert_outputs WHERE name = :n"), {"n": name}).rowcount)
 
 
-def _stored(row: Any) -> StoredOutput:
+def _stored(row: RowMapping) -> StoredOutput:
     doc = json.loads(row["options"])
     legacy = not (isinstance(doc, dict) and doc.get("v") == STORED_VERSION)
     options, secrets = (doc, {}) if legacy else (doc.get("options") or {}, doc.get("secrets") or {})
@@ -84,7 +86,13 @@ def output(conn: Connection, name: str) -> StoredOutput | None:
     return _stored(row) if row else None
 
 
-def delivery_counts(conn: Connection) -> list[dict[str, Any]]:
+class DeliveryCount(TypedDict):
+    output: str
+    state: str
+    count: int
+
+
+def delivery_counts(conn: Connection) -> list[DeliveryCount]:
     rows = conn.execute(text("SELECT output, state, count(*) AS n FROM alert_deliveries GROUP BY output, state"))
     return [{"output": r[0], "state": r[1], "count": int(r[2])} for r in rows]
 
@@ -92,7 +100,7 @@ def delivery_counts(conn: Connection) -> list[dict[str, Any]]:
 # -- the dispatcher's side ---------------------------------------------------------
 
 
-def claim(conn: Connection, output: str, worker: str, now: float, limit: int = 50) -> list[dict[str, Any]]:
+def claim(conn: Connection, output: str, worker: str, now: float, limit: int = 50) -> list[Notification]:
     """Due deliveries for one receiver, leased to ``worker`` (a row another worker holds is skipped).
 
     Each row is taken by a conditional UPDATE, so two dispatchers racing for it
@@ -117,8 +125,9 @@ def claim(conn: Connection, output: str, worker: str, now: float, limit: int = 5
         "SELECT n.seq, n.id, n.payload, d.attempts FROM alert_notifications n JOIN alert_deliveries d "
         f"ON d.notification_seq = n.seq AND d.output = :o WHERE n.seq IN ({', '.join(':' + k for k in params)}) "
         "ORDER BY n.seq"), {"o": output, **params}).mappings()
-    return [{"seq": int(r["seq"]), "id": r["id"], "attempts": int(r["attempts"]), **json.loads(r["payload"])}
-            for r in rows]
+    # The payload is what notifications.alert_changed / audit_recorded wrote: a transition and its alert or entry.
+    return [cast(Notification, {"seq": int(r["seq"]), "id": r["id"], "attempts": int(r["attempts"]),
+                                **json.loads(r["payload"])}) for r in rows]
 
 
 def delivered(conn: Connection, output: str, seq: int, worker: str, now: float) -> None:

@@ -10,18 +10,19 @@ in the query or as options; TLS takes ``ca_pem`` and a client certificate
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from weightwarden.collector.outputs import tls as tlsctx
 from weightwarden.collector.outputs.base import DeliveryError, Kind, OutputConfigError, OutputSpec, Receiver
 from weightwarden.collector.outputs.destination import DestinationRefused, Target, resolve_async
-from weightwarden.collector.outputs.message import syslog_line
+from weightwarden.collector.outputs.message import Notification, syslog_line
+from weightwarden.jsontypes import JsonObject
 from weightwarden.mqtt import redact
 
 TIMEOUT_S = 10.0
@@ -42,7 +43,7 @@ class SyslogReceiver(Receiver):
         self.udp: socket.socket | None = None
         self.udp_target: Target | None = None
 
-    async def send(self, note: dict[str, Any]) -> None:
+    async def send(self, note: Notification) -> None:
         line = syslog_line(note, self.hostname, self.body, str(os.getpid()))
         try:
             if self.transport == "udp":
@@ -85,17 +86,15 @@ class SyslogReceiver(Receiver):
         if self.writer is not None:
             writer, self.writer = self.writer, None
             writer.close()
-            try:
+            with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
                 await asyncio.wait_for(writer.wait_closed(), 2)
-            except (OSError, TimeoutError, ssl.SSLError):
-                pass
         if self.udp is not None:
             self.udp.close()
             self.udp = None
             self.udp_target = None
 
 
-def check(url: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def check(url: str, options: JsonObject) -> tuple[str, JsonObject]:
     parts = urlsplit(url)
     transport = parts.scheme.split("+", 1)[1] if "+" in parts.scheme else ""
     if transport not in PORTS:

@@ -6,6 +6,7 @@ import os
 import ssl
 import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from weightwarden.collector.outputs.base import OutputConfigError
@@ -43,7 +44,7 @@ def _load_chain(ctx: ssl.SSLContext, cert_pem: str, key_pem: str) -> None:
                 os.close(fd)
         return
     with tempfile.TemporaryDirectory(prefix="ww-output-tls-") as tmp:  # private (0700), removed at once
-        cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        cert, key = str(Path(tmp) / "cert.pem"), str(Path(tmp) / "key.pem")
         for path, pem in ((cert, cert_pem), (key, key_pem)):
             with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
                 fh.write(pem)

@@ -20,13 +20,13 @@ import ssl
 import time
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from weightwarden.collector.outputs import tls as tlsctx
 from weightwarden.collector.outputs.base import DeliveryError, Kind, OutputConfigError, OutputSpec, Receiver
 from weightwarden.collector.outputs.destination import DestinationRefused, Target, connect_pinned, resolve
-from weightwarden.collector.outputs.message import document
+from weightwarden.collector.outputs.message import Notification, document
+from weightwarden.jsontypes import JsonObject
 from weightwarden.mqtt import redact
 
 TIMEOUT_S = 10.0
@@ -88,7 +88,7 @@ class WebhookReceiver(Receiver):
         finally:
             conn.close()
 
-    async def send(self, note: dict[str, Any]) -> None:
+    async def send(self, note: Notification) -> None:
         body = json.dumps(document(note), default=str, separators=(",", ":")).encode()
         ts = str(int(time.time()))
         headers = {"Content-Type": "application/json", "User-Agent": "weightwarden-collector",
@@ -118,7 +118,7 @@ class WebhookReceiver(Receiver):
         return None
 
 
-def check(url: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def check(url: str, options: JsonObject) -> tuple[str, JsonObject]:
     try:
         parts = urlsplit(url)
         _ = parts.port

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import cast
 
 from sqlalchemy import Connection, text
 
 from weightwarden.collector.store.facts import _rows
+from weightwarden.collector.store.host_rows import LifecycleRow, SensorRow
+from weightwarden.collector.store.rows import AlertRow, RawSocketRow, ReadRow, RelinkRow, StoredAlert
 
 # -- the sensor's state ------------------------------------------------------------------------------
 
@@ -35,9 +37,9 @@ def record_sensor(conn: Connection, host: str, state: str, ts: float, whole: boo
          "ds": None if whole else state})
 
 
-def sensor_of(conn: Connection, host: str) -> dict[str, Any] | None:
+def sensor_of(conn: Connection, host: str) -> SensorRow | None:
     row = conn.execute(text("SELECT * FROM sensors WHERE host=:h"), {"h": host}).mappings().first()
-    return dict(row) if row else None
+    return cast(SensorRow, dict(row)) if row else None
 
 
 def blind_spans(conn: Connection, host: str, lo: float, hi: float) -> list[tuple[float, float]]:
@@ -58,12 +60,12 @@ LIFECYCLE = ("started_at", "stopped_at", "stop_reason", "lost_conn", "lost_at", 
              "beat_gap")
 
 
-def lifecycle_of(conn: Connection, host: str) -> dict[str, Any]:
+def lifecycle_of(conn: Connection, host: str) -> LifecycleRow:
     row = conn.execute(text("SELECT * FROM lifecycle WHERE host=:h"), {"h": host}).mappings().first()
-    return dict(row) if row else {"host": host, **{c: None for c in LIFECYCLE}}
+    return cast(LifecycleRow, dict(row) if row else {"host": host, **{c: None for c in LIFECYCLE}})
 
 
-def note_lifecycle(conn: Connection, host: str, **latest: Any) -> None:
+def note_lifecycle(conn: Connection, host: str, **latest: float | str | None) -> None:
     """Keep the latest of each lifecycle time (by the agent's clock, except ``lost_at`` and ``silent_from``,
     the collector's); ``stop_reason`` goes with ``stopped_at``; ``silent_from`` is replaced, ``beat_gap``
     replaced unless None."""
@@ -87,7 +89,7 @@ def note_lifecycle(conn: Connection, host: str, **latest: Any) -> None:
 # -- raw sockets, relinked weights ---------------------------------------------------------------------
 
 
-def add_raw_socket(conn: Connection, row: dict[str, Any]) -> None:
+def add_raw_socket(conn: Connection, row: RawSocketRow) -> None:
     conn.execute(text(
         "INSERT INTO raw_sockets(host, pid, start_time, name, exe, uid, container, ppid, pipes, cmd_hash, family, "
         "interface, bypass, allowed, tx_bytes, tx_packets, action, killed, escaped_bytes, first_ts, ts, event_id, "
@@ -96,9 +98,9 @@ def add_raw_socket(conn: Connection, row: dict[str, Any]) -> None:
         ":first_ts, :ts, :event_id, :received_at)"), {"received_at": time.time(), **row})
 
 
-def raw_sockets_of(conn: Connection, host: str, pid: int) -> list[dict[str, Any]]:
+def raw_sockets_of(conn: Connection, host: str, pid: int) -> list[RawSocketRow]:
     return _rows(conn, "SELECT * FROM raw_sockets WHERE host=:h AND pid=:p ORDER BY ts, event_id",
-                 {"h": host, "p": pid})
+                 {"h": host, "p": pid}, RawSocketRow)
 
 
 def raw_socket_pids(conn: Connection, host: str, pids: list[int]) -> list[int]:
@@ -112,7 +114,7 @@ def raw_socket_pids(conn: Connection, host: str, pids: list[int]) -> list[int]:
         {"h": host, **params}).scalars())
 
 
-def add_relink(conn: Connection, row: dict[str, Any]) -> None:
+def add_relink(conn: Connection, row: RelinkRow) -> None:
     conn.execute(text(
         "INSERT INTO relinks(host, inode, dev, how, from_path, to_path, outside_tree, size, pid, start_time, name, "
         "exe, uid, ts, event_id, received_at) VALUES (:host, :inode, :dev, :how, :from_path, :to_path, "
@@ -120,9 +122,9 @@ def add_relink(conn: Connection, row: dict[str, Any]) -> None:
         {"received_at": time.time(), **row})
 
 
-def relinks_of(conn: Connection, host: str, inode: str) -> list[dict[str, Any]]:
+def relinks_of(conn: Connection, host: str, inode: str) -> list[RelinkRow]:
     return _rows(conn, "SELECT * FROM relinks WHERE host=:h AND inode=:i ORDER BY ts, event_id",
-                 {"h": host, "i": inode})
+                 {"h": host, "i": inode}, RelinkRow)
 
 
 def relinked_inodes(conn: Connection, host: str) -> list[str]:
@@ -130,17 +132,15 @@ def relinked_inodes(conn: Connection, host: str) -> list[str]:
                                          {"h": host}).scalars()]
 
 
-def reads_of_inode(conn: Connection, host: str, inode: str, since: float) -> list[dict[str, Any]]:
+def reads_of_inode(conn: Connection, host: str, inode: str, since: float) -> list[ReadRow]:
     """Weight reads (not copies) of the file with this inode that went on at or after ``since``."""
     return _rows(conn, "SELECT * FROM weight_reads WHERE host=:h AND inode=:i AND ts>=:s AND kind <> 'copy' "
-                       "ORDER BY first_ts, pid, path, kind", {"h": host, "i": inode, "s": since})
+                       "ORDER BY first_ts, pid, path, kind", {"h": host, "i": inode, "s": since}, ReadRow)
 
 
-def alerts_of(conn: Connection, host: str, prefix: str) -> list[dict[str, Any]]:
+def alerts_of(conn: Connection, host: str, prefix: str) -> list[AlertRow]:
     """A host's alerts whose key starts with ``prefix``, with their evidence parsed."""
     pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     out = _rows(conn, "SELECT * FROM alerts WHERE host=:h AND key LIKE :p ESCAPE '\\' ORDER BY key",
-                {"h": host, "p": pattern})
-    for a in out:
-        a["evidence"] = json.loads(a["evidence"])
-    return out
+                {"h": host, "p": pattern}, StoredAlert)
+    return [cast(AlertRow, {**a, "evidence": json.loads(a["evidence"])}) for a in out]

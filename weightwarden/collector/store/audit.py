@@ -12,11 +12,11 @@ row is queued for the outputs that export the audit trail
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypedDict
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, RowMapping, text
 
 from weightwarden.collector.store.notifications import audit_recorded
+from weightwarden.collector.store.rows import AuditRecord, SqlParams
 
 # What is recorded (``action``). Alert actions are the triage verbs.
 AUTH_ACTIONS = ("login", "login_failed", "login_backoff", "logout", "token_refused")
@@ -25,21 +25,6 @@ ADMIN_ACTIONS = ("user_add", "user_remove", "user_role", "user_password", "user_
 ALERT_ACTIONS = ("ack", "resolve", "assign", "comment", "reopen")
 OUTCOMES = ("ok", "failed", "refused")
 MAX_TEXT = 4000
-
-
-class AuditRecord(TypedDict):
-    id: int
-    ts: float
-    user: str
-    action: str
-    target: str | None
-    source: str | None
-    via: str | None
-    outcome: str
-    detail: str | None
-    comment: str | None
-    alert_key: str | None
-    alert_id: str | None
 
 
 @dataclass(frozen=True)
@@ -65,25 +50,22 @@ def record(conn: Connection, *, user: str, action: str, now: float, via: str | N
            comment: str | None = None, alert_key: str | None = None, alert_id: str | None = None) -> AuditRecord:
     """Append one entry, in the caller's transaction (an action that rolls back leaves no entry)."""
     assert outcome in OUTCOMES, outcome
-    row: dict[str, Any] = {"user": _cut(user, 200) or "?", "action": action, "target": _cut(target, 500),
-                           "source": _cut(source, 200), "via": _cut(via, 100), "outcome": outcome,
-                           "detail": _cut(detail), "comment": _cut(comment), "alert_key": alert_key,
-                           "alert_id": alert_id, "ts": now}
+    entry = AuditRecord(id=0, ts=now, user=_cut(user, 200) or "?", action=action, target=_cut(target, 500),
+                        source=_cut(source, 200), via=_cut(via, 100), outcome=outcome, detail=_cut(detail),
+                        comment=_cut(comment), alert_key=alert_key, alert_id=alert_id)
     new_id = conn.execute(text(
         "INSERT INTO audit(alert_key, alert_id, user_name, action, comment, detail, via, ts, source, target, outcome) "
         "VALUES (:alert_key, :alert_id, :user, :action, :comment, :detail, :via, :ts, :source, :target, :outcome) "
-        "RETURNING id"), row).scalar()
-    entry = AuditRecord(id=int(new_id or 0), ts=now, user=row["user"], action=action, target=row["target"],
-                        source=row["source"], via=row["via"], outcome=outcome, detail=row["detail"],
-                        comment=row["comment"], alert_key=alert_key, alert_id=alert_id)
-    audit_recorded(conn, dict(entry), now)
+        "RETURNING id"), {k: v for k, v in entry.items() if k != "id"}).scalar()
+    entry["id"] = int(new_id or 0)
+    audit_recorded(conn, entry, now)
     return entry
 
 
 _COLUMNS = ("id, ts, user_name AS user, action, target, source, via, outcome, detail, comment, alert_key, alert_id")
 
 
-def _entry(r: Any) -> AuditRecord:
+def _entry(r: RowMapping) -> AuditRecord:
     return AuditRecord(id=int(r["id"]), ts=float(r["ts"]), user=r["user"], action=r["action"], target=r["target"],
                        source=r["source"], via=r["via"], outcome=r["outcome"] or "ok", detail=r["detail"],
                        comment=r["comment"], alert_key=r["alert_key"], alert_id=r["alert_id"])
@@ -92,7 +74,7 @@ def _entry(r: Any) -> AuditRecord:
 def entries(conn: Connection, f: AuditFilter) -> list[AuditRecord]:
     """Newest first."""
     where: list[str] = ["1=1"]
-    params: dict[str, Any] = {"lim": f.limit, "off": f.offset}
+    params: SqlParams = {"lim": f.limit, "off": f.offset}
     if f.since is not None:
         where.append("ts >= :since")
         params["since"] = f.since

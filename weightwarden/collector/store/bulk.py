@@ -44,7 +44,7 @@ def insert(conn: Connection, table: str, columns: Sequence[tuple[str, str]], row
     conn.execute(stmt, {"rows": json.dumps(rows, separators=(",", ":"))})
 
 
-def in_list(conn: Connection, values: Sequence[Any]) -> tuple[str, dict[str, Any]]:
+def in_list(conn: Connection, values: Sequence[str]) -> tuple[str, dict[str, str | list[str]]]:
     """A condition ``<column> IN <this>`` for many values, as one parameter: (SQL, params)."""
     if conn.dialect.name == "postgresql":
         return "= ANY(:values)", {"values": list(values)}

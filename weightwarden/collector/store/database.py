@@ -16,22 +16,35 @@ Schema and migrations: :mod:`schema`; retention: :mod:`retention`.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import cast
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from weightwarden.collector.store import bulk, schema
-from weightwarden.collector.store.notifications import alert_changed
-from weightwarden.collector.store.schema import StoreError, normalize_url, safe_url, sqlite_path
+
+# Re-exported: the alert scale and what counts as backdated are asked of this module.
+from weightwarden.collector.store.alert_store import BACKDATED_S as BACKDATED_S
+from weightwarden.collector.store.alert_store import SEVERITY_RANK as SEVERITY_RANK
+from weightwarden.collector.store.alert_store import AlertStore
+from weightwarden.collector.store.alert_store import backdated_by as backdated_by
+from weightwarden.collector.store.host_rows import (
+    CollectorStatus,
+    ExportedEvent,
+    HostRow,
+    HostTouch,
+    ProcessInfo,
+    ProcessRow,
+    StoredEvent,
+)
+from weightwarden.collector.store.rows import EgressRow, ReadRow, SqlParams, SqlValue
+from weightwarden.collector.store.schema import StoreError, normalize_url, private_files, safe_url
 from weightwarden.events import Event
 
-SEVERITY_RANK = {"low": 1, "medium": 2, "high": 3, "critical": 4}
 # Columns written in bulk (weightwarden/collector/store/bulk.py), with their PostgreSQL types.
 T, BIG, DBL, INT = "text", "bigint", "double precision", "integer"
 EVENT_COLUMNS = (("id", T), ("host", T), ("seq", BIG), ("ts", DBL), ("type", T), ("data", T), ("received_at", DBL))
@@ -50,12 +63,11 @@ EGRESS_RAW_COLUMNS = (("host", T), ("pid", BIG), ("ppid", BIG), ("exe", T), ("na
 HISTORY_COLUMNS = (("host", T), ("exe", T), ("address", T), ("first_seen", DBL), ("last_seen", DBL))
 _NEWER_READ = ("(excluded.ts > weight_reads.ts OR (excluded.ts = weight_reads.ts AND (excluded.bytes > weight_reads.bytes "
                "OR (excluded.bytes = weight_reads.bytes AND excluded.event_id > weight_reads.event_id))))")
-BACKDATED_S = 86400.0  # an event dated longer than this before it arrived is backdated (ingest/validate.py)
 DEAD_LETTER_MAX_ROWS = 10_000
 DEAD_LETTER_MAX_BYTES = 8 << 20
 
 
-class Store:
+class Store(AlertStore):
     """One database. ``Store(url)`` creates and migrates (the collector, tests); read commands
     use ``Store(url, read_only=True, migrate=False)``, which creates nothing and refuses a schema
     it does not know. Errors in opening are :class:`StoreError` with a one-line message."""
@@ -133,14 +145,14 @@ class Store:
             for e in unique.values()], "ON CONFLICT (id) DO NOTHING")
 
     @staticmethod
-    def touch_hosts(conn: Connection, rows: list[dict[str, Any]], now: float) -> None:
+    def touch_hosts(conn: Connection, rows: list[HostTouch], now: float) -> None:
         """Hosts heard from, all in one statement: rows of {host, seq, egress_bps?} and, from a heartbeat,
         its fields ({policy, policy_digest, backend, rules_in_force, caps, last_heartbeat, weights_bytes}:
         the host is then online). A later row of the same host wins, field by field; None changes nothing."""
-        merged: dict[str, dict[str, Any]] = {}
+        merged: dict[str, dict[str, object]] = {}
         for r in rows:
             m = merged.setdefault(r["host"], {"seq": 0})
-            m["seq"] = max(m["seq"], r["seq"])
+            m["seq"] = max(cast(int, m["seq"]), r["seq"])
             m.update({k: v for k, v in r.items() if v is not None and k not in ("host", "seq")})
         bulk.insert(conn, "hosts", HOST_COLUMNS, [
             (h, now, now, "online", m["seq"], 0, *(m.get(c) for c, _ in HOST_COLUMNS[6:]))
@@ -192,7 +204,7 @@ class Store:
         Store.touch_hosts(conn, [{"host": host, "seq": seq, "egress_bps": egress_bps}], now)
 
     @staticmethod
-    def update_host(conn: Connection, host: str, **fields: Any) -> None:
+    def update_host(conn: Connection, host: str, **fields: SqlValue) -> None:
         allowed = {"status", "policy", "policy_digest", "backend", "rules_in_force", "caps", "egress_bps",
                    "weights_bytes", "last_heartbeat", "heartbeat_interval", "lost_at", "seq_contig", "gap_seen_at",
                    "policy_version", "policy_source"}
@@ -202,13 +214,13 @@ class Store:
                          {"h": host, **{k: fields[k] for k in sets}})
 
     @staticmethod
-    def host(conn: Connection, host: str) -> dict[str, Any] | None:
+    def host(conn: Connection, host: str) -> HostRow | None:
         row = conn.execute(text("SELECT * FROM hosts WHERE host = :h"), {"h": host}).mappings().first()
-        return dict(row) if row else None
+        return cast(HostRow, dict(row)) if row else None
 
-    def export_events(self, host: str, since: float, until: float, types: list[str]) -> Iterator[dict[str, Any]]:
+    def export_events(self, host: str, since: float, until: float, types: list[str]) -> Iterator[ExportedEvent]:
         """A host's events in [since, until] of these types, oldest first, as the agent sent them."""
-        params: dict[str, Any] = {"h": host, "u": until, **{f"t{i}": t for i, t in enumerate(types)}}
+        params: SqlParams = {"h": host, "u": until, **{f"t{i}": t for i, t in enumerate(types)}}
         in_types = ", ".join(f":t{i}" for i in range(len(types)))
         after: tuple[float, str] = (since, "")
         while True:  # in pages, so a day of 1 Hz samples never sits in memory at once
@@ -224,12 +236,12 @@ class Store:
                 return
             after = (rows[-1]["ts"], rows[-1]["id"])
 
-    def hosts(self) -> list[dict[str, Any]]:
+    def hosts(self) -> list[HostRow]:
         with self.tx() as conn:
-            return [dict(r) for r in conn.execute(text("SELECT * FROM hosts ORDER BY host")).mappings()]
+            return [cast(HostRow, dict(r)) for r in conn.execute(text("SELECT * FROM hosts ORDER BY host")).mappings()]
 
     @staticmethod
-    def upsert_processes(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    def upsert_processes(conn: Connection, rows: list[ProcessRow]) -> None:
         """Who each process is (user, command line, container), once per process, not per sample:
         rows of {host, pid, exe, ppid, name, uid, user_name, cmdline, cgroup, container, start_time, ts}."""
         unique = {(r["host"], r["pid"], r["exe"]): r for r in rows}
@@ -247,7 +259,7 @@ class Store:
             "  ELSE excluded.last_seen END")
 
     @staticmethod
-    def process(conn: Connection, host: str, pid: int, exe: str | None = None) -> dict[str, Any] | None:
+    def process(conn: Connection, host: str, pid: int, exe: str | None = None) -> ProcessInfo | None:
         """A process's user, command line (a list) and container, as last reported."""
         sql = "SELECT * FROM processes WHERE host=:h AND pid=:p" + (" AND exe=:e" if exe is not None else "")
         row = conn.execute(text(sql + " ORDER BY last_seen DESC LIMIT 1"), {"h": host, "p": pid, "e": exe}
@@ -257,12 +269,12 @@ class Store:
         out = dict(row)
         out["cmdline"] = json.loads(out["cmdline"]) if out.get("cmdline") else []
         out["container"] = json.loads(out["container"]) if out.get("container") else None
-        return out
+        return cast(ProcessInfo, out)
 
     # -- correlation state --------------------------------------------------
 
     @staticmethod
-    def add_read(conn: Connection, host: str, r: dict[str, Any]) -> None:
+    def add_read(conn: Connection, host: str, r: ReadRow) -> None:
         conn.execute(text(
             "INSERT INTO weight_reads(host, pid, ppid, exe, name, uid, path, kind, bytes, first_ts, ts, staged_of, "
             "event_id, pipes, start_time, size, how, container, cmd_hash, remote, derivative, received_at, inode, dev) "
@@ -283,7 +295,7 @@ class Store:
              "derivative": 0, "received_at": time.time(), "inode": None, "dev": None, "host": host, **r})
 
     @staticmethod
-    def add_egress_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    def add_egress_rows(conn: Connection, rows: list[EgressRow]) -> None:
         """Egress rows that each carry their host."""
         now = time.time()
         bulk.copy(conn, "egress_raw", EGRESS_RAW_COLUMNS, [
@@ -309,96 +321,20 @@ class Store:
                     "  ELSE excluded.last_seen END")
 
     @staticmethod
-    def reads_for(conn: Connection, host: str, pids: list[int], since: float) -> list[dict[str, Any]]:
+    def reads_for(conn: Connection, host: str, pids: list[int], since: float) -> list[ReadRow]:
         if not pids:
             return []
         params = {f"p{i}": p for i, p in enumerate(pids)}
         rows = conn.execute(text(
             f"SELECT * FROM weight_reads WHERE host = :h AND ts >= :since AND pid IN ({', '.join(':' + k for k in params)}) "
             "ORDER BY first_ts"), {"h": host, "since": since, **params}).mappings()
-        return [dict(r) for r in rows]
+        return [cast(ReadRow, dict(r)) for r in rows]
 
     @staticmethod
-    def events_of(conn: Connection, host: str, type_: str, since: float) -> list[dict[str, Any]]:
+    def events_of(conn: Connection, host: str, type_: str, since: float) -> list[StoredEvent]:
         rows = conn.execute(text("SELECT id, seq, ts, data FROM events WHERE host=:h AND type=:t AND ts>=:s ORDER BY seq"),
                             {"h": host, "t": type_, "s": since}).mappings()
         return [{"id": r["id"], "seq": r["seq"], "ts": r["ts"], "data": json.loads(r["data"])} for r in rows]
-
-    # -- alerts ------------------------------------------------------------
-
-    @staticmethod
-    def upsert_alert(conn: Connection, a: dict[str, Any], now: float) -> None:
-        params = {**a, "evidence": json.dumps(a["evidence"], default=str), "rank": SEVERITY_RANK[a["severity"]],
-                  "now": now}
-        conn.execute(text(
-            "INSERT INTO alerts(key, id, host, kind, severity, severity_rank, state, title, explanation, evidence, "
-            "first_ts, last_ts, created_at, updated_at, count) VALUES (:key, :id, :host, :kind, :severity, :rank, 'open', "
-            ":title, :explanation, :evidence, :first_ts, :last_ts, :now, :now, 1) "
-            "ON CONFLICT (key) DO UPDATE SET "
-            "severity = CASE WHEN alerts.severity_rank >= excluded.severity_rank THEN alerts.severity "
-            "  ELSE excluded.severity END, "
-            "severity_rank = CASE WHEN alerts.severity_rank >= excluded.severity_rank THEN alerts.severity_rank "
-            "  ELSE excluded.severity_rank END, "
-            "title = excluded.title, explanation = excluded.explanation, evidence = excluded.evidence, "
-            "last_ts = CASE WHEN alerts.last_ts > excluded.last_ts THEN alerts.last_ts ELSE excluded.last_ts END, "
-            "updated_at = excluded.updated_at, count = alerts.count + 1, "
-            # A resolved incident that happens again is open again.
-            "state = CASE WHEN alerts.state = 'resolved' AND :reopen = 1 THEN 'open' ELSE alerts.state END"),
-            {**params, "reopen": 1 if a.get("reopen", True) else 0})
-        alert_changed(conn, a["key"], now)  # opened, escalated or reopened: notify the outputs
-
-    @staticmethod
-    def collector_alert(conn: Connection, key: str, host: str, kind: str, severity: str, title: str, explanation: str,
-                        evidence: dict[str, Any], now: float) -> str:
-        """An alert the collector raises about itself (its broker session taken over): repeats count up
-        one alert, a resolved one opens again. Returns its id."""
-        import hashlib
-
-        alert_id = hashlib.sha256(key.encode()).hexdigest()[:16]
-        Store.upsert_alert(conn, {"key": key, "id": alert_id, "host": host, "kind": kind, "severity": severity,
-                                  "title": title, "explanation": explanation,
-                                  "evidence": {"process": None, "files": [], "destinations": [], **evidence},
-                                  "first_ts": now, "last_ts": now}, now)
-        return alert_id
-
-    @staticmethod
-    def set_state(conn: Connection, key_or_id: str, state: str, who: str, now: float) -> int:
-        col = "acked" if state == "acknowledged" else "resolved"
-        res = conn.execute(text(f"UPDATE alerts SET state=:s, {col}_by=:w, {col}_at=:t, updated_at=:t "
-                                "WHERE id=:k OR key=:k"), {"s": state, "w": who, "t": now, "k": key_or_id})
-        alert_changed(conn, key_or_id, now)
-        return int(res.rowcount)
-
-    @staticmethod
-    def resolve_kind(conn: Connection, host: str, kind: str, who: str, now: float) -> None:
-        keys = conn.execute(text("UPDATE alerts SET state='resolved', resolved_by=:w, resolved_at=:t, updated_at=:t "
-                                 "WHERE host=:h AND kind=:k AND state != 'resolved' RETURNING key"),
-                            {"w": who, "t": now, "h": host, "k": kind}).scalars().all()
-        for key in keys:
-            alert_changed(conn, key, now)
-
-    def alerts(self, state: str | None = None, host: str | None = None, min_severity: str | None = None
-               ) -> list[dict[str, Any]]:
-        sql = "SELECT * FROM alerts WHERE 1=1"
-        params: dict[str, Any] = {}
-        if state:
-            sql += " AND state = :state"
-            params["state"] = state
-        if host:
-            sql += " AND host = :host"
-            params["host"] = host
-        if min_severity:
-            sql += " AND severity_rank >= :rank"
-            params["rank"] = SEVERITY_RANK[min_severity]
-        # By when the collector raised them: an agent's clock (or a backdated event) does not move an alert down.
-        sql += " ORDER BY severity_rank DESC, raised_at DESC"
-        with self.tx() as conn:
-            return [_alert(dict(r)) for r in conn.execute(text(sql), params).mappings()]
-
-    def alert(self, key_or_id: str) -> dict[str, Any] | None:
-        with self.tx() as conn:
-            row = conn.execute(text("SELECT * FROM alerts WHERE id=:k OR key=:k"), {"k": key_or_id}).mappings().first()
-        return _alert(dict(row)) if row else None
 
     # -- housekeeping --------------------------------------------------------
 
@@ -412,7 +348,7 @@ class Store:
     # -- collectors --------------------------------------------------------------
 
     @staticmethod
-    def report_collector(conn: Connection, status: dict[str, Any]) -> None:
+    def report_collector(conn: Connection, status: CollectorStatus) -> None:
         """A running collector's own numbers (backlog, rate), for `stats`, /metrics and the console."""
         cols = ("client_id", "hostname", "pid", "version", "started_at", "updated_at", "received", "stored",
                 "backlog", "backlog_bytes", "backlog_s", "paused", "ingest_rate", "batch")
@@ -421,32 +357,10 @@ class Store:
                           f"{', '.join(f'{c} = excluded.{c}' for c in cols[1:])}"),
                      {c: status.get(c) for c in cols})
 
-    def collectors(self) -> list[dict[str, Any]]:
+    def collectors(self) -> list[CollectorStatus]:
         with self.tx() as conn:
-            return [dict(r) for r in conn.execute(text("SELECT * FROM collector_status ORDER BY client_id")).mappings()]
-
-
-def private_files(url: str, create: bool) -> None:
-    """A SQLite database and its -wal and -shm files readable by their owner only (0600): they hold password
-    hashes, token hashes and sealed output secrets. SQLite gives -wal and -shm the database file's mode,
-    so the database is made 0600 before SQLite first opens it; files an older collector left 0644 are
-    narrowed. Outside systemd's UMask the process's umask would decide otherwise."""
-    path = sqlite_path(url)
-    if path is None:
-        return
-    if create and not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except FileExistsError:
-            pass
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        f = path.with_name(path.name + suffix)
-        try:
-            if f.exists() and f.stat().st_mode & 0o077:
-                os.chmod(f, 0o600)
-        except OSError:
-            pass  # not ours to change (another user's file): SQLite will say if it cannot open it
+            rows = conn.execute(text("SELECT * FROM collector_status ORDER BY client_id")).mappings()
+            return [cast(CollectorStatus, dict(r)) for r in rows]
 
 
 def _printable(value: str | bytes, limit: int) -> str:
@@ -456,21 +370,6 @@ def _printable(value: str | bytes, limit: int) -> str:
     else:
         value = value.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates
     return value.replace("\x00", "\\x00")[:limit]
-
-
-def backdated_by(ts: float, received_at: float) -> float:
-    """How far before its arrival an event is dated, when that makes it backdated; 0 otherwise."""
-    lag = received_at - ts
-    return lag if lag > BACKDATED_S else 0.0
-
-
-def _alert(row: dict[str, Any]) -> dict[str, Any]:
-    row["evidence"] = json.loads(row["evidence"])
-    row.pop("severity_rank", None)
-    # Flagged: the newest event it rests on is dated long before the collector raised it.
-    raised = row.get("raised_at") or row.get("created_at") or 0
-    row["backdated"] = backdated_by(float(row.get("last_ts") or 0), float(raised)) or None
-    return row
 
 
 __all__ = ["BACKDATED_S", "SEVERITY_RANK", "Store", "backdated_by", "StoreError", "normalize_url", "private_files", "safe_url"]

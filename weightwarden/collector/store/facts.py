@@ -1,4 +1,4 @@
-"""The facts detection reads and the alerts it writes, all through these functions.
+"""The facts detection reads, all through these functions (the verdicts it writes: :mod:`verdicts`).
 
 Retention and rollups must keep each query answerable over the look-back it is called with
 (Tuning.link_window_s for a process's reads and relays, slow_window_s and burst_s for egress).
@@ -6,14 +6,30 @@ Retention and rollups must keep each query answerable over the look-back it is c
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
+from typing import TypedDict, TypeVar, cast
 
 from sqlalchemy import Connection, text
 
-from weightwarden.collector.store.database import SEVERITY_RANK
-from weightwarden.collector.store.notifications import alert_changed
+from weightwarden.collector.store.rows import (
+    CopierRow,
+    EgressRow,
+    HourlyRow,
+    PipeEndRow,
+    ReadRow,
+    RelayRow,
+    SenderTotal,
+    SqlParams,
+    StageRow,
+)
+
+R = TypeVar("R")
+
+
+class ReadSize(TypedDict):
+    bytes: int
+    size: int | None
+    ts: float
 
 # Bytes that may carry data off the host: not allowlisted, or DNS, which carries names wherever it goes
 # (a tunnel through an allowlisted resolver is still a tunnel).
@@ -21,43 +37,33 @@ OUTWARD = "(allowed = 0 OR port = 53)"
 _ORDER = "ORDER BY ts, first_ts, event_id, address, port"
 
 
-def _rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    return [dict(r) for r in conn.execute(text(sql), params).mappings()]
+def _rows(conn: Connection, sql: str, params: SqlParams, as_: type[R]) -> list[R]:
+    """The rows a query returns, typed as the caller's TypedDict says the selected columns are."""
+    return cast(list[R], [dict(r) for r in conn.execute(text(sql), params).mappings()])
 
 
-def flows_of(conn: Connection, host: str, pid: int, since: float) -> list[dict[str, Any]]:
+def flows_of(conn: Connection, host: str, pid: int, since: float) -> list[EgressRow]:
     """A process's outward egress rows (every start_time that pid had) whose last byte left at or after ``since``."""
     return _rows(conn, f"SELECT * FROM egress WHERE host=:h AND pid=:p AND ts>=:s AND {OUTWARD} {_ORDER}",
-                 {"h": host, "p": pid, "s": since})
+                 {"h": host, "p": pid, "s": since}, EgressRow)
 
 
-def flows_between(conn: Connection, host: str, pid: int, lo: float, hi: float) -> list[dict[str, Any]]:
+def flows_between(conn: Connection, host: str, pid: int, lo: float, hi: float) -> list[EgressRow]:
     """A process's outward and accepted rows whose last byte left in [lo, hi)."""
     return _rows(conn, f"SELECT * FROM egress WHERE host=:h AND pid=:p AND ts>=:lo AND ts<:hi AND {OUTWARD} {_ORDER}",
-                 {"h": host, "p": pid, "lo": lo, "hi": hi})
+                 {"h": host, "p": pid, "lo": lo, "hi": hi}, EgressRow)
 
 
-def recent_flows(conn: Connection, host: str, pid: int, received_since: float) -> list[dict[str, Any]]:
+def recent_flows(conn: Connection, host: str, pid: int, received_since: float) -> list[EgressRow]:
     return _rows(conn, f"SELECT * FROM egress WHERE host=:h AND pid=:p AND received_at>=:r AND {OUTWARD} {_ORDER}",
-                 {"h": host, "p": pid, "r": received_since})
-
-
-def alerts_updated_since(conn: Connection, since: float, rules: list[str]) -> list[tuple[str, str]]:
-    """(key, host) of the verdicts of ``rules`` (their names: the keys' first part) written at or after
-    ``since`` (the collectors' clock)."""
-    if not rules:
-        return []
-    params: dict[str, Any] = {"s": since, **{f"r{i}": f"{r}:%" for i, r in enumerate(rules)}}
-    likes = " OR ".join(f"key LIKE :r{i}" for i in range(len(rules)))
-    return [(r[0], r[1]) for r in conn.execute(text(
-        f"SELECT key, host FROM alerts WHERE updated_at >= :s AND ({likes}) ORDER BY key"), params)]
+                 {"h": host, "p": pid, "r": received_since}, EgressRow)
 
 
 def hosts_with_reads(conn: Connection, hosts: list[str], since: float) -> set[str]:
     """Which of ``hosts`` have weight reads active at or after ``since``: one statement per 500 hosts."""
     found: set[str] = set()
     for i in range(0, len(hosts), 500):
-        params: dict[str, Any] = {f"h{n}": h for n, h in enumerate(hosts[i:i + 500])}
+        params: SqlParams = {f"h{n}": h for n, h in enumerate(hosts[i:i + 500])}
         found.update(conn.execute(text(f"SELECT DISTINCT host FROM weight_reads WHERE ts >= :s AND host IN "
                                        f"({', '.join(':' + k for k in params)})"), {"s": since, **params}).scalars())
     return found
@@ -70,18 +76,18 @@ def recent_relay_targets(conn: Connection, received_since: float) -> list[tuple[
         {"r": received_since})]
 
 
-def read_as_stored(conn: Connection, host: str, r: dict[str, Any]) -> dict[str, Any] | None:
+def read_as_stored(conn: Connection, host: str, r: ReadRow) -> ReadSize | None:
     """The stored version of a weight read (same process, file, kind and start), if any."""
     row = conn.execute(text("SELECT bytes, size, ts FROM weight_reads WHERE host=:h AND pid=:p AND path=:path "
                             "AND kind=:k AND first_ts=:f"),
                        {"h": host, "p": r["pid"], "path": r["path"], "k": r["kind"], "f": r["first_ts"]}).mappings().first()
-    return dict(row) if row else None
+    return cast(ReadSize, dict(row)) if row else None
 
 
-def outward_rows(conn: Connection, host: str, lo: float, hi: float) -> list[dict[str, Any]]:
+def outward_rows(conn: Connection, host: str, lo: float, hi: float) -> list[EgressRow]:
     """Every outward egress row of a host whose last byte left in [lo, hi)."""
     return _rows(conn, f"SELECT * FROM egress WHERE host=:h AND ts>=:lo AND ts<:hi AND {OUTWARD} {_ORDER}",
-                 {"h": host, "lo": lo, "hi": hi})
+                 {"h": host, "lo": lo, "hi": hi}, EgressRow)
 
 
 def last_outward(conn: Connection, host: str, pid: int) -> float | None:
@@ -104,42 +110,42 @@ def outward_senders(conn: Connection, host: str, since: float) -> list[int]:
     return sorted(int(p) for p in rows)
 
 
-def reads_of(conn: Connection, host: str, pid: int, since: float) -> list[dict[str, Any]]:
+def reads_of(conn: Connection, host: str, pid: int, since: float) -> list[ReadRow]:
     """Weight reads, holdings and copies of one pid (every start_time) still active at or after ``since``."""
     return _rows(conn, "SELECT * FROM weight_reads WHERE host=:h AND pid=:p AND ts>=:s ORDER BY first_ts, path, kind",
-                 {"h": host, "p": pid, "s": since})
+                 {"h": host, "p": pid, "s": since}, ReadRow)
 
 
-def reads_between(conn: Connection, host: str, lo: float, hi: float) -> list[dict[str, Any]]:
+def reads_between(conn: Connection, host: str, lo: float, hi: float) -> list[ReadRow]:
     """Weight reads and holdings on a host active at some time in [lo, hi) (copies are not reads)."""
     return _rows(conn, "SELECT * FROM weight_reads WHERE host=:h AND ts>=:lo AND first_ts<:hi AND kind <> 'copy' "
-                       "ORDER BY first_ts, pid, path, kind", {"h": host, "lo": lo, "hi": hi})
+                       "ORDER BY first_ts, pid, path, kind", {"h": host, "lo": lo, "hi": hi}, ReadRow)
 
 
-def copier_of(conn: Connection, host: str, paths: list[str], since: float) -> dict[str, Any] | None:
+def copier_of(conn: Connection, host: str, paths: list[str], since: float) -> CopierRow | None:
     """Who wrote a copy of the weights at one of ``paths`` (the earliest copy), if the agent saw it."""
     if not paths:
         return None
     params = {f"p{i}": p for i, p in enumerate(paths)}
     rows = _rows(conn, f"SELECT pid, start_time, name, exe FROM weight_reads WHERE host=:h AND kind='copy' AND ts>=:s "
                        f"AND path IN ({', '.join(':' + k for k in params)}) ORDER BY first_ts, pid LIMIT 1",
-                 {"h": host, "s": since, **params})
+                 {"h": host, "s": since, **params}, CopierRow)
     return rows[0] if rows else None
 
 
-def pipe_writers(conn: Connection, host: str, inode: str, since: float) -> list[dict[str, Any]]:
+def pipe_writers(conn: Connection, host: str, inode: str, since: float) -> list[ReadRow]:
     """Weight reads by processes that hold the write end (only) of pipe ``inode``."""
     return _rows(conn, "SELECT * FROM weight_reads WHERE host=:h AND ts>=:s AND pipes LIKE :p "
-                       "ORDER BY first_ts, pid, path, kind", {"h": host, "s": since, "p": f"%|{inode}:w|%"})
+                       "ORDER BY first_ts, pid, path, kind", {"h": host, "s": since, "p": f"%|{inode}:w|%"}, ReadRow)
 
 
-def pipe_stages_writing(conn: Connection, host: str, inode: str, since: float) -> list[dict[str, Any]]:
+def pipe_stages_writing(conn: Connection, host: str, inode: str, since: float) -> list[StageRow]:
     """Processes seen holding the write end of pipe ``inode`` that read a pipe themselves (pipeline
     stages, as samples report them), one row per process, with every pipe end it held."""
     return _rows(conn, "SELECT pid, start_time, max(name) AS name, max(exe) AS exe, max(pipes) AS pipes, "
                        "min(first_ts) AS first_ts, max(ts) AS ts FROM pipe_ends WHERE host=:h AND inode=:i "
                        "AND side='w' AND ts>=:s GROUP BY pid, start_time ORDER BY pid, start_time",
-                 {"h": host, "i": inode, "s": since})
+                 {"h": host, "i": inode, "s": since}, StageRow)
 
 
 def stage_reads(conn: Connection, host: str, pid: int, start: float | None, since: float) -> list[str]:
@@ -168,7 +174,7 @@ def pipes_written_by(conn: Connection, host: str, pid: int, since: float) -> lis
     return sorted(found)
 
 
-def add_pipe_ends(conn: Connection, rows: list[dict[str, Any]]) -> None:
+def add_pipe_ends(conn: Connection, rows: list[PipeEndRow]) -> None:
     if rows:
         received = time.time()
         conn.execute(text(
@@ -184,10 +190,10 @@ def recent_stages(conn: Connection, received_since: float) -> list[tuple[str, in
         {"r": received_since})]
 
 
-def relays_into(conn: Connection, host: str, pid: int, since: float) -> list[dict[str, Any]]:
+def relays_into(conn: Connection, host: str, pid: int, since: float) -> list[RelayRow]:
     """Local hand-overs to ``pid`` (any start_time) that ended at or after ``since``."""
     return _rows(conn, "SELECT * FROM relays WHERE host=:h AND dst_pid=:p AND ts>=:s AND bytes>0 "
-                       "ORDER BY ts, first_ts, event_id, src_pid", {"h": host, "p": pid, "s": since})
+                       "ORDER BY ts, first_ts, event_id, src_pid", {"h": host, "p": pid, "s": since}, RelayRow)
 
 
 def relay_targets(conn: Connection, host: str, pid: int, since: float) -> list[int]:
@@ -196,7 +202,7 @@ def relay_targets(conn: Connection, host: str, pid: int, since: float) -> list[i
     return sorted(int(p) for p in rows)
 
 
-def add_relays(conn: Connection, rows: list[dict[str, Any]]) -> None:
+def add_relays(conn: Connection, rows: list[RelayRow]) -> None:
     if rows:
         received = time.time()
         conn.execute(text(
@@ -241,21 +247,21 @@ def _hour(conn: Connection) -> str:
     return "CAST(ts / 3600 AS INTEGER)" if conn.dialect.name == "sqlite" else "CAST(floor(ts / 3600) AS BIGINT)"
 
 
-def hourly_to(conn: Connection, host: str, address: str, lo: float, hi: float) -> list[dict[str, Any]]:
+def hourly_to(conn: Connection, host: str, address: str, lo: float, hi: float) -> list[HourlyRow]:
     """Outward bytes to one address per hour (by last send) in [lo, hi), with the first and last send."""
     hour = _hour(conn)
     return _rows(conn, f"SELECT {hour} AS hour, sum(bytes) AS bytes, min(COALESCE(first_ts, ts)) "
                        f"AS first_ts, max(ts) AS ts FROM egress WHERE host=:h AND address=:a AND ts>=:lo AND ts<:hi "
                        f"AND {OUTWARD} AND COALESCE(accepted, 0) = 0 GROUP BY {hour} ORDER BY 1",
-                 {"h": host, "a": address, "lo": lo, "hi": hi})
+                 {"h": host, "a": address, "lo": lo, "hi": hi}, HourlyRow)
 
 
-def hourly_to_many(conn: Connection, pairs: list[tuple[str, str]], lo: float, hi: float) -> list[dict[str, Any]]:
+def hourly_to_many(conn: Connection, pairs: list[tuple[str, str]], lo: float, hi: float) -> list[HourlyRow]:
     """hourly_to for many (host, address) pairs in one statement per 400 pairs."""
-    out: list[dict[str, Any]] = []
+    out: list[HourlyRow] = []
     for i in range(0, len(pairs), 400):
         chunk = pairs[i:i + 400]
-        params: dict[str, Any] = {"lo": lo, "hi": hi}
+        params: SqlParams = {"lo": lo, "hi": hi}
         values = []
         for n, (host, address) in enumerate(chunk):
             params[f"h{n}"], params[f"a{n}"] = host, address
@@ -264,17 +270,8 @@ def hourly_to_many(conn: Connection, pairs: list[tuple[str, str]], lo: float, hi
                            f"min(COALESCE(first_ts, ts)) AS first_ts, max(ts) AS ts FROM egress "
                            f"WHERE (host, address) IN (VALUES {', '.join(values)}) AND ts>=:lo AND ts<:hi "
                            f"AND {OUTWARD} AND COALESCE(accepted, 0) = 0 "
-                           f"GROUP BY host, address, {_hour(conn)} ORDER BY 1, 2, 3", params)
+                           f"GROUP BY host, address, {_hour(conn)} ORDER BY 1, 2, 3", params, HourlyRow)
     return out
-
-
-def existing_keys(conn: Connection, keys: list[str]) -> set[str]:
-    found: set[str] = set()
-    for i in range(0, len(keys), 500):
-        params = {f"k{n}": k for n, k in enumerate(keys[i:i + 500])}
-        found.update(conn.execute(text(f"SELECT key FROM alerts WHERE key IN ({', '.join(':' + k for k in params)})"),
-                                  params).scalars())
-    return found
 
 
 def weights_of(conn: Connection, hosts: list[str]) -> dict[str, int]:
@@ -286,12 +283,12 @@ def weights_of(conn: Connection, hosts: list[str]) -> dict[str, int]:
     return out
 
 
-def senders_to(conn: Connection, host: str, address: str, lo: float, hi: float) -> list[dict[str, Any]]:
+def senders_to(conn: Connection, host: str, address: str, lo: float, hi: float) -> list[SenderTotal]:
     """Who sent outward to one address in [lo, hi), biggest first."""
     return _rows(conn, f"SELECT pid, exe, name, sum(bytes) AS bytes, min(event_id) AS event_id FROM egress "
                        f"WHERE host=:h AND address=:a AND ts>=:lo AND ts<:hi AND {OUTWARD} "
                        f"AND COALESCE(accepted, 0) = 0 GROUP BY pid, exe, name ORDER BY 4 DESC, 1 LIMIT 20",
-                 {"h": host, "a": address, "lo": lo, "hi": hi})
+                 {"h": host, "a": address, "lo": lo, "hi": hi}, SenderTotal)
 
 
 def seq_runs(conn: Connection, host: str, after: int, limit: int = 1000) -> list[tuple[int, int]]:
@@ -318,94 +315,3 @@ def set_weights_total(conn: Connection, host: str, total: int, ts: float) -> boo
     return bool(res.rowcount) and before != total
 
 
-def put_alert(conn: Connection, a: dict[str, Any], now: float) -> bool:
-    """Write a detection's verdict as it stands on the stored facts: the alert becomes exactly this
-    draft (severity may go down as well as up). Nothing is written when nothing changed, so
-    re-evaluating the same facts neither bumps the count nor reopens a resolved alert; a changed
-    verdict reopens it, unless the draft says its state is the rule's to set (``reopen`` false). A draft
-    that knows how often its incident happened (``count``, from the facts) sets the count instead."""
-    params = {**a, "evidence": json.dumps(a["evidence"], default=str, sort_keys=True),
-              "rank": SEVERITY_RANK[a["severity"]], "now": now, "reopen": 1 if a.get("reopen", True) else 0,
-              "count": a.get("count")}
-    res = conn.execute(text(
-        "INSERT INTO alerts(key, id, host, kind, severity, severity_rank, state, title, explanation, evidence, "
-        "first_ts, last_ts, created_at, updated_at, count) VALUES (:key, :id, :host, :kind, :severity, :rank, 'open', "
-        ":title, :explanation, :evidence, :first_ts, :last_ts, :now, :now, COALESCE(CAST(:count AS BIGINT), 1)) "
-        "ON CONFLICT (key) DO UPDATE SET kind = excluded.kind, severity = excluded.severity, "
-        "severity_rank = excluded.severity_rank, title = excluded.title, explanation = excluded.explanation, "
-        "evidence = excluded.evidence, first_ts = excluded.first_ts, last_ts = excluded.last_ts, "
-        "updated_at = excluded.updated_at, count = COALESCE(CAST(:count AS BIGINT), alerts.count + 1), "
-        "state = CASE WHEN alerts.state = 'resolved' AND :reopen = 1 THEN 'open' ELSE alerts.state END "
-        "WHERE alerts.evidence <> excluded.evidence OR alerts.severity <> excluded.severity "
-        "OR alerts.kind <> excluded.kind OR alerts.explanation <> excluded.explanation "
-        "OR alerts.title <> excluded.title"), params)
-    if res.rowcount:
-        alert_changed(conn, a["key"], now)  # opened, escalated or reopened: notify the outputs
-    return bool(res.rowcount)
-
-
-def put_event_alert(conn: Connection, a: dict[str, Any], order: str, now: float) -> None:
-    """An alert one event decides (canary, cap, drift...). Repeats of the incident count up; its
-    content is the latest event's by the event's own time (``order``), whatever arrived last."""
-    params = {**a, "evidence": json.dumps(a["evidence"], default=str, sort_keys=True),
-              "rank": SEVERITY_RANK[a["severity"]], "now": now, "order": order,
-              "reopen": 1 if a.get("reopen", True) else 0}
-    newer = "excluded.fact_order > COALESCE(alerts.fact_order, '')"
-    conn.execute(text(
-        "INSERT INTO alerts(key, id, host, kind, severity, severity_rank, state, title, explanation, evidence, "
-        "first_ts, last_ts, created_at, updated_at, count, fact_order) VALUES (:key, :id, :host, :kind, :severity, "
-        ":rank, 'open', :title, :explanation, :evidence, :first_ts, :last_ts, :now, :now, 1, :order) "
-        "ON CONFLICT (key) DO UPDATE SET "
-        + ", ".join(f"{c} = CASE WHEN {newer} THEN excluded.{c} ELSE alerts.{c} END"
-                    for c in ("kind", "severity", "severity_rank", "title", "explanation", "evidence"))
-        + ", first_ts = CASE WHEN alerts.first_ts < excluded.first_ts THEN alerts.first_ts ELSE excluded.first_ts END, "
-        "last_ts = CASE WHEN alerts.last_ts > excluded.last_ts THEN alerts.last_ts ELSE excluded.last_ts END, "
-        f"fact_order = CASE WHEN {newer} THEN excluded.fact_order ELSE alerts.fact_order END, "
-        "updated_at = excluded.updated_at, count = alerts.count + 1, "
-        "state = CASE WHEN alerts.state = 'resolved' AND :reopen = 1 THEN 'open' ELSE alerts.state END"), params)
-    alert_changed(conn, a["key"], now)
-
-
-def alert_keys(conn: Connection, host: str, prefix: str) -> list[str]:
-    """Keys of a host's alerts that start with ``prefix`` (LIKE wildcards in it are taken literally)."""
-    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    return [str(k) for k in conn.execute(text("SELECT key FROM alerts WHERE host=:h AND key LIKE :p ESCAPE '\\'"),
-                                         {"h": host, "p": pattern}).scalars()]
-
-
-def withdraw(conn: Connection, keys: list[str], now: float | None = None) -> int:
-    """Remove alerts the stored facts no longer support (an earlier view saw only part of them),
-    unless a person has already acknowledged or resolved them. Outputs that were told the alert
-    opened are told it is resolved."""
-    n = 0
-    for key in sorted(keys):
-        res = conn.execute(text("UPDATE alerts SET state='resolved', resolved_by='collector: withdrawn, the facts no "
-                                "longer support it', resolved_at=:t WHERE key=:k AND state='open' AND acked_by IS NULL"),
-                           {"k": key, "t": now or time.time()})
-        if res.rowcount:
-            alert_changed(conn, key, now or time.time())
-            n += int(conn.execute(text("DELETE FROM alerts WHERE key=:k"), {"k": key}).rowcount)
-    return n
-
-
-def set_auto_state(conn: Connection, key: str, open_: bool, why: str, now: float,
-                   reopen_after: float | None = None) -> bool:
-    """Open or resolve an alert as the facts say (an agent back, a sensor whole again). Resolving leaves
-    an alert a person already resolved alone; reopening undoes only the collector's own resolution, or a
-    person's made before ``reopen_after`` (a new episode began since). True if the state changed."""
-    if open_:
-        res = conn.execute(text(
-            "UPDATE alerts SET state='open', resolved_by=NULL, resolved_at=NULL, updated_at=:t WHERE key=:k "
-            "AND state='resolved' AND (resolved_by LIKE 'collector:%' OR resolved_at < :after)"),
-            {"k": key, "t": now, "after": reopen_after if reopen_after is not None else -1.0})
-    else:
-        res = conn.execute(text("UPDATE alerts SET state='resolved', resolved_by=:w, resolved_at=:t, updated_at=:t "
-                                "WHERE key=:k AND state <> 'resolved'"), {"k": key, "t": now, "w": f"collector: {why}"})
-    if res.rowcount:
-        alert_changed(conn, key, now)
-    return bool(res.rowcount)
-
-
-def alert_row(conn: Connection, key: str) -> dict[str, Any] | None:
-    row = conn.execute(text("SELECT * FROM alerts WHERE key=:k"), {"k": key}).mappings().first()
-    return dict(row) if row else None

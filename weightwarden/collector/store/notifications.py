@@ -20,9 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any
 
 from sqlalchemy import Connection, text
+
+from weightwarden.collector.store.rows import AuditRecord
 
 TRANSITIONS = ("open", "escalate", "resolve")
 AUDIT_KEY = "(audit)"  # the alert_key of audit notifications: one series, so retention keeps only its latest
@@ -78,7 +79,7 @@ def alert_changed(conn: Connection, key_or_id: str, now: float) -> str | None:
     return transition
 
 
-def audit_recorded(conn: Connection, entry: dict[str, Any], now: float | None = None) -> None:
+def audit_recorded(conn: Connection, entry: AuditRecord, now: float | None = None) -> None:
     """Queue one audit entry (as :mod:`audit` wrote it, with its id) for the outputs that export the audit."""
     now = time.time() if now is None else now
     nid = "audit-" + hashlib.sha256(f"audit|{entry['id']}".encode()).hexdigest()[:18]

@@ -239,7 +239,7 @@ def outputs(ctx: Ctx) -> Response:
             auth.check_name(name)
             spec = configure(name, url, options, SecretBox.for_db(ctx.store.url), audit=body.get("audit") is True)
             outbox.add_output(conn, spec, ctx.now)
-            ctx.audit(conn, "output_add", name, spec.shown()["url"])
+            ctx.audit(conn, "output_add", name, str(spec.shown()["url"]))
             return json_response({"created": name}, 201)
         return json_response({"outputs": [o.shown() for o in outbox.outputs(conn)],
                               "deliveries": outbox.delivery_counts(conn)})

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict, cast
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -153,13 +153,32 @@ def remove_user(conn: Connection, name: str, now: float) -> bool:
     return bool(conn.execute(text("DELETE FROM users WHERE name = :n"), {"n": name}).rowcount)
 
 
-def users(conn: Connection, now: float | None = None) -> list[dict[str, Any]]:
+class UserInfo(TypedDict):
+    name: str
+    role: str
+    created_at: float
+    last_login: float | None
+    failed_logins: int
+    locked_until: float | None
+
+
+class TokenInfo(TypedDict):
+    id: str
+    user: str
+    label: str | None
+    created_at: float
+    expires_at: float | None
+    last_used: float | None
+    revoked_at: float | None
+
+
+def users(conn: Connection, now: float | None = None) -> list[UserInfo]:
     """Users; ``locked_until``: until when logins to the account back off (from some address, or all)."""
     import time
 
     now = time.time() if now is None else now
-    rows = [dict(r) for r in conn.execute(text("SELECT name, role, created_at, last_login FROM users "
-                                               "ORDER BY name")).mappings()]
+    rows = [cast(UserInfo, dict(r)) for r in conn.execute(text("SELECT name, role, created_at, last_login FROM users "
+                                                               "ORDER BY name")).mappings()]
     waits: dict[str, tuple[int, float | None]] = {}
     for key, failures, blocked in conn.execute(text(
             "SELECT key, failures, blocked_until FROM login_limits WHERE key LIKE 'user:%' OR key LIKE 'pair:%'")):
@@ -265,10 +284,10 @@ def revoke_token(conn: Connection, token_id: str, now: float) -> bool:
                              {"t": now, "i": token_id}).rowcount)
 
 
-def tokens(conn: Connection) -> list[dict[str, Any]]:
+def tokens(conn: Connection) -> list[TokenInfo]:
     rows = conn.execute(text("SELECT id, user_name AS user, label, created_at, expires_at, last_used, revoked_at "
                              "FROM api_tokens ORDER BY created_at")).mappings()
-    return [dict(r) for r in rows]
+    return [cast(TokenInfo, dict(r)) for r in rows]
 
 
 # -- console sessions ----------------------------------------------------------------

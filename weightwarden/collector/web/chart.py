@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import time
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING
 
 from weightwarden.units import format_rate
+
+if TYPE_CHECKING:
+    from weightwarden.collector.web.queries import EgressSeries
 
 WIDTH, HEIGHT = 880, 300
 LEFT, RIGHT, TOP, BOTTOM = 78, 170, 14, 34
@@ -27,7 +30,7 @@ def _nice_max(value: float) -> float:
     return float(10 * magnitude)
 
 
-def egress_svg(data: dict[str, Any]) -> str:
+def egress_svg(data: EgressSeries) -> str:
     series, caps = data["series"], data["caps"]
     since, step = float(data["since"]), float(data["step"])
     n = max((len(s["bps"]) for s in series), default=0)

@@ -224,7 +224,7 @@ def admin_post(ctx: Ctx) -> Response:
             spec = configure(name, form.get("url", ""), options, SecretBox.for_db(ctx.store.url),
                              audit=form.get("audit") == "on")
             outbox.add_output(conn, spec, ctx.now)
-            ctx.audit(conn, "output_add", name, spec.shown()["url"])
+            ctx.audit(conn, "output_add", name, str(spec.shown()["url"]))
         elif what == "output-remove":
             if outbox.remove_output(conn, name):
                 ctx.audit(conn, "output_remove", name)

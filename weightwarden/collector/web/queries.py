@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict, cast
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, RowMapping, text
 
+from weightwarden.collector.jsonread import as_list, as_object, json_int
 from weightwarden.collector.store.database import SEVERITY_RANK, backdated_by
-from weightwarden.collector.web.triage import audit
+from weightwarden.collector.store.host_rows import HostRow
+from weightwarden.collector.store.rows import AlertRow, SqlParams
+from weightwarden.collector.web.triage import TrailEntry, audit
+from weightwarden.jsontypes import JsonObject, JsonValue
 
 STATES = ("open", "acknowledged", "resolved")
 MAX_LIMIT = 1000
@@ -51,20 +55,79 @@ class AlertFilter:
             raise QueryError("offset must be >= 0")
 
 
-def _alert_row(row: dict[str, Any]) -> dict[str, Any]:
-    row = dict(row)
+class StoryRead(TypedDict):
+    ts: float
+    type: str
+    pid: JsonValue
+    user: JsonValue
+    name: JsonValue
+    path: JsonValue
+    bytes: JsonValue
+    first_ts: JsonValue
+    last_ts: JsonValue
+
+
+class Story(TypedDict):
+    """Who read which weight file, when, how much; where the bytes went: the events' and the evidence's words."""
+
+    processes: list[JsonObject]
+    destinations: list[JsonObject]
+    reads: list[StoryRead]
+    timeline: JsonValue
+    bytes_read: JsonValue
+    bytes_sent: JsonValue
+    rate_bps: JsonValue
+    projected_seconds_for_rest: JsonValue
+    weights_total_bytes: JsonValue
+
+
+class AlertDetail(AlertRow, total=False):
+    audit: list[TrailEntry]
+    story: Story
+
+
+class ListedHost(HostRow):
+    open_alerts: int
+
+
+class SeriesLine(TypedDict):
+    address: str
+    allowed: bool
+    bytes: int
+    bps: list[float]
+
+
+class CapLine(TypedDict):
+    name: str | None
+    rate_bps: int | float | None
+    action: str | None
+
+
+class EgressSeries(TypedDict):
+    """A host's upload rate per destination over a window (the host page's chart, the API's egress)."""
+
+    host: str
+    since: float
+    until: float
+    step: float
+    series: list[SeriesLine]
+    caps: list[CapLine]
+
+
+def _alert_row(mapping: RowMapping) -> AlertRow:
+    row = dict(mapping)
     row["evidence"] = json.loads(row["evidence"])
     row.pop("severity_rank", None)
     # Flagged: the newest event it rests on is dated long before the collector raised it.
     raised = row.get("raised_at") or row.get("created_at") or 0
     row["backdated"] = backdated_by(float(row.get("last_ts") or 0), float(raised)) or None
-    return row
+    return cast(AlertRow, row)
 
 
-def list_alerts(conn: Connection, f: AlertFilter) -> list[dict[str, Any]]:
+def list_alerts(conn: Connection, f: AlertFilter) -> list[AlertRow]:
     """Alerts as ``alerts list --json`` gives them, most severe first, then most recently raised."""
     where: list[str] = ["1=1"]
-    params: dict[str, Any] = {"lim": f.limit, "off": f.offset}
+    params: SqlParams = {"lim": f.limit, "off": f.offset}
     if f.states:
         where.append(f"state IN ({', '.join(f':s{i}' for i in range(len(f.states)))})")
         params.update({f"s{i}": s for i, s in enumerate(f.states)})
@@ -94,7 +157,7 @@ def list_alerts(conn: Connection, f: AlertFilter) -> list[dict[str, Any]]:
         params.update(q=needle, qexact=f.q)
     sql = (f"SELECT * FROM alerts WHERE {' AND '.join(where)} "
            "ORDER BY severity_rank DESC, raised_at DESC LIMIT :lim OFFSET :off")
-    return [_alert_row(dict(r)) for r in conn.execute(text(sql), params).mappings()]
+    return [_alert_row(r) for r in conn.execute(text(sql), params).mappings()]
 
 
 def facets(conn: Connection) -> dict[str, list[str]]:
@@ -103,36 +166,37 @@ def facets(conn: Connection) -> dict[str, list[str]]:
     return {"hosts": [str(h) for h in hosts]}
 
 
-def get_alert(conn: Connection, ref: str) -> dict[str, Any] | None:
+def get_alert(conn: Connection, ref: str) -> AlertRow | None:
     row = conn.execute(text("SELECT * FROM alerts WHERE id = :k OR key = :k"), {"k": ref}).mappings().first()
-    return _alert_row(dict(row)) if row else None
+    return _alert_row(row) if row else None
 
 
-def alert_detail(conn: Connection, ref: str) -> dict[str, Any] | None:
+def alert_detail(conn: Connection, ref: str) -> AlertDetail | None:
     """One alert with its audit trail and its story (people, files, places, in order)."""
-    alert = get_alert(conn, ref)
-    if alert is None:
+    found = get_alert(conn, ref)
+    if found is None:
         return None
-    alert["audit"] = [{k: a[k] for k in ("user", "action", "comment", "ts", "detail", "via")}
+    alert = cast(AlertDetail, found)
+    alert["audit"] = [cast(TrailEntry, {k: a[k] for k in ("user", "action", "comment", "ts", "detail", "via")})
                       for a in audit(conn, alert["id"])]
     alert["story"] = story(conn, alert)
     return alert
 
 
-def _ident(p: dict[str, Any]) -> dict[str, Any]:
+def _ident(p: JsonObject) -> JsonObject:
     return {k: p.get(k) for k in ("pid", "ppid", "name", "exe", "uid", "user", "cmdline", "container")
             if p.get(k) not in (None, [], "")}
 
 
-def story(conn: Connection, alert: dict[str, Any]) -> dict[str, Any]:
+def story(conn: Connection, alert: AlertRow) -> Story:
     """Who read which weight file, when, how much; where the bytes went (address, port, DNS name)."""
     ev = alert["evidence"] or {}
-    proc = ev.get("process") or {}
-    pids = {p for p in [proc.get("pid"), *(ev.get("readers") or []), *(proc.get("pids") or [])] if p is not None}
-    ids = [str(i) for i in (ev.get("events") or [])][-STORY_EVENTS:]
-    people: dict[int, dict[str, Any]] = {}
+    proc = as_object(ev.get("process"))
+    pids = {p for p in [proc.get("pid"), *as_list(ev.get("readers")), *as_list(proc.get("pids"))] if p is not None}
+    ids = [str(i) for i in as_list(ev.get("events"))][-STORY_EVENTS:]
+    people: dict[int, JsonObject] = {}
     names: dict[str, str] = {}
-    reads: list[dict[str, Any]] = []
+    reads: list[StoryRead] = []
     if ids:
         params = {f"e{i}": v for i, v in enumerate(ids)}
         rows = conn.execute(text(f"SELECT id, type, ts, data FROM events WHERE id IN "
@@ -156,10 +220,10 @@ def story(conn: Connection, alert: dict[str, Any]) -> dict[str, Any]:
                               "first_ts": data.get("first_ts"), "last_ts": data.get("last_ts")})
     if proc.get("pid") is not None:
         # The events' view of the sender wins; the evidence fills what they lack.
-        known = people.setdefault(int(proc["pid"]), {})
+        known = people.setdefault(json_int(proc["pid"]), {})
         known.update({k: v for k, v in _ident(proc).items() if k not in known})
-    destinations = [{**d, "name": d.get("name") or names.get(str(d.get("address")))}
-                    for d in ev.get("destinations") or []]
+    destinations: list[JsonObject] = [{**d, "name": d.get("name") or names.get(str(d.get("address")))}
+                                      for d in map(as_object, as_list(ev.get("destinations")))]
     return {"processes": [people[p] for p in sorted(people)], "destinations": destinations, "reads": reads,
             "timeline": ev.get("timeline") or [], "bytes_read": ev.get("bytes_read"), "bytes_sent": ev.get("bytes_sent"),
             "rate_bps": ev.get("rate_bps"), "projected_seconds_for_rest": ev.get("projected_seconds_for_rest"),
@@ -169,20 +233,20 @@ def story(conn: Connection, alert: dict[str, Any]) -> dict[str, Any]:
 # -- hosts ---------------------------------------------------------------------
 
 
-def hosts(conn: Connection) -> list[dict[str, Any]]:
+def hosts(conn: Connection) -> list[ListedHost]:
     rows = conn.execute(text(
         "SELECT h.*, (SELECT count(*) FROM alerts a WHERE a.host = h.host AND a.state != 'resolved') AS open_alerts "
         "FROM hosts h ORDER BY h.host")).mappings()
-    return [dict(r) for r in rows]
+    return [cast(ListedHost, dict(r)) for r in rows]
 
 
-def _latest(conn: Connection, host: str, type_: str) -> dict[str, Any] | None:
+def _latest(conn: Connection, host: str, type_: str) -> JsonObject | None:
     row = conn.execute(text("SELECT ts, data FROM events WHERE host = :h AND type = :t AND type <> 'egress_sample' "
                             "ORDER BY seq DESC LIMIT 1"), {"h": host, "t": type_}).mappings().first()
     return {"ts": row["ts"], **json.loads(row["data"])} if row else None
 
 
-def host_detail(conn: Connection, host: str) -> dict[str, Any] | None:
+def host_detail(conn: Connection, host: str) -> JsonObject | None:
     row = conn.execute(text("SELECT * FROM hosts WHERE host = :h"), {"h": host}).mappings().first()
     if row is None:
         return None
@@ -194,7 +258,7 @@ def host_detail(conn: Connection, host: str) -> dict[str, Any] | None:
                                {"h": host}).mappings()
     sensor = conn.execute(text("SELECT state, state_at, whole_at, degraded_at FROM sensors WHERE host = :h"),
                           {"h": host}).mappings().first()
-    return {**dict(row), "sensor": _sensor(dict(sensor)) if sensor else None, "heartbeat": _latest(conn, host, "heartbeat"),
+    return {**dict(row), "sensor": _sensor(sensor) if sensor else None, "heartbeat": _latest(conn, host, "heartbeat"),
             "policy_applied": _latest(conn, host, "policy_applied"),
             "agent_started": _latest(conn, host, "agent_started"),
             "drift": {"last_event": _latest(conn, host, "enforcement_drift"),
@@ -202,10 +266,10 @@ def host_detail(conn: Connection, host: str) -> dict[str, Any] | None:
             "open_alerts": [dict(a) for a in open_alerts]}
 
 
-def _sensor(row: dict[str, Any]) -> dict[str, Any]:
+def _sensor(row: RowMapping) -> JsonObject:
     """The sensor's state as its latest report says (path, kernel, features off with the kernel's reasons)."""
     state = json.loads(row["state"]) if row.get("state") else {}
-    off = [{"name": name, "reason": f.get("reason")} for name, f in sorted((state.get("features") or {}).items())
+    off: list[JsonValue] = [{"name": name, "reason": f.get("reason")} for name, f in sorted((state.get("features") or {}).items())
            if not f.get("on")]
     whole = state.get("path") == "ebpf" and not state.get("degraded") and not off
     return {"path": state.get("path"), "kernel": state.get("kernel"), "degraded": bool(state.get("degraded")),
@@ -213,7 +277,7 @@ def _sensor(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def egress_series(conn: Connection, host: str, since: float, until: float, buckets: int = 60,
-                  top: int = 6) -> dict[str, Any]:
+                  top: int = 6) -> EgressSeries:
     """Upload rate per destination in ``buckets`` steps over [since, until), the busiest ``top`` apart."""
     if until <= since:
         raise QueryError("until must be after since")
@@ -236,12 +300,16 @@ def egress_series(conn: Connection, host: str, since: float, until: float, bucke
     other = [0.0] * buckets
     for address, _allow, b, nbytes in rows:
         i = min(int(b), buckets - 1)
-        (series[address] if address in series else other)[i] += int(nbytes) * 8 / step
-    out = [{"address": a, "allowed": allowed[a], "bytes": totals[a], "bps": series[a]} for a in keep]
+        series.get(address, other)[i] += int(nbytes) * 8 / step
+    out: list[SeriesLine] = [{"address": a, "allowed": allowed[a], "bytes": totals[a], "bps": series[a]} for a in keep]
     if any(other):
         out.append({"address": "other", "allowed": False, "bytes": sum(v for a, v in totals.items() if a not in series),
                     "bps": other})
     policy = _latest(conn, host, "policy_applied") or {}
-    caps = [{"name": c.get("name"), "rate_bps": c.get("rate_bps"), "action": c.get("action")}
-            for c in policy.get("caps") or []]
+    caps: list[CapLine] = []
+    for c in map(as_object, as_list(policy.get("caps"))):
+        name, rate, action = c.get("name"), c.get("rate_bps"), c.get("action")
+        caps.append({"name": name if isinstance(name, str) else None,
+                     "rate_bps": rate if isinstance(rate, (int, float)) and not isinstance(rate, bool) else None,
+                     "action": action if isinstance(action, str) else None})
     return {"host": host, "since": since, "until": until, "step": step, "series": out, "caps": caps}

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Mapping
+from typing import TypedDict, cast
 
 from sqlalchemy import Connection, text
 
-# name -> (default, check); unknown names are refused, like unknown policy keys.
-DEFAULTS: dict[str, Any] = {"metrics_requires_token": False, "session_idle_minutes": 30}
+
+class ConsoleSettings(TypedDict):
+    metrics_requires_token: bool
+    session_idle_minutes: int
+
+
+# name -> default (_check checks each); unknown names are refused, like unknown policy keys.
+DEFAULTS: ConsoleSettings = {"metrics_requires_token": False, "session_idle_minutes": 30}
 
 
 class SettingsError(ValueError):
     """A setting that does not exist or a value it cannot take."""
 
 
-def _check(name: str, value: Any) -> Any:
+def _check(name: str, value: object) -> bool | int:
     if name == "metrics_requires_token":
         if not isinstance(value, bool):
             raise SettingsError("metrics_requires_token must be true or false")
@@ -27,22 +34,22 @@ def _check(name: str, value: Any) -> Any:
     raise SettingsError(f"unknown setting {name!r}; known: {', '.join(sorted(DEFAULTS))}")
 
 
-def read(conn: Connection) -> dict[str, Any]:
-    out = dict(DEFAULTS)
+def read(conn: Connection) -> ConsoleSettings:
+    out: dict[str, object] = dict(DEFAULTS)
     for name, value in conn.execute(text("SELECT name, value FROM settings")):
         if name in DEFAULTS:
-            out[name] = json.loads(value)
-    return out
+            out[name] = json.loads(value)  # written by update(), after _check
+    return cast(ConsoleSettings, out)
 
 
-def describe(before: dict[str, Any], changes: dict[str, Any]) -> str:
+def describe(before: ConsoleSettings, changes: Mapping[str, object]) -> str:
     """What changed, for the audit trail: ``name: old -> new`` for each setting that did."""
     said = [f"{n}: {json.dumps(before.get(n))} -> {json.dumps(v)}" for n, v in sorted(changes.items())
             if before.get(n) != v]
     return "; ".join(said) or "nothing changed"
 
 
-def update(conn: Connection, changes: dict[str, Any]) -> None:
+def update(conn: Connection, changes: Mapping[str, object]) -> None:
     checked = {name: _check(name, value) for name, value in changes.items()}
     for name, value in checked.items():
         conn.execute(text("INSERT INTO settings(name, value) VALUES (:n, :v) "

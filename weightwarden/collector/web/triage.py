@@ -6,7 +6,7 @@ so every change of an alert says who made it, how (cli, api, console) and why.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypedDict, cast
 
 from sqlalchemy import Connection, text
 
@@ -23,14 +23,46 @@ class TriageError(ValueError):
     """An action that cannot be done (unknown alert, bad assignee); the message says which."""
 
 
-def find(conn: Connection, ref: str) -> dict[str, Any] | None:
+class AlertRef(TypedDict):
+    key: str
+    id: str
+    state: str
+    assignee: str | None
+
+
+class Action(TypedDict):
+    """One action as the API returns it (the audit entry it made)."""
+
+    alert_key: str
+    alert_id: str
+    user: str
+    action: str
+    comment: str | None
+    detail: str | None
+    via: str
+    ts: float
+    source: str | None
+    id: int
+
+
+class TrailEntry(TypedDict):
+    user: str
+    action: str
+    comment: str | None
+    detail: str | None
+    via: str | None
+    ts: float
+    source: str | None
+
+
+def find(conn: Connection, ref: str) -> AlertRef | None:
     row = conn.execute(text("SELECT key, id, state, assignee FROM alerts WHERE id = :k OR key = :k"),
                        {"k": ref}).mappings().first()
-    return dict(row) if row else None
+    return cast(AlertRef, dict(row)) if row else None
 
 
 def act(conn: Connection, ref: str, action: str, user: str, now: float, comment: str | None = None,
-        assignee: str | None = None, via: str = "api", source: str | None = None) -> dict[str, Any]:
+        assignee: str | None = None, via: str = "api", source: str | None = None) -> Action:
     """Apply one action to alert ``ref`` (id or key) and audit it; returns the audit record."""
     if action not in ACTIONS:
         raise TriageError(f"unknown action {action!r}: one of {', '.join(ACTIONS)}")
@@ -61,7 +93,7 @@ def act(conn: Connection, ref: str, action: str, user: str, now: float, comment:
             "comment": entry["comment"], "detail": detail, "via": via, "ts": now, "source": source, "id": entry["id"]}
 
 
-def audit(conn: Connection, alert_id: str) -> list[dict[str, Any]]:
+def audit(conn: Connection, alert_id: str) -> list[TrailEntry]:
     """An alert's trail, oldest first: {user, action, comment, detail, via, ts, source}."""
     return [{"user": e["user"], "action": e["action"], "comment": e["comment"], "detail": e["detail"],
              "via": e["via"], "ts": e["ts"], "source": e["source"]} for e in trail.of_alert(conn, alert_id)]

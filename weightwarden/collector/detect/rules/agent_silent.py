@@ -14,16 +14,18 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import cast
 
 from sqlalchemy import Connection, text
 
 from weightwarden.collector.detect.common import Draft, clock
 from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.detect.registry import register
-from weightwarden.collector.detect.rule import Context, Hint, Look, Row, Rule
+from weightwarden.collector.detect.rule import Context, Hint, Look, Rule
 from weightwarden.collector.store import agent_facts as a
+from weightwarden.collector.store.host_rows import HostState, LifecycleRow
 from weightwarden.events import AgentLost, AgentStarted, AgentStopping, Event, Heartbeat
+from weightwarden.jsontypes import JsonObject
 from weightwarden.units import format_duration
 
 MIN_SILENT_S = 5.0  # never faster than this, whatever the interval: a sweep and a host flush each take ~1 s
@@ -35,7 +37,7 @@ def _gt(a: float | None, b: float | None) -> bool:
     return a is not None and b is not None and a > b
 
 
-def episode(lc: Row) -> tuple[str, str, float, float] | None:
+def episode(lc: HostState | LifecycleRow) -> tuple[str, str, float, float] | None:
     """The latest time the agent went away, from its lifecycle facts: (severity, why, since, key time).
 
     A Last-Will belongs to the connection that began at ``lost_conn``: a clean stop announced after
@@ -57,13 +59,14 @@ def episode(lc: Row) -> tuple[str, str, float, float] | None:
     return severity, why, since, at
 
 
-def still_down(lc: Row, why: str, last_seen: float | None, now: float, threshold: float) -> bool:
+def still_down(lc: HostState | LifecycleRow, why: str, last_seen: float | None, now: float, threshold: float) -> bool:
     """Is the agent still away? Back: a start after the episode, or (same run, reconnected) a heartbeat
     sent after the will arrived or after it went silent, or messages flowing again."""
     started, beat = lc.get("started_at"), lc.get("beat_at")
     if why == "lost":
-        return not _gt(started, lc.get("lost_conn")) and not (beat is not None and lc.get("lost_at") is not None
-                                                              and beat >= lc["lost_at"])
+        lost_at = lc.get("lost_at")
+        return not _gt(started, lc.get("lost_conn")) and not (beat is not None and lost_at is not None
+                                                              and beat >= lost_at)
     if why == "stopped":
         return not _gt(max(started or -1.0, beat or -1.0), lc.get("stopped_at"))
     silent = lc.get("silent_from")
@@ -71,7 +74,7 @@ def still_down(lc: Row, why: str, last_seen: float | None, now: float, threshold
     return not _gt(beat, silent) and not _gt(started, silent) and not talking
 
 
-def verdict(lc: Row, last_seen: float | None, now: float, threshold: float) -> tuple[str, str, float, bool] | None:
+def verdict(lc: HostState, last_seen: float | None, now: float, threshold: float) -> tuple[str, str, float, bool] | None:
     """(severity, why, since, down) of the latest episode; None if the agent never went away."""
     ep = episode(lc)
     if ep is None:
@@ -114,10 +117,11 @@ class AgentSilentRule(Rule[str]):
         d = ev.data
         if isinstance(d, AgentLost):
             lc = a.lifecycle_of(conn, ev.host)
-            if lc.get("lost_conn") is None or d.connected_at >= lc["lost_conn"]:
-                h = ctx.store.host(conn, ev.host) or {}
+            lost_conn = lc["lost_conn"]
+            if lost_conn is None or d.connected_at >= lost_conn:
+                h = ctx.store.host(conn, ev.host)
                 # When it went silent: the last time anything was heard from it (not when the will arrived).
-                seen = h.get("last_seen")
+                seen = h["last_seen"] if h else None
                 a.note_lifecycle(conn, ev.host, lost_conn=d.connected_at, lost_at=now,
                                  lost_seen=float(seen) if seen is not None else d.connected_at)
         elif isinstance(d, AgentStopping):
@@ -161,9 +165,9 @@ class AgentSilentRule(Rule[str]):
     def judge(self, ctx: Context, conn: Connection, subject: str, hint: Hint, now: float) -> None:
         host = str(subject)
         h = ctx.store.host(conn, host) or {"host": host}
-        self.settle(ctx, conn, {**h, **a.lifecycle_of(conn, host)}, now)
+        self.settle(ctx, conn, cast(HostState, {**h, **a.lifecycle_of(conn, host)}), now)
 
-    def sweep_hosts(self, ctx: Context, conn: Connection, hosts: list[Row], now: float) -> list[Row]:
+    def sweep_hosts(self, ctx: Context, conn: Connection, hosts: list[HostState], now: float) -> list[HostState]:
         """The hosts whose verdict changed since this collector last wrote it, or that went quiet: a
         look at their rows, no statement for the others."""
         out = []
@@ -176,7 +180,7 @@ class AgentSilentRule(Rule[str]):
                 out.append(host)
         return out
 
-    def sweep_host(self, ctx: Context, conn: Connection, host: Row, now: float) -> None:
+    def sweep_host(self, ctx: Context, conn: Connection, host: HostState, now: float) -> None:
         limit = self.threshold(host.get("beat_gap"), ctx.lag_s)
         seen = host.get("last_seen")
         found = verdict(host, seen, now, limit)
@@ -191,7 +195,7 @@ class AgentSilentRule(Rule[str]):
                 self._settled.clear()
             self._settled[host["host"]] = found
 
-    def settle(self, ctx: Context, conn: Connection, h: Row, now: float) -> None:
+    def settle(self, ctx: Context, conn: Connection, h: HostState, now: float) -> None:
         """Write what the lifecycle facts say: the alert open (and the host's status) or resolved."""
         host = h["host"]
         key = AlertKey(self.name, host)
@@ -216,8 +220,8 @@ class AgentSilentRule(Rule[str]):
                 ctx.store.update_host(conn, host, status="online")
             ctx.resolve(conn, key, "the agent is back", now)
 
-    def draft(self, host: str, severity: str, why: str, since: float, h: Row) -> Draft:
-        evidence: dict[str, Any] = {"last_seen": since, "reason": why, "process": None, "files": [],
+    def draft(self, host: str, severity: str, why: str, since: float, h: HostState) -> Draft:
+        evidence: JsonObject = {"last_seen": since, "reason": why, "process": None, "files": [],
                                     "destinations": [], "events": []}
         if why == "stopped":
             title = f"Agent on {host} stopped"

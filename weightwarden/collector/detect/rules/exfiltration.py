@@ -9,17 +9,17 @@ stage) have it judged in full, with every process down the chain from them.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from sqlalchemy import Connection
 
-from weightwarden.collector.detect.common import bucket, same_process
+from weightwarden.collector.detect.common import Proc, bucket, same_process
 from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.detect.links import identities, sender_of
 from weightwarden.collector.detect.registry import register
-from weightwarden.collector.detect.rule import Context, Hint, Lately, Look, Row, Rule, SampleFacts
+from weightwarden.collector.detect.rule import Context, Hint, Lately, Look, Rule, SampleFacts
 from weightwarden.collector.detect.sender import RULE_NAME, Link, exfiltration, sender_of_key, worth_judging
 from weightwarden.collector.store import facts as q
+from weightwarden.collector.store.rows import EgressRow, ReadRow
 
 Sender = tuple[str, int]  # (host, pid)
 
@@ -37,25 +37,25 @@ class ExfiltrationRule(Rule[Sender]):
     # -- what facts touch ----------------------------------------------------------------
 
     def on_samples(self, ctx: Context, conn: Connection, facts: SampleFacts, now: float) -> Iterable[Sender | Look]:
-        mine: dict[Sender, list[Row]] = {}
+        mine: dict[Sender, list[EgressRow]] = {}
         for r in facts.rows:
             if r["host"] in facts.with_reads and r["pid"] > 0 and (not r["allowed"] or r["port"] == 53):
                 mine.setdefault((r["host"], int(r["pid"])), []).append(r)
         out: list[Sender | Look] = [Look(k, rows) for k, rows in sorted(mine.items())]
         # A hand-over or a pipeline stage is a new link, for its receiver and whoever that one feeds on to.
         fed: dict[str, tuple[set[int], float]] = {}
-        for r in facts.relays:
-            pids, first = fed.get(r["host"], (set(), float(r["first_ts"])))
-            fed[r["host"]] = (pids | {int(r["dst_pid"])}, min(first, float(r["first_ts"])))
-        for r in facts.pipes:
-            pids, first = fed.get(r["host"], (set(), float(r["first_ts"])))
-            fed[r["host"]] = (pids | {int(r["pid"])}, min(first, float(r["first_ts"])))
+        for relay in facts.relays:
+            pids, first = fed.get(relay["host"], (set(), float(relay["first_ts"])))
+            fed[relay["host"]] = (pids | {int(relay["dst_pid"])}, min(first, float(relay["first_ts"])))
+        for end in facts.pipes:
+            pids, first = fed.get(end["host"], (set(), float(end["first_ts"])))
+            fed[end["host"]] = (pids | {int(end["pid"])}, min(first, float(end["first_ts"])))
         for host, (pids, first) in sorted(fed.items()):
             if host in facts.with_reads:
                 out += [(host, p) for p in sorted(ctx.links.downstream(conn, host, pids, first))]
         return out
 
-    def on_reads(self, ctx: Context, conn: Connection, host: str, row: Row, grew: bool,
+    def on_reads(self, ctx: Context, conn: Connection, host: str, row: ReadRow, grew: bool,
                  now: float) -> Iterable[Sender | Look]:
         if not grew:
             return []
@@ -81,7 +81,7 @@ class ExfiltrationRule(Rule[Sender]):
         else:
             self.check(ctx, conn, host, pid, hint, now)
 
-    def check(self, ctx: Context, conn: Connection, host: str, pid: int, new: list[Row], now: float) -> None:
+    def check(self, ctx: Context, conn: Connection, host: str, pid: int, new: list[EgressRow], now: float) -> None:
         """New rows of a sender whose links did not change: judge it in full only if they could change
         its verdict (it has an alert, or the windows around them could make one)."""
         if ctx.keys_of(conn, self.name, host, str(pid)):
@@ -99,8 +99,8 @@ class ExfiltrationRule(Rule[Sender]):
                 self.evaluate(ctx, conn, host, pid, now)
                 return
 
-    def linked(self, ctx: Context, conn: Connection, host: str, pid: int, start: float | None, mine: list[Row]
-               ) -> tuple[dict[str, Any], float, float, list[Link]]:
+    def linked(self, ctx: Context, conn: Connection, host: str, pid: int, start: float | None, mine: list[EgressRow]
+               ) -> tuple[Proc, float, float, list[Link]]:
         """One sender identity's rows: the sender, the span its bytes left in, and what links it to the weights."""
         sender = sender_of(pid, start, mine[-1])
         lo = min(float(r["first_ts"] if r.get("first_ts") is not None else r["ts"]) for r in mine)
@@ -112,12 +112,12 @@ class ExfiltrationRule(Rule[Sender]):
         produced: set[AlertKey] = set()
         latest = q.last_outward(conn, host, pid)
         rows = [] if latest is None else q.flows_of(conn, host, pid, latest - self.tune.link_window_s)
-        weights_total = int((ctx.store.host(conn, host) or {}).get("weights_bytes") or 0)
+        weights_total = q.weights_of(conn, [host]).get(host, 0)
         for start, mine in identities(rows):
             sender, _lo, _hi, links = self.linked(ctx, conn, host, pid, start, mine)
             if not links:
                 continue
-            exe = str(sender["exe"] or "")
+            exe = str(sender.get("exe") or "")
 
             def contacts(addresses: list[str], exe: str = exe) -> dict[str, float]:
                 return q.contacted_since(conn, host, exe, sorted(set(addresses)))

@@ -17,10 +17,12 @@ from weightwarden.collector.detect.common import bucket, day_of, day_start, same
 from weightwarden.collector.detect.host import RULE_NAME, day_key, host_exfiltration
 from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.detect.registry import register
-from weightwarden.collector.detect.rule import Context, Hint, Lately, Look, Row, Rule, SampleFacts
+from weightwarden.collector.detect.rule import Context, Hint, Lately, Look, Rule, SampleFacts
 from weightwarden.collector.detect.sender import sender_of_key
 from weightwarden.collector.store import agent_facts as a
 from weightwarden.collector.store import facts as q
+from weightwarden.collector.store import verdicts
+from weightwarden.collector.store.rows import ReadRow
 from weightwarden.events import Event, SensorTampered
 
 
@@ -56,7 +58,7 @@ class HostRule(Rule[tuple[str, str]]):
             found = sender_of_key(key)
             if found is None:
                 continue
-            row = q.alert_row(conn, str(key))
+            row = verdicts.alert_row(conn, str(key))
             if row is not None:
                 lo, hi = float(row["first_ts"]), float(row["last_ts"])
             else:
@@ -74,7 +76,7 @@ class HostRule(Rule[tuple[str, str]]):
                 out |= {(r["host"], d) for d in days(float(r["ts"]), float(r["ts"]), self.tune.burst_s)}
         return sorted(out)
 
-    def on_reads(self, ctx: Context, conn: Connection, host: str, row: Row, grew: bool,
+    def on_reads(self, ctx: Context, conn: Connection, host: str, row: ReadRow, grew: bool,
                  now: float) -> Iterable[tuple[str, str] | Look]:
         if row["kind"] not in ("read", "staged_read"):
             return []

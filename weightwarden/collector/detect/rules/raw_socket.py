@@ -10,25 +10,26 @@ rule calls critical. Subject: the process, (host, pid); each process that pid na
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from sqlalchemy import Connection, text
 
-from weightwarden.collector.detect.common import Draft, Tuning, proc_text, rank
+from weightwarden.collector.detect.common import Draft, Proc, Tuning, proc_text, rank
 from weightwarden.collector.detect.facts import cmd_hash, container_json, pipe_key
 from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.detect.links import identities, sender_of
 from weightwarden.collector.detect.registry import register
-from weightwarden.collector.detect.rule import Context, Hint, Lately, Look, Row, Rule
+from weightwarden.collector.detect.rule import Context, Hint, Lately, Look, Rule
 from weightwarden.collector.detect.sender import Link, link_text, severity_of, taken_by
 from weightwarden.collector.store import agent_facts as a
+from weightwarden.collector.store import facts as q
+from weightwarden.collector.store.rows import RawSocketRow, ReadRow
 from weightwarden.events import Event, RawSocket
 from weightwarden.units import format_size
 
 
-def sent(rows: list[Row]) -> int:
+def sent(rows: list[RawSocketRow]) -> int:
     """Bytes its non-allowlisted sockets sent: each socket's events count up, so the most each reported."""
-    per: dict[tuple[Any, ...], int] = {}
+    per: dict[tuple[str, str | None, float], int] = {}
     for r in rows:
         if not r["allowed"]:
             k = (r["family"], r["interface"], round(float(r["first_ts"]), 3))
@@ -71,7 +72,7 @@ class RawSocketRule(Rule[tuple[str, int]]):
             "ts": d.last_ts if d.last_ts is not None else ev.ts, "event_id": ev.id})
         return [(ev.host, d.pid)]
 
-    def on_reads(self, ctx: Context, conn: Connection, host: str, row: Row, grew: bool,
+    def on_reads(self, ctx: Context, conn: Connection, host: str, row: ReadRow, grew: bool,
                  now: float) -> Iterable[tuple[str, int] | Look]:
         return [(host, p) for p in a.raw_socket_pids(conn, host, [int(row["pid"])])] if grew else []
 
@@ -85,7 +86,7 @@ class RawSocketRule(Rule[tuple[str, int]]):
     def judge(self, ctx: Context, conn: Connection, subject: tuple[str, int], hint: Hint, now: float) -> None:
         host, pid = subject
         rows = a.raw_sockets_of(conn, host, pid)
-        weights_total = int((ctx.store.host(conn, host) or {}).get("weights_bytes") or 0)
+        weights_total = q.weights_of(conn, [host]).get(host, 0)
         produced: set[AlertKey] = set()
         for start, mine in identities(rows):
             tx = sent(mine)
@@ -99,7 +100,7 @@ class RawSocketRule(Rule[tuple[str, int]]):
             produced.add(draft.key)
         ctx.withdraw(conn, [k for k in ctx.keys_of(conn, self.name, host, str(pid)) if k not in produced], now)
 
-    def draft(self, host: str, proc: dict[str, Any], rows: list[Row], tx: int, links: list[Link],
+    def draft(self, host: str, proc: Proc, rows: list[RawSocketRow], tx: int, links: list[Link],
               weights_total: int) -> Draft:
         severity, taken, why = verdict(tx, links, weights_total, self.tune)
         last = rows[-1]
@@ -132,8 +133,8 @@ class RawSocketRule(Rule[tuple[str, int]]):
             "weights_total_bytes": weights_total,
             "events": sorted({str(r["event_id"]) for r in rows})[:50],
         }
-        key = AlertKey(self.name, host, (str(proc["pid"]),) if proc.get("start_time") is None
-                       else (str(proc["pid"]), f"{float(proc['start_time']):.2f}"))
+        start = proc.get("start_time")
+        key = AlertKey(self.name, host, (str(proc["pid"]),) if start is None else (str(proc["pid"]), f"{float(start):.2f}"))
         title = f"Raw packet socket of {proc.get('name') or '?'} (pid {proc['pid']}) sent {format_size(tx)} from {host}"
         first = min(float(r["first_ts"]) for r in rows)
         return Draft(key, host, "raw_socket", severity, title, explanation, evidence, first,

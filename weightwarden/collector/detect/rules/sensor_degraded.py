@@ -10,9 +10,7 @@ alert is open while the latest degraded report is newer than the latest whole on
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
-from typing import Any
 
 from sqlalchemy import Connection, text
 
@@ -32,17 +30,16 @@ def whole(s: SensorState) -> bool:
     return sensor_whole(s)
 
 
-def forced(s: dict[str, Any]) -> bool:
+def forced(s: SensorState) -> bool:
     """Off the eBPF path because a path was refused (the agent names each as a ``<path>_path`` feature off),
     not because the operator chose the fallback (``--attribution nfqueue``)."""
-    feats = s.get("features") or {}
-    return any(name.endswith("_path") and not (f or {}).get("on") for name, f in feats.items())
+    return any(name.endswith("_path") and not f.on for name, f in s.features.items())
 
 
-def severity_of(s: dict[str, Any]) -> str:
+def severity_of(s: SensorState) -> str:
     """medium: a feature of the eBPF sensor is off; high: no path, or the fallback because eBPF was refused;
     low: the fallback the operator configured (a known limit of this host, said once, not an incident)."""
-    path = s.get("path")
+    path = s.path
     if path == "ebpf":
         return "medium"
     if path == "none" or forced(s):
@@ -50,8 +47,8 @@ def severity_of(s: dict[str, Any]) -> str:
     return "low"
 
 
-def state_words(s: dict[str, Any], severity: str) -> str:
-    path = s.get("path")
+def state_words(s: SensorState, severity: str) -> str:
+    path = s.path
     if path == "ebpf":
         return "features off"
     if path == "none":
@@ -59,11 +56,10 @@ def state_words(s: dict[str, Any], severity: str) -> str:
     return "configured fallback path" if severity == "low" else "fallback path"
 
 
-def lost(s: dict[str, Any]) -> list[str]:
+def lost(s: SensorState) -> list[str]:
     """What the host's detection lacks, in words: each feature off with the kernel's reason."""
-    out = [f"{name} ({f.get('reason') or 'off'})" for name, f in sorted((s.get("features") or {}).items())
-           if not f.get("on")]
-    path = s.get("path")
+    out = [f"{name} ({f.reason or 'off'})" for name, f in sorted(s.features.items()) if not f.on]
+    path = s.path
     if path == "none":
         out.insert(0, "attribution (no path runs: senders are not named)")
     elif path != "ebpf":
@@ -111,33 +107,34 @@ class SensorDegradedRule(Rule[str]):
     def judge(self, ctx: Context, conn: Connection, subject: str, hint: Hint, now: float) -> None:
         host = str(subject)
         row = a.sensor_of(conn, host)
-        if row is None or row.get("degraded_at") is None:
+        if row is None or row["degraded_at"] is None or row["degraded"] is None:
             return
         key = AlertKey(self.name, host)
-        s = json.loads(row["degraded"])
+        s = SensorState.model_validate_json(row["degraded"])
         since = float(row["degraded_at"])
         ctx.put(conn, self.draft(host, s, since), now)
-        open_ = row.get("whole_at") is None or float(row["whole_at"]) < since
-        if open_:
+        whole_at = row["whole_at"]
+        if whole_at is None or float(whole_at) < since:
             ctx.resolve(conn, key, "", now, open_=True, reopen_after=since)
         else:
-            ctx.resolve(conn, key, f"the sensor is whole again (since {clock(float(row['whole_at']))})", now)
+            ctx.resolve(conn, key, f"the sensor is whole again (since {clock(float(whole_at))})", now)
 
-    def draft(self, host: str, s: dict[str, Any], since: float) -> Draft:
-        kernel = s.get("kernel") or "an unknown kernel"
+    def draft(self, host: str, s: SensorState, since: float) -> Draft:
+        kernel = s.kernel or "an unknown kernel"
         missing = lost(s)
         severity = severity_of(s)
-        what = "; ".join(missing) if missing else (s.get("detail") or "the agent says it is degraded")
+        what = "; ".join(missing) if missing else (s.detail or "the agent says it is degraded")
         explanation = (
             f"The sensor on {host} (kernel {kernel}) cannot see everything: {what}. "
             + ("Attribution is on the eBPF path, but what these features give detection is missing. "
-               if s.get("path") == "ebpf" else
+               if s.path == "ebpf" else
                ("The agent was configured for this fallback. " if severity == "low" else "")
                + "Attribution is not on the eBPF path, so uploads may go without an owner and relays unseen: the "
                "host-level rule stays high here, and linked verdicts may miss a link. ")
-            + (f"{s['detail']}. " if s.get("detail") else "")
+            + (f"{s.detail}. " if s.detail else "")
             + f"Reported at {clock(since)}; resolved when the agent reports the sensor whole again.")
-        evidence = {"sensor": s, "kernel": s.get("kernel"), "path": s.get("path"), "lost": missing,
+        evidence = {"sensor": s.model_dump(mode="json", exclude_none=True), "kernel": s.kernel, "path": s.path,
+                    "lost": missing,
                     "process": None, "files": [], "destinations": [], "events": []}
         draft = Draft(AlertKey(self.name, host), host, "sensor_degraded", severity,
                       f"Sensor degraded on {host}: {state_words(s, severity)} "

@@ -13,9 +13,11 @@ from sqlalchemy import Connection, text
 
 from weightwarden.collector.detect.common import Draft
 from weightwarden.collector.detect.registry import register
-from weightwarden.collector.detect.rule import Context, Row, Rule
-from weightwarden.collector.store import bulk
+from weightwarden.collector.detect.rule import Context, Rule
+from weightwarden.collector.jsonread import json_int, json_list
+from weightwarden.collector.store import bulk, verdicts
 from weightwarden.collector.store import facts as q
+from weightwarden.collector.store.host_rows import HostState
 from weightwarden.events import EventsDropped
 
 MAX_RANGES = 1000  # kept in the alert's evidence (the count covers them all)
@@ -55,7 +57,7 @@ class SequenceGapRule(Rule[str]):
     name = "gap"
     kinds = ("sequence_gap",)
 
-    def sweep_hosts(self, ctx: Context, conn: Connection, hosts: list[Row], now: float) -> list[Row]:
+    def sweep_hosts(self, ctx: Context, conn: Connection, hosts: list[HostState], now: float) -> list[HostState]:
         """Hosts whose events since the last contiguous one are all there (nearly all, nearly always) move
         on in one statement; the others (holes, a gap waiting out its grace, a host met for the first time)
         are looked at one by one."""
@@ -75,7 +77,7 @@ class SequenceGapRule(Rule[str]):
         return [h for h in hosts if h["host"] not in done and (int(h["seq_contig"] or 0) == 0 or h["gap_seen_at"]
                                                               is not None or h["host"] in ahead)]
 
-    def sweep_host(self, ctx: Context, conn: Connection, host: Row, now: float) -> None:
+    def sweep_host(self, ctx: Context, conn: Connection, host: HostState, now: float) -> None:
         """A collector that meets a host for the first time takes the first sequence number it holds as
         the start: the agent counted before this collector existed, and that history is not missing."""
         h = host
@@ -111,16 +113,16 @@ class SequenceGapRule(Rule[str]):
     def explained(ctx: Context, conn: Connection, host: str) -> list[tuple[int, int]]:
         out: list[tuple[int, int]] = []
         for dropped in ctx.store.events_of(conn, host, EventsDropped.TYPE, 0):
-            for pair in dropped["data"].get("seq_ranges") or []:
+            for pair in json_list(dropped["data"].get("seq_ranges") or []):
                 if isinstance(pair, list) and len(pair) == 2:
-                    out.append((int(pair[0]), int(pair[1])))
+                    out.append((json_int(pair[0]), json_int(pair[1])))
         return out
 
     def draft(self, conn: Connection, host: str, missing: list[tuple[int, int]], explained: list[tuple[int, int]],
               now: float) -> Draft:
         """Every range found missing so far, not only this sweep's (less any an agent explained since)."""
         key = self.key(host)
-        before = q.alert_row(conn, str(key))
+        before = verdicts.alert_row(conn, str(key))
         earlier: list[tuple[int, int]] = []
         if before is not None:
             for pair in json.loads(before["evidence"]).get("missing_seq_ranges") or []:

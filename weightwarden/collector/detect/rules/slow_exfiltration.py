@@ -9,7 +9,6 @@ most every ``SLOW_EVERY_S`` and once more when its facts stop.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from sqlalchemy import Connection
 
@@ -19,6 +18,8 @@ from weightwarden.collector.detect.registry import register
 from weightwarden.collector.detect.rule import Context, Hint, Lately, Look, Rule, SampleFacts
 from weightwarden.collector.detect.slow import RULE_NAME, SlowWindow, slow, slow_key, slow_of_key, slow_peak
 from weightwarden.collector.store import facts as q
+from weightwarden.collector.store import verdicts
+from weightwarden.collector.store.rows import HourlyRow
 
 SLOW_EVERY_S = 60.0  # a destination under a steady trickle is re-judged at most this often...
 SLOW_SETTLE_S = 3.0  # ...and once more when its facts stop
@@ -96,11 +97,11 @@ class SlowRule(Rule[Unit]):
         starts = [day_start(d) for _h, _a, d in units]
         hourly = q.hourly_to_many(conn, sorted({(h, a) for h, a, _d in units}), min(starts) - self.tune.slow_window_s,
                                   max(starts) + 86400)
-        by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        by_pair: dict[tuple[str, str], list[HourlyRow]] = {}
         for row in hourly:
             by_pair.setdefault((row["host"], row["address"]), []).append(row)
         weights = q.weights_of(conn, sorted({h for h, _a, _d in units}))
-        existing = q.existing_keys(conn, [str(slow_key(h, a, d)) for h, a, d in units])
+        existing = verdicts.existing_keys(conn, [str(slow_key(h, a, d)) for h, a, d in units])
         out = []
         for host, address, day in units:
             win = slow_peak(by_pair.get((host, address), []), day, weights.get(host, 0), self.tune)

@@ -17,8 +17,9 @@ from sqlalchemy import Connection, text
 from weightwarden.collector.detect.common import UNEXPLAINED, Draft, bucket, clock, day_of, day_start, pair_sums
 from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.detect.registry import register
-from weightwarden.collector.detect.rule import Context, Hint, Lately, Look, Row, Rule, SampleFacts
+from weightwarden.collector.detect.rule import Context, Hint, Lately, Look, Rule, SampleFacts
 from weightwarden.collector.store import facts as q
+from weightwarden.collector.store.rows import EgressRow
 from weightwarden.units import format_size
 
 
@@ -56,7 +57,7 @@ class UnexplainedEgressRule(Rule[tuple[str, str]]):
         rows = [r for r in q.outward_rows(conn, host, lo, lo + 86400 + 2 * width) if r["address"] == UNEXPLAINED]
         windows = pair_sums((bucket(float(r["ts"]), width), float(r["bytes"])) for r in rows)
         first_k, last_k = bucket(lo, width), bucket(lo + 86400, width)
-        weights = int((ctx.store.host(conn, host) or {}).get("weights_bytes") or 0)
+        weights = q.weights_of(conn, [host]).get(host, 0)
         best = max(((n, -k) for k, n in windows.items() if first_k <= k < last_k
                     and n >= self.tune.unexplained_min_bytes), default=None)
         if best is None:
@@ -66,7 +67,7 @@ class UnexplainedEgressRule(Rule[tuple[str, str]]):
         inside = [r for r in rows if k <= bucket(float(r["ts"]), width) <= k + 1]
         ctx.put(conn, self.draft(key, host, inside, sent, k, weights), now)
 
-    def draft(self, key: AlertKey, host: str, rows: list[Row], sent: int, k: int, weights: int) -> Draft:
+    def draft(self, key: AlertKey, host: str, rows: list[EgressRow], sent: int, k: int, weights: int) -> Draft:
         sized = bool(weights) and sent >= self.tune.host_high_ratio * weights
         ifaces = sorted({str(r["name"]) for r in rows})
         first = min(float(r["first_ts"]) for r in rows)

@@ -17,8 +17,10 @@ from sqlalchemy import Connection, text
 from weightwarden.collector.detect.common import Draft, clock
 from weightwarden.collector.detect.keys import AlertKey
 from weightwarden.collector.detect.registry import register
-from weightwarden.collector.detect.rule import Context, Hint, Lately, Look, Row, Rule
+from weightwarden.collector.detect.rule import Context, Hint, Lately, Look, Rule
+from weightwarden.collector.jsonread import json_int, json_list
 from weightwarden.collector.store import agent_facts as af
+from weightwarden.collector.store.rows import AlertRow, ReadRow, RelinkRow
 from weightwarden.events import Event, WeightsRelinked
 from weightwarden.units import format_size
 
@@ -47,7 +49,7 @@ class WeightsRelinkedRule(Rule[tuple[str, str]]):
                             "event_id": ev.id})
         return [(ev.host, inode)]
 
-    def on_reads(self, ctx: Context, conn: Connection, host: str, row: Row, grew: bool,
+    def on_reads(self, ctx: Context, conn: Connection, host: str, row: ReadRow, grew: bool,
                  now: float) -> Iterable[tuple[str, str] | Look]:
         inode = row.get("inode")
         return [(host, inode)] if inode and af.relinks_of(conn, host, str(inode)) else []
@@ -72,12 +74,16 @@ class WeightsRelinkedRule(Rule[tuple[str, str]]):
                    if float(r["ts"]) >= first - 1 and r["kind"] in ("read", "staged_read", "holder")}
         sent = []
         for a in af.alerts_of(conn, host, "exfiltration:"):
-            named = {int(p) for p in a["evidence"].get("readers") or []} | {int(a["evidence"]["process"]["pid"])}
+            process = a["evidence"]["process"]
+            if not isinstance(process, dict):
+                raise TypeError(f"{a['key']}: evidence names no process")
+            named = {json_int(p) for p in json_list(a["evidence"].get("readers") or [])} | {json_int(process["pid"])}
             if named & set(readers):
                 sent.append(a)
         ctx.put(conn, self.draft(AlertKey(self.name, host, (inode,)), host, relinks, readers, sent), now)
 
-    def draft(self, key: AlertKey, host: str, relinks: list[Row], readers: dict[int, Row], sent: list[Row]) -> Draft:
+    def draft(self, key: AlertKey, host: str, relinks: list[RelinkRow], readers: dict[int, ReadRow],
+              sent: list[AlertRow]) -> Draft:
         names = sorted({str(r["to_path"]) for r in relinks})
         sources = sorted({str(r["from_path"]) for r in relinks})
         by = sorted({f"{r.get('name') or '?'} (pid {r.get('pid')})" for r in relinks})
@@ -101,7 +107,7 @@ class WeightsRelinkedRule(Rule[tuple[str, str]]):
                     "files": sources + [n for n in names if n not in sources], "new_names": names, "how": hows,
                     "inode": key.parts[0],
                     "readers": sorted(readers), "sent_by": sorted(str(a["key"]) for a in sent),
-                    "destinations": [d for a in sent for d in (a["evidence"].get("destinations") or [])][:20],
+                    "destinations": [d for a in sent for d in json_list(a["evidence"].get("destinations") or [])][:20],
                     "bytes": size, "events": sorted({str(r["event_id"]) for r in relinks})[:50]}
         return Draft(key, host, "weights_relinked", severity, f"Weights given a new name on {host}: {names[0]}",
                      explanation, evidence, first, max(float(r["ts"]) for r in relinks),
