@@ -28,7 +28,7 @@ from weightwarden.agent.daemon import sdnotify
 from weightwarden.agent.daemon.metrics import AgentMetrics, MetricsServer
 from weightwarden.agent.enforce.budget import BudgetBook, ThresholdWatch
 from weightwarden.agent.enforce.container_links import Resolution, resolve_host
-from weightwarden.agent.enforce.enforcer import Enforcer, atomic_write, read_json
+from weightwarden.agent.enforce.enforcer import Enforcer, PolicyMeta, atomic_write, read_json
 from weightwarden.agent.enforce.plan import Plan, PlanInputs, build
 from weightwarden.agent.enforce.selectors import detect as detect_support
 from weightwarden.agent.files.patterns import WeightPaths
@@ -288,7 +288,7 @@ class Agent:
         watch = f"; watching {self.weights_total.get('files', 0)} weight files" if self.weights_total else ""
         return f"policy {self.loaded.policy.metadata.name}: {caps}{watch}"
 
-    def _policy_meta(self) -> dict[str, Any]:
+    def _policy_meta(self) -> PolicyMeta:
         return {"policy": self.loaded.policy.metadata.name, "policy_digest": self.loaded.digest,
                 "policy_path": self.origin.path or str(self.cfg.policy_path)}
 
@@ -494,7 +494,7 @@ class Agent:
             await wait_for_stop(self.stop, every)
 
     def health(self) -> dict[str, Any]:
-        rec = self.enforcer.record or {}
+        rec = self.enforcer.record
         sink_stats = self.sink.stats()
         return {
             "uptime_s": round(time.monotonic() - self.started, 1),
@@ -511,7 +511,7 @@ class Agent:
             "rules_in_force": bool(rec),
             "attribution": self.sampler.attribution if self.sampler is not None else "none",
             "sensor": self.sensor_state(),
-            "caps": len(rec.get("caps", [])),
+            "caps": len(rec.get("caps", [])) if rec else 0,
             "budgets": self.budgets.usage(time.time()),
             "weights": self.weights_total or None,
             "file_watch": {"mode": self.files.mode if self.files else "off",
