@@ -9,34 +9,36 @@ a slow netlink dump never stalls the event flow.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import os
 import signal
-import socket
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import psutil
 from pydantic import ValidationError
 
 from weightwarden import __version__, logs
-from weightwarden.agent.attribution.sampler import Sampler, SamplerConfig
+from weightwarden.agent.attribution.sampler import SampleJson, Sampler, SamplerConfig
 from weightwarden.agent.daemon import sdnotify
+from weightwarden.agent.daemon.config import DaemonConfig, Origin
+from weightwarden.agent.daemon.host import (
+    annotate_allowed,
+    cgroupv2_paths_usable,
+    process_alive,
+    resolve_containers,
+    resolve_hosts,
+    resolve_interfaces,
+    weight_paths,
+)
 from weightwarden.agent.daemon.metrics import AgentMetrics, MetricsServer
+from weightwarden.agent.daemon.state import FeatureJson, Health, WeightsJson
 from weightwarden.agent.enforce.budget import BudgetBook, ThresholdWatch
-from weightwarden.agent.enforce.container_links import Resolution, resolve_host
 from weightwarden.agent.enforce.enforcer import Enforcer, PolicyMeta, atomic_write, read_json
 from weightwarden.agent.enforce.plan import Plan, PlanInputs, build
 from weightwarden.agent.enforce.selectors import detect as detect_support
-from weightwarden.agent.files.patterns import WeightPaths
 from weightwarden.agent.files.watcher import FileWatcher
 from weightwarden.agent.kernel.interfaces import counter_delta
 from weightwarden.agent.policy.lint import unenforceable
 from weightwarden.agent.policy.loader import LoadedPolicy, PolicyError, load_policy, stamp
-from weightwarden.agent.policy.match import Flow, allowed_by, allowlist
 from weightwarden.agent.policy.source import MqttPolicySource, Offer, Refusal
 from weightwarden.agent.transport.sink import Sink
 from weightwarden.asyncutil import wait_for_stop
@@ -57,91 +59,11 @@ from weightwarden.events import (
     ProcessEgress,
     ThresholdCrossed,
 )
+from weightwarden.jsontypes import JsonObject
 
 HOST_REFRESH_S = 300.0
 STUCK_GRACE_S = 10.0
 CAP_HIT_REPEAT_S = 60.0
-
-
-@dataclass
-class DaemonConfig:
-    policy_path: Path
-    state_dir: Path
-    host_id: str
-    backend: str = "auto"
-    sample_interval: float = 1.0
-    nfqueue: bool = True
-    queue_num: int = 4242
-    heartbeat_interval: float = 5.0  # the collector finds an agent silent after three of these
-    attribution: str = "auto"
-    bpf_cgroup: str | None = None
-    metrics_listen: str | None = None  # HOST:PORT for /metrics (weightwarden/agent/daemon/metrics.py)
-    bpf_pin_dir: str | None = None  # eBPF programs pinned there keep counting while the agent restarts
-
-
-def resolve_interfaces(patterns: list[str]) -> list[str]:
-    names = sorted(n for n in psutil.net_if_stats() if n != "lo")
-    if not patterns:
-        return names
-    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-
-
-def resolve_hosts(hosts: list[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for host in hosts:
-        try:
-            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-        except OSError:
-            continue
-        out[host] = sorted({str(info[4][0]) for info in infos})
-    return out
-
-
-def weight_paths(loaded: LoadedPolicy) -> WeightPaths:
-    w = loaded.policy.spec.weights
-    return WeightPaths(list(w.paths), list(w.canaries))
-
-
-def annotate_allowed(sample: dict[str, Any], policy: Any, resolved: dict[str, list[str]]) -> None:
-    """Mark each destination allowlisted or not, so the collector can weigh it (the plan's own match)."""
-    allow = allowlist(policy, resolved)
-    for proc in sample["processes"]:
-        for d in proc["destinations"]:
-            d["allowed"] = allowed_by(allow, Flow(d["address"], d["port"])) is not None
-
-
-def process_alive(key: tuple[int, float | None]) -> bool:
-    """Whether (pid, start time) still names a running process (a reused pid does not)."""
-    pid, started = key
-    try:
-        return started is None or psutil.Process(pid).create_time() == started
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
-        return False
-
-
-def resolve_containers(policy: Any) -> Resolution:
-    """The host-side veths of each container cap's containers, read now; a failed read (netlink refused,
-    /proc unreadable) is a note, and the caps it concerns match nothing until the next interval."""
-    try:
-        return resolve_host(policy)
-    except Exception as exc:  # noqa: BLE001 - enforcement of every other cap goes on
-        return Resolution(notes=(f"cannot resolve container interfaces: {type(exc).__name__}: {exc}"[:500],))
-
-
-def cgroupv2_paths_usable() -> bool:
-    # nft resolves 'socket cgroupv2' paths under /sys/fs/cgroup, so only a
-    # unified mount there works; hybrid hosts keep v2 at .../unified.
-    return Path("/sys/fs/cgroup/cgroup.controllers").exists()
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Where the policy in force came from: the file, or a signed central publication."""
-
-    source: str = "file"
-    version: int | None = None
-    key_id: str | None = None
-    path: str | None = None  # the MQTT topic of a central policy
 
 
 class Agent:
@@ -182,7 +104,7 @@ class Agent:
         self.last_sample_lag = 0.0
         self.dropped_events = 0
         self.files: FileWatcher | None = None
-        self.weights_total: dict[str, Any] = {}
+        self.weights_total: WeightsJson | None = None
         self.metrics = AgentMetrics()
         self.metrics.stuck_for = self.stuck_for  # /healthz asks what the watchdog asks
         # Bound here, so a port in use is a start-up error ("cannot start"), not a crash later.
@@ -285,7 +207,7 @@ class Agent:
         """One line for systemctl status: the policy in force and what is watched."""
         plan = self.plan
         caps = f"{len(plan.slots)} caps on {', '.join(plan.interfaces) or 'no interface'}" if plan else "no caps yet"
-        watch = f"; watching {self.weights_total.get('files', 0)} weight files" if self.weights_total else ""
+        watch = f"; watching {self.weights_total['files']} weight files" if self.weights_total else ""
         return f"policy {self.loaded.policy.metadata.name}: {caps}{watch}"
 
     def _policy_meta(self) -> PolicyMeta:
@@ -377,7 +299,7 @@ class Agent:
 
     # -- sampling -------------------------------------------------------
 
-    def _sample_once(self) -> dict[str, Any] | None:
+    def _sample_once(self) -> SampleJson | None:
         if self.sampler is None:
             return None
         return self.sampler.sample().to_json()
@@ -441,7 +363,7 @@ class Agent:
                                             {**self.health(), "ts": time.time()})
             await wait_for_stop(self.stop, 0.25)
 
-    def sensor_state(self) -> dict[str, Any]:
+    def sensor_state(self) -> JsonObject:
         if self.sampler is None:
             return {"path": "none", "kernel": os.uname().release, "degraded": True,
                     "detail": "attribution could not start (see agent_started's features)"}
@@ -493,7 +415,7 @@ class Agent:
                                detail="a sample or enforcement pass has not finished; watchdog pings withheld")
             await wait_for_stop(self.stop, every)
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         rec = self.enforcer.record
         sink_stats = self.sink.stats()
         return {
@@ -513,7 +435,7 @@ class Agent:
             "sensor": self.sensor_state(),
             "caps": len(rec.get("caps", [])) if rec else 0,
             "budgets": self.budgets.usage(time.time()),
-            "weights": self.weights_total or None,
+            "weights": self.weights_total,
             "file_watch": {"mode": self.files.mode if self.files else "off",
                            "detail": self.files.health_detail() if self.files else "no weight paths in the policy",
                            "dropped": self.files.dropped if self.files else 0},
@@ -543,7 +465,7 @@ class Agent:
             await asyncio.to_thread(self._apply_raw_policy)
         except OSError as exc:
             self.log.error("sampler_unavailable", error=str(exc))
-        features = {f.name: {"ok": f.ok, "detail": f.detail} for f in sampler.features}
+        features: dict[str, FeatureJson] = {f.name: {"ok": f.ok, "detail": f.detail} for f in sampler.features}
         # Caps first: whatever happens after (a watcher that cannot start, a crash), the upload
         # caps are already in the kernel, and they stay there.
         await asyncio.to_thread(self.enforce_once, 0.0)
@@ -561,7 +483,7 @@ class Agent:
         sensor = self.sensor_state()
         (self.log.warning if sensor.get("degraded") else self.log.info)("sensor", **sensor)
         self.emit(AgentStarted.model_validate({"pid": os.getpid(), **self._policy_meta(), "features": features,
-                                               "weights": self.weights_total or None, "version": __version__,
+                                               "weights": self.weights_total, "version": __version__,
                                                "attribution": sampler.attribution, "sensor": sensor}))
         await asyncio.to_thread(self.enforce_once, 0.0)
         sdnotify.notify("READY=1")

@@ -115,7 +115,7 @@ def _host_size(loaded: LoadedPolicy) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from weightwarden.agent.daemon.agent import resolve_containers, resolve_interfaces
+    from weightwarden.agent.daemon.host import resolve_containers, resolve_interfaces
     from weightwarden.agent.enforce.selectors import detect
     from weightwarden.agent.policy.lint import container_checks, host_checks, lint, unenforceable
     from weightwarden.agent.policy.show import merged_yaml, rates
@@ -160,7 +160,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from weightwarden.agent.daemon.agent import resolve_interfaces
+    from weightwarden.agent.daemon.host import resolve_interfaces
     from weightwarden.agent.policy.explain import explain
 
     loaded = _load(args.file, args)
