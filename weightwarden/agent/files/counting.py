@@ -24,6 +24,7 @@ from weightwarden.agent.files.ebpf import wire
 from weightwarden.agent.files.ebpf.reads import FileBpfError, KernelReads, Tally
 from weightwarden.agent.files.holders import HolderScan
 from weightwarden.agent.files.inodes import WeightFile, WeightInodes
+from weightwarden.agent.files.procio import ProcFields
 from weightwarden.agent.files.staged import StagedCopies
 from weightwarden.agent.files.who import Who, user
 from weightwarden.events import EventsDropped, Payload
@@ -219,12 +220,12 @@ class KernelCounting:
             if tally.gone:
                 self.sensor.forget([r.key])
             return
-        proc = None
+        proc: dict[str, Any] | None = None  # a plain dict: the coalescer and the copy tracker patch it
         if key not in self.coalescer.sessions:
             start = self.who.start_of(r.key.start_ns)
-            proc = self.who.alive(pid, start) or self.who.seen.get(pid) or {
+            known: ProcFields = self.who.alive(pid, start) or self.who.seen.get(pid) or {
                 "name": r.comm, "uid": r.uid, "user": user(r.uid), "ppid": r.ppid, "start_time": start}
-            proc = {k: v for k, v in proc.items() if k != "pid"}
+            proc = {k: v for k, v in known.items() if k != "pid"}
         if not wf.size:
             wf.size = _size(wf.path)  # known since its creation, written since
         sess = self.coalescer.counted(now, pid, wf.path, wf.size, tally.bytes, tally.calls, proc)

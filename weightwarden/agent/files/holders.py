@@ -58,7 +58,8 @@ class HolderScan:
         for pid in list(self.copies.holders):
             self.look(pid)
 
-    def on_result(self, tag: str, pid: int, value: Any, coalescer: Coalescer) -> None:
+    def on_result(self, tag: str, pid: int, value: object, coalescer: Coalescer) -> None:
+        """What a worker found: ``premapped`` whether it maps weights (bool), ``holder`` its mappings."""
         if tag == "premapped":
             if value:
                 self.copies.reader(pid, self.describe(pid))
@@ -66,7 +67,7 @@ class HolderScan:
                 self.look(pid)
             return
         self._asked.discard(pid)
-        maps: list[Mapping] = value or []
+        maps: list[Mapping] = value if isinstance(value, list) else []
         if not maps:
             if start_time(pid, self.proc_root) is None:
                 self.copies.holders.pop(pid, None)

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from weightwarden.events import safe_text
 
@@ -86,7 +86,25 @@ def ticks_of(boot_ns: int) -> int:
     return boot_ns // (1_000_000_000 // _TICKS)
 
 
-def identity(pid: int, proc_root: str = "/proc") -> dict[str, Any] | None:
+class ProcFields(TypedDict, total=False):
+    """Who a process is, as the file events carry it (events.ProcessFields): each source (/proc, a
+    worker's description, the kernel's opener or exit record) fills the keys it knows."""
+
+    pid: int | None
+    ppid: int | None
+    name: str | None
+    exe: str | None
+    uid: int | None
+    user: str
+    cmdline: list[str]
+    cgroup: str | None
+    container: dict[str, str | None] | None
+    start_time: float
+    pipes: list[int]
+    pipe_ends: dict[str, str]
+
+
+def identity(pid: int, proc_root: str = "/proc") -> ProcFields | None:
     """Name, ppid, uid, exe, cgroup and start time, from files that never touch the process's memory.
 
     (psutil's name() falls back to the memory-backed cmdline for long names, so it is not used here.)

@@ -23,6 +23,7 @@ from weightwarden.agent.files.ebpf import wire
 from weightwarden.agent.files.inodes import WeightFile, WeightInodes
 from weightwarden.agent.files.mounts import dev_of, mount_namespaces
 from weightwarden.agent.files.patterns import WeightPaths
+from weightwarden.agent.files.procio import ProcFields
 from weightwarden.events import WeightsRelinked, safe_text
 
 REPEAT_S = 5.0  # one syscall can change an inode's ctime more than once: one report
@@ -64,7 +65,7 @@ def visible_path(pid: int, ns_inum: int, own_ns: int, path: str, proc_root: str 
 class Relinks:
     def __init__(self, inodes: WeightInodes, weights: Callable[[], WeightPaths],
                  emit: Callable[[type[WeightsRelinked], dict[str, Any]], None],
-                 who: Callable[[int, float | None], dict[str, Any] | None], proc_root: str = "/proc",
+                 who: Callable[[int, float | None], ProcFields | None], proc_root: str = "/proc",
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.inodes = inodes
         self.weights = weights
@@ -91,7 +92,7 @@ class Relinks:
         path, st = visible_path(ev.tgid, ev.mnt_ns, self.own_ns, os.path.normpath(seen), self.proc_root)
         here = st is not None and (dev_of(st), st.st_ino) == wf.key
         start = round(boot + ev.start_ns / 1e9, 2)
-        proc = self.who(ev.tgid, start) or {
+        proc: ProcFields = self.who(ev.tgid, start) or {
             "pid": ev.tgid, "name": ev.comm, "uid": ev.uid, "ppid": ev.ppid, "start_time": start}
         proc["pid"] = ev.tgid
         if wf.kind == "dir":
@@ -106,7 +107,7 @@ class Relinks:
 
     def on_moved(self, wf: WeightFile, now_at: str, pid: int) -> None:
         """A file-id mark saw the inode move (no kernel programs): ``now_at`` found by its handle."""
-        proc = self.who(pid, None) or {"pid": pid}
+        proc: ProcFields = self.who(pid, None) or {"pid": pid}
         proc["pid"] = pid
         if wf.kind == "dir":
             self._dir_moved(wf, now_at, proc)
@@ -121,7 +122,7 @@ class Relinks:
 
     # -- names -------------------------------------------------------------------
 
-    def _named(self, wf: WeightFile, path: str, how: str, proc: dict[str, Any], gone: bool = False) -> None:
+    def _named(self, wf: WeightFile, path: str, how: str, proc: ProcFields, gone: bool = False) -> None:
         if how == "rename":
             self._drop_stale_names(wf)
         new = self.inodes.named(wf, path)
@@ -156,7 +157,7 @@ class Relinks:
                 pass
             wf.names.remove(name)
 
-    def _dir_moved(self, d: WeightFile, now_at: str, proc: dict[str, Any]) -> None:
+    def _dir_moved(self, d: WeightFile, now_at: str, proc: ProcFields) -> None:
         """A weight directory moved: every weight file under it has a new name."""
         was = self.dir_names.get(d.id, d.path)
         if was == now_at:
@@ -167,4 +168,4 @@ class Relinks:
             current = next((n for n in reversed(wf.names) if n.startswith(was.rstrip("/") + "/")), None)
             if current is None:
                 continue
-            self._named(wf, now_at.rstrip("/") + current[len(was.rstrip("/")):], "rename", dict(proc))
+            self._named(wf, now_at.rstrip("/") + current[len(was.rstrip("/")):], "rename", proc.copy())

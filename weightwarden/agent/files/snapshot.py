@@ -23,11 +23,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from weightwarden.agent.files import fanotify as fan
 from weightwarden.agent.files import kernel
-from weightwarden.agent.files.procio import identity, io_counters, scan_fds
+from weightwarden.agent.files.procio import ProcFields, identity, io_counters, scan_fds
 
 MAX_BACKLOG = 20_000  # events (each holds an open fd) waiting for the watcher thread
 IDENTITY_TTL_S = 10.0
@@ -38,7 +37,7 @@ class Snapshot:
     event: fan.FanEvent
     rchar: int | None  # the process's rchar when the event was read (None: gone, or our own)
     ts: float
-    proc: dict[str, Any] | None  # who the opener is, read at once (it may be gone a moment later)
+    proc: ProcFields | None  # who the opener is, read at once (it may be gone a moment later)
     mnt_ns: str | None = None  # its mount namespace ("mnt:[4026531841]")
     position: int | None = None  # its descriptors' offset on the file when we looked (opens only)
     io_uring: bool = False  # it has an io_uring instance (its reads through it bypass rchar)
@@ -53,7 +52,7 @@ class Snapshotter:
         self.own_pid = own_pid
         self.proc_root = proc_root
         self.backlog: deque[Snapshot] = deque()
-        self._who: dict[int, tuple[float, dict[str, Any] | None, str | None]] = {}  # pid -> (when, identity, ns)
+        self._who: dict[int, tuple[float, ProcFields | None, str | None]] = {}  # pid -> (when, identity, ns)
         self.dropped = 0
         self.overflows = 0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -134,7 +133,7 @@ class Snapshotter:
             return None, False
         return (max(f.position for f in scan.files) if scan.files else None), scan.io_uring
 
-    def _identity(self, pid: int, now: float) -> tuple[dict[str, Any] | None, str | None]:
+    def _identity(self, pid: int, now: float) -> tuple[ProcFields | None, str | None]:
         """Name, exe, uid, cgroup (kernel state only, never the opener's memory), cached a few seconds
         per pid: a loop of opens by one process costs one read."""
         hit = self._who.get(pid)
