@@ -34,7 +34,7 @@ def proc(pid: int, *dests: tuple[str, int, int], uid: int = 0, exe: str = "/usr/
 
 
 def run(policy_text: str, samples: list[dict[str, Any]]) -> dict[str, Any]:
-    return simulate(parse_policy(HEAD + policy_text).policy, samples)
+    return dict(simulate(parse_policy(HEAD + policy_text).policy, samples))
 
 
 def test_a_burst_is_held_back_for_its_wire_size_over_the_rate() -> None:

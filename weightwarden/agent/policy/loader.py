@@ -11,13 +11,13 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from weightwarden.agent.policy.layers import LayerError, drop_in_dir, drop_in_files, merge_all
 from weightwarden.agent.policy.model import Policy
 from weightwarden.agent.policy.yamldoc import MAX_BYTES, DocumentError, Node, compose, decode, plain, sources
+from weightwarden.jsontypes import JsonObject
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class LoadedPolicy:
     digest: str
     files: tuple[str, ...] = ()  # the base file, then the drop-ins merged over it, in order
     sources: dict[str, str] = field(default_factory=dict)  # dotted path -> "file:line" that set it
-    data: dict[str, Any] = field(default_factory=dict)  # the merged document, as written (units as strings)
+    data: JsonObject = field(default_factory=dict)  # the merged document, as written (units as strings)
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
