@@ -24,11 +24,13 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Protocol, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+from weightwarden.jsontypes import JsonObject
 
 SCHEMA_VERSION: Literal[1] = 1
 HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -585,7 +587,7 @@ class Event(Model):
             raise ValueError("seq is 0 exactly for agent_lost events")
         return self
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
@@ -718,7 +720,7 @@ def parse_event_json(raw: bytes | str) -> Event:
     return _ADAPTER.validate_json(raw, strict=True)
 
 
-def parse_event(doc: dict[str, Any]) -> Event:
+def parse_event(doc: Mapping[str, object]) -> Event:
     """Validate one event already decoded from JSON (a spool row, a stored event)."""
     return _ADAPTER.validate_python(doc, strict=False)
 
@@ -786,8 +788,16 @@ class Sequencer:
         return value
 
 
+class SequenceSource(Protocol):
+    """Where an agent's sequence numbers come from (``Sequencer``, or a sink's own)."""
+
+    last: int  # the last number handed out
+
+    def next(self) -> int: ...
+
+
 class EventFactory:
-    def __init__(self, host: str, sequencer: Any, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, host: str, sequencer: SequenceSource, clock: Callable[[], float] = time.time) -> None:
         if not HOST_ID.match(host):
             raise ValueError(f"invalid host id {host!r}: letters, digits, '_', '.', '-' (max 63)")
         self.host = host

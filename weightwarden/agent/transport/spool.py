@@ -25,7 +25,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from weightwarden.agent.daemon.paths import private_dir, private_file
 from weightwarden.events import Event, seq_ranges
@@ -138,7 +138,7 @@ class Spool:
             size = self.db.execute("PRAGMA page_size").fetchone()[0]
         return bool((pages - free) * size > self.max_bytes)
 
-    def enforce_limit(self, make_summary: Callable[[dict[str, Any]], Event]) -> Event | None:
+    def enforce_limit(self, make_summary: Callable[[DroppedSummary], Event]) -> Event | None:
         """Drop events until the spool fits; returns the events_dropped event it appended."""
         if not self.over_limit():
             return None
@@ -206,7 +206,30 @@ class Spool:
             self.db.close()
 
 
-def summarize(rows: list[tuple[int, str, bytes]], reason: str) -> dict[str, Any]:
+class ProcessBytes(TypedDict):
+    process: str
+    tx_bytes: int
+
+
+class EgressDropped(TypedDict):
+    attributed_tx_bytes: int
+    unattributed_tx_bytes: int
+    top_processes: list[ProcessBytes]
+
+
+class DroppedSummary(TypedDict):
+    """What dropped events said (events.EventsDropped's data)."""
+
+    reason: str
+    dropped: int
+    by_type: dict[str, int]
+    seq_ranges: list[list[int]]
+    first_ts: float | None
+    last_ts: float | None
+    egress_summary: EgressDropped
+
+
+def summarize(rows: list[tuple[int, str, bytes]], reason: str) -> DroppedSummary:
     """What dropped events said, compressed: counts, seq ranges, and egress byte totals."""
     by_type = Counter(r[1] for r in rows)
     per_process: defaultdict[str, int] = defaultdict(int)
