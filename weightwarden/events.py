@@ -17,6 +17,7 @@ generated from these models (``python -m weightwarden.events --markdown``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -758,12 +759,10 @@ def write_private(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        Path(tmp).replace(path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink()
         raise
 
 

@@ -31,7 +31,7 @@ def test_contract_plan() -> None:
     assert plan.tc["eth0"][0] == ["tc", "qdisc", "replace", "dev", "eth0", "root", "handle", "7757:", "htb"]
     # In place, never delete-then-add: a failure half-way must leave the previous caps, not none.
     assert all(argv[2] == "replace" for argv in plan.tc["eth0"])
-    assert ["rate", "20000000bit"] == plan.tc["eth0"][1][10:12]
+    assert plan.tc["eth0"][1][10:12] == ["rate", "20000000bit"]
 
 
 def test_monitor_only_plan_has_no_caps_and_no_classes() -> None:

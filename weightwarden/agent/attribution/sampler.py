@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NotRequired, TypedDict
 
 from weightwarden import logs
@@ -165,7 +166,7 @@ def resolve_raw_policy(kill: bool, allow: list[str]) -> RawPolicy:
     files = []
     for path in allow:
         try:
-            st = os.stat(path)
+            st = Path(path).stat()
         except OSError:
             continue
         files.append((kernel_dev(st.st_dev), st.st_ino))

@@ -169,9 +169,8 @@ class ThresholdWatch:
     def forget(self, now: float, alive: Callable[[ProcKey], bool]) -> None:
         """Drop windows that are empty or whose process is gone; keep the count bounded."""
         for key in list(self._windows):
-            if self._windows[key].total(now) == 0:
-                self._drop(key)
-            elif self._updated[key] < now and not alive(key[1]):  # sent in this sample: alive
+            # Empty, or its process gone (one that sent in this sample is alive).
+            if self._windows[key].total(now) == 0 or (self._updated[key] < now and not alive(key[1])):
                 self._drop(key)
         if len(self._windows) > MAX_WINDOWS:
             for key in sorted(self._updated, key=self._updated.__getitem__)[:len(self._windows) - MAX_WINDOWS]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -95,7 +94,7 @@ def kernel_generation() -> KernelGeneration:
     except OSError:
         boot_id = None
     try:
-        netns = os.stat("/proc/self/ns/net").st_ino
+        netns = Path("/proc/self/ns/net").stat().st_ino
     except OSError:
         netns = None
     return {"boot_id": boot_id, "netns": netns}
@@ -185,10 +184,7 @@ class Enforcer:
             removed = backends.clear_everything()
             removed["owner_resolution"] = clear_resolution_rules()
         self.record = None
-        try:
-            self.record_path.unlink()
-        except FileNotFoundError:
-            pass
+        self.record_path.unlink(missing_ok=True)
         return removed
 
 

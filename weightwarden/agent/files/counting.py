@@ -10,10 +10,12 @@ next session of the same process and file starts after it. Nothing here runs on 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from weightwarden import logs
@@ -73,10 +75,8 @@ class KernelCounting:
     def _on_event(self, ev: wire.Relink | wire.Opener) -> None:
         """On the loader's reader thread: handed to the watcher's."""
         self._events.put(ev)
-        try:
+        with contextlib.suppress(OSError):  # full: the watcher is awake already
             os.write(self._wake_w, b"x")
-        except OSError:
-            pass  # full: the watcher is awake already
 
     def events(self) -> list[wire.Relink | wire.Opener]:
         """Events since the last call. Openers are applied here: who a process is, as the kernel saw
@@ -248,6 +248,6 @@ class KernelCounting:
 
 def _size(path: str) -> int:
     try:
-        return os.path.getsize(path)
+        return Path(path).stat().st_size
     except OSError:
         return 0

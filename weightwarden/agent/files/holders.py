@@ -10,8 +10,8 @@ container's mount namespace, or after a rename, a weight file shows another path
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from weightwarden.agent.files.coalesce import Coalescer
@@ -39,7 +39,7 @@ class HolderScan:
     def scan_all(self, own_pid: int) -> None:
         """Processes that mapped weights before we started (the maps of every process, once)."""
         try:
-            pids = [int(n) for n in os.listdir(self.proc_root) if n.isdigit()]
+            pids = [int(p.name) for p in Path(self.proc_root).iterdir() if p.name.isdigit()]
         except OSError:
             return
         for pid in pids:

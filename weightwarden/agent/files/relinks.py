@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from weightwarden import logs
@@ -39,7 +40,7 @@ def visible_path(pid: int, ns_inum: int, own_ns: int, path: str, proc_root: str 
     """
     if ns_inum == own_ns or not path.startswith("/"):
         try:
-            return path, os.stat(path, follow_symlinks=False)
+            return path, Path(path).lstat()
         except OSError:
             return path, None
     candidates = [pid]
@@ -52,9 +53,9 @@ def visible_path(pid: int, ns_inum: int, own_ns: int, path: str, proc_root: str 
         except OSError:
             continue
         try:
-            if os.readlink(f"{proc_root}/{who}/ns/mnt") != f"mnt:[{ns_inum}]":
+            if str(Path(f"{proc_root}/{who}/ns/mnt").readlink()) != f"mnt:[{ns_inum}]":
                 continue  # the pid was reused by a process elsewhere
-            return safe_text(os.readlink(f"/proc/self/fd/{fd}")), os.fstat(fd)
+            return safe_text(str(Path(f"/proc/self/fd/{fd}").readlink())), os.fstat(fd)
         except OSError:
             continue
         finally:
@@ -76,7 +77,7 @@ class Relinks:
         self.log = logs.get("agent.files")
         self.reported: dict[tuple[int, str, str], float] = {}  # (file id, to_path, how) -> when
         try:
-            self.own_ns = os.stat(f"{proc_root}/self/ns/mnt").st_ino
+            self.own_ns = Path(f"{proc_root}/self/ns/mnt").stat().st_ino
         except OSError:
             self.own_ns = 0
         self.dir_names: dict[int, str] = {}  # a weight directory's id -> its name now
@@ -150,7 +151,7 @@ class Relinks:
         """Names that no longer lead to the file (the name it was renamed from)."""
         for name in list(wf.names[1:]):
             try:
-                st = os.stat(name, follow_symlinks=False)
+                st = Path(name).lstat()
                 if (dev_of(st), st.st_ino) == wf.key:
                     continue
             except OSError:

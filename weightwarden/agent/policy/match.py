@@ -74,10 +74,9 @@ class Selector:
             return False
         if self.executables and flow.exe not in self.executables:
             return False
-        if self.containers:
-            # A replay knows the sender's cgroup, not its interface: the container is judged from the path.
-            if not any(container_matches(sel, container_of(flow.cgroup)) for sel in self.containers):
-                return False
+        # A replay knows the sender's cgroup, not its interface: the container is judged from the path.
+        if self.containers and not any(container_matches(sel, container_of(flow.cgroup)) for sel in self.containers):
+            return False
         if self.nets is None:
             return True
         ip = flow.ip

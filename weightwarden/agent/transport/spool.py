@@ -17,7 +17,6 @@ a fresh one is started, and the loss is reported; the agent does not crash-loop.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -74,7 +73,7 @@ class Spool:
             for suffix in ("", "-wal", "-shm"):
                 src = Path(str(path) + suffix)
                 if src.exists():
-                    os.replace(src, Path(str(moved) + suffix))
+                    src.replace(Path(str(moved) + suffix))
             self.recovery = SpoolRecovery(str(moved), f"spool unreadable ({exc}); moved aside", last_seq)
             private_file(path)
             self.db = self._open()
