@@ -1,19 +1,19 @@
-"""What the policy's names mean on this host, read afresh each interval (interfaces, host names, containers'
-veths, cgroup paths), and what a sample needs from the policy before it leaves (allowlisted or not)."""
+"""What the policy's names mean on this host, read afresh each interval: interfaces, host names, containers'
+veths, cgroup paths, weight paths."""
 
 from __future__ import annotations
 
 import fnmatch
 import socket
+import time
 from pathlib import Path
 
 import psutil
 
-from weightwarden.agent.attribution.sampler import SampleJson
 from weightwarden.agent.enforce.container_links import Resolution, resolve_host
+from weightwarden.agent.enforce.plan import PlanInputs
 from weightwarden.agent.files.patterns import WeightPaths
 from weightwarden.agent.policy.loader import LoadedPolicy
-from weightwarden.agent.policy.match import Flow, allowed_by, allowlist
 from weightwarden.agent.policy.model import Policy
 
 
@@ -40,23 +40,6 @@ def weight_paths(loaded: LoadedPolicy) -> WeightPaths:
     return WeightPaths(list(w.paths), list(w.canaries))
 
 
-def annotate_allowed(sample: SampleJson, policy: Policy, resolved: dict[str, list[str]]) -> None:
-    """Mark each destination allowlisted or not, so the collector can weigh it (the plan's own match)."""
-    allow = allowlist(policy, resolved)
-    for proc in sample["processes"]:
-        for d in proc["destinations"]:
-            d["allowed"] = allowed_by(allow, Flow(d["address"], d["port"])) is not None
-
-
-def process_alive(key: tuple[int, float | None]) -> bool:
-    """Whether (pid, start time) still names a running process (a reused pid does not)."""
-    pid, started = key
-    try:
-        return started is None or psutil.Process(pid).create_time() == started
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
-        return False
-
-
 def resolve_containers(policy: Policy) -> Resolution:
     """The host-side veths of each container cap's containers, read now; a failed read (netlink refused,
     /proc unreadable) is a note, and the caps it concerns match nothing until the next interval."""
@@ -70,3 +53,36 @@ def cgroupv2_paths_usable() -> bool:
     # nft resolves 'socket cgroupv2' paths under /sys/fs/cgroup, so only a
     # unified mount there works; hybrid hosts keep v2 at .../unified.
     return Path("/sys/fs/cgroup/cgroup.controllers").exists()
+
+
+HOST_REFRESH_S = 300.0
+
+
+class HostNames:
+    """The policy's host names (allowlist and cap destinations) as addresses, looked up again every
+    HOST_REFRESH_S, or at once after a new policy (``expire``). An answer that fails keeps the last."""
+
+    def __init__(self) -> None:
+        self.resolved: dict[str, list[str]] = {}
+        self._at = 0.0
+
+    def expire(self) -> None:
+        self._at = 0.0
+
+    def refresh(self, policy: Policy) -> dict[str, list[str]]:
+        spec = policy.spec
+        hosts = [d.host for d in spec.allow if d.host] + [
+            d.host for c in spec.caps for d in c.match.destinations if d.host]
+        if hosts and time.monotonic() - self._at > HOST_REFRESH_S:
+            self.resolved = {**self.resolved, **resolve_hosts(hosts)}
+            self._at = time.monotonic()
+        return self.resolved
+
+
+def plan_inputs(policy: Policy, hosts: HostNames, blocked_budgets: list[str]) -> PlanInputs:
+    """What the kernel plan depends on, read from this host now. Containers come and go: resolved every
+    interval, so a new one is capped within one and a gone one's interface leaves the rule (the plan
+    changes, the table is replaced in one transaction)."""
+    ctrs = resolve_containers(policy)
+    return PlanInputs(policy, resolve_interfaces(policy.spec.interfaces), hosts.refresh(policy), blocked_budgets,
+                      cgroupv2_paths_usable(), ctrs.interfaces, ctrs.notes)

@@ -3,8 +3,10 @@ the weights it watches, its features at start (``agent_started``)."""
 
 from __future__ import annotations
 
+import os
 from typing import TypedDict
 
+from weightwarden.agent.attribution.sampler import Sampler
 from weightwarden.agent.enforce.budget import BudgetUsageJson
 from weightwarden.jsontypes import JsonObject
 
@@ -51,3 +53,11 @@ class Health(TypedDict):
     budgets: dict[str, BudgetUsageJson]
     weights: WeightsJson | None
     file_watch: FileWatchJson
+
+
+def sensor_json(sampler: Sampler | None) -> JsonObject:
+    """What the kernel sensor sees (events.SensorState as JSON); no sampler: attribution could not start."""
+    if sampler is None:
+        return {"path": "none", "kernel": os.uname().release, "degraded": True,
+                "detail": "attribution could not start (see agent_started's features)"}
+    return sampler.sensor().model_dump(mode="json", exclude_none=True)

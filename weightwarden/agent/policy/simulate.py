@@ -45,7 +45,7 @@ FlowKey = tuple[str | None, int | None, int | None, str | None, str | None]
 ProcKey = tuple[int | None, str | None, str | None]
 DestKey = tuple[str, int | None] | str
 
-CAP_HIT_FRACTION = 0.9  # the daemon's rule (daemon.Agent._account)
+CAP_HIT_FRACTION = 0.9  # the daemon's rule (daemon/accounting.py)
 CAP_HIT_REPEAT_S = 60.0
 
 __all__ = ["Alert", "CapReport", "CapSim", "LinkModel", "SimReport", "Simulation", "simulate"]
