@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from weightwarden.agent.attribution.sampler import SampleJson
+from weightwarden.agent.attribution.sample import SampleJson
 
 DEGRADED = {"path": "nfqueue", "kernel": "6.18.0", "degraded": True, "features": {
     "ebpf_path": {"on": False, "reason": "the kernel refused ww_egress, which attribution cannot do without: R2 "

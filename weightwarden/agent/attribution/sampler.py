@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NotRequired, TypedDict
 
 from weightwarden import logs
 from weightwarden.agent.attribution import containers, paths
@@ -39,12 +38,12 @@ from weightwarden.agent.attribution.paths import AttributionPath, PathContext, P
 from weightwarden.agent.attribution.rawsockets import RawSockets
 from weightwarden.agent.attribution.report import (
     LOCAL_ONLY_MIN_BYTES,
-    OtherEntry,
     PathInterval,
     ProcessEntry,
     bound_processes,
     process_entry,
 )
+from weightwarden.agent.attribution.sample import InterfaceEntry, Sample, SampleJson
 from weightwarden.agent.attribution.stages import MAX_STAGES, Stages
 from weightwarden.agent.kernel.cgroupfs import pod_names
 from weightwarden.agent.kernel.features import Feature, cgroup_layout, has_net_admin
@@ -56,8 +55,7 @@ from weightwarden.agent.kernel.interfaces import (
     read_packet_sockets,
 )
 from weightwarden.agent.kernel.procmap import ProcessInfo, ProcessTable
-from weightwarden.events import MAX_PROCESSES, EgressSample, Payload, SensorFeature, SensorState
-from weightwarden.jsontypes import JsonObject
+from weightwarden.events import MAX_PROCESSES, Payload, SensorFeature, SensorState
 
 # Re-exported: the daemon and tests build sample entries with these.
 __all__ = ["DEFAULT_QUEUE", "InterfaceEntry", "Sample", "SampleJson", "Sampler", "SamplerConfig", "bound_processes",
@@ -81,78 +79,6 @@ class SamplerConfig:
     attribution: str = "auto"  # auto (ebpf, else nfqueue), or a registered path's name
     bpf_cgroup: str | None = None  # the cgroup the eBPF programs attach to (default: the v2 root)
     bpf_pin_dir: str | None = None  # pin the eBPF programs there, so they outlive the agent (None: do not)
-
-
-class InterfaceEntry(TypedDict):
-    """One interface's bytes in a sample (events.InterfaceCounters)."""
-
-    name: str
-    tx_bytes: int
-    rx_bytes: int
-    tx_packets: int
-    tx_rate_bps: float
-    attributed_tx_bytes: NotRequired[int]
-    overhead_tx_bytes: NotRequired[int]
-    unexplained_tx_bytes: NotRequired[int]
-
-
-class SampleJson(TypedDict):
-    """A sample as ``top --json`` prints it and the daemon publishes it (events.EgressSample)."""
-
-    ts: float
-    interval_s: float
-    layer: str
-    interfaces: list[InterfaceEntry]
-    processes: list[ProcessEntry]
-    attributed_tx_bytes: int
-    unattributed_tx_bytes: int
-    unowned_flow_tx_bytes: int
-    lost_events: int
-    start_ts: NotRequired[float]
-    attribution: NotRequired[str]
-    sensor: NotRequired[JsonObject]
-    other_processes: NotRequired[OtherEntry]
-
-
-@dataclass
-class Sample:
-    ts: float
-    interval_s: float
-    interfaces: list[InterfaceEntry]
-    processes: list[ProcessEntry]
-    attributed_tx_bytes: int
-    unattributed_tx_bytes: int
-    unowned_flow_tx_bytes: int
-    lost_events: int
-    start_ts: float | None = None
-    attribution: str | None = None
-    sensor: JsonObject | None = None  # the sensor's state (events.SensorState as JSON)
-    other_processes: OtherEntry | None = None  # the senders beyond MAX_PROCESSES, summed
-
-    def to_payload(self) -> EgressSample:
-        return EgressSample.model_validate(self.to_json())
-
-    def to_json(self) -> SampleJson:
-        out: SampleJson = {
-            "ts": self.ts,
-            "interval_s": round(self.interval_s, 6),
-            "layer": "transport-payload",
-            "interfaces": self.interfaces,
-            "processes": self.processes,
-            "attributed_tx_bytes": self.attributed_tx_bytes,
-            "unattributed_tx_bytes": self.unattributed_tx_bytes,
-            "unowned_flow_tx_bytes": self.unowned_flow_tx_bytes,
-            "lost_events": self.lost_events,
-        }
-        if self.start_ts is not None:
-            out["start_ts"] = self.start_ts
-        if self.attribution is not None:
-            out["attribution"] = self.attribution
-        if self.sensor is not None:
-            out["sensor"] = self.sensor
-        if self.other_processes is not None:
-            out["other_processes"] = self.other_processes
-        return out
 
 
 def kernel_dev(st_dev: int) -> int:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from weightwarden.agent.attribution.sampler import SampleJson
+    from weightwarden.agent.attribution.sample import SampleJson
 
 
 def human_bytes(n: float) -> str:

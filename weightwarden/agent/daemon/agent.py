@@ -16,7 +16,8 @@ import time
 from pydantic import ValidationError
 
 from weightwarden import __version__, logs
-from weightwarden.agent.attribution.sampler import SampleJson, Sampler, SamplerConfig
+from weightwarden.agent.attribution.sample import SampleJson
+from weightwarden.agent.attribution.sampler import Sampler, SamplerConfig
 from weightwarden.agent.daemon import sdnotify
 from weightwarden.agent.daemon.accounting import CapAccounting
 from weightwarden.agent.daemon.config import DaemonConfig, Origin

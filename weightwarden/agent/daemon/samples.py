@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import psutil
 
-from weightwarden.agent.attribution.sampler import SampleJson
+from weightwarden.agent.attribution.sample import SampleJson
 from weightwarden.agent.enforce.budget import ThresholdWatch
 from weightwarden.agent.policy.match import Flow, allowed_by, allowlist
 from weightwarden.agent.policy.model import Policy
