@@ -21,7 +21,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from weightwarden.agent.files import kernel
 from weightwarden.agent.kernel.netlink import NetlinkSocket, attr, parse_attrs
@@ -125,7 +124,7 @@ class ExitListener:
     def read(self) -> list[ExitRecord]:
         out: list[ExitRecord] = []
         now = time.time()
-        msgs: list[Any] = []
+        msgs: list[tuple[int, int, memoryview]] = []
         while True:
             try:
                 msgs.extend(self.nl.recv_messages(block=False))
