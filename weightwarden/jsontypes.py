@@ -1,4 +1,12 @@
-"""JSON as it comes off the wire or out of a tool: one recursive type for data that is JSON by nature."""
+"""JSON as a type: for data that is JSON by nature (evidence blobs stored as JSON, API output),
+where a dataclass or a TypedDict would only restate "any JSON". Typed data inside the processes
+uses real structures; this alias is for the free-form rest."""
 
-JsonValue = str | int | float | bool | None | list["JsonValue"] | dict[str, "JsonValue"]
-JsonObject = dict[str, JsonValue]
+from __future__ import annotations
+
+from typing import TypeAlias
+
+JsonValue: TypeAlias = str | int | float | bool | None | list["JsonValue"] | dict[str, "JsonValue"]
+JsonObject: TypeAlias = dict[str, JsonValue]
+
+__all__ = ["JsonObject", "JsonValue"]
