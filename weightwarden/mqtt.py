@@ -36,7 +36,7 @@ QUERY_KEYS = {"keepalive", "replay", "ca", "cert", "key", "password_file", "clie
 
 def _readable(path: str, what: str) -> str:
     try:
-        with open(path, "rb"):
+        with Path(path).open("rb"):
             pass
     except OSError as exc:
         raise MqttURLError(f"cannot read {what} {path}: {exc.strerror}") from None

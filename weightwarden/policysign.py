@@ -25,9 +25,10 @@ import math
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -40,6 +41,17 @@ MAX_ENVELOPE = 1 << 20
 HOSTS_GLOB = re.compile(r"[A-Za-z0-9_.*?!\[\]-]{1,128}")
 MAX_VERSION = 2**62
 FIELDS = {"format", "hosts", "version", "key_id", "published_at", "policy", "signature"}
+
+
+class SignedBody(TypedDict):
+    """What the signature covers (``canonical``): everything in the envelope but the signature."""
+
+    format: str
+    hosts: str
+    version: int
+    key_id: str
+    published_at: float
+    policy: str
 
 
 class EnvelopeError(ValueError):
@@ -59,7 +71,7 @@ class Envelope:
     policy: str
     signature: str
 
-    def body(self) -> dict[str, Any]:
+    def body(self) -> SignedBody:
         return {"format": FORMAT, "hosts": self.hosts, "version": self.version, "key_id": self.key_id,
                 "published_at": self.published_at, "policy": self.policy}
 
@@ -67,7 +79,7 @@ class Envelope:
         return json.dumps({**self.body(), "signature": self.signature}).encode()
 
 
-def canonical(body: dict[str, Any]) -> bytes:
+def canonical(body: Mapping[str, object]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
@@ -112,7 +124,7 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
         raise KeyFileError(f"cannot read private key {path}: {exc.strerror}") from None
     try:
         if data.startswith(b"-----BEGIN OPENSSH PRIVATE KEY"):
-            key: Any = serialization.load_ssh_private_key(data, None)
+            key: object = serialization.load_ssh_private_key(data, None)
         else:
             key = serialization.load_pem_private_key(data, None)
     except (ValueError, TypeError) as exc:
@@ -129,7 +141,7 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
         raise KeyFileError(f"cannot read public key {path}: {exc.strerror}") from None
     try:
         if data.startswith(b"ssh-ed25519 "):
-            key: Any = serialization.load_ssh_public_key(data.strip())
+            key: object = serialization.load_ssh_public_key(data.strip())
         else:
             key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError, binascii.Error) as exc:

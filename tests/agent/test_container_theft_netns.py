@@ -72,7 +72,7 @@ def lab() -> Iterator[Lab]:
 
 
 def test_a_container_that_reads_and_uploads_the_weights_is_named_in_the_alert(lab: Lab, tmp_path: Path) -> None:
-    models = Path(tempfile.mkdtemp(prefix="ww-models-", dir="/srv" if os.path.isdir("/srv") else None))
+    models = Path(tempfile.mkdtemp(prefix="ww-models-", dir="/srv" if Path("/srv").is_dir() else None))
     volume = tmp_path / "pod-volume"  # where the container sees them
     volume.mkdir()
     try:

@@ -39,7 +39,7 @@ def podman(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podma
 
 def test_a_real_container_that_uploads_its_weights_volume_is_named_in_the_alert(
         lab: Lab, podman: Podman, tmp_path: Path) -> None:
-    models = Path(tempfile.mkdtemp(prefix="ww-models-", dir="/srv" if os.path.isdir("/srv") else None))
+    models = Path(tempfile.mkdtemp(prefix="ww-models-", dir="/srv" if Path("/srv").is_dir() else None))
     try:
         weights = models / "model-00001-of-00001.safetensors"
         weights.write_bytes(os.urandom(SIZE))

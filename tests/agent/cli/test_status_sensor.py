@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from weightwarden.agent.attribution.sample import SampleJson
+
 DEGRADED = {"path": "nfqueue", "kernel": "6.18.0", "degraded": True, "features": {
     "ebpf_path": {"on": False, "reason": "the kernel refused ww_egress, which attribution cannot do without: R2 "
                                          "type=untrusted_ptr_ expected=ptr_"}}}
@@ -47,10 +49,13 @@ def test_the_fallback_chosen_on_purpose_is_degraded_but_exits_0(tmp_path: Path) 
 def test_top_says_when_the_sensor_is_degraded_and_what_is_unexplained() -> None:
     from weightwarden.agent.cli.topview import TopState
 
-    sample = {"interval_s": 1.0, "processes": [], "attributed_tx_bytes": 0, "unattributed_tx_bytes": 5000,
-              "interfaces": [{"name": "eth0", "tx_bytes": 5000, "unexplained_tx_bytes": 3072}],
-              "sensor": {"path": "ebpf", "degraded": True, "features": {"dns_names": {"on": False}}}}
+    sample: SampleJson = {
+        "ts": 1.0, "interval_s": 1.0, "layer": "transport-payload", "processes": [], "attributed_tx_bytes": 0,
+        "unattributed_tx_bytes": 5000, "unowned_flow_tx_bytes": 0, "lost_events": 0,
+        "interfaces": [{"name": "eth0", "tx_bytes": 5000, "rx_bytes": 0, "tx_packets": 0, "tx_rate_bps": 0.0,
+                        "unexplained_tx_bytes": 3072}],
+        "sensor": {"path": "ebpf", "degraded": True, "features": {"dns_names": {"on": False}}}}
     text = TopState().render(sample)
     assert "UNEXPLAINED 3.0 KiB" in text and "sensor DEGRADED (ebpf): off: dns_names" in text
-    whole = TopState().render({**sample, "interfaces": [], "sensor": {"path": "ebpf", "degraded": False}})
+    whole = TopState().render(sample | {"interfaces": [], "sensor": {"path": "ebpf", "degraded": False}})
     assert "DEGRADED" not in whole and "UNEXPLAINED" not in whole

@@ -6,6 +6,7 @@ curl report the same layer, so they are the ground truth here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -193,10 +194,8 @@ def test_destinations_carry_the_name_that_was_looked_up(netns_pair: NetnsPair) -
         for f in etc.iterdir():
             f.unlink()
         etc.rmdir()
-        try:
+        with contextlib.suppress(OSError):
             etc.parent.rmdir()  # /etc/netns, if we were the ones who needed it
-        except OSError:
-            pass
     dests = [d for s in samples for p in s["processes"] if p["pid"] == client.pid for d in p["destinations"]]
     assert dests and all(d["address"] == pair.addr_b for d in dests)
     assert {d.get("name") for d in dests if d["port"] == TCP_PORT} == {"weights-drop.example"}

@@ -9,6 +9,7 @@ class (link-layer bytes, what the cap limits) and iperf3's goodput.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -74,10 +75,8 @@ def add_box(lab: Lab, name: str, net: int, cgroup: Path, boxes: list[Box]) -> Bo
 
 def remove_box(box: Box) -> None:
     for pid in sh("ip", "netns", "pids", box.ns, check=False).stdout.split():
-        try:
+        with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
     sh("ip", "netns", "del", box.ns, check=False)
 
 

@@ -3,6 +3,7 @@
 import json
 from typing import Any
 
+from tests.agent.enforce import nftdoc
 from tests.agent.policy.test_policy import CONTRACT
 from weightwarden.agent.enforce.backends import iptables, nftables
 from weightwarden.agent.enforce.plan import TC_MAJOR, Plan, PlanInputs, build
@@ -12,13 +13,13 @@ HEAD = "apiVersion: weightwarden/v1\nkind: EgressPolicy\nmetadata: {name: p}\nsp
 
 
 def _rules(plan: Plan) -> list[list[dict[str, Any]]]:
-    return [c["add"]["rule"]["expr"] for c in nftables.build(plan)["nftables"] if "rule" in c.get("add", {})]
+    return [r["expr"] for r in nftdoc.rules(plan)]
 
 
 def test_contract_plan() -> None:
     plan = build(PlanInputs(parse_policy(CONTRACT).policy, ["eth0"]))
     doc = json.dumps(nftables.build(plan))
-    assert nftables.build(plan)["nftables"][:3] == [{"add": {"table": {"family": "inet", "name": "weightwarden"}}},
+    assert nftdoc.commands(plan)[:3] == [{"add": {"table": {"family": "inet", "name": "weightwarden"}}},
                             {"delete": {"table": {"family": "inet", "name": "weightwarden"}}},
                             {"add": {"table": {"family": "inet", "name": "weightwarden"}}}]
     assert '{"prefix": {"addr": "198.18.9.0", "len": 24}}' in doc
@@ -30,7 +31,7 @@ def test_contract_plan() -> None:
     assert plan.tc["eth0"][0] == ["tc", "qdisc", "replace", "dev", "eth0", "root", "handle", "7757:", "htb"]
     # In place, never delete-then-add: a failure half-way must leave the previous caps, not none.
     assert all(argv[2] == "replace" for argv in plan.tc["eth0"])
-    assert ["rate", "20000000bit"] == plan.tc["eth0"][1][10:12]
+    assert plan.tc["eth0"][1][10:12] == ["rate", "20000000bit"]
 
 
 def test_monitor_only_plan_has_no_caps_and_no_classes() -> None:

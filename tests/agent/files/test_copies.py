@@ -127,7 +127,7 @@ def test_copies_from_other_mount_namespaces_are_seen(watch: Collected, weights: 
         inside(pid, "cat", str(private / "w.bin"))
         read = watch.wait("file_access", path=str(private / "w.bin"), final=True)
         assert read["staged_copy_of"] == [src] and read["exe"] == "/usr/bin/cat", __import__("json").dumps(read)
-        assert not os.path.exists(private / "w.bin"), "the host cannot see the container's tmpfs"
+        assert not (private / "w.bin").exists(), "the host cannot see the container's tmpfs"
 
 
 @load_sensitive  # a writer that exits at once is described late under load (exe lost)

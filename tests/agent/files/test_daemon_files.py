@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +48,7 @@ spec:
     assert access["data"]["pid"] > 0 and access["data"]["size"] == 3_000_000
     # `ip netns exec` gives the agent a private mount namespace, as the unit's ProtectSystem=strict does:
     # a copy made from the host's namespace must still be seen.
-    assert os.readlink(f"/proc/{daemon.proc.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    assert Path(f"/proc/{daemon.proc.pid}/ns/mnt").readlink() != Path("/proc/self/ns/mnt").readlink()
     copy = tmp_path / "elsewhere" / "innocent.bin"
     copy.parent.mkdir()
     subprocess.run(["cp", str(models / "a.safetensors"), str(copy)], check=True)

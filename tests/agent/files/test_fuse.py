@@ -64,7 +64,7 @@ def fuse(tmp_path: Path) -> Iterator[tuple[Path, Path, subprocess.Popen[bytes]]]
 
 
 def wait_marked(watch: Collected, path: Path) -> None:
-    st = os.stat(path)
+    st = Path(path).stat()
     dev = (os.major(st.st_dev), os.minor(st.st_dev))
     deadline = time.monotonic() + 5
     while dev not in watch.watcher.write_marks.devs:  # type: ignore[union-attr]

@@ -52,7 +52,7 @@ def test_a_whole_filesystem_root_is_one_mark_and_never_walked(tmpfs: Path) -> No
     w, c = started(WeightPaths([str(tmpfs)]))
     try:
         assert w.marks is not None and not w.marks.dirs, "nothing walked, nothing marked per directory"
-        st = os.stat(tmpfs)
+        st = Path(tmpfs).stat()
         assert (os.major(st.st_dev), os.minor(st.st_dev)) in w.marks.filesystems
         deep = tmpfs / "new" / "deeper" / "still"
         deep.mkdir(parents=True)  # covered the moment it exists
@@ -119,7 +119,7 @@ def test_staged_copies_stay_watched_across_restarts(tmp_path: Path) -> None:
         stop(w, c)
     saved = state / STATE_FILE
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
-    os.rename(stage / "a.bin", stage / "renamed.bin")  # while the agent was down
+    (stage / "a.bin").rename(stage / "renamed.bin")  # while the agent was down
     w, c = started(WeightPaths([f"{models}/*.safetensors"]), state)
     try:
         subprocess.run(["cat", str(stage / "renamed.bin")], stdout=subprocess.DEVNULL, check=True)

@@ -118,7 +118,7 @@ def relinks(tmp_path: Path) -> tuple[Relinks, WeightInodes, list[dict[str, Any]]
 
 
 def relink(wf_id: int, dev: tuple[int, int], ino: int, kind: int, name: str, dirname: str = "") -> wire.Relink:
-    own = os.stat("/proc/self/ns/mnt").st_ino
+    own = Path("/proc/self/ns/mnt").stat().st_ino
     return wire.Relink(os.getpid(), os.getpid(), 0, 1, 0, 1, ino, wire.kernel_dev(dev), wf_id, kind, -100, own,
                        wire.K_FILE, 265, "ln", name, dirname)
 
@@ -143,12 +143,12 @@ def test_relinks_from_the_kernel(tmp_path: Path) -> None:
     assert out[0]["from_path"] == str(src) and out[0]["pid"] == os.getpid() and str(link) in wf.names
     # A move within the tree is no event, and the new name is the weights path from then on.
     inside = tmp_path / "models" / "b.safetensors"
-    os.rename(src, inside)
+    Path(src).rename(inside)
     r.on_kernel(relink(wf.id, dev, st.st_ino, wire.RL_RENAME, str(inside)), 0.0)
     assert len(out) == 1 and wf.path == str(inside)
     # A move out of it is.
     outside = tmp_path / "other" / "x.bin"
-    os.rename(inside, outside)
+    Path(inside).rename(outside)
     r.on_kernel(relink(wf.id, dev, st.st_ino, wire.RL_RENAME, str(outside)), 0.0)
     assert out[-1]["how"] == "rename" and out[-1]["to_path"] == str(outside) and out[-1]["from_path"] == str(inside)
     assert str(inside) in wf.names[:1] and str(outside) in wf.names

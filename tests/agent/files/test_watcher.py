@@ -24,7 +24,7 @@ SIZE = 256 * 2**20
 def weights(tmp_path: Path) -> Path:
     root = tmp_path / "models"
     (root / "llama").mkdir(parents=True)
-    with open(root / "llama" / "model.safetensors", "wb") as fh:
+    with (root / "llama" / "model.safetensors").open("wb") as fh:
         fh.truncate(SIZE)  # sparse: real bytes to read, no disk spent
     (root / "llama" / "README.md").write_text("not weights")
     (root / ".canary").mkdir()

@@ -21,13 +21,13 @@ def test_a_fifo_is_known_by_its_inode_and_the_end_held(tmp_path: Path) -> None:
     w = os.open(fifo, os.O_WRONLY)
     plain = os.open(tmp_path / "plain", os.O_WRONLY | os.O_CREAT)
     try:
-        inode = os.stat(fifo).st_ino
+        inode = Path(fifo).stat().st_ino
         assert fifo_inode(f"/proc/self/fd/{r}") == inode and fifo_inode(f"/proc/self/fd/{plain}") is None
         paths: dict[int, str] = {}
         ends = dict(pipe_ends(PROC, os.getpid(), paths))
         assert ends[inode] == "rw"  # this process holds both ends, by two descriptors
         assert paths[inode] == str(fifo)
-        assert os.stat(tmp_path / "plain").st_ino not in ends, "a plain file is not a pipe"
+        assert (tmp_path / "plain").stat().st_ino not in ends, "a plain file is not a pipe"
     finally:
         for fd in (r, w, plain):
             os.close(fd)
@@ -43,7 +43,7 @@ def test_the_writers_of_a_pipe_and_of_a_fifo_are_found(tmp_path: Path) -> None:
     try:
         table = ProcessTable()
         mine = dict(table._pipe_ends(os.getpid()))
-        fifo_ino = os.stat(fifo).st_ino
+        fifo_ino = Path(fifo).stat().st_ino
         assert piped.stdout is not None
         pipe_ino = os.fstat(piped.stdout.fileno()).st_ino
         assert mine[fifo_ino] == "r" and mine[pipe_ino] == "r"

@@ -11,8 +11,8 @@ def _proc(root: Path, pid: int, inodes: list[int]) -> None:
     fd = root / str(pid) / "fd"
     fd.mkdir(parents=True)
     for i, inode in enumerate(inodes):
-        os.symlink(f"socket:[{inode}]", fd / str(i + 3))
-    os.symlink("/dev/null", fd / "0")
+        (fd / str(i + 3)).symlink_to(f"socket:[{inode}]")
+    (fd / "0").symlink_to("/dev/null")
 
 
 def test_owners_found_and_cached(tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_cgroup_layouts(tmp_path: Path) -> None:
 
 def test_pipes_are_reported(tmp_path: Path) -> None:
     _proc(tmp_path, 500, [51])
-    os.symlink("pipe:[777]", tmp_path / "500" / "fd" / "9")
+    (tmp_path / "500" / "fd" / "9").symlink_to("pipe:[777]")
     assert ProcessTable(str(tmp_path))._pipes(500) == (777,)
 
 
@@ -70,7 +70,7 @@ def test_pipe_ends_come_from_fdinfo_access_modes(tmp_path: Path) -> None:
     info = tmp_path / "600" / "fdinfo"
     info.mkdir()
     for fd, inode, flags in ((1, 900, "01"), (2, 900, "0100001"), (5, 901, "00"), (6, 902, "02")):
-        os.symlink(f"pipe:[{inode}]", tmp_path / "600" / "fd" / str(fd))
+        (tmp_path / "600" / "fd" / str(fd)).symlink_to(f"pipe:[{inode}]")
         (info / str(fd)).write_text(f"pos:\t0\nflags:\t{flags}\nmnt_id:\t15\n")
     table = ProcessTable(str(tmp_path))
     assert table._pipe_ends(600) == ((900, "w"), (901, "r"), (902, "rw"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from weightwarden.agent.enforce.backends import nftables
+from tests.agent.enforce import nftdoc
 from weightwarden.agent.enforce.plan import PlanInputs, build
 from weightwarden.agent.policy.lint import host_checks, lint
 from weightwarden.agent.policy.loader import PolicyError, load_policy, parse_policy
@@ -87,7 +87,7 @@ def test_every_cgroup_of_a_cap_is_enforced() -> None:
     policy = parse_policy(HEAD + "  caps: [{name: c, rate: 1Mbit, match: {cgroups: [a.slice/x.service, "
                                  "b.slice/y.service, /c.slice/]}}]\n").policy
     plan = build(PlanInputs(policy, ["eth0"]))
-    rules = [json.dumps(c["add"]["rule"]) for c in nftables.build(plan)["nftables"] if "rule" in c.get("add", {})]
+    rules = [json.dumps(r) for r in nftdoc.rules(plan)]
     for path, level in (("a.slice/x.service", 2), ("b.slice/y.service", 2), ("c.slice", 1)):
         assert any(f'"right": "{path}"' in r and f'"level": {level}' in r for r in rules), path
     assert not any("only the first cgroup" in n for n in plan.notes)

@@ -3,6 +3,8 @@ explained."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from weightwarden.agent.policy.explain import explain
@@ -35,7 +37,8 @@ def test_mistakes_are_errors_that_say_what_is_wrong(fragment: str, words: str) -
 
 
 def test_schema_and_explain() -> None:
-    raw = policy_schema()["$defs"]["RawSockets"]
+    schema: Any = policy_schema()  # JSON: picked apart by key
+    raw = schema["$defs"]["RawSockets"]
     assert raw["additionalProperties"] is False and raw["properties"]["action"]["enum"] == ["alert", "kill"]
     policy = parse_policy(HEAD + "  raw_sockets: {action: kill, allow: [/usr/sbin/dhclient]}\n").policy
     text = " ".join(explain(policy, 10**9)["summary"])

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from weightwarden.agent.enforce.backends import nftables
+from tests.agent.enforce import nftdoc
 from weightwarden.agent.enforce.plan import PlanInputs, build
 from weightwarden.agent.policy.loader import parse_policy
 from weightwarden.agent.policy.match import Flow, classify, compile_policy
@@ -34,7 +34,7 @@ def proc(pid: int, *dests: tuple[str, int, int], uid: int = 0, exe: str = "/usr/
 
 
 def run(policy_text: str, samples: list[dict[str, Any]]) -> dict[str, Any]:
-    return simulate(parse_policy(HEAD + policy_text).policy, samples)
+    return dict(simulate(parse_policy(HEAD + policy_text).policy, samples))
 
 
 def test_a_burst_is_held_back_for_its_wire_size_over_the_rate() -> None:
@@ -94,10 +94,10 @@ def test_simulation_and_plan_share_one_compiled_match() -> None:
     # The kernel cannot match executables: the plan leaves that cap out (never widened), and so does the
     # simulation: it gives it no traffic.
     assert compiled.notes == tuple(plan.notes) and "'prog': not enforced" in compiled.notes[0]
-    assert not any('"cap-0"' in json.dumps(c) for c in nftables.build(plan)["nftables"] if "rule" in c.get("add", {}))
+    assert not any('"cap-0"' in json.dumps(c) for c in nftdoc.commands(plan) if "rule" in c.get("add", {}))
     assert classify(compiled, Flow("192.0.2.1", 22, 5, "/usr/bin/scp")).cap == 1
     assert classify(compiled, Flow("192.0.2.1", 80, 5, "/usr/bin/scp")).cap is None  # port-qualified, in both
-    assert any('"dport"' in json.dumps(c) and '"right": 22' in json.dumps(c) for c in nftables.build(plan)["nftables"])
+    assert any('"dport"' in json.dumps(c) and '"right": 22' in json.dumps(c) for c in nftdoc.commands(plan))
     r = simulate(policy, [sample(1, proc(1, ("192.0.2.1", 22, 1000), uid=5, exe="/usr/bin/scp"))])
     assert [c["matched_bytes"] for c in r["caps"]] == [0, 1000]
 

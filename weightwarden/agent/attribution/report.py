@@ -9,7 +9,7 @@ ports still yields a small sample: its busiest destinations, then one total).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from weightwarden.agent.kernel.procmap import ProcessInfo
 from weightwarden.events import MAX_DESTINATIONS, MAX_LOCAL_PEERS, MAX_PIPES, MAX_PROCESSES, Container
@@ -17,6 +17,60 @@ from weightwarden.events import MAX_DESTINATIONS, MAX_LOCAL_PEERS, MAX_PIPES, MA
 Dest = tuple[str, int]
 DestKey = tuple[str, int, str | None]  # address, port, protocol: ICMP and raw to one address stay apart
 LOCAL_ONLY_MIN_BYTES = 4096  # a process that only talked locally is reported from this many bytes on
+
+
+# -- a sample's entries as the agent builds them: the wire's shape (events.EgressSample), keys checked by mypy.
+# Optional keys are absent, not null, as ``top --json`` has always printed them.
+
+
+class DestinationEntry(TypedDict):
+    address: str
+    port: int
+    tx_bytes: int
+    protocol: NotRequired[str]
+    accepted: NotRequired[bool]
+    connections: NotRequired[int]
+    first_ts: NotRequired[float]
+    last_ts: NotRequired[float]
+    name: NotRequired[str]  # the DNS name it was looked up by
+    allowed: NotRequired[bool]  # allowlisted by the policy in force (the daemon marks it)
+
+
+class PeerEntry(TypedDict):
+    via: str
+    tx_bytes: int
+    pid: NotRequired[int]
+    start_time: NotRequired[float]
+    name: NotRequired[str]
+    exe: NotRequired[str]
+    port: NotRequired[int]
+
+
+class OtherEntry(TypedDict):
+    """What did not fit in a bounded list: how many entries, and their bytes."""
+
+    count: int
+    tx_bytes: int
+
+
+class ProcessEntry(TypedDict):
+    pid: int
+    ppid: int | None
+    name: str
+    exe: str
+    uid: int | None
+    user: str | None
+    cmdline: list[str]
+    cgroup: str | None
+    container: dict[str, str] | None
+    start_time: float | None
+    pipes: list[int]
+    pipe_ends: dict[str, str]
+    tx_bytes: int
+    destinations: list[DestinationEntry]
+    other_destinations: NotRequired[OtherEntry]
+    local_peers: NotRequired[list[PeerEntry]]
+    other_local_peers: NotRequired[OtherEntry]
 
 
 @dataclass(slots=True)
@@ -108,27 +162,39 @@ class PathInterval:
     header_packets: int = 0
 
 
-def _destination(addr: str, port: int, d: DestStats) -> dict[str, Any]:
-    out: dict[str, Any] = {"address": addr, "port": port, "tx_bytes": d.tx_bytes}
-    for key in ("protocol", "accepted", "connections", "first_ts", "last_ts"):
-        value = getattr(d, key)
-        if value is not None:
-            out[key] = value
+def _destination(addr: str, port: int, d: DestStats) -> DestinationEntry:
+    out: DestinationEntry = {"address": addr, "port": port, "tx_bytes": d.tx_bytes}
+    if d.protocol is not None:
+        out["protocol"] = d.protocol
+    if d.accepted is not None:
+        out["accepted"] = d.accepted
+    if d.connections is not None:
+        out["connections"] = d.connections
+    if d.first_ts is not None:
+        out["first_ts"] = d.first_ts
+    if d.last_ts is not None:
+        out["last_ts"] = d.last_ts
     return out
 
 
-def _peer(p: PeerStats) -> dict[str, Any]:
-    out: dict[str, Any] = {"via": p.via, "tx_bytes": p.tx_bytes}
-    for key in ("pid", "start_time", "name", "exe", "port"):
-        value = getattr(p, key)
-        if value is not None:
-            out[key] = value
+def _peer(p: PeerStats) -> PeerEntry:
+    out: PeerEntry = {"via": p.via, "tx_bytes": p.tx_bytes}
+    if p.pid is not None:
+        out["pid"] = p.pid
+    if p.start_time is not None:
+        out["start_time"] = p.start_time
+    if p.name is not None:
+        out["name"] = p.name
+    if p.exe is not None:
+        out["exe"] = p.exe
+    if p.port is not None:
+        out["port"] = p.port
     return out
 
 
 def process_entry(pid: int, info: ProcessInfo | None,
                   dests: dict[Dest, int] | dict[DestKey, DestStats] | dict[Dest, DestStats],
-                  peers: list[PeerStats] | None = None, container: Container | None = None) -> dict[str, Any]:
+                  peers: list[PeerStats] | None = None, container: Container | None = None) -> ProcessEntry:
     """One process's line in a sample: its identity and its busiest destinations (at most
     MAX_DESTINATIONS; the rest summed in ``other_destinations``) and local peers (at most
     MAX_LOCAL_PEERS), so a sample never outgrows what the collector accepts."""
@@ -136,7 +202,7 @@ def process_entry(pid: int, info: ProcessInfo | None,
              for k, v in dests.items()}
     ranked = sorted(stats.items(), key=lambda kv: kv[1].tx_bytes, reverse=True)
     shown, rest = ranked[:MAX_DESTINATIONS], ranked[MAX_DESTINATIONS:]
-    entry: dict[str, Any] = {
+    entry: ProcessEntry = {
         "pid": pid,
         "ppid": info.ppid if info else None,
         "name": info.name if info else "?",
@@ -163,11 +229,11 @@ def process_entry(pid: int, info: ProcessInfo | None,
     return entry
 
 
-def _rank(p: dict[str, Any]) -> tuple[int, int]:
+def _rank(p: ProcessEntry) -> tuple[int, int]:
     return p["tx_bytes"], sum(peer["tx_bytes"] for peer in p.get("local_peers", []))
 
 
-def bound_processes(processes: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int] | None]:
+def bound_processes(processes: list[ProcessEntry]) -> tuple[list[ProcessEntry], OtherEntry | None]:
     """The MAX_PROCESSES busiest senders, and the rest as one total (None if nothing was cut)."""
     processes.sort(key=_rank, reverse=True)
     if len(processes) <= MAX_PROCESSES:

@@ -26,8 +26,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
 from weightwarden import logs
 from weightwarden.agent.attribution import containers, paths
@@ -36,7 +36,14 @@ from weightwarden.agent.attribution.ebpf.loader import BpfError
 from weightwarden.agent.attribution.egress import EgressExplainer, Explained, IfaceInterval, unexplained_events
 from weightwarden.agent.attribution.paths import AttributionPath, PathContext, PathUnavailable, RawPolicy
 from weightwarden.agent.attribution.rawsockets import RawSockets
-from weightwarden.agent.attribution.report import LOCAL_ONLY_MIN_BYTES, PathInterval, bound_processes, process_entry
+from weightwarden.agent.attribution.report import (
+    LOCAL_ONLY_MIN_BYTES,
+    PathInterval,
+    ProcessEntry,
+    bound_processes,
+    process_entry,
+)
+from weightwarden.agent.attribution.sample import InterfaceEntry, Sample, SampleJson
 from weightwarden.agent.attribution.stages import MAX_STAGES, Stages
 from weightwarden.agent.kernel.cgroupfs import pod_names
 from weightwarden.agent.kernel.features import Feature, cgroup_layout, has_net_admin
@@ -48,10 +55,11 @@ from weightwarden.agent.kernel.interfaces import (
     read_packet_sockets,
 )
 from weightwarden.agent.kernel.procmap import ProcessInfo, ProcessTable
-from weightwarden.events import MAX_PROCESSES, EgressSample, Payload, SensorFeature, SensorState
+from weightwarden.events import MAX_PROCESSES, Payload, SensorFeature, SensorState
 
 # Re-exported: the daemon and tests build sample entries with these.
-__all__ = ["DEFAULT_QUEUE", "Sample", "Sampler", "SamplerConfig", "bound_processes", "process_entry"]
+__all__ = ["DEFAULT_QUEUE", "InterfaceEntry", "Sample", "SampleJson", "Sampler", "SamplerConfig", "bound_processes",
+           "process_entry"]
 
 DEFAULT_QUEUE = 4242
 LOOPBACK_PREFIXES = ("lo",)
@@ -73,36 +81,6 @@ class SamplerConfig:
     bpf_pin_dir: str | None = None  # pin the eBPF programs there, so they outlive the agent (None: do not)
 
 
-@dataclass
-class Sample:
-    ts: float
-    interval_s: float
-    interfaces: list[dict[str, Any]]
-    processes: list[dict[str, Any]]
-    attributed_tx_bytes: int
-    unattributed_tx_bytes: int
-    unowned_flow_tx_bytes: int
-    lost_events: int
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_payload(self) -> EgressSample:
-        return EgressSample.model_validate(self.to_json())
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ts": self.ts,
-            "interval_s": round(self.interval_s, 6),
-            "layer": "transport-payload",
-            "interfaces": self.interfaces,
-            "processes": self.processes,
-            "attributed_tx_bytes": self.attributed_tx_bytes,
-            "unattributed_tx_bytes": self.unattributed_tx_bytes,
-            "unowned_flow_tx_bytes": self.unowned_flow_tx_bytes,
-            "lost_events": self.lost_events,
-            **self.extra,
-        }
-
-
 def kernel_dev(st_dev: int) -> int:
     """A file's device as the kernel's programs see it (MKDEV: major << 20 | minor), from stat's st_dev."""
     return os.major(st_dev) << 20 | os.minor(st_dev)
@@ -114,7 +92,7 @@ def resolve_raw_policy(kill: bool, allow: list[str]) -> RawPolicy:
     files = []
     for path in allow:
         try:
-            st = os.stat(path)
+            st = Path(path).stat()
         except OSError:
             continue
         files.append((kernel_dev(st.st_dev), st.st_ino))
@@ -278,9 +256,9 @@ class Sampler:
             return info
         return hint
 
-    def _stages(self, processes: list[dict[str, Any]], pods: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
+    def _stages(self, processes: list[ProcessEntry], pods: dict[str, tuple[str, str]]) -> list[ProcessEntry]:
         """Pipeline stages feeding the senders' pipes (attribution/stages.py): listed with tx_bytes 0."""
-        def entry(pid: int, info: ProcessInfo) -> dict[str, Any]:
+        def entry(pid: int, info: ProcessInfo) -> ProcessEntry:
             return process_entry(pid, info, {}, [], containers.with_pod_names(containers.parse(info.cgroup), pods))
 
         return self.stages.find(processes, entry, min(MAX_STAGES, MAX_PROCESSES - len(processes)))
@@ -288,7 +266,7 @@ class Sampler:
     def _report(self, interval: PathInterval) -> Sample:
         now = self.cfg.clock()
         counters = read_interfaces()
-        ifaces: list[dict[str, Any]] = []
+        ifaces: list[InterfaceEntry] = []
         total_tx = 0
         for name, c in sorted(counters.items()):
             if name.startswith(LOOPBACK_PREFIXES):
@@ -301,15 +279,15 @@ class Sampler:
             ifaces.append({"name": name, "tx_bytes": tx, "rx_bytes": rx, "tx_packets": pk, "tx_rate_bps": 0.0})
         elapsed = max(now - self._last_ts, 1e-9)
         start_ts = self._last_ts
-        for entry in ifaces:
-            entry["tx_rate_bps"] = round(entry["tx_bytes"] * 8 / elapsed, 1)
+        for iface in ifaces:
+            iface["tx_rate_bps"] = round(iface["tx_bytes"] * 8 / elapsed, 1)
         self._last_if = counters
         self._last_ts = now
         sensor = self.sensor()
         self._explain(interval, ifaces, start_ts, now, sensor)
         self._raw_events(interval)
 
-        processes = []
+        processes: list[ProcessEntry] = []
         attributed = 0
         pods = self._pod_names()
         for pid, acct in interval.accounts.items():
@@ -327,10 +305,6 @@ class Sampler:
             processes.append(entry)
         processes, other = bound_processes(processes)
         processes += self._stages(processes, pods)
-        extra: dict[str, Any] = {"start_ts": start_ts, "attribution": self.attribution,
-                                 "sensor": sensor.model_dump(mode="json", exclude_none=True)}
-        if other:
-            extra["other_processes"] = other
         return Sample(
             ts=now,
             interval_s=elapsed,
@@ -340,10 +314,13 @@ class Sampler:
             unattributed_tx_bytes=max(0, total_tx - attributed),
             unowned_flow_tx_bytes=interval.unowned,
             lost_events=self.lost_events + interval.lost,
-            extra=extra,
+            start_ts=start_ts,
+            attribution=self.attribution,
+            sensor=sensor.model_dump(mode="json", exclude_none=True),
+            other_processes=other or None,
         )
 
-    def _explain(self, interval: PathInterval, ifaces: list[dict[str, Any]], start_ts: float, now: float,
+    def _explain(self, interval: PathInterval, ifaces: list[InterfaceEntry], start_ts: float, now: float,
                  sensor: SensorState) -> None:
         """Each interface's bytes as attributed, overhead and unexplained; an event for a large unexplained part."""
         measured = [IfaceInterval(i["name"], i["tx_bytes"], i["tx_packets"]) for i in ifaces]

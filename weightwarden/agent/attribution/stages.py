@@ -12,8 +12,8 @@ decides what they link (a stage reading many pipes, a shim or a supervisor, link
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
+from weightwarden.agent.attribution.report import ProcessEntry
 from weightwarden.agent.kernel.pipes import PipeWriters
 from weightwarden.agent.kernel.procmap import ProcessInfo, ProcessTable
 
@@ -21,7 +21,7 @@ DEPTH = 3  # as the collector's relay_depth: reader -> stage -> stage -> stage -
 MAX_STAGES = 8  # per sample
 
 
-def read_ends(entry: dict[str, Any]) -> set[int]:
+def read_ends(entry: ProcessEntry) -> set[int]:
     return {int(inode) for inode, end in (entry.get("pipe_ends") or {}).items() if end == "r"}
 
 
@@ -30,15 +30,15 @@ class Stages:
         self.procs = procs
         self.writers = writers or PipeWriters(str(procs.proc_root))
 
-    def find(self, processes: list[dict[str, Any]], entry: Callable[[int, ProcessInfo], dict[str, Any]],
-             limit: int = MAX_STAGES) -> list[dict[str, Any]]:
+    def find(self, processes: list[ProcessEntry], entry: Callable[[int, ProcessInfo], ProcessEntry],
+             limit: int = MAX_STAGES) -> list[ProcessEntry]:
         """Sample entries for the stages that feed the pipes these senders read (not already listed)."""
         present = {int(p["pid"]) for p in processes}
         frontier: set[int] = set()
         for p in processes:
             if p.get("tx_bytes") or p.get("local_peers"):
                 frontier |= read_ends(p)
-        out: list[dict[str, Any]] = []
+        out: list[ProcessEntry] = []
         seen: set[int] = set()
         for _ in range(DEPTH):
             frontier -= seen

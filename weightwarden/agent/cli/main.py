@@ -11,24 +11,31 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from weightwarden import logs
 from weightwarden.agent import __version__
-from weightwarden.agent.attribution.nfqueue import rules as resolve_rules
-from weightwarden.agent.attribution.sampler import DEFAULT_QUEUE, Sampler, SamplerConfig
-from weightwarden.agent.cli.topview import TopState
+from weightwarden.agent.attribution.sampler import DEFAULT_QUEUE
+from weightwarden.agent.cli.enforce import cmd_enforce_apply, cmd_enforce_clear, load_or_report, print_plan
+from weightwarden.agent.cli.exits import EXIT_DEGRADED, EXIT_DRIFT, EXIT_FAIL, EXIT_OK, EXIT_USAGE, pin_dir
+from weightwarden.agent.cli.sensor import cmd_sensor_probe, cmd_sensor_uninstall
+from weightwarden.agent.cli.top import cmd_top
 from weightwarden.agent.daemon.paths import default_state_dir, private_dir
 from weightwarden.agent.policy import commands as policy_commands
-from weightwarden.agent.policy.loader import PolicyError, load_policy
 from weightwarden.events import default_host_id
 from weightwarden.units import parse_size
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DRIFT, EXIT_DEGRADED = 0, 1, 2, 3, 4
+if TYPE_CHECKING:  # the daemon's modules load only for ``run``
+    from weightwarden.agent.daemon.config import DaemonConfig, Origin
+    from weightwarden.agent.policy.loader import LoadedPolicy
+    from weightwarden.agent.policy.source import MqttPolicySource
+
+    # (policy source, central policy restored from the state dir, its origin)
+    Central = tuple[MqttPolicySource | None, LoadedPolicy | None, Origin | None]
+
 PIN_DIR = "/sys/fs/bpf/weightwarden"
 ENV_PIN_DIR = "WEIGHTWARDEN_BPF_PIN_DIR"
 
@@ -176,10 +183,6 @@ def _default_pin_dir() -> str:
     return os.environ.get(ENV_PIN_DIR) or PIN_DIR
 
 
-def _pin_dir(value: str) -> str | None:
-    return None if value in ("", "none") else value
-
-
 def _state_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", type=Path, default=None,
                    help="default: /var/lib/weightwarden (per network namespace), or $WEIGHTWARDEN_STATE_DIR")
@@ -187,35 +190,18 @@ def _state_args(p: argparse.ArgumentParser) -> None:
                    help="auto: nftables where nft works, else iptables; dry-run: plan and report, never touch the kernel")
 
 
-def _load_or_report(path: str) -> object:
-    """The policy, or None after saying on stderr what is wrong with it: a policy with a cap
-    selector this kernel cannot enforce is refused here as by ``policy check``, never widened."""
-    from weightwarden.agent.enforce.selectors import detect
-    from weightwarden.agent.policy.lint import unenforceable
-
-    try:
-        loaded = load_policy(path)
-    except PolicyError as exc:
-        for problem in exc.problems:
-            print(problem.render(path), file=sys.stderr)
-        return None
-    refused = unenforceable(loaded, detect())
-    for problem in refused:
-        print(problem.render(path), file=sys.stderr)
-    return None if refused else loaded
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from weightwarden.agent.daemon.agent import Agent, DaemonConfig
+    from weightwarden.agent.daemon.agent import Agent
+    from weightwarden.agent.daemon.config import DaemonConfig
     from weightwarden.agent.enforce.kernel import KernelError
     from weightwarden.agent.transport import SinkURLError, make_sink
 
-    loaded = _load_or_report(args.policy)
+    loaded = load_or_report(args.policy)
     if loaded is None:
         return EXIT_FAIL
     state_dir = args.state_dir or default_state_dir()
     if args.dry_run:
-        return _print_plan(loaded, args)
+        return print_plan(loaded, args)
     # What the daemon writes (spool, budgets, records) names processes and policies: owner only,
     # as the unit's UMask=0077 says, also when it runs outside systemd.
     os.umask(0o077)
@@ -229,22 +215,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                        backend=args.backend, sample_interval=args.sample_interval, nfqueue=not args.no_nfqueue,
                        queue_num=args.queue_num, heartbeat_interval=args.heartbeat_interval,
                        attribution=args.attribution, bpf_cgroup=args.bpf_cgroup,
-                       metrics_listen=args.metrics_listen, bpf_pin_dir=_pin_dir(args.bpf_pin_dir))
+                       metrics_listen=args.metrics_listen, bpf_pin_dir=pin_dir(args.bpf_pin_dir))
     central = _central_source(args, cfg)
     if central is None:
         return EXIT_USAGE
     source, restored, origin = central
     try:
-        agent = Agent(cfg, restored or loaded, sink, source, origin)  # type: ignore[arg-type]
+        agent = Agent(cfg, restored or loaded, sink, source, origin)
     except (KernelError, ValueError, OSError) as exc:
         print(f"weightwarden-agent: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAIL
     return asyncio.run(agent.run())
 
 
-def _central_source(args: argparse.Namespace, cfg: object) -> tuple[object, object, object] | None:
+def _central_source(args: argparse.Namespace, cfg: DaemonConfig) -> Central | None:
     """(policy source, central policy restored from the state dir, its origin); None on a usage error."""
-    from weightwarden.agent.daemon.agent import Origin
+    from weightwarden.agent.daemon.config import Origin
     from weightwarden.agent.policy.source import MqttPolicySource, Offer, PolicyGate, Refusal
     from weightwarden.mqtt import MqttSettings, MqttURLError
     from weightwarden.policysign import KeyFileError, trusted_keys
@@ -268,7 +254,7 @@ def _central_source(args: argparse.Namespace, cfg: object) -> tuple[object, obje
     except (KeyFileError, MqttURLError) as exc:
         print(f"weightwarden-agent: {exc}", file=sys.stderr)
         return None
-    gate = PolicyGate(cfg.host_id, trusted, cfg.state_dir)  # type: ignore[attr-defined]
+    gate = PolicyGate(cfg.host_id, trusted, cfg.state_dir)
     restored = gate.restore()
     if isinstance(restored, Refusal):
         # Say it once, plainly; the file's policy applies until a central one passes.
@@ -279,71 +265,6 @@ def _central_source(args: argparse.Namespace, cfg: object) -> tuple[object, obje
         return (MqttPolicySource(settings, gate), restored.loaded,
                 Origin("mqtt", env.version, env.key_id, f"mqtt:{restored.topic}"))
     return MqttPolicySource(settings, gate), None, None
-
-
-def _plan_inputs(policy: object) -> object:
-    """What the kernel plan of a policy depends on, read from this host now."""
-    from weightwarden.agent.daemon.agent import cgroupv2_paths_usable, resolve_containers, resolve_hosts, resolve_interfaces
-    from weightwarden.agent.enforce.plan import PlanInputs
-
-    spec = policy.spec  # type: ignore[attr-defined]
-    hosts = [d.host for d in spec.allow if d.host] + [d.host for c in spec.caps for d in c.match.destinations if d.host]
-    ctrs = resolve_containers(policy)
-    return PlanInputs(policy, resolve_interfaces(spec.interfaces), resolve_hosts(hosts), [],  # type: ignore[arg-type]
-                      cgroupv2_paths_usable(), ctrs.interfaces, ctrs.notes)
-
-
-def _print_plan(loaded: object, args: argparse.Namespace) -> int:
-    from weightwarden.agent.enforce.backends import documents
-    from weightwarden.agent.enforce.plan import build
-
-    inputs = _plan_inputs(loaded.policy)  # type: ignore[attr-defined]
-    plan = build(inputs)  # type: ignore[arg-type]
-    print(json.dumps({**plan.to_json(), **documents(plan)}, indent=2))
-    return EXIT_OK
-
-
-def cmd_enforce_apply(args: argparse.Namespace) -> int:
-    from weightwarden.agent.enforce.enforcer import Enforcer
-    from weightwarden.agent.enforce.kernel import KernelError
-    from weightwarden.agent.enforce.plan import PlanInputs, build
-
-    loaded = _load_or_report(args.policy)
-    if loaded is None:
-        return EXIT_FAIL
-    if args.dry_run:
-        return _print_plan(loaded, args)
-    policy = loaded.policy  # type: ignore[attr-defined]
-    inputs = _plan_inputs(policy)
-    assert isinstance(inputs, PlanInputs)
-    plan = build(inputs)
-    try:
-        enforcer = Enforcer(args.state_dir or default_state_dir(), args.backend)
-        enforcer.apply(inputs, plan, {"policy": policy.metadata.name, "policy_digest": loaded.digest,  # type: ignore[attr-defined]
-                                      "policy_path": args.policy})
-    except KernelError as exc:
-        print(f"weightwarden-agent: {exc}", file=sys.stderr)
-        return EXIT_FAIL
-    for note in plan.notes:
-        print(f"note: {note}", file=sys.stderr)
-    print(f"applied {policy.metadata.name!r} via {enforcer.backend} on {', '.join(plan.interfaces) or '(none)'}")
-    return EXIT_OK
-
-
-def cmd_enforce_clear(args: argparse.Namespace) -> int:
-    from weightwarden.agent.enforce.enforcer import Enforcer
-    from weightwarden.agent.enforce.kernel import KernelError
-
-    try:
-        removed = Enforcer(args.state_dir or default_state_dir(), args.backend).clear()
-    except KernelError as exc:
-        print(f"weightwarden-agent: {exc}", file=sys.stderr)
-        return EXIT_FAIL
-    if args.json:
-        print(json.dumps(removed))
-    else:
-        print("cleared: " + ", ".join(f"{k}={v}" for k, v in removed.items()))
-    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -367,96 +288,6 @@ def sensor_lost_something(sensor: object) -> bool:
     features = sensor.get("features")
     declined = isinstance(features, dict) and any(name.endswith("_path") for name in features)  # Sampler.sensor
     return sensor.get("path") in ("ebpf", "none") or declined
-
-
-def cmd_sensor_probe(args: argparse.Namespace) -> int:
-    from weightwarden.agent.attribution.ebpf.loader import probe_programs
-
-    found = probe_programs()
-    if args.json:
-        print(json.dumps({"error": found.error, "programs": {name: {"on": p.on, **({"reason": p.reason} if p.reason
-                                                                                 else {})}
-                                                              for name, p in found.programs.items()}}))
-    elif found.error:
-        print(f"the eBPF sensor cannot load here: {found.error}")
-    else:
-        for name, p in found.programs.items():
-            print(f"{name:<16} {'loads' if p.on else 'refused: ' + (p.reason or '?')}")
-    return EXIT_FAIL if found.error else EXIT_OK
-
-
-def cmd_sensor_uninstall(args: argparse.Namespace) -> int:
-    from weightwarden.agent.attribution.ebpf.loader import unpin
-
-    pin_dir = _pin_dir(args.bpf_pin_dir)
-    if pin_dir is None:
-        print("weightwarden-agent: --bpf-pin-dir none: nothing to remove", file=sys.stderr)
-        return EXIT_USAGE
-    done, text = unpin(pin_dir)
-    print(text, file=sys.stdout if done else sys.stderr)
-    return EXIT_OK if done else EXIT_FAIL
-
-
-def cmd_top(args: argparse.Namespace) -> int:
-    if args.dry_run:
-        plan = resolve_rules.plan(args.queue_num)
-        out = {"install": plan.install, "remove": plan.remove}
-        if args.json:
-            print(json.dumps(out))
-        else:
-            print("# rules added while top runs (removed on exit):")
-            for argv in plan.install:
-                print(" ".join(argv))
-        return EXIT_OK
-    log = logs.get("agent.top")
-    cfg = SamplerConfig(resolve_with_nfqueue=not args.no_nfqueue, queue_num=args.queue_num,
-                        attribution=args.attribution, bpf_cgroup=args.bpf_cgroup,
-                        bpf_pin_dir=_pin_dir(args.bpf_pin_dir))
-    stop = {"now": False}
-
-    def on_signal(_sig: int, _frame: object) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    sampler = Sampler(cfg)
-    try:
-        sampler.start()
-    except OSError as exc:
-        print(f"weightwarden-agent: cannot start the sampler: {exc}", file=sys.stderr)
-        sampler.close()
-        return EXIT_FAIL
-    for feature in sampler.features:
-        # Said once, at start: what works, and what is missing and why.
-        (log.info if feature.ok else log.warning)("feature", name=feature.name, ok=feature.ok, detail=feature.detail)
-    sensor = sampler.sensor()
-    (log.warning if sensor.degraded else log.info)("sensor", **sensor.model_dump(mode="json", exclude_none=True))
-    log.info("attribution", path=sampler.attribution)
-    view = TopState()
-    done = 0
-    interactive = sys.stdout.isatty() and not args.json
-    try:
-        deadline = time.monotonic()
-        while not stop["now"] and (args.count is None or done < args.count):
-            deadline += args.interval
-            time.sleep(max(0.0, deadline - time.monotonic()))
-            sample = sampler.sample().to_json()
-            for event in sampler.take_events():
-                # top publishes nothing: what the sensor raised (tampering, packet sockets, unexplained bytes)
-                # is said on stderr.
-                log.warning(event.TYPE, **event.model_dump(mode="json", exclude_none=True))
-            done += 1
-            if args.json:
-                print(json.dumps(sample), flush=True)
-            else:
-                text = view.render(sample, args.limit)
-                print(("\x1b[H\x1b[2J" if interactive else "") + text + ("" if interactive else "\n"), flush=True)
-    except KeyboardInterrupt:
-        pass
-    except BrokenPipeError:
-        sys.stderr.close()
-    finally:
-        sampler.close()
-    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

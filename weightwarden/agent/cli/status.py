@@ -4,21 +4,51 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from weightwarden.agent.enforce import tc
-from weightwarden.agent.enforce.enforcer import Enforcer, read_json
+from weightwarden.agent.enforce.enforcer import Enforcer, KernelGeneration, read_json
 from weightwarden.agent.enforce.kernel import KernelError
+from weightwarden.agent.enforce.plan import CapSlotJson
+from weightwarden.jsontypes import JsonObject, JsonValue
 from weightwarden.units import format_rate, format_size
 
 
-def collect(state_dir: Path, backend: str = "auto") -> dict[str, Any]:
+class PreviousKernel(TypedDict):
+    policy: str | None
+    applied_at: float | None
+    kernel: KernelGeneration | None
+
+
+class Status(TypedDict, total=False):
+    """``status --json``: what is in force, read back from the kernel and the agent's state files."""
+
+    state_dir: str
+    error: str
+    in_force: bool
+    backend: str
+    sensor: JsonValue  # the kernel sensor as the agent last reported it (health.json)
+    policy: str | None
+    policy_digest: str | None
+    policy_path: str | None
+    applied_at: float | None
+    interfaces: list[str]
+    caps: list[CapSlotJson]
+    drift: list[str]
+    counters: dict[str, dict[str, int]]
+    classes: dict[str, dict[str, dict[str, int]]]
+    budgets: JsonObject
+    agent: JsonObject
+    previous_kernel: PreviousKernel
+
+
+def collect(state_dir: Path, backend: str = "auto") -> Status:
     try:
         enforcer = Enforcer(state_dir, backend)
     except KernelError as exc:
         return {"state_dir": str(state_dir), "error": str(exc), "in_force": False, "drift": []}
     rec = enforcer.record
-    out: dict[str, Any] = {"state_dir": str(state_dir), "backend": enforcer.backend, "in_force": rec is not None}
+    out: Status = {"state_dir": str(state_dir), "backend": enforcer.backend, "in_force": rec is not None}
     health = read_json(state_dir / "health.json") or {}
     # The kernel sensor as the agent last reported it: the path, each capability on or off and why.
     out["sensor"] = health.get("sensor")
@@ -26,7 +56,9 @@ def collect(state_dir: Path, backend: str = "auto") -> dict[str, Any]:
         out.update({"policy": None, "drift": [], "counters": {}, "classes": {}})
         if enforcer.previous_kernel is not None:
             # Rules from before a reboot (or from a namespace since deleted): gone with that kernel.
-            out["previous_kernel"] = {k: enforcer.previous_kernel.get(k) for k in ("policy", "applied_at", "kernel")}
+            before = enforcer.previous_kernel
+            out["previous_kernel"] = {"policy": before.get("policy"), "applied_at": before.get("applied_at"),
+                                      "kernel": before.get("kernel")}
         return out
     interfaces = rec.get("interfaces", [])
     out.update({
@@ -45,18 +77,27 @@ def collect(state_dir: Path, backend: str = "auto") -> dict[str, Any]:
     return out
 
 
-def render_sensor(sensor: dict[str, Any] | None) -> list[str]:
+def _obj(value: JsonValue | None) -> JsonObject:
+    """A JSON object read back from a state file, or {} for anything else."""
+    return value if isinstance(value, dict) else {}
+
+
+def _num(value: JsonValue | None) -> float:
+    return value if isinstance(value, int | float) else 0
+
+
+def render_sensor(sensor: JsonValue | None) -> list[str]:
     if not isinstance(sensor, dict):
         return []
     state = "DEGRADED" if sensor.get("degraded") else "whole"
     lines = [f"sensor      {sensor.get('path')} on {sensor.get('kernel') or '?'}: {state}"]
-    for name, f in sorted((sensor.get("features") or {}).items()):
+    for name, f in sorted(_obj(sensor.get("features")).items()):
         if isinstance(f, dict) and not f.get("on"):
             lines.append(f"            off: {name}: {f.get('reason') or ''}")
     return lines
 
 
-def render(status: dict[str, Any]) -> str:
+def render(status: Status) -> str:
     if status.get("error"):
         return f"error: {status['error']}"
     sensor = render_sensor(status.get("sensor"))
@@ -77,12 +118,13 @@ def render(status: dict[str, Any]) -> str:
     ]
     agent = status.get("agent") or {}
     if agent:
-        watch = agent.get("file_watch", {})
-        weights = agent.get("weights", {})
+        watch = _obj(agent.get("file_watch"))
+        weights = _obj(agent.get("weights"))
         lines.insert(3, f"file watch  {watch.get('mode', 'off')}: {watch.get('detail', '')}")
         if weights:
-            lines.insert(4, f"weights     {weights.get('files', 0)} files, {format_size(weights.get('total_bytes', 0))} "
-                            f"under {', '.join(weights.get('paths', []))}")
+            paths = weights.get("paths")
+            lines.insert(4, f"weights     {weights.get('files', 0)} files, {format_size(_num(weights.get('total_bytes')))} "
+                            f"under {', '.join(str(p) for p in paths) if isinstance(paths, list) else ''}")
     lines[3:3] = sensor
     counters = status["counters"]
     for cap in status["caps"]:

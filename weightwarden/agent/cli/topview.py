@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from weightwarden.agent.attribution.sample import SampleJson
 
 
 def human_bytes(n: float) -> str:
@@ -29,7 +32,7 @@ class TopState:
 
     totals: dict[int, int] = field(default_factory=lambda: defaultdict(int))
 
-    def render(self, sample: dict[str, Any], limit: int = 20) -> str:
+    def render(self, sample: SampleJson, limit: int = 20) -> str:
         interval = max(sample.get("interval_s", 1.0), 1e-9)
         for proc in sample["processes"]:
             self.totals[proc["pid"]] += proc["tx_bytes"]
@@ -46,7 +49,9 @@ class TopState:
         )
         sensor = sample.get("sensor") or {}
         if sensor.get("degraded"):
-            off = sorted(name for name, f in (sensor.get("features") or {}).items() if not f.get("on"))
+            features = sensor.get("features")
+            off = sorted(name for name, f in (features.items() if isinstance(features, dict) else ())
+                         if not (isinstance(f, dict) and f.get("on")))
             lines.append(f"sensor DEGRADED ({sensor.get('path')}): off: {', '.join(off) or '?'}")
         lines.append("")
         lines.append(f"{'PID':>7}  {'USER':<10} {'PROGRAM':<28} {'DESTINATION':<28} {'RATE':>14} {'TOTAL':>11}")

@@ -9,43 +9,35 @@ a slow netlink dump never stalls the event flow.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import os
 import signal
-import socket
-import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import psutil
 from pydantic import ValidationError
 
 from weightwarden import __version__, logs
+from weightwarden.agent.attribution.sample import SampleJson
 from weightwarden.agent.attribution.sampler import Sampler, SamplerConfig
 from weightwarden.agent.daemon import sdnotify
+from weightwarden.agent.daemon.accounting import CapAccounting
+from weightwarden.agent.daemon.config import DaemonConfig, Origin
+from weightwarden.agent.daemon.host import HostNames, plan_inputs
 from weightwarden.agent.daemon.metrics import AgentMetrics, MetricsServer
+from weightwarden.agent.daemon.reload import PolicyReloads
+from weightwarden.agent.daemon.samples import crossed, publishable
+from weightwarden.agent.daemon.state import FeatureJson, Health, sensor_json
+from weightwarden.agent.daemon.weights import WeightWatch
 from weightwarden.agent.enforce.budget import BudgetBook, ThresholdWatch
-from weightwarden.agent.enforce.container_links import Resolution, resolve_host
-from weightwarden.agent.enforce.enforcer import Enforcer, atomic_write, read_json
-from weightwarden.agent.enforce.plan import Plan, PlanInputs, build
-from weightwarden.agent.enforce.selectors import detect as detect_support
-from weightwarden.agent.files.patterns import WeightPaths
-from weightwarden.agent.files.watcher import FileWatcher
-from weightwarden.agent.kernel.interfaces import counter_delta
-from weightwarden.agent.policy.lint import unenforceable
-from weightwarden.agent.policy.loader import LoadedPolicy, PolicyError, load_policy, stamp
-from weightwarden.agent.policy.match import Flow, allowed_by, allowlist
-from weightwarden.agent.policy.source import MqttPolicySource, Offer, Refusal
+from weightwarden.agent.enforce.enforcer import Enforcer, PolicyMeta, atomic_write, read_json
+from weightwarden.agent.enforce.plan import Plan, build
+from weightwarden.agent.policy.loader import LoadedPolicy
+from weightwarden.agent.policy.source import MqttPolicySource, Refusal
 from weightwarden.agent.transport.sink import Sink
 from weightwarden.asyncutil import wait_for_stop
 from weightwarden.events import (
     AgentStarted,
     AgentStopping,
     BudgetExhausted,
-    CapHit,
-    EgressSample,
     EnforcementDrift,
     EnforcementError,
     Event,
@@ -53,95 +45,10 @@ from weightwarden.events import (
     Heartbeat,
     Payload,
     PolicyApplied,
-    PolicyRejected,
-    ProcessEgress,
-    ThresholdCrossed,
 )
+from weightwarden.jsontypes import JsonObject
 
-HOST_REFRESH_S = 300.0
 STUCK_GRACE_S = 10.0
-CAP_HIT_REPEAT_S = 60.0
-
-
-@dataclass
-class DaemonConfig:
-    policy_path: Path
-    state_dir: Path
-    host_id: str
-    backend: str = "auto"
-    sample_interval: float = 1.0
-    nfqueue: bool = True
-    queue_num: int = 4242
-    heartbeat_interval: float = 5.0  # the collector finds an agent silent after three of these
-    attribution: str = "auto"
-    bpf_cgroup: str | None = None
-    metrics_listen: str | None = None  # HOST:PORT for /metrics (weightwarden/agent/daemon/metrics.py)
-    bpf_pin_dir: str | None = None  # eBPF programs pinned there keep counting while the agent restarts
-
-
-def resolve_interfaces(patterns: list[str]) -> list[str]:
-    names = sorted(n for n in psutil.net_if_stats() if n != "lo")
-    if not patterns:
-        return names
-    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-
-
-def resolve_hosts(hosts: list[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for host in hosts:
-        try:
-            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-        except OSError:
-            continue
-        out[host] = sorted({str(info[4][0]) for info in infos})
-    return out
-
-
-def weight_paths(loaded: LoadedPolicy) -> WeightPaths:
-    w = loaded.policy.spec.weights
-    return WeightPaths(list(w.paths), list(w.canaries))
-
-
-def annotate_allowed(sample: dict[str, Any], policy: Any, resolved: dict[str, list[str]]) -> None:
-    """Mark each destination allowlisted or not, so the collector can weigh it (the plan's own match)."""
-    allow = allowlist(policy, resolved)
-    for proc in sample["processes"]:
-        for d in proc["destinations"]:
-            d["allowed"] = allowed_by(allow, Flow(d["address"], d["port"])) is not None
-
-
-def process_alive(key: tuple[int, float | None]) -> bool:
-    """Whether (pid, start time) still names a running process (a reused pid does not)."""
-    pid, started = key
-    try:
-        return started is None or psutil.Process(pid).create_time() == started
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
-        return False
-
-
-def resolve_containers(policy: Any) -> Resolution:
-    """The host-side veths of each container cap's containers, read now; a failed read (netlink refused,
-    /proc unreadable) is a note, and the caps it concerns match nothing until the next interval."""
-    try:
-        return resolve_host(policy)
-    except Exception as exc:  # noqa: BLE001 - enforcement of every other cap goes on
-        return Resolution(notes=(f"cannot resolve container interfaces: {type(exc).__name__}: {exc}"[:500],))
-
-
-def cgroupv2_paths_usable() -> bool:
-    # nft resolves 'socket cgroupv2' paths under /sys/fs/cgroup, so only a
-    # unified mount there works; hybrid hosts keep v2 at .../unified.
-    return Path("/sys/fs/cgroup/cgroup.controllers").exists()
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Where the policy in force came from: the file, or a signed central publication."""
-
-    source: str = "file"
-    version: int | None = None
-    key_id: str | None = None
-    path: str | None = None  # the MQTT topic of a central policy
 
 
 class Agent:
@@ -151,11 +58,9 @@ class Agent:
         self.loaded = loaded
         self.sink = sink
         self.policy_source = policy_source
-        self.origin = origin or Origin()
-        self._offer: Offer | None = None  # set on the event loop by the policy source, taken by enforce_once
-        self._offer_lock = threading.Lock()
         self._applied_digest: str | None = None
         self.log = logs.get("agent.run")
+        self.policies = PolicyReloads(cfg.policy_path, origin or Origin(), self.emit, self.log)
         self.events = EventFactory(cfg.host_id, sink.prepare(cfg.host_id, cfg.state_dir))
         sink.attach(self.events)
         self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=10_000)
@@ -169,20 +74,15 @@ class Agent:
         self.thresholds = ThresholdWatch(loaded.policy.spec.thresholds)
         self.sampler: Sampler | None = None
         self.stop = asyncio.Event()
-        self.reload = asyncio.Event()
-        self.resolved: dict[str, list[str]] = {}
-        self._resolved_at = 0.0
-        self._last_counters: dict[str, int] = {}
-        self._cap_hit_at: dict[str, float] = {}
-        self._mtime = self._policy_mtime()
+        self.hosts = HostNames()
+        self.accounting = CapAccounting()
         self.plan: Plan | None = None
         self.started = time.monotonic()
         self.last_sample_done = self.last_enforce_done = self.started
         self.drift_count = 0
         self.last_sample_lag = 0.0
         self.dropped_events = 0
-        self.files: FileWatcher | None = None
-        self.weights_total: dict[str, Any] = {}
+        self.weights = WeightWatch(cfg.state_dir, self.emit)
         self.metrics = AgentMetrics()
         self.metrics.stuck_for = self.stuck_for  # /healthz asks what the watchdog asks
         # Bound here, so a port in use is a start-up error ("cannot start"), not a crash later.
@@ -211,58 +111,23 @@ class Agent:
 
     # -- policy ---------------------------------------------------------
 
-    def _policy_mtime(self) -> tuple[tuple[str, float], ...]:
-        # The base file and its drop-ins (policy.d/*.yaml): any of them changing is a reload.
-        return stamp(self.cfg.policy_path)
-
-    def offer_policy(self, offer: Offer) -> None:
-        """A central policy that passed every check (called by the policy source, on the event loop)."""
-        with self._offer_lock:
-            self._offer = offer
-
     def refuse_policy(self, refusal: Refusal) -> None:
-        self.emit(PolicyRejected(path=refusal.topic, problems=refusal.problems[:500],
-                                 kept=self.loaded.policy.metadata.name, kept_digest=self.loaded.digest,
-                                 source="mqtt", version=refusal.version))
+        self.policies.refuse(refusal, self.loaded)
 
     def _maybe_reload(self) -> None:
-        with self._offer_lock:
-            offer, self._offer = self._offer, None
+        offer = self.policies.take_offer()
         if offer is not None:
-            env = offer.envelope
-            self.origin = Origin("mqtt", env.version, env.key_id, f"mqtt:{offer.topic}")
             self._adopt(offer.loaded)
             return
-        if self.origin.source != "file":
-            return  # a central policy is in force: the local file was only the bootstrap
-        mtime = self._policy_mtime()
-        if not self.reload.is_set() and mtime == self._mtime:
+        if not self.policies.file_changed():
             return
-        self.reload.clear()
-        self._mtime = mtime
         sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
-            self._reload()
+            loaded = self.policies.load_file(self.loaded)
+            if loaded is not None:
+                self._adopt(loaded)
         finally:
             sdnotify.notify(f"READY=1\nSTATUS={self.status_line()}")
-
-    def _reload(self) -> None:
-        path = str(self.cfg.policy_path)
-        try:
-            loaded = load_policy(self.cfg.policy_path)
-            # A cap this kernel cannot enforce is refused as `policy check` refuses it, never widened.
-            refused = unenforceable(loaded, detect_support())
-            if refused:
-                raise PolicyError(refused)
-        except Exception as exc:  # noqa: BLE001 - whatever the file holds, the daemon keeps its policy
-            problems = ([p.render(path) for p in exc.problems] if isinstance(exc, PolicyError)
-                        else [f"{path}: cannot load policy: {type(exc).__name__}: {exc}"[:2000]])
-            self.log.error("policy_rejected", problems=problems, kept=self.loaded.policy.metadata.name)
-            self.emit(PolicyRejected(path=str(self.cfg.policy_path), problems=problems[:500],
-                                     kept=self.loaded.policy.metadata.name, kept_digest=self.loaded.digest,
-                                     source="file"))
-            return
-        self._adopt(loaded)
 
     def _adopt(self, loaded: LoadedPolicy) -> None:
         if loaded.digest == self.loaded.digest:
@@ -270,9 +135,8 @@ class Agent:
         self.loaded = loaded
         self.budgets = BudgetBook(loaded.policy.spec.budgets, self.budgets.to_json())
         self.thresholds = ThresholdWatch(loaded.policy.spec.thresholds)
-        self._resolved_at = 0.0
-        if self.files is not None:
-            self.files.update(weight_paths(loaded))
+        self.hosts.expire()
+        self.weights.update(loaded)
         self._apply_raw_policy()
 
     def _apply_raw_policy(self) -> None:
@@ -285,57 +149,31 @@ class Agent:
         """One line for systemctl status: the policy in force and what is watched."""
         plan = self.plan
         caps = f"{len(plan.slots)} caps on {', '.join(plan.interfaces) or 'no interface'}" if plan else "no caps yet"
-        watch = f"; watching {self.weights_total.get('files', 0)} weight files" if self.weights_total else ""
+        total = self.weights.total
+        watch = f"; watching {total['files']} weight files" if total else ""
         return f"policy {self.loaded.policy.metadata.name}: {caps}{watch}"
 
-    def _policy_meta(self) -> dict[str, Any]:
+    def _policy_meta(self) -> PolicyMeta:
         return {"policy": self.loaded.policy.metadata.name, "policy_digest": self.loaded.digest,
-                "policy_path": self.origin.path or str(self.cfg.policy_path)}
+                "policy_path": self.policies.origin.path or str(self.cfg.policy_path)}
 
     # -- enforcement ----------------------------------------------------
 
-    def _inputs(self) -> PlanInputs:
-        spec = self.loaded.policy.spec
-        hosts = [d.host for d in spec.allow if d.host] + [
-            d.host for c in spec.caps for d in c.match.destinations if d.host]
-        if hosts and time.monotonic() - self._resolved_at > HOST_REFRESH_S:
-            fresh = resolve_hosts(hosts)
-            self.resolved = {**self.resolved, **fresh}
-            self._resolved_at = time.monotonic()
-        # Containers come and go: resolved every interval, so a new one is capped within one and a gone
-        # one's interface leaves the rule (the plan changes, the table is replaced in one transaction).
-        ctrs = resolve_containers(self.loaded.policy)
-        return PlanInputs(self.loaded.policy, resolve_interfaces(spec.interfaces), self.resolved,
-                          self.budgets.blocking(), cgroupv2_paths_usable(), ctrs.interfaces, ctrs.notes)
-
     def _account(self, now: float, interval: float) -> None:
-        counters = self.enforcer.counters()
-        deltas = {}
-        for name, c in counters.items():
-            deltas[name] = counter_delta(c["bytes"], self._last_counters.get(name))
-            self._last_counters[name] = c["bytes"]
+        deltas = self.accounting.deltas(self.enforcer.counters())
         for state in self.budgets.add(now, deltas.get("egress", 0)):
             self.emit(BudgetExhausted(budget=state.name, limit_bytes=state.limit, window_s=state.window.window,
                                       action=state.action, used_bytes=state.window.total(now)))
         atomic_write(self.budget_path, self.budgets.to_json())
-        if self.plan is None:
-            return
-        for slot in self.plan.slots:
-            sent = deltas.get(slot.counter, 0)
-            rate = sent * 8 / max(interval, 1e-6)
-            hit = (slot.action == "block" and sent > 0) or (slot.action != "block" and rate >= 0.9 * slot.rate_bps)
-            last = self._cap_hit_at.get(slot.name, 0.0)
-            if hit and now - last >= CAP_HIT_REPEAT_S:
-                self._cap_hit_at[slot.name] = now
-                self.emit(CapHit(cap=slot.name, action=slot.action, rate_bps=slot.rate_bps,
-                                 observed_bps=round(rate), bytes=sent))
+        for hit in self.accounting.hits(self.plan, deltas, now, interval) if self.plan is not None else ():
+            self.emit(hit)
 
     def enforce_once(self, interval: float) -> None:
         self._maybe_reload()
         now = time.time()
         if self.plan is not None:
             self._account(now, interval)
-        inputs = self._inputs()
+        inputs = plan_inputs(self.loaded.policy, self.hosts, self.budgets.blocking())
         plan = build(inputs)
         # A new policy is announced even when its kernel plan is the same (a new version, new thresholds).
         changed = self.plan is None or plan.to_json() != self.plan.to_json() or self._applied_digest != self.loaded.digest
@@ -349,16 +187,15 @@ class Agent:
             self.log.warning("enforcement_drift", drift=result.drift)
             self.emit(EnforcementDrift(drift=result.drift, restored=result.applied))
         if result.applied:
-            # A fresh table starts its counters at zero.
-            self._last_counters = {}
+            self.accounting.restart()
         if changed:
             self.plan = plan
             self._applied_digest = self.loaded.digest
             self.emit(PolicyApplied.model_validate({
                 **self._policy_meta(), "backend": self.enforcer.backend, "interfaces": plan.interfaces,
                 "notes": plan.notes, "caps": [s.__dict__ for s in plan.slots],
-                "blocked_budgets": inputs.blocked_budgets, "source": self.origin.source,
-                "version": self.origin.version, "key_id": self.origin.key_id}))
+                "blocked_budgets": inputs.blocked_budgets, "source": self.policies.origin.source,
+                "version": self.policies.origin.version, "key_id": self.policies.origin.key_id}))
             for note in plan.notes:
                 self.log.warning("policy_note", note=note)
 
@@ -377,7 +214,7 @@ class Agent:
 
     # -- sampling -------------------------------------------------------
 
-    def _sample_once(self) -> dict[str, Any] | None:
+    def _sample_once(self) -> SampleJson | None:
         if self.sampler is None:
             return None
         return self.sampler.sample().to_json()
@@ -401,29 +238,16 @@ class Agent:
             if sample is None:
                 continue
             self.last_sample_done = time.monotonic()
-            now = time.time()
-            for proc in sample["processes"]:
-                key = (proc["pid"], proc.get("start_time"))
-                for th, total in self.thresholds.add(now, key, proc["tx_bytes"]):
-                    self.emit(ThresholdCrossed(threshold=th.name, severity=th.severity, bytes_in_window=total,
-                                               window_s=th.window, limit_bytes=th.bytes,
-                                               process=ProcessEgress.model_validate(proc)))
-            self.thresholds.forget(now, process_alive)
-            annotate_allowed(sample, self.loaded.policy, self.resolved)
+            for event in crossed(sample, self.thresholds, time.time()):
+                self.emit(event)
             try:
-                payload = EgressSample.model_validate(sample)
+                payload = publishable(sample, self.loaded.policy, self.hosts.resolved)
             except ValidationError as exc:
                 # A bug of ours, never the host's doing: say so loudly, keep sampling.
                 self.log.error("sample_invalid", error=str(exc)[:2000])
                 self.dropped_events += 1
                 continue
             self.emit(payload)
-
-    def _drain_files(self) -> None:
-        """Emit what the file watcher's thread has queued (that thread fills it, we empty it)."""
-        if self.files is not None:
-            while not self.files.out.empty():
-                self.emit(self.files.out.get_nowait())
 
     async def _sensor_loop(self) -> None:
         """The sensor's own events as they come: tampering (checked twice a second in the kernel loader),
@@ -441,29 +265,8 @@ class Agent:
                                             {**self.health(), "ts": time.time()})
             await wait_for_stop(self.stop, 0.25)
 
-    def sensor_state(self) -> dict[str, Any]:
-        if self.sampler is None:
-            return {"path": "none", "kernel": os.uname().release, "degraded": True,
-                    "detail": "attribution could not start (see agent_started's features)"}
-        return self.sampler.sensor().model_dump(mode="json", exclude_none=True)
-
-    async def _files_loop(self) -> None:
-        while not self.stop.is_set():
-            self._drain_files()
-            await wait_for_stop(self.stop, 0.2)
-
-    async def _close_files(self) -> None:
-        """Stop the watcher, emit its last records, and forget it."""
-        if self.files is not None:
-            await asyncio.to_thread(self.files.close)
-            self._drain_files()
-            self.files = None
-
-    def _measure_weights(self) -> None:
-        paths = weight_paths(self.loaded)
-        files, total = paths.total_size()
-        self.weights_total = {"paths": paths.patterns, "canaries": paths.canaries, "files": files,
-                              "total_bytes": total, "measured_at": time.time()}
+    def sensor_state(self) -> JsonObject:
+        return sensor_json(self.sampler)
 
     async def _heartbeat_loop(self) -> None:
         while not self.stop.is_set():
@@ -481,20 +284,8 @@ class Agent:
         overdue = max(now - sample_due if self.sampler is not None else 0.0, now - enforce_due)
         return round(max(0.0, overdue), 1)
 
-    async def _watchdog_loop(self, every: float) -> None:
-        # Ping systemd only while the work loops make progress: a stuck loop stops the pings,
-        # and systemd restarts the agent (caps stay in force meanwhile).
-        while not self.stop.is_set():
-            stuck = self.stuck_for()
-            if stuck == 0:
-                sdnotify.notify("WATCHDOG=1")
-            else:
-                self.log.error("agent_stuck", overdue_s=stuck,
-                               detail="a sample or enforcement pass has not finished; watchdog pings withheld")
-            await wait_for_stop(self.stop, every)
-
-    def health(self) -> dict[str, Any]:
-        rec = self.enforcer.record or {}
+    def health(self) -> Health:
+        rec = self.enforcer.record
         sink_stats = self.sink.stats()
         return {
             "uptime_s": round(time.monotonic() - self.started, 1),
@@ -511,12 +302,10 @@ class Agent:
             "rules_in_force": bool(rec),
             "attribution": self.sampler.attribution if self.sampler is not None else "none",
             "sensor": self.sensor_state(),
-            "caps": len(rec.get("caps", [])),
+            "caps": len(rec.get("caps", [])) if rec else 0,
             "budgets": self.budgets.usage(time.time()),
-            "weights": self.weights_total or None,
-            "file_watch": {"mode": self.files.mode if self.files else "off",
-                           "detail": self.files.health_detail() if self.files else "no weight paths in the policy",
-                           "dropped": self.files.dropped if self.files else 0},
+            "weights": self.weights.total,
+            "file_watch": self.weights.health(),
         }
 
     # -- lifecycle ------------------------------------------------------
@@ -525,7 +314,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
         loop.add_signal_handler(signal.SIGINT, self.stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload.set)
+        loop.add_signal_handler(signal.SIGHUP, self.policies.requested.set)
         if self.metrics_server is not None:
             self.metrics_server.start()
         await self.sink.start()
@@ -543,25 +332,18 @@ class Agent:
             await asyncio.to_thread(self._apply_raw_policy)
         except OSError as exc:
             self.log.error("sampler_unavailable", error=str(exc))
-        features = {f.name: {"ok": f.ok, "detail": f.detail} for f in sampler.features}
+        features: dict[str, FeatureJson] = {f.name: {"ok": f.ok, "detail": f.detail} for f in sampler.features}
         # Caps first: whatever happens after (a watcher that cannot start, a crash), the upload
         # caps are already in the kernel, and they stay there.
         await asyncio.to_thread(self.enforce_once, 0.0)
         self.last_enforce_done = time.monotonic()
-        spec = self.loaded.policy.spec
-        if spec.weights.paths or spec.weights.canaries:
-            self.files = FileWatcher(weight_paths(self.loaded), state_dir=self.cfg.state_dir)
-            await asyncio.to_thread(self.files.start)
-            features["file_watch"] = {"ok": self.files.mode == "fanotify", "detail": self.files.detail}
-            # Reads of the weights counted in the kernel (eBPF), or measured from /proc where it cannot.
-            features["file_reads"] = {"ok": self.files.reads == "kernel", "detail": self.files.reads_detail}
-            await asyncio.to_thread(self._measure_weights)
+        features.update(await asyncio.to_thread(self.weights.start, self.loaded))
         for name, feature in features.items():
             (self.log.info if feature["ok"] else self.log.warning)("feature", name=name, detail=feature["detail"])
         sensor = self.sensor_state()
         (self.log.warning if sensor.get("degraded") else self.log.info)("sensor", **sensor)
         self.emit(AgentStarted.model_validate({"pid": os.getpid(), **self._policy_meta(), "features": features,
-                                               "weights": self.weights_total or None, "version": __version__,
+                                               "weights": self.weights.total, "version": __version__,
                                                "attribution": sampler.attribution, "sensor": sensor}))
         await asyncio.to_thread(self.enforce_once, 0.0)
         sdnotify.notify("READY=1")
@@ -571,14 +353,14 @@ class Agent:
                 sink_task = tg.create_task(self._sink_loop())
                 workers = [tg.create_task(self._enforce_loop()), tg.create_task(self._sample_loop()),
                            tg.create_task(self._heartbeat_loop()), tg.create_task(self._sensor_loop())]
-                if self.files is not None:
-                    workers.append(tg.create_task(self._files_loop()))
+                if self.weights.files is not None:
+                    workers.append(tg.create_task(self.weights.loop(self.stop)))
                 if self.policy_source is not None:
-                    workers.append(tg.create_task(self.policy_source.run(self.stop, self.offer_policy,
+                    workers.append(tg.create_task(self.policy_source.run(self.stop, self.policies.offer,
                                                                          self.refuse_policy)))
                 every = sdnotify.watchdog_interval()
                 if every:
-                    workers.append(tg.create_task(self._watchdog_loop(every)))
+                    workers.append(tg.create_task(sdnotify.watchdog_loop(self.stop, every, self.stuck_for, self.log)))
                 await self.stop.wait()
                 sdnotify.notify("STOPPING=1")
                 for task in workers:
@@ -586,13 +368,13 @@ class Agent:
                 if self.sampler is not None:
                     for event in self.sampler.take_events():
                         self.emit(event)
-                await self._close_files()
+                await self.weights.close()
                 # Caps stay in force: stopping the agent never opens the gate.
                 self.emit(AgentStopping(reason="signal", rules_left_in_force=True))
                 await self.queue.put(None)
                 await sink_task
         finally:
-            await self._close_files()
+            await self.weights.close()
             await asyncio.to_thread(sampler.close)
             await self.sink.close()
             if self.metrics_server is not None:

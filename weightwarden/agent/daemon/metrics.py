@@ -122,7 +122,7 @@ class AgentMetrics:
     def render(self) -> str:
         lines: list[str] = []
 
-        def family(name: str, kind: str, help_: str, samples: list[tuple[dict[str, Any], float]]) -> None:
+        def family(name: str, kind: str, help_: str, samples: list[tuple[dict[str, object], float]]) -> None:
             lines.extend([f"# HELP {name} {help_}", f"# TYPE {name} {kind}"])
             for labels, value in samples:
                 lab = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())

@@ -11,8 +11,8 @@ DEFAULT_ROOT = Path("/var/lib/weightwarden")
 def netns_key() -> str:
     """'' in the host's namespace, 'netns-<inode>' inside another one."""
     try:
-        mine = os.stat("/proc/self/ns/net").st_ino
-        init = os.stat("/proc/1/ns/net").st_ino
+        mine = Path("/proc/self/ns/net").stat().st_ino
+        init = Path("/proc/1/ns/net").stat().st_ino
     except OSError:
         return ""
     return "" if mine == init else f"netns-{mine}"

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+from collections.abc import Callable
+
+from structlog.typing import FilteringBoundLogger
+
+from weightwarden.asyncutil import wait_for_stop
 
 
 def notify(message: str) -> bool:
@@ -29,3 +35,17 @@ def watchdog_interval() -> float | None:
         return int(usec) / 2e6
     except ValueError:
         return None
+
+
+async def watchdog_loop(stop: asyncio.Event, every: float, stuck_for: Callable[[], float],
+                        log: FilteringBoundLogger) -> None:
+    """Ping systemd only while the work loops make progress (``stuck_for`` is 0): a stuck loop stops the
+    pings, and systemd restarts the agent (caps stay in force meanwhile)."""
+    while not stop.is_set():
+        stuck = stuck_for()
+        if stuck == 0:
+            notify("WATCHDOG=1")
+        else:
+            log.error("agent_stuck", overdue_s=stuck,
+                      detail="a sample or enforcement pass has not finished; watchdog pings withheld")
+        await wait_for_stop(stop, every)

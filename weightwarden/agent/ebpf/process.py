@@ -15,6 +15,7 @@ import queue
 import struct
 import subprocess
 import threading
+from pathlib import Path
 from typing import IO, ClassVar
 
 T_READY, T_ERROR = 1, 2
@@ -54,7 +55,7 @@ class LoaderProcess:
         """Start the loader and wait up to ``timeout`` for its READY frame: its text. Raises ``error``.
         Its stderr goes nowhere: what it has to say comes in frames, and an unread pipe could stall it."""
         binary = argv[0]
-        if not os.path.isfile(binary) or not os.access(binary, os.X_OK):
+        if not Path(binary).is_file() or not os.access(binary, os.X_OK):
             raise self.error(f"{self.what} is not built ({binary}); scripts/bootstrap.sh builds it")
         try:
             self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

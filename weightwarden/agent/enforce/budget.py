@@ -7,9 +7,11 @@ Bytes are kept in fixed buckets (1/60 of the window), so a 24 h window costs
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
+
+from weightwarden.agent.policy.model import Budget, Threshold
 
 BUCKETS = 60
 
@@ -55,7 +57,7 @@ class RollingWindow:
         return [[s, n] for s, n in self.buckets]
 
     @classmethod
-    def from_json(cls, window: float, data: Any) -> RollingWindow:
+    def from_json(cls, window: float, data: object) -> RollingWindow:
         w = cls(window)
         if isinstance(data, list):
             for item in data:
@@ -63,6 +65,21 @@ class RollingWindow:
                     w.buckets.append((float(item[0]), int(item[1])))
         w._sum = sum(n for _, n in w.buckets)
         return w
+
+
+class SavedBudget(TypedDict):
+    """One budget in ``budgets.json``: its window, its buckets, whether it ran out."""
+
+    window: float
+    buckets: list[list[float]]
+    exhausted: bool
+
+
+class BudgetUsageJson(TypedDict):
+    used_bytes: int
+    limit_bytes: int
+    exhausted: bool
+    action: str
 
 
 @dataclass
@@ -77,11 +94,13 @@ class BudgetState:
 class BudgetBook:
     """All budgets of a policy; ``add`` returns the budgets that just ran out."""
 
-    def __init__(self, budgets: list[Any], saved: dict[str, Any] | None = None) -> None:
+    def __init__(self, budgets: list[Budget], saved: Mapping[str, object] | None = None) -> None:
         saved = saved or {}
         self.budgets: dict[str, BudgetState] = {}
         for b in budgets:
-            prev = saved.get(b.name, {})
+            prev = saved.get(b.name)
+            if not isinstance(prev, dict):
+                prev = {}
             window = RollingWindow.from_json(b.window, prev.get("buckets") if prev.get("window") == b.window else [])
             self.budgets[b.name] = BudgetState(b.name, b.bytes, window, b.action, bool(prev.get("exhausted")))
 
@@ -98,13 +117,13 @@ class BudgetBook:
     def blocking(self) -> list[str]:
         return sorted(s.name for s in self.budgets.values() if s.exhausted and s.action == "block")
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, SavedBudget]:
         return {
             name: {"window": s.window.window, "buckets": s.window.to_json(), "exhausted": s.exhausted}
             for name, s in self.budgets.items()
         }
 
-    def usage(self, now: float) -> dict[str, dict[str, Any]]:
+    def usage(self, now: float) -> dict[str, BudgetUsageJson]:
         return {name: {"used_bytes": s.window.total(now), "limit_bytes": s.limit, "exhausted": s.exhausted,
                        "action": s.action} for name, s in self.budgets.items()}
 
@@ -123,13 +142,13 @@ class ThresholdWatch:
     recently updated go first), whatever the host does.
     """
 
-    def __init__(self, thresholds: list[Any]) -> None:
+    def __init__(self, thresholds: list[Threshold]) -> None:
         self.thresholds = thresholds
         self._windows: dict[tuple[str, ProcKey], RollingWindow] = {}
         self._updated: dict[tuple[str, ProcKey], float] = {}
         self._fired: set[tuple[str, ProcKey]] = set()
 
-    def add(self, now: float, proc: ProcKey, n: int) -> list[tuple[Any, int]]:
+    def add(self, now: float, proc: ProcKey, n: int) -> list[tuple[Threshold, int]]:
         """Returns (threshold, bytes in window) for each threshold this process just crossed."""
         crossed = []
         for th in self.thresholds:
@@ -150,9 +169,8 @@ class ThresholdWatch:
     def forget(self, now: float, alive: Callable[[ProcKey], bool]) -> None:
         """Drop windows that are empty or whose process is gone; keep the count bounded."""
         for key in list(self._windows):
-            if self._windows[key].total(now) == 0:
-                self._drop(key)
-            elif self._updated[key] < now and not alive(key[1]):  # sent in this sample: alive
+            # Empty, or its process gone (one that sent in this sample is alive).
+            if self._windows[key].total(now) == 0 or (self._updated[key] < now and not alive(key[1])):
                 self._drop(key)
         if len(self._windows) > MAX_WINDOWS:
             for key in sorted(self._updated, key=self._updated.__getitem__)[:len(self._windows) - MAX_WINDOWS]:

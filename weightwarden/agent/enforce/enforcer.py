@@ -14,16 +14,46 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, cast
 
 from weightwarden.agent.enforce import backends
 from weightwarden.agent.enforce.kernel import KernelError
-from weightwarden.agent.enforce.plan import Plan, PlanInputs
+from weightwarden.agent.enforce.plan import CapSlotJson, Plan, PlanInputs
 from weightwarden.events import write_private
+from weightwarden.jsontypes import JsonObject
+
+
+class KernelGeneration(TypedDict):
+    """What identifies the kernel state our rules live in: this boot, this network namespace."""
+
+    boot_id: str | None
+    netns: int | None
+
+
+class PolicyMeta(TypedDict):
+    """Which policy a plan came from, as the record and the agent's events name it."""
+
+    policy: str
+    policy_digest: str
+    policy_path: str
+
+
+class EnforcementRecord(PolicyMeta, total=False):
+    """``enforcement.json``: what the enforcer left in the kernel (read back from disk, so any key may
+    be missing from a record an older agent wrote)."""
+
+    backend: str
+    plan_digest: str
+    interfaces: list[str]
+    caps: list[CapSlotJson]
+    applied_at: float
+    kernel: KernelGeneration
+    tc_interfaces: list[str]
+    fingerprint: backends.KernelState
 
 
 @dataclass
@@ -39,12 +69,12 @@ def plan_digest(plan: Plan, backend: backends.Backend) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def atomic_write(path: Path, data: dict[str, Any]) -> None:
+def atomic_write(path: Path, data: Mapping[str, object]) -> None:
     """A state file, replaced atomically, readable by root only (it names processes and policies)."""
     write_private(path, json.dumps(data, indent=1, sort_keys=True))
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> JsonObject | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -52,20 +82,25 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def kernel_generation() -> dict[str, Any]:
+def read_record(path: Path) -> EnforcementRecord | None:
+    """The enforcement record on disk; its keys are checked where they are read (``.get``)."""
+    return cast(EnforcementRecord | None, read_json(path))
+
+
+def kernel_generation() -> KernelGeneration:
     """What identifies the kernel state our rules live in: this boot, this network namespace."""
     try:
         boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         boot_id = None
     try:
-        netns = os.stat("/proc/self/ns/net").st_ino
+        netns = Path("/proc/self/ns/net").stat().st_ino
     except OSError:
         netns = None
     return {"boot_id": boot_id, "netns": netns}
 
 
-def same_kernel(record: dict[str, Any], generation: dict[str, Any]) -> bool:
+def same_kernel(record: EnforcementRecord, generation: KernelGeneration) -> bool:
     """A record without a generation (written before it was kept) counts as this kernel's."""
     kept = record.get("kernel")
     return not isinstance(kept, dict) or kept == generation
@@ -75,31 +110,31 @@ class Enforcer:
     def __init__(self, state_dir: Path, backend: str = "auto") -> None:
         self.record_path = state_dir / "enforcement.json"
         self.generation = kernel_generation()
-        self.record: dict[str, Any] | None = read_json(self.record_path)
+        self.record: EnforcementRecord | None = read_record(self.record_path)
         if backend == "auto" and self.record is not None and self.record.get("backend") in backends.BACKENDS:
             # What is in force decides: status, drift checks and clear read the backend that applied it.
             backend = str(self.record["backend"])
         self.kernel: backends.Backend = backends.choose(backend)
         self.backend = self.kernel.name
         # Set when the record on disk came from an earlier boot or namespace: nothing of it is in force.
-        self.previous_kernel: dict[str, Any] | None = None
+        self.previous_kernel: EnforcementRecord | None = None
         if self.record is not None and not same_kernel(self.record, self.generation):
             self.previous_kernel, self.record = self.record, None
 
-    def fingerprint(self, interfaces: list[str]) -> dict[str, Any]:
+    def fingerprint(self, interfaces: list[str]) -> backends.KernelState:
         return self.kernel.state(interfaces)
 
     def counters(self) -> dict[str, dict[str, int]]:
         return self.kernel.counters()
 
-    def apply(self, inputs: PlanInputs, plan: Plan, policy_meta: dict[str, Any]) -> None:
+    def apply(self, inputs: PlanInputs, plan: Plan, policy_meta: PolicyMeta) -> None:
         self.kernel.apply(plan)
         self.record = {
             **policy_meta,
             "backend": self.backend,
             "plan_digest": plan_digest(plan, self.kernel),
             "interfaces": plan.interfaces,
-            "caps": [s.__dict__ for s in plan.slots],
+            "caps": [s.to_json() for s in plan.slots],
             "applied_at": time.time(),
             "kernel": self.generation,
             "tc_interfaces": sorted(plan.tc),
@@ -120,12 +155,12 @@ class Enforcer:
         for iface in interfaces:
             want, have = expected.get("tc", {}).get(iface), now.get("tc", {}).get(iface)
             if want != have:
-                missing = not (have or {}).get("qdiscs") or not any(q["parent"] == "root" and q["handle"] == "7757:0"
-                                                                      for q in have.get("qdiscs", []))
+                qdiscs = (have or {}).get("qdiscs", [])
+                missing = not qdiscs or not any(q["parent"] == "root" and q["handle"] == "7757:0" for q in qdiscs)
                 found.append(f"tc qdisc missing on {iface}" if missing else f"tc classes changed on {iface}")
         return found
 
-    def reconcile(self, inputs: PlanInputs, plan: Plan, policy_meta: dict[str, Any]) -> ReconcileResult:
+    def reconcile(self, inputs: PlanInputs, plan: Plan, policy_meta: PolicyMeta) -> ReconcileResult:
         """Apply when the plan changed; otherwise repair drift. Never raises for kernel refusals."""
         try:
             if self.record is None or self.record.get("plan_digest") != plan_digest(plan, self.kernel) \
@@ -140,7 +175,7 @@ class Enforcer:
         except KernelError as exc:
             return ReconcileResult(applied=False, error=str(exc))
 
-    def clear(self) -> dict[str, Any]:
+    def clear(self) -> backends.Cleared:
         """Remove every trace of ours, whatever state a killed agent left: caps (nft, iptables, tc)
         and the owner-resolution rules (NFQUEUE chains) that only a clean stop removes; forget the record."""
         if isinstance(self.kernel, backends.DryRunBackend):
@@ -149,10 +184,7 @@ class Enforcer:
             removed = backends.clear_everything()
             removed["owner_resolution"] = clear_resolution_rules()
         self.record = None
-        try:
-            self.record_path.unlink()
-        except FileNotFoundError:
-            pass
+        self.record_path.unlink(missing_ok=True)
         return removed
 
 

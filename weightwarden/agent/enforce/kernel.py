@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-from typing import Any
+
+from weightwarden.jsontypes import JsonValue
 
 ENV = {"LANG": "C", "LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
@@ -25,6 +26,6 @@ def run(argv: list[str], stdin: str | None = None, check: bool = True) -> subpro
     return res
 
 
-def run_json(argv: list[str]) -> Any:
+def run_json(argv: list[str]) -> JsonValue:
     out = run(argv).stdout
     return json.loads(out) if out.strip() else None

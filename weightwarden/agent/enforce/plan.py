@@ -14,7 +14,7 @@ samples through the same compiled match.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
 from weightwarden.agent.policy.match import Compiled, Features, Net, Selector, compile_policy
 from weightwarden.agent.policy.model import Cap, Policy
@@ -24,6 +24,38 @@ CLASS_BASE = 0x100
 EGRESS_COUNTER = "egress"
 ALLOWED_COUNTER = "allowed"
 BUDGET_COUNTER = "budget-block"
+
+
+class NetJson(TypedDict):
+    network: str
+    ports: list[int]
+
+
+class SelectorJson(TypedDict):
+    uids: list[int]
+    cgroups: list[str]
+    iifnames: list[str] | None
+    nets: list[NetJson] | None
+
+
+class CapSlotJson(TypedDict):
+    name: str
+    index: int
+    action: str
+    rate_bps: int
+    burst_bytes: int
+    classid: str
+    counter: str
+
+
+class PlanJson(TypedDict):
+    interfaces: list[str]
+    allow: list[NetJson]
+    caps: list[CapSlotJson]
+    match: list[SelectorJson]
+    blocked_budgets: list[str]
+    tc: dict[str, list[list[str]]]
+    notes: list[str]
 
 
 @dataclass(frozen=True)
@@ -37,6 +69,10 @@ class CapSlot:
     burst_bytes: int
     classid: str
     counter: str
+
+    def to_json(self) -> CapSlotJson:
+        return CapSlotJson(name=self.name, index=self.index, action=self.action, rate_bps=self.rate_bps,
+                           burst_bytes=self.burst_bytes, classid=self.classid, counter=self.counter)
 
 
 @dataclass(frozen=True)
@@ -71,12 +107,12 @@ class Plan:
         """The caps the kernel enforces, in policy order, each with its slot (refused ones left out)."""
         return [(cc.selector, slot) for cc, slot in zip(self.compiled.caps, self.slots, strict=True) if cc.enforced]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> PlanJson:
         """Everything the rules depend on (a change here is a change in the kernel), backend-neutral."""
         return {
             "interfaces": self.interfaces,
             "allow": [_net_json(n) for n in self.compiled.allow],
-            "caps": [slot.__dict__ for slot in self.slots],
+            "caps": [slot.to_json() for slot in self.slots],
             "match": [_selector_json(sel) for sel, _slot in self.enforced()],
             "blocked_budgets": self.blocked_budgets,
             "tc": self.tc,
@@ -84,11 +120,11 @@ class Plan:
         }
 
 
-def _net_json(net: Net) -> dict[str, Any]:
+def _net_json(net: Net) -> NetJson:
     return {"network": str(net.network), "ports": list(net.ports)}
 
 
-def _selector_json(sel: Selector) -> dict[str, Any]:
+def _selector_json(sel: Selector) -> SelectorJson:
     return {"uids": list(sel.uids), "cgroups": list(sel.cgroups),
             "iifnames": None if sel.iifnames is None else list(sel.iifnames),
             "nets": None if sel.nets is None else [_net_json(n) for n in sel.nets]}

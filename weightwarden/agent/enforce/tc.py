@@ -8,7 +8,7 @@ across commands: we stop at the first error and the reconciler retries.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from pyroute2 import IPRoute
 
@@ -20,6 +20,28 @@ ROOT_HANDLE = TC_MAJOR << 16
 TC_H_ROOT = 0xFFFFFFFF
 
 
+class TcQdisc(TypedDict):
+    handle: str
+    parent: str  # "root" or MAJOR:MINOR
+    kind: str | None
+
+
+class TcClass(TypedDict):
+    classid: str
+    kind: str | None
+    rate_bps: int
+    ceil_bps: int
+    buffer: int | None
+    cbuffer: int | None
+
+
+class TcState(TypedDict):
+    """Our tree on one interface, without counters (both keys absent: the interface is gone)."""
+
+    qdiscs: NotRequired[list[TcQdisc]]
+    classes: NotRequired[list[TcClass]]
+
+
 def _fmt(handle: int) -> str:
     return f"{handle >> 16:x}:{handle & 0xFFFF:x}"
 
@@ -29,19 +51,19 @@ def _index(ipr: IPRoute, iface: str) -> int | None:
     return found[0] if found else None
 
 
-def read_interface(iface: str) -> dict[str, Any]:
+def read_interface(iface: str) -> TcState:
     """Our qdiscs and classes on ``iface`` without counters; {} if the interface is gone."""
     with IPRoute() as ipr:
         idx = _index(ipr, iface)
         if idx is None:
             return {}
-        qdiscs = [
+        qdiscs: list[TcQdisc] = [
             {"handle": _fmt(q["handle"]), "parent": "root" if q["parent"] == TC_H_ROOT else _fmt(q["parent"]),
              "kind": q.get_attr("TCA_KIND")}
             for q in ipr.get_qdiscs(idx)
             if q["parent"] == TC_H_ROOT or q["parent"] >> 16 == TC_MAJOR
         ]
-        classes = []
+        classes: list[TcClass] = []
         for c in ipr.get_classes(idx):
             if c["handle"] >> 16 != TC_MAJOR:
                 continue
@@ -101,7 +123,7 @@ def apply_plan(plan: Plan) -> None:
         apply(iface, commands)
 
 
-def read_interfaces(interfaces: list[str]) -> dict[str, dict[str, Any]]:
+def read_interfaces(interfaces: list[str]) -> dict[str, TcState]:
     return {i: read_interface(i) for i in interfaces}
 
 

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from weightwarden.agent.files.inodes import DevIno
+
 
 @dataclass
 class Session:
@@ -52,7 +54,7 @@ class Session:
     kernel: int | None = None  # bytes the kernel counted in this session (None: not counted there)
     kernel_calls: int = 0
     scan_path: str = ""  # the name its descriptors show in /proc/PID/fd (the name it was opened by)
-    file_key: Any = None  # what the file is known by (the watcher's (device, inode))
+    file_key: DevIno | None = None  # what the file is known by (the watcher's (device, inode))
 
     def bytes_so_far(self) -> int:
         if self.kernel:

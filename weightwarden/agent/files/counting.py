@@ -10,10 +10,12 @@ next session of the same process and file starts after it. Nothing here runs on 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from weightwarden import logs
@@ -24,6 +26,7 @@ from weightwarden.agent.files.ebpf import wire
 from weightwarden.agent.files.ebpf.reads import FileBpfError, KernelReads, Tally
 from weightwarden.agent.files.holders import HolderScan
 from weightwarden.agent.files.inodes import WeightFile, WeightInodes
+from weightwarden.agent.files.procio import ProcFields
 from weightwarden.agent.files.staged import StagedCopies
 from weightwarden.agent.files.who import Who, user
 from weightwarden.events import EventsDropped, Payload
@@ -72,10 +75,8 @@ class KernelCounting:
     def _on_event(self, ev: wire.Relink | wire.Opener) -> None:
         """On the loader's reader thread: handed to the watcher's."""
         self._events.put(ev)
-        try:
+        with contextlib.suppress(OSError):  # full: the watcher is awake already
             os.write(self._wake_w, b"x")
-        except OSError:
-            pass  # full: the watcher is awake already
 
     def events(self) -> list[wire.Relink | wire.Opener]:
         """Events since the last call. Openers are applied here: who a process is, as the kernel saw
@@ -219,12 +220,12 @@ class KernelCounting:
             if tally.gone:
                 self.sensor.forget([r.key])
             return
-        proc = None
+        proc: dict[str, Any] | None = None  # a plain dict: the coalescer and the copy tracker patch it
         if key not in self.coalescer.sessions:
             start = self.who.start_of(r.key.start_ns)
-            proc = self.who.alive(pid, start) or self.who.seen.get(pid) or {
+            known: ProcFields = self.who.alive(pid, start) or self.who.seen.get(pid) or {
                 "name": r.comm, "uid": r.uid, "user": user(r.uid), "ppid": r.ppid, "start_time": start}
-            proc = {k: v for k, v in proc.items() if k != "pid"}
+            proc = {k: v for k, v in known.items() if k != "pid"}
         if not wf.size:
             wf.size = _size(wf.path)  # known since its creation, written since
         sess = self.coalescer.counted(now, pid, wf.path, wf.size, tally.bytes, tally.calls, proc)
@@ -247,6 +248,6 @@ class KernelCounting:
 
 def _size(path: str) -> int:
     try:
-        return os.path.getsize(path)
+        return Path(path).stat().st_size
     except OSError:
         return 0

@@ -14,12 +14,13 @@ runs an asyncio loop per socket and cannot be read from the watcher thread.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 from weightwarden.agent.files import kernel
 from weightwarden.agent.kernel.netlink import NetlinkSocket, attr, parse_attrs
@@ -71,7 +72,7 @@ def host_netns_listener() -> ExitListener:
     cannot be joined, the agent's own is used.
     """
     try:
-        same = os.stat("/proc/2/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
+        same = Path("/proc/2/ns/net").stat().st_ino == Path("/proc/self/ns/net").stat().st_ino
     except OSError:
         same = True
     if same:
@@ -123,7 +124,7 @@ class ExitListener:
     def read(self) -> list[ExitRecord]:
         out: list[ExitRecord] = []
         now = time.time()
-        msgs: list[Any] = []
+        msgs: list[tuple[int, int, memoryview]] = []
         while True:
             try:
                 msgs.extend(self.nl.recv_messages(block=False))
@@ -150,8 +151,6 @@ class ExitListener:
         return out
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._command(TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK)
-        except OSError:
-            pass
         self.nl.close()

@@ -10,8 +10,8 @@ container's mount namespace, or after a rename, a weight file shows another path
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from weightwarden.agent.files.coalesce import Coalescer
@@ -39,7 +39,7 @@ class HolderScan:
     def scan_all(self, own_pid: int) -> None:
         """Processes that mapped weights before we started (the maps of every process, once)."""
         try:
-            pids = [int(n) for n in os.listdir(self.proc_root) if n.isdigit()]
+            pids = [int(p.name) for p in Path(self.proc_root).iterdir() if p.name.isdigit()]
         except OSError:
             return
         for pid in pids:
@@ -58,7 +58,8 @@ class HolderScan:
         for pid in list(self.copies.holders):
             self.look(pid)
 
-    def on_result(self, tag: str, pid: int, value: Any, coalescer: Coalescer) -> None:
+    def on_result(self, tag: str, pid: int, value: object, coalescer: Coalescer) -> None:
+        """What a worker found: ``premapped`` whether it maps weights (bool), ``holder`` its mappings."""
         if tag == "premapped":
             if value:
                 self.copies.reader(pid, self.describe(pid))
@@ -66,7 +67,7 @@ class HolderScan:
                 self.look(pid)
             return
         self._asked.discard(pid)
-        maps: list[Mapping] = value or []
+        maps: list[Mapping] = value if isinstance(value, list) else []
         if not maps:
             if start_time(pid, self.proc_root) is None:
                 self.copies.holders.pop(pid, None)

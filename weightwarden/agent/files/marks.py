@@ -17,8 +17,10 @@ Roots that do not exist yet are looked for at each ``sync`` (a stat each).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 from weightwarden import logs
 from weightwarden.agent.files import fanotify as fan
@@ -59,7 +61,7 @@ class WeightMarks:
             if root in self.done:
                 continue
             try:
-                st = os.stat(root)
+                st = Path(root).stat()
             except OSError:
                 continue  # not there yet
             fstype = self.table.fstype(dev_of(st))
@@ -79,7 +81,7 @@ class WeightMarks:
         if root == "/":
             return True
         try:
-            parent = os.stat(os.path.dirname(root.rstrip("/")) or "/")
+            parent = Path(root.rstrip("/")).parent.stat()  # roots are absolute (policy.model)
         except OSError:
             return False
         return parent.st_dev != st.st_dev
@@ -94,7 +96,7 @@ class WeightMarks:
                 continue
             assert self.content is not None
             try:
-                st = os.stat(m.mountpoint)
+                st = Path(m.mountpoint).stat()
                 if dev_of(st) != m.dev:
                     continue  # hidden under another mount: that one is in the table too
                 self.content.mark(m.mountpoint, FS_MASK, fan.FAN_MARK_FILESYSTEM)
@@ -107,7 +109,7 @@ class WeightMarks:
     def _walk(self, top: str) -> None:
         """Mark ``top`` and every directory under it; other filesystems met on the way are marked whole."""
         try:
-            top_dev = os.stat(top).st_dev
+            top_dev = Path(top).stat().st_dev
         except OSError:
             return
         stack = [top]
@@ -116,10 +118,8 @@ class WeightMarks:
             if d not in self.dirs:
                 self.mark_dir(d)
                 if self.on_found is not None:
-                    try:
-                        self.on_found(d, os.stat(d, follow_symlinks=False), "dir")
-                    except OSError:
-                        pass
+                    with contextlib.suppress(OSError):
+                        self.on_found(d, Path(d).lstat(), "dir")
             try:
                 entries = list(os.scandir(d))
             except OSError:

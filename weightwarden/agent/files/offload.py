@@ -13,6 +13,7 @@ for it) and its worker as stuck; a fresh worker replaces it, up to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -139,10 +140,8 @@ class Offloader:
             self._done.put((job.tag, job.pid, value))
             job.done.set()
             if not self._closed:
-                try:
+                with contextlib.suppress(OSError):  # the pipe is full (BlockingIOError): the watcher is awake
                     os.write(self._wake_w, b"x")
-                except (BlockingIOError, OSError):
-                    pass  # the pipe is full: the watcher is awake already
 
     def close(self) -> None:
         self._closed = True

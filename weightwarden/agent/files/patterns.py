@@ -6,6 +6,7 @@ import glob
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 GLOB_CHARS = set("*?[")
 
@@ -94,20 +95,21 @@ class WeightPaths:
 
     def roots(self) -> list[str]:
         """Directories to watch: the fixed prefix of each pattern, and each canary's directory."""
-        roots = {base_dir(p) for p in self.patterns} | {os.path.dirname(c) for c in self._canaries}
+        roots = {base_dir(p) for p in self.patterns} | {os.path.dirname(c) for c in self._canaries}  # noqa: PTH120 - as written
         return sorted(roots)
 
     def files(self) -> list[str]:
         seen: set[str] = set()
         for pattern in self.patterns:
-            hits = glob.glob(pattern, recursive=True) if GLOB_CHARS & set(pattern) else [pattern]
+            # glob.glob's rules are the policy's (``**`` with recursive=True, hidden names not matched by ``*``).
+            hits = glob.glob(pattern, recursive=True) if GLOB_CHARS & set(pattern) else [pattern]  # noqa: PTH207
             for hit in hits:
-                if os.path.isdir(hit):
+                if Path(hit).is_dir():
                     for d, _dirs, names in os.walk(hit):
-                        seen.update(os.path.join(d, n) for n in names)
-                elif os.path.isfile(hit):
+                        seen.update(os.path.join(d, n) for n in names)  # noqa: PTH118 - every file of the tree
+                elif Path(hit).is_file():
                     seen.add(hit)
-        return sorted(f for f in seen if os.path.isfile(f) and f not in self._canaries)
+        return sorted(f for f in seen if Path(f).is_file() and f not in self._canaries)
 
     def total_size(self) -> tuple[int, int]:
         """(files, bytes) of the weights on this host; hard links counted once."""
@@ -115,7 +117,7 @@ class WeightPaths:
         total = 0
         for f in self.files():
             try:
-                st = os.stat(f)
+                st = Path(f).stat()
             except OSError:
                 continue
             if (st.st_dev, st.st_ino) in inodes:

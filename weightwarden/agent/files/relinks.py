@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from weightwarden import logs
@@ -23,7 +24,7 @@ from weightwarden.agent.files.ebpf import wire
 from weightwarden.agent.files.inodes import WeightFile, WeightInodes
 from weightwarden.agent.files.mounts import dev_of, mount_namespaces
 from weightwarden.agent.files.patterns import WeightPaths
-from weightwarden.agent.files.procio import start_of_ns
+from weightwarden.agent.files.procio import ProcFields, start_of_ns
 from weightwarden.events import WeightsRelinked, safe_text
 
 REPEAT_S = 5.0  # one syscall can change an inode's ctime more than once: one report
@@ -39,7 +40,7 @@ def visible_path(pid: int, ns_inum: int, own_ns: int, path: str, proc_root: str 
     """
     if ns_inum == own_ns or not path.startswith("/"):
         try:
-            return path, os.stat(path, follow_symlinks=False)
+            return path, Path(path).lstat()
         except OSError:
             return path, None
     candidates = [pid]
@@ -52,9 +53,9 @@ def visible_path(pid: int, ns_inum: int, own_ns: int, path: str, proc_root: str 
         except OSError:
             continue
         try:
-            if os.readlink(f"{proc_root}/{who}/ns/mnt") != f"mnt:[{ns_inum}]":
+            if str(Path(f"{proc_root}/{who}/ns/mnt").readlink()) != f"mnt:[{ns_inum}]":
                 continue  # the pid was reused by a process elsewhere
-            return safe_text(os.readlink(f"/proc/self/fd/{fd}")), os.fstat(fd)
+            return safe_text(str(Path(f"/proc/self/fd/{fd}").readlink())), os.fstat(fd)
         except OSError:
             continue
         finally:
@@ -65,7 +66,7 @@ def visible_path(pid: int, ns_inum: int, own_ns: int, path: str, proc_root: str 
 class Relinks:
     def __init__(self, inodes: WeightInodes, weights: Callable[[], WeightPaths],
                  emit: Callable[[type[WeightsRelinked], dict[str, Any]], None],
-                 who: Callable[[int, float | None], dict[str, Any] | None], proc_root: str = "/proc",
+                 who: Callable[[int, float | None], ProcFields | None], proc_root: str = "/proc",
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.inodes = inodes
         self.weights = weights
@@ -76,7 +77,7 @@ class Relinks:
         self.log = logs.get("agent.files")
         self.reported: dict[tuple[int, str, str], float] = {}  # (file id, to_path, how) -> when
         try:
-            self.own_ns = os.stat(f"{proc_root}/self/ns/mnt").st_ino
+            self.own_ns = Path(f"{proc_root}/self/ns/mnt").stat().st_ino
         except OSError:
             self.own_ns = 0
         self.dir_names: dict[int, str] = {}  # a weight directory's id -> its name now
@@ -92,7 +93,7 @@ class Relinks:
         path, st = visible_path(ev.tgid, ev.mnt_ns, self.own_ns, os.path.normpath(seen), self.proc_root)
         here = st is not None and (dev_of(st), st.st_ino) == wf.key
         start = start_of_ns(ev.start_ns, boot)
-        proc = self.who(ev.tgid, start) or {
+        proc: ProcFields = self.who(ev.tgid, start) or {
             "pid": ev.tgid, "name": ev.comm, "uid": ev.uid, "ppid": ev.ppid, "start_time": start}
         proc["pid"] = ev.tgid
         if wf.kind == "dir":
@@ -107,7 +108,7 @@ class Relinks:
 
     def on_moved(self, wf: WeightFile, now_at: str, pid: int) -> None:
         """A file-id mark saw the inode move (no kernel programs): ``now_at`` found by its handle."""
-        proc = self.who(pid, None) or {"pid": pid}
+        proc: ProcFields = self.who(pid, None) or {"pid": pid}
         proc["pid"] = pid
         if wf.kind == "dir":
             self._dir_moved(wf, now_at, proc)
@@ -122,7 +123,7 @@ class Relinks:
 
     # -- names -------------------------------------------------------------------
 
-    def _named(self, wf: WeightFile, path: str, how: str, proc: dict[str, Any], gone: bool = False) -> None:
+    def _named(self, wf: WeightFile, path: str, how: str, proc: ProcFields, gone: bool = False) -> None:
         if how == "rename":
             self._drop_stale_names(wf)
         new = self.inodes.named(wf, path)
@@ -150,14 +151,14 @@ class Relinks:
         """Names that no longer lead to the file (the name it was renamed from)."""
         for name in list(wf.names[1:]):
             try:
-                st = os.stat(name, follow_symlinks=False)
+                st = Path(name).lstat()
                 if (dev_of(st), st.st_ino) == wf.key:
                     continue
             except OSError:
                 pass
             wf.names.remove(name)
 
-    def _dir_moved(self, d: WeightFile, now_at: str, proc: dict[str, Any]) -> None:
+    def _dir_moved(self, d: WeightFile, now_at: str, proc: ProcFields) -> None:
         """A weight directory moved: every weight file under it has a new name."""
         was = self.dir_names.get(d.id, d.path)
         if was == now_at:
@@ -168,4 +169,4 @@ class Relinks:
             current = next((n for n in reversed(wf.names) if n.startswith(was.rstrip("/") + "/")), None)
             if current is None:
                 continue
-            self._named(wf, now_at.rstrip("/") + current[len(was.rstrip("/")):], "rename", dict(proc))
+            self._named(wf, now_at.rstrip("/") + current[len(was.rstrip("/")):], "rename", proc.copy())

@@ -16,6 +16,7 @@ dropped without a look.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import threading
@@ -23,11 +24,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from weightwarden.agent.files import fanotify as fan
 from weightwarden.agent.files import kernel
-from weightwarden.agent.files.procio import identity, io_counters, scan_fds
+from weightwarden.agent.files.procio import ProcFields, identity, io_counters, scan_fds
 
 MAX_BACKLOG = 20_000  # events (each holds an open fd) waiting for the watcher thread
 IDENTITY_TTL_S = 10.0
@@ -38,7 +38,7 @@ class Snapshot:
     event: fan.FanEvent
     rchar: int | None  # the process's rchar when the event was read (None: gone, or our own)
     ts: float
-    proc: dict[str, Any] | None  # who the opener is, read at once (it may be gone a moment later)
+    proc: ProcFields | None  # who the opener is, read at once (it may be gone a moment later)
     mnt_ns: str | None = None  # its mount namespace ("mnt:[4026531841]")
     position: int | None = None  # its descriptors' offset on the file when we looked (opens only)
     io_uring: bool = False  # it has an io_uring instance (its reads through it bypass rchar)
@@ -53,7 +53,7 @@ class Snapshotter:
         self.own_pid = own_pid
         self.proc_root = proc_root
         self.backlog: deque[Snapshot] = deque()
-        self._who: dict[int, tuple[float, dict[str, Any] | None, str | None]] = {}  # pid -> (when, identity, ns)
+        self._who: dict[int, tuple[float, ProcFields | None, str | None]] = {}  # pid -> (when, identity, ns)
         self.dropped = 0
         self.overflows = 0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -120,10 +120,8 @@ class Snapshotter:
                         self.on_open(ev.pid)
             self.backlog.append(Snapshot(ev, rchar, now, proc, ns, position, ring))
         if batch:
-            try:
+            with contextlib.suppress(BlockingIOError):  # full: the watcher is awake already
                 os.write(self._wake_w, b"x")
-            except BlockingIOError:
-                pass
 
     def _position(self, ev: fan.FanEvent) -> tuple[int | None, bool]:
         """The largest offset of the opener's descriptors on this file (matched by the link text), and
@@ -134,7 +132,7 @@ class Snapshotter:
             return None, False
         return (max(f.position for f in scan.files) if scan.files else None), scan.io_uring
 
-    def _identity(self, pid: int, now: float) -> tuple[dict[str, Any] | None, str | None]:
+    def _identity(self, pid: int, now: float) -> tuple[ProcFields | None, str | None]:
         """Name, exe, uid, cgroup (kernel state only, never the opener's memory), cached a few seconds
         per pid: a loop of opens by one process costs one read."""
         hit = self._who.get(pid)
@@ -144,7 +142,7 @@ class Snapshotter:
             self._who = {p: v for p, v in self._who.items() if now - v[0] < IDENTITY_TTL_S}
         proc = identity(pid, self.proc_root)
         try:
-            ns: str | None = os.readlink(f"{self.proc_root}/{pid}/ns/mnt")
+            ns: str | None = os.readlink(f"{self.proc_root}/{pid}/ns/mnt")  # noqa: PTH115 - per opener: hot path: pathlib costs 2-4x os here on 3.11
         except OSError:
             ns = None
         self._who[pid] = (now, proc, ns)

@@ -10,6 +10,7 @@ is forgotten when its file is gone, or past ``limit`` (oldest first).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -107,19 +108,17 @@ class StagedCopies:
                 fh.write(body)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, self.file)
+            Path(tmp).replace(self.file)
         except OSError as exc:
             self.log.error("staged_copies_not_saved", path=str(self.file), error=str(exc))
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink()
 
 
 def locate(copy: StagedCopy) -> str | None:
     """The copy's path now: where it was if the inode is still there, else by its handle."""
     try:
-        st = os.stat(copy.path)
+        st = Path(copy.path).stat()
         if (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) == (*copy.dev, copy.ino):
             return copy.path
     except OSError:
@@ -137,7 +136,7 @@ def locate(copy: StagedCopy) -> str | None:
     finally:
         os.close(mount_fd)
     try:
-        path = os.readlink(f"/proc/self/fd/{fd}")
+        path = str(Path(f"/proc/self/fd/{fd}").readlink())
         st = os.fstat(fd)
     except OSError:
         return None

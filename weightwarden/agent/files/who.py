@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import pwd
 from collections import OrderedDict
-from typing import Any
+from typing import Any, cast
 
 from weightwarden.agent.attribution.containers import parse as container_of
 from weightwarden.agent.files import kernel
 from weightwarden.agent.files.ebpf import wire
 from weightwarden.agent.files.mounts import MountTable
-from weightwarden.agent.files.procio import identity, start_of_ns, start_time
+from weightwarden.agent.files.procio import ProcFields, identity, start_of_ns, start_time
 from weightwarden.events import safe_text
 
 MAX_KNOWN = 20_000
@@ -30,18 +30,20 @@ class Who:
         self.boot = boot
         self.proc_root = proc_root
         self.described: dict[int, dict[str, Any]] = {}  # pid -> command line, pipes, user (from a worker)
-        self.seen: OrderedDict[int, dict[str, Any]] = OrderedDict()  # pid -> as the kernel saw it read
+        self.seen: OrderedDict[int, ProcFields] = OrderedDict()  # pid -> as the kernel saw it read
         self.mnt_ns: dict[int, str] = {}  # pid -> its mount namespace as the kernel saw it ("mnt:[N]")
         self._cgroup_root: int | None = None
         self.exes: dict[tuple[int, int], str] = {}  # (st_dev, inode) -> an executable's path, as seen
 
-    def proc(self, pid: int, known: dict[str, Any] | None = None) -> dict[str, Any]:
+    def proc(self, pid: int, known: ProcFields | None = None) -> dict[str, Any]:
         """Who a pid is: identity from files that never touch its memory, plus what a worker read;
         as the kernel saw it when it is gone."""
-        proc = dict(known) if known is not None else identity(pid, self.proc_root)
+        # A plain dict from here: the watcher and the coalescer patch it as more is learnt.
+        found = known if known is not None else identity(pid, self.proc_root)
+        proc: dict[str, Any] | None = dict(found) if found is not None else None
         if proc is not None and proc.get("exe") and len(self.exes) < 100_000:
             try:
-                st = os.stat(proc["exe"])
+                st = os.stat(proc["exe"])  # noqa: PTH116 - per opener: hot path: pathlib costs 2-4x os here on 3.11
                 self.exes.setdefault((st.st_dev, st.st_ino), proc["exe"])
             except OSError:
                 pass
@@ -79,36 +81,36 @@ class Who:
                 self.exes.setdefault((st.st_dev, st.st_ino), os.path.realpath(entry.path))
 
     def from_exit(self, pid: int, comm: str, uid: int | None, ppid: int | None,
-                  exe: tuple[int, int] | None) -> dict[str, Any]:
+                  exe: tuple[int, int] | None) -> ProcFields:
         """A process gone before anything else named it, as its taskstats exit record does."""
-        fields: dict[str, Any] = {"name": safe_text(comm, 256) or None, "uid": uid, "ppid": ppid,
+        fields: ProcFields = {"name": safe_text(comm, 256) or None, "uid": uid, "ppid": ppid,
                                   "exe": self.exes.get(exe) if exe else None}
         if uid is not None:
             fields["user"] = user(uid)
         return fields
 
-    def alive(self, pid: int, start: float | None) -> dict[str, Any] | None:
+    def alive(self, pid: int, start: float | None) -> ProcFields | None:
         """The process's fields if it still runs (and is the one that started at ``start``)."""
         now = start_time(pid, self.proc_root)
         if now is None or (start is not None and abs(now - start) > 0.05):
             return None
-        return {"pid": pid, **self.proc(pid)}
+        return cast(ProcFields, {"pid": pid, **self.proc(pid)})  # proc() is ProcFields, widened for the watcher
 
-    def anyhow(self, pid: int, start: float | None) -> dict[str, Any] | None:
+    def anyhow(self, pid: int, start: float | None) -> ProcFields | None:
         """The process's fields from /proc while it runs, else as the kernel saw it (if it did)."""
         found = self.alive(pid, start)
-        if found is None and (seen := self.seen.get(pid)) is not None:
-            if start is None or abs(seen["start_time"] - start) <= 0.05:
-                found = {"pid": pid, **seen}
+        if found is None and (seen := self.seen.get(pid)) is not None \
+                and (start is None or abs(seen["start_time"] - start) <= 0.05):
+            found = {"pid": pid, **seen}
         return found
 
     def start_of(self, start_ns: int) -> float:
         """A start time in boot-time ns as Unix seconds (ProcessFields.start_time)."""
         return start_of_ns(start_ns, self.boot)
 
-    def from_kernel(self, ev: wire.Opener) -> dict[str, Any]:
+    def from_kernel(self, ev: wire.Opener) -> ProcFields:
         """Remember a process as the kernel saw it; its fields."""
-        fields: dict[str, Any] = {"name": ev.comm, "exe": ev.exe or None, "uid": ev.uid, "user": user(ev.uid),
+        fields: ProcFields = {"name": ev.comm, "exe": ev.exe or None, "uid": ev.uid, "user": user(ev.uid),
                                   "ppid": ev.ppid, "start_time": self.start_of(ev.start_ns)}
         if ev.args:
             fields["cmdline"] = [safe_text(a) for a in ev.args[:8]]

@@ -9,8 +9,8 @@ on a stalled FUSE or NFS server.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
+from pathlib import Path
 
 from weightwarden.agent.files import fanotify as fan
 from weightwarden.agent.files.mounts import (
@@ -36,7 +36,7 @@ class WriteMarks:
         self.failed: dict[tuple[int, int], str] = {}
         self.namespaces: dict[str, int] = {}  # mount namespace -> a process in it (at the last scan)
         try:
-            self.own_ns = os.readlink(f"{proc_root}/self/ns/mnt")
+            self.own_ns = str(Path(f"{proc_root}/self/ns/mnt").readlink())
         except OSError:
             self.own_ns = ""
 
@@ -64,7 +64,7 @@ class WriteMarks:
         error = "no mount point of it is reachable"
         for path in sb.paths:
             try:
-                if dev_of(os.stat(path)) != sb.dev:
+                if dev_of(Path(path).stat()) != sb.dev:
                     continue  # hidden under another mount
                 self.group.mark(path, fan.FAN_CLOSE_WRITE, fan.FAN_MARK_FILESYSTEM)
             except OSError as exc:

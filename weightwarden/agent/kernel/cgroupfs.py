@@ -66,7 +66,7 @@ class CgroupPaths:
         while stack and len(found) < MAX_DIRS:
             real, rel = stack.pop()
             try:
-                found[os.stat(real).st_ino] = rel
+                found[os.stat(real).st_ino] = rel  # noqa: PTH116 - every cgroup: hot path: pathlib costs 2-4x os here on 3.11
                 with os.scandir(real) as it:
                     for entry in it:
                         if entry.is_dir(follow_symlinks=False):
@@ -90,7 +90,7 @@ class CgroupPaths:
         if self.root is None:
             return None
         try:
-            return os.stat(os.path.join(self.root, rel.strip("/"))).st_ino
+            return Path(self.root, rel.strip("/")).stat().st_ino
         except OSError:
             return None
 
@@ -99,7 +99,7 @@ def pod_names(log_dir: str = "/var/log/pods") -> dict[str, tuple[str, str]]:
     """Pod UID -> (namespace, name), from the kubelet's log directories (NAMESPACE_NAME_UID)."""
     out: dict[str, tuple[str, str]] = {}
     try:
-        names = os.listdir(log_dir)
+        names = [p.name for p in Path(log_dir).iterdir()]
     except OSError:
         return out
     for entry in names:

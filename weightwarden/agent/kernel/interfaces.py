@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -147,7 +148,7 @@ class PacketSocket:
 def read_packet_sockets(proc_root: str = "/proc") -> list[PacketSocket]:
     """The packet sockets open in this network namespace ([] where the kernel has no AF_PACKET)."""
     try:
-        with open(f"{proc_root}/net/packet", encoding="ascii", errors="replace") as fh:
+        with Path(f"{proc_root}/net/packet").open(encoding="ascii", errors="replace") as fh:
             lines = fh.read().splitlines()[1:]
     except OSError:
         return []

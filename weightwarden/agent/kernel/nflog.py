@@ -8,6 +8,7 @@ traffic and attribution are not.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import struct
@@ -53,10 +54,8 @@ class NfLog:
         return self.nl.fileno()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._config(attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_UNBIND])))
-        except OSError:
-            pass
         self.nl.close()
 
     def packets(self) -> Iterator[bytes]:

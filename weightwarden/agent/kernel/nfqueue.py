@@ -9,6 +9,7 @@ full queue also lets packets through.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 from collections.abc import Callable
@@ -110,10 +111,8 @@ class NfQueue:
         return self.nl.fileno()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._config(attr(NFQA_CFG_CMD, struct.pack("!BxH", NFQNL_CFG_CMD_UNBIND, 0)))
-        except OSError:
-            pass
         self.nl.close()
 
     def accept(self, packet_id: int) -> None:

@@ -10,10 +10,13 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from weightwarden.agent.policy.loader import LoadedPolicy, PolicyError, load_policy
 from weightwarden.units import format_duration, format_rate, format_size, parse_size
+
+if TYPE_CHECKING:  # simulate loads only for ``policy simulate``
+    from weightwarden.agent.policy.simreport import SimReport
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -28,7 +31,7 @@ EXAMPLES = """examples:
 """
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     pol = sub.add_parser("policy", help="check, explain, simulate or compare policy files", epilog=EXAMPLES,
                          formatter_class=fmt)
@@ -115,7 +118,7 @@ def _host_size(loaded: LoadedPolicy) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from weightwarden.agent.daemon.agent import resolve_containers, resolve_interfaces
+    from weightwarden.agent.daemon.host import resolve_containers, resolve_interfaces
     from weightwarden.agent.enforce.selectors import detect
     from weightwarden.agent.policy.lint import container_checks, host_checks, lint, unenforceable
     from weightwarden.agent.policy.show import merged_yaml, rates
@@ -160,7 +163,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from weightwarden.agent.daemon.agent import resolve_interfaces
+    from weightwarden.agent.daemon.host import resolve_interfaces
     from weightwarden.agent.policy.explain import explain
 
     loaded = _load(args.file, args)
@@ -245,7 +248,7 @@ def _rate(bps: float) -> str:
     return format_rate(float(f"{bps:.3g}")) if bps else "-"
 
 
-def render_simulation(r: dict[str, Any]) -> str:
+def render_simulation(r: SimReport) -> str:
     lines = [f"Policy {r['policy']!r} over {r['samples']} samples ({format_duration(r['duration_s'])}"
              + (f", host {', '.join(r['hosts'])}" if r.get("hosts") else "") + f"): {format_size(r['total_bytes'])} sent.",
              ""]

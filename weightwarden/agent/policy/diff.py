@@ -8,11 +8,11 @@ or slower, and the time to move the weights off is given before and after.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import NotRequired, TypedDict
 
-from weightwarden.agent.policy.explain import describe_dest, describe_who, explain
+from weightwarden.agent.policy.explain import Explanation, describe_dest, describe_who, explain
 from weightwarden.agent.policy.match import Compiled, Flow, Verdict, classify, compile_policy
-from weightwarden.agent.policy.model import Cap, Destination, Policy
+from weightwarden.agent.policy.model import Budget, Cap, Destination, Policy, Threshold
 from weightwarden.units import format_duration, format_rate_both, format_size
 
 
@@ -72,7 +72,35 @@ def _cap_changes(old: Cap, new: Cap) -> list[str]:
     return out
 
 
-def diff(old: Policy, new: Policy, size: int | None = None) -> dict[str, Any]:
+class Fastest(TypedDict):
+    min_seconds: float
+    min_time: str
+    min_seconds_not_allowlisted: float
+    min_time_not_allowlisted: str
+
+
+class FastestChange(TypedDict):
+    before: Fastest
+    after: Fastest
+
+
+class PolicyDiff(TypedDict):
+    """``policy diff --json``: each change in words, and the time to exfiltrate before and after."""
+
+    old: str
+    new: str
+    changes: list[str]
+    weights_bytes: NotRequired[int]
+    time_to_exfiltrate: NotRequired[FastestChange]
+
+
+def _fastest(e: Explanation) -> Fastest:
+    return {"min_seconds": e["min_seconds"], "min_time": e["min_time"],
+            "min_seconds_not_allowlisted": e["min_seconds_not_allowlisted"],
+            "min_time_not_allowlisted": e["min_time_not_allowlisted"]}
+
+
+def diff(old: Policy, new: Policy, size: int | None = None) -> PolicyDiff:
     changes: list[str] = []
     co, cn = compile_policy(old), compile_policy(new)
     if old.metadata.name != new.metadata.name:
@@ -137,22 +165,14 @@ def diff(old: Policy, new: Policy, size: int | None = None) -> dict[str, Any]:
         changes.append(f"Reconciliation interval: {format_duration(old.spec.interval)} -> "
                        f"{format_duration(new.spec.interval)}.")
 
-    out: dict[str, Any] = {"old": old.metadata.name, "new": new.metadata.name, "changes": changes}
+    out: PolicyDiff = {"old": old.metadata.name, "new": new.metadata.name, "changes": changes}
     if size:
-        eo, en = explain(old, size), explain(new, size)
         out["weights_bytes"] = size
-        out["time_to_exfiltrate"] = {
-            "before": {"min_seconds": eo["min_seconds"], "min_time": eo["min_time"],
-                       "min_seconds_not_allowlisted": eo["min_seconds_not_allowlisted"],
-                       "min_time_not_allowlisted": eo["min_time_not_allowlisted"]},
-            "after": {"min_seconds": en["min_seconds"], "min_time": en["min_time"],
-                      "min_seconds_not_allowlisted": en["min_seconds_not_allowlisted"],
-                      "min_time_not_allowlisted": en["min_time_not_allowlisted"]},
-        }
+        out["time_to_exfiltrate"] = {"before": _fastest(explain(old, size)), "after": _fastest(explain(new, size))}
     return out
 
 
-def _limit(item: Any) -> str:
-    if hasattr(item, "action"):
+def _limit(item: Budget | Threshold) -> str:
+    if isinstance(item, Budget):
         return f"{format_size(item.bytes)} per {format_duration(item.window)}, then {item.action}"
     return f"{format_size(item.bytes)} within {format_duration(item.window)}, {item.severity}"

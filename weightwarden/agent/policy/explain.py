@@ -4,10 +4,39 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 from weightwarden.agent.policy.model import Cap, Destination, Policy
 from weightwarden.units import format_duration, format_rate, format_rate_both, format_size
+
+
+class RouteJson(TypedDict):
+    name: str
+    description: str
+    rate_bps: float | None
+    blocked: bool
+    seconds: float | None
+
+
+class Explanation(TypedDict):
+    """``policy explain --json``: the policy in words, each route off the host, the fastest of them."""
+
+    policy: str
+    weights_bytes: int
+    summary: list[str]
+    routes: list[RouteJson]
+    min_seconds: float
+    min_time: str
+    min_seconds_not_allowlisted: float
+    min_time_not_allowlisted: str
+
+
+class TimeToExfiltrate(TypedDict):
+    weights_bytes: int
+    min_seconds: float
+    min_time: str
+    min_seconds_not_allowlisted: float
+    min_time_not_allowlisted: str
 
 
 @dataclass
@@ -18,8 +47,9 @@ class Route:
     blocked: bool
     seconds: float | None  # to move the weights; None: unbounded by policy
 
-    def to_json(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+    def to_json(self) -> RouteJson:
+        return {"name": self.name, "description": self.description, "rate_bps": self.rate_bps,
+                "blocked": self.blocked, "seconds": self.seconds}
 
 
 def weights_size(policy: Policy) -> int:
@@ -52,7 +82,7 @@ def describe_who(cap: Cap) -> str:
     return f"{who} {to}"
 
 
-def explain(policy: Policy, size: int, n_interfaces: int = 1) -> dict[str, Any]:
+def explain(policy: Policy, size: int, n_interfaces: int = 1) -> Explanation:
     spec = policy.spec
     lines: list[str] = []
     routes: list[Route] = []

@@ -54,11 +54,11 @@ def _name_of(item: Node) -> Any:
     return None
 
 
-def _dotted(path: tuple[Any, ...]) -> str:
+def _dotted(path: tuple[object, ...]) -> str:
     return ".".join(str(p) for p in path)
 
 
-def merge(base: Node, overlay: Node, path: tuple[Any, ...] = ()) -> Node:
+def merge(base: Node, overlay: Node, path: tuple[object, ...] = ()) -> Node:
     """``overlay`` (a later file) over ``base``."""
     if isinstance(base.value, dict) and isinstance(overlay.value, dict):
         out = dict(base.value)
@@ -76,7 +76,7 @@ def merge(base: Node, overlay: Node, path: tuple[Any, ...] = ()) -> Node:
     return overlay
 
 
-def _merge_named(base: Node, overlay: Node, path: tuple[Any, ...]) -> Node:
+def _merge_named(base: Node, overlay: Node, path: tuple[object, ...]) -> Node:
     items: list[Node | None] = list(base.value)
     for item in overlay.value:
         name = _name_of(item)

@@ -7,17 +7,17 @@ the policy in force and says why (see ``yamldoc`` for what is refused).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from weightwarden.agent.policy.layers import LayerError, drop_in_dir, drop_in_files, merge_all
 from weightwarden.agent.policy.model import Policy
 from weightwarden.agent.policy.yamldoc import MAX_BYTES, DocumentError, Node, compose, decode, plain, sources
+from weightwarden.jsontypes import JsonObject
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class LoadedPolicy:
     digest: str
     files: tuple[str, ...] = ()  # the base file, then the drop-ins merged over it, in order
     sources: dict[str, str] = field(default_factory=dict)  # dotted path -> "file:line" that set it
-    data: dict[str, Any] = field(default_factory=dict)  # the merged document, as written (units as strings)
+    data: JsonObject = field(default_factory=dict)  # the merged document, as written (units as strings)
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
@@ -125,7 +125,7 @@ def parse_policy(text: str | bytes, source: str = "<policy>") -> LoadedPolicy:
 
 def _read(path: Path) -> bytes:
     try:
-        with open(path, "rb") as fh:
+        with path.open("rb") as fh:
             raw = fh.read(MAX_BYTES + 1)
     except OSError as exc:
         raise PolicyError([Problem("", None, f"cannot read policy: {exc.strerror}", str(path))]) from None
@@ -152,11 +152,9 @@ def stamp(path: str | Path) -> tuple[tuple[str, float], ...]:
     out: list[tuple[str, float]] = []
     for p in [base, drop_in_dir(base)]:
         try:
-            out.append((str(p), os.stat(p).st_mtime))
+            out.append((str(p), p.stat().st_mtime))
         except OSError:
             out.append((str(p), 0.0))
-    try:
+    with contextlib.suppress(OSError):
         out += [(str(p), p.stat().st_mtime) for p in drop_in_files(base)]
-    except OSError:
-        pass
     return tuple(out)

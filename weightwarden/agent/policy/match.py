@@ -17,7 +17,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from weightwarden.agent.attribution.containers import parse as container_of
 from weightwarden.agent.enforce.container_links import matches as container_matches
@@ -74,10 +73,9 @@ class Selector:
             return False
         if self.executables and flow.exe not in self.executables:
             return False
-        if self.containers:
-            # A replay knows the sender's cgroup, not its interface: the container is judged from the path.
-            if not any(container_matches(sel, container_of(flow.cgroup)) for sel in self.containers):
-                return False
+        # A replay knows the sender's cgroup, not its interface: the container is judged from the path.
+        if self.containers and not any(container_matches(sel, container_of(flow.cgroup)) for sel in self.containers):
+            return False
         if self.nets is None:
             return True
         ip = flow.ip
@@ -128,7 +126,8 @@ class Compiled:
     uses_exe: bool = False
     uses_cgroup: bool = False
 
-    def process_key(self, uid: int | None, exe: str | None, cgroup: str | None) -> tuple[Any, ...]:
+    def process_key(self, uid: int | None, exe: str | None, cgroup: str | None) -> tuple[int | None, str | None, str | None]:
+        """(uid, exe, cgroup) with what no selector asks left out (None): the key a replay caches verdicts by."""
         return (uid if self.uses_uid else None, exe if self.uses_exe else None,
                 cgroup if self.uses_cgroup else None)
 

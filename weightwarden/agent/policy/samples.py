@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import orjson  # 2-3x json's speed on sample lines: most of a day's replay is parsing (bench/simulate.py)
+
+from weightwarden.jsontypes import JsonObject
 
 
 @dataclass
@@ -32,7 +34,7 @@ class ReadStats:
             self.problems.append(f"{where}: {why}")
 
 
-def _sample_of(doc: Any, stats: ReadStats, host: str | None) -> dict[str, Any] | None:
+def _sample_of(doc: object, stats: ReadStats, host: str | None) -> JsonObject | None:
     if not isinstance(doc, dict):
         return None
     if "type" in doc and isinstance(doc.get("data"), dict):
@@ -48,14 +50,14 @@ def _sample_of(doc: Any, stats: ReadStats, host: str | None) -> dict[str, Any] |
             return {}
         if isinstance(ev_host, str):
             stats.hosts.add(ev_host)
-        data: dict[str, Any] = doc["data"]
+        data: JsonObject = doc["data"]
         return data
     if "processes" in doc and "ts" in doc:
         return doc
     return None
 
 
-def read_samples(stream: IO[bytes], name: str, stats: ReadStats, host: str | None = None) -> Iterator[dict[str, Any]]:
+def read_samples(stream: IO[bytes], name: str, stats: ReadStats, host: str | None = None) -> Iterator[JsonObject]:
     """Samples in file order; ``stats`` fills in as they are read."""
     for number, line in enumerate(stream, start=1):
         stats.lines += 1

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import json
 from importlib import resources
-from typing import Any
 
 from weightwarden.agent.policy.model import Policy
+from weightwarden.jsontypes import JsonObject
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 FILENAME = "policy.schema.json"
 
 
-def policy_schema() -> dict[str, Any]:
+def policy_schema() -> JsonObject:
     schema = Policy.model_json_schema(mode="validation")
     return {"$schema": DIALECT, "title": "weightwarden EgressPolicy (apiVersion weightwarden/v1)",
             "description": "An egress policy for weightwarden-agent: allowlist, caps, budgets, thresholds, weights. "

@@ -16,7 +16,7 @@ def _flow(value: Any) -> str:
     return text[1:-1]
 
 
-def _dotted(path: tuple[Any, ...]) -> str:
+def _dotted(path: tuple[object, ...]) -> str:
     out = ""
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -27,10 +27,10 @@ def merged_yaml(loaded: LoadedPolicy) -> str:
     """The merged policy as YAML, each value followed by '# file:line' where it was set."""
     rows: list[tuple[str, str]] = []
 
-    def src(path: tuple[Any, ...]) -> str:
+    def src(path: tuple[object, ...]) -> str:
         return loaded.sources.get(_dotted(path), "")
 
-    def walk(value: Any, path: tuple[Any, ...], indent: str, first_prefix: str | None = None) -> None:
+    def walk(value: Any, path: tuple[object, ...], indent: str, first_prefix: str | None = None) -> None:
         prefix = first_prefix if first_prefix is not None else indent
         if isinstance(value, dict):
             if not value:

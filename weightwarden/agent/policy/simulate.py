@@ -26,7 +26,6 @@ fraction of a percent; they are modelled as payload.
 from __future__ import annotations
 
 import fnmatch
-import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -34,80 +33,22 @@ from typing import Any
 
 from weightwarden.agent.enforce.budget import BudgetBook, ThresholdWatch
 from weightwarden.agent.policy.explain import describe_dest
+from weightwarden.agent.policy.fluid import CapSim, LinkModel
 from weightwarden.agent.policy.match import Compiled, Features, Flow, Verdict, classify, compile_policy
 from weightwarden.agent.policy.model import Policy
+from weightwarden.agent.policy.simreport import Alert, CapReport, SimReport
+from weightwarden.jsontypes import JsonObject, JsonValue
 
-CAP_HIT_FRACTION = 0.9  # the daemon's rule (daemon.Agent._account)
+# The simulation's keys: (address, port key, uid, executable, cgroup) for a flow, (uid, exe, cgroup) for a
+# process (None where unknown), and a destination's (address, port key), or its address alone.
+FlowKey = tuple[str | None, int | None, int | None, str | None, str | None]
+ProcKey = tuple[int | None, str | None, str | None]
+DestKey = tuple[str, int | None] | str
+
+CAP_HIT_FRACTION = 0.9  # the daemon's rule (daemon/accounting.py)
 CAP_HIT_REPEAT_S = 60.0
-ETH_HEADER = 14
 
-
-@dataclass(frozen=True)
-class LinkModel:
-    mtu: int = 1500
-
-    def factor(self, ipv6: bool) -> float:
-        ip_tcp = (40 if ipv6 else 20) + 20 + 12  # IP + TCP + timestamps option
-        mss = self.mtu - ip_tcp
-        return (self.mtu + ETH_HEADER) / mss
-
-    def describe(self) -> str:
-        v4 = self.factor(False)
-        return (f"samples count transport payload, caps count link-layer frames: payload is scaled by "
-                f"{self.mtu + ETH_HEADER}/{self.mtu - 52} = {v4:.4f} (IPv4, TCP, MTU {self.mtu}; "
-                f"{self.factor(True):.4f} for IPv6); budgets are modelled as payload")
-
-
-@dataclass
-class CapSim:
-    name: str
-    action: str
-    rate_bps: int
-    matched_bytes: int = 0  # transport payload
-    matched_wire_bytes: float = 0.0
-    peak_bps: float = 0.0  # offered, link layer, averaged over one sample interval
-    peak_at: float | None = None
-    held_back_s: float = 0.0
-    max_delay_s: float = 0.0
-    max_delay_at: float | None = None
-    blocked_bytes: int = 0
-    first_held_at: float | None = None
-    backlog: float = 0.0  # wire bytes queued
-    window_bytes: float = 0.0  # what the kernel's counter would show in this enforcement interval
-    last_hit: float = -math.inf
-
-    def queue(self, ts: float, wire: float, dt: float) -> float:
-        """Offer ``wire`` bytes over ``dt`` seconds; returns the bytes that left."""
-        r = self.rate_bps / 8.0
-        q0 = self.backlog
-        arrive = wire / dt
-        if q0 <= 0 and arrive <= r:
-            bind, q1 = 0.0, 0.0
-        elif arrive >= r:
-            bind, q1 = dt, q0 + wire - r * dt
-        else:
-            empty_after = q0 / (r - arrive)
-            bind, q1 = (dt, q0 - (r - arrive) * dt) if empty_after >= dt else (empty_after, 0.0)
-        if bind > 0 and self.first_held_at is None:
-            self.first_held_at = ts - dt
-        self.held_back_s += bind
-        delay = max(q0, q1) / r
-        if delay > self.max_delay_s:
-            self.max_delay_s, self.max_delay_at = delay, ts
-        self.backlog = q1
-        return q0 + wire - q1
-
-    def report(self) -> dict[str, Any]:
-        drain = self.backlog / (self.rate_bps / 8.0) if self.action == "shape" and self.rate_bps else 0.0
-        return {
-            "name": self.name, "action": self.action, "rate_bps": self.rate_bps,
-            "matched_bytes": self.matched_bytes, "matched_wire_bytes": round(self.matched_wire_bytes),
-            "peak_bps": round(self.peak_bps), "peak_at": self.peak_at,
-            # traffic still queued when the samples end is held back until it drains
-            "held_back_s": round(self.held_back_s + drain, 3), "max_delay_s": round(self.max_delay_s, 3),
-            "max_delay_at": self.max_delay_at, "first_held_at": self.first_held_at,
-            "blocked_bytes": self.blocked_bytes, "backlog_at_end_bytes": round(self.backlog),
-        }
+__all__ = ["Alert", "CapReport", "CapSim", "LinkModel", "SimReport", "Simulation", "simulate"]
 
 
 @dataclass
@@ -134,15 +75,15 @@ class Simulation:
         self.uncovered = 0
         self.covered_iface = 0
         self.all_iface = 0
-        self.alerts: list[dict[str, Any]] = []
+        self.alerts: list[Alert] = []
         self.blocking_from: dict[str, float] = {}  # budget -> when the kernel would start dropping
         self.peak_budget: dict[str, int] = {b.name: 0 for b in spec.budgets}
         self.samples = 0
         self.first_ts: float | None = None
         self.last_ts: float | None = None
         self._window_start: float | None = None
-        self._cache: dict[tuple[Any, ...], dict[Any, int]] = {}  # process key -> destination key -> slot
-        self._index_of_key: dict[tuple[Any, ...], int] = {}  # flow key -> verdict index
+        self._cache: dict[ProcKey, dict[DestKey, int]] = {}  # process key -> destination key -> slot
+        self._index_of_key: dict[FlowKey, int] = {}  # flow key -> verdict index
         self._verdicts: list[Verdict] = []
         self._iface_cache: dict[str, bool] = {}
         self._index: dict[Verdict, int] = {}
@@ -151,7 +92,7 @@ class Simulation:
 
     # -- one sample -----------------------------------------------------------
 
-    def _verdict(self, key: tuple[Any, ...]) -> int:
+    def _verdict(self, key: FlowKey) -> int:
         """The index of this flow key's verdict in ``self._verdicts``."""
         found = self._index_of_key.get(key)
         if found is None:
@@ -163,7 +104,7 @@ class Simulation:
                 self._index_of_key[key] = found
         return found
 
-    def _slot(self, d: Any, uid: Any, exe: Any, cgroup: Any) -> int | None:
+    def _slot(self, d: JsonValue, uid: int | None, exe: str | None, cgroup: str | None) -> int | None:
         """The slow path of one destination: checked field by field, classified, remembered.
         None: no usable address (its bytes count with the process's rest)."""
         if not isinstance(d, dict):
@@ -180,7 +121,7 @@ class Simulation:
             per_process[(address, portkey) if self.compiled.ports else address] = slot
         return slot
 
-    def _iface_covered(self, name: Any) -> bool:
+    def _iface_covered(self, name: str) -> bool:
         hit = self._iface_cache.get(name)
         if hit is None:
             patterns = self.policy.spec.interfaces
@@ -189,10 +130,11 @@ class Simulation:
                 self._iface_cache[name] = hit
         return hit
 
-    def _covered(self, sample: dict[str, Any]) -> bool:
+    def _covered(self, sample: JsonObject) -> bool:
         total = covered = 0
         seen = False
-        for i in sample.get("interfaces") or ():
+        ifaces = sample.get("interfaces")
+        for i in ifaces if isinstance(ifaces, list) else ():
             if not isinstance(i, dict) or i.get("name") == "lo":
                 continue
             seen = True
@@ -206,8 +148,12 @@ class Simulation:
         # Flows are not tagged with their interface: a sample is enforced unless none of its interfaces is covered.
         return not seen or covered > 0 or total == 0
 
-    def add(self, sample: dict[str, Any]) -> None:
-        ts = float(sample["ts"])
+    def add(self, sample: JsonObject) -> None:
+        """One recorded sample (JSON as read: every field is checked before it is used)."""
+        ts_value = sample["ts"]
+        if not isinstance(ts_value, int | float):
+            raise ValueError(f"a sample's ts is not a number: {ts_value!r}")
+        ts = float(ts_value)
         dt = _positive(sample.get("interval_s")) or (ts - self.last_ts if self.last_ts is not None and
                                                      ts > self.last_ts else 1.0)
         self.samples += 1
@@ -220,7 +166,8 @@ class Simulation:
         # times a day, only builds a key, looks its slot up and adds; accounting happens once per slot below.
         totals: defaultdict[int, int] = defaultdict(int)
         compiled, verdict_of, ports = self.compiled, self._verdict, self.compiled.ports
-        for proc in sample["processes"]:
+        procs = sample["processes"]
+        for proc in procs if isinstance(procs, list) else ():
             if not isinstance(proc, dict):
                 continue
             uid, exe, cgroup = compiled.process_key(_int(proc.get("uid")), _str(proc.get("exe")),
@@ -229,7 +176,10 @@ class Simulation:
             named = 0
             dests = proc.get("destinations")
             cache = self._cache.get((uid, exe, cgroup)) or {}
-            for d in dests if isinstance(dests, list) else ():
+            # The fast path reads a destination unchecked (Any): a malformed one raises and takes the slow,
+            # checked path (_slot), which is also the first sight of every key.
+            fast: list[Any] = dests if isinstance(dests, list) else []
+            for d in fast:
                 try:
                     n = d["tx_bytes"]
                     if ports:
@@ -348,7 +298,7 @@ class Simulation:
 
     # -- the result -------------------------------------------------------------
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> SimReport:
         spec = self.policy.spec
         notes = [self.link.describe(), *self.compiled.notes]
         if self.unknown_destination:
@@ -385,7 +335,7 @@ class Simulation:
         }
 
 
-def _count(value: Any) -> int:
+def _count(value: JsonValue | None) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
@@ -393,20 +343,20 @@ def _always_alive(_key: tuple[int, float | None]) -> bool:
     return True
 
 
-def _int(value: Any) -> int | None:
+def _int(value: JsonValue | None) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _str(value: Any) -> str | None:
+def _str(value: JsonValue | None) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _positive(value: Any) -> float:
+def _positive(value: JsonValue | None) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 0.0
 
 
-def simulate(policy: Policy, samples: Iterable[dict[str, Any]], resolved: dict[str, list[str]] | None = None,
-             link: LinkModel | None = None) -> dict[str, Any]:
+def simulate(policy: Policy, samples: Iterable[JsonObject], resolved: dict[str, list[str]] | None = None,
+             link: LinkModel | None = None) -> SimReport:
     sim = Simulation(policy, resolved or {}, link=link or LinkModel())
     for sample in samples:
         sim.add(sample)

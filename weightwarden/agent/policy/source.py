@@ -75,7 +75,8 @@ class PolicyGate:
         saved = read_json(self.path) or {}
         version = saved.get("version")
         self.floor: int = version if isinstance(version, int) else 0
-        self._saved_payload = saved.get("envelope") if isinstance(saved.get("envelope"), str) else None
+        envelope = saved.get("envelope")
+        self._saved_payload = envelope if isinstance(envelope, str) else None
         self._saved_topic = str(saved.get("topic") or "")
         self.in_force: bytes | None = None  # the payload of the policy in force, as received
         self._reported: set[bytes] = set()

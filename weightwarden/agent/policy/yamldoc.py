@@ -37,7 +37,7 @@ class DocumentError(Exception):
         self.path = path
 
 
-def _dotted(path: tuple[Any, ...]) -> str:
+def _dotted(path: tuple[object, ...]) -> str:
     out = ""
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -55,7 +55,7 @@ def decode(raw: bytes) -> str:
                                   "(save the file as UTF-8)") from None
 
 
-def _line(mark: Any) -> int | None:
+def _line(mark: Any) -> int | None:  # a yaml Mark, pure-Python or libyaml's
     return int(mark.line) + 1 if mark is not None else None
 
 
@@ -107,7 +107,7 @@ class _Builder:
         self.file = file
         self.count = 0
 
-    def build(self, node: yaml.Node, path: tuple[Any, ...] = ()) -> Node:
+    def build(self, node: yaml.Node, path: tuple[object, ...] = ()) -> Node:
         self.count += 1
         line = _line(node.start_mark)
         if self.count > MAX_NODES:
@@ -116,7 +116,7 @@ class _Builder:
             raise DocumentError(line, f"nested more than {MAX_DEPTH} levels deep (through aliases)", _dotted(path))
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Node] = {}
-            first: dict[Any, int | None] = {}
+            first: dict[object, int | None] = {}
             for key_node, value_node in node.value:
                 key_line = _line(key_node.start_mark)
                 if key_node.tag == "tag:yaml.org,2002:merge":
@@ -138,7 +138,7 @@ class _Builder:
             return Node([self.build(item, (*path, i)) for i, item in enumerate(node.value)], self.file, line)
         return Node(self._scalar(node, path), self.file, line)
 
-    def _scalar(self, node: yaml.Node, path: tuple[Any, ...]) -> Any:
+    def _scalar(self, node: yaml.Node, path: tuple[object, ...]) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             raise DocumentError(_line(node.start_mark), "a key must be a plain word, not a list or mapping",
                                 _dotted(path))

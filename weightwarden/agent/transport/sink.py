@@ -10,11 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from weightwarden.events import Event, EventFactory, EventsDropped
+from weightwarden.events import Event, EventFactory, EventsDropped, SequenceSource
 
-
-class Sequencer(Protocol):
-    def next(self) -> int: ...
+Sequencer = SequenceSource  # where sequence numbers come from
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ a fresh one is started, and the loss is reported; the agent does not crash-loop.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -25,7 +24,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from weightwarden.agent.daemon.paths import private_dir, private_file
 from weightwarden.events import Event, seq_ranges
@@ -74,7 +73,7 @@ class Spool:
             for suffix in ("", "-wal", "-shm"):
                 src = Path(str(path) + suffix)
                 if src.exists():
-                    os.replace(src, Path(str(moved) + suffix))
+                    src.replace(Path(str(moved) + suffix))
             self.recovery = SpoolRecovery(str(moved), f"spool unreadable ({exc}); moved aside", last_seq)
             private_file(path)
             self.db = self._open()
@@ -138,7 +137,7 @@ class Spool:
             size = self.db.execute("PRAGMA page_size").fetchone()[0]
         return bool((pages - free) * size > self.max_bytes)
 
-    def enforce_limit(self, make_summary: Callable[[dict[str, Any]], Event]) -> Event | None:
+    def enforce_limit(self, make_summary: Callable[[DroppedSummary], Event]) -> Event | None:
         """Drop events until the spool fits; returns the events_dropped event it appended."""
         if not self.over_limit():
             return None
@@ -206,7 +205,30 @@ class Spool:
             self.db.close()
 
 
-def summarize(rows: list[tuple[int, str, bytes]], reason: str) -> dict[str, Any]:
+class ProcessBytes(TypedDict):
+    process: str
+    tx_bytes: int
+
+
+class EgressDropped(TypedDict):
+    attributed_tx_bytes: int
+    unattributed_tx_bytes: int
+    top_processes: list[ProcessBytes]
+
+
+class DroppedSummary(TypedDict):
+    """What dropped events said (events.EventsDropped's data)."""
+
+    reason: str
+    dropped: int
+    by_type: dict[str, int]
+    seq_ranges: list[list[int]]
+    first_ts: float | None
+    last_ts: float | None
+    egress_summary: EgressDropped
+
+
+def summarize(rows: list[tuple[int, str, bytes]], reason: str) -> DroppedSummary:
     """What dropped events said, compressed: counts, seq ranges, and egress byte totals."""
     by_type = Counter(r[1] for r in rows)
     per_process: defaultdict[str, int] = defaultdict(int)

@@ -13,12 +13,13 @@ line in ``REGISTRY``; ``tests/agent/enforce/test_backends.py`` is the conformanc
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from weightwarden.agent.enforce import tc
 from weightwarden.agent.enforce.backends.dryrun import DryRunBackend
 from weightwarden.agent.enforce.backends.iptables import IptablesBackend
 from weightwarden.agent.enforce.backends.nftables import NftablesBackend
+from weightwarden.agent.enforce.backends.state import Cleared, KernelDocument, KernelState
 from weightwarden.agent.enforce.kernel import KernelError
 from weightwarden.agent.enforce.plan import Plan
 
@@ -30,19 +31,19 @@ class Backend(Protocol):
     def available() -> bool:
         """Whether this host has what the backend needs (the tool, a kernel that answers it)."""
 
-    def build(self, plan: Plan) -> Any:
+    def build(self, plan: Plan) -> KernelDocument:
         """The plan as this backend's kernel document (pure, JSON-able): what ``--dry-run`` prints."""
 
     def apply(self, plan: Plan) -> None:
         """Put the plan in the kernel: shaping first, then the rules in one transaction."""
 
-    def state(self, interfaces: list[str]) -> dict[str, Any]:
+    def state(self, interfaces: list[str]) -> KernelState:
         """What is in force now, without counters: equal to a later read iff nothing changed."""
 
     def counters(self) -> dict[str, dict[str, int]]:
         """Bytes and packets per named counter (egress, allowed, cap-N...)."""
 
-    def clear(self) -> dict[str, Any]:
+    def clear(self) -> Cleared:
         """Remove everything this backend may have left, whatever state it was left in."""
 
 
@@ -68,18 +69,18 @@ def choose(requested: str = "auto") -> Backend:
     raise KernelError("neither nft nor iptables-restore is usable: cannot enforce caps")
 
 
-def documents(plan: Plan) -> dict[str, Any]:
+def documents(plan: Plan) -> dict[str, KernelDocument]:
     """Every kernel backend's document for one plan (``enforce apply --dry-run``)."""
     return {name: REGISTRY[name]().build(plan) for name in KERNEL_BACKENDS}
 
 
-def clear_everything() -> dict[str, Any]:
+def clear_everything() -> Cleared:
     """``enforce clear``: every backend's leftovers, whichever backend the agent last used."""
     kernel: tuple[NftablesBackend | IptablesBackend, ...] = (NftablesBackend(), IptablesBackend())
-    removed: dict[str, Any] = {b.name: b.clear_rules() if b.available() else False for b in kernel}
+    removed: Cleared = {b.name: b.clear_rules() if b.available() else False for b in kernel}
     removed["tc"] = tc.clear()
     return removed
 
 
-__all__ = ["BACKENDS", "KERNEL_BACKENDS", "REGISTRY", "Backend", "DryRunBackend", "IptablesBackend",
-           "NftablesBackend", "choose", "clear_everything", "documents"]
+__all__ = ["BACKENDS", "KERNEL_BACKENDS", "REGISTRY", "Backend", "Cleared", "DryRunBackend", "IptablesBackend",
+           "KernelDocument", "KernelState", "NftablesBackend", "choose", "clear_everything", "documents"]

@@ -3,33 +3,32 @@ lets a policy author watch a policy's plans and cap hits on a live host without 
 
 from __future__ import annotations
 
-from typing import Any
-
-from weightwarden.agent.enforce.plan import Plan
+from weightwarden.agent.enforce.backends.state import Cleared, KernelState
+from weightwarden.agent.enforce.plan import Plan, PlanJson
 
 
 class DryRunBackend:
     name = "dry-run"
 
     def __init__(self) -> None:
-        self.applied: list[dict[str, Any]] = []
+        self.applied: list[PlanJson] = []
 
     @staticmethod
     def available() -> bool:
         return True
 
-    def build(self, plan: Plan) -> dict[str, Any]:
+    def build(self, plan: Plan) -> PlanJson:
         return plan.to_json()
 
     def apply(self, plan: Plan) -> None:
         self.applied.append(self.build(plan))
 
-    def state(self, interfaces: list[str]) -> dict[str, Any]:
+    def state(self, interfaces: list[str]) -> KernelState:
         return {"backend": self.name, "plan": self.applied[-1] if self.applied else None}
 
     def counters(self) -> dict[str, dict[str, int]]:
         return {}
 
-    def clear(self) -> dict[str, Any]:
+    def clear(self) -> Cleared:
         self.applied.clear()
         return {"dry-run": True}

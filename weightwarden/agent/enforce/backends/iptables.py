@@ -18,9 +18,9 @@ from __future__ import annotations
 import re
 import shutil
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from weightwarden.agent.enforce import tc
+from weightwarden.agent.enforce.backends.state import Cleared, KernelState
 from weightwarden.agent.enforce.kernel import run
 from weightwarden.agent.enforce.plan import ALLOWED_COUNTER, BUDGET_COUNTER, EGRESS_COUNTER, Plan
 from weightwarden.agent.policy.match import Net
@@ -150,14 +150,14 @@ class IptablesBackend:
     def available() -> bool:
         return available()
 
-    def build(self, plan: Plan) -> dict[str, Any]:
+    def build(self, plan: Plan) -> dict[str, dict[str, object]]:
         return {str(version): asdict(doc) for version, doc in build(plan).items()}
 
     def apply(self, plan: Plan) -> None:
         tc.apply_plan(plan)  # classes exist before any packet is steered into them
         apply(build(plan))
 
-    def state(self, interfaces: list[str]) -> dict[str, Any]:
+    def state(self, interfaces: list[str]) -> KernelState:
         return {"backend": self.name, "rules": read_state(), "tc": tc.read_interfaces(interfaces)}
 
     def counters(self) -> dict[str, dict[str, int]]:
@@ -167,5 +167,5 @@ class IptablesBackend:
         """Only the rules (``enforce clear`` removes the shared tc trees once, after every backend's rules)."""
         return clear()
 
-    def clear(self) -> dict[str, Any]:
+    def clear(self) -> Cleared:
         return {"iptables": clear(), "tc": tc.clear()}

@@ -12,45 +12,46 @@ from __future__ import annotations
 import ipaddress
 import json
 import shutil
-from typing import Any
 
 from weightwarden.agent.enforce import tc
+from weightwarden.agent.enforce.backends.state import Cleared, KernelState
 from weightwarden.agent.enforce.kernel import KernelError, run
 from weightwarden.agent.enforce.plan import ALLOWED_COUNTER, BUDGET_COUNTER, EGRESS_COUNTER, Plan
 from weightwarden.agent.policy.match import Net, Selector, by_version, cgroup_level
+from weightwarden.jsontypes import JsonObject, JsonValue
 
 TABLE = "weightwarden"
 FAMILY = "inet"
 CHAIN_HOOK = "postrouting"
 CHAIN_CAPS = "caps"
 VOLATILE = {"handle", "packets", "bytes"}
-Document = dict[str, Any]  # nft's JSON: {"nftables": [commands]}
+Document = JsonObject  # nft's JSON: {"nftables": [commands]}
 
 
 # -- the builder (pure) ---------------------------------------------------------------
 
 
-def _elem(net: str) -> Any:
+def _elem(net: str) -> JsonValue:
     n = ipaddress.ip_network(net)
     if n.prefixlen == n.max_prefixlen:
         return str(n.network_address)
     return {"prefix": {"addr": str(n.network_address), "len": n.prefixlen}}
 
 
-def _match(left: dict[str, Any], right: Any, op: str = "==") -> dict[str, Any]:
+def _match(left: JsonObject, right: JsonValue, op: str = "==") -> JsonObject:
     return {"match": {"op": op, "left": left, "right": right}}
 
 
-def _meta(key: str) -> dict[str, Any]:
+def _meta(key: str) -> JsonObject:
     return {"meta": {"key": key}}
 
 
-def _daddr(version: int) -> dict[str, Any]:
+def _daddr(version: int) -> JsonObject:
     return {"payload": {"protocol": "ip" if version == 4 else "ip6", "field": "daddr"}}
 
 
-def _set(name: str, version: int, nets: list[str]) -> dict[str, Any]:
-    body: dict[str, Any] = {
+def _set(name: str, version: int, nets: list[str]) -> JsonObject:
+    body: JsonObject = {
         "family": FAMILY, "table": TABLE, "name": name,
         "type": "ipv4_addr" if version == 4 else "ipv6_addr", "flags": ["interval"],
     }
@@ -59,22 +60,22 @@ def _set(name: str, version: int, nets: list[str]) -> dict[str, Any]:
     return {"add": {"set": body}}
 
 
-def _rule(chain: str, *expr: dict[str, Any]) -> dict[str, Any]:
+def _rule(chain: str, *expr: JsonObject) -> JsonObject:
     return {"add": {"rule": {"family": FAMILY, "table": TABLE, "chain": chain, "expr": list(expr)}}}
 
 
-def _set_priority(classid: str) -> dict[str, Any]:
+def _set_priority(classid: str) -> JsonObject:
     return {"mangle": {"key": _meta("priority"), "value": classid}}
 
 
-def _ports(ports: tuple[int, ...]) -> list[dict[str, Any]]:
+def _ports(ports: tuple[int, ...]) -> list[JsonObject]:
     if not ports:
         return []
-    right: Any = ports[0] if len(ports) == 1 else {"set": sorted(ports)}
+    right: JsonValue = ports[0] if len(ports) == 1 else {"set": [*sorted(ports)]}
     return [_match({"payload": {"protocol": "th", "field": "dport"}}, right)]
 
 
-def _selector_conds(sel: Selector) -> list[list[dict[str, Any]]]:
+def _selector_conds(sel: Selector) -> list[list[JsonObject]]:
     """The process side of a cap's match, as alternatives (one rule each): uid and cgroup, or the
     host-side veths of containers (no alternative at all: no container to cap, no rule)."""
     if sel.iifnames is not None:
@@ -83,7 +84,7 @@ def _selector_conds(sel: Selector) -> list[list[dict[str, Any]]]:
             return []
         names = sel.iifnames
         return [[_match(_meta("iifname"), names[0] if len(names) == 1 else {"set": list(names)})]]
-    common: list[dict[str, Any]] = []
+    common: list[JsonObject] = []
     if sel.uids:
         common.append(_match(_meta("skuid"), sel.uids[0] if len(sel.uids) == 1 else {"set": list(sel.uids)}))
     if not sel.cgroups:
@@ -93,7 +94,7 @@ def _selector_conds(sel: Selector) -> list[list[dict[str, Any]]]:
             for path in sel.cgroups]
 
 
-def _destination_conds(index: int, nets: tuple[Net, ...] | None) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
+def _destination_conds(index: int, nets: tuple[Net, ...] | None) -> tuple[list[JsonObject], list[list[JsonObject]]]:
     """(sets to add, alternatives): plain ranges through per-cap sets, port-qualified ones one rule each."""
     if nets is None:
         return [], [[]]
@@ -108,7 +109,7 @@ def _destination_conds(index: int, nets: tuple[Net, ...] | None) -> tuple[list[d
 
 def build(plan: Plan) -> Document:
     """The whole table as one nft transaction: add + delete + add replaces it atomically."""
-    cmds: list[dict[str, Any]] = [
+    cmds: list[JsonValue] = [
         {"add": {"table": {"family": FAMILY, "name": TABLE}}},
         {"delete": {"table": {"family": FAMILY, "name": TABLE}}},
         {"add": {"table": {"family": FAMILY, "name": TABLE}}},
@@ -128,7 +129,7 @@ def build(plan: Plan) -> Document:
     for iface in plan.interfaces:
         cmds.append(_rule(CHAIN_HOOK, _match(_meta("oifname"), iface), {"jump": {"target": CHAIN_CAPS}}))
 
-    allowed = {"counter": ALLOWED_COUNTER}
+    allowed: JsonObject = {"counter": ALLOWED_COUNTER}
     cmds.append(_rule(CHAIN_CAPS, _match(_daddr(4), "@allow4"), allowed, {"return": None}))
     cmds.append(_rule(CHAIN_CAPS, _match(_daddr(6), "@allow6"), allowed, {"return": None}))
     for net in allow:
@@ -145,7 +146,7 @@ def build(plan: Plan) -> Document:
         cmds.append({"add": {"counter": {"family": FAMILY, "table": TABLE, "name": slot.counter}}})
         if slot.index not in enforced:
             continue  # never widened to a host-wide cap: left out, and `policy check` refuses it (selectors.py)
-        action: list[dict[str, Any]] = [{"counter": slot.counter}]
+        action: list[JsonObject] = [{"counter": slot.counter}]
         if slot.action == "shape":
             action = [_set_priority(slot.classid), *action, {"return": None}]
         elif slot.action == "block":
@@ -173,17 +174,18 @@ def apply(document: Document) -> None:
     run(["nft", "-j", "-f", "-"], stdin=json.dumps(document))
 
 
-def read_table() -> list[dict[str, Any]] | None:
+def read_table() -> list[JsonObject] | None:
     """Our table as nft's JSON objects, or None when it does not exist."""
     res = run(["nft", "-j", "list", "table", FAMILY, TABLE], check=False)
     if res.returncode != 0:
         if "No such file" in res.stderr or "does not exist" in res.stderr:
             return None
         raise KernelError(f"nft list table: {res.stderr.strip()}")
-    return [o for o in json.loads(res.stdout).get("nftables", []) if "metainfo" not in o]
+    objects: list[JsonObject] = json.loads(res.stdout).get("nftables", [])
+    return [o for o in objects if "metainfo" not in o]
 
 
-def _strip(value: Any) -> Any:
+def _strip(value: JsonValue) -> JsonValue:
     if isinstance(value, dict):
         return {k: _strip(v) for k, v in value.items() if k not in VOLATILE}
     if isinstance(value, list):
@@ -191,17 +193,21 @@ def _strip(value: Any) -> Any:
     return value
 
 
-def normalize(objects: list[dict[str, Any]] | None) -> list[Any] | None:
+def normalize(objects: list[JsonObject] | None) -> list[JsonValue] | None:
     """The table without handles and counter values: equal iff the rules are."""
-    return None if objects is None else _strip(objects)
+    return None if objects is None else [_strip(o) for o in objects]
 
 
-def counters(objects: list[dict[str, Any]] | None) -> dict[str, dict[str, int]]:
+def _count(value: JsonValue) -> int:
+    return int(value) if isinstance(value, int | float | str) else 0
+
+
+def counters(objects: list[JsonObject] | None) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for obj in objects or []:
         c = obj.get("counter")
-        if c is not None:
-            out[c["name"]] = {"packets": int(c.get("packets", 0)), "bytes": int(c.get("bytes", 0))}
+        if isinstance(c, dict):
+            out[str(c["name"])] = {"packets": _count(c.get("packets", 0)), "bytes": _count(c.get("bytes", 0))}
     return out
 
 
@@ -235,7 +241,7 @@ class NftablesBackend:
         tc.apply_plan(plan)
         apply(build(plan))
 
-    def state(self, interfaces: list[str]) -> dict[str, Any]:
+    def state(self, interfaces: list[str]) -> KernelState:
         return {"backend": self.name, "rules": normalize(read_table()), "tc": tc.read_interfaces(interfaces)}
 
     def counters(self) -> dict[str, dict[str, int]]:
@@ -245,7 +251,7 @@ class NftablesBackend:
         """Only the rules (``enforce clear`` removes the shared tc trees once, after every backend's rules)."""
         return clear()
 
-    def clear(self) -> dict[str, Any]:
+    def clear(self) -> Cleared:
         return {"nftables": clear(), "tc": tc.clear()}
 
 
