@@ -267,7 +267,16 @@ static __always_inline __u64 rchar_of(struct task_struct *t)
 	return 0;
 }
 
-/* Whether the current syscall adds what it reads to rchar (one helper call: read it once). */
+/* Whether the current syscall adds what it reads to rchar. Asked only when it matters: a syscall's
+ * rchar corrects its count only when it read less than its pages, and finding the syscall costs
+ * about as much as the rest of a read of a weight together (a helper call, the task's stack, its
+ * pt_regs), so a thread reading whole pages in a loop is not asked again. A request is exact
+ * (its count may go down to what rchar says) only when asked: the first request of a thread on
+ * this CPU, and any request after one that read less than its pages; any other one that reads
+ * less than its pages stays counted at its pages (never less than was read), and the next
+ * request is asked. So a run of whole-page reads costs nothing here, a run of unaligned or short
+ * reads is exact, and a syscall that does not count rchar (splice, io_uring) is never taken for
+ * one that does: no mix of syscalls makes a count smaller than what was read. */
 static __always_inline __u32 counts_rchar(struct task_struct *t)
 {
 	long nr = SYSCALL_NR((struct pt_regs *)bpf_task_pt_regs(t));
@@ -359,6 +368,7 @@ static __always_inline void count_read(struct address_space *mapping, __u64 a, _
 			s->a = s->b = NONE;
 			s->pend = 0;
 			s->exact = 0;
+			s->ask = 1;
 		}
 		s->task = (__u64)t;
 		s->inode = (__u64)inode;
@@ -379,13 +389,18 @@ static __always_inline void count_read(struct address_space *mapping, __u64 a, _
 		return;
 	}
 	/* the thread's previous syscall has returned: what it read is known */
-	if (s->exact && rchar - s->rchar0 < s->pend)
-		s->bytes -= s->pend - (rchar - s->rchar0);
+	__u32 ask = 0;
+	if (rchar - s->rchar0 < s->pend) {
+		if (s->exact)
+			s->bytes -= s->pend - (rchar - s->rchar0);
+		ask = 1;
+	}
 	__u64 pages = page_bytes(a, b, inode->i_size);
 	s->a = a;
 	s->b = b;
 	s->rchar0 = rchar;
-	s->exact = counts_rchar(t);
+	s->exact = ask || s->ask ? counts_rchar(t) : 0;
+	s->ask = ask;
 	s->pend = pages;
 	s->bytes += pages;
 	s->calls++;

@@ -69,8 +69,8 @@ struct wf_slot {
 	__u32 id;
 	__u32 tgid;
 	__u32 tid;           /* the thread whose request a..b is */
-	__u32 exact;         /* the request came from a syscall that counts its bytes in rchar */
-	__u32 pad;
+	__u32 exact;         /* the request came from a syscall that counts its bytes in rchar (asked) */
+	__u32 ask;           /* the last request read less than its pages: ask the next one's syscall */
 };                           /* 104 bytes */
 
 struct wf_pending {          /* a slot as the loader reports it */
