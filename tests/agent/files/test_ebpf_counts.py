@@ -120,6 +120,20 @@ for k in (50, 70):  # each thread's last read is settled when it exits, its proc
 small(30)
 print(os.getpid(), 150 * 100)
 """
+FAILED_THEN_SPLICE = HEAD + """
+import ctypes, errno
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.read(fd, ctypes.c_void_p(1), 65536) == -1 and ctypes.get_errno() == errno.EFAULT  # pages, no rchar
+r, w = os.pipe()
+null = os.open("/dev/null", os.O_WRONLY)
+n = 0
+while n < (1 << 20):
+    got = os.splice(fd, w, 1 << 16)
+    os.splice(r, null, got)
+    n += got
+os.read(os.open("/dev/zero", os.O_RDONLY), 1)  # rchar + 1: the failed read must not be settled with it
+print(os.getpid(), n)
+"""
 MMAP = HEAD + """
 import mmap
 m = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
@@ -150,6 +164,13 @@ def test_reads_without_read_are_exact(bpf: FileBpf, weight: Path, tmp_path: Path
 def test_threads_of_a_process_add_up(bpf: FileBpf, weight: Path, code: str) -> None:
     got, _, expected = counted(bpf, weight, code)
     assert got == expected
+
+
+def test_a_failed_read_then_splice_is_never_counted_short(bpf: FileBpf, weight: Path) -> None:
+    """rchar settles only the syscall that asked for the pages: a read that failed and the splices
+    after it (neither moves rchar) are not one read that returned one byte."""
+    got, _, expected = counted(bpf, weight, FAILED_THEN_SPLICE)
+    assert expected == MiB and MiB <= got <= MiB + 65536
 
 
 def test_mapped_pages_are_counted_apart(bpf: FileBpf, weight: Path) -> None:

@@ -382,6 +382,10 @@ static __always_inline void count_read(struct address_space *mapping, __u64 a, _
 			s->b = b;
 		s->a = a;
 		if (from <= b) {
+			/* an exact request's rchar may only ever correct its own syscall's pages: a read
+			 * that failed (rchar unchanged) followed by a splice is not one syscall */
+			if (s->exact)
+				s->exact = counts_rchar(t);
 			__u64 more = page_bytes(from, b, inode->i_size);
 			s->pend += more;
 			s->bytes += more;
