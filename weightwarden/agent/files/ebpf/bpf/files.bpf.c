@@ -217,11 +217,11 @@ static __always_inline struct wf_reader *reader_of(struct task_struct *t, __u32 
 	return bpf_map_lookup_elem(&readers, &k);
 }
 
-/* Move what a slot holds into its owner's entry (its request in flight counted at its pages). */
+/* Move what a slot holds into its owner's entry (its request in flight counted at its pages). The
+ * exchanges are atomic: the exit of the slot's process on another CPU may empty it meanwhile. */
 static __always_inline void flush(struct wf_slot *s)
 {
-	__u64 n = __sync_lock_test_and_set(&s->bytes, 0) + __sync_lock_test_and_set(&s->pend, 0);
-	__u64 c = __sync_lock_test_and_set(&s->calls, 0);
+	__u64 n = __sync_lock_test_and_set(&s->bytes, 0), c = __sync_lock_test_and_set(&s->calls, 0);
 	if (!n && !c)
 		return;
 	struct wf_reader_key k = { .tgid = s->tgid, .id = s->id, .start_ns = s->start_ns, .ino = s->ino };
@@ -267,6 +267,60 @@ static __always_inline __u64 rchar_of(struct task_struct *t)
 	return 0;
 }
 
+/* Whether the current syscall adds what it reads to rchar. Asked only when it matters: a syscall's
+ * rchar corrects its count only when it read less than its pages, and finding the syscall costs
+ * about as much as the rest of a read of a weight together (a helper call, the task's stack, its
+ * pt_regs), so a thread reading whole pages in a loop is not asked again. A request is exact
+ * (its count may go down to what rchar says) only when asked: the first request of a thread on
+ * this CPU, and any request after one that read less than its pages; any other one that reads
+ * less than its pages stays counted at its pages (never less than was read), and the next
+ * request is asked. So a run of whole-page reads costs nothing here, a run of unaligned or short
+ * reads is exact, and a syscall that does not count rchar (splice, io_uring) is never taken for
+ * one that does: no mix of syscalls makes a count smaller than what was read. */
+static __always_inline __u32 counts_rchar(struct task_struct *t)
+{
+	long nr = SYSCALL_NR((struct pt_regs *)bpf_task_pt_regs(t));
+	return COUNTS_RCHAR(nr);
+}
+
+/* The slot's thread has moved on (another reader takes the slot, or another thread of its process):
+ * its last request is settled now if its rchar says what it returned, else it stays counted at its
+ * pages. rchar grew since the request began only once its syscall returned, and if the thread has
+ * read more since, the difference is larger than the request's pages: never less than it read. The
+ * task is the slot's, read under RCU (this program's): a thread that exits clears itself from every
+ * slot first, and its task is freed a grace period later. */
+static __always_inline void settle(struct wf_slot *s)
+{
+	struct task_struct *o = (struct task_struct *)s->task;
+	if (!s->exact || !o || !s->pend)
+		return;
+	__u64 rchar = 0;
+	if (bpf_core_field_exists(o->ioac))
+		rchar = BPF_CORE_READ(o, ioac.rchar);
+	__u64 done = rchar - s->rchar0;
+	if (rchar != s->rchar0 && done < s->pend)
+		__sync_fetch_and_sub(&s->bytes, s->pend - done);
+	s->pend = 0;
+}
+
+/* The slot is this CPU's from here on: `t`'s process reading the weight `id`. What it held is
+ * moved into its owner's entry first. Returns 0 if the process's entry cannot be made. */
+static __always_inline int take_slot(struct wf_slot *s, struct task_struct *t, __u64 ino, __u32 dev, __u32 id,
+				     __u64 start_ns)
+{
+	settle(s);
+	flush(s);
+	if (!reader_of(t, id, start_ns, ino))
+		return 0;
+	s->ino = ino;
+	s->dev = dev;
+	s->id = id;
+	s->tgid = t->tgid;
+	s->start_ns = start_ns;
+	s->tid = 0;
+	return 1;
+}
+
 /* Read requests are grouped by syscall: the thread's rchar grows when a read syscall returns, so
  * while it stays the same the requests belong to one syscall (the rest of a request larger than
  * one batch of folios, with the same last page; the chunks of a sendfile). A syscall counts as the
@@ -274,7 +328,14 @@ static __always_inline __u64 rchar_of(struct task_struct *t)
  * what it really returned, and read, pread, readv and sendfile are counted exactly (a loop of
  * small reads, or of the same page again, counts what each read returned). Splice,
  * copy_file_range and io_uring do not add to rchar: they count each page once in a row of
- * requests (exact for a whole file; a small read elsewhere counts its page). */
+ * requests (exact for a whole file; a small read elsewhere counts its page).
+ *
+ * This runs for every read from the page cache on the host, so the common cases are short: a file
+ * that is not a weight stops at the prefilter (one array word); a thread reading on from the file
+ * it read last on this CPU is recognised by the slot's `task` and `inode` (pointers it already has,
+ * no task field, no superblock, no hash lookup) and costs plain adds on this CPU's own slot. Only
+ * this CPU writes a slot's counts, but for the exit of its process's last thread elsewhere: then no
+ * thread of that process can be adding to it. */
 static __always_inline void count_read(struct address_space *mapping, __u64 a, __u64 b)
 {
 	struct inode *inode = mapping->host;
@@ -289,32 +350,30 @@ static __always_inline void count_read(struct address_space *mapping, __u64 a, _
 	if (!s)
 		return;
 	struct task_struct *t = bpf_get_current_task_btf();
-	__u32 dev = inode->i_sb->s_dev;
-	__u64 start_ns = t->group_leader->start_boottime;
 	__u64 rchar = rchar_of(t);
-	if (s->ino != ino || s->dev != dev || s->tgid != t->tgid || s->start_ns != start_ns) {
-		struct wf_weight *w = weight_of(ino, dev, maybe);
-		if (!w || !(w->flags & WF_K_FILE))
-			return; /* not a weight: the prefilter's rare false positive, or another filesystem */
-		if (s->tid == (__u32)t->pid && s->exact && rchar - s->rchar0 < s->pend)
-			s->pend = rchar - s->rchar0; /* this thread's last request elsewhere, now known */
-		flush(s);
-		if (!reader_of(t, w->id, start_ns, ino))
-			return;
-		s->ino = ino;
-		s->dev = dev;
-		s->id = w->id;
-		s->tgid = t->tgid;
-		s->start_ns = start_ns;
-		s->tid = 0;
+	if (s->task != (__u64)t || s->inode != (__u64)inode || s->ino != ino) {
+		__u32 dev = inode->i_sb->s_dev;
+		__u64 start_ns = t->group_leader->start_boottime;
+		if (s->ino != ino || s->dev != dev || s->tgid != t->tgid || s->start_ns != start_ns) {
+			struct wf_weight *w = weight_of(ino, dev, maybe);
+			if (!w || !(w->flags & WF_K_FILE))
+				return; /* not a weight: the prefilter's rare false positive, or another filesystem */
+			if (!take_slot(s, t, ino, dev, w->id, start_ns))
+				return;
+		}
+		if (s->tid != (__u32)t->pid) {
+			/* another thread of the process */
+			settle(s);
+			s->tid = t->pid;
+			s->a = s->b = NONE;
+			s->pend = 0;
+			s->exact = 0;
+			s->ask = 1;
+		}
+		s->task = (__u64)t;
+		s->inode = (__u64)inode;
 	}
-	if (s->tid != (__u32)t->pid) {
-		/* another thread of the process: what the slot held is counted at its pages */
-		__sync_fetch_and_add(&s->bytes, __sync_lock_test_and_set(&s->pend, 0));
-		s->tid = t->pid;
-		s->a = s->b = NONE;
-		s->exact = 0;
-	} else if (rchar == s->rchar0 && s->a != NONE) {
+	if (rchar == s->rchar0 && s->a != NONE) {
 		/* the same syscall, or a run of syscalls that do not count rchar */
 		__u64 from = a;
 		if (a >= s->a && a <= s->b)
@@ -322,23 +381,33 @@ static __always_inline void count_read(struct address_space *mapping, __u64 a, _
 		if (b > s->b || a < s->a)
 			s->b = b;
 		s->a = a;
-		if (from <= b)
-			__sync_fetch_and_add(&s->pend, page_bytes(from, b, inode->i_size));
+		if (from <= b) {
+			/* an exact request's rchar may only ever correct its own syscall's pages: a read
+			 * that failed (rchar unchanged) followed by a splice is not one syscall */
+			if (s->exact)
+				s->exact = counts_rchar(t);
+			__u64 more = page_bytes(from, b, inode->i_size);
+			s->pend += more;
+			s->bytes += more;
+		}
 		return;
-	} else {
-		/* the thread's previous syscall has returned: what it read is known */
-		__u64 done = s->pend;
-		if (s->exact && rchar - s->rchar0 < done)
-			done = rchar - s->rchar0;
-		__sync_fetch_and_add(&s->bytes, done);
-		__sync_lock_test_and_set(&s->pend, 0);
 	}
+	/* the thread's previous syscall has returned: what it read is known */
+	__u32 ask = 0;
+	if (rchar - s->rchar0 < s->pend) {
+		if (s->exact)
+			s->bytes -= s->pend - (rchar - s->rchar0);
+		ask = 1;
+	}
+	__u64 pages = page_bytes(a, b, inode->i_size);
 	s->a = a;
 	s->b = b;
 	s->rchar0 = rchar;
-	s->exact = COUNTS_RCHAR(SYSCALL_NR((struct pt_regs *)bpf_task_pt_regs(t)));
-	__sync_fetch_and_add(&s->pend, page_bytes(a, b, inode->i_size));
-	__sync_fetch_and_add(&s->calls, 1);
+	s->exact = ask || s->ask ? counts_rchar(t) : 0;
+	s->ask = ask;
+	s->pend = pages;
+	s->bytes += pages;
+	s->calls++;
 }
 
 /* Pages mapped in at a fault, straight into the entry (faults are far rarer than reads). A large
@@ -383,8 +452,8 @@ int BPF_PROG(wf_fault, struct address_space *mapping, unsigned long index)
 	return 0;
 }
 
-/* A thread that exits settles its last request (its rchar is final); a process that is gone
- * leaves nothing behind in any CPU's slot. */
+/* A thread that exits settles its last request (its rchar is final) and is forgotten by every
+ * CPU's slot (its task may be reused); a process that is gone leaves nothing behind in any slot. */
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(wf_exit, struct task_struct *task)
 {
@@ -394,10 +463,15 @@ int BPF_PROG(wf_exit, struct task_struct *task)
 	__u64 rchar = rchar_of(task);
 	for (__u32 cpu = 0; cpu < 1024 && cpu < nr_cpus; cpu++) {
 		struct wf_slot *s = bpf_map_lookup_percpu_elem(&slots, &zero, cpu);
-		if (!s || s->tgid != tgid || s->start_ns != start_ns)
+		if (!s)
 			continue;
-		if (s->tid == tid && s->exact && rchar - s->rchar0 < s->pend)
-			s->pend = rchar - s->rchar0;
+		__sync_val_compare_and_swap(&s->task, (__u64)task, 0);
+		if (s->tgid != tgid || s->start_ns != start_ns)
+			continue;
+		__u64 pend = s->pend;
+		if (s->tid == tid && s->exact && rchar - s->rchar0 < pend &&
+		    __sync_val_compare_and_swap(&s->pend, pend, 0) == pend)
+			__sync_fetch_and_sub(&s->bytes, pend - (rchar - s->rchar0));
 		if (group_dead)
 			flush(s);
 	}

@@ -51,7 +51,7 @@ _Static_assert(sizeof(struct wf_weight) == 8, "wf_weight");
 _Static_assert(sizeof(struct wf_reader_key) == 24, "wf_reader_key");
 _Static_assert(sizeof(struct wf_reader) == 64, "wf_reader");
 _Static_assert(sizeof(struct wf_lost) == 32, "wf_lost");
-_Static_assert(sizeof(struct wf_slot) == 88, "wf_slot");
+_Static_assert(sizeof(struct wf_slot) == 104, "wf_slot");
 _Static_assert(sizeof(struct wf_pending) == 40, "wf_pending");
 _Static_assert(sizeof(struct wf_relink) == 4440, "wf_relink");
 _Static_assert(sizeof(struct wf_opener) == 4656, "wf_opener");
@@ -228,13 +228,13 @@ static void read_readers(struct files_bpf *skel)
 	__u32 zero = 0, n = 0;
 	if (ncpu > 0 && bpf_map_lookup_elem(bpf_map__fd(skel->maps.slots), &zero, per) == 0) {
 		for (int i = 0; i < ncpu; i++) {
-			if (!per[i].bytes && !per[i].pend && !per[i].calls)
+			if (!per[i].bytes && !per[i].calls)
 				continue;
 			pending[n].key.tgid = per[i].tgid;
 			pending[n].key.id = per[i].id;
 			pending[n].key.start_ns = per[i].start_ns;
 			pending[n].key.ino = per[i].ino;
-			pending[n].bytes = per[i].bytes + per[i].pend;
+			pending[n].bytes = per[i].bytes; /* its request in flight counted at its pages */
 			pending[n].calls = per[i].calls;
 			n++;
 		}

@@ -52,23 +52,26 @@ struct wf_reader {
 	char comm[16];
 };                           /* 64 bytes */
 
-/* What one CPU is counting now (files.bpf.c's `slots`): one (process, file) at a time. */
+/* What one CPU is counting now (files.bpf.c's `slots`): one (process, file) at a time. The fields a
+ * read of the same file by the same thread touches come first. */
 struct wf_slot {
+	__u64 task;          /* the thread counting now: its task's address, to know it again cheaply (0: none) */
+	__u64 inode;         /* the file's inode, its address: the same */
 	__u64 ino;
+	__u64 rchar0;        /* the thread's rchar when its request began */
+	__u64 a;             /* that request's first and last page */
+	__u64 b;
+	__u64 pend;          /* the request's pages, clipped at the end of the file (in `bytes` until known) */
+	__u64 bytes;         /* counted, not yet in `readers` */
+	__u64 calls;
+	__u64 start_ns;
 	__u32 dev;
 	__u32 id;
 	__u32 tgid;
 	__u32 tid;           /* the thread whose request a..b is */
-	__u64 start_ns;
-	__u64 a;             /* that request's first and last page */
-	__u64 b;
-	__u64 rchar0;        /* the thread's rchar when the request began */
-	__u64 pend;          /* the request's pages, clipped at the end of the file: its bytes until known */
-	__u64 bytes;         /* counted, not yet in `readers` */
-	__u64 calls;
-	__u32 exact;         /* the request came from a syscall that counts its bytes in rchar */
-	__u32 pad;
-};                           /* 88 bytes */
+	__u32 exact;         /* the request came from a syscall that counts its bytes in rchar (asked) */
+	__u32 ask;           /* the last request read less than its pages: ask the next one's syscall */
+};                           /* 104 bytes */
 
 struct wf_pending {          /* a slot as the loader reports it */
 	struct wf_reader_key key;
