@@ -64,6 +64,7 @@ class Verdict:
     kernel: str
     programs: list[Program] = field(default_factory=list)
     probe_tool: str = ""  # what went wrong running ww-probe itself, if anything
+    file_programs: list[Program] = field(default_factory=list)  # the file-read sensor's object, each alone
     loader_probe_ok: bool = False
     loader_probe: str = ""  # the READY or ERROR text of `weightwarden-bpf --probe`
     attach_ok: bool = False
@@ -76,18 +77,20 @@ class Verdict:
         return self.attach_ok and bool(self.checks) and all(c.ok or not c.expected for c in self.checks)
 
 
-def run_probe_tool(tool: str, obj: str, v: Verdict) -> None:
+def run_probe_tool(tool: str, obj: str, v: Verdict, into: list[Program] | None = None) -> None:
+    """Every program of ``obj`` loaded alone, into ``into`` (the attribution sensor's list by default)."""
+    programs = v.programs if into is None else into
     try:
         done = subprocess.run([tool, obj], capture_output=True, text=True, timeout=STEP_SECONDS)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        v.probe_tool = f"{tool}: {exc}"
+        v.probe_tool += f"{tool} {obj}: {exc}; "
         return
     for line in done.stdout.splitlines():
         raw = json.loads(line)
-        v.programs.append(Program(str(raw["program"]), str(raw["section"]), bool(raw["loaded"]), str(raw["error"]),
-                                  str(raw["log"])[-LOG_KEEP:]))
-    if done.returncode not in (0, 3) or not v.programs:
-        v.probe_tool = f"exit {done.returncode}: {done.stderr.strip()[-2000:]}"
+        programs.append(Program(str(raw["program"]), str(raw["section"]), bool(raw["loaded"]), str(raw["error"]),
+                                str(raw["log"])[-LOG_KEEP:]))
+    if done.returncode not in (0, 3) or not programs:
+        v.probe_tool += f"{obj}: exit {done.returncode}: {done.stderr.strip()[-2000:]}; "
 
 
 class Frames:
@@ -363,12 +366,15 @@ def main() -> int:
     ap.add_argument("--loader", required=True, help="weightwarden-bpf")
     ap.add_argument("--probe-tool", required=True, help="ww-probe (tests/kernels/probe.c)")
     ap.add_argument("--object", required=True, help="weightwarden.bpf.o")
+    ap.add_argument("--files-object", help="files.bpf.o (the file-read sensor): each program loaded alone")
     ap.add_argument("--cgroup-root", type=Path, help="the cgroup v2 mount (default: found in /proc/self/mounts)")
     ap.add_argument("--out", help="write the verdict here instead of stdout (a VM's second serial port)")
     args = ap.parse_args()
     v = Verdict(kernel=platform.release())
     steps: list[tuple[str, Callable[[], None]]] = [
         ("programs", lambda: run_probe_tool(args.probe_tool, args.object, v)),
+        ("file_programs", lambda: run_probe_tool(args.probe_tool, args.files_object, v, v.file_programs)
+         if args.files_object else None),
         ("loader_probe", lambda: loader_probe(args.loader, v)),
         ("attach_and_smoke", lambda: smoke(args.loader, args.cgroup_root or find_cgroup2(), v)),
     ]

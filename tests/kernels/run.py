@@ -47,6 +47,7 @@ from weightwarden.agent.attribution.ebpf.sensor import CAPABILITIES
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 BPF = REPO / "weightwarden" / "agent" / "attribution" / "ebpf" / "bpf"
+FILES_BPF = REPO / "weightwarden" / "agent" / "files" / "ebpf" / "bpf"
 VM_SECONDS = 900.0  # one VM, boot to power-off; TCG on a loaded 2-core machine is slow, a hang still ends
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "LC_ALL": "C"}
 
@@ -78,6 +79,7 @@ class Result:
     failure: str = ""  # why there is no verdict (boot failed, timed out...)
     console_tail: str = ""
     programs: list[dict[str, object]] = field(default_factory=list)
+    file_programs: list[dict[str, object]] = field(default_factory=list)  # the file-read sensor's
 
     @property
     def problems(self) -> list[str]:
@@ -89,6 +91,10 @@ class Result:
         for p in self.programs:
             if status(p) == "REFUSED" and p["program"] not in self.kernel.may_refuse and not optional(str(p["program"])):
                 out.append(f"{p['program']} refused: {verifier_reason(str(p['log']), str(p['error']))}")
+        for p in self.file_programs:
+            # A hook this kernel lacks is a fallback the agent names; a refusal of one it has is our bug.
+            if status(p) == "REFUSED":
+                out.append(f"file sensor: {p['program']} refused: {verifier_reason(str(p['log']), str(p['error']))}")
         if v.get("probe_tool"):
             out.append(f"ww-probe: {v['probe_tool']}")
         if not v.get("loader_probe_ok"):
@@ -275,7 +281,7 @@ mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
 echo "WW-GUEST-START $(uname -r) $(cut -d' ' -f1 /proc/uptime)"
 {python} -S -E /ww/guest.py --loader /ww/weightwarden-bpf --probe-tool /ww/ww-probe --object /ww/weightwarden.bpf.o \
-  --out /dev/ttyS1
+  --files-object /ww/files.bpf.o --out /dev/ttyS1
 echo "WW-GUEST-DONE $? $(cut -d' ' -f1 /proc/uptime)"
 poweroff -f
 """
@@ -308,6 +314,7 @@ def build_initramfs(tools: dict[str, Path]) -> bytes:
         with_libraries(cpio, tools[name], seen)
         cpio.copy(tools[name], f"/ww/{name}")
     cpio.copy(tools["weightwarden.bpf.o"], "/ww/weightwarden.bpf.o")
+    cpio.copy(tools["files.bpf.o"], "/ww/files.bpf.o")
     cpio.file("/init", INIT.format(python=python).encode(), 0o755)
     return cpio.close()
 
@@ -318,12 +325,15 @@ def build_tools(work: Path) -> dict[str, Path]:
     done = run([str(BPF / "build.sh")], env=ENV | options)
     if done.returncode != 0:
         raise SystemExit(f"run.py: build.sh failed: {done.stderr.strip()}")
+    done = run([str(FILES_BPF / "build.sh")], env=ENV | options)
+    if done.returncode != 0:
+        raise SystemExit(f"run.py: the file sensor's build.sh failed: {done.stderr.strip()}")
     probe = work / "ww-probe"
     done = run(["cc", "-O2", "-Wall", "-Wextra", str(HERE / "probe.c"), "-o", str(probe), "-lbpf"])
     if done.returncode != 0:
         raise SystemExit(f"run.py: building ww-probe failed: {done.stderr.strip()}")
     return {"weightwarden-bpf": BPF / "build" / "weightwarden-bpf", "ww-probe": probe,
-            "weightwarden.bpf.o": BPF / "build" / "weightwarden.bpf.o"}
+            "weightwarden.bpf.o": BPF / "build" / "weightwarden.bpf.o", "files.bpf.o": FILES_BPF / "build" / "files.bpf.o"}
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -371,7 +381,8 @@ def run_here(tools: dict[str, Path], res: Result) -> None:
     """The running kernel: guest.py on this host, in a network namespace of its own (its loopback only)."""
     began = time.monotonic()
     script = (f"ip link set lo up && exec {sys.executable} {HERE / 'guest.py'} --loader {tools['weightwarden-bpf']} "
-              f"--probe-tool {tools['ww-probe']} --object {tools['weightwarden.bpf.o']}")
+              f"--probe-tool {tools['ww-probe']} --object {tools['weightwarden.bpf.o']} "
+              f"--files-object {tools['files.bpf.o']}")
     done = subprocess.run(["unshare", "--net", "--", "sh", "-c", script], capture_output=True, text=True,
                           timeout=VM_SECONDS, cwd=REPO, env=ENV | {"PYTHONPATH": str(REPO)}, check=False)
     res.total_seconds = round(time.monotonic() - began, 1)
@@ -429,7 +440,7 @@ def status(p: dict[str, object]) -> str:
 def table(results: list[Result]) -> str:
     programs: list[str] = []
     for r in results:
-        for p in r.programs:
+        for p in r.programs + r.file_programs:
             if p["program"] not in programs:
                 programs.append(str(p["program"]))
     head = ["kernel", "release", "accel", *programs, "--probe", "attach", "smoke", "boot s", "total s", "verdict",
@@ -437,7 +448,7 @@ def table(results: list[Result]) -> str:
     rows = [head]
     for r in results:
         v = r.verdict or {}
-        loaded = {str(p["program"]): status(p) for p in r.programs}
+        loaded = {str(p["program"]): status(p) for p in r.programs + r.file_programs}
         rows.append([
             r.kernel.name, r.release or "?", r.accel, *[loaded.get(p, "-") for p in programs],
             "ok" if v.get("loader_probe_ok") else "FAIL" if v else "-",
@@ -451,7 +462,7 @@ def table(results: list[Result]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     for r in results:
-        for p in r.programs:
+        for p in r.programs + r.file_programs:
             if status(p) != "loaded":
                 lines.append(f"{r.kernel.name}: {p['program']} {status(p).lower()}: "
                              f"{verifier_reason(str(p['log']), str(p['error']))}")
@@ -510,6 +521,8 @@ def main() -> int:
                 boot(k, image, initramfs, accel, work, res)
             progs = (res.verdict or {}).get("programs")
             res.programs = progs if isinstance(progs, list) else []
+            fprogs = (res.verdict or {}).get("file_programs")
+            res.file_programs = fprogs if isinstance(fprogs, list) else []
             print(f"{k.name}: {'pass' if not res.problems else 'FAIL'} in {res.total_seconds:.1f} s", file=sys.stderr,
                   flush=True)
         print(table(results))

@@ -551,7 +551,11 @@ static __always_inline __u32 dir_path(struct task_struct *t, struct dentry *d, s
 		if (off <= len + 1)
 			break;
 		off = (off - len - 1) & (WF_PATH_MAX - 1);
-		bpf_probe_read_kernel(buf + off + 1, len, q.name);
+		/* Bounded again at the call: clang may pass a copy of len made before the mask, and 6.12's
+		 * verifier then sees an unbounded size ("R2 unbounded memory access"). */
+		__u64 n = len;
+		asm volatile("%[n] &= 255" : [n] "+r"(n));
+		bpf_probe_read_kernel(buf + off + 1, n, q.name);
 		buf[off] = '/';
 		d = parent;
 	}
