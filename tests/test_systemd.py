@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import contextlib
 import os
 import shutil
 import signal
@@ -116,10 +117,8 @@ def test_agent_runs_under_its_units_sandbox(netns_pair: NetnsPair, tmp_path: Pat
     def heard(prefix: str, timeout: float = 10) -> list[str]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not any(m.startswith(prefix) for m in messages):
-            try:
+            with contextlib.suppress(TimeoutError):
                 messages.append(notify.recv(4096).decode())
-            except TimeoutError:
-                pass
         return [m for m in messages if m.startswith(prefix)]
 
     daemon = DaemonRun(pair, policy, state, "--heartbeat-interval", "1", wrapper=wrapper,

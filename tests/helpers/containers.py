@@ -23,6 +23,7 @@ cgroupv2"): runc is used.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -106,10 +107,8 @@ class Lab:
         stop_all(self.procs)
         for ns in (self.host, self.ctr, self.out):
             for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
-                try:
+                with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
             sh("ip", "netns", "del", ns, check=False)
         _remove_cgroup_tree(self.root)
 
@@ -119,10 +118,8 @@ def _remove_cgroup_tree(root: Path) -> None:
         return
     dirs = sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) + [root]
     for d in dirs:
-        try:
+        with contextlib.suppress(OSError):
             (d / "cgroup.kill").write_text("1")
-        except OSError:
-            pass
     for d in dirs:
         for _ in range(50):
             try:

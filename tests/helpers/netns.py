@@ -7,6 +7,7 @@ failure. The root namespace's firewall, qdiscs and routes are never touched.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -48,10 +49,8 @@ class NetnsPair:
             # Anything still running inside (servers, children) goes with the namespace.
             pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
             sh("ip", "netns", "del", ns, check=False)
 
 
@@ -94,10 +93,8 @@ def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
         if proc.poll() is None:
             proc.kill()
     for proc in procs:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
         for pipe in (proc.stdin, proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
