@@ -20,6 +20,17 @@ incident per second (a host reads 256 MB of weights and uploads 200 MB of it).
 For SQLite with one collector, and PostgreSQL with each of --collectors (1, 2).
 
 Run: python bench/collector.py [--hosts 2000] [--backlog 30000] [--seconds 45] [--collectors 1,2]
+     [--setups pg1] [--rate 1500] [--diagnose] [--autosave-s 10]
+
+Everything shares the machine's CPUs: the publisher (this process: "bench CPU", about 0.8 CPU at
+9,000 events/s), the broker, the database and the collectors; "other CPU" is whatever else ran (other
+users of the machine). The sustained runs feed 1.3x the drained rate, so with two collectors (whose
+drained rate is high) the publisher and the broker take the CPU the collectors need: their sustained
+figure is what this machine leaves them, not what two collectors can do. The broker saves every message
+it holds at each autosave (docs/events.md deploys autosave_interval 10; the test broker's 1 s made a
+backlog cost the broker in proportion to its size, every second). --diagnose prints the collectors'
+slow batches (where their time went) and slow sweeps, PostgreSQL's checkpoints, autovacuum, lock waits
+and slow statements, and what its backends waited on (pg_stat_activity, sampled).
 """
 
 from __future__ import annotations
