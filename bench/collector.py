@@ -146,6 +146,7 @@ class Bench:
         self.n = 0
         self.batch_seconds = 0.5
         self.diagnose = False
+        self.keep_sessions = False  # --keep-sessions: as before, for comparison
 
     def fresh_db(self, kind: str) -> str:
         self.n += 1
@@ -179,6 +180,25 @@ class Bench:
                     raise RuntimeError(f"collector did not subscribe: {log.read_text()[-2000:]}")
                 time.sleep(0.05)
         return procs
+
+    def forget_sessions(self, tag: str, n: int) -> None:
+        """End the broker sessions of a run's collectors, once they are stopped for good: a persistent
+        session outlives its collector (SESSION_EXPIRY_S, 5 min), and the broker keeps queueing every later
+        run's messages for it and saving them all at each autosave. Left alone, each run would pay the
+        broker for the runs before it (the queue of a sustained run's session grows by thousands a second)."""
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+        for i in range(n):
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{tag}-{i}", protocol=MQTTProtocolVersion.MQTTv5)
+            c.connect(self.broker.host, self.broker.port, clean_start=True, properties=props)
+            c.loop_start()
+            deadline = time.monotonic() + 10
+            while not c.is_connected() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            c.disconnect()
+            c.loop_stop()
 
     @staticmethod
     def stop(procs: list[tuple[subprocess.Popen[bytes], Path]]) -> None:
@@ -235,6 +255,8 @@ class Bench:
             time.sleep(0.25)
         after = Parts(cpu(pids), cpu(db_pids), cpu([self.broker.proc.pid] if self.broker.proc else []))
         self.stop(procs)
+        if not self.keep_sessions:
+            self.forget_sessions(tag, collectors)
         # The slope between 10% and 90% stored: neither start-up nor the last partial batches.
         lo = next(p for p in points if p[1] >= total * 0.1)
         hi = next((p for p in points if p[1] >= total * 0.9), points[-1])
@@ -254,7 +276,8 @@ class Bench:
         (published less stored) moved, and, with ``watch_alerts``, each incident's time from its upload
         being published to its alert row."""
         db = self.fresh_db(kind)
-        procs = self.start(db, collectors, f"live{self.n}")
+        tag = f"live{self.n}"
+        procs = self.start(db, collectors, tag)
         pids = [p.pid for p, _ in procs]
         db_pids = self.pg_pids() if kind == "postgresql" else []
         broker = [self.broker.proc.pid] if self.broker.proc else []
@@ -333,6 +356,8 @@ class Bench:
         pub.loop_stop()
         pub.disconnect()
         self.stop(procs)
+        if not self.keep_sessions:
+            self.forget_sessions(tag, collectors)
         if self.diagnose:
             print(f"\n-- {kind} x{collectors} at {rate:,.0f}/s: slow batches and sweeps (collector logs)")
             for log, at in logs_at.items():
@@ -421,6 +446,8 @@ def main() -> int:
                         help="the collectors' --batch-seconds (60 is the old fixed 5,000-message batches)")
     parser.add_argument("--autosave-s", type=int, default=10,
                         help="the broker's autosave_interval (docs/events.md deploys 10; the test default is 1)")
+    parser.add_argument("--keep-sessions", action="store_true",
+                        help="leave each run's collector sessions with the broker (as this bench used to)")
     parser.add_argument("--setups", default="sqlite1,pg",
                         help="which setups: sqlite1 and pg (with --collectors), or e.g. pg1,pg2")
     parser.add_argument("--rate", type=float, default=None,
@@ -439,6 +466,7 @@ def main() -> int:
     bench = Bench(broker, work, pg)
     bench.batch_seconds = args.batch_seconds
     bench.diagnose = args.diagnose
+    bench.keep_sessions = args.keep_sessions
     if pg is not None and args.diagnose:
         for setting in ("log_checkpoints = on", "log_autovacuum_min_duration = 0", "log_min_duration_statement = 1000",
                         "log_lock_waits = on"):
