@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 
@@ -87,12 +88,18 @@ class BatchIngest:
     counter_part: str = ""
     # Host rows written by flush_hosts() rather than in each batch (the service's mode).
     defer_hosts: bool = False
+    # Other collectors store into the same database (a shared subscription): what this one learnt of a
+    # host's absence of weight reads may be out of date at the next batch.
+    shared: bool = False
 
     def _init_caches(self) -> None:
         self._batch_hosts: list[HostTouch] = []
         self._pending_hosts: list[HostTouch] = []
         self._pending_lock = threading.Lock()
         self.errors: deque[str] = deque(maxlen=ERRORS_KEPT)
+        # Where the last batch's time went (seconds): parse, store (events and facts), judge, commit.
+        self.timing: dict[str, float] = {}
+        self.conflicts = 0  # batches retried whole after a serialization failure or a deadlock
         # A per-collector cache that only skips redundant work; the database stays the truth.
         self._processes: BoundedDict[tuple[str, int, str, float | None, str | None, int], float] = BoundedDict(CACHE_LIMIT)
 
@@ -111,10 +118,14 @@ class BatchIngest:
         batch = list(messages)
         for attempt in range(1, CONFLICT_RETRIES + 1):
             try:
-                return self._ingest(batch)
+                counts = self._ingest(batch)
+                self.timing["conflicts"] = attempt - 1
+                return counts
             except Exception as exc:  # noqa: BLE001 - classified below; nothing else escapes
                 self._forget()
                 if _conflict(exc) and attempt < CONFLICT_RETRIES:
+                    self.conflicts += 1
+                    self.errors.append(f"batch of {len(batch)}: {describe(exc)}; retrying it")
                     continue
                 if self.store.transient(exc):
                     raise DatabaseAway(describe(exc)) from exc
@@ -151,6 +162,9 @@ class BatchIngest:
 
     def _ingest(self, batch: list[tuple[str, bytes]]) -> dict[str, int]:
         now = self.clock()
+        began = time.monotonic()
+        if self.shared:
+            self._forget_absent_reads()
         codes: Counter[str] = Counter()
         valid: list[Event] = []
         rejected: list[tuple[str, str, bytes, str]] = []
@@ -162,6 +176,7 @@ class BatchIngest:
             else:
                 valid.append(checked)
         self._batch_hosts = []
+        self.timing = {"parse": time.monotonic() - began, "judge": 0.0}
         with self.store.tx() as conn:
             self.store.dead_letters(conn, rejected, now)
             fresh = self._fresh(conn, valid, codes)
@@ -171,8 +186,22 @@ class BatchIngest:
             self._remember_processes(conn, fresh)
             codes.update(stored=len(fresh), rejected=len(rejected))
             self._count(conn, codes)
+            committing = time.monotonic()
+        done = time.monotonic()
+        self.timing.update(commit=done - committing)
+        self.timing["store"] = done - began - sum(self.timing.values())
         self._committed()
         return {"stored": codes["stored"], "duplicates": codes["duplicates"], "rejected": codes["rejected"]}
+
+    def _forget_absent_reads(self) -> None:
+        """With a shared subscription a host's weight read and its upload often reach different collectors:
+        the one holding the upload must not judge it on a "no reads on this host" learnt before the other
+        stored the read (the detector keeps that answer for seconds), or only the sweep would link them,
+        seconds later. The detector asks again (one statement a batch for the hosts it does not know to
+        have reads); what it knows of reads that exist stays."""
+        known = self.detector._reads  # noqa: SLF001 - the detector's cache of hosts_with_reads answers
+        for host in [h for h, (_until, has) in known.items() if not has]:
+            del known[host]
 
     def _committed(self) -> None:
         """The batch is in: its host rows join those waiting for flush_hosts (deferred mode)."""
@@ -222,7 +251,9 @@ class BatchIngest:
                     raise  # the database, not the event: the whole batch again, later
                 codes["correlation_errors"] += 1
                 self.errors.append(f"{ev.type} {ev.id}: {describe(exc)}")
+        judging = time.monotonic()
         failed = self.detector.evaluate(conn, units, now)
+        self.timing["judge"] = self.timing.get("judge", 0.0) + time.monotonic() - judging
         if failed:
             codes["correlation_errors"] += failed
         # Host rows other collectors update too, last (their locks are held only until the commit), in

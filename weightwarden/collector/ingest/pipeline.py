@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
 
@@ -47,6 +47,12 @@ READS = {"file_access", "weight_holder", "weights_copy"}  # after these, the hos
 BULK = {"egress_sample", "heartbeat", "policy_applied", "policy_rejected"}  # the rest decide alerts alone
 HOT_S = 3600.0  # a host's samples are urgent this long after a weight read arrived (host_window_s)
 HOT_MAX = 100_000
+# Each sweep spends at most about this long on hosts one by one (beyond SWEEP_HOSTS_MIN of them); the rest
+# wait for the next sweep, first in line. A fleet met for the first time (every host's sequence start
+# looked up on its own: a few statements each) would otherwise hold the sweep, and the CPU it shares with
+# ingest, for many seconds at a time: 57 s for 1,700 new hosts under load (bench/collector.py --diagnose).
+SWEEP_HOSTS_S = 0.5
+SWEEP_HOSTS_MIN = 256
 
 
 class Pipeline(BatchIngest):
@@ -60,6 +66,7 @@ class Pipeline(BatchIngest):
         self._init_caches()
         self.detector = Detector(store, self.tune, clock, errors=self.errors)
         self._hot: dict[str, float] = {}  # host -> until when its samples are urgent (monotonic)
+        self._sweep_after: dict[str, str] = {}  # rule -> the last host the previous sweep got to (None: all)
 
     # -- the incident lane ----------------------------------------------------
 
@@ -115,6 +122,7 @@ class Pipeline(BatchIngest):
         """A second look at what arrived lately, then each host on its own (silent agents, unexplained
         sequence gaps: the rules' ``sweep_host``). One host's odd state never stops the sweep for the others."""
         now = self.clock()
+        began = time.monotonic()
         try:
             failed = self.detector.sweep(now)
         except Exception as exc:  # noqa: BLE001 - the second look failed as a whole; the hosts still get theirs
@@ -133,7 +141,7 @@ class Pipeline(BatchIngest):
                 failed += 1
                 self.detector.note_error(f"sweep {rule.name} (all hosts): {exc!r}")
                 needy = hosts
-            for h in needy:
+            for h in self._in_turn(rule.name, needy, began):
                 try:
                     with self.store.tx() as conn:
                         rule.sweep_host(self.detector, conn, h, now)
@@ -143,6 +151,20 @@ class Pipeline(BatchIngest):
         if failed:
             with self.store.tx() as conn:
                 self.store.bump(conn, "sweep_errors", failed)
+
+    def _in_turn(self, rule: str, needy: list[HostState], began: float) -> Iterator[HostState]:
+        """The hosts a rule must look at one by one, within the sweep's budget (SWEEP_HOSTS_S, at least
+        SWEEP_HOSTS_MIN hosts): from where the previous sweep stopped, round the fleet, so every host
+        is reached within a few sweeps however large the fleet."""
+        after = self._sweep_after.pop(rule, None)
+        order = sorted(needy, key=lambda h: h["host"])
+        if after is not None:
+            order = [h for h in order if h["host"] > after] + [h for h in order if h["host"] <= after]
+        for n, h in enumerate(order):
+            if n >= SWEEP_HOSTS_MIN and time.monotonic() - began > SWEEP_HOSTS_S:
+                self._sweep_after[rule] = order[n - 1]["host"]
+                return
+            yield h
 
     @staticmethod
     def store_hosts(conn: Connection) -> list[HostState]:

@@ -67,6 +67,7 @@ REPORT_EVERY_S = 5.0
 RETENTION_EVERY_S = 60.0
 SWEEP_PAUSE = 3.0  # after a sweep, wait at least three times as long as it took
 FLUSH_EVERY_S = 1.0
+SLOW_S = 2.0  # a batch or a sweep this long says in the log where its time went (an incident waits behind it)
 LIVE_TIMEOUT_S = 5.0  # /healthz: the event loop must run a no-op this soon
 
 
@@ -124,6 +125,7 @@ class CollectorService(TakeoverWatch):
         # host rows once a second (_flusher), so collectors sharing a database never queue on them.
         pipeline.counter_part = self.name
         pipeline.defer_hosts = True
+        pipeline.shared = cfg.shared_group is not None
 
     def topic(self) -> str:
         return f"$share/{self.cfg.shared_group}/{TOPIC}" if self.cfg.shared_group else TOPIC
@@ -238,7 +240,11 @@ class CollectorService(TakeoverWatch):
             try:
                 began = time.monotonic()
                 counts = await asyncio.to_thread(self.pipeline.ingest, messages)
-                self.sizer.observe(len(messages), time.monotonic() - began)
+                took = time.monotonic() - began
+                self.sizer.observe(len(messages), took)
+                if took > SLOW_S:
+                    self.log.info("batch_slow", seconds=round(took, 2), events=len(messages),
+                                  queued=len(self.inbox), **{k: round(v, 2) for k, v in self.pipeline.timing.items()})
             except Exception as exc:  # noqa: BLE001 - the database is away (or a bug): the collector stays
                 self.db_error = str(exc)[:200]
                 if self.stop.is_set() and attempt >= 3:
@@ -288,6 +294,8 @@ class CollectorService(TakeoverWatch):
                 except Exception as exc:  # noqa: BLE001
                     self.log.error("sweep_failed", error=repr(exc)[:500])
                 took = time.monotonic() - started
+                if took > SLOW_S:
+                    self.log.info("sweep_slow", seconds=round(took, 2))
                 await wait_for_stop(self.stop, max(self.cfg.sweep_every_s - took, SWEEP_PAUSE * took))
         finally:
             await asyncio.to_thread(leader.release)
