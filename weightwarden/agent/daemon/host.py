@@ -64,16 +64,18 @@ class HostNames:
 
     def __init__(self) -> None:
         self.resolved: dict[str, list[str]] = {}
-        self._at = 0.0
+        # None: never looked up. Not 0.0: the monotonic clock starts at boot, and an agent started
+        # by the boot would wait HOST_REFRESH_S with its host-named caps unenforced.
+        self._at: float | None = None
 
     def expire(self) -> None:
-        self._at = 0.0
+        self._at = None
 
     def refresh(self, policy: Policy) -> dict[str, list[str]]:
         spec = policy.spec
         hosts = [d.host for d in spec.allow if d.host] + [
             d.host for c in spec.caps for d in c.match.destinations if d.host]
-        if hosts and time.monotonic() - self._at > HOST_REFRESH_S:
+        if hosts and (self._at is None or time.monotonic() - self._at > HOST_REFRESH_S):
             self.resolved = {**self.resolved, **resolve_hosts(hosts)}
             self._at = time.monotonic()
         return self.resolved
