@@ -28,7 +28,7 @@ def test_names_are_resolved_at_the_first_plan_after_boot(monkeypatch: pytest.Mon
         return {h: ["198.18.7.1"] for h in hosts}
 
     monkeypatch.setattr(host, "resolve_hosts", resolve)
-    monkeypatch.setattr(host.time, "monotonic", lambda: uptime)  # the monotonic clock counts from boot
+    monkeypatch.setattr("weightwarden.agent.daemon.host.time.monotonic", lambda: uptime)  # counts from boot
     names = host.HostNames()
     policy = parse_policy(POLICY).policy
     assert names.refresh(policy) == {"mirror.internal": ["198.18.7.1"], "uploads.example": ["198.18.7.1"]}
