@@ -187,6 +187,12 @@ def test_kill_9_keeps_caps_drift_is_repaired_and_clear_leaves_no_trace(lab: Netn
     pair.run(pair.a, "tc", "qdisc", "del", "dev", pair.veth_a, "root")
     drift = daemon.wait_event("enforcement_drift", timeout=5, after=mark)
     assert drift["data"]["restored"] and any("missing" in d for d in drift["data"]["drift"])
+    # The two deletions are two commands: the agent may repair the first before the second lands, and the
+    # second at its next check. Both repaired within a few checks, then the cap holds.
+    table = "table inet weightwarden" if backend == "nftables" else "WEIGHTWARDEN-CAPS"
+    assert wait_for(lambda: "7757" in pair.run(pair.a, "tc", "qdisc", "show").stdout and table in pair.run(
+        pair.a, *(("nft", "list", "tables") if backend == "nftables" else ("iptables-save", "-t", "mangle"))).stdout,
+        10), "drift not repaired"
     wire, _ = wire_rate(pair, pair.addr_b, seconds=3)
     assert wire < 1.05 * CAP
     assert daemon.stop() == 0
