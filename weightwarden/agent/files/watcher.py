@@ -597,21 +597,24 @@ class FileWatcher:
                 # Its open or close may still be in fanotify's queue (a reader that exits at once, on a busy
                 # host): kept a few seconds for it, then forgotten.
                 self._unclaimed[rec.pid] = (rec, now)
-                while len(self._unclaimed) > MAX_UNCLAIMED or \
-                        now - next(iter(self._unclaimed.values()))[1] > UNCLAIMED_S:
-                    del self._unclaimed[next(iter(self._unclaimed))]
+                self._prune_unclaimed(now)
 
     def _claim_exits(self, now: float) -> None:
         """Exit records that came before the opens and closes they finish."""
         if not self._unclaimed:
             return
-        while self._unclaimed and now - next(iter(self._unclaimed.values()))[1] > UNCLAIMED_S:
-            del self._unclaimed[next(iter(self._unclaimed))]  # a quiet host prunes here, not on the next exit
+        self._prune_unclaimed(now)  # a quiet host prunes here, not on the next exit
         if not self._pending and not self.coalescer.sessions:
             return
         for pid in (self._pending.keys() | self.coalescer.open_pids()) & self._unclaimed.keys():
             rec, _seen = self._unclaimed.pop(pid)
             self._exited(rec, now)
+
+    def _prune_unclaimed(self, now: float) -> None:
+        """Unclaimed exit records leave oldest first: past UNCLAIMED_S, or beyond MAX_UNCLAIMED."""
+        while self._unclaimed and (len(self._unclaimed) > MAX_UNCLAIMED
+                                   or now - next(iter(self._unclaimed.values()))[1] > UNCLAIMED_S):
+            del self._unclaimed[next(iter(self._unclaimed))]
 
     def _exited(self, rec: ExitRecord, now: float) -> None:
         """A watched process's exit record: what it read in its life closes its files, and names it."""
