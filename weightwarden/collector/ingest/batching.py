@@ -129,11 +129,18 @@ class BatchIngest:
                 self.errors.append(f"batch of {len(batch)}: {describe(exc)}; storing it event by event")
                 break
         poison: dict[int, str] = {}
+        conflicts = 0
         while True:
             try:
                 return self._ingest_each(batch, poison)
             except _EventFailed as failed:
                 self._forget()
+                if _conflict(failed.exc) and conflicts < CONFLICT_RETRIES:
+                    # Another collector's transaction, not this event (a deadlock over a host's judgement
+                    # lock or a row): the same again, not a dead letter.
+                    conflicts += 1
+                    self.conflicts += 1
+                    continue
                 if self.store.transient(failed.exc):
                     raise DatabaseAway(describe(failed.exc)) from failed.exc
                 poison[failed.index] = f"cannot be stored: {describe(failed.exc)}"
