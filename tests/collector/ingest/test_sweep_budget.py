@@ -68,7 +68,7 @@ def test_a_fleet_met_for_the_first_time_with_no_hole_is_met_in_one_sweep(
     monkeypatch.setattr(p, "SWEEP_HOSTS_MIN", 1)
     pipe.sweep()
     with pipe.store.tx() as conn:
-        contig = dict(conn.execute(text("SELECT host, seq_contig FROM hosts")).all())
+        contig: dict[str, int] = {h: int(c) for h, c in conn.execute(text("SELECT host, seq_contig FROM hosts"))}
     assert contig == {**{f"gpu-{i:03d}": 100 * i + 3 for i in range(25)}, "gpu-gap": 1}, contig
     assert not [a for a in pipe.store.alerts() if a["kind"] in ("sequence_gap", "agent_silent")]
 
