@@ -33,6 +33,7 @@ from weightwarden.collector.detect.rule import Lately, Look, Rule, SampleFacts, 
 from weightwarden.collector.store import facts as q
 from weightwarden.collector.store import verdicts
 from weightwarden.collector.store.database import Store
+from weightwarden.collector.store.host_locks import lock_hosts
 from weightwarden.collector.store.rows import EgressRow, PipeEndRow, RelayRow
 from weightwarden.events import Event, FileAccess, Heartbeat, UnexplainedEgress, WeightHolder, WeightsCopy
 
@@ -43,6 +44,7 @@ MAX_CACHE = 100_000
 CONTACT_REFRESH_S = 3600.0  # a known contact's last_seen is written again this often (retention)
 PIPE_REFRESH_S = 3600.0  # a known pipe end is written again this often
 MAX_ERRORS = 100
+SWEEP_PART_HOSTS = 32  # the sweep judges this many hosts per transaction (each part holds their locks)
 
 
 def outward(r: EgressRow) -> bool:
@@ -244,9 +246,16 @@ class Detector:
 
     def evaluate(self, conn: Connection, units: Units, now: float) -> int:
         """Judge every touched subject, rule by rule (a rule after the rules whose verdicts it reads),
-        each subject in its own savepoint; returns how many failed."""
+        each subject in its own savepoint; returns how many failed.
+
+        On PostgreSQL the judgement locks of the hosts judged are taken first, in key order, and held to the
+        commit (``store.host_locks``): a collector judging one of them now waits, then reads what this one
+        committed, so the verdict written last is judged from both collectors' facts. A lock wait ending in
+        a deadlock goes up (the batch is tried again), not to one rule's account."""
         failed = 0
         self._changed = []
+        held: set[int] = set()
+        lock_hosts(conn, self.hosts_of(units), held)
         for rule in self.rules:
             if rule.after:
                 changed = [k for k in self._changed if k.rule in rule.after]
@@ -259,12 +268,17 @@ class Detector:
             subjects = units.of(rule.name)
             if not subjects:
                 continue
+            lock_hosts(conn, {rule.host_of(s) for s in subjects}, held)  # hosts on_verdicts added, if any
             try:
                 failed += rule.judge_many(self, conn, dict(subjects), now)
             except Exception as exc:  # noqa: BLE001 - a rule that fails as a whole is counted; the others go on
                 failed += 1
                 self.note_error(f"{rule.name} ({len(subjects)} subjects): {exc!r}")
         return failed
+
+    def hosts_of(self, units: Units) -> set[str]:
+        """The hosts whose verdicts judging ``units`` writes."""
+        return {self.by_name[name].host_of(s) for name, subjects in units.by_rule.items() for s in subjects}
 
     def put(self, conn: Connection, draft: Draft | None, now: float) -> bool:
         """Write a verdict; True if the stored alert changed."""
@@ -323,9 +337,30 @@ class Detector:
                 subject = rule.subject(key) if rule is not None and key is not None else None
                 if rule is not None and subject is not None:
                     units.touch(rule.name, subject)
-            failed = self.evaluate(conn, units, now)
+        failed = 0
+        # Judged a few hosts at a time, each part in a transaction of its own: the hosts' judgement locks
+        # (PostgreSQL) are held for one part, not for the whole sweep, so ingest judging one of them waits
+        # for a part at most. A host's subjects stay together (a rule reads another's verdicts on the host).
+        for part in self.by_hosts(units, SWEEP_PART_HOSTS):
+            with self.store.tx() as conn:
+                failed += self.evaluate(conn, part, now)
         self._swept = (wall, now)  # only once it is done: a failed sweep's span is looked at again
         return failed
+
+    def by_hosts(self, units: Units, size: int) -> list[Units]:
+        """``units`` split into parts of at most ``size`` hosts each (in host order)."""
+        of_host: dict[str, Units] = {}
+        for name, subjects in units.by_rule.items():
+            for s, rows in subjects.items():
+                of_host.setdefault(self.by_name[name].host_of(s), Units()).touch(name, s, rows)
+        hosts = sorted(of_host)
+        parts = []
+        for i in range(0, len(hosts), size):
+            part = Units()
+            for h in hosts[i:i + size]:
+                part.add(of_host[h])
+            parts.append(part)
+        return parts
 
 
 __all__ = ["Detector", "Units", "outward"]

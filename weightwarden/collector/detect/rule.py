@@ -162,6 +162,15 @@ class Rule(Generic[S]):
         """The subject a stored verdict's key names (to judge it again), or None (event-decided)."""
         return None
 
+    def host_of(self, subject: S) -> str:
+        """The host whose verdicts judging ``subject`` writes (whose judgement lock it takes: a host, or
+        a tuple that begins with one)."""
+        if isinstance(subject, str):
+            return subject
+        if isinstance(subject, tuple) and subject and isinstance(subject[0], str):
+            return subject[0]
+        raise TypeError(f"rule {self.name!r}: no host in subject {subject!r} (override host_of)")
+
     # -- hooks -------------------------------------------------------------------------
 
     def on_event(self, ctx: Context, conn: Connection, ev: Event, now: float) -> Iterable[S | Look]:

@@ -88,6 +88,9 @@ class BatchIngest:
     counter_part: str = ""
     # Host rows written by flush_hosts() rather than in each batch (the service's mode).
     defer_hosts: bool = False
+    # Other collectors store into the same database (a shared subscription): what this one learnt of a
+    # host's absence of weight reads may be out of date at the next batch.
+    shared: bool = False
 
     def _init_caches(self) -> None:
         self._batch_hosts: list[HostTouch] = []
@@ -129,11 +132,18 @@ class BatchIngest:
                 self.errors.append(f"batch of {len(batch)}: {describe(exc)}; storing it event by event")
                 break
         poison: dict[int, str] = {}
+        conflicts = 0
         while True:
             try:
                 return self._ingest_each(batch, poison)
             except _EventFailed as failed:
                 self._forget()
+                if _conflict(failed.exc) and conflicts < CONFLICT_RETRIES:
+                    # Another collector's transaction, not this event (a deadlock over a host's judgement
+                    # lock or a row): the same again, not a dead letter.
+                    conflicts += 1
+                    self.conflicts += 1
+                    continue
                 if self.store.transient(failed.exc):
                     raise DatabaseAway(describe(failed.exc)) from failed.exc
                 poison[failed.index] = f"cannot be stored: {describe(failed.exc)}"
@@ -160,6 +170,8 @@ class BatchIngest:
     def _ingest(self, batch: list[tuple[str, bytes]]) -> dict[str, int]:
         now = self.clock()
         began = time.monotonic()
+        if self.shared:
+            self._forget_absent_reads()
         codes: Counter[str] = Counter()
         valid: list[Event] = []
         rejected: list[tuple[str, str, bytes, str]] = []
@@ -187,6 +199,16 @@ class BatchIngest:
         self.timing["store"] = done - began - sum(self.timing.values())
         self._committed()
         return {"stored": codes["stored"], "duplicates": codes["duplicates"], "rejected": codes["rejected"]}
+
+    def _forget_absent_reads(self) -> None:
+        """With a shared subscription a host's weight read and its upload often reach different collectors:
+        the one holding the upload must not judge it on a "no reads on this host" learnt before the other
+        stored the read (the detector keeps that answer for seconds), or only the sweep would link them,
+        seconds later. The detector asks again (one statement a batch for the hosts it does not know to
+        have reads); what it knows of reads that exist stays."""
+        known = self.detector._reads  # noqa: SLF001 - the detector's cache of hosts_with_reads answers
+        for host in [h for h, (_until, has) in known.items() if not has]:
+            del known[host]
 
     def _committed(self) -> None:
         """The batch is in: its host rows join those waiting for flush_hosts (deferred mode)."""

@@ -125,6 +125,7 @@ class CollectorService(TakeoverWatch):
         # host rows once a second (_flusher), so collectors sharing a database never queue on them.
         pipeline.counter_part = self.name
         pipeline.defer_hosts = True
+        pipeline.shared = cfg.shared_group is not None
 
     def topic(self) -> str:
         return f"$share/{self.cfg.shared_group}/{TOPIC}" if self.cfg.shared_group else TOPIC

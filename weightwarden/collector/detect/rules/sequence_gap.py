@@ -71,8 +71,19 @@ class SequenceGapRule(Rule[str]):
                     f"AND e.seq > h.seq_contig AND e.seq <= h.seq_max WHERE h.host {cond} GROUP BY e.host, h.seq_max, "
                     "h.seq_contig HAVING count(DISTINCT e.seq) = h.seq_max - h.seq_contig"), params):
                 whole.append({"h": host, "t": int(top)})
+        # Hosts met for the first time whose events are one run from their first (a fleet's first minutes:
+        # thousands of them, four statements each one by one, held every sweep for many seconds): the same
+        # answer as sweep_host's (the run's top; no gap), for all of them in two statements.
+        new = sorted(h["host"] for h in hosts if int(h["seq_contig"] or 0) == 0)
+        if new:
+            cond, params = bulk.in_list(conn, new)
+            for host, top in conn.execute(text(
+                    f"SELECT host, max(seq) FROM events WHERE host {cond} AND seq > 0 GROUP BY host "
+                    "HAVING count(DISTINCT seq) = max(seq) - min(seq) + 1"), params):
+                whole.append({"h": host, "t": int(top)})
         if whole:
-            conn.execute(text("UPDATE hosts SET seq_contig = :t WHERE host = :h AND seq_contig < :t"), whole)
+            conn.execute(text("UPDATE hosts SET seq_contig = :t, gap_seen_at = NULL WHERE host = :h "
+                              "AND seq_contig < :t"), whole)
         done = {w["h"] for w in whole}
         return [h for h in hosts if h["host"] not in done and (int(h["seq_contig"] or 0) == 0 or h["gap_seen_at"]
                                                               is not None or h["host"] in ahead)]
