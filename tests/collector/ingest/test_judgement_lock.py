@@ -109,8 +109,25 @@ def test_without_the_lock_the_verdict_written_last_misses_the_other_collectors_s
     assert alert["evidence"]["bytes_sent"] == 116 * MB, alert["evidence"]["bytes_sent"] / MB
 
 
-def test_host_keys_are_signed_32_bit_and_stable() -> None:
-    keys = [host_locks.host_key(f"gpu-{i:05d}") for i in range(2000)]
-    assert all(-(1 << 31) <= k < 1 << 31 for k in keys)
+def test_host_keys_are_bounded_spread_and_stable() -> None:
+    """However large the fleet, a transaction holds at most HOST_KEYS locks (PostgreSQL's shared lock
+    table is 6,400 slots by default for the whole server), spread over all of them."""
+    keys = [host_locks.host_key(f"gpu-{i:05d}") for i in range(20_000)]
+    assert all(0 <= k < host_locks.HOST_KEYS for k in keys)
+    assert len(set(keys)) == host_locks.HOST_KEYS
     assert host_locks.host_key("gpu-00001") == host_locks.host_key("gpu-00001")
-    assert len(set(keys)) > 1990  # collisions only make two hosts wait for each other
+
+
+def test_a_batch_of_a_large_fleet_holds_a_bounded_number_of_locks(url: str) -> None:
+    """A batch judging 30,000 hosts (a large fleet's samples) takes its locks without exhausting the
+    server's shared lock table (6,400 slots by default, with some slack): one lock per host failed
+    with "out of shared memory"."""
+    st = Store(url)
+    try:
+        with st.tx() as conn:
+            taken = host_locks.lock_hosts(conn, [f"gpu-{i:05d}" for i in range(30_000)])
+            held = conn.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :ns "
+                                     "AND pid = pg_backend_pid()"), {"ns": host_locks.NAMESPACE}).scalar_one()
+        assert taken == held == host_locks.HOST_KEYS
+    finally:
+        st.close()

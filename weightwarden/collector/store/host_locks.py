@@ -24,11 +24,18 @@ from sqlalchemy import Connection, text
 NAMESPACE = 7760  # beside 7757 (migrations), 7758 (retention), 7759 (the sweep's leader)
 
 
+# Hosts share HOST_KEYS keys (a CRC of the name, modulo): a transaction holds at most this many locks
+# whatever the fleet's size. PostgreSQL keeps every advisory lock in its shared lock table, by default
+# max_locks_per_transaction (64) x max_connections (100) = 6,400 slots for the whole server: one
+# lock per host, a batch touching 5,000 hosts of a large fleet would fail with "out of shared memory"
+# in every collector at once. Two hosts on one key only wait for each other; with a shared subscription
+# both collectors' batches hold most hosts anyway, so their judgements take turns either way.
+HOST_KEYS = 1024
+
+
 def host_key(host: str) -> int:
-    """The host's lock key: a signed 32-bit CRC of its name (the same in every collector; two hosts
-    that share one only wait for each other)."""
-    k = zlib.crc32(host.encode())
-    return k - (1 << 32) if k >= 1 << 31 else k
+    """The host's lock key, in [0, HOST_KEYS): the same in every collector."""
+    return zlib.crc32(host.encode()) % HOST_KEYS
 
 
 def lock_hosts(conn: Connection, hosts: Iterable[str], held: set[int] | None = None) -> int:
@@ -48,4 +55,4 @@ def lock_hosts(conn: Connection, hosts: Iterable[str], held: set[int] | None = N
     return len(keys)
 
 
-__all__ = ["NAMESPACE", "host_key", "lock_hosts"]
+__all__ = ["HOST_KEYS", "NAMESPACE", "host_key", "lock_hosts"]
