@@ -5,7 +5,9 @@
    sensor can see), at 1 MiB and 64 KiB blocks: no watcher; the watcher with reads measured from
    /proc (fanotify notifications only); the watcher with reads counted in the kernel (eBPF); and
    the kernel programs alone (their loader told the weight's inode, no watcher, no fanotify mark),
-   which says how much of the watcher's cost is the programs'. Rounds are interleaved so a change
+   which says how much of the watcher's cost is the programs'; and an empty program on the same
+   tracepoint (bench/hook_floor, built here with clang and libbpf): the kernel's dispatch to any
+   program there, a floor no program on that hook can go under. Rounds are interleaved so a change
    in the machine's load hits every setting alike. What is compared is the reader's own CPU time
    (user + system, from wait4), not the wall clock: on a small shared machine the wall clock of a
    0.2 s read swings by several percent with whatever else runs (the watcher's own threads among
@@ -42,8 +44,19 @@ from weightwarden.agent.files.ebpf.wire import K_FILE  # noqa: E402
 from weightwarden.agent.files.patterns import WeightPaths  # noqa: E402
 from weightwarden.agent.files.watcher import FileWatcher  # noqa: E402
 
-# no watcher; notifications and /proc only; kernel counts; the kernel programs alone
-SETTINGS = ("none", "proc", "ebpf", "bpf only")
+# no watcher; notifications and /proc only; kernel counts; the kernel programs alone; an empty program
+SETTINGS = ("none", "proc", "ebpf", "bpf only", "empty hook")
+FLOOR = REPO / "bench" / "hook_floor"
+
+
+def build_empty_hook(out: Path) -> tuple[Path, Path]:
+    """The empty program's object and its loader, built into ``out``."""
+    obj, loader = out / "empty.bpf.o", out / "load"
+    arch = subprocess.run(["cc", "-dumpmachine"], capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(["clang", "-O2", "-g", "-target", "bpf", f"-I/usr/include/{arch}", "-c", str(FLOOR / "empty.bpf.c"),
+                    "-o", str(obj)], check=True)  # the multiarch dir: linux/bpf.h wants asm/types.h
+    subprocess.run(["cc", "-O2", str(FLOOR / "load.c"), "-o", str(loader), "-lbpf"], check=True)
+    return obj, loader
 
 
 def dd(path: Path, bs: str) -> tuple[float, float]:
@@ -63,9 +76,10 @@ def dd(path: Path, bs: str) -> tuple[float, float]:
 class Sensor:
     """One setting, running: nothing, a watcher, or the kernel programs alone."""
 
-    def __init__(self, weights: Path, big: Path, setting: str) -> None:
+    def __init__(self, weights: Path, big: Path, setting: str, empty: tuple[Path, Path]) -> None:
         self.watcher: FileWatcher | None = None
         self.bpf: FileBpf | None = None
+        self.empty: subprocess.Popen[str] | None = None
         if setting in ("proc", "ebpf"):
             w = FileWatcher(WeightPaths([f"{weights}/*.safetensors"]), sensor="off" if setting == "proc" else "ebpf")
             w.start()
@@ -77,8 +91,18 @@ class Sensor:
             self.bpf.start()
             self.bpf.add([Weight(1, (os.major(st.st_dev), os.minor(st.st_dev)), st.st_ino, K_FILE)])
             self.bpf.read()  # the add is in the kernel before the first read
+        elif setting == "empty hook":
+            obj, loader = empty
+            self.empty = subprocess.Popen([str(loader), str(obj)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          text=True)
+            assert self.empty.stdout is not None
+            assert self.empty.stdout.readline().strip() == "ready", "the empty program did not attach"
 
     def close(self) -> None:
+        if self.empty is not None:
+            assert self.empty.stdin is not None
+            self.empty.stdin.close()
+            self.empty.wait()
         if self.watcher is not None:
             self.watcher.close()
         if self.bpf is not None:
@@ -88,13 +112,13 @@ class Sensor:
 Runs = dict[tuple[str, str, str], list[tuple[float, float]]]
 
 
-def readers(big: Path, other: Path, weights: Path, rounds: int) -> Runs:
+def readers(big: Path, other: Path, weights: Path, rounds: int, empty: tuple[Path, Path]) -> Runs:
     """(file, block, setting) -> (wall, cpu) seconds, one per round: the least of 3 dd runs each."""
     out: Runs = {}
     for rnd in range(rounds):
         order = SETTINGS if rnd % 2 == 0 else SETTINGS[::-1]
         for setting in order:
-            sensor = Sensor(weights, big, setting)
+            sensor = Sensor(weights, big, setting, empty)
             try:
                 for kind, path, bs in (("weight", big, "1M"), ("weight", big, "64K"), ("other", other, "64K")):
                     runs = [dd(path, bs) for _ in range(3)]
@@ -192,10 +216,11 @@ def main() -> int:
     try:
         for path in (big, other):
             dd(path, "1M")  # warm the page cache
-        got = readers(big, other, weights, args.rounds)
+        empty = build_empty_hook(tmp)
+        got = readers(big, other, weights, args.rounds, empty)
         print(f"\n{args.gib} GiB file read with dd to /dev/null, page cache warm; least of 3 runs per round, "
               f"{args.rounds} rounds interleaved\n")
-        print(f"{'file':>8} {'block':>6} {'reads via':>9} {'cpu ms':>7} {'median':>8} {'best':>8} "
+        print(f"{'file':>8} {'block':>6} {'reads via':>10} {'cpu ms':>7} {'median':>8} {'best':>8} "
               f"{'wall GB/s':>10} {'median':>8} {'best':>8}")
         size = big.stat().st_size
         for (kind, bs, setting), runs in got.items():
@@ -204,15 +229,16 @@ def main() -> int:
             wall, base_wall = [r[0] for r in runs], [r[0] for r in base]
             med, bmed = statistics.median(cpu), statistics.median(base_cpu)
             wmed = statistics.median(wall)
-            print(f"{kind:>8} {bs:>6} {setting:>9} {med * 1e3:>7.1f} {pct(med, bmed):>8} {pct(min(cpu), min(base_cpu)):>8} "
+            print(f"{kind:>8} {bs:>6} {setting:>10} {med * 1e3:>7.1f} {pct(med, bmed):>8} {pct(min(cpu), min(base_cpu)):>8} "
                   f"{size / wmed / 1e9:>10.2f} {pct(wmed, statistics.median(base_wall)):>8} "
                   f"{pct(min(wall), min(base_wall)):>8}")
         print("(cost: how much more CPU time (wall time) the reader took than with no watcher, median over rounds "
-              "and best against best; 'other' is a file that is not a weight)")
+              "and best against best; 'other' is a file that is not a weight;\n"
+              "'empty hook': an empty program on the tracepoint the sensor counts reads on, the hook's own cost)")
         bare_runs, watched_runs = [], []
         for _ in range(3):  # interleaved
             bare_runs.append(writes())
-            w = Sensor(weights, big, "ebpf")
+            w = Sensor(weights, big, "ebpf", empty)
             time.sleep(0.3)
             watched_runs.append(writes())
             w.close()
