@@ -28,6 +28,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from tests.helpers.broker import MOSQUITTO, free_port
+from tests.helpers.mqtt_client import release
 from tests.helpers.netns import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,6 +154,7 @@ class Client:
     def close(self) -> None:
         self.c.disconnect()
         self.c.loop_stop()
+        release(self.c)  # the client and this object are a cycle (its callbacks use self)
 
 
 @dataclass(frozen=True)

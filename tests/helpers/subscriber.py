@@ -11,6 +11,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from tests.helpers.mqtt_client import release
+
 
 class Subscriber:
     def __init__(self, host: str, port: int, topic: str = "weightwarden/v1/#", client_id: str = "test-sub") -> None:
@@ -48,6 +50,7 @@ class Subscriber:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+        release(self.client)  # the client and this object are a cycle (its callbacks are our methods)
 
 
 def main() -> None:
