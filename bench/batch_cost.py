@@ -27,7 +27,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import psutil  # noqa: E402
 
 from tests.helpers.postgres import Postgres  # noqa: E402
 from weightwarden.collector.ingest.pipeline import Pipeline  # noqa: E402
@@ -42,15 +41,8 @@ Fleet = _collector.Fleet
 
 
 def pg_cpu(pg: Postgres) -> float:
-    root = psutil.Process(int((pg.dir / "postmaster.pid").read_text().split()[0]))
-    total = 0.0
-    for p in [root, *root.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
+    """The CPU seconds of the postmaster and its backends (bench/collector.py's ``cpu``)."""
+    return float(_collector.cpu([int((pg.dir / "postmaster.pid").read_text().split()[0])]))
 
 
 def main() -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Connection
@@ -268,7 +268,7 @@ class Detector:
             subjects = units.of(rule.name)
             if not subjects:
                 continue
-            lock_hosts(conn, {rule.host_of(s) for s in subjects}, held)  # hosts on_verdicts added, if any
+            lock_hosts(conn, (rule.host_of(s) for s in subjects), held)  # hosts on_verdicts added, if any
             try:
                 failed += rule.judge_many(self, conn, dict(subjects), now)
             except Exception as exc:  # noqa: BLE001 - a rule that fails as a whole is counted; the others go on
@@ -276,9 +276,9 @@ class Detector:
                 self.note_error(f"{rule.name} ({len(subjects)} subjects): {exc!r}")
         return failed
 
-    def hosts_of(self, units: Units) -> set[str]:
-        """The hosts whose verdicts judging ``units`` writes."""
-        return {self.by_name[name].host_of(s) for name, subjects in units.by_rule.items() for s in subjects}
+    def hosts_of(self, units: Units) -> Iterator[str]:
+        """The hosts whose verdicts judging ``units`` writes (repeats included)."""
+        return (self.by_name[name].host_of(s) for name, subjects in units.by_rule.items() for s in subjects)
 
     def put(self, conn: Connection, draft: Draft | None, now: float) -> bool:
         """Write a verdict; True if the stored alert changed."""

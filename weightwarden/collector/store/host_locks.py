@@ -26,9 +26,9 @@ NAMESPACE = 7760  # beside 7757 (migrations), 7758 (retention), 7759 (the sweep'
 
 # Hosts share HOST_KEYS keys (a CRC of the name, modulo): a transaction holds at most this many locks
 # whatever the fleet's size. PostgreSQL keeps every advisory lock in its shared lock table, by default
-# max_locks_per_transaction (64) x max_connections (100) = 6,400 slots for the whole server: one
-# lock per host, a batch touching 5,000 hosts of a large fleet would fail with "out of shared memory"
-# in every collector at once. Two hosts on one key only wait for each other; with a shared subscription
+# max_locks_per_transaction (64) x max_connections (100) = 6,400 slots for the whole server, plus some
+# slack: one lock per host, 10,000 in one transaction fitted on the test server and 30,000 failed with
+# "out of shared memory", in every collector at once. Two hosts on one key only wait for each other; with a shared subscription
 # both collectors' batches hold most hosts anyway, so their judgements take turns either way.
 HOST_KEYS = 1024
 
@@ -41,7 +41,7 @@ def host_key(host: str) -> int:
 def lock_hosts(conn: Connection, hosts: Iterable[str], held: set[int] | None = None) -> int:
     """Take (PostgreSQL) the judgement locks of these hosts, in key order, until the transaction ends;
     ``held``: keys this transaction already holds (skipped, and the new ones added). Returns how many
-    were taken."""
+    were taken. ``hosts`` is not read on SQLite: a generator costs nothing there."""
     if conn.dialect.name != "postgresql":
         return 0
     keys = sorted({host_key(h) for h in hosts} - (held or set()))
